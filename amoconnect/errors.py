@@ -1,0 +1,131 @@
+"""The one exception tree of amoconnect.
+
+::
+
+    AmoconnectError
+     ├── ConfigError            the configuration file or a setting is wrong
+     ├── SignatureError         a request or webhook signature does not verify
+     ├── WebhookError           a webhook body is malformed, of the wrong shape, or v1
+     ├── PluginError            a plugin cannot be loaded or breaks its declarations
+     ├── StoreError             the durable store refused an operation
+     ├── RemoteError            a remote API answered with an error (status, body)
+     │    ├── AmojoError        ... the amoCRM Chats API (amojo)
+     │    └── AmoCRMError       ... the amoCRM REST API
+     └── MessengerError         a messenger refused or failed a send
+          ├── RateLimited       ... and asked us to wait ``retry_after`` seconds
+          └── WindowClosed      ... because the reply window is closed
+
+Every message names the thing that went wrong and, where there is one, the fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AmoCRMError",
+    "AmoconnectError",
+    "AmojoError",
+    "ConfigError",
+    "MessengerError",
+    "PluginError",
+    "RateLimited",
+    "RemoteError",
+    "SignatureError",
+    "StoreError",
+    "WebhookError",
+    "WindowClosed",
+]
+
+
+class AmoconnectError(Exception):
+    """Base of every error amoconnect raises on purpose."""
+
+
+class ConfigError(AmoconnectError):
+    """The configuration is invalid; the message names the file, the key and what was expected."""
+
+
+class SignatureError(AmoconnectError):
+    """A signature is missing or does not match."""
+
+
+class WebhookError(AmoconnectError):
+    """A webhook body could not be decoded: malformed JSON, wrong shape or an unsupported version."""
+
+
+class PluginError(AmoconnectError):
+    """A plugin could not be loaded, or its declarations do not match what it implements."""
+
+
+class StoreError(AmoconnectError):
+    """The durable store could not complete an operation."""
+
+
+class RemoteError(AmoconnectError):
+    """A remote API answered with an error.
+
+    ``status`` is the HTTP status (``None`` when no answer came at all: the retries ran out on
+    transport errors), ``body`` the decoded error body when it was JSON, else the raw text.
+    """
+
+    service = "remote API"
+
+    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+    @property
+    def retryable(self) -> bool:
+        """True when the same request may succeed later (no answer, 429 or 5xx)."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+
+class AmojoError(RemoteError):
+    """The amoCRM Chats API (amojo) answered with an error."""
+
+    service = "amojo"
+
+
+class AmoCRMError(RemoteError):
+    """The amoCRM REST API answered with an error."""
+
+    service = "amoCRM REST API"
+
+
+class MessengerError(AmoconnectError):
+    """A messenger refused or failed an operation.
+
+    ``retryable`` tells the relay whether to try again; ``code`` and ``description`` are the
+    messenger's own error code and text (shown to the manager when the message fails for good).
+    """
+
+    def __init__(
+        self,
+        description: str,
+        *,
+        code: str | int | None = None,
+        retryable: bool = False,
+        reason: str = "other",
+    ) -> None:
+        super().__init__(description)
+        self.description = description
+        self.code = code
+        self.retryable = retryable
+        self.reason = reason
+
+
+class RateLimited(MessengerError):
+    """The messenger asked us to slow down; retry after ``retry_after`` seconds."""
+
+    def __init__(self, description: str, *, retry_after: float, code: str | int | None = None) -> None:
+        super().__init__(description, code=code, retryable=True, reason="rate_limited")
+        self.retry_after = retry_after
+
+
+class WindowClosed(MessengerError):
+    """The messenger's reply window is closed; only a template may be sent."""
+
+    def __init__(self, description: str, *, code: str | int | None = None) -> None:
+        super().__init__(description, code=code, retryable=False, reason="window_closed")

@@ -1,0 +1,207 @@
+"""Outbound HTTP shared by every client: transports, a per-host in-flight cap, bounded retries.
+
+httpx is the API everywhere. Its default pool (httpcore) degrades past a few concurrent
+requests, so the transport is a setting: ``"httpx"`` (httpcore, no extra dependency) or
+``"aiohttp"`` (the ``httpx-aiohttp`` transport, several times faster under concurrency;
+``pip install amoconnect[fast]``). Either way a :class:`HostLimiter` caps requests in flight
+per host so that one slow remote cannot swallow every connection.
+
+:func:`send_with_retries` is the one retry loop: exponential backoff with full jitter,
+``Retry-After`` honoured, a fresh request (and so a fresh signature) built for every attempt,
+and a bounded number of attempts after which a typed :class:`~amoconnect.errors.RemoteError`
+is raised.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Literal
+
+import anyio
+import httpx
+import msgspec
+import structlog
+
+from .errors import ConfigError, RemoteError
+
+__all__ = [
+    "HostLimiter",
+    "RetryPolicy",
+    "TransportKind",
+    "build_transport",
+    "new_client",
+    "parse_retry_after",
+    "send_with_retries",
+]
+
+TransportKind = Literal["httpx", "aiohttp"]
+
+log = structlog.get_logger("amoconnect.http")
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """How often and how patiently to retry a request that failed in a retryable way."""
+
+    attempts: int = 5
+    """Total attempts, the first one included (1 = never retry)."""
+    backoff: float = 0.25
+    """Upper bound of the first delay in seconds; it doubles with every attempt (full jitter)."""
+    max_backoff: float = 30.0
+    """No computed delay is longer than this."""
+    max_retry_after: float = 300.0
+    """A server's ``Retry-After`` above this is cut to it."""
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_retry_after)
+        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date); ``None`` if absent or bad."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max((when - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+class HostLimiter(httpx.AsyncBaseTransport):
+    """Wraps a transport and caps the requests in flight to any one host."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_in_flight_per_host: int) -> None:
+        if max_in_flight_per_host < 1:
+            raise ConfigError(f"max_in_flight_per_host must be at least 1, got {max_in_flight_per_host}")
+        self._inner = inner
+        self._limit = max_in_flight_per_host
+        self._semaphores: dict[tuple[bytes, bytes, int | None], anyio.Semaphore] = {}
+
+    def _semaphore(self, url: httpx.URL) -> anyio.Semaphore:
+        key = (url.raw_scheme, url.raw_host, url.port)
+        semaphore = self._semaphores.get(key)
+        if semaphore is None:
+            semaphore = self._semaphores[key] = anyio.Semaphore(self._limit)
+        return semaphore
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        async with self._semaphore(request.url):
+            response = await self._inner.handle_async_request(request)
+            # Read inside the cap: the connection stays busy until the body is in.
+            await response.aread()
+            return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def build_transport(
+    kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32
+) -> httpx.AsyncBaseTransport:
+    """A transport of the given kind behind a per-host in-flight cap."""
+    limits = httpx.Limits(
+        max_connections=max_in_flight_per_host * 4, max_keepalive_connections=max_in_flight_per_host
+    )
+    inner: httpx.AsyncBaseTransport
+    if kind == "httpx":
+        inner = httpx.AsyncHTTPTransport(limits=limits)
+    elif kind == "aiohttp":
+        try:
+            from httpx_aiohttp import AiohttpTransport
+        except ImportError as exc:  # pragma: no cover - depends on the installed extras
+            raise ConfigError(
+                "transport 'aiohttp' needs the httpx-aiohttp package: pip install 'amoconnect[fast]'"
+            ) from exc
+        inner = AiohttpTransport(limits=limits)
+    else:
+        raise ConfigError(f"unknown HTTP transport {kind!r}; expected 'httpx' or 'aiohttp'")
+    return HostLimiter(inner, max_in_flight_per_host)
+
+
+def new_client(
+    base_url: str = "",
+    *,
+    transport: TransportKind | httpx.AsyncBaseTransport = "httpx",
+    timeout: float = 10.0,
+    max_in_flight_per_host: int = 32,
+) -> httpx.AsyncClient:
+    """An ``httpx.AsyncClient`` on the chosen transport; pass a transport object to use it as is."""
+    if isinstance(transport, str):
+        transport = build_transport(transport, max_in_flight_per_host=max_in_flight_per_host)
+    return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+
+
+def _error_body(response: httpx.Response) -> object:
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+async def send_with_retries(
+    client: httpx.AsyncClient,
+    build: Callable[[], httpx.Request],
+    *,
+    policy: RetryPolicy,
+    error: type[RemoteError] = RemoteError,
+    describe: str = "request",
+    on_retry: Callable[[int, float, int | None], Awaitable[None] | None] | None = None,
+) -> httpx.Response:
+    """Send the request ``build()`` makes, retrying transport errors, 429 and 5xx.
+
+    ``build`` is called again for every attempt, so each attempt carries fresh headers
+    (a fresh ``Date`` and signature for amojo). Any other status is returned to the caller,
+    which decides what a 4xx means. When the attempts run out, ``error`` is raised carrying
+    the last status and body (status ``None`` if no answer ever came).
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        request = build()
+        status: int | None = None
+        retry_after: float | None = None
+        try:
+            response = await client.send(request)
+        except httpx.TransportError as exc:
+            problem: str = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            body: object = None
+        else:
+            if response.status_code != 429 and response.status_code < 500:
+                return response
+            status = response.status_code
+            body = _error_body(response)
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            problem = f"HTTP {status}"
+        if attempt >= policy.attempts:
+            raise error(
+                f"{error.service} {describe} failed after {attempt} attempts: {problem}",
+                status=status,
+                body=body,
+            )
+        wait = policy.delay(attempt, retry_after)
+        log.warning(
+            "retrying",
+            service=error.service,
+            request=describe,
+            attempt=attempt,
+            problem=problem,
+            wait_s=round(wait, 3),
+        )
+        if on_retry is not None:
+            result = on_retry(attempt, wait, status)
+            if result is not None:
+                await result
+        await anyio.sleep(wait)

@@ -1,0 +1,80 @@
+"""Signing requests to amojo and verifying amoCRM's webhooks (spec §2 and §3).
+
+Pure functions, no IO. The body is always the exact bytes that travel: serialise once,
+sign those bytes, send those bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+__all__ = [
+    "CONTENT_TYPE",
+    "EMPTY_MD5",
+    "format_date",
+    "sign_request",
+    "signature_for",
+    "verify_signature",
+]
+
+CONTENT_TYPE = "application/json"
+EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def format_date(when: datetime | None = None) -> str:
+    """RFC 2822 date with a numeric ``+0000`` zone, as amojo expects (``Mon, 02 Mar 2026 09:30:00 +0000``)."""
+    when = datetime.now(UTC) if when is None else when
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return format_datetime(when.astimezone(UTC).replace(microsecond=0))
+
+
+def signature_for(secret: str, method: str, content_md5: str, content_type: str, date: str, path: str) -> str:
+    """Lowercase hex HMAC-SHA1 over the five values joined by newlines (spec §2 step 4)."""
+    if "?" in path:
+        raise ValueError(f"the signed path must not carry a query string: {path!r}")
+    message = "\n".join((method.upper(), content_md5, content_type, date, path))
+    return hmac.new(secret.encode("ascii"), message.encode("utf-8"), hashlib.sha1).hexdigest()
+
+
+def sign_request(
+    secret: str,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    date: str | datetime | None = None,
+) -> dict[str, str]:
+    """The four headers amojo requires: ``Date``, ``Content-Type``, ``Content-MD5``, ``X-Signature``.
+
+    ``path`` is the request path without scheme, host or query string; a query string is cut
+    off before signing, since amojo signs the bare path. ``body`` is hashed as given, so a
+    bodiless request hashes the empty string.
+    """
+    path = path.split("?", 1)[0]
+    date_text = date if isinstance(date, str) else format_date(date)
+    content_md5 = hashlib.md5(body).hexdigest()
+    return {
+        "Date": date_text,
+        "Content-Type": CONTENT_TYPE,
+        "Content-MD5": content_md5,
+        "X-Signature": signature_for(secret, method, content_md5, CONTENT_TYPE, date_text, path),
+    }
+
+
+def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
+    """True when ``signature`` is the HMAC-SHA1 of the raw webhook ``body`` (spec §3).
+
+    Constant time; a missing or malformed header is simply ``False``. Hex case is ignored.
+    """
+    if not signature or not isinstance(signature, str) or len(signature) != 40:
+        return False
+    try:
+        given = bytes.fromhex(signature)
+    except ValueError:
+        return False
+    expected = hmac.new(secret.encode("ascii"), body, hashlib.sha1).digest()
+    return hmac.compare_digest(expected, given)
