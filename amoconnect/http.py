@@ -108,13 +108,9 @@ class HostLimiter(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
-def build_transport(
-    kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32
-) -> httpx.AsyncBaseTransport:
+def build_transport(kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32) -> httpx.AsyncBaseTransport:
     """A transport of the given kind behind a per-host in-flight cap."""
-    limits = httpx.Limits(
-        max_connections=max_in_flight_per_host * 4, max_keepalive_connections=max_in_flight_per_host
-    )
+    limits = httpx.Limits(max_connections=max_in_flight_per_host * 4, max_keepalive_connections=max_in_flight_per_host)
     inner: httpx.AsyncBaseTransport
     if kind == "httpx":
         inner = httpx.AsyncHTTPTransport(limits=limits)
