@@ -1,0 +1,192 @@
+"""What the relay needs from durable storage, independent of the engine.
+
+A store keeps four things (``docs/design``): the job queue (with dead letters), the dedup
+keys that make every inbound edge idempotent, the id mapping between amoCRM, us and the
+messenger, and small key-value state for adapters (e.g. a long-polling offset).
+
+Every method is a coroutine and every write is durable when it returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal, Protocol
+
+import msgspec
+
+__all__ = [
+    "ConversationRecord",
+    "DeadLetter",
+    "Job",
+    "MessageRecord",
+    "NewJob",
+    "Store",
+]
+
+JobState = Literal["queued", "running"]
+
+
+class NewJob(msgspec.Struct, frozen=True):
+    """A unit of work to enqueue. Jobs with the same ``key`` run one at a time, in order."""
+
+    kind: str
+    """What the job does, e.g. ``"amocrm_hook"`` or ``"inbound"``; the relay dispatches on it."""
+    key: str
+    """Ordering key, normally one conversation: jobs sharing it never overtake each other."""
+    payload: bytes
+    """Opaque to the store."""
+    scope_id: str = ""
+    """The amoCRM connection the job belongs to, for logs, metrics and purges."""
+    delay: float = 0.0
+    """Seconds from now before the job may run."""
+
+
+class Job(msgspec.Struct, frozen=True):
+    """A job taken from the queue; ``attempts`` counts this attempt too."""
+
+    id: int
+    kind: str
+    key: str
+    payload: bytes
+    scope_id: str
+    attempts: int
+    created_at: float
+    last_error: str | None = None
+
+
+class DeadLetter(msgspec.Struct, frozen=True):
+    """A job that ran out of attempts or failed for good; a person can re-queue it."""
+
+    id: int
+    kind: str
+    key: str
+    payload: bytes
+    scope_id: str
+    attempts: int
+    created_at: float
+    failed_at: float
+    error: str
+
+
+class ConversationRecord(msgspec.Struct, frozen=True):
+    """One chat as the three parties know it."""
+
+    scope_id: str
+    conversation_id: str
+    """Ours, sent to amojo as ``conversation_id``."""
+    instance: str
+    """The messenger instance (source) that carries the chat."""
+    chat: str
+    """The messenger's chat id (or, for a chat started by a manager, the address we wrote to)."""
+    amocrm_chat_id: str | None = None
+    client_id: str | None = None
+    """Our id of the client, sent to amojo as ``sender.id``."""
+    last_client_at: float | None = None
+    """Unix time of the client's last message: the reply window runs from here."""
+    ref_pending: bool = False
+    """Set for a chat a manager started: the next client message also carries ``conversation_ref_id``."""
+
+
+class MessageRecord(msgspec.Struct, frozen=True):
+    """One message as the three parties know it."""
+
+    scope_id: str
+    msgid: str
+    """Ours, sent to amojo as ``msgid`` (inbound) or amoCRM's id reused as ours (outbound)."""
+    conversation_id: str
+    direction: Literal["in", "out"]
+    amocrm_id: str | None = None
+    messenger_id: str | None = None
+    status: int = 0
+    """0 sent, 1 delivered, 2 read, -1 failed (amojo's ``delivery_status`` values)."""
+
+
+class Store(Protocol):
+    """The interface the relay programs against; SQLite is the embedded implementation."""
+
+    async def open(self) -> None:
+        """Create or migrate the schema and recover jobs a crash left running."""
+
+    async def close(self) -> None:
+        """Flush and release everything."""
+
+    # -- queue ---------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
+        """Durably add ``jobs``, unless any key in ``dedup`` was seen before (then add nothing, return False)."""
+
+    async def claim(self, limit: int) -> list[Job]:
+        """Take up to ``limit`` due jobs whose key has no earlier unfinished job, marking them running."""
+
+    async def finish(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        then: Sequence[NewJob] = (),
+    ) -> None:
+        """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups."""
+
+    async def retry(self, job_id: int, *, delay: float, error: str) -> None:
+        """Put a job back to run again after ``delay`` seconds."""
+
+    async def bury(self, job_id: int, *, error: str) -> None:
+        """Move a job to the dead letters."""
+
+    async def next_due_in(self) -> float | None:
+        """Seconds until the earliest queued job is due (0 if one is due now), None if the queue is empty."""
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        """Return when new work was committed, or after ``max_wait`` seconds."""
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        """Dead letters, oldest first."""
+
+    async def requeue(self, ids: Sequence[int] | None = None) -> int:
+        """Move dead letters (all when ``ids`` is None) back to the queue; returns how many."""
+
+    async def purge(self, ids: Sequence[int] | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None); returns how many."""
+
+    async def counts(self) -> dict[str, int]:
+        """Jobs by state: ``queued``, ``running``, ``dead``."""
+
+    async def prune_dedup(self, older_than: float) -> int:
+        """Forget dedup keys seen more than ``older_than`` seconds ago."""
+
+    # -- mapping -------------------------------------------------------------------------
+    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
+        """A conversation by our id."""
+
+    async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
+        """A conversation by the messenger's chat id."""
+
+    async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
+        """A conversation by amoCRM's chat id."""
+
+    async def put_conversation(self, record: ConversationRecord) -> None:
+        """Insert or replace a conversation."""
+
+    async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
+        """A message by our msgid."""
+
+    async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
+        """A message by amoCRM's message id."""
+
+    async def message_by_messenger(
+        self, scope_id: str, conversation_id: str, messenger_id: str
+    ) -> MessageRecord | None:
+        """A message by the messenger's message id within one conversation."""
+
+    async def put_message(self, record: MessageRecord) -> None:
+        """Insert or replace a message."""
+
+    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
+        """Move a message's status forward; returns the previous status, or None if it did not move."""
+
+    # -- adapter state -------------------------------------------------------------------
+    async def get_state(self, namespace: str, key: str) -> bytes | None:
+        """A value an adapter stored."""
+
+    async def set_state(self, namespace: str, key: str, value: bytes) -> None:
+        """Store a value for an adapter."""

@@ -1,0 +1,506 @@
+"""The embedded store: one SQLite file in WAL mode, written by one thread with grouped commits.
+
+Every operation is a small function run on the store's own thread. The thread takes all the
+operations waiting at that moment, runs each inside a savepoint of one transaction and
+commits once, so many webhooks share one fsync while ``synchronous=FULL`` keeps each of them
+on disk before its caller hears back. Callers await an asyncio future the thread resolves
+after the commit; a failing operation rolls back only its own savepoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from ..errors import StoreError
+from ..statuses import is_forward
+from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+
+__all__ = ["SQLiteStore"]
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS queue (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    scope_id TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running')),
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_run REAL NOT NULL,
+    created_at REAL NOT NULL,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS queue_due ON queue (state, next_run, id);
+CREATE INDEX IF NOT EXISTS queue_key ON queue (key, id);
+CREATE TABLE IF NOT EXISTS dead (
+    id INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    scope_id TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    error TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dedup (key TEXT PRIMARY KEY, seen_at REAL NOT NULL) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS dedup_seen ON dedup (seen_at);
+CREATE TABLE IF NOT EXISTS conversations (
+    scope_id TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    instance TEXT NOT NULL,
+    chat TEXT NOT NULL,
+    amocrm_chat_id TEXT,
+    client_id TEXT,
+    last_client_at REAL,
+    ref_pending INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope_id, conversation_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS conversations_chat ON conversations (instance, chat);
+CREATE INDEX IF NOT EXISTS conversations_amocrm ON conversations (scope_id, amocrm_chat_id);
+CREATE TABLE IF NOT EXISTS messages (
+    scope_id TEXT NOT NULL,
+    msgid TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+    amocrm_id TEXT,
+    messenger_id TEXT,
+    status INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (scope_id, msgid)
+);
+CREATE INDEX IF NOT EXISTS messages_amocrm ON messages (scope_id, amocrm_id);
+CREATE INDEX IF NOT EXISTS messages_messenger ON messages (scope_id, conversation_id, messenger_id);
+CREATE TABLE IF NOT EXISTS state (
+    namespace TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (namespace, key)
+);
+"""
+
+_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND p.id < q.id)"
+_CONVERSATION_COLUMNS = (
+    "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
+)
+_MESSAGE_COLUMNS = "scope_id, msgid, conversation_id, direction, amocrm_id, messenger_id, status"
+
+Operation = Callable[[sqlite3.Connection], Any]
+
+
+def _conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:
+    if row is None:
+        return None
+    scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending = row
+    return ConversationRecord(
+        scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, bool(ref_pending)
+    )
+
+
+def _message(row: tuple[Any, ...] | None) -> MessageRecord | None:
+    return None if row is None else MessageRecord(*row)
+
+
+def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
+    conn.executemany(
+        "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(j.kind, j.key, j.payload, j.scope_id, now + j.delay, now) for j in jobs],
+    )
+
+
+def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord]) -> None:
+    conn.executemany(
+        f"INSERT OR REPLACE INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        [
+            (
+                r.scope_id,
+                r.conversation_id,
+                r.instance,
+                r.chat,
+                r.amocrm_chat_id,
+                r.client_id,
+                r.last_client_at,
+                int(r.ref_pending),
+            )
+            for r in records
+        ],
+    )
+
+
+def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord]) -> None:
+    conn.executemany(
+        f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r.scope_id, r.msgid, r.conversation_id, r.direction, r.amocrm_id, r.messenger_id, r.status) for r in records],
+    )
+
+
+class SQLiteStore:
+    """:class:`~amoconnect.store.base.Store` on one SQLite file.
+
+    ``synchronous`` is SQLite's pragma: ``FULL`` (the default) makes every acknowledged write
+    survive power loss; grouped commits keep it fast. One process owns the file.
+    """
+
+    def __init__(self, path: str | Path, *, synchronous: str = "FULL", batch_limit: int = 1024) -> None:
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
+        self.path = Path(path)
+        self._synchronous = synchronous.upper()
+        self._batch_limit = batch_limit
+        self._ops: queue.SimpleQueue[tuple[Operation, asyncio.Future[Any], bool] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self.commits = 0
+        """How many transactions were committed (each one fsync), for benchmarks."""
+
+    # -- the writer thread ---------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA foreign_keys=ON")
+        return conn
+
+    def _run(self, conn: sqlite3.Connection) -> None:
+        try:
+            while True:
+                first = self._ops.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self._batch_limit:
+                    try:
+                        item = self._ops.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is None:
+                        self._ops.put(None)
+                        break
+                    batch.append(item)
+                self._execute(conn, batch)
+        finally:
+            conn.close()
+
+    def _execute(self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any], bool]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        wake = False
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for operation, future, wakes in batch:
+                conn.execute("SAVEPOINT op")
+                try:
+                    result = operation(conn)
+                except Exception as exc:
+                    conn.execute("ROLLBACK TO op")
+                    outcomes.append((future, None, exc))
+                else:
+                    outcomes.append((future, result, None))
+                    wake = wake or wakes
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            error = StoreError(f"SQLite store {self.path}: commit failed: {exc}")
+            outcomes = [(future, None, error) for _, future, _ in batch]
+            wake = False
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._deliver, outcomes, wake)
+
+    def _deliver(self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]], wake: bool) -> None:
+        for future, result, error in outcomes:
+            if future.cancelled():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+        if wake:
+            self._wake.set()
+
+    async def _call(self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False) -> T:
+        if self._thread is None or self._loop is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        future: asyncio.Future[T] = self._loop.create_future()
+        self._ops.put((operation, future, wakes))
+        return await future
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        if self._thread is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        try:
+            conn = await anyio.to_thread.run_sync(self._connect)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open SQLite store at {self.path}: {exc}") from exc
+        self._thread = threading.Thread(target=self._run, args=(conn,), name="amoconnect-sqlite", daemon=True)
+        self._thread.start()
+
+        def migrate(c: sqlite3.Connection) -> int:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    c.execute(statement)
+            row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            version = int(row[0]) if row else SCHEMA_VERSION
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"SQLite store {self.path} has schema version {version}, newer than this amoconnect "
+                    f"({SCHEMA_VERSION}); upgrade amoconnect"
+                )
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            # A crash left these mid-flight: run them again (the send may have happened: at-least-once).
+            return c.execute("UPDATE queue SET state = 'queued' WHERE state = 'running'").rowcount
+
+        self.recovered = await self._call(migrate, wakes=True)
+
+    async def close(self) -> None:
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        self._ops.put(None)
+        await anyio.to_thread.run_sync(thread.join)
+
+    async def __aenter__(self) -> SQLiteStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- queue ---------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
+        def run(conn: sqlite3.Connection) -> bool:
+            now = time.time()
+            for key in dedup:
+                if conn.execute("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (key, now)).rowcount == 0:
+                    raise _Duplicate
+            _insert_jobs(conn, jobs, now)
+            return True
+
+        try:
+            return await self._call(run, wakes=True)
+        except _Duplicate:
+            return False
+
+    async def claim(self, limit: int) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            rows = conn.execute(
+                "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue q "
+                f"WHERE state = 'queued' AND next_run <= ? AND {_HEAD} ORDER BY next_run, id LIMIT ?",
+                (time.time(), limit),
+            ).fetchall()
+            conn.executemany(
+                "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
+            )
+            return [Job(*r) for r in rows]
+
+        return await self._call(run)
+
+    async def finish(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        then: Sequence[NewJob] = (),
+    ) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+            _upsert_conversations(conn, conversations)
+            _upsert_messages(conn, messages)
+            _insert_jobs(conn, then, time.time())
+
+        await self._call(run, wakes=True)
+
+    async def retry(self, job_id: int, *, delay: float, error: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE queue SET state = 'queued', next_run = ?, last_error = ? WHERE id = ?",
+                (time.time() + delay, error, job_id),
+            )
+
+        await self._call(run, wakes=True)
+
+    async def bury(self, job_id: int, *, error: str) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
+                "FROM queue WHERE id = ?",
+                (time.time(), error, job_id),
+            )
+            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+
+        await self._call(run, wakes=True)
+
+    async def next_due_in(self) -> float | None:
+        def run(conn: sqlite3.Connection) -> float | None:
+            row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {_HEAD}").fetchone()
+            return None if row[0] is None else max(row[0] - time.time(), 0.0)
+
+        return await self._call(run)
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        with anyio.move_on_after(max_wait):
+            await self._wake.wait()
+        self._wake.clear()
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        def run(conn: sqlite3.Connection) -> list[DeadLetter]:
+            rows = conn.execute(
+                "SELECT id, kind, key, payload, scope_id, attempts, created_at, failed_at, error FROM dead "
+                "ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+            return [DeadLetter(*r) for r in rows]
+
+        return await self._call(run)
+
+    async def requeue(self, ids: Sequence[int] | None = None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            where, params = _id_filter(ids)
+            now = time.time()
+            conn.execute(
+                "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
+                f"SELECT id, kind, key, payload, scope_id, 0, ?, created_at, error FROM dead {where}",
+                (now, *params),
+            )
+            return conn.execute(f"DELETE FROM dead {where}", params).rowcount
+
+        return await self._call(run, wakes=True)
+
+    async def purge(self, ids: Sequence[int] | None = None) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            where, params = _id_filter(ids)
+            return conn.execute(f"DELETE FROM dead {where}", params).rowcount
+
+        return await self._call(run)
+
+    async def counts(self) -> dict[str, int]:
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            counts = {"queued": 0, "running": 0}
+            counts.update(conn.execute("SELECT state, COUNT(*) FROM queue GROUP BY state").fetchall())
+            counts["dead"] = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
+            return counts
+
+        return await self._call(run)
+
+    async def prune_dedup(self, older_than: float) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return conn.execute("DELETE FROM dedup WHERE seen_at < ?", (time.time() - older_than,)).rowcount
+
+        return await self._call(run)
+
+    # -- mapping -------------------------------------------------------------------------
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        def run(conn: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+            return row
+
+        return await self._call(run)
+
+    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._one(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND conversation_id = ?",
+                (scope_id, conversation_id),
+            )
+        )
+
+    async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._one(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE instance = ? AND chat = ?", (instance, chat)
+            )
+        )
+
+    async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._one(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND amocrm_chat_id = ?",
+                (scope_id, amocrm_chat_id),
+            )
+        )
+
+    async def put_conversation(self, record: ConversationRecord) -> None:
+        await self._call(lambda conn: _upsert_conversations(conn, [record]))
+
+    async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
+        return _message(
+            await self._one(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
+            )
+        )
+
+    async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
+        return _message(
+            await self._one(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND amocrm_id = ?", (scope_id, amocrm_id)
+            )
+        )
+
+    async def message_by_messenger(
+        self, scope_id: str, conversation_id: str, messenger_id: str
+    ) -> MessageRecord | None:
+        return _message(
+            await self._one(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                "WHERE scope_id = ? AND conversation_id = ? AND messenger_id = ?",
+                (scope_id, conversation_id, messenger_id),
+            )
+        )
+
+    async def put_message(self, record: MessageRecord) -> None:
+        await self._call(lambda conn: _upsert_messages(conn, [record]))
+
+    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
+        def run(conn: sqlite3.Connection) -> int | None:
+            row = conn.execute(
+                "SELECT status FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
+            ).fetchone()
+            if row is None or not is_forward(row[0], status):
+                return None
+            conn.execute("UPDATE messages SET status = ? WHERE scope_id = ? AND msgid = ?", (status, scope_id, msgid))
+            return int(row[0])
+
+        return await self._call(run)
+
+    # -- adapter state -------------------------------------------------------------------
+    async def get_state(self, namespace: str, key: str) -> bytes | None:
+        row = await self._one("SELECT value FROM state WHERE namespace = ? AND key = ?", (namespace, key))
+        return None if row is None else bytes(row[0])
+
+    async def set_state(self, namespace: str, key: str, value: bytes) -> None:
+        await self._call(
+            lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (namespace, key, value))
+        )
+
+
+class _Duplicate(Exception):
+    """Raised inside an enqueue to roll back its savepoint when a dedup key was seen before."""
+
+
+def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
+    if ids is None:
+        return "", ()
+    ids = tuple(ids)
+    if not ids:
+        return "WHERE 0", ()
+    return f"WHERE id IN ({', '.join('?' * len(ids))})", ids
