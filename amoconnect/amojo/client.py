@@ -1,0 +1,290 @@
+"""``AmojoClient``: the async client of the amoCRM Chats API (spec §4).
+
+Every request is serialised once, signed over those bytes and sent as those bytes; every
+retry builds the request again with a fresh ``Date`` and signature (amojo accepts one for
+15 minutes). Retries, backoff and the per-host in-flight cap come from :mod:`amoconnect.http`.
+
+amojo refuses a second message with a msgid it already has. The client treats that refusal
+as success (:attr:`Sent.duplicate` is then true), so a send that is retried after a crash or a
+lost answer never shows twice in amoCRM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, Literal, TypeVar
+from urllib.parse import quote
+
+import httpx
+import msgspec
+
+from ..errors import AmojoError
+from ..http import RetryPolicy, TransportKind, new_client, send_with_retries
+from ..signing import sign_request
+from . import wire
+
+__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid"]
+
+DEFAULT_BASE_URL = "https://amojo.amocrm.ru"
+HISTORY_PAGE_LIMIT = 50
+
+T = TypeVar("T")
+
+
+class Sent(msgspec.Struct, frozen=True):
+    """Outcome of sending a message: amoCRM's id of it (unknown when amojo had it already)."""
+
+    msgid: str
+    """Our msgid."""
+    amocrm_id: str | None
+    """amoCRM's message id; ``None`` when :attr:`duplicate`."""
+    conversation_id: str | None = None
+    duplicate: bool = False
+    """amojo already had this msgid: an earlier attempt went through."""
+
+
+def is_duplicate_msgid(status: int, body: Any) -> bool:
+    """True when an amojo error answer says the msgid was used before.
+
+    amojo's wording is undocumented: a 400 whose body carries ``code: duplicate_msgid``, or
+    whose error text speaks of a msgid that already exists, counts.
+    """
+    if status != 400:
+        return False
+    if isinstance(body, dict):
+        if body.get("code") == "duplicate_msgid":
+            return True
+        text = " ".join(str(body.get(k, "")) for k in ("error", "message", "detail"))
+    else:
+        text = str(body)
+    text = text.lower()
+    return "msgid" in text and ("already" in text or "duplicate" in text or "exists" in text)
+
+
+class AmojoClient:
+    """Async client of one channel's Chats API.
+
+    ``base_url`` is ``https://amojo.amocrm.ru`` (accounts on amocrm.ru), ``https://amojo.amocrm.com``,
+    ``https://amojo.kommo.com`` or a local fake. Pass ``client`` to share or inject an
+    ``httpx.AsyncClient`` (its base URL is ignored); otherwise one is built on ``transport``.
+    """
+
+    def __init__(
+        self,
+        channel_id: str,
+        secret: str,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        client: httpx.AsyncClient | None = None,
+        transport: TransportKind = "httpx",
+        retry: RetryPolicy | None = None,
+        timeout: float = 10.0,
+        max_in_flight_per_host: int = 32,
+    ) -> None:
+        self.channel_id = channel_id
+        self._secret = secret
+        self.base_url = base_url.rstrip("/")
+        self._owns_client = client is None
+        self._client = client or new_client(
+            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
+        )
+        self.retry = retry or RetryPolicy()
+
+    def __repr__(self) -> str:
+        return f"AmojoClient(channel_id={self.channel_id!r}, base_url={self.base_url!r})"
+
+    async def aclose(self) -> None:
+        """Close the HTTP client if this object created it."""
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AmojoClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # -- plumbing ------------------------------------------------------------------------
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        body: msgspec.Struct | None = None,
+        *,
+        params: dict[str, int] | None = None,
+        describe: str,
+    ) -> httpx.Response:
+        content = b"" if body is None else wire.encode(body)
+        url = self.base_url + path
+
+        def build() -> httpx.Request:
+            headers = sign_request(self._secret, method, path, content)
+            return self._client.build_request(method, url, content=content, headers=headers, params=params)
+
+        return await send_with_retries(self._client, build, policy=self.retry, error=AmojoError, describe=describe)
+
+    @staticmethod
+    def _error(response: httpx.Response, describe: str) -> AmojoError:
+        try:
+            body: Any = response.json()
+        except ValueError:
+            body = response.text
+        return AmojoError(
+            f"amojo {describe} answered HTTP {response.status_code}: {body!r}", status=response.status_code, body=body
+        )
+
+    def _decode(self, response: httpx.Response, type_: type[T], describe: str) -> T:
+        try:
+            return wire.decode(response.content, type_)
+        except msgspec.DecodeError as exc:
+            raise AmojoError(
+                f"amojo {describe} answered with an unexpected body: {exc}",
+                status=response.status_code,
+                body=response.text,
+            ) from exc
+
+    def _scope(self, scope_id: str) -> str:
+        return f"/v2/origin/custom/{quote(scope_id, safe='')}"
+
+    # -- connection ----------------------------------------------------------------------
+    async def connect(
+        self, account_id: str, *, title: str | None = None, time_window_disabled: bool | None = None
+    ) -> wire.ConnectResponse:
+        """Connect the channel to an account (amojo account id); the answer carries the ``scope_id``."""
+        body = wire.ConnectRequest(
+            account_id=account_id, title=title, hook_api_version="v2", is_time_window_disabled=time_window_disabled
+        )
+        response = await self._request("POST", f"/v2/origin/custom/{self.channel_id}/connect", body, describe="connect")
+        if response.status_code != 200:
+            raise self._error(response, "connect")
+        return self._decode(response, wire.ConnectResponse, "connect")
+
+    async def disconnect(self, account_id: str) -> None:
+        """Disconnect the channel from an account (``DELETE``, as amojo requires)."""
+        body = wire.DisconnectRequest(account_id=account_id)
+        path = f"/v2/origin/custom/{self.channel_id}/disconnect"
+        response = await self._request("DELETE", path, body, describe="disconnect")
+        if response.status_code != 200:
+            raise self._error(response, "disconnect")
+
+    # -- chats and messages --------------------------------------------------------------
+    async def create_chat(
+        self, scope_id: str, conversation_id: str, user: wire.ChatUser, *, source_external_id: str | None = None
+    ) -> wire.CreateChatResponse:
+        """Create (or find: same ``conversation_id``, same chat) the chat of a client."""
+        body = wire.CreateChatRequest(
+            conversation_id=conversation_id,
+            user=user,
+            source=wire.Source(external_id=source_external_id) if source_external_id else None,
+        )
+        response = await self._request("POST", f"{self._scope(scope_id)}/chats", body, describe="create chat")
+        if response.status_code != 200:
+            raise self._error(response, "create chat")
+        return self._decode(response, wire.CreateChatResponse, "create chat")
+
+    async def send_message(
+        self, scope_id: str, payload: wire.MessagePayload, *, event: wire.EventType = "new_message"
+    ) -> Sent:
+        """Send a ``new_message`` (or, with ``event="edit_message"``, an edit) and return amoCRM's id of it.
+
+        A refusal because amojo already has ``payload.msgid`` is a success with ``duplicate=True``.
+        """
+        describe = event.replace("_", " ")
+        response = await self._request(
+            "POST", self._scope(scope_id), wire.MessageEvent(event_type=event, payload=payload), describe=describe
+        )
+        if response.status_code == 200:
+            sent = self._decode(response, wire.SendMessageResponse, describe).new_message
+            return Sent(msgid=payload.msgid, amocrm_id=sent.msgid, conversation_id=sent.conversation_id)
+        error = self._error(response, describe)
+        if event == "new_message" and is_duplicate_msgid(response.status_code, error.body):
+            return Sent(msgid=payload.msgid, amocrm_id=None, conversation_id=payload.conversation_id, duplicate=True)
+        raise error
+
+    async def send_comment(self, scope_id: str, payload: wire.MessagePayload) -> Sent:
+        """Send a comment: a ``new_message`` whose ``message.post`` names the post (spec §7)."""
+        if payload.message.post is None:
+            raise ValueError("a comment needs message.post (the post it belongs to)")
+        return await self.send_message(scope_id, payload)
+
+    async def update_delivery_status(
+        self,
+        scope_id: str,
+        amocrm_id: str,
+        delivery_status: Literal[1, 2, -1],
+        *,
+        error_code: int | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Report delivered (1), read (2) or failed (-1, with ``error_code`` 901–905) for amoCRM's message id."""
+        body = wire.DeliveryStatusRequest(
+            msgid=amocrm_id, delivery_status=delivery_status, error_code=error_code, error=error
+        )
+        path = f"{self._scope(scope_id)}/{quote(amocrm_id, safe='')}/delivery_status"
+        response = await self._request("POST", path, body, describe="delivery status")
+        if response.status_code != 200:
+            raise self._error(response, "delivery status")
+
+    async def get_history(
+        self, scope_id: str, conversation_id: str, *, offset: int = 0, limit: int = HISTORY_PAGE_LIMIT
+    ) -> list[wire.HistoryMessage]:
+        """One page of a chat's messages, newest first; empty when amoCRM knows no such chat (204)."""
+        if not 1 <= limit <= HISTORY_PAGE_LIMIT:
+            raise ValueError(f"history limit must be 1..{HISTORY_PAGE_LIMIT}, got {limit}")
+        path = f"{self._scope(scope_id)}/chats/{quote(conversation_id, safe='')}/history"
+        response = await self._request("GET", path, params={"offset": offset, "limit": limit}, describe="history")
+        if response.status_code == 204:
+            return []
+        if response.status_code != 200:
+            raise self._error(response, "history")
+        return self._decode(response, wire.HistoryResponse, "history").messages
+
+    async def iter_history(
+        self, scope_id: str, conversation_id: str, *, page_size: int = HISTORY_PAGE_LIMIT
+    ) -> AsyncIterator[wire.HistoryMessage]:
+        """Every message of a chat, newest first, page by page."""
+        offset = 0
+        while True:
+            page = await self.get_history(scope_id, conversation_id, offset=offset, limit=page_size)
+            for message in page:
+                yield message
+            if len(page) < page_size:
+                return
+            offset += len(page)
+
+    async def typing(
+        self, scope_id: str, conversation_id: str, sender_id: str, *, duration_ms: int | None = None
+    ) -> None:
+        """Show the manager that the client is typing (default 5 s)."""
+        body = wire.TypingRequest(
+            conversation_id=conversation_id, sender=wire.UserRef(id=sender_id), duration_ms=duration_ms
+        )
+        response = await self._request("POST", f"{self._scope(scope_id)}/typing", body, describe="typing")
+        if response.status_code not in (200, 204):
+            raise self._error(response, "typing")
+
+    async def react(
+        self,
+        scope_id: str,
+        *,
+        user_id: str,
+        emoji: str | None,
+        conversation_id: str | None = None,
+        conversation_ref_id: str | None = None,
+        msgid: str | None = None,
+        amocrm_id: str | None = None,
+        user_ref_id: str | None = None,
+    ) -> None:
+        """Set (``emoji``) or remove (``emoji=None``) a reaction on a message, named by our msgid or amoCRM's id."""
+        body = wire.ReactRequest(
+            user=wire.ReactUser(id=user_id, ref_id=user_ref_id),
+            type="react" if emoji else "unreact",
+            conversation_id=conversation_id,
+            conversation_ref_id=conversation_ref_id,
+            msgid=msgid,
+            id=amocrm_id,
+            emoji=emoji or None,
+        )
+        response = await self._request("POST", f"{self._scope(scope_id)}/react", body, describe="react")
+        if response.status_code != 200:
+            raise self._error(response, "react")

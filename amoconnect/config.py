@@ -1,0 +1,265 @@
+"""The configuration file (``amoconnect.toml``): schema, loading and validation.
+
+Any string value may be written as ``"env:NAME"`` to read it from the environment variable
+``NAME`` instead, so secrets need not sit in the file. Errors name the file, the key and
+what was expected. The full schema with an example is in README's "Configuration".
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+from .errors import ConfigError
+
+__all__ = [
+    "AccountConfig",
+    "ChannelConfig",
+    "Config",
+    "HttpConfig",
+    "RelayConfig",
+    "ServerConfig",
+    "SourceConfig",
+    "StoreConfig",
+    "load_config",
+    "parse_config",
+]
+
+_EXTERNAL_ID = re.compile(r"^[\x20-\x7e]{1,40}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ServerConfig(_Section):
+    """``[server]``: where the HTTP server listens and how it is reached from outside."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str = ""
+    """The URL amoCRM and messengers reach this server at (webhooks, media links)."""
+    max_body_bytes: int = 1024 * 1024
+    """Largest amoCRM webhook accepted; larger bodies get 413."""
+    max_messenger_body_bytes: int = 4 * 1024 * 1024
+    """Largest messenger webhook accepted (Meta sends up to a few MiB)."""
+    media_secret: str = ""
+    """Key of the signed ``/media`` links; defaults to a key derived from the channel secret."""
+
+
+class StoreConfig(_Section):
+    """``[store]``: the durable store."""
+
+    path: str = "amoconnect.sqlite3"
+    """SQLite file (created if missing)."""
+    synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    media_dir: str = "media"
+    """Directory of re-hosted media files."""
+
+
+class RelayConfig(_Section):
+    """``[relay]``: how jobs are worked and retried."""
+
+    concurrency: int = 64
+    """Jobs in flight at once (different conversations run in parallel)."""
+    max_attempts: int = 10
+    """Attempts of one job before it goes to the dead letters."""
+    backoff: float = 1.0
+    """First retry delay in seconds; doubles each attempt, with jitter."""
+    max_backoff: float = 600.0
+    dedup_retention_days: float = 8.0
+    """How long dedup keys are kept (WhatsApp retries for up to 7 days)."""
+    shutdown_timeout: float = 10.0
+    """Seconds to let in-flight jobs finish on SIGTERM before leaving them queued."""
+
+
+class HttpConfig(_Section):
+    """``[http]``: outbound HTTP."""
+
+    transport: Literal["httpx", "aiohttp"] = "httpx"
+    timeout: float = 10.0
+    max_in_flight_per_host: int = 32
+    attempts: int = 4
+    """Attempts of one HTTP call within a job attempt (transport errors, 429, 5xx)."""
+
+
+class ChannelConfig(_Section):
+    """``[channel]``: the channel amoCRM registered for this integration."""
+
+    id: str
+    secret: str
+    bot_id: str = ""
+    """The channel bot's id: sender of imported messages no amoCRM user can be tied to."""
+    title: str = "amoconnect"
+    amojo_url: str = "https://amojo.amocrm.ru"
+    """``https://amojo.amocrm.ru``, ``https://amojo.amocrm.com``, ``https://amojo.kommo.com`` or a fake."""
+
+
+class AccountConfig(_Section):
+    """``[[accounts]]``: one amoCRM account connected to the channel."""
+
+    name: str
+    amojo_id: str
+    """The account's amojo id (``GET /api/v4/account?with=amojo_id``)."""
+    scope_id: str = ""
+    """Returned by ``amoconnect connect``; defaults to ``{channel id}_{amojo_id}``."""
+    subdomain: str = ""
+    rest_url: str = ""
+    """amoCRM REST base URL; defaults to ``https://{subdomain}.amocrm.ru``."""
+    token: str = ""
+    """Long-lived token (or OAuth access token) of the REST API."""
+    time_window_disabled: bool = False
+    chat_policy: Literal["create_lead", "link_existing"] = "create_lead"
+
+
+class SourceConfig(_Section):
+    """``[[sources]]``: one messenger instance (a bot, a number, a community) of one account."""
+
+    name: str
+    """Instance name: appears in the webhook path ``/hooks/{plugin}/{name}``."""
+    plugin: str
+    account: str
+    external_id: str = ""
+    """The amoCRM source external_id (1–40 printable ASCII); defaults to ``name``."""
+    title: str = ""
+    default: bool = False
+    settings: dict[str, Any] = {}
+    """The plugin's own settings, validated against its schema."""
+
+
+class Config(_Section):
+    """The whole configuration."""
+
+    channel: ChannelConfig
+    accounts: list[AccountConfig] = []
+    sources: list[SourceConfig] = []
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
+    store: StoreConfig = msgspec.field(default_factory=StoreConfig)
+    relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
+    http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    log_level: str = "info"
+
+    def account(self, name: str) -> AccountConfig:
+        """The account called ``name``."""
+        for account in self.accounts:
+            if account.name == name:
+                return account
+        raise ConfigError(f"no account named {name!r}; configured: {[a.name for a in self.accounts]}")
+
+    def account_by_scope(self, scope_id: str) -> AccountConfig | None:
+        """The account connected under ``scope_id``, if any."""
+        for account in self.accounts:
+            if account.scope_id == scope_id:
+                return account
+        return None
+
+    def secrets(self) -> list[str]:
+        """Every secret value in the configuration, for log redaction."""
+        found = [self.channel.secret, self.server.media_secret, *(a.token for a in self.accounts)]
+        for source in self.sources:
+            found.extend(_secret_like(source.settings))
+        return [s for s in found if s]
+
+
+def _secret_like(settings: dict[str, Any]) -> list[str]:
+    words = ("token", "secret", "password", "key")
+    return [str(v) for k, v in settings.items() if isinstance(v, str) and any(w in k.lower() for w in words)]
+
+
+def _resolve_env(value: Any, where: str, origin: str) -> Any:
+    if isinstance(value, str) and value.startswith("env:"):
+        name = value[4:]
+        if name not in os.environ:
+            raise ConfigError(f"{origin}: {where} reads environment variable {name!r}, which is not set")
+        return os.environ[name]
+    if isinstance(value, dict):
+        return {k: _resolve_env(v, f"{where}.{k}" if where else k, origin) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolve_env(v, f"{where}[{i}]", origin) for i, v in enumerate(value)]
+    return value
+
+
+def _check(config: Config, origin: str) -> Config:
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"{origin}: {message}")
+
+    if not config.channel.id or not config.channel.secret:
+        raise fail("channel.id and channel.secret are required (amoCRM issues them when it registers the channel)")
+    names: set[str] = set()
+    scopes: set[str] = set()
+    accounts = []
+    for i, account in enumerate(config.accounts):
+        if account.name in names:
+            raise fail(f"accounts[{i}].name {account.name!r} is used twice")
+        names.add(account.name)
+        scope_id = account.scope_id or f"{config.channel.id}_{account.amojo_id}"
+        if scope_id in scopes:
+            raise fail(f"accounts[{i}].scope_id {scope_id!r} is used twice")
+        scopes.add(scope_id)
+        rest_url = account.rest_url or (f"https://{account.subdomain}.amocrm.ru" if account.subdomain else "")
+        accounts.append(msgspec.structs.replace(account, scope_id=scope_id, rest_url=rest_url))
+    sources = []
+    instance_names: set[str] = set()
+    external_ids: set[tuple[str, str]] = set()
+    defaults: set[str] = set()
+    for i, source in enumerate(config.sources):
+        where = f"sources[{i}]"
+        if not _NAME.match(source.name):
+            raise fail(
+                f"{where}.name {source.name!r} must be lower-case letters, digits, '-' or '_' (it is a URL part)"
+            )
+        if source.name in instance_names:
+            raise fail(f"{where}.name {source.name!r} is used twice")
+        instance_names.add(source.name)
+        if source.account not in names:
+            raise fail(f"{where}.account {source.account!r} is not one of the accounts {sorted(names)}")
+        external_id = source.external_id or source.name
+        if not _EXTERNAL_ID.match(external_id):
+            raise fail(f"{where}.external_id {external_id!r} must be 1-40 printable ASCII characters")
+        if (source.account, external_id) in external_ids:
+            raise fail(f"{where}.external_id {external_id!r} is used twice in account {source.account!r}")
+        external_ids.add((source.account, external_id))
+        if source.default:
+            if source.account in defaults:
+                raise fail(f"{where}: account {source.account!r} has more than one default source")
+            defaults.add(source.account)
+        sources.append(msgspec.structs.replace(source, external_id=external_id))
+    for field, value in (
+        ("server.port", config.server.port),
+        ("relay.concurrency", config.relay.concurrency),
+        ("relay.max_attempts", config.relay.max_attempts),
+        ("http.attempts", config.http.attempts),
+    ):
+        if value < (0 if field == "server.port" else 1):
+            raise fail(f"{field} must be positive, got {value}")
+    return msgspec.structs.replace(config, accounts=accounts, sources=sources)
+
+
+def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
+    """Validate a configuration given as a dict (as read from TOML)."""
+    data = _resolve_env(data, "", origin)
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{origin}: {exc}".replace("`$.", "`")) from exc
+    return _check(config, origin)
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a TOML configuration file."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return parse_config(data, str(path))
