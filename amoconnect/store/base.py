@@ -130,8 +130,8 @@ class Store(Protocol):
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         """Put a job back to run again after ``delay`` seconds."""
 
-    async def bury(self, job_id: int, *, error: str) -> None:
-        """Move a job to the dead letters."""
+    async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
+        """Move a job to the dead letters, enqueueing ``then`` in the same transaction."""
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest queued job is due (0 if one is due now), None if the queue is empty."""
@@ -190,3 +190,6 @@ class Store(Protocol):
 
     async def set_state(self, namespace: str, key: str, value: bytes) -> None:
         """Store a value for an adapter."""
+
+    async def delete_state(self, namespace: str, key: str) -> None:
+        """Forget a value an adapter stored."""

@@ -339,7 +339,7 @@ class SQLiteStore:
 
         await self._call(run, wakes=True)
 
-    async def bury(self, job_id: int, *, error: str) -> None:
+    async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
@@ -347,6 +347,7 @@ class SQLiteStore:
                 (time.time(), error, job_id),
             )
             conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+            _insert_jobs(conn, then, time.time())
 
         await self._call(run, wakes=True)
 
@@ -490,6 +491,11 @@ class SQLiteStore:
     async def set_state(self, namespace: str, key: str, value: bytes) -> None:
         await self._call(
             lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (namespace, key, value))
+        )
+
+    async def delete_state(self, namespace: str, key: str) -> None:
+        await self._call(
+            lambda conn: conn.execute("DELETE FROM state WHERE namespace = ? AND key = ?", (namespace, key))
         )
 
 

@@ -1,0 +1,59 @@
+"""What the relay's job handlers share, and the job kinds and payloads they exchange."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgspec
+import pluggy
+
+from .amojo.client import AmojoClient
+from .config import Config
+from .media import MediaStore
+from .metrics import Metrics
+from .model import InboundEvent
+from .routing import Routing
+from .store.base import NewJob, Store
+
+__all__ = ["AMOCRM", "INBOUND", "STATUS", "Core", "InboundJob", "StatusJob", "status_job"]
+
+AMOCRM = "amocrm"
+"""A webhook from amoCRM; the payload is its raw body."""
+INBOUND = "inbound"
+"""An event from a messenger; the payload is an :class:`InboundJob`."""
+STATUS = "status"
+"""A delivery status to report to amojo; the payload is a :class:`StatusJob`."""
+
+
+class InboundJob(msgspec.Struct, frozen=True):
+    """An inbound event and the instance it came from."""
+
+    instance: str
+    event: InboundEvent
+
+
+class StatusJob(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A ``delivery_status`` call to make: amoCRM's message id and what to say."""
+
+    amocrm_id: str
+    delivery_status: int
+    error_code: int | None = None
+    error: str | None = None
+
+
+def status_job(scope_id: str, status: StatusJob) -> NewJob:
+    """The job that reports ``status`` to amojo, ordered per message."""
+    return NewJob(STATUS, f"{scope_id}|status|{status.amocrm_id}", msgspec.json.encode(status), scope_id)
+
+
+@dataclass
+class Core:
+    """The services a job handler works with."""
+
+    config: Config
+    store: Store
+    amojo: AmojoClient
+    routing: Routing
+    pm: pluggy.PluginManager
+    media: MediaStore
+    metrics: Metrics

@@ -1,0 +1,362 @@
+"""Messenger → amoCRM: the handler of ``inbound`` jobs.
+
+Each neutral event becomes amojo calls: a message or comment becomes ``new_message`` (media
+re-hosted first), an edit ``edit_message``, a status ``delivery_status`` (forward only), a
+reaction ``react``/``unreact``, typing ``typing`` (at most one per 5 s per conversation).
+Every msgid is derived from the messenger's ids, so a retried job cannot duplicate.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Literal
+
+import msgspec
+from structlog.typing import FilteringBoundLogger
+
+from . import ids
+from .amojo import wire
+from .core import Core, InboundJob
+from .errors import AmojoError, MessengerError
+from .media import MediaTooLarge
+from .model import (
+    Attachment,
+    InboundComment,
+    InboundEdit,
+    InboundMessage,
+    InboundReaction,
+    InboundStatus,
+    InboundTyping,
+    MessageRef,
+    Person,
+)
+from .outbound import latest_comment_key
+from .plugins import alter_inbound_message
+from .relay import Done, GiveUp, Retry
+from .routing import Instance
+from .statuses import DELIVERED, FAILED, READ, STATUS_NAMES, is_forward
+from .store.base import ConversationRecord, Job, MessageRecord
+from .windows import failure_for
+
+__all__ = ["InboundHandler"]
+
+TYPING_INTERVAL = 5.0
+STATUS_WAITS = 4
+"""Attempts a status for a message we don't know yet waits for the mapping before it is dropped."""
+
+_STATUS_CODES = {"delivered": DELIVERED, "read": READ, "failed": FAILED}
+_decode = msgspec.json.Decoder(InboundJob).decode
+
+
+def _participant(sender: Person, client_id: str) -> wire.Participant:
+    profile = wire.Profile(phone=sender.phone, email=sender.email) if sender.phone or sender.email else None
+    return wire.Participant(
+        id=client_id,
+        name=sender.name or sender.username or sender.id,
+        avatar=sender.avatar,
+        profile=profile,
+        profile_link=sender.profile_link,
+    )
+
+
+def _amojo_failure(exc: AmojoError) -> Exception:
+    if exc.retryable:
+        return Retry(str(exc))
+    return GiveUp(str(exc))
+
+
+class InboundHandler:
+    """Runs ``inbound`` jobs."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+        self._last_typing: dict[str, float] = {}
+
+    async def __call__(self, job: Job, log: FilteringBoundLogger) -> Done:
+        item = _decode(job.payload)
+        instance = self.core.routing.get(item.instance)
+        if instance is None:
+            raise GiveUp(f"instance {item.instance!r} is no longer configured")
+        event = item.event
+        log = log.bind(instance=instance.name, chat=event.chat, event=type(event).__name__)
+        try:
+            if isinstance(event, InboundMessage | InboundComment):
+                return await self._message(instance, event, log)
+            if isinstance(event, InboundEdit):
+                return await self._edit(instance, event, log)
+            if isinstance(event, InboundStatus):
+                return await self._status(instance, event, job, log)
+            if isinstance(event, InboundReaction):
+                return await self._reaction(instance, event, log)
+            return await self._typing(instance, event, log)
+        except AmojoError as exc:
+            raise _amojo_failure(exc) from exc
+
+    # -- conversations -------------------------------------------------------------------
+    async def _conversation(self, instance: Instance, chat: str, sender: Person) -> ConversationRecord:
+        record = await self.core.store.conversation_by_chat(instance.name, chat)
+        if record is None:
+            record = ConversationRecord(
+                scope_id=instance.scope_id,
+                conversation_id=ids.conversation_id(instance.name, chat),
+                instance=instance.name,
+                chat=chat,
+                client_id=ids.client_id(instance.name, sender.id),
+            )
+        elif record.client_id is None:
+            record = msgspec.structs.replace(record, client_id=ids.client_id(instance.name, sender.id))
+        return record
+
+    async def _known(self, instance: Instance, chat: str) -> ConversationRecord | None:
+        return await self.core.store.conversation_by_chat(instance.name, chat)
+
+    # -- media ---------------------------------------------------------------------------
+    async def _media_url(self, instance: Instance, attachment: Attachment) -> tuple[str, int | None, str]:
+        """A URL amoCRM can download the attachment from, its size and file name."""
+        if attachment.url is not None:
+            return attachment.url, attachment.size, attachment.file_name or attachment.url.rsplit("/", 1)[-1]
+        assert attachment.fetch is not None
+        try:
+            fetched = await instance.adapter.fetch_media(attachment.fetch)
+        except MessengerError as exc:
+            if exc.retryable:
+                raise Retry(f"fetching media failed: {exc}") from exc
+            raise GiveUp(f"fetching media failed: {exc}") from exc
+        if fetched.size is not None and fetched.size > self.core.media.max_bytes:
+            raise MediaTooLarge(f"media of {fetched.size} bytes exceeds the {self.core.media.max_bytes} byte cap")
+        name = attachment.file_name or fetched.file_name or ""
+        file_id, size = await self.core.media.put(
+            fetched.content, content_type=attachment.mime_type or fetched.content_type, file_name=name
+        )
+        stored = await self.core.media.get(file_id)
+        assert stored is not None
+        url = f"{self.core.config.server.public_url.rstrip('/')}/media/{self.core.media.token(file_id)}"
+        return url, size, stored.file_name
+
+    async def _contents(
+        self, instance: Instance, event: InboundMessage | InboundComment | InboundEdit, log: FilteringBoundLogger
+    ) -> list[wire.MessageContent]:
+        """One amojo message per attachment (the text rides on the first), or one text/location/contact message."""
+        contents: list[wire.MessageContent] = []
+        text = event.text or None
+        for attachment in event.attachments:
+            try:
+                url, size, name = await self._media_url(instance, attachment)
+            except MediaTooLarge as exc:
+                log.warning("media refused", reason=str(exc))
+                contents.append(wire.MessageContent(type="text", text=f"[{attachment.kind} not relayed: {exc}]"))
+                continue
+            contents.append(
+                wire.MessageContent(
+                    type=attachment.kind,
+                    media=url,
+                    file_name=name or attachment.kind,
+                    file_size=size if size is not None else 0,
+                    media_duration=int(attachment.duration) if attachment.duration is not None else None,
+                    text=text if not contents else None,
+                )
+            )
+        if contents:
+            return contents
+        location = getattr(event, "location", None)
+        contact = getattr(event, "contact", None)
+        if location is not None:
+            return [wire.MessageContent(type="location", location=wire.Location(lon=location.lon, lat=location.lat))]
+        if contact is not None:
+            return [wire.MessageContent(type="contact", contact=wire.Contact(name=contact.name, phone=contact.phone))]
+        return [wire.MessageContent(type="text", text=text or "")]
+
+    # -- events --------------------------------------------------------------------------
+    async def _message(
+        self, instance: Instance, event: InboundMessage | InboundComment, log: FilteringBoundLogger
+    ) -> Done:
+        core = self.core
+        conversation = await self._conversation(instance, event.chat, event.sender)
+        assert conversation.client_id is not None
+        if isinstance(event, InboundMessage):
+            event = alter_inbound_message(core.pm, event, instance.conversation(conversation))
+            msgid = ids.inbound_msgid(instance.name, event.chat, event.message_id)
+            messenger_id = event.message_id
+        else:
+            msgid = ids.comment_msgid(instance.name, event.post.id, event.comment_id)
+            messenger_id = f"comment:{event.post.id}:{event.comment_id}"
+        contents = await self._contents(instance, event, log)
+        reply_to = None
+        if isinstance(event, InboundMessage) and event.reply_to:
+            quoted = await core.store.message_by_messenger(
+                instance.scope_id, conversation.conversation_id, event.reply_to
+            )
+            if quoted is not None:
+                ref = (
+                    wire.EmbeddedMessage(msgid=quoted.msgid)
+                    if quoted.direction == "in"
+                    else wire.EmbeddedMessage(id=quoted.amocrm_id)
+                )
+                reply_to = wire.ReplyTo(message=ref)
+        if isinstance(event, InboundMessage) and event.callback_data:
+            contents[0] = msgspec.structs.replace(contents[0], callback_data=event.callback_data)
+        if isinstance(event, InboundComment):
+            post = wire.Post(
+                id=event.post.id,
+                url=event.post.url,
+                preview_url=event.post.preview_url,
+                username=event.sender.username,
+                caption=event.post.caption,
+            )
+            contents = [msgspec.structs.replace(c, post=post) for c in contents]
+        sender = _participant(event.sender, conversation.client_id)
+        messages: list[MessageRecord] = []
+        ref_id = conversation.amocrm_chat_id if conversation.ref_pending else None
+        for index, content in enumerate(contents):
+            part_msgid = msgid if index == 0 else f"{msgid}#{index}"
+            payload = wire.MessagePayload(
+                timestamp=int(event.timestamp),
+                msec_timestamp=int(event.timestamp * 1000),
+                msgid=part_msgid,
+                conversation_id=conversation.conversation_id,
+                conversation_ref_id=ref_id,
+                source=wire.Source(external_id=instance.source.external_id),
+                sender=sender,
+                message=content,
+                reply_to=reply_to if index == 0 else None,
+            )
+            sent = await core.amojo.send_message(instance.scope_id, payload)
+            log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=sent.amocrm_id, duplicate=sent.duplicate)
+            messages.append(
+                MessageRecord(
+                    instance.scope_id,
+                    part_msgid,
+                    conversation.conversation_id,
+                    "in",
+                    amocrm_id=sent.amocrm_id,
+                    messenger_id=messenger_id,
+                )
+            )
+        if isinstance(event, InboundComment):
+            messages.append(
+                MessageRecord(
+                    instance.scope_id,
+                    latest_comment_key(conversation.conversation_id, event.post.id),
+                    conversation.conversation_id,
+                    "in",
+                    messenger_id=messenger_id,
+                )
+            )
+        updated = msgspec.structs.replace(conversation, last_client_at=event.timestamp, ref_pending=False)
+        return Done(conversations=[updated], messages=messages)
+
+    async def _edit(self, instance: Instance, event: InboundEdit, log: FilteringBoundLogger) -> Done:
+        core = self.core
+        conversation = await self._known(instance, event.chat)
+        original = (
+            await core.store.message_by_messenger(instance.scope_id, conversation.conversation_id, event.message_id)
+            if conversation is not None
+            else None
+        )
+        if conversation is None or original is None or original.amocrm_id is None:
+            log.warning("edit of a message amoCRM does not know; dropped", message_id=event.message_id)
+            return Done()
+        assert conversation.client_id is not None
+        (content, *_) = await self._contents(instance, event, log)
+        payload = wire.MessagePayload(
+            timestamp=int(event.timestamp),
+            msec_timestamp=int(event.timestamp * 1000),
+            msgid=original.msgid,
+            id=original.amocrm_id,
+            conversation_id=conversation.conversation_id,
+            source=wire.Source(external_id=instance.source.external_id),
+            sender=_participant(event.sender, conversation.client_id),
+            message=content,
+        )
+        await core.amojo.send_message(instance.scope_id, payload, event="edit_message")
+        log.info("edit relayed to amoCRM", amocrm_id=original.amocrm_id)
+        return Done()
+
+    async def _status(self, instance: Instance, event: InboundStatus, job: Job, log: FilteringBoundLogger) -> Done:
+        core = self.core
+        if event.status == "sent":
+            return Done()
+        conversation = await self._known(instance, event.chat)
+        record = (
+            await core.store.message_by_messenger(instance.scope_id, conversation.conversation_id, event.message_id)
+            if conversation is not None
+            else None
+        )
+        if conversation is None or record is None or record.amocrm_id is None:
+            if job.attempts < STATUS_WAITS:
+                raise Retry(f"status for message {event.message_id!r} before its mapping", delay=0.5 * job.attempts)
+            log.warning("status for a message amoconnect did not send; dropped", message_id=event.message_id)
+            return Done()
+        new = _STATUS_CODES[event.status]
+        if not is_forward(record.status, new):
+            log.info("stale status ignored", old=STATUS_NAMES[record.status], new=event.status)
+            return Done()
+        error_code: int | None = None
+        error: str | None = None
+        if new == FAILED:
+            error_code, error = failure_for(event.reason or "other", event.error)
+        delivery: Literal[1, 2, -1] = 1 if new == DELIVERED else 2 if new == READ else -1
+        try:
+            await core.amojo.update_delivery_status(
+                instance.scope_id, record.amocrm_id, delivery, error_code=error_code, error=error
+            )
+        except AmojoError as exc:
+            if exc.status == 404:
+                log.warning("amoCRM does not know the message; status dropped", amocrm_id=record.amocrm_id)
+                return Done()
+            raise
+        log.info("status relayed to amoCRM", amocrm_id=record.amocrm_id, status=event.status)
+        updated = msgspec.structs.replace(record, status=new)
+        core.pm.hook.status_changed(
+            message=MessageRef(
+                conversation=instance.conversation(conversation),
+                direction=record.direction,
+                msgid=record.msgid,
+                amocrm_id=record.amocrm_id,
+                messenger_id=record.messenger_id,
+            ),
+            old=STATUS_NAMES[record.status] if record.status else None,
+            new=event.status,
+        )
+        return Done(messages=[updated])
+
+    async def _reaction(self, instance: Instance, event: InboundReaction, log: FilteringBoundLogger) -> Done:
+        core = self.core
+        conversation = await self._known(instance, event.chat)
+        target = (
+            await core.store.message_by_messenger(instance.scope_id, conversation.conversation_id, event.message_id)
+            if conversation is not None
+            else None
+        )
+        if conversation is None or target is None:
+            log.warning("reaction to a message amoconnect does not know; dropped", message_id=event.message_id)
+            return Done()
+        emoji = None if event.removed else event.emoji or None
+        if emoji is None and not event.removed:
+            log.warning("reaction without an emoji; dropped")
+            return Done()
+        await core.amojo.react(
+            instance.scope_id,
+            user_id=ids.client_id(instance.name, event.sender.id),
+            emoji=emoji,
+            conversation_id=conversation.conversation_id,
+            msgid=target.msgid if target.direction == "in" else None,
+            amocrm_id=target.amocrm_id if target.direction == "out" else None,
+        )
+        log.info("reaction relayed to amoCRM", removed=event.removed)
+        return Done()
+
+    async def _typing(self, instance: Instance, event: InboundTyping, log: FilteringBoundLogger) -> Done:
+        conversation = await self._known(instance, event.chat)
+        if conversation is None:
+            return Done()
+        now = time.monotonic()
+        if now - self._last_typing.get(conversation.conversation_id, -TYPING_INTERVAL) < TYPING_INTERVAL:
+            return Done()
+        if time.time() - event.timestamp > TYPING_INTERVAL:
+            return Done()  # stale: the client stopped typing long ago
+        self._last_typing[conversation.conversation_id] = now
+        await self.core.amojo.typing(
+            instance.scope_id, conversation.conversation_id, ids.client_id(instance.name, event.sender.id)
+        )
+        return Done()

@@ -1,0 +1,444 @@
+"""amoCRM → messenger: the handlers of ``amocrm`` jobs (manager webhooks) and ``status`` jobs.
+
+A manager's message is resolved to its conversation (or starts one: write first), checked
+against the reply window and the adapter's capabilities, handed to the adapter, and its
+messenger id recorded; a failure becomes a ``delivery_status`` -1 the manager sees. Sends to
+a messenger are at-least-once: the job is marked running before the call and done right after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Literal, cast
+
+import msgspec
+from structlog.typing import FilteringBoundLogger
+
+from . import ids
+from .amojo import wire
+from .capabilities import Capability
+from .core import Core, StatusJob, status_job
+from .errors import AmojoError, MessengerError, RateLimited, WebhookError
+from .model import (
+    Attachment,
+    Button,
+    ListMessage,
+    ListRow,
+    ListSection,
+    MediaKind,
+    OutgoingCommentReply,
+    OutgoingMessage,
+    OutgoingReaction,
+    OutgoingTyping,
+    SendResult,
+    Template,
+    TemplateParam,
+)
+from .plugins import alter_outgoing_message
+from .relay import Done, GiveUp, Retry
+from .routing import Instance
+from .statuses import DELIVERED, FAILED
+from .store.base import ConversationRecord, Job, MessageRecord, NewJob
+from .windows import failure_for, window_closed_at, window_closed_text
+
+__all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "outgoing_from_hook"]
+
+_MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
+
+
+def outgoing_from_hook(
+    body: wire.HookMessageBody, *, chat: str | None, phone: str | None, reply_to: str | None, dedup_key: str
+) -> OutgoingMessage:
+    """The neutral message of a manager's webhook message (everything the webhook says, before capability checks)."""
+    attachments: tuple[Attachment, ...] = ()
+    if body.type in _MEDIA_KINDS and body.media:
+        attachments = (
+            Attachment(
+                kind=cast(MediaKind, body.type), url=body.media, file_name=body.file_name or "", size=body.file_size
+            ),
+        )
+    buttons: tuple[tuple[Button, ...], ...] = ()
+    list_message = None
+    if body.markup is not None:
+        if body.markup.buttons:
+            buttons = tuple(
+                tuple(Button(text=b.text, url=b.url, callback_data=None if b.url else b.text) for b in row)
+                for row in body.markup.buttons
+            )
+        if body.markup.list_message is not None:
+            lm = body.markup.list_message
+            list_message = ListMessage(
+                body=lm.body,
+                button=lm.button,
+                header=lm.header or "",
+                footer=lm.footer or "",
+                sections=tuple(
+                    ListSection(
+                        title=s.title or "",
+                        rows=tuple(
+                            ListRow(callback_data=r.callback_data, title=r.title, description=r.description or "")
+                            for r in s.rows
+                        ),
+                    )
+                    for s in lm.sections
+                ),
+            )
+    template = None
+    if body.template is not None:
+        template = Template(
+            id=str(body.template.id),
+            content=body.template.content,
+            external_id=body.template.external_id,
+            params=tuple(TemplateParam(key=p.key, value=p.value) for p in body.template.params),
+        )
+    return OutgoingMessage(
+        chat=chat,
+        phone=phone if chat is None else None,
+        dedup_key=dedup_key,
+        text=body.text or "",
+        attachments=attachments,
+        buttons=buttons,
+        list_message=list_message,
+        template=template,
+        reply_to=reply_to,
+        media_group_id=body.media_group_id,
+    )
+
+
+def latest_comment_key(conversation_id: str, post_id: str) -> str:
+    """The msgid under which the client's latest comment on a post is remembered (the one a reply answers)."""
+    return f"{conversation_id}|latest-comment|{post_id}"
+
+
+def _comment_id(messenger_id: str | None, post_id: str) -> str | None:
+    prefix = f"comment:{post_id}:"
+    if messenger_id and messenger_id.startswith(prefix):
+        return messenger_id[len(prefix) :]
+    return None
+
+
+def _fit_to_capabilities(message: OutgoingMessage, instance: Instance) -> OutgoingMessage:
+    """Drop what the adapter cannot send, keeping its meaning in text where that is possible."""
+    text = message.text
+    changes: dict[str, object] = {}
+    if message.buttons and not instance.can(Capability.buttons):
+        links = [f"{b.text}: {b.url}" for row in message.buttons for b in row if b.url]
+        text = "\n".join([text, *links]) if links else text
+        changes["buttons"] = ()
+    if message.list_message is not None and not instance.can(Capability.list_messages):
+        lm = message.list_message
+        lines = [lm.header, lm.body, *(f"- {r.title}" for s in lm.sections for r in s.rows), lm.footer]
+        text = "\n".join(line for line in [text, *lines] if line)
+        changes["list_message"] = None
+    if message.template is not None and not instance.can(Capability.templates):
+        text = text or _render_template_model(message.template)
+        changes["template"] = None
+    if message.reply_to is not None and not instance.can(Capability.replies):
+        changes["reply_to"] = None
+    if changes:
+        changes["text"] = text
+        return msgspec.structs.replace(message, **changes)
+    return message
+
+
+def _render_template_model(template: Template) -> str:
+    text = template.content
+    for param in template.params:
+        text = text.replace(f"{{{{{param.key}}}}}", param.value)
+    return text
+
+
+class AmocrmHandler:
+    """Runs ``amocrm`` jobs: a manager's message, typing or reaction."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    def on_dead(self, job: Job, error: str) -> Sequence[NewJob]:
+        """When a manager's message is given up on, tell the manager (status -1 / 903)."""
+        try:
+            hook = wire.parse_webhook(job.payload)
+        except WebhookError:
+            return ()
+        if not isinstance(hook, wire.MessageHook):
+            return ()
+        status = StatusJob(
+            hook.amocrm_message_id, FAILED, 903, f"amoconnect could not deliver the message: {error}"[:1000]
+        )
+        return [status_job(job.scope_id, status)]
+
+    async def __call__(self, job: Job, log: FilteringBoundLogger) -> Done:
+        try:
+            hook = wire.parse_webhook(job.payload)
+        except WebhookError as exc:
+            raise GiveUp(str(exc)) from exc
+        if isinstance(hook, wire.MessageHook):
+            return await self._message(job.scope_id, hook, log.bind(amocrm_id=hook.amocrm_message_id))
+        if isinstance(hook, wire.TypingHook):
+            return await self._typing(job.scope_id, hook.typing, log)
+        return await self._reaction(job.scope_id, hook.reaction, log)
+
+    async def _conversation(self, scope_id: str, conversation: wire.Conversation) -> ConversationRecord | None:
+        store = self.core.store
+        record = None
+        if conversation.client_id:
+            record = await store.conversation(scope_id, conversation.client_id)
+        if record is None:
+            record = await store.conversation_by_amocrm(scope_id, conversation.id)
+        return record
+
+    def _fail(
+        self,
+        scope_id: str,
+        amocrm_id: str,
+        reason: str,
+        text: str,
+        log: FilteringBoundLogger,
+        record: MessageRecord | None = None,
+    ) -> Done:
+        code, error = failure_for(reason, text)
+        log.warning("message failed", error_code=code, error=error)
+        messages = [msgspec.structs.replace(record, status=FAILED)] if record is not None else []
+        return Done(messages=messages, then=[status_job(scope_id, StatusJob(amocrm_id, FAILED, code, error))])
+
+    async def _message(self, scope_id: str, hook: wire.MessageHook, log: FilteringBoundLogger) -> Done:
+        core = self.core
+        m = hook.message
+        amocrm_id = m.message.id
+        account = core.config.account_by_scope(scope_id)
+        if account is None:
+            raise GiveUp(f"scope {scope_id!r} is no longer configured")
+        existing = await core.store.message_by_amocrm(scope_id, amocrm_id)
+        if existing is not None and existing.messenger_id is not None:
+            log.info("already sent; nothing to do")
+            return Done()
+        conversation = await self._conversation(scope_id, m.conversation)
+        if conversation is not None:
+            instance = core.routing.get(conversation.instance)
+            if instance is None:
+                raise GiveUp(f"instance {conversation.instance!r} of the conversation is no longer configured")
+        elif m.conversation.client_id:
+            return self._fail(
+                scope_id, amocrm_id, "other", f"amoconnect does not know conversation {m.conversation.client_id!r}", log
+            )
+        else:
+            external_id = m.source.external_id if m.source else None
+            found = core.routing.for_source(scope_id, external_id)
+            if found is None:
+                return self._fail(
+                    scope_id, amocrm_id, "other", f"no messenger is configured for source {external_id!r}", log
+                )
+            instance = found
+            if not instance.can(Capability.write_first):
+                return self._fail(
+                    scope_id,
+                    amocrm_id,
+                    "no_chat",
+                    f"{instance.messenger} cannot start a chat; the client has to write first",
+                    log,
+                )
+            if not m.receiver.phone:
+                return self._fail(scope_id, amocrm_id, "no_chat", "write first needs the client's phone number", log)
+        log = log.bind(instance=instance.name)
+        if m.message.post is not None:
+            return await self._comment_reply(scope_id, instance, conversation, m, log)
+        reply_to = None
+        if m.message.reply_to is not None and conversation is not None:
+            quoted_id = m.message.reply_to.message.id
+            quoted = await core.store.message_by_amocrm(scope_id, quoted_id) if quoted_id else None
+            if quoted is None and m.message.reply_to.message.msgid:
+                quoted = await core.store.message(scope_id, m.message.reply_to.message.msgid)
+            reply_to = quoted.messenger_id if quoted is not None else None
+        message = outgoing_from_hook(
+            m.message,
+            chat=conversation.chat if conversation is not None else None,
+            phone=m.receiver.phone,
+            reply_to=reply_to,
+            dedup_key=amocrm_id,
+        )
+        message = _fit_to_capabilities(message, instance)
+        closed_at = window_closed_at(
+            instance.adapter.capabilities,
+            instance.adapter.reply_window,
+            conversation.last_client_at if conversation is not None else None,
+            window_disabled=account.time_window_disabled,
+        )
+        if closed_at is not None:
+            if message.template is not None and instance.can(Capability.templates):
+                log.info("reply window closed; sending the template instead of free text")
+                message = msgspec.structs.replace(message, text="", attachments=(), buttons=(), list_message=None)
+            else:
+                assert instance.adapter.reply_window is not None
+                return self._fail(
+                    scope_id,
+                    amocrm_id,
+                    "window_closed",
+                    window_closed_text(closed_at, instance.adapter.reply_window),
+                    log,
+                )
+        if conversation is not None:
+            message = alter_outgoing_message(core.pm, message, instance.conversation(conversation))
+        await instance.throttle(message.chat or message.phone or "")
+        try:
+            result = await instance.adapter.send_message(message)
+        except RateLimited as exc:
+            raise Retry(f"{instance.messenger} rate limit: {exc}", delay=exc.retry_after) from exc
+        except MessengerError as exc:
+            if exc.retryable:
+                raise Retry(f"{instance.messenger}: {exc}") from exc
+            return self._fail(scope_id, amocrm_id, exc.reason, exc.description, log)
+        return self._sent(scope_id, instance, conversation, m, result, log)
+
+    def _sent(
+        self,
+        scope_id: str,
+        instance: Instance,
+        conversation: ConversationRecord | None,
+        m: wire.HookMessage,
+        result: SendResult,
+        log: FilteringBoundLogger,
+    ) -> Done:
+        amocrm_id = m.message.id
+        if conversation is None:  # write first: the chat exists now
+            chat = result.chat or m.receiver.phone or ""
+            conversation = ConversationRecord(
+                scope_id=scope_id,
+                conversation_id=ids.conversation_id(instance.name, chat),
+                instance=instance.name,
+                chat=chat,
+                amocrm_chat_id=m.conversation.id,
+                ref_pending=True,
+            )
+        elif conversation.amocrm_chat_id != m.conversation.id:
+            conversation = msgspec.structs.replace(conversation, amocrm_chat_id=m.conversation.id)
+        status = DELIVERED if result.status == "delivered" else 0
+        messages = [
+            MessageRecord(
+                scope_id,
+                amocrm_id if i == 0 else f"{amocrm_id}#{i}",
+                conversation.conversation_id,
+                "out",
+                amocrm_id=amocrm_id,
+                messenger_id=messenger_id,
+                status=status,
+            )
+            for i, messenger_id in enumerate(result.message_ids or ("",))
+        ]
+        then = [status_job(scope_id, StatusJob(amocrm_id, DELIVERED))] if status == DELIVERED else []
+        log.info("relayed to messenger", messenger_ids=list(result.message_ids), chat=conversation.chat)
+        return Done(conversations=[conversation], messages=messages, then=then)
+
+    async def _comment_reply(
+        self,
+        scope_id: str,
+        instance: Instance,
+        conversation: ConversationRecord | None,
+        m: wire.HookMessage,
+        log: FilteringBoundLogger,
+    ) -> Done:
+        """A reply in a post's comments (spec §7): text only, under the comment it answers."""
+        amocrm_id = m.message.id
+        assert m.message.post is not None
+        post_id = m.message.post.id
+        if conversation is None or not instance.can(Capability.comments):
+            return self._fail(scope_id, amocrm_id, "other", f"{instance.messenger} cannot answer comments", log)
+        store = self.core.store
+        target = None
+        if m.message.reply_to is not None and m.message.reply_to.message.id:
+            target = await store.message_by_amocrm(scope_id, m.message.reply_to.message.id)
+        if target is None:
+            target = await store.message(scope_id, latest_comment_key(conversation.conversation_id, post_id))
+        comment = _comment_id(target.messenger_id if target is not None else None, post_id)
+        if comment is None:
+            return self._fail(scope_id, amocrm_id, "other", "no comment of this client under the post to answer", log)
+        if not m.message.text:
+            return self._fail(scope_id, amocrm_id, "other", "a reply in the comments can only be text", log)
+        reply = OutgoingCommentReply(
+            chat=conversation.chat, post_id=post_id, comment_id=comment, text=m.message.text, dedup_key=amocrm_id
+        )
+        try:
+            result = await instance.adapter.send_comment_reply(reply)
+        except RateLimited as exc:
+            raise Retry(f"{instance.messenger} rate limit: {exc}", delay=exc.retry_after) from exc
+        except MessengerError as exc:
+            if exc.retryable:
+                raise Retry(f"{instance.messenger}: {exc}") from exc
+            return self._fail(scope_id, amocrm_id, exc.reason, exc.description, log)
+        return self._sent(scope_id, instance, conversation, m, result, log)
+
+    async def _typing(self, scope_id: str, typing: wire.TypingAction, log: FilteringBoundLogger) -> Done:
+        if typing.expired_at <= time.time():
+            return Done()
+        conversation = await self._conversation(scope_id, typing.conversation)
+        instance = self.core.routing.get(conversation.instance) if conversation is not None else None
+        if conversation is None or instance is None or not instance.can(Capability.typing):
+            return Done()
+        try:
+            await instance.adapter.send_typing(
+                OutgoingTyping(chat=conversation.chat, until=float(typing.expired_at), post_id=typing.post_id)
+            )
+        except MessengerError as exc:
+            log.info("typing not shown", error=str(exc))
+        return Done()
+
+    async def _reaction(self, scope_id: str, reaction: wire.ReactionAction, log: FilteringBoundLogger) -> Done:
+        core = self.core
+        conversation = await self._conversation(scope_id, reaction.conversation)
+        instance = core.routing.get(conversation.instance) if conversation is not None else None
+        if conversation is None or instance is None:
+            log.warning("reaction in a conversation amoconnect does not know; dropped")
+            return Done()
+        if not instance.can(Capability.reactions):
+            log.info("reaction not relayed: the messenger has no reactions", messenger=instance.messenger)
+            return Done()
+        target = await core.store.message_by_amocrm(scope_id, reaction.message_id)
+        if target is None and reaction.message is not None and reaction.message.client_id:
+            target = await core.store.message(scope_id, reaction.message.client_id)
+        if target is None or not target.messenger_id:
+            log.warning("reaction to a message amoconnect does not know; dropped", amocrm_id=reaction.message_id)
+            return Done()
+        removed = reaction.type == "unreact"
+        emoji = ""
+        if not removed:
+            matched = instance.adapter.reactions.match(reaction.emoji or "")
+            if matched is None:
+                log.warning(
+                    "reaction not relayed: emoji not in the messenger's set",
+                    emoji=reaction.emoji,
+                    messenger=instance.messenger,
+                )
+                return Done()
+            emoji = matched
+        try:
+            await instance.adapter.send_reaction(
+                OutgoingReaction(chat=conversation.chat, message_id=target.messenger_id, emoji=emoji, removed=removed)
+            )
+        except RateLimited as exc:
+            raise Retry(str(exc), delay=exc.retry_after) from exc
+        except MessengerError as exc:
+            if exc.retryable:
+                raise Retry(str(exc)) from exc
+            log.warning("reaction refused by the messenger", error=str(exc))
+        return Done()
+
+
+class StatusHandler:
+    """Runs ``status`` jobs: one ``delivery_status`` call each."""
+
+    def __init__(self, core: Core) -> None:
+        self.core = core
+
+    async def __call__(self, job: Job, log: FilteringBoundLogger) -> Done:
+        status = msgspec.json.decode(job.payload, type=StatusJob)
+        code: Literal[1, 2, -1] = 1 if status.delivery_status == 1 else 2 if status.delivery_status == 2 else -1
+        try:
+            await self.core.amojo.update_delivery_status(
+                job.scope_id, status.amocrm_id, code, error_code=status.error_code, error=status.error
+            )
+        except AmojoError as exc:
+            if exc.retryable:
+                raise Retry(str(exc)) from exc
+            raise GiveUp(str(exc)) from exc
+        log.info("status reported to amoCRM", amocrm_id=status.amocrm_id, delivery_status=code)
+        return Done()

@@ -1,0 +1,176 @@
+"""The relay: takes jobs from the store and runs them, in order per conversation, in parallel across.
+
+A handler per job kind does the work and tells the relay how it went: it returns
+:class:`Done` (with the mapping records to write and follow-up jobs, all committed together
+with the job's completion), or raises :class:`Retry` (try again later), :class:`GiveUp` (a
+dead letter right away) or any other exception (a bug or a surprise: retried like
+:class:`Retry`). After ``max_attempts`` a job becomes a dead letter; a handler's ``on_dead``
+may then enqueue follow-ups (e.g. tell the manager the message failed).
+
+Workers wake when a job is committed (no polling sleep); when nothing is due they sleep until
+the earliest retry is.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import structlog
+
+from .metrics import Metrics
+from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
+
+__all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry"]
+
+log = structlog.get_logger("amoconnect.relay")
+
+_IDLE_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class Done:
+    """A job finished; these writes and follow-up jobs commit with its completion."""
+
+    conversations: Sequence[ConversationRecord] = ()
+    messages: Sequence[MessageRecord] = ()
+    then: Sequence[NewJob] = ()
+
+
+class Retry(Exception):
+    """Run the job again later: after ``delay`` seconds, or the relay's backoff when ``None``."""
+
+    def __init__(self, reason: str, *, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class GiveUp(Exception):
+    """The job can never succeed: move it to the dead letters now."""
+
+
+@dataclass
+class Handler:
+    """How the relay runs one kind of job."""
+
+    run: Callable[[Job, structlog.typing.FilteringBoundLogger], Awaitable[Done]]
+    on_dead: Callable[[Job, str], Sequence[NewJob]] | None = None
+    """Follow-up jobs to enqueue when a job of this kind becomes a dead letter."""
+    max_attempts: int | None = None
+    """Overrides the relay's ``max_attempts`` for this kind."""
+
+
+@dataclass
+class Relay:
+    """Runs jobs from ``store`` with the ``handlers`` for their kinds."""
+
+    store: Store
+    handlers: dict[str, Handler]
+    metrics: Metrics = field(default_factory=Metrics)
+    concurrency: int = 64
+    max_attempts: int = 10
+    backoff: float = 1.0
+    max_backoff: float = 600.0
+    shutdown_timeout: float = 10.0
+    _running: dict[int, anyio.CancelScope] = field(default_factory=dict, init=False)
+    _slot_free: anyio.Event = field(default_factory=anyio.Event, init=False)
+
+    def backoff_delay(self, attempts: int) -> float:
+        """Delay before attempt ``attempts + 1``: exponential with jitter, capped."""
+        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempts - 1)))
+        return random.uniform(ceiling / 2, ceiling)
+
+    async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Work the queue until cancelled; then give in-flight jobs ``shutdown_timeout`` to finish."""
+        async with anyio.create_task_group() as jobs:
+            task_status.started()
+            try:
+                await self._dispatch(jobs)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._drain()
+                jobs.cancel_scope.cancel()
+
+    async def _dispatch(self, jobs: anyio.abc.TaskGroup) -> None:
+        while True:
+            free = self.concurrency - len(self._running)
+            claimed: list[Job] = []
+            if free > 0:
+                claimed = await self.store.claim(free)
+                for job in claimed:
+                    scope = anyio.CancelScope()
+                    self._running[job.id] = scope
+                    jobs.start_soon(self._work, job, scope)
+                if len(claimed) == free:
+                    continue
+                due = await self.store.next_due_in()
+                wait = _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
+            else:
+                self._slot_free = anyio.Event()
+                await self._slot_free.wait()
+                continue
+            if wait > 0:
+                await self.store.wait_for_work(wait)
+
+    async def _drain(self) -> None:
+        if not self._running:
+            return
+        log.info("draining", in_flight=len(self._running), timeout_s=self.shutdown_timeout)
+        with anyio.move_on_after(self.shutdown_timeout):
+            while self._running:
+                self._slot_free = anyio.Event()
+                await self._slot_free.wait()
+        if self._running:
+            log.warning("left queued at shutdown", jobs=sorted(self._running))
+
+    async def _work(self, job: Job, scope: anyio.CancelScope) -> None:
+        bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
+        handler = self.handlers.get(job.kind)
+        try:
+            with scope:
+                if handler is None:
+                    await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
+                    return
+                try:
+                    done = await handler.run(job, bound)
+                except GiveUp as exc:
+                    await self._bury(job, handler, str(exc), bound)
+                except Retry as exc:
+                    await self._retry(job, handler, str(exc), exc.delay, bound)
+                except Exception as exc:
+                    bound.exception("job failed unexpectedly")
+                    await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
+                else:
+                    await self.store.finish(
+                        job.id, conversations=done.conversations, messages=done.messages, then=done.then
+                    )
+                    self.metrics.jobs_succeeded.labels(job.kind).inc()
+                    self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
+                    for follow in done.then:
+                        self.metrics.jobs_queued.labels(follow.kind).inc()
+        finally:
+            self._running.pop(job.id, None)
+            self._slot_free.set()
+
+    async def _retry(
+        self, job: Job, handler: Handler, error: str, delay: float | None, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        limit = handler.max_attempts or self.max_attempts
+        if job.attempts >= limit:
+            await self._bury(job, handler, f"gave up after {job.attempts} attempts: {error}", bound)
+            return
+        wait = self.backoff_delay(job.attempts) if delay is None else delay
+        bound.warning("job will be retried", error=error, retry_in_s=round(wait, 3))
+        await self.store.retry(job.id, delay=wait, error=error)
+        self.metrics.jobs_retried.labels(job.kind).inc()
+
+    async def _bury(
+        self, job: Job, handler: Handler | None, error: str, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        bound.error("job moved to dead letters", error=error)
+        follow = handler.on_dead(job, error) if handler is not None and handler.on_dead is not None else ()
+        await self.store.bury(job.id, error=error, then=follow)
+        self.metrics.jobs_dead.labels(job.kind).inc()

@@ -1,0 +1,279 @@
+"""The runtime: owns the configuration, plugins, store, clients, relay and ASGI app.
+
+It is also the test harness: ``async with Runtime(config) as rt`` starts everything (the
+relay workers and every adapter instance), ``rt.client`` talks to the app in-process, and
+leaving the block drains in-flight jobs and stops. :func:`serve` runs it behind uvicorn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+import anyio
+import httpx
+import msgspec
+import pluggy
+import structlog
+from starlette.applications import Starlette
+
+from .adapter import AdapterContext, MessengerAdapter
+from .amojo.client import AmojoClient
+from .config import Config
+from .core import AMOCRM, INBOUND, STATUS, Core
+from .errors import ConfigError, PluginError
+from .http import RetryPolicy, new_client
+from .inbound import InboundHandler
+from .media import MediaStore
+from .metrics import Metrics
+from .model import InboundEvent
+from .outbound import AmocrmHandler, StatusHandler
+from .plugins import collect_messengers, get_plugin_manager
+from .ratelimit import RateLimiter
+from .relay import Handler, Relay
+from .routing import Instance, Routing
+from .store.base import Store
+from .store.sqlite import SQLiteStore
+
+__all__ = ["Runtime", "serve"]
+
+log = structlog.get_logger("amoconnect.runtime")
+
+DEDUP_PRUNE_INTERVAL = 3600.0
+
+
+@dataclass
+class _InstanceState:
+    """An adapter's :class:`~amoconnect.adapter.StateStore`, a namespace of the store."""
+
+    store: Store
+    namespace: str
+
+    async def get(self, key: str) -> bytes | None:
+        return await self.store.get_state(self.namespace, key)
+
+    async def set(self, key: str, value: bytes) -> None:
+        await self.store.set_state(self.namespace, key, value)
+
+    async def delete(self, key: str) -> None:
+        await self.store.delete_state(self.namespace, key)
+
+
+class Runtime:
+    """One running connector.
+
+    ``plugin`` limits the messenger instances to one plugin (``amoconnect run --plugin``);
+    ``plugin_manager`` replaces plugin discovery; ``amojo_http`` and ``messenger_http`` inject
+    HTTP clients (tests point them at fakes in-process).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        plugin: str | None = None,
+        plugin_manager: pluggy.PluginManager | None = None,
+        plugin_dirs: Iterable[Path | str] = (),
+        extra_modules: Iterable[str | ModuleType] = (),
+        store: Store | None = None,
+        amojo_http: httpx.AsyncClient | None = None,
+        messenger_http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.config = config
+        self.plugin = plugin
+        self.pm = plugin_manager or get_plugin_manager(plugin_dirs=plugin_dirs, extra_modules=extra_modules)
+        self.messengers = collect_messengers(self.pm)
+        if plugin is not None and plugin not in self.messengers:
+            raise PluginError(
+                f"no messenger plugin named {plugin!r} is installed; installed: {sorted(self.messengers) or 'none'}"
+            )
+        self.metrics = Metrics()
+        self.store: Store = store or SQLiteStore(config.store.path, synchronous=config.store.synchronous)
+        self._amojo_http = amojo_http
+        self._messenger_http = messenger_http
+        self.media = MediaStore(Path(config.store.media_dir), self._media_secret())
+        self.routing = Routing(())
+        self.amojo: AmojoClient
+        self.app: Starlette | None = None
+        self._stack: AsyncExitStack | None = None
+        self._http: httpx.AsyncClient | None = None
+        self._client: httpx.AsyncClient | None = None
+
+    def _media_secret(self) -> str:
+        if self.config.server.media_secret:
+            return self.config.server.media_secret
+        return hashlib.sha256(b"amoconnect-media-key\0" + self.config.channel.secret.encode()).hexdigest()
+
+    # -- building ------------------------------------------------------------------------
+    def _instances(self, http: httpx.AsyncClient) -> list[Instance]:
+        instances = []
+        public = self.config.server.public_url.rstrip("/")
+        for index, source in enumerate(self.config.sources):
+            if self.plugin is not None and source.plugin != self.plugin:
+                continue
+            cls = self.messengers.get(source.plugin)
+            if cls is None:
+                raise ConfigError(
+                    f"sources[{index}] ({source.name!r}) uses plugin {source.plugin!r}, which is not installed; "
+                    f"installed: {sorted(self.messengers) or 'none'}"
+                )
+            try:
+                settings = msgspec.convert(source.settings, cls.settings)
+            except msgspec.ValidationError as exc:
+                raise ConfigError(
+                    f"sources[{index}].settings ({source.name!r}, plugin {source.plugin!r}): {exc}"
+                ) from exc
+            context = AdapterContext(
+                instance=source.name,
+                http=http,
+                log=structlog.get_logger(f"amoconnect.{cls.name}").bind(instance=source.name),
+                state=_InstanceState(self.store, f"{cls.name}:{source.name}"),
+                submit=self._submitter(source.name),
+                public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
+            )
+            adapter: MessengerAdapter = cls(settings, context)
+            limiters = [(limit, RateLimiter(limit.count, limit.per)) for limit in cls.rate_limits]
+            instances.append(Instance(source, self.config.account(source.account), adapter, limiters))
+        return instances
+
+    def _submitter(self, instance_name: str) -> Callable[[Sequence[InboundEvent]], Awaitable[None]]:
+        async def submit(events: Sequence[InboundEvent]) -> None:
+            from .server.app import enqueue_inbound
+
+            instance = self.routing.get(instance_name)
+            if instance is None:
+                raise PluginError(f"instance {instance_name!r} is not running")
+            await enqueue_inbound(self, instance, tuple(events))
+
+        return submit
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def __aenter__(self) -> Runtime:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open the store, build clients, adapters and the app, start the relay and the adapters."""
+        from .server.app import build_app
+
+        stack = AsyncExitStack()
+        await stack.__aenter__()
+        try:
+            http_config = self.config.http
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            amojo_http = self._amojo_http or new_client(
+                transport=http_config.transport,
+                timeout=http_config.timeout,
+                max_in_flight_per_host=http_config.max_in_flight_per_host,
+            )
+            if self._amojo_http is None:
+                stack.push_async_callback(amojo_http.aclose)
+            self.amojo = AmojoClient(
+                self.config.channel.id,
+                self.config.channel.secret,
+                base_url=self.config.channel.amojo_url,
+                client=amojo_http,
+                retry=RetryPolicy(attempts=http_config.attempts),
+            )
+            messenger_http = self._messenger_http or new_client(
+                transport=http_config.transport,
+                timeout=http_config.timeout,
+                max_in_flight_per_host=http_config.max_in_flight_per_host,
+            )
+            if self._messenger_http is None:
+                stack.push_async_callback(messenger_http.aclose)
+            self.routing = Routing(self._instances(messenger_http))
+            self.app = build_app(self)
+            core = Core(self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics)
+            amocrm = AmocrmHandler(core)
+            relay_config = self.config.relay
+            self.relay = Relay(
+                self.store,
+                {
+                    AMOCRM: Handler(amocrm, on_dead=amocrm.on_dead),
+                    INBOUND: Handler(InboundHandler(core)),
+                    STATUS: Handler(StatusHandler(core)),
+                },
+                metrics=self.metrics,
+                concurrency=relay_config.concurrency,
+                max_attempts=relay_config.max_attempts,
+                backoff=relay_config.backoff,
+                max_backoff=relay_config.max_backoff,
+                shutdown_timeout=relay_config.shutdown_timeout,
+            )
+            for instance in self.routing:
+                await instance.adapter.startup()
+                stack.push_async_callback(instance.adapter.shutdown)
+            tasks = anyio.create_task_group()
+            await stack.enter_async_context(tasks)
+            stack.callback(tasks.cancel_scope.cancel)
+            await tasks.start(self.relay.run)
+            for instance in self.routing:
+                tasks.start_soon(self._run_adapter, instance)
+            tasks.start_soon(self._prune_dedup)
+        except BaseException:
+            await stack.aclose()
+            raise
+        self._stack = stack
+        log.info(
+            "runtime started",
+            instances=[f"{i.messenger}/{i.name}" for i in self.routing],
+            accounts=[a.name for a in self.config.accounts],
+            store=str(getattr(self.store, "path", type(self.store).__name__)),
+        )
+
+    async def stop(self) -> None:
+        """Stop the adapters, drain the relay (``relay.shutdown_timeout``), close everything."""
+        stack, self._stack = self._stack, None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        if stack is not None:
+            await stack.aclose()
+            log.info("runtime stopped")
+
+    async def _run_adapter(self, instance: Instance) -> None:
+        try:
+            await instance.adapter.run()
+        except Exception:
+            log.exception("adapter stopped with an error", instance=instance.name)
+
+    async def _prune_dedup(self) -> None:
+        keep = self.config.relay.dedup_retention_days * 86400
+        while True:
+            pruned = await self.store.prune_dedup(keep)
+            if pruned:
+                log.info("dedup keys pruned", count=pruned)
+            await anyio.sleep(DEDUP_PRUNE_INTERVAL)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """An HTTP client that talks to the app in-process (``http://amoconnect``)."""
+        if self.app is None:
+            raise RuntimeError("the runtime is not started")
+        if self._client is None:
+            self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://amoconnect")
+        return self._client
+
+
+async def serve(runtime: Runtime, *, host: str, port: int) -> None:
+    """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT, then drain and stop."""
+    import uvicorn
+
+    async with runtime:
+        assert runtime.app is not None
+        server = uvicorn.Server(
+            uvicorn.Config(runtime.app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
+        )
+        started = time.monotonic()
+        await server.serve()
+        log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))
