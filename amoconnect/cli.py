@@ -1,0 +1,278 @@
+"""The ``amoconnect`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from . import __version__
+from .config import Config, load_config
+from .errors import AmoconnectError
+
+__all__ = ["main"]
+
+T = TypeVar("T")
+
+DEFAULT_CONFIG = "amoconnect.toml"
+
+
+def _run(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn)
+    except AmoconnectError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _config(path: str) -> Config:
+    try:
+        return load_config(path)
+    except AmoconnectError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _configure_logging(config: Config | None, level: str | None = None) -> None:
+    from .logging import configure
+
+    configure(level=level or (config.log_level if config else "info"), secrets=config.secrets() if config else ())
+
+
+config_option = click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="The TOML configuration file.",
+)
+
+
+@click.group()
+@click.version_option(__version__, prog_name="amoconnect")
+def main() -> None:
+    """Connect messengers to amoCRM / Kommo through the Chats API."""
+
+
+@main.command()
+@click.option("--plugin", "plugin", default=None, help="Run only this messenger plugin's instances.")
+@config_option
+@click.option("--host", default=None, help="Listen address (default: [server] host).")
+@click.option("--port", default=None, type=int, help="Listen port (default: [server] port).")
+@click.option("--sandbox", is_flag=True, help="No credentials: a fake amoCRM and the plugin's fake messenger.")
+@click.option(
+    "--plugin-dir",
+    "plugin_dirs",
+    multiple=True,
+    type=click.Path(file_okay=False, exists=True),
+    help="Load every *.py in this directory as a plugin (repeatable).",
+)
+@click.option("--log-level", default=None, help="debug, info, warning or error.")
+def run(
+    plugin: str | None,
+    config_path: str,
+    host: str | None,
+    port: int | None,
+    sandbox: bool,
+    plugin_dirs: tuple[str, ...],
+    log_level: str | None,
+) -> None:
+    """Serve webhooks and relay messages until SIGTERM/SIGINT."""
+    if sandbox:
+        from .sandbox import run_sandbox
+
+        _configure_logging(None, log_level)
+        _run(
+            lambda: run_sandbox(plugin or "fake", host=host or "127.0.0.1", port=port or 8080, plugin_dirs=plugin_dirs)
+        )
+        return
+    from .runtime import Runtime, serve
+
+    config = _config(config_path)
+    _configure_logging(config, log_level)
+
+    async def go() -> None:
+        runtime = Runtime(config, plugin=plugin, plugin_dirs=plugin_dirs)
+        await serve(runtime, host=host or config.server.host, port=port or config.server.port)
+
+    _run(go)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {name, version, hooks, ...}.")
+@click.option("--plugin-dir", "plugin_dirs", multiple=True, type=click.Path(file_okay=False, exists=True))
+def plugins(as_json: bool, plugin_dirs: tuple[str, ...]) -> None:
+    """List installed plugins, their versions, hooks and messenger declarations."""
+    from .plugins import describe_plugins, get_plugin_manager
+
+    try:
+        described = describe_plugins(get_plugin_manager(plugin_dirs=plugin_dirs))
+    except AmoconnectError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(described, indent=2, ensure_ascii=False))
+        return
+    if not described:
+        click.echo("no plugins installed")
+    for entry in described:
+        click.echo(f"{entry['name']} {entry.get('version') or ''}".rstrip())
+        for messenger in entry.get("messengers", []):
+            window = messenger.get("reply_window")
+            click.echo(f"  messenger {messenger['name']}: {', '.join(messenger.get('capabilities', [])) or '-'}")
+            click.echo(f"    reactions: {messenger.get('reactions')}; reply window: {window or 'none'}")
+        hooks = [h for h in entry.get("hooks", []) if h != "register_messengers"]
+        if hooks:
+            click.echo(f"  hooks: {', '.join(hooks)}")
+
+
+def _account_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--account", "account_name", default=None, help="Account name from the config (default: every account)."
+    )(fn)
+
+
+@main.command()
+@config_option
+@_account_option
+def connect(config_path: str, account_name: str | None) -> None:
+    """Connect the channel to the configured accounts; prints each scope_id."""
+    config = _config(config_path)
+
+    async def go() -> None:
+        from .amojo.client import AmojoClient
+
+        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+            for account in config.accounts:
+                if account_name and account.name != account_name:
+                    continue
+                answer = await amojo.connect(
+                    account.amojo_id,
+                    title=config.channel.title,
+                    time_window_disabled=account.time_window_disabled or None,
+                )
+                click.echo(f"{account.name}: scope_id = {answer.scope_id}")
+                if answer.scope_id != account.scope_id:
+                    click.echo(f'  note: set scope_id = "{answer.scope_id}" for account {account.name!r} in the config')
+
+    _run(go)
+
+
+@main.command()
+@config_option
+@_account_option
+def disconnect(config_path: str, account_name: str | None) -> None:
+    """Disconnect the channel from the configured accounts."""
+    config = _config(config_path)
+
+    async def go() -> None:
+        from .amojo.client import AmojoClient
+
+        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+            for account in config.accounts:
+                if account_name and account.name != account_name:
+                    continue
+                await amojo.disconnect(account.amojo_id)
+                click.echo(f"{account.name}: disconnected")
+
+    _run(go)
+
+
+@main.group()
+def jobs() -> None:
+    """The dead letters: jobs that ran out of attempts."""
+
+
+def _with_store(config_path: str, fn: Callable[[Any], Awaitable[T]]) -> T:
+    config = _config(config_path)
+
+    async def go() -> T:
+        from .store.sqlite import SQLiteStore
+
+        async with SQLiteStore(config.store.path, synchronous=config.store.synchronous) as store:
+            return await fn(store)
+
+    return _run(go)
+
+
+@jobs.command("list")
+@config_option
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", default=100, show_default=True)
+def jobs_list(config_path: str, as_json: bool, limit: int) -> None:
+    """Show dead letters and queue counts."""
+
+    async def go(store: Any) -> None:
+        dead = await store.dead_letters(limit)
+        counts = await store.counts()
+        if as_json:
+            rows = [
+                {
+                    "id": d.id,
+                    "kind": d.kind,
+                    "key": d.key,
+                    "scope_id": d.scope_id,
+                    "attempts": d.attempts,
+                    "failed_at": d.failed_at,
+                    "error": d.error,
+                }
+                for d in dead
+            ]
+            click.echo(json.dumps({"counts": counts, "dead": rows}, indent=2))
+            return
+        click.echo(f"queued {counts['queued']}, running {counts['running']}, dead {counts['dead']}")
+        for d in dead:
+            click.echo(f"#{d.id} {d.kind} {d.key} attempts={d.attempts}: {d.error}")
+
+    _with_store(config_path, go)
+
+
+@jobs.command("retry")
+@config_option
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Re-queue every dead letter.")
+def jobs_retry(config_path: str, ids: tuple[int, ...], everything: bool) -> None:
+    """Put dead letters back in the queue (a running connector picks them up)."""
+    if not ids and not everything:
+        raise click.UsageError("name job ids, or pass --all")
+
+    async def go(store: Any) -> None:
+        count = await store.requeue(None if everything else list(ids))
+        click.echo(f"re-queued {count} job(s)")
+
+    _with_store(config_path, go)
+
+
+@jobs.command("purge")
+@config_option
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Delete every dead letter.")
+def jobs_purge(config_path: str, ids: tuple[int, ...], everything: bool) -> None:
+    """Delete dead letters for good."""
+    if not ids and not everything:
+        raise click.UsageError("name job ids, or pass --all")
+
+    async def go(store: Any) -> None:
+        count = await store.purge(None if everything else list(ids))
+        click.echo(f"purged {count} job(s)")
+
+    _with_store(config_path, go)
+
+
+@main.command()
+@config_option
+@click.option("--offline", is_flag=True, help="Only validate the file and plugins; reach no API.")
+def check(config_path: str, offline: bool) -> None:
+    """Validate the configuration and reach every configured API; exit 1 if anything is wrong."""
+    from .checks import run_checks
+
+    config = _config(config_path)
+    problems = _run(lambda: run_checks(config, offline=offline))
+    for line in problems:
+        click.echo(f"problem: {line}", err=True)
+    if problems:
+        sys.exit(1)
+    click.echo(f"{Path(config_path)}: ok")
