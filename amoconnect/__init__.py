@@ -1,7 +1,109 @@
-"""amoconnect: connect messengers to amoCRM / Kommo through the Chats API (amojo)."""
+"""amoconnect: connect messengers to amoCRM / Kommo through the Chats API (amojo).
+
+The public surface is the plugin contract: :data:`hookimpl`, :class:`MessengerAdapter` and
+what it declares and exchanges (capabilities, the neutral message model), and the errors.
+"""
 
 from __future__ import annotations
 
+from .adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
+from .capabilities import Capability, RateLimit, ReactionSet
+from .errors import (
+    AmoCRMError,
+    AmoconnectError,
+    AmojoError,
+    ConfigError,
+    MessengerError,
+    PluginError,
+    RateLimited,
+    RemoteError,
+    SignatureError,
+    StoreError,
+    WebhookError,
+    WindowClosed,
+)
+from .hookspecs import hookimpl
+from .model import (
+    FAILURE_REASONS,
+    Attachment,
+    Button,
+    Contact,
+    Conversation,
+    InboundComment,
+    InboundEdit,
+    InboundEvent,
+    InboundMessage,
+    InboundReaction,
+    InboundStatus,
+    InboundTyping,
+    ListMessage,
+    ListRow,
+    ListSection,
+    Location,
+    MessageRef,
+    OutgoingCommentReply,
+    OutgoingEvent,
+    OutgoingMessage,
+    OutgoingReaction,
+    OutgoingTyping,
+    Person,
+    Post,
+    SendResult,
+    Template,
+    TemplateParam,
+)
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = [
+    "FAILURE_REASONS",
+    "AdapterContext",
+    "AmoCRMError",
+    "AmoconnectError",
+    "AmojoError",
+    "Attachment",
+    "Button",
+    "Capability",
+    "ConfigError",
+    "Contact",
+    "Conversation",
+    "FetchedMedia",
+    "InboundComment",
+    "InboundEdit",
+    "InboundEvent",
+    "InboundMessage",
+    "InboundReaction",
+    "InboundStatus",
+    "InboundTyping",
+    "ListMessage",
+    "ListRow",
+    "ListSection",
+    "Location",
+    "MessageRef",
+    "MessengerAdapter",
+    "MessengerError",
+    "OutgoingCommentReply",
+    "OutgoingEvent",
+    "OutgoingMessage",
+    "OutgoingReaction",
+    "OutgoingTyping",
+    "Person",
+    "PluginError",
+    "Post",
+    "RateLimit",
+    "RateLimited",
+    "ReactionSet",
+    "RemoteError",
+    "Route",
+    "SendResult",
+    "SignatureError",
+    "StoreError",
+    "Template",
+    "TemplateParam",
+    "WebhookError",
+    "WebhookRequest",
+    "WebhookResponse",
+    "WindowClosed",
+    "__version__",
+    "hookimpl",
+]

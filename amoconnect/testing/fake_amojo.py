@@ -75,14 +75,7 @@ _MEDIA_TYPES = frozenset({"file", "video", "picture", "voice", "audio", "sticker
 _NAMED_FILE_TYPES = frozenset({"file", "video", "picture"})
 _PREFIX = "/v2/origin/custom"
 # amoCRM fills a hook's unused message fields with empty values rather than leaving them out.
-_HOOK_EMPTY_FIELDS: dict[str, Any] = {
-    "text": "",
-    "media": "",
-    "thumbnail": "",
-    "file_name": "",
-    "file_size": 0,
-    "tag": "",
-}
+_HOOK_EMPTY_FIELDS: dict[str, Any] = dict(text="", media="", thumbnail="", file_name="", file_size=0, tag="")
 
 
 @dataclass
@@ -560,11 +553,7 @@ class FakeAmojo:
         chat = self.find_chat(request.path_params["conversation_id"], scope_id=scope_id)
         if chat is None:
             return Response(status_code=204)
-        newest_first = sorted(
-            (m for m in self.messages if m.chat_id == chat.id),
-            key=lambda m: m.msec_timestamp,
-            reverse=True,
-        )
+        newest_first = sorted(self.messages_in(chat.id), key=lambda m: m.msec_timestamp, reverse=True)
         page = newest_first[offset : offset + limit]
         if not page:
             return Response(status_code=204)
@@ -572,21 +561,14 @@ class FakeAmojo:
 
     def _history_entry(self, chat: Chat, message: StoredMessage) -> wire.HistoryMessage:
         client = wire.HistoryParticipant(id=chat.client_user_id, client_id=chat.client_id, name=chat.name)
-        other = wire.HistoryParticipant(id=message.sender_id)
+        body = msgspec.convert(msgspec.to_builtins(message.content), wire.HistoryMessageBody)
+        body.id, body.client_id, body.text = message.id, message.msgid, message.text
         return wire.HistoryMessage(
             timestamp=message.msec_timestamp // 1000,
             msec_timestamp=message.msec_timestamp,
-            sender=client if message.from_client else other,
+            sender=client if message.from_client else wire.HistoryParticipant(id=message.sender_id),
             receiver=None if message.from_client else client,
-            message=wire.HistoryMessageBody(
-                id=message.id,
-                client_id=message.msgid,
-                type=message.type,
-                text=message.text,
-                media=message.content.media or None,
-                file_name=message.content.file_name or None,
-                file_size=message.content.file_size or None,
-            ),
+            message=body,
         )
 
     async def _typing(self, request: Request) -> Response:
@@ -744,12 +726,14 @@ class FakeAmojo:
         quoted = None
         if reply_to is not None:
             old = self._by_id[reply_to]
-            sender = wire.EmbeddedSender(id=old.sender_id)
-            quoted = wire.EmbeddedMessage(id=old.id, client_id=old.msgid, type=old.type, text=old.text or "")
-            quoted.timestamp, quoted.msec_timestamp, quoted.sender = (
-                old.msec_timestamp // 1000,
-                old.msec_timestamp,
-                sender,
+            quoted = wire.EmbeddedMessage(
+                id=old.id,
+                client_id=old.msgid,
+                type=old.type,
+                text=old.text or "",
+                timestamp=old.msec_timestamp // 1000,
+                msec_timestamp=old.msec_timestamp,
+                sender=wire.EmbeddedSender(id=old.sender_id),
             )
         post = wire.HookPost(id=post_id) if post_id is not None else None
         body = wire.HookMessageBody(
