@@ -9,8 +9,8 @@ from __future__ import annotations
 from .adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from .capabilities import Capability, RateLimit, ReactionSet
 from .errors import (
-    AmoCRMError,
     AmoconnectError,
+    AmoCRMError,
     AmojoError,
     ConfigError,
     MessengerError,
