@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import msgspec
@@ -287,6 +288,16 @@ async def test_history(client: httpx.AsyncClient, fake: FakeAmojo) -> None:
     assert too_many.status_code == 400
     assert too_many.json()["code"] == "bad_history_range"
     assert (await call(client, "GET", path, query="?offset=x")).status_code == 400
+
+
+@pytest.mark.anyio
+async def test_history_of_a_conversation_id_that_needs_quoting(client: httpx.AsyncClient) -> None:
+    await connect(client)
+    conversation = "wa:+7 999/1"
+    await send(client, client_message("wa-1", conversation_id=conversation))
+    response = await call(client, "GET", f"{BASE}/{SCOPE}/chats/{quote(conversation, safe='')}/history")
+    assert response.status_code == 200
+    assert [m.message.client_id for m in wire.decode(response.content, wire.HistoryResponse).messages] == ["wa-1"]
 
 
 @pytest.mark.anyio

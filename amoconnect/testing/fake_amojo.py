@@ -292,7 +292,7 @@ class FakeAmojo:
                 Route(_PREFIX + "/{scope_id}/typing", self._typing, methods=["POST"]),
                 Route(_PREFIX + "/{scope_id}/react", self._react, methods=["POST"]),
                 Route(_PREFIX + "/{scope_id}/{msgid}/delivery_status", self._delivery_status, methods=["POST"]),
-                Route(_PREFIX + "/{scope_id}/chats/{conversation_id}/history", self._history, methods=["GET"]),
+                Route(_PREFIX + "/{scope_id}/chats/{conversation_id:path}/history", self._history, methods=["GET"]),
                 Route(_PREFIX + "/{scope_id}", self._send, methods=["POST"]),
             ],
             exception_handlers={_Refused: self._refused, HTTPException: self._http_error},

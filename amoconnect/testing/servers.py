@@ -84,7 +84,9 @@ async def serve_app(
             if task.done():
                 task.result()  # re-raise what stopped the server, if anything did
             if not server.started:
-                raise RuntimeError(f"the ASGI app did not start on {host}:{bound_port} within {startup_timeout} s")
+                raise RuntimeError(
+                    f"the app did not start on {host}:{bound_port} (startup failed or exceeded {startup_timeout} s)"
+                )
             yield f"http://{host}:{bound_port}"
         finally:
             server.should_exit = True

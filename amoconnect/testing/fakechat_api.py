@@ -1,0 +1,928 @@
+"""fakechat: a tiny messenger with a Bot API, served in-process for tests, the sandbox and plugin authors.
+
+:class:`FakeChat` behaves like a real messenger's Bot API (a small Telegram): it checks the bot
+token, answers in a JSON envelope, refuses what a real API refuses, throttles, and delivers
+signed webhook updates with retries. Its client side is scriptable::
+
+    fake = FakeChat("42:secret-token", http=httpx.AsyncClient(transport=httpx.ASGITransport(app=connector)))
+    fake.set_webhook("http://connector.test/hooks/fake/main", "webhook-secret")
+    await fake.client_writes("c1", "Hello")           # the update reaches the connector, signed
+    bot = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app), base_url="http://fakechat.test")
+    await bot.post("/bot42:secret-token/sendMessage", json={"chat_id": "c1", "text": "Hi!"})
+    fake.sent_to("c1")                                 # [BotMessage(text="Hi!", ...)]
+
+The Bot API lives under ``/bot{token}/{method}`` (POST, JSON body) and answers
+``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N, "description": "...",
+"parameters": {"retry_after": S}}``. Files the clients sent are downloaded from
+``/file/bot{token}/{file_path}`` (the path comes from ``getFile``); that URL carries the token,
+so it must never leave the connector.
+
+Refusals: 401 ``Unauthorized`` (wrong token, also for downloads) · 404 ``Not Found: method not
+found`` · 400 ``Bad Request: chat not found`` · 403 ``Forbidden: bot was blocked by the user``
+· 400 ``Bad Request: message is too long`` (text > 4096) / ``message caption is too long``
+(caption > 1024) / ``message text is empty`` / ``message to reply not found`` /
+``phone is not registered`` / ``REACTION_INVALID`` / ``BUTTON_DATA_INVALID`` /
+``wrong file_id`` / ``post not found`` / ``comment not found`` / a parameter of the wrong type
+· 429 ``Too Many Requests: retry after S`` past ``rate_limit`` messages per second, with
+``parameters.retry_after`` · whatever :meth:`FakeChat.fail_next` injects.
+
+Webhook updates are ``{"update_id": N, "<kind>": {...}}`` with one kind of ``message``,
+``edited_message``, ``callback``, ``reaction``, ``typing``, ``status`` and ``comment``, POSTed
+one at a time in ``update_id`` order with ``X-Fakechat-Signature: sha256=<hex HMAC-SHA256 of
+the body keyed with the webhook secret>``; a non-2xx answer or a connection error is retried a
+few times with a short, doubling backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import itertools
+import math
+import mimetypes
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, NoReturn
+
+import anyio
+import httpx
+import msgspec
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+__all__ = [
+    "DEFAULT_TOKEN",
+    "MAX_CAPTION_LENGTH",
+    "MAX_TEXT_LENGTH",
+    "REACTIONS",
+    "SIGNATURE_HEADER",
+    "BotMessage",
+    "BotReaction",
+    "ClientMedia",
+    "CommentAnswer",
+    "Delivery",
+    "FakeChat",
+    "TypingEvent",
+    "signature_of",
+]
+
+DEFAULT_TOKEN: Final = "1000:sandbox-token"
+"""The bot token of a :class:`FakeChat` built without one (the sandbox's)."""
+MAX_TEXT_LENGTH: Final = 4096
+"""Longest text ``sendMessage`` accepts."""
+MAX_CAPTION_LENGTH: Final = 1024
+"""Longest caption ``sendMedia`` accepts."""
+REACTIONS: Final = ("👍", "❤️", "😂", "😮", "😢", "🙏")
+"""The only emoji fakechat accepts as reactions, spelled exactly so."""
+SIGNATURE_HEADER: Final = "X-Fakechat-Signature"
+"""Header of a webhook update's signature: ``sha256=<hex>``."""
+
+MediaKind = Literal["picture", "video", "file", "voice", "audio", "sticker"]
+_MESSAGES_PER_WINDOW = 1.0  # rate_limit counts messages in a sliding window of one second
+_MAX_CALLBACK_DATA = 64
+
+
+def signature_of(body: bytes, secret: str) -> str:
+    """The ``X-Fakechat-Signature`` value of a webhook ``body`` signed with ``secret``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+# -- records ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClientMedia:
+    """A file a client sends (``client_writes(..., media=ClientMedia(...))``)."""
+
+    kind: MediaKind
+    content: bytes
+    file_name: str = ""
+    mime_type: str = ""
+
+
+@dataclass(kw_only=True)
+class BotMessage:
+    """A message in a chat, from the bot (``from_bot``) or from the client, with every field it was sent with."""
+
+    message_id: str
+    chat: str
+    from_bot: bool
+    date: int
+    text: str = ""
+    """Text, or the caption of media."""
+    kind: str = "text"
+    """``text``, ``list``, ``template`` or a media kind."""
+    url: str | None = None
+    file_name: str = ""
+    file_id: str | None = None
+    buttons: list[list[dict[str, Any]]] = field(default_factory=list)
+    list_menu: dict[str, Any] | None = None
+    """The ``list`` parameter of a list message."""
+    template: dict[str, Any] | None = None
+    reply_to: str | None = None
+    status: str = "sent"
+    """The last status delivered for it (``deliver_status``)."""
+
+
+@dataclass(frozen=True)
+class BotReaction:
+    """A reaction the bot set (``emoji`` empty: removed)."""
+
+    chat: str
+    message_id: str
+    emoji: str
+
+
+@dataclass(frozen=True)
+class TypingEvent:
+    """A ``sendTyping`` call of the bot."""
+
+    chat: str
+    at: float
+
+
+@dataclass(frozen=True)
+class CommentAnswer:
+    """A public answer the bot gave under a comment."""
+
+    post_id: str
+    comment_id: str
+    text: str
+    answer_id: str
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to deliver a webhook update; ``status`` is ``None`` when no answer came."""
+
+    update_id: int
+    attempt: int
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status: int | None
+
+
+@dataclass(kw_only=True)
+class _User:
+    chat: str
+    id: str
+    name: str
+    username: str | None = None
+    phone: str | None = None
+    blocked: bool = False
+    messages: list[BotMessage] = field(default_factory=list)
+
+    def as_from(self) -> dict[str, Any]:
+        found = {"id": self.id, "name": self.name, "username": self.username, "phone": self.phone}
+        return {key: value for key, value in found.items() if value is not None}
+
+
+@dataclass(kw_only=True)
+class _Post:
+    id: str
+    url: str
+    caption: str
+    comments: set[str] = field(default_factory=set)
+
+
+@dataclass(kw_only=True)
+class _StoredFile:
+    path: str
+    content: bytes
+    mime_type: str
+
+
+@dataclass(kw_only=True)
+class _Fault:
+    remaining: int
+    status: int
+    retry_after: float | None
+    method: str | None
+    description: str | None
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+def _fail(status: int, description: str, retry_after: int | None = None) -> NoReturn:
+    raise _ApiError(status, description, retry_after)
+
+
+def _error_response(status: int, description: str, retry_after: float | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after is not None:
+        body["parameters"] = {"retry_after": retry_after}
+    return JSONResponse(body, status)
+
+
+_DEFAULT_DESCRIPTIONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    409: "Conflict",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+# -- method parameters --------------------------------------------------------------------------
+
+_Id = str | int
+
+
+class _Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class _Button(_Params):
+    text: str
+    url: str | None = None
+    callback_data: str | None = None
+
+
+class _ListRow(_Params):
+    callback_data: str
+    title: str
+    description: str = ""
+
+
+class _ListSection(_Params):
+    title: str
+    rows: list[_ListRow]
+
+
+class _ListMenu(_Params):
+    body: str
+    button: str
+    sections: list[_ListSection]
+    header: str = ""
+    footer: str = ""
+
+
+class _TemplateRef(_Params):
+    name: str
+    params: list[str] = []
+
+
+class _SendMessage(_Params):
+    chat_id: _Id
+    text: str = ""
+    reply_to: _Id | None = None
+    buttons: list[list[_Button]] = []
+    menu: _ListMenu | None = msgspec.field(default=None, name="list")
+    template: _TemplateRef | None = None
+
+
+class _SendMedia(_Params):
+    chat_id: _Id
+    kind: MediaKind
+    url: str
+    caption: str = ""
+    file_name: str = ""
+    reply_to: _Id | None = None
+    buttons: list[list[_Button]] = []
+
+
+class _OpenChat(_Params):
+    phone: str
+
+
+class _SetReaction(_Params):
+    chat_id: _Id
+    message_id: _Id
+    emoji: str = ""
+
+
+class _ChatOnly(_Params):
+    chat_id: _Id
+
+
+class _AnswerComment(_Params):
+    post_id: _Id
+    comment_id: _Id
+    text: str
+
+
+class _GetFile(_Params):
+    file_id: str
+
+
+class _SetWebhook(_Params):
+    url: str = ""
+    secret: str = ""
+
+
+class _NoParams(_Params):
+    pass
+
+
+# -- the service --------------------------------------------------------------------------------
+
+
+class FakeChat:
+    """The fakechat messenger: a Bot API (:attr:`app`), an in-memory world and a scriptable client side.
+
+    ``token`` is the one bot's token; ``http`` delivers webhook updates (a fresh client per
+    delivery when ``None``); ``rate_limit`` caps the messages the bot may send per second
+    (``None``: no cap); ``clock`` gives unix seconds; a delivery is tried ``delivery_attempts``
+    times, waiting ``delivery_backoff`` seconds after the first failure, twice that after the
+    next, and so on.
+    """
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        *,
+        http: httpx.AsyncClient | None = None,
+        rate_limit: float | None = None,
+        clock: Callable[[], float] = time.time,
+        delivery_attempts: int = 3,
+        delivery_backoff: float = 0.05,
+        bot_name: str = "fakechat bot",
+    ) -> None:
+        self.token = token
+        self.http = http
+        self.rate_limit = rate_limit
+        self.clock = clock
+        self.delivery_attempts = delivery_attempts
+        self.delivery_backoff = delivery_backoff
+        self.bot_name = bot_name
+        self.webhook_url: str | None = None
+        """Where updates go (``setWebhook``); ``None`` until set."""
+        self.webhook_secret = ""
+        """Key of the updates' signatures (``setWebhook``'s ``secret``); empty: updates are unsigned."""
+        self.reactions: list[BotReaction] = []
+        """Reactions the bot set or removed, in order."""
+        self.typing_events: list[TypingEvent] = []
+        """``sendTyping`` calls, in order."""
+        self.comment_answers: list[CommentAnswer] = []
+        """Public answers the bot gave under comments, in order."""
+        self.updates: list[dict[str, Any]] = []
+        """Every update created, in ``update_id`` order."""
+        self.deliveries: list[Delivery] = []
+        """Every delivery attempt, in order."""
+        self.calls: list[tuple[str, dict[str, Any], int]] = []
+        """Every Bot API call: method, JSON parameters, HTTP status answered."""
+        self._users: dict[str, _User] = {}
+        self._phones: dict[str, str] = {}
+        self._posts: dict[str, _Post] = {}
+        self._files: dict[str, _StoredFile] = {}
+        self._paths: dict[str, _StoredFile] = {}
+        self._faults: list[_Fault] = []
+        self._sent_times: list[float] = []
+        self._ids = itertools.count(1)
+        self._chat_ids = itertools.count(1001)
+        self._update_ids = itertools.count(1)
+        self._duplicate = False
+        self._delivery_lock = anyio.Lock()
+        self.app = Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._api, methods=["POST"]),
+                Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
+            ],
+            exception_handlers={HTTPException: self._http_error},
+        )
+        """The ASGI app serving the Bot API and file downloads."""
+        self._methods: dict[str, tuple[type[_Params], Callable[[Any], Any]]] = {
+            "getMe": (_NoParams, self._get_me),
+            "setWebhook": (_SetWebhook, self._set_webhook),
+            "sendMessage": (_SendMessage, self._send_message),
+            "sendMedia": (_SendMedia, self._send_media),
+            "openChat": (_OpenChat, self._open_chat),
+            "setReaction": (_SetReaction, self._set_reaction),
+            "sendTyping": (_ChatOnly, self._send_typing),
+            "answerComment": (_AnswerComment, self._answer_comment),
+            "getFile": (_GetFile, self._get_file),
+        }
+
+    # -- HTTP ---------------------------------------------------------------------------------------
+
+    async def _http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error_response(exc.status_code, _DEFAULT_DESCRIPTIONS.get(exc.status_code, exc.detail))
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.method in (None, method):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    def _token_ok(self, token: str) -> bool:
+        return hmac.compare_digest(token.encode(), self.token.encode())
+
+    async def _api(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        body = await request.body()
+        try:
+            raw = msgspec.json.decode(body) if body.strip() else {}
+        except msgspec.DecodeError:
+            raw = None
+        params = raw if isinstance(raw, dict) else {}
+        response = self._answer(request.path_params["token"], method, body, raw)
+        self.calls.append((method, params, response.status_code))
+        return response
+
+    def _answer(self, token: str, method: str, body: bytes, raw: Any) -> Response:
+        fault = self._take_fault(method)
+        if fault is not None:
+            description = fault.description or _DEFAULT_DESCRIPTIONS.get(fault.status, "Injected failure")
+            if fault.status == 429 and fault.retry_after is not None and fault.description is None:
+                description = f"Too Many Requests: retry after {fault.retry_after:g}"
+            return _error_response(fault.status, description, fault.retry_after)
+        if not self._token_ok(token):
+            return _error_response(401, "Unauthorized")
+        entry = self._methods.get(method)
+        if entry is None:
+            return _error_response(404, "Not Found: method not found")
+        if not isinstance(raw, dict):
+            return _error_response(400, "Bad Request: the body must be a JSON object")
+        kind, handler = entry
+        try:
+            params = msgspec.json.decode(body if body.strip() else b"{}", type=kind)
+        except msgspec.ValidationError as exc:
+            return _error_response(400, f"Bad Request: {exc}")
+        try:
+            result = handler(params)
+        except _ApiError as exc:
+            return _error_response(exc.status, exc.description, exc.retry_after)
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _download(self, request: Request) -> Response:
+        fault = self._take_fault("file")
+        if fault is not None:
+            return _error_response(fault.status, fault.description or _DEFAULT_DESCRIPTIONS.get(fault.status, ""))
+        if not self._token_ok(request.path_params["token"]):
+            return _error_response(401, "Unauthorized")
+        stored = self._paths.get(request.path_params["file_path"])
+        if stored is None:
+            return _error_response(404, "Not Found: file not found")
+        return Response(stored.content, media_type=stored.mime_type)
+
+    # -- Bot API methods ------------------------------------------------------------------------------
+
+    def _chat(self, chat_id: _Id) -> _User:
+        user = self._users.get(str(chat_id))
+        if user is None:
+            _fail(400, "Bad Request: chat not found")
+        if user.blocked:
+            _fail(403, "Forbidden: bot was blocked by the user")
+        return user
+
+    def _message_in(self, user: _User, message_id: _Id) -> BotMessage | None:
+        return next((m for m in user.messages if m.message_id == str(message_id)), None)
+
+    def _throttle(self) -> None:
+        if self.rate_limit is None:
+            return
+        now = self.clock()
+        self._sent_times = [at for at in self._sent_times if now - at < _MESSAGES_PER_WINDOW]
+        if len(self._sent_times) >= self.rate_limit:
+            wait = max(1, math.ceil(self._sent_times[0] + _MESSAGES_PER_WINDOW - now))
+            _fail(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
+        self._sent_times.append(now)
+
+    @staticmethod
+    def _buttons(rows: list[list[_Button]]) -> list[list[dict[str, Any]]]:
+        for row in rows:
+            for button in row:
+                if (button.url is None) == (button.callback_data is None):
+                    _fail(400, "Bad Request: a button needs exactly one of url and callback_data")
+                if button.callback_data is not None and not 1 <= len(button.callback_data.encode()) <= 64:
+                    _fail(400, "Bad Request: BUTTON_DATA_INVALID")
+        return [[msgspec.to_builtins(button) for button in row] for row in rows]
+
+    def _store(self, user: _User, message: BotMessage, reply_to: _Id | None) -> dict[str, Any]:
+        if reply_to is not None:
+            if self._message_in(user, reply_to) is None:
+                _fail(400, "Bad Request: message to reply not found")
+            message.reply_to = str(reply_to)
+        self._throttle()
+        user.messages.append(message)
+        return {"message_id": message.message_id, "chat_id": user.chat}
+
+    def _get_me(self, params: _NoParams) -> dict[str, Any]:
+        return {"id": self.token.partition(":")[0], "name": self.bot_name}
+
+    def _set_webhook(self, params: _SetWebhook) -> bool:
+        if params.url and not params.url.startswith(("http://", "https://")):
+            _fail(400, "Bad Request: bad webhook: an HTTP URL must be provided")
+        self.set_webhook(params.url or None, params.secret)
+        return True
+
+    def _send_message(self, params: _SendMessage) -> dict[str, Any]:
+        user = self._chat(params.chat_id)
+        if len(params.text) > MAX_TEXT_LENGTH:
+            _fail(400, "Bad Request: message is too long")
+        menu = params.menu
+        if not params.text and params.template is None and menu is None:
+            _fail(400, "Bad Request: message text is empty")
+        if menu is not None:
+            rows = [row for section in menu.sections for row in section.rows]
+            if not rows:
+                _fail(400, "Bad Request: a list needs at least one row")
+            if any(not 1 <= len(row.callback_data.encode()) <= _MAX_CALLBACK_DATA for row in rows):
+                _fail(400, "Bad Request: BUTTON_DATA_INVALID")
+        kind = "list" if menu is not None else "template" if params.template is not None else "text"
+        message = BotMessage(
+            message_id=self._next_id(),
+            chat=user.chat,
+            from_bot=True,
+            date=int(self.clock()),
+            text=params.text or (menu.body if menu is not None else ""),
+            kind=kind,
+            buttons=self._buttons(params.buttons),
+            list_menu=msgspec.to_builtins(menu) if menu is not None else None,
+            template=msgspec.to_builtins(params.template) if params.template is not None else None,
+        )
+        return self._store(user, message, params.reply_to)
+
+    def _send_media(self, params: _SendMedia) -> dict[str, Any]:
+        user = self._chat(params.chat_id)
+        if not params.url.startswith(("http://", "https://")):
+            _fail(400, "Bad Request: wrong HTTP URL specified")
+        if len(params.caption) > MAX_CAPTION_LENGTH:
+            _fail(400, "Bad Request: message caption is too long")
+        message = BotMessage(
+            message_id=self._next_id(),
+            chat=user.chat,
+            from_bot=True,
+            date=int(self.clock()),
+            text=params.caption,
+            kind=params.kind,
+            url=params.url,
+            file_name=params.file_name,
+            buttons=self._buttons(params.buttons),
+        )
+        return self._store(user, message, params.reply_to)
+
+    def _open_chat(self, params: _OpenChat) -> dict[str, Any]:
+        chat = self._phones.get(params.phone)
+        if chat is None:
+            _fail(400, "Bad Request: phone is not registered")
+        return {"chat_id": chat}
+
+    def _set_reaction(self, params: _SetReaction) -> bool:
+        user = self._chat(params.chat_id)
+        if self._message_in(user, params.message_id) is None:
+            _fail(400, "Bad Request: message to react not found")
+        if params.emoji and params.emoji not in REACTIONS:
+            _fail(400, "Bad Request: REACTION_INVALID")
+        self.reactions.append(BotReaction(user.chat, str(params.message_id), params.emoji))
+        return True
+
+    def _send_typing(self, params: _ChatOnly) -> bool:
+        user = self._chat(params.chat_id)
+        self.typing_events.append(TypingEvent(user.chat, self.clock()))
+        return True
+
+    def _answer_comment(self, params: _AnswerComment) -> dict[str, Any]:
+        post = self._posts.get(str(params.post_id))
+        if post is None:
+            _fail(400, "Bad Request: post not found")
+        if str(params.comment_id) not in post.comments:
+            _fail(400, "Bad Request: comment not found")
+        if not params.text:
+            _fail(400, "Bad Request: message text is empty")
+        if len(params.text) > MAX_TEXT_LENGTH:
+            _fail(400, "Bad Request: message is too long")
+        answer = CommentAnswer(post.id, str(params.comment_id), params.text, f"cm{next(self._ids)}")
+        post.comments.add(answer.answer_id)
+        self.comment_answers.append(answer)
+        return {"comment_id": answer.answer_id}
+
+    def _get_file(self, params: _GetFile) -> dict[str, Any]:
+        stored = self._files.get(params.file_id)
+        if stored is None:
+            _fail(400, "Bad Request: wrong file_id or the file is temporarily unavailable")
+        return {"file_id": params.file_id, "file_size": len(stored.content), "file_path": stored.path}
+
+    # -- world and inspection ---------------------------------------------------------------------------
+
+    def _next_id(self) -> str:
+        return str(next(self._ids))
+
+    def _user(self, chat: str, *, name: str | None = None, username: str | None = None) -> _User:
+        user = self._users.get(chat)
+        if user is None:
+            user = _User(chat=chat, id=f"u{chat}", name=name or f"Client {chat}")
+            self._users[chat] = user
+        if name is not None:
+            user.name = name
+        if username is not None:
+            user.username = username
+        return user
+
+    def _known(self, chat: str) -> _User:
+        user = self._users.get(chat)
+        if user is None:
+            raise LookupError(f"fakechat has no chat {chat!r}: a client must write first (client_writes)")
+        return user
+
+    def set_webhook(self, url: str | None, secret: str = "") -> None:
+        """Deliver updates to ``url`` signed with ``secret`` (what the bot's ``setWebhook`` does); ``None`` stops."""
+        self.webhook_url = url
+        self.webhook_secret = secret if url else ""
+
+    def register_phone(self, phone: str, *, name: str | None = None) -> str:
+        """A person with ``phone`` joins fakechat; returns the chat id ``openChat`` gives for that phone."""
+        chat = self._phones.get(phone)
+        if chat is None:
+            chat = str(next(self._chat_ids))
+            self._phones[phone] = chat
+        self._user(chat, name=name).phone = phone
+        return chat
+
+    def block(self, chat: str, blocked: bool = True) -> None:
+        """The client blocks the bot (``blocked=False`` unblocks): sends to the chat then get 403."""
+        self._known(chat).blocked = blocked
+
+    def add_post(self, post_id: str, *, caption: str = "", url: str | None = None) -> None:
+        """Publish a post clients can comment on (``client_comments`` publishes unknown posts itself)."""
+        self._posts[post_id] = _Post(id=post_id, url=url or f"https://fakechat.test/p/{post_id}", caption=caption)
+
+    def fail_next(
+        self,
+        n: int,
+        status: int,
+        retry_after: float | None = None,
+        *,
+        method: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Answer the next ``n`` requests (to Bot API ``method`` only, ``"file"`` for downloads) with ``status``.
+
+        A 429 carries ``parameters.retry_after`` when ``retry_after`` is given.
+        """
+        self._faults.append(
+            _Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
+        )
+
+    def duplicate_next(self) -> None:
+        """Deliver the next update twice (same body, same ``update_id``), as messengers sometimes do."""
+        self._duplicate = True
+
+    def sent_to(self, chat: str) -> list[BotMessage]:
+        """What the bot sent to ``chat``, in order."""
+        user = self._users.get(chat)
+        return [m for m in user.messages if m.from_bot] if user is not None else []
+
+    def messages(self, chat: str) -> list[BotMessage]:
+        """Every message of ``chat`` (the client's and the bot's), in order."""
+        user = self._users.get(chat)
+        return list(user.messages) if user is not None else []
+
+    def message(self, chat: str, message_id: str) -> BotMessage:
+        """One message of ``chat`` by id."""
+        found = self._message_in(self._known(chat), message_id)
+        if found is None:
+            raise LookupError(f"fakechat chat {chat!r} has no message {message_id!r}")
+        return found
+
+    @property
+    def last_update(self) -> dict[str, Any]:
+        """The last update created."""
+        if not self.updates:
+            raise LookupError("fakechat has created no update yet")
+        return self.updates[-1]
+
+    # -- client side -----------------------------------------------------------------------------------
+
+    def _store_media(self, media: ClientMedia) -> dict[str, Any]:
+        number = next(self._ids)
+        mime_type = media.mime_type or mimetypes.guess_type(media.file_name)[0] or "application/octet-stream"
+        extension = media.file_name.rpartition(".")[2] if "." in media.file_name else "bin"
+        stored = _StoredFile(
+            path=f"{media.kind}s/file_{number}.{extension}", content=media.content, mime_type=mime_type
+        )
+        file_id = f"F{number}"
+        self._files[file_id] = self._paths[stored.path] = stored
+        return {
+            "kind": media.kind,
+            "file_id": file_id,
+            "file_name": media.file_name,
+            "mime_type": mime_type,
+            "size": len(media.content),
+        }
+
+    def _content(
+        self,
+        user: _User,
+        message: BotMessage,
+        text: str,
+        media: ClientMedia | None,
+        location: tuple[float, float] | None,
+        contact: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        content: dict[str, Any] = {
+            "message_id": message.message_id,
+            "chat": {"id": user.chat},
+            "from": user.as_from(),
+            "date": message.date,
+        }
+        if text:
+            content["text"] = text
+        if media is not None:
+            content["media"] = described = self._store_media(media)
+            message.kind, message.file_id, message.file_name = media.kind, described["file_id"], media.file_name
+        if location is not None:
+            content["location"] = {"lat": location[0], "lon": location[1]}
+        if contact is not None:
+            content["contact"] = {"name": contact[0], "phone": contact[1]}
+        if message.reply_to is not None:
+            content["reply_to"] = message.reply_to
+        return content
+
+    async def client_writes(
+        self,
+        chat: str,
+        text: str = "",
+        *,
+        name: str | None = None,
+        username: str | None = None,
+        media: ClientMedia | None = None,
+        reply_to: str | None = None,
+        location: tuple[float, float] | None = None,
+        contact: tuple[str, str] | None = None,
+    ) -> int | None:
+        """The client of ``chat`` (created on first use) sends a message; returns the delivery's status.
+
+        ``location`` is ``(lat, lon)``, ``contact`` is ``(name, phone)``; ``reply_to`` quotes a
+        message of the chat. The status is ``None`` when no attempt got an answer.
+        """
+        user = self._user(chat, name=name, username=username)
+        if reply_to is not None and self._message_in(user, reply_to) is None:
+            raise LookupError(f"fakechat chat {chat!r} has no message {reply_to!r} to reply to")
+        message = BotMessage(
+            message_id=self._next_id(), chat=chat, from_bot=False, date=int(self.clock()), text=text, reply_to=reply_to
+        )
+        content = self._content(user, message, text, media, location, contact)
+        user.messages.append(message)
+        return await self._deliver("message", content)
+
+    async def client_edits(
+        self,
+        chat: str,
+        message_id: str,
+        text: str = "",
+        *,
+        media: ClientMedia | None = None,
+        location: tuple[float, float] | None = None,
+        contact: tuple[str, str] | None = None,
+    ) -> int | None:
+        """The client edits one of its messages to new content; returns the delivery's status."""
+        message = self.message(chat, message_id)
+        if message.from_bot:
+            raise LookupError(f"message {message_id!r} of chat {chat!r} is the bot's: a client edits its own")
+        message.text = text
+        content = self._content(self._known(chat), message, text, media, location, contact)
+        content["edit_date"] = int(self.clock())
+        return await self._deliver("edited_message", content)
+
+    async def client_presses(self, chat: str, callback_data: str) -> int | None:
+        """The client presses the newest button (or picks the list row) with ``callback_data``."""
+        user = self._known(chat)
+        for message in reversed(user.messages):
+            if not message.from_bot:
+                continue
+            labels = {b["callback_data"]: b["text"] for row in message.buttons for b in row if "callback_data" in b}
+            for section in (message.list_menu or {}).get("sections", []):
+                labels.update({row["callback_data"]: row["title"] for row in section["rows"]})
+            if callback_data in labels:
+                press = {
+                    "id": f"cb{next(self._ids)}",
+                    "chat": {"id": chat},
+                    "from": user.as_from(),
+                    "message_id": message.message_id,
+                    "callback_data": callback_data,
+                    "text": labels[callback_data],
+                    "date": int(self.clock()),
+                }
+                return await self._deliver("callback", press)
+        raise LookupError(f"the bot sent chat {chat!r} no button or list row with callback_data {callback_data!r}")
+
+    async def client_reacts(self, chat: str, message_id: str, emoji: str, removed: bool = False) -> int | None:
+        """The client sets (or, ``removed``, takes back) a reaction on a message of the chat."""
+        user = self._known(chat)
+        self.message(chat, message_id)
+        if emoji and emoji not in REACTIONS:
+            raise ValueError(f"fakechat offers only the reactions {' '.join(REACTIONS)}, not {emoji!r}")
+        reaction = {
+            "chat": {"id": chat},
+            "from": user.as_from(),
+            "message_id": message_id,
+            "emoji": emoji,
+            "removed": removed,
+            "date": int(self.clock()),
+        }
+        return await self._deliver("reaction", reaction)
+
+    async def client_types(self, chat: str) -> int | None:
+        """The client starts typing."""
+        user = self._known(chat)
+        return await self._deliver("typing", {"chat": {"id": chat}, "from": user.as_from(), "date": int(self.clock())})
+
+    async def client_comments(
+        self,
+        chat: str,
+        post_id: str,
+        text: str,
+        *,
+        parent_id: str | None = None,
+        name: str | None = None,
+    ) -> int | None:
+        """The client of ``chat`` comments on post ``post_id`` (published on first use); see :attr:`last_update`."""
+        user = self._user(chat, name=name)
+        if post_id not in self._posts:
+            self.add_post(post_id)
+        post = self._posts[post_id]
+        if parent_id is not None and parent_id not in post.comments:
+            raise LookupError(f"post {post_id!r} has no comment {parent_id!r}")
+        comment_id = f"cm{next(self._ids)}"
+        post.comments.add(comment_id)
+        comment: dict[str, Any] = {
+            "post": {"id": post.id, "url": post.url, "caption": post.caption},
+            "comment_id": comment_id,
+            "chat": {"id": chat},
+            "from": user.as_from(),
+            "text": text,
+            "date": int(self.clock()),
+        }
+        if parent_id is not None:
+            comment["parent_id"] = parent_id
+        return await self._deliver("comment", comment)
+
+    async def deliver_status(
+        self,
+        chat: str,
+        message_id: str,
+        status: Literal["delivered", "read", "failed"],
+        *,
+        error: str | None = None,
+        error_code: int = 400,
+    ) -> int | None:
+        """Report that a message the bot sent was delivered, read or failed (``error`` says why)."""
+        message = self.message(chat, message_id)
+        if not message.from_bot:
+            raise LookupError(f"message {message_id!r} of chat {chat!r} is the client's: statuses are of the bot's")
+        message.status = status
+        report: dict[str, Any] = {"chat": {"id": chat}, "message_id": message_id, "status": status}
+        report["date"] = int(self.clock())
+        if status == "failed":
+            report["error"] = {"code": error_code, "description": error or "message could not be delivered"}
+        return await self._deliver("status", report)
+
+    # -- delivery ---------------------------------------------------------------------------------------
+
+    async def _deliver(self, kind: str, payload: dict[str, Any]) -> int | None:
+        async with self._delivery_lock:
+            url = self.webhook_url
+            if url is None:
+                raise RuntimeError("fakechat has no webhook: the bot must call setWebhook first (or use set_webhook)")
+            update = {"update_id": next(self._update_ids), kind: payload}
+            self.updates.append(update)
+            body = msgspec.json.encode(update)
+            headers = {"Content-Type": "application/json"}
+            if self.webhook_secret:
+                headers[SIGNATURE_HEADER] = signature_of(body, self.webhook_secret)
+            times, self._duplicate = (2 if self._duplicate else 1), False
+            status: int | None = None
+            for _ in range(times):
+                status = await self._post(update["update_id"], url, body, headers)
+            return status
+
+    async def _post(self, update_id: int, url: str, body: bytes, headers: dict[str, str]) -> int | None:
+        delay = self.delivery_backoff
+        status: int | None = None
+        for attempt in range(1, self.delivery_attempts + 1):
+            try:
+                if self.http is None:
+                    async with httpx.AsyncClient() as client:
+                        response = await client.post(url, content=body, headers=headers, timeout=10.0)
+                else:
+                    response = await self.http.post(url, content=body, headers=headers, timeout=10.0)
+                status = response.status_code
+            except httpx.TransportError:
+                status = None
+            self.deliveries.append(Delivery(update_id, attempt, url, body, dict(headers), status))
+            if status is not None and 200 <= status < 300:
+                break
+            if attempt < self.delivery_attempts:
+                await anyio.sleep(delay)
+                delay *= 2
+        return status
