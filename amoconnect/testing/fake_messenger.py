@@ -279,18 +279,18 @@ def _events(update: _Update) -> list[InboundEvent]:
             )
         ]
     if update.comment is not None:
-        c = update.comment
-        post = Post(id=c.post.id, url=c.post.url, caption=c.post.caption or None)
+        n = update.comment
+        post = Post(id=n.post.id, url=n.post.url, caption=n.post.caption or None)
         return [
             InboundComment(
-                chat=c.chat.id,
-                timestamp=float(c.date),
+                chat=n.chat.id,
+                timestamp=float(n.date),
                 dedup_key=key,
-                sender=_person(c.sender),
+                sender=_person(n.sender),
                 post=post,
-                comment_id=c.comment_id,
-                parent_id=c.parent_id,
-                text=c.text,
+                comment_id=n.comment_id,
+                parent_id=n.parent_id,
+                text=n.text,
             )
         ]
     return []  # an update kind this adapter does not know yet: acknowledge and ignore it
@@ -389,7 +389,7 @@ class FakeChatAdapter(MessengerAdapter):
     # -- sends ------------------------------------------------------------------------------
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
-        """Send text, a list, a template or media (the text as the first one's caption); open the chat first for a phone."""
+        """Send text, a list, a template or media (text as the first caption); write first by phone via ``openChat``."""
         opened: str | None = None
         chat = message.chat
         if chat is None:

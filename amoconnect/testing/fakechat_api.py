@@ -42,8 +42,7 @@ import math
 import mimetypes
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Final, Literal, NoReturn
+from typing import Any, Final, Literal
 
 import anyio
 import httpx
@@ -53,6 +52,19 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from . import _fakechat_wire as wire
+from ._fakechat_wire import (
+    MAX_CAPTION_LENGTH,
+    MAX_TEXT_LENGTH,
+    REACTIONS,
+    BotMessage,
+    BotReaction,
+    ClientMedia,
+    CommentAnswer,
+    Delivery,
+    TypingEvent,
+)
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -72,261 +84,13 @@ __all__ = [
 
 DEFAULT_TOKEN: Final = "1000:sandbox-token"
 """The bot token of a :class:`FakeChat` built without one (the sandbox's)."""
-MAX_TEXT_LENGTH: Final = 4096
-"""Longest text ``sendMessage`` accepts."""
-MAX_CAPTION_LENGTH: Final = 1024
-"""Longest caption ``sendMedia`` accepts."""
-REACTIONS: Final = ("👍", "❤️", "😂", "😮", "😢", "🙏")
-"""The only emoji fakechat accepts as reactions, spelled exactly so."""
 SIGNATURE_HEADER: Final = "X-Fakechat-Signature"
 """Header of a webhook update's signature: ``sha256=<hex>``."""
-
-MediaKind = Literal["picture", "video", "file", "voice", "audio", "sticker"]
-_MESSAGES_PER_WINDOW = 1.0  # rate_limit counts messages in a sliding window of one second
-_MAX_CALLBACK_DATA = 64
 
 
 def signature_of(body: bytes, secret: str) -> str:
     """The ``X-Fakechat-Signature`` value of a webhook ``body`` signed with ``secret``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-# -- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientMedia:
-    """A file a client sends (``client_writes(..., media=ClientMedia(...))``)."""
-
-    kind: MediaKind
-    content: bytes
-    file_name: str = ""
-    mime_type: str = ""
-
-
-@dataclass(kw_only=True)
-class BotMessage:
-    """A message in a chat, from the bot (``from_bot``) or from the client, with every field it was sent with."""
-
-    message_id: str
-    chat: str
-    from_bot: bool
-    date: int
-    text: str = ""
-    """Text, or the caption of media."""
-    kind: str = "text"
-    """``text``, ``list``, ``template`` or a media kind."""
-    url: str | None = None
-    file_name: str = ""
-    file_id: str | None = None
-    buttons: list[list[dict[str, Any]]] = field(default_factory=list)
-    list_menu: dict[str, Any] | None = None
-    """The ``list`` parameter of a list message."""
-    template: dict[str, Any] | None = None
-    reply_to: str | None = None
-    status: str = "sent"
-    """The last status delivered for it (``deliver_status``)."""
-
-
-@dataclass(frozen=True)
-class BotReaction:
-    """A reaction the bot set (``emoji`` empty: removed)."""
-
-    chat: str
-    message_id: str
-    emoji: str
-
-
-@dataclass(frozen=True)
-class TypingEvent:
-    """A ``sendTyping`` call of the bot."""
-
-    chat: str
-    at: float
-
-
-@dataclass(frozen=True)
-class CommentAnswer:
-    """A public answer the bot gave under a comment."""
-
-    post_id: str
-    comment_id: str
-    text: str
-    answer_id: str
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """One attempt to deliver a webhook update; ``status`` is ``None`` when no answer came."""
-
-    update_id: int
-    attempt: int
-    url: str
-    body: bytes
-    headers: dict[str, str]
-    status: int | None
-
-
-@dataclass(kw_only=True)
-class _User:
-    chat: str
-    id: str
-    name: str
-    username: str | None = None
-    phone: str | None = None
-    blocked: bool = False
-    messages: list[BotMessage] = field(default_factory=list)
-
-    def as_from(self) -> dict[str, Any]:
-        found = {"id": self.id, "name": self.name, "username": self.username, "phone": self.phone}
-        return {key: value for key, value in found.items() if value is not None}
-
-
-@dataclass(kw_only=True)
-class _Post:
-    id: str
-    url: str
-    caption: str
-    comments: set[str] = field(default_factory=set)
-
-
-@dataclass(kw_only=True)
-class _StoredFile:
-    path: str
-    content: bytes
-    mime_type: str
-
-
-@dataclass(kw_only=True)
-class _Fault:
-    remaining: int
-    status: int
-    retry_after: float | None
-    method: str | None
-    description: str | None
-
-
-class _ApiError(Exception):
-    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
-        super().__init__(description)
-        self.status = status
-        self.description = description
-        self.retry_after = retry_after
-
-
-def _fail(status: int, description: str, retry_after: int | None = None) -> NoReturn:
-    raise _ApiError(status, description, retry_after)
-
-
-def _error_response(status: int, description: str, retry_after: float | None = None) -> JSONResponse:
-    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
-    if retry_after is not None:
-        body["parameters"] = {"retry_after": retry_after}
-    return JSONResponse(body, status)
-
-
-_DEFAULT_DESCRIPTIONS = {
-    400: "Bad Request",
-    401: "Unauthorized",
-    403: "Forbidden",
-    404: "Not Found",
-    409: "Conflict",
-    429: "Too Many Requests",
-    500: "Internal Server Error",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-}
-
-
-# -- method parameters --------------------------------------------------------------------------
-
-_Id = str | int
-
-
-class _Params(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
-    pass
-
-
-class _Button(_Params):
-    text: str
-    url: str | None = None
-    callback_data: str | None = None
-
-
-class _ListRow(_Params):
-    callback_data: str
-    title: str
-    description: str = ""
-
-
-class _ListSection(_Params):
-    title: str
-    rows: list[_ListRow]
-
-
-class _ListMenu(_Params):
-    body: str
-    button: str
-    sections: list[_ListSection]
-    header: str = ""
-    footer: str = ""
-
-
-class _TemplateRef(_Params):
-    name: str
-    params: list[str] = []
-
-
-class _SendMessage(_Params):
-    chat_id: _Id
-    text: str = ""
-    reply_to: _Id | None = None
-    buttons: list[list[_Button]] = []
-    menu: _ListMenu | None = msgspec.field(default=None, name="list")
-    template: _TemplateRef | None = None
-
-
-class _SendMedia(_Params):
-    chat_id: _Id
-    kind: MediaKind
-    url: str
-    caption: str = ""
-    file_name: str = ""
-    reply_to: _Id | None = None
-    buttons: list[list[_Button]] = []
-
-
-class _OpenChat(_Params):
-    phone: str
-
-
-class _SetReaction(_Params):
-    chat_id: _Id
-    message_id: _Id
-    emoji: str = ""
-
-
-class _ChatOnly(_Params):
-    chat_id: _Id
-
-
-class _AnswerComment(_Params):
-    post_id: _Id
-    comment_id: _Id
-    text: str
-
-
-class _GetFile(_Params):
-    file_id: str
-
-
-class _SetWebhook(_Params):
-    url: str = ""
-    secret: str = ""
-
-
-class _NoParams(_Params):
-    pass
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -376,12 +140,12 @@ class FakeChat:
         """Every delivery attempt, in order."""
         self.calls: list[tuple[str, dict[str, Any], int]] = []
         """Every Bot API call: method, JSON parameters, HTTP status answered."""
-        self._users: dict[str, _User] = {}
+        self._users: dict[str, wire.User] = {}
         self._phones: dict[str, str] = {}
-        self._posts: dict[str, _Post] = {}
-        self._files: dict[str, _StoredFile] = {}
-        self._paths: dict[str, _StoredFile] = {}
-        self._faults: list[_Fault] = []
+        self._posts: dict[str, wire.PostRecord] = {}
+        self._files: dict[str, wire.StoredFile] = {}
+        self._paths: dict[str, wire.StoredFile] = {}
+        self._faults: list[wire.Fault] = []
         self._sent_times: list[float] = []
         self._ids = itertools.count(1)
         self._chat_ids = itertools.count(1001)
@@ -396,25 +160,25 @@ class FakeChat:
             exception_handlers={HTTPException: self._http_error},
         )
         """The ASGI app serving the Bot API and file downloads."""
-        self._methods: dict[str, tuple[type[_Params], Callable[[Any], Any]]] = {
-            "getMe": (_NoParams, self._get_me),
-            "setWebhook": (_SetWebhook, self._set_webhook),
-            "sendMessage": (_SendMessage, self._send_message),
-            "sendMedia": (_SendMedia, self._send_media),
-            "openChat": (_OpenChat, self._open_chat),
-            "setReaction": (_SetReaction, self._set_reaction),
-            "sendTyping": (_ChatOnly, self._send_typing),
-            "answerComment": (_AnswerComment, self._answer_comment),
-            "getFile": (_GetFile, self._get_file),
+        self._methods: dict[str, tuple[type[wire.Params], Callable[[Any], Any]]] = {
+            "getMe": (wire.NoParams, self._get_me),
+            "setWebhook": (wire.SetWebhook, self._set_webhook),
+            "sendMessage": (wire.SendMessage, self._send_message),
+            "sendMedia": (wire.SendMedia, self._send_media),
+            "openChat": (wire.OpenChat, self._open_chat),
+            "setReaction": (wire.SetReaction, self._set_reaction),
+            "sendTyping": (wire.ChatOnly, self._send_typing),
+            "answerComment": (wire.AnswerComment, self._answer_comment),
+            "getFile": (wire.GetFile, self._get_file),
         }
 
     # -- HTTP ---------------------------------------------------------------------------------------
 
     async def _http_error(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error_response(exc.status_code, _DEFAULT_DESCRIPTIONS.get(exc.status_code, exc.detail))
+        return wire.error_response(exc.status_code, wire.DEFAULT_DESCRIPTIONS.get(exc.status_code, exc.detail))
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str) -> wire.Fault | None:
         for fault in self._faults:
             if fault.method in (None, method):
                 fault.remaining -= 1
@@ -441,103 +205,105 @@ class FakeChat:
     def _answer(self, token: str, method: str, body: bytes, raw: Any) -> Response:
         fault = self._take_fault(method)
         if fault is not None:
-            description = fault.description or _DEFAULT_DESCRIPTIONS.get(fault.status, "Injected failure")
+            description = fault.description or wire.DEFAULT_DESCRIPTIONS.get(fault.status, "Injected failure")
             if fault.status == 429 and fault.retry_after is not None and fault.description is None:
                 description = f"Too Many Requests: retry after {fault.retry_after:g}"
-            return _error_response(fault.status, description, fault.retry_after)
+            return wire.error_response(fault.status, description, fault.retry_after)
         if not self._token_ok(token):
-            return _error_response(401, "Unauthorized")
+            return wire.error_response(401, "Unauthorized")
         entry = self._methods.get(method)
         if entry is None:
-            return _error_response(404, "Not Found: method not found")
+            return wire.error_response(404, "Not Found: method not found")
         if not isinstance(raw, dict):
-            return _error_response(400, "Bad Request: the body must be a JSON object")
+            return wire.error_response(400, "Bad Request: the body must be a JSON object")
         kind, handler = entry
         try:
             params = msgspec.json.decode(body if body.strip() else b"{}", type=kind)
         except msgspec.ValidationError as exc:
-            return _error_response(400, f"Bad Request: {exc}")
+            return wire.error_response(400, f"Bad Request: {exc}")
         try:
             result = handler(params)
-        except _ApiError as exc:
-            return _error_response(exc.status, exc.description, exc.retry_after)
+        except wire.ApiError as exc:
+            return wire.error_response(exc.status, exc.description, exc.retry_after)
         return JSONResponse({"ok": True, "result": result})
 
     async def _download(self, request: Request) -> Response:
         fault = self._take_fault("file")
         if fault is not None:
-            return _error_response(fault.status, fault.description or _DEFAULT_DESCRIPTIONS.get(fault.status, ""))
+            return wire.error_response(
+                fault.status, fault.description or wire.DEFAULT_DESCRIPTIONS.get(fault.status, "")
+            )
         if not self._token_ok(request.path_params["token"]):
-            return _error_response(401, "Unauthorized")
+            return wire.error_response(401, "Unauthorized")
         stored = self._paths.get(request.path_params["file_path"])
         if stored is None:
-            return _error_response(404, "Not Found: file not found")
+            return wire.error_response(404, "Not Found: file not found")
         return Response(stored.content, media_type=stored.mime_type)
 
     # -- Bot API methods ------------------------------------------------------------------------------
 
-    def _chat(self, chat_id: _Id) -> _User:
+    def _chat(self, chat_id: wire.Id) -> wire.User:
         user = self._users.get(str(chat_id))
         if user is None:
-            _fail(400, "Bad Request: chat not found")
+            wire.fail(400, "Bad Request: chat not found")
         if user.blocked:
-            _fail(403, "Forbidden: bot was blocked by the user")
+            wire.fail(403, "Forbidden: bot was blocked by the user")
         return user
 
-    def _message_in(self, user: _User, message_id: _Id) -> BotMessage | None:
+    def _message_in(self, user: wire.User, message_id: wire.Id) -> BotMessage | None:
         return next((m for m in user.messages if m.message_id == str(message_id)), None)
 
     def _throttle(self) -> None:
         if self.rate_limit is None:
             return
         now = self.clock()
-        self._sent_times = [at for at in self._sent_times if now - at < _MESSAGES_PER_WINDOW]
+        self._sent_times = [at for at in self._sent_times if now - at < wire.RATE_WINDOW]
         if len(self._sent_times) >= self.rate_limit:
-            wait = max(1, math.ceil(self._sent_times[0] + _MESSAGES_PER_WINDOW - now))
-            _fail(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
+            wait = max(1, math.ceil(self._sent_times[0] + wire.RATE_WINDOW - now))
+            wire.fail(429, f"Too Many Requests: retry after {wait}", retry_after=wait)
         self._sent_times.append(now)
 
     @staticmethod
-    def _buttons(rows: list[list[_Button]]) -> list[list[dict[str, Any]]]:
+    def _buttons(rows: list[list[wire.Button]]) -> list[list[dict[str, Any]]]:
         for row in rows:
             for button in row:
                 if (button.url is None) == (button.callback_data is None):
-                    _fail(400, "Bad Request: a button needs exactly one of url and callback_data")
+                    wire.fail(400, "Bad Request: a button needs exactly one of url and callback_data")
                 if button.callback_data is not None and not 1 <= len(button.callback_data.encode()) <= 64:
-                    _fail(400, "Bad Request: BUTTON_DATA_INVALID")
+                    wire.fail(400, "Bad Request: BUTTON_DATA_INVALID")
         return [[msgspec.to_builtins(button) for button in row] for row in rows]
 
-    def _store(self, user: _User, message: BotMessage, reply_to: _Id | None) -> dict[str, Any]:
+    def _store(self, user: wire.User, message: BotMessage, reply_to: wire.Id | None) -> dict[str, Any]:
         if reply_to is not None:
             if self._message_in(user, reply_to) is None:
-                _fail(400, "Bad Request: message to reply not found")
+                wire.fail(400, "Bad Request: message to reply not found")
             message.reply_to = str(reply_to)
         self._throttle()
         user.messages.append(message)
         return {"message_id": message.message_id, "chat_id": user.chat}
 
-    def _get_me(self, params: _NoParams) -> dict[str, Any]:
+    def _get_me(self, params: wire.NoParams) -> dict[str, Any]:
         return {"id": self.token.partition(":")[0], "name": self.bot_name}
 
-    def _set_webhook(self, params: _SetWebhook) -> bool:
+    def _set_webhook(self, params: wire.SetWebhook) -> bool:
         if params.url and not params.url.startswith(("http://", "https://")):
-            _fail(400, "Bad Request: bad webhook: an HTTP URL must be provided")
+            wire.fail(400, "Bad Request: bad webhook: an HTTP URL must be provided")
         self.set_webhook(params.url or None, params.secret)
         return True
 
-    def _send_message(self, params: _SendMessage) -> dict[str, Any]:
+    def _send_message(self, params: wire.SendMessage) -> dict[str, Any]:
         user = self._chat(params.chat_id)
         if len(params.text) > MAX_TEXT_LENGTH:
-            _fail(400, "Bad Request: message is too long")
+            wire.fail(400, "Bad Request: message is too long")
         menu = params.menu
         if not params.text and params.template is None and menu is None:
-            _fail(400, "Bad Request: message text is empty")
+            wire.fail(400, "Bad Request: message text is empty")
         if menu is not None:
             rows = [row for section in menu.sections for row in section.rows]
             if not rows:
-                _fail(400, "Bad Request: a list needs at least one row")
-            if any(not 1 <= len(row.callback_data.encode()) <= _MAX_CALLBACK_DATA for row in rows):
-                _fail(400, "Bad Request: BUTTON_DATA_INVALID")
+                wire.fail(400, "Bad Request: a list needs at least one row")
+            if any(not 1 <= len(row.callback_data.encode()) <= wire.MAX_CALLBACK_DATA for row in rows):
+                wire.fail(400, "Bad Request: BUTTON_DATA_INVALID")
         kind = "list" if menu is not None else "template" if params.template is not None else "text"
         message = BotMessage(
             message_id=self._next_id(),
@@ -552,12 +318,12 @@ class FakeChat:
         )
         return self._store(user, message, params.reply_to)
 
-    def _send_media(self, params: _SendMedia) -> dict[str, Any]:
+    def _send_media(self, params: wire.SendMedia) -> dict[str, Any]:
         user = self._chat(params.chat_id)
         if not params.url.startswith(("http://", "https://")):
-            _fail(400, "Bad Request: wrong HTTP URL specified")
+            wire.fail(400, "Bad Request: wrong HTTP URL specified")
         if len(params.caption) > MAX_CAPTION_LENGTH:
-            _fail(400, "Bad Request: message caption is too long")
+            wire.fail(400, "Bad Request: message caption is too long")
         message = BotMessage(
             message_id=self._next_id(),
             chat=user.chat,
@@ -571,45 +337,45 @@ class FakeChat:
         )
         return self._store(user, message, params.reply_to)
 
-    def _open_chat(self, params: _OpenChat) -> dict[str, Any]:
+    def _open_chat(self, params: wire.OpenChat) -> dict[str, Any]:
         chat = self._phones.get(params.phone)
         if chat is None:
-            _fail(400, "Bad Request: phone is not registered")
+            wire.fail(400, "Bad Request: phone is not registered")
         return {"chat_id": chat}
 
-    def _set_reaction(self, params: _SetReaction) -> bool:
+    def _set_reaction(self, params: wire.SetReaction) -> bool:
         user = self._chat(params.chat_id)
         if self._message_in(user, params.message_id) is None:
-            _fail(400, "Bad Request: message to react not found")
+            wire.fail(400, "Bad Request: message to react not found")
         if params.emoji and params.emoji not in REACTIONS:
-            _fail(400, "Bad Request: REACTION_INVALID")
+            wire.fail(400, "Bad Request: REACTION_INVALID")
         self.reactions.append(BotReaction(user.chat, str(params.message_id), params.emoji))
         return True
 
-    def _send_typing(self, params: _ChatOnly) -> bool:
+    def _send_typing(self, params: wire.ChatOnly) -> bool:
         user = self._chat(params.chat_id)
         self.typing_events.append(TypingEvent(user.chat, self.clock()))
         return True
 
-    def _answer_comment(self, params: _AnswerComment) -> dict[str, Any]:
+    def _answer_comment(self, params: wire.AnswerComment) -> dict[str, Any]:
         post = self._posts.get(str(params.post_id))
         if post is None:
-            _fail(400, "Bad Request: post not found")
+            wire.fail(400, "Bad Request: post not found")
         if str(params.comment_id) not in post.comments:
-            _fail(400, "Bad Request: comment not found")
+            wire.fail(400, "Bad Request: comment not found")
         if not params.text:
-            _fail(400, "Bad Request: message text is empty")
+            wire.fail(400, "Bad Request: message text is empty")
         if len(params.text) > MAX_TEXT_LENGTH:
-            _fail(400, "Bad Request: message is too long")
+            wire.fail(400, "Bad Request: message is too long")
         answer = CommentAnswer(post.id, str(params.comment_id), params.text, f"cm{next(self._ids)}")
         post.comments.add(answer.answer_id)
         self.comment_answers.append(answer)
         return {"comment_id": answer.answer_id}
 
-    def _get_file(self, params: _GetFile) -> dict[str, Any]:
+    def _get_file(self, params: wire.GetFile) -> dict[str, Any]:
         stored = self._files.get(params.file_id)
         if stored is None:
-            _fail(400, "Bad Request: wrong file_id or the file is temporarily unavailable")
+            wire.fail(400, "Bad Request: wrong file_id or the file is temporarily unavailable")
         return {"file_id": params.file_id, "file_size": len(stored.content), "file_path": stored.path}
 
     # -- world and inspection ---------------------------------------------------------------------------
@@ -617,10 +383,10 @@ class FakeChat:
     def _next_id(self) -> str:
         return str(next(self._ids))
 
-    def _user(self, chat: str, *, name: str | None = None, username: str | None = None) -> _User:
+    def _user(self, chat: str, *, name: str | None = None, username: str | None = None) -> wire.User:
         user = self._users.get(chat)
         if user is None:
-            user = _User(chat=chat, id=f"u{chat}", name=name or f"Client {chat}")
+            user = wire.User(chat=chat, id=f"u{chat}", name=name or f"Client {chat}")
             self._users[chat] = user
         if name is not None:
             user.name = name
@@ -628,7 +394,7 @@ class FakeChat:
             user.username = username
         return user
 
-    def _known(self, chat: str) -> _User:
+    def _known(self, chat: str) -> wire.User:
         user = self._users.get(chat)
         if user is None:
             raise LookupError(f"fakechat has no chat {chat!r}: a client must write first (client_writes)")
@@ -654,7 +420,9 @@ class FakeChat:
 
     def add_post(self, post_id: str, *, caption: str = "", url: str | None = None) -> None:
         """Publish a post clients can comment on (``client_comments`` publishes unknown posts itself)."""
-        self._posts[post_id] = _Post(id=post_id, url=url or f"https://fakechat.test/p/{post_id}", caption=caption)
+        self._posts[post_id] = wire.PostRecord(
+            id=post_id, url=url or f"https://fakechat.test/p/{post_id}", caption=caption
+        )
 
     def fail_next(
         self,
@@ -670,7 +438,7 @@ class FakeChat:
         A 429 carries ``parameters.retry_after`` when ``retry_after`` is given.
         """
         self._faults.append(
-            _Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
+            wire.Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
         )
 
     def duplicate_next(self) -> None:
@@ -707,7 +475,7 @@ class FakeChat:
         number = next(self._ids)
         mime_type = media.mime_type or mimetypes.guess_type(media.file_name)[0] or "application/octet-stream"
         extension = media.file_name.rpartition(".")[2] if "." in media.file_name else "bin"
-        stored = _StoredFile(
+        stored = wire.StoredFile(
             path=f"{media.kind}s/file_{number}.{extension}", content=media.content, mime_type=mime_type
         )
         file_id = f"F{number}"
@@ -722,7 +490,7 @@ class FakeChat:
 
     def _content(
         self,
-        user: _User,
+        user: wire.User,
         message: BotMessage,
         text: str,
         media: ClientMedia | None,
@@ -894,7 +662,8 @@ class FakeChat:
             url = self.webhook_url
             if url is None:
                 raise RuntimeError("fakechat has no webhook: the bot must call setWebhook first (or use set_webhook)")
-            update = {"update_id": next(self._update_ids), kind: payload}
+            update_id = next(self._update_ids)
+            update = {"update_id": update_id, kind: payload}
             self.updates.append(update)
             body = msgspec.json.encode(update)
             headers = {"Content-Type": "application/json"}
@@ -903,7 +672,7 @@ class FakeChat:
             times, self._duplicate = (2 if self._duplicate else 1), False
             status: int | None = None
             for _ in range(times):
-                status = await self._post(update["update_id"], url, body, headers)
+                status = await self._post(update_id, url, body, headers)
             return status
 
     async def _post(self, update_id: int, url: str, body: bytes, headers: dict[str, str]) -> int | None:
