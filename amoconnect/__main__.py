@@ -1,0 +1,5 @@
+"""``python -m amoconnect``: the same as the ``amoconnect`` command."""
+
+from .cli import main
+
+main()
