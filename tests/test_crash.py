@@ -50,7 +50,7 @@ class Slow:
 @asynccontextmanager
 async def connector(config: Path, port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
     log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
-    log = open(log_path, "wb")  # noqa: SIM115 - closed below
+    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally block
     proc = subprocess.Popen(
         [
             sys.executable,
