@@ -158,10 +158,11 @@ class MessengerAdapter(abc.ABC):
     """Webhook paths served; ``()`` for an adapter that only polls."""
     webhook_ack: ClassVar[WebhookResponse] = WebhookResponse()
     """The answer to a webhook once its events are stored (VK wants the body ``ok``)."""
-    sandbox_factory: ClassVar[Callable[[], Any] | None] = None
-    """Builds a fake of the messenger (an ASGI app) for the sandbox and tests; ``None`` if none ships.
-
-    A class, or a function wrapped in ``staticmethod``, so that it is not bound to an instance."""
+    sandbox_factory: ClassVar[Callable[..., Any] | None] = None
+    """Builds the messenger's fake for ``amoconnect run --sandbox``: called with ``http=`` (the
+    ``httpx.AsyncClient`` its webhooks go out on), it returns an :class:`~amoconnect.sandbox.SandboxMessenger`;
+    ``None`` if the plugin ships no fake. A class, or a function wrapped in ``staticmethod``, so that
+    it is not bound to an instance."""
 
     config: msgspec.Struct
     """This instance's settings, an instance of :attr:`settings` (narrow the annotation in subclasses)."""

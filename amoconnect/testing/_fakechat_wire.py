@@ -7,6 +7,8 @@ parameters, decoded strictly (an unknown field is a 400, as a typo in an adapter
 
 from __future__ import annotations
 
+import itertools
+import mimetypes
 from dataclasses import dataclass, field
 from typing import Any, Final, NoReturn
 
@@ -49,6 +51,7 @@ __all__ = [
     "TemplateRef",
     "TypingEvent",
     "User",
+    "World",
     "error_response",
     "fail",
 ]
@@ -300,3 +303,100 @@ class SetWebhook(Params):
 
 class NoParams(Params):
     pass
+
+
+class World:
+    """fakechat's people, chats, posts and files, and the id counters."""
+
+    def __init__(self) -> None:
+        self.users: dict[str, User] = {}
+        self.phones: dict[str, str] = {}
+        self.posts: dict[str, PostRecord] = {}
+        self.files: dict[str, StoredFile] = {}
+        self.paths: dict[str, StoredFile] = {}
+        self._ids = itertools.count(1)
+        self._chat_ids = itertools.count(1001)
+
+    def next_id(self) -> str:
+        """A fresh id, unique across messages, files, comments and presses."""
+        return str(next(self._ids))
+
+    def user(self, chat: str, *, name: str | None = None, username: str | None = None) -> User:
+        """The person of ``chat``, who joins on first use."""
+        user = self.users.get(chat)
+        if user is None:
+            user = self.users[chat] = User(chat=chat, id=f"u{chat}", name=name or f"Client {chat}")
+        if name is not None:
+            user.name = name
+        if username is not None:
+            user.username = username
+        return user
+
+    def known(self, chat: str) -> User:
+        """The person of ``chat``, who must have joined."""
+        user = self.users.get(chat)
+        if user is None:
+            raise LookupError(f"fakechat has no chat {chat!r}: a client must write first (client_writes)")
+        return user
+
+    @staticmethod
+    def message_in(user: User, message_id: Id) -> BotMessage | None:
+        """The message ``message_id`` of the user's chat, if any."""
+        return next((m for m in user.messages if m.message_id == str(message_id)), None)
+
+    def register_phone(self, phone: str, *, name: str | None = None) -> str:
+        """The chat of the person with ``phone``, who joins if new."""
+        chat = self.phones.get(phone)
+        if chat is None:
+            chat = self.phones[phone] = str(next(self._chat_ids))
+        self.user(chat, name=name).phone = phone
+        return chat
+
+    def add_post(self, post_id: str, *, caption: str = "", url: str | None = None) -> None:
+        """Publish a post."""
+        self.posts[post_id] = PostRecord(id=post_id, url=url or f"https://fakechat.test/p/{post_id}", caption=caption)
+
+    def store_media(self, media: ClientMedia) -> dict[str, Any]:
+        """Keep a client's file; its description in an update."""
+        number = self.next_id()
+        mime_type = media.mime_type or mimetypes.guess_type(media.file_name)[0] or "application/octet-stream"
+        extension = media.file_name.rpartition(".")[2] if "." in media.file_name else "bin"
+        stored = StoredFile(path=f"{media.kind}s/file_{number}.{extension}", content=media.content, mime_type=mime_type)
+        file_id = f"F{number}"
+        self.files[file_id] = self.paths[stored.path] = stored
+        size = len(media.content)
+        return {
+            "kind": media.kind,
+            "file_id": file_id,
+            "file_name": media.file_name,
+            "mime_type": mime_type,
+            "size": size,
+        }
+
+    def content(
+        self,
+        user: User,
+        message: BotMessage,
+        media: ClientMedia | None,
+        location: tuple[float, float] | None,
+        contact: tuple[str, str] | None,
+    ) -> dict[str, Any]:
+        """The update body of a client's new or edited ``message``."""
+        content: dict[str, Any] = {
+            "message_id": message.message_id,
+            "chat": {"id": user.chat},
+            "from": user.as_from(),
+            "date": message.date,
+        }
+        if message.text:
+            content["text"] = message.text
+        if media is not None:
+            content["media"] = described = self.store_media(media)
+            message.kind, message.file_id, message.file_name = media.kind, described["file_id"], media.file_name
+        if location is not None:
+            content["location"] = {"lat": location[0], "lon": location[1]}
+        if contact is not None:
+            content["contact"] = {"name": contact[0], "phone": contact[1]}
+        if message.reply_to is not None:
+            content["reply_to"] = message.reply_to
+        return content

@@ -39,7 +39,6 @@ import hashlib
 import hmac
 import itertools
 import math
-import mimetypes
 import time
 from collections.abc import Callable
 from typing import Any, Final, Literal
@@ -140,15 +139,9 @@ class FakeChat:
         """Every delivery attempt, in order."""
         self.calls: list[tuple[str, dict[str, Any], int]] = []
         """Every Bot API call: method, JSON parameters, HTTP status answered."""
-        self._users: dict[str, wire.User] = {}
-        self._phones: dict[str, str] = {}
-        self._posts: dict[str, wire.PostRecord] = {}
-        self._files: dict[str, wire.StoredFile] = {}
-        self._paths: dict[str, wire.StoredFile] = {}
+        self._world = wire.World()
         self._faults: list[wire.Fault] = []
         self._sent_times: list[float] = []
-        self._ids = itertools.count(1)
-        self._chat_ids = itertools.count(1001)
         self._update_ids = itertools.count(1)
         self._duplicate = False
         self._delivery_lock = anyio.Lock()
@@ -235,7 +228,7 @@ class FakeChat:
             )
         if not self._token_ok(request.path_params["token"]):
             return wire.error_response(401, "Unauthorized")
-        stored = self._paths.get(request.path_params["file_path"])
+        stored = self._world.paths.get(request.path_params["file_path"])
         if stored is None:
             return wire.error_response(404, "Not Found: file not found")
         return Response(stored.content, media_type=stored.mime_type)
@@ -243,15 +236,12 @@ class FakeChat:
     # -- Bot API methods ------------------------------------------------------------------------------
 
     def _chat(self, chat_id: wire.Id) -> wire.User:
-        user = self._users.get(str(chat_id))
+        user = self._world.users.get(str(chat_id))
         if user is None:
             wire.fail(400, "Bad Request: chat not found")
         if user.blocked:
             wire.fail(403, "Forbidden: bot was blocked by the user")
         return user
-
-    def _message_in(self, user: wire.User, message_id: wire.Id) -> BotMessage | None:
-        return next((m for m in user.messages if m.message_id == str(message_id)), None)
 
     def _throttle(self) -> None:
         if self.rate_limit is None:
@@ -269,13 +259,16 @@ class FakeChat:
             for button in row:
                 if (button.url is None) == (button.callback_data is None):
                     wire.fail(400, "Bad Request: a button needs exactly one of url and callback_data")
-                if button.callback_data is not None and not 1 <= len(button.callback_data.encode()) <= 64:
+                if (
+                    button.callback_data is not None
+                    and not 1 <= len(button.callback_data.encode()) <= wire.MAX_CALLBACK_DATA
+                ):
                     wire.fail(400, "Bad Request: BUTTON_DATA_INVALID")
         return [[msgspec.to_builtins(button) for button in row] for row in rows]
 
     def _store(self, user: wire.User, message: BotMessage, reply_to: wire.Id | None) -> dict[str, Any]:
         if reply_to is not None:
-            if self._message_in(user, reply_to) is None:
+            if self._world.message_in(user, reply_to) is None:
                 wire.fail(400, "Bad Request: message to reply not found")
             message.reply_to = str(reply_to)
         self._throttle()
@@ -306,7 +299,7 @@ class FakeChat:
                 wire.fail(400, "Bad Request: BUTTON_DATA_INVALID")
         kind = "list" if menu is not None else "template" if params.template is not None else "text"
         message = BotMessage(
-            message_id=self._next_id(),
+            message_id=self._world.next_id(),
             chat=user.chat,
             from_bot=True,
             date=int(self.clock()),
@@ -325,7 +318,7 @@ class FakeChat:
         if len(params.caption) > MAX_CAPTION_LENGTH:
             wire.fail(400, "Bad Request: message caption is too long")
         message = BotMessage(
-            message_id=self._next_id(),
+            message_id=self._world.next_id(),
             chat=user.chat,
             from_bot=True,
             date=int(self.clock()),
@@ -338,14 +331,14 @@ class FakeChat:
         return self._store(user, message, params.reply_to)
 
     def _open_chat(self, params: wire.OpenChat) -> dict[str, Any]:
-        chat = self._phones.get(params.phone)
+        chat = self._world.phones.get(params.phone)
         if chat is None:
             wire.fail(400, "Bad Request: phone is not registered")
         return {"chat_id": chat}
 
     def _set_reaction(self, params: wire.SetReaction) -> bool:
         user = self._chat(params.chat_id)
-        if self._message_in(user, params.message_id) is None:
+        if self._world.message_in(user, params.message_id) is None:
             wire.fail(400, "Bad Request: message to react not found")
         if params.emoji and params.emoji not in REACTIONS:
             wire.fail(400, "Bad Request: REACTION_INVALID")
@@ -358,7 +351,7 @@ class FakeChat:
         return True
 
     def _answer_comment(self, params: wire.AnswerComment) -> dict[str, Any]:
-        post = self._posts.get(str(params.post_id))
+        post = self._world.posts.get(str(params.post_id))
         if post is None:
             wire.fail(400, "Bad Request: post not found")
         if str(params.comment_id) not in post.comments:
@@ -367,38 +360,18 @@ class FakeChat:
             wire.fail(400, "Bad Request: message text is empty")
         if len(params.text) > MAX_TEXT_LENGTH:
             wire.fail(400, "Bad Request: message is too long")
-        answer = CommentAnswer(post.id, str(params.comment_id), params.text, f"cm{next(self._ids)}")
+        answer = CommentAnswer(post.id, str(params.comment_id), params.text, f"cm{self._world.next_id()}")
         post.comments.add(answer.answer_id)
         self.comment_answers.append(answer)
         return {"comment_id": answer.answer_id}
 
     def _get_file(self, params: wire.GetFile) -> dict[str, Any]:
-        stored = self._files.get(params.file_id)
+        stored = self._world.files.get(params.file_id)
         if stored is None:
             wire.fail(400, "Bad Request: wrong file_id or the file is temporarily unavailable")
         return {"file_id": params.file_id, "file_size": len(stored.content), "file_path": stored.path}
 
     # -- world and inspection ---------------------------------------------------------------------------
-
-    def _next_id(self) -> str:
-        return str(next(self._ids))
-
-    def _user(self, chat: str, *, name: str | None = None, username: str | None = None) -> wire.User:
-        user = self._users.get(chat)
-        if user is None:
-            user = wire.User(chat=chat, id=f"u{chat}", name=name or f"Client {chat}")
-            self._users[chat] = user
-        if name is not None:
-            user.name = name
-        if username is not None:
-            user.username = username
-        return user
-
-    def _known(self, chat: str) -> wire.User:
-        user = self._users.get(chat)
-        if user is None:
-            raise LookupError(f"fakechat has no chat {chat!r}: a client must write first (client_writes)")
-        return user
 
     def set_webhook(self, url: str | None, secret: str = "") -> None:
         """Deliver updates to ``url`` signed with ``secret`` (what the bot's ``setWebhook`` does); ``None`` stops."""
@@ -407,22 +380,15 @@ class FakeChat:
 
     def register_phone(self, phone: str, *, name: str | None = None) -> str:
         """A person with ``phone`` joins fakechat; returns the chat id ``openChat`` gives for that phone."""
-        chat = self._phones.get(phone)
-        if chat is None:
-            chat = str(next(self._chat_ids))
-            self._phones[phone] = chat
-        self._user(chat, name=name).phone = phone
-        return chat
+        return self._world.register_phone(phone, name=name)
 
     def block(self, chat: str, blocked: bool = True) -> None:
         """The client blocks the bot (``blocked=False`` unblocks): sends to the chat then get 403."""
-        self._known(chat).blocked = blocked
+        self._world.known(chat).blocked = blocked
 
     def add_post(self, post_id: str, *, caption: str = "", url: str | None = None) -> None:
         """Publish a post clients can comment on (``client_comments`` publishes unknown posts itself)."""
-        self._posts[post_id] = wire.PostRecord(
-            id=post_id, url=url or f"https://fakechat.test/p/{post_id}", caption=caption
-        )
+        self._world.add_post(post_id, caption=caption, url=url)
 
     def fail_next(
         self,
@@ -447,17 +413,17 @@ class FakeChat:
 
     def sent_to(self, chat: str) -> list[BotMessage]:
         """What the bot sent to ``chat``, in order."""
-        user = self._users.get(chat)
+        user = self._world.users.get(chat)
         return [m for m in user.messages if m.from_bot] if user is not None else []
 
     def messages(self, chat: str) -> list[BotMessage]:
         """Every message of ``chat`` (the client's and the bot's), in order."""
-        user = self._users.get(chat)
+        user = self._world.users.get(chat)
         return list(user.messages) if user is not None else []
 
     def message(self, chat: str, message_id: str) -> BotMessage:
         """One message of ``chat`` by id."""
-        found = self._message_in(self._known(chat), message_id)
+        found = self._world.message_in(self._world.known(chat), message_id)
         if found is None:
             raise LookupError(f"fakechat chat {chat!r} has no message {message_id!r}")
         return found
@@ -470,51 +436,6 @@ class FakeChat:
         return self.updates[-1]
 
     # -- client side -----------------------------------------------------------------------------------
-
-    def _store_media(self, media: ClientMedia) -> dict[str, Any]:
-        number = next(self._ids)
-        mime_type = media.mime_type or mimetypes.guess_type(media.file_name)[0] or "application/octet-stream"
-        extension = media.file_name.rpartition(".")[2] if "." in media.file_name else "bin"
-        stored = wire.StoredFile(
-            path=f"{media.kind}s/file_{number}.{extension}", content=media.content, mime_type=mime_type
-        )
-        file_id = f"F{number}"
-        self._files[file_id] = self._paths[stored.path] = stored
-        return {
-            "kind": media.kind,
-            "file_id": file_id,
-            "file_name": media.file_name,
-            "mime_type": mime_type,
-            "size": len(media.content),
-        }
-
-    def _content(
-        self,
-        user: wire.User,
-        message: BotMessage,
-        text: str,
-        media: ClientMedia | None,
-        location: tuple[float, float] | None,
-        contact: tuple[str, str] | None,
-    ) -> dict[str, Any]:
-        content: dict[str, Any] = {
-            "message_id": message.message_id,
-            "chat": {"id": user.chat},
-            "from": user.as_from(),
-            "date": message.date,
-        }
-        if text:
-            content["text"] = text
-        if media is not None:
-            content["media"] = described = self._store_media(media)
-            message.kind, message.file_id, message.file_name = media.kind, described["file_id"], media.file_name
-        if location is not None:
-            content["location"] = {"lat": location[0], "lon": location[1]}
-        if contact is not None:
-            content["contact"] = {"name": contact[0], "phone": contact[1]}
-        if message.reply_to is not None:
-            content["reply_to"] = message.reply_to
-        return content
 
     async def client_writes(
         self,
@@ -533,13 +454,18 @@ class FakeChat:
         ``location`` is ``(lat, lon)``, ``contact`` is ``(name, phone)``; ``reply_to`` quotes a
         message of the chat. The status is ``None`` when no attempt got an answer.
         """
-        user = self._user(chat, name=name, username=username)
-        if reply_to is not None and self._message_in(user, reply_to) is None:
+        user = self._world.user(chat, name=name, username=username)
+        if reply_to is not None and self._world.message_in(user, reply_to) is None:
             raise LookupError(f"fakechat chat {chat!r} has no message {reply_to!r} to reply to")
         message = BotMessage(
-            message_id=self._next_id(), chat=chat, from_bot=False, date=int(self.clock()), text=text, reply_to=reply_to
+            message_id=self._world.next_id(),
+            chat=chat,
+            from_bot=False,
+            date=int(self.clock()),
+            text=text,
+            reply_to=reply_to,
         )
-        content = self._content(user, message, text, media, location, contact)
+        content = self._world.content(user, message, media, location, contact)
         user.messages.append(message)
         return await self._deliver("message", content)
 
@@ -558,13 +484,13 @@ class FakeChat:
         if message.from_bot:
             raise LookupError(f"message {message_id!r} of chat {chat!r} is the bot's: a client edits its own")
         message.text = text
-        content = self._content(self._known(chat), message, text, media, location, contact)
+        content = self._world.content(self._world.known(chat), message, media, location, contact)
         content["edit_date"] = int(self.clock())
         return await self._deliver("edited_message", content)
 
     async def client_presses(self, chat: str, callback_data: str) -> int | None:
         """The client presses the newest button (or picks the list row) with ``callback_data``."""
-        user = self._known(chat)
+        user = self._world.known(chat)
         for message in reversed(user.messages):
             if not message.from_bot:
                 continue
@@ -573,7 +499,7 @@ class FakeChat:
                 labels.update({row["callback_data"]: row["title"] for row in section["rows"]})
             if callback_data in labels:
                 press = {
-                    "id": f"cb{next(self._ids)}",
+                    "id": f"cb{self._world.next_id()}",
                     "chat": {"id": chat},
                     "from": user.as_from(),
                     "message_id": message.message_id,
@@ -586,7 +512,7 @@ class FakeChat:
 
     async def client_reacts(self, chat: str, message_id: str, emoji: str, removed: bool = False) -> int | None:
         """The client sets (or, ``removed``, takes back) a reaction on a message of the chat."""
-        user = self._known(chat)
+        user = self._world.known(chat)
         self.message(chat, message_id)
         if emoji and emoji not in REACTIONS:
             raise ValueError(f"fakechat offers only the reactions {' '.join(REACTIONS)}, not {emoji!r}")
@@ -602,7 +528,7 @@ class FakeChat:
 
     async def client_types(self, chat: str) -> int | None:
         """The client starts typing."""
-        user = self._known(chat)
+        user = self._world.known(chat)
         return await self._deliver("typing", {"chat": {"id": chat}, "from": user.as_from(), "date": int(self.clock())})
 
     async def client_comments(
@@ -615,13 +541,13 @@ class FakeChat:
         name: str | None = None,
     ) -> int | None:
         """The client of ``chat`` comments on post ``post_id`` (published on first use); see :attr:`last_update`."""
-        user = self._user(chat, name=name)
-        if post_id not in self._posts:
+        user = self._world.user(chat, name=name)
+        if post_id not in self._world.posts:
             self.add_post(post_id)
-        post = self._posts[post_id]
+        post = self._world.posts[post_id]
         if parent_id is not None and parent_id not in post.comments:
             raise LookupError(f"post {post_id!r} has no comment {parent_id!r}")
-        comment_id = f"cm{next(self._ids)}"
+        comment_id = f"cm{self._world.next_id()}"
         post.comments.add(comment_id)
         comment: dict[str, Any] = {
             "post": {"id": post.id, "url": post.url, "caption": post.caption},

@@ -1,0 +1,160 @@
+"""``amoconnect run --sandbox``: the whole connector with no credentials.
+
+It starts the fake amojo and the plugin's own fake messenger on loopback ports, a temporary
+SQLite store, and the real runtime between them; then, round after round, a client writes in
+the messenger, the message reaches "amoCRM", a manager answers, and the answer reaches the
+client, each hop logged. A plugin takes part by giving its adapter a ``sandbox_factory`` that
+builds a :class:`SandboxMessenger`.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import anyio
+import httpx
+import structlog
+
+from .config import parse_config
+from .errors import PluginError
+from .plugins import collect_messengers, get_plugin_manager
+from .runtime import Runtime, serve
+from .testing.fake_amojo import FakeAmojo
+from .testing.servers import serve_app
+
+__all__ = ["SandboxMessenger", "run_sandbox"]
+
+log = structlog.get_logger("amoconnect.sandbox")
+
+
+@runtime_checkable
+class SandboxMessenger(Protocol):
+    """A plugin's fake messenger as the sandbox drives it."""
+
+    app: Any
+    """The fake messenger's API, an ASGI app."""
+
+    def sandbox_settings(self, api_url: str) -> dict[str, Any]:
+        """Settings of one adapter instance that talks to this fake served at ``api_url``."""
+        ...
+
+    async def sandbox_client_writes(self, chat: str, text: str) -> None:
+        """A client writes ``text`` in ``chat``; the fake delivers the webhook to the connector."""
+        ...
+
+    def sandbox_received(self, chat: str) -> list[str]:
+        """The texts the connector sent to ``chat``, oldest first."""
+        ...
+
+
+async def _wait_for(condition: Any, limit: float) -> bool:
+    deadline = time.monotonic() + limit
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        await anyio.sleep(0.02)
+    return True
+
+
+async def run_sandbox(
+    plugin: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    rounds: int = 0,
+    interval: float = 3.0,
+    plugin_dirs: Iterable[str] = (),
+) -> None:
+    """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted)."""
+    pm = get_plugin_manager(plugin_dirs=plugin_dirs)
+    messengers = collect_messengers(pm)
+    cls = messengers.get(plugin)
+    if cls is None:
+        raise PluginError(f"no messenger plugin named {plugin!r} is installed; installed: {sorted(messengers)}")
+    if cls.sandbox_factory is None:
+        raise PluginError(f"plugin {plugin!r} ships no fake messenger (sandbox_factory), so it has no sandbox")
+    channel_id, account_id = str(uuid.uuid4()), str(uuid.uuid4())
+    secret = secrets.token_hex(20)
+    public = f"http://{host}:{port}"
+    workdir = Path(tempfile.mkdtemp(prefix="amoconnect-sandbox-"))
+    async with httpx.AsyncClient(timeout=10) as http:
+        messenger = cls.sandbox_factory(http=http)
+        if not isinstance(messenger, SandboxMessenger):
+            raise PluginError(f"plugin {plugin!r}: sandbox_factory() does not build a SandboxMessenger")
+        amojo = FakeAmojo(channel_id, secret, webhook_client=http, webhook_url=f"{public}/amocrm/:scope_id")
+        scope_id = amojo.connect(account_id, title="sandbox").scope_id
+        async with serve_app(amojo.app, host=host) as amojo_url, serve_app(messenger.app, host=host) as api_url:
+            config = parse_config(
+                {
+                    "channel": {"id": channel_id, "secret": secret, "amojo_url": amojo_url},
+                    "accounts": [{"name": "sandbox", "amojo_id": account_id, "scope_id": scope_id}],
+                    "sources": [
+                        {
+                            "name": "sandbox",
+                            "plugin": plugin,
+                            "account": "sandbox",
+                            "default": True,
+                            "settings": messenger.sandbox_settings(api_url),
+                        }
+                    ],
+                    "server": {"host": host, "port": port, "public_url": public},
+                    "store": {"path": str(workdir / "amoconnect.sqlite3"), "media_dir": str(workdir / "media")},
+                },
+                "<sandbox>",
+            )
+            log.info("sandbox", fake_amojo=amojo_url, fake_messenger=api_url, connector=public, store=str(workdir))
+            runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_serve_then_stop, runtime, host, port, tg)
+                if not await _wait_for(lambda: runtime.app is not None, 15):
+                    raise PluginError("the connector did not start")
+                await anyio.sleep(0.5)
+                await _conversation(messenger, amojo, scope_id, rounds, interval)
+                tg.cancel_scope.cancel()
+
+
+async def _serve_then_stop(runtime: Runtime, host: str, port: int, tg: anyio.abc.TaskGroup) -> None:
+    await serve(runtime, host=host, port=port)
+    tg.cancel_scope.cancel()
+
+
+async def _conversation(
+    messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, rounds: int, interval: float
+) -> None:
+    n = 0
+    while rounds == 0 or n < rounds:
+        n += 1
+        await _round(messenger, amojo, scope_id, n)
+        await anyio.sleep(interval)
+
+
+async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n: int) -> None:
+    chat = "sandbox-client"
+    text = f"Hello from the client, message {n}"
+    seen = len(amojo.messages)
+    log.info("1. client writes in the messenger", chat=chat, text=text)
+    await messenger.sandbox_client_writes(chat, text)
+    if not await _wait_for(lambda: any(m.text == text for m in amojo.messages[seen:]), 10):
+        log.error("the client's message did not reach amoCRM")
+        return
+    arrived = next(m for m in amojo.messages[seen:] if m.text == text)
+    log.info("2. amoCRM received it", conversation_id=arrived.conversation_id, amocrm_id=arrived.id)
+    reply = f"Manager's answer to message {n}"
+    received = len(messenger.sandbox_received(chat))
+    emitted = await amojo.emit_text(scope_id, arrived.conversation_id or "", reply)
+    log.info("3. a manager answers in amoCRM", text=reply, webhook_status=emitted.status)
+    if await _wait_for(lambda: reply in messenger.sandbox_received(chat)[received:], 10):
+        log.info("4. the client got the answer in the messenger", chat=chat)
+    else:
+        log.error("the manager's answer did not reach the messenger")
+        return
+    message_id = emitted.message_id or ""
+    if await _wait_for(lambda: amojo.message(message_id).statuses, 5):
+        status = amojo.message(message_id).statuses[-1]
+        log.info("5. amoCRM shows the delivery status", delivery_status=status.delivery_status)
