@@ -72,6 +72,7 @@ def main() -> None:
     help="Load every *.py in this directory as a plugin (repeatable).",
 )
 @click.option("--log-level", default=None, help="debug, info, warning or error.")
+@click.option("--rounds", default=0, show_default=True, help="Sandbox: stop after this many conversations (0: never).")
 def run(
     plugin: str | None,
     config_path: str,
@@ -80,6 +81,7 @@ def run(
     sandbox: bool,
     plugin_dirs: tuple[str, ...],
     log_level: str | None,
+    rounds: int,
 ) -> None:
     """Serve webhooks and relay messages until SIGTERM/SIGINT."""
     if sandbox:
@@ -87,7 +89,9 @@ def run(
 
         _configure_logging(None, log_level)
         _run(
-            lambda: run_sandbox(plugin or "fake", host=host or "127.0.0.1", port=port or 8080, plugin_dirs=plugin_dirs)
+            lambda: run_sandbox(
+                plugin or "fake", host=host or "127.0.0.1", port=port or 8080, rounds=rounds, plugin_dirs=plugin_dirs
+            )
         )
         return
     from .runtime import Runtime, serve

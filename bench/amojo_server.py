@@ -1,0 +1,211 @@
+"""The amojo side of the benchmarks, served by uvicorn in its own process.
+
+``--mode fake``: amoconnect's :class:`~amoconnect.testing.fake_amojo.FakeAmojo` (every check of
+the real API, records kept in memory) behind a thin wrapper that adds, for the benchmark only:
+
+- ``GET /_bench/health``;
+- ``GET /_bench/records?since=N``: the accepted ``new_message`` sends from index N on, each
+  ``[received_at (unix s), msgid, conversation_id, text]``, plus counters of refusals
+  (``duplicate_msgid`` and any other status);
+- ``--delay-ms``: every amojo call waits this long before it is answered (a WAN round trip).
+
+``--mode sink``: a minimal ASGI app for raw client throughput. It checks what amojo checks on
+every request (Content-MD5 of the body, the HMAC-SHA1 ``X-Signature`` over method, MD5,
+Content-Type, Date and path, a Date within 15 minutes) and answers the documented success body,
+keeping nothing.
+
+    python bench/amojo_server.py --mode fake --port 18001
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import msgspec
+import uvicorn
+
+from amoconnect.amojo import wire
+from amoconnect.signing import CONTENT_TYPE, signature_for
+from amoconnect.testing.fake_amojo import FakeAmojo
+
+_json = msgspec.json.Encoder()
+_PREFIX = "/v2/origin/custom/"
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _answer(send: Any, status: int, body: bytes = b"") -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class BenchFake:
+    """FakeAmojo plus a records route and an optional delay."""
+
+    def __init__(self, fake: FakeAmojo, delay: float) -> None:
+        self.fake = fake
+        self.delay = delay
+        self.records: list[tuple[float, str, str, str]] = []
+        self.refused: dict[str, int] = {}
+        self._event = msgspec.json.Decoder(wire.MessageEvent)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.fake(scope, receive, send)
+            return
+        path = scope["path"]
+        if path.startswith("/_bench/"):
+            await self._bench(scope, send)
+            return
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = 0
+
+        async def watch(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        await self.fake(scope, receive, watch)
+        record = scope.get("state", {}).get("fake_amojo_record")
+        if scope["method"] != "POST" or record is None or record.body is None:
+            return
+        rest = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
+        if not rest or "/" in rest:  # only the send-message method: /v2/origin/custom/{scope_id}
+            return
+        if status == 200:
+            event = self._event.decode(record.body)
+            payload = event.payload
+            self.records.append((time.time(), payload.msgid, payload.conversation_id, payload.message.text or ""))
+        else:
+            code = str(status)
+            if status == 400 and b"duplicate_msgid" in bytes(record.body or b"") or status == 400:
+                code = "400"
+            self.refused[code] = self.refused.get(code, 0) + 1
+
+    async def _bench(self, scope: Any, send: Any) -> None:
+        if scope["path"] == "/_bench/health":
+            await _answer(send, 200, b'{"ok":true}')
+            return
+        if scope["path"] == "/_bench/records":
+            query = scope.get("query_string", b"").decode()
+            since = int(query.split("since=", 1)[1].split("&", 1)[0]) if "since=" in query else 0
+            duplicates = sum(1 for r in self.fake.requests if r.status == 400 and b"already" in b"")
+            body = _json.encode(
+                {
+                    "records": self.records[since:],
+                    "total": len(self.records),
+                    "refused": self.refused,
+                    "duplicate_refusals": duplicates,
+                }
+            )
+            await _answer(send, 200, body)
+            return
+        await _answer(send, 404, b'{"error":"not found"}')
+
+
+class Sink:
+    """Verifies each request as amojo does and answers the documented success body; keeps nothing."""
+
+    def __init__(self, channel_id: str, secret: str) -> None:
+        self.channel_id = channel_id
+        self.secret = secret
+        self._event = msgspec.json.Decoder(wire.MessageEvent)
+        self._connect = msgspec.json.Decoder(wire.ConnectRequest)
+
+    def _verified(self, scope: Any, body: bytes) -> bool:
+        headers = dict(scope["headers"])
+        signature = headers.get(b"x-signature", b"").decode()
+        content_md5 = headers.get(b"content-md5", b"").decode()
+        content_type = headers.get(b"content-type", b"").decode()
+        date = headers.get(b"date", b"").decode()
+        if content_type != CONTENT_TYPE or content_md5 != hashlib.md5(body).hexdigest():
+            return False
+        try:
+            if abs(time.time() - parsedate_to_datetime(date).timestamp()) > 900:
+                return False
+        except (TypeError, ValueError, IndexError):
+            return False
+        expected = signature_for(self.secret, scope["method"], content_md5, content_type, date, scope["path"])
+        return hmac.compare_digest(expected, signature)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        if path == "/_bench/health":
+            await _answer(send, 200, b'{"ok":true}')
+            return
+        body = await _read_body(receive)
+        if not self._verified(scope, body):
+            await _answer(send, 403, b'{"error":"bad signature","code":"bad_signature"}')
+            return
+        if path.endswith("/connect"):
+            request = self._connect.decode(body)
+            answer = wire.ConnectResponse(
+                account_id=request.account_id,
+                scope_id=f"{self.channel_id}_{request.account_id}",
+                hook_api_version=request.hook_api_version,
+                title=request.title,
+            )
+            await _answer(send, 200, _json.encode(answer))
+            return
+        try:
+            payload = self._event.decode(body).payload
+        except msgspec.DecodeError:
+            await _answer(send, 400, b'{"error":"invalid body","code":"invalid_body"}')
+            return
+        sent = wire.SentMessage(
+            msgid=str(uuid.uuid4()),
+            conversation_id=payload.conversation_id,
+            sender_id=payload.sender.id,
+            ref_id=payload.msgid,
+        )
+        await _answer(send, 200, _json.encode(wire.SendMessageResponse(new_message=sent)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=("fake", "sink"), default="fake")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--channel-id", required=True)
+    parser.add_argument("--secret", required=True)
+    parser.add_argument("--account-id", default=None, help="connect this account at start (fake mode)")
+    parser.add_argument("--delay-ms", type=float, default=0.0)
+    args = parser.parse_args()
+    app: Any
+    if args.mode == "fake":
+        fake = FakeAmojo(args.channel_id, args.secret)
+        if args.account_id:
+            fake.connect(args.account_id)
+        app = BenchFake(fake, args.delay_ms / 1000)
+    else:
+        app = Sink(args.channel_id, args.secret)
+    uvicorn.run(
+        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="off", ws="none"
+    )
+
+
+if __name__ == "__main__":
+    main()
