@@ -186,7 +186,7 @@ class Process:
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - loopback only
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -226,19 +226,20 @@ class RawPool:
     handled by opening a new one.
     """
 
-    def __init__(self, host: str, port: int, max_connections: int) -> None:
+    def __init__(self, host: str, port: int, max_connections: int, *, request_timeout: float = 10.0) -> None:
         self.host = host
+        self.request_timeout = request_timeout
         self.port = port
         self.max_connections = max_connections
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(max_connections)
 
-    async def request(self, data: bytes, timeout: float = 10.0) -> tuple[int | None, bytes]:
+    async def request(self, data: bytes) -> tuple[int | None, bytes]:
         """Send one request; ``(status, body)``, status ``None`` on a transport error or timeout."""
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         await self._slots.acquire()
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(self.request_timeout):
                 conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
                 reader, writer = conn
                 writer.write(data)

@@ -80,29 +80,30 @@ class BenchFake:
         if self.delay:
             await asyncio.sleep(self.delay)
         status = 0
+        answer = b""
 
         async def watch(message: Any) -> None:
-            nonlocal status
+            nonlocal status, answer
             if message["type"] == "http.response.start":
                 status = message["status"]
+            elif status != 200:
+                answer += message.get("body", b"")
             await send(message)
 
         await self.fake(scope, receive, watch)
         record = scope.get("state", {}).get("fake_amojo_record")
-        if scope["method"] != "POST" or record is None or record.body is None:
-            return
         rest = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
-        if not rest or "/" in rest:  # only the send-message method: /v2/origin/custom/{scope_id}
-            return
+        if scope["method"] != "POST" or record is None or not rest or "/" in rest:
+            return  # only the send-message method, POST /v2/origin/custom/{scope_id}, is recorded
         if status == 200:
-            event = self._event.decode(record.body)
-            payload = event.payload
+            payload = self._event.decode(record.body).payload
             self.records.append((time.time(), payload.msgid, payload.conversation_id, payload.message.text or ""))
-        else:
+            return
+        try:
+            code = f"{status} {msgspec.json.decode(answer).get('code', '')}"
+        except (msgspec.DecodeError, AttributeError):
             code = str(status)
-            if status == 400 and b"duplicate_msgid" in bytes(record.body or b"") or status == 400:
-                code = "400"
-            self.refused[code] = self.refused.get(code, 0) + 1
+        self.refused[code] = self.refused.get(code, 0) + 1
 
     async def _bench(self, scope: Any, send: Any) -> None:
         if scope["path"] == "/_bench/health":
@@ -111,13 +112,11 @@ class BenchFake:
         if scope["path"] == "/_bench/records":
             query = scope.get("query_string", b"").decode()
             since = int(query.split("since=", 1)[1].split("&", 1)[0]) if "since=" in query else 0
-            duplicates = sum(1 for r in self.fake.requests if r.status == 400 and b"already" in b"")
             body = _json.encode(
                 {
                     "records": self.records[since:],
                     "total": len(self.records),
                     "refused": self.refused,
-                    "duplicate_refusals": duplicates,
                 }
             )
             await _answer(send, 200, body)
@@ -202,9 +201,7 @@ def main() -> None:
         app = BenchFake(fake, args.delay_ms / 1000)
     else:
         app = Sink(args.channel_id, args.secret)
-    uvicorn.run(
-        app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="off", ws="none"
-    )
+    uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False, lifespan="off", ws="none")
 
 
 if __name__ == "__main__":

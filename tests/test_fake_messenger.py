@@ -147,7 +147,7 @@ class FakeChatHttp:
         await self.bot.__aenter__()
         return self.fake, self.bot
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def __aexit__(self, *exc: Any) -> None:
         await self.bot.__aexit__(*exc)
 
 
@@ -604,8 +604,28 @@ def test_a_subclass_adds_a_reply_window() -> None:
     validate_adapter(WindowedFakeChat)
 
 
-def test_sandbox_factory_builds_a_fakechat() -> None:
+async def test_sandbox_factory_builds_a_sandbox_messenger() -> None:
     factory = FakeChatAdapter.sandbox_factory
     assert factory is not None
-    sandbox = factory()
-    assert isinstance(sandbox, FakeChat) and callable(sandbox.app)
+    connector = Connector()
+    app = Starlette(routes=[Route("/hooks/fake/sandbox", connector.hook, methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        sandbox = factory(http=http)
+        assert isinstance(sandbox, FakeChat)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sandbox.app)) as bot:
+            settings = msgspec.convert(sandbox.sandbox_settings("http://127.0.0.1:9"), FakeChatSettings)
+            context = AdapterContext(
+                instance="sandbox",
+                http=bot,
+                log=structlog.get_logger(),
+                state=_State(),
+                submit=_submit,
+                public_url="http://connector.test/hooks/fake/sandbox",
+            )
+            adapter = connector.adapter = FakeChatAdapter(msgspec.structs.replace(settings, api_url=API), context)
+            await adapter.startup()
+            await sandbox.sandbox_client_writes("sandbox-client", "Hello")
+            (event,) = connector.events
+            assert isinstance(event, InboundMessage) and event.text == "Hello"
+            await adapter.send_message(OutgoingMessage(chat=event.chat, text="Hi there"))
+            assert sandbox.sandbox_received("sandbox-client") == ["Hi there"]

@@ -39,6 +39,7 @@ import hashlib
 import hmac
 import itertools
 import math
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any, Final, Literal
@@ -144,6 +145,7 @@ class FakeChat:
         self._sent_times: list[float] = []
         self._update_ids = itertools.count(1)
         self._duplicate = False
+        self._sandbox_secret = secrets.token_hex(16)
         self._delivery_lock = anyio.Lock()
         self.app = Starlette(
             routes=[
@@ -410,6 +412,20 @@ class FakeChat:
     def duplicate_next(self) -> None:
         """Deliver the next update twice (same body, same ``update_id``), as messengers sometimes do."""
         self._duplicate = True
+
+    # -- the sandbox (amoconnect.sandbox.SandboxMessenger) ---------------------------------------------
+
+    def sandbox_settings(self, api_url: str) -> dict[str, Any]:
+        """Settings of a ``fake`` instance talking to this fake at ``api_url`` (its startup sets the webhook)."""
+        return {"token": self.token, "secret": self._sandbox_secret, "api_url": api_url}
+
+    async def sandbox_client_writes(self, chat: str, text: str) -> None:
+        """A client writes ``text`` in ``chat``."""
+        await self.client_writes(chat, text)
+
+    def sandbox_received(self, chat: str) -> list[str]:
+        """The texts (and captions) the bot sent to ``chat``, oldest first."""
+        return [message.text for message in self.sent_to(chat)]
 
     def sent_to(self, chat: str) -> list[BotMessage]:
         """What the bot sent to ``chat``, in order."""
