@@ -265,8 +265,8 @@ class Runtime:
         return self._client
 
 
-async def serve(runtime: Runtime, *, host: str, port: int) -> None:
-    """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT, then drain and stop."""
+async def serve(runtime: Runtime, *, host: str, port: int, stop: anyio.Event | None = None) -> None:
+    """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop."""
     import uvicorn
 
     async with runtime:
@@ -275,5 +275,14 @@ async def serve(runtime: Runtime, *, host: str, port: int) -> None:
             uvicorn.Config(runtime.app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
         )
         started = time.monotonic()
-        await server.serve()
+        async with anyio.create_task_group() as tg:
+            if stop is not None:
+
+                async def watch() -> None:
+                    await stop.wait()
+                    server.should_exit = True
+
+                tg.start_soon(watch)
+            await server.serve()
+            tg.cancel_scope.cancel()
         log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))

@@ -19,8 +19,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import httpx
+import pluggy
 import structlog
 
+from .adapter import MessengerAdapter
 from .config import parse_config
 from .errors import PluginError
 from .plugins import collect_messengers, get_plugin_manager
@@ -72,17 +74,35 @@ async def run_sandbox(
     plugin_dirs: Iterable[str] = (),
 ) -> None:
     """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted)."""
-    pm = get_plugin_manager(plugin_dirs=plugin_dirs)
+    plugin_dirs = tuple(plugin_dirs)
+    # Load just the plugin under test (a local one from --plugin-dir, else its entry point).
+    pm = get_plugin_manager(
+        plugin_dirs=plugin_dirs, load_entrypoints=not plugin_dirs, only=None if plugin_dirs else plugin
+    )
     messengers = collect_messengers(pm)
     cls = messengers.get(plugin)
     if cls is None:
         raise PluginError(f"no messenger plugin named {plugin!r} is installed; installed: {sorted(messengers)}")
     if cls.sandbox_factory is None:
         raise PluginError(f"plugin {plugin!r} ships no fake messenger (sandbox_factory), so it has no sandbox")
+    with tempfile.TemporaryDirectory(prefix="amoconnect-sandbox-") as tmp:
+        await _sandbox(cls, pm, plugin, host, port, rounds, interval, Path(tmp))
+
+
+async def _sandbox(
+    cls: type[MessengerAdapter],
+    pm: pluggy.PluginManager,
+    plugin: str,
+    host: str,
+    port: int,
+    rounds: int,
+    interval: float,
+    workdir: Path,
+) -> None:
+    assert cls.sandbox_factory is not None
     channel_id, account_id = str(uuid.uuid4()), str(uuid.uuid4())
     secret = secrets.token_hex(20)
     public = f"http://{host}:{port}"
-    workdir = Path(tempfile.mkdtemp(prefix="amoconnect-sandbox-"))
     async with httpx.AsyncClient(timeout=10) as http:
         messenger = cls.sandbox_factory(http=http)
         if not isinstance(messenger, SandboxMessenger):
@@ -110,18 +130,19 @@ async def run_sandbox(
             )
             log.info("sandbox", fake_amojo=amojo_url, fake_messenger=api_url, connector=public, store=str(workdir))
             runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
+            stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_serve_then_stop, runtime, host, port, tg)
+                tg.start_soon(_serve_then_stop, runtime, host, port, stop, tg)
                 if not await _wait_for(lambda: runtime.app is not None, 15):
                     raise PluginError("the connector did not start")
                 await anyio.sleep(0.5)
                 await _conversation(messenger, amojo, scope_id, rounds, interval)
-                tg.cancel_scope.cancel()
+                stop.set()
 
 
-async def _serve_then_stop(runtime: Runtime, host: str, port: int, tg: anyio.abc.TaskGroup) -> None:
-    await serve(runtime, host=host, port=port)
-    tg.cancel_scope.cancel()
+async def _serve_then_stop(runtime: Runtime, host: str, port: int, stop: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
+    await serve(runtime, host=host, port=port, stop=stop)
+    tg.cancel_scope.cancel()  # interrupted by a signal: end the conversation too
 
 
 async def _conversation(
@@ -155,6 +176,6 @@ async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n
         log.error("the manager's answer did not reach the messenger")
         return
     message_id = emitted.message_id or ""
-    if await _wait_for(lambda: amojo.message(message_id).statuses, 5):
+    if await _wait_for(lambda: amojo.message(message_id).statuses, 1):
         status = amojo.message(message_id).statuses[-1]
         log.info("5. amoCRM shows the delivery status", delivery_status=status.delivery_status)

@@ -15,6 +15,7 @@ import msgspec
 
 from amoconnect.config import parse_config
 from amoconnect.model import InboundEvent, InboundMessage, Person
+from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo
 
@@ -107,7 +108,8 @@ async def rig(tmp_path: Path, **overrides: Any) -> AsyncIterator[Rig]:
     fake = FakeAmojo(CHANNEL, SECRET)
     amojo_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app), base_url="http://amojo.test")
     config = parse_config(base_config(tmp_path, **overrides))
-    runtime = Runtime(config, plugin_dirs=[MESSENGERS], amojo_http=amojo_http)
+    pm = get_plugin_manager(load_entrypoints=False, plugin_dirs=[MESSENGERS])
+    runtime = Runtime(config, plugin_manager=pm, amojo_http=amojo_http)
     async with runtime:
         fake.webhook_client = runtime.client
         fake.connect(ACCOUNT, webhook_url="http://amoconnect/amocrm/:scope_id")
