@@ -7,9 +7,11 @@ leaving the block drains in-flight jobs and stops. :func:`serve` runs it behind 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import httpx
 import msgspec
 import pluggy
 import structlog
+import uvicorn
 from starlette.applications import Starlette
 
 from .adapter import AdapterContext, MessengerAdapter
@@ -265,24 +268,42 @@ class Runtime:
         return self._client
 
 
-async def serve(runtime: Runtime, *, host: str, port: int, stop: anyio.Event | None = None) -> None:
-    """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop."""
-    import uvicorn
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: :func:`serve` handles SIGTERM/SIGINT to drain first."""
 
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def serve(runtime: Runtime, *, host: str, port: int, stop: anyio.Event | None = None) -> None:
+    """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop.
+
+    On a signal the server stops accepting and finishes the requests in progress, then the
+    relay gets ``relay.shutdown_timeout`` seconds to finish its jobs; what is left stays queued.
+    """
     async with runtime:
         assert runtime.app is not None
-        server = uvicorn.Server(
+        server = _Server(
             uvicorn.Config(runtime.app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
         )
         started = time.monotonic()
         async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for received in signals:
+                        log.info("signal received; stopping", signal=signal.Signals(received).name)
+                        server.should_exit = True
+                        return
+
+            async def on_stop(event: anyio.Event) -> None:
+                await event.wait()
+                server.should_exit = True
+
+            tg.start_soon(on_signal)
             if stop is not None:
-
-                async def watch() -> None:
-                    await stop.wait()
-                    server.should_exit = True
-
-                tg.start_soon(watch)
+                tg.start_soon(on_stop, stop)
             await server.serve()
             tg.cancel_scope.cancel()
         log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))

@@ -56,7 +56,7 @@ _decode_envelope = msgspec.json.Decoder(_Envelope).decode
 
 
 def error_for(status: int, description: str, parameters: dict[str, Any] | None = None) -> MessengerError:
-    """The exception for a refusal with HTTP/``error_code`` ``status``, Telegram's ``description`` and ``parameters``."""
+    """The exception for a refusal: ``status`` is the ``error_code``, then Telegram's description and parameters."""
     retry_after = (parameters or {}).get("retry_after")
     if status == 429 or isinstance(retry_after, int | float):
         wait = float(retry_after) if isinstance(retry_after, int | float) else 1.0
@@ -98,7 +98,7 @@ class BotApi:
         params: dict[str, Any] | None = None,
         *,
         files: dict[str, tuple[str, bytes, str]] | None = None,
-        timeout: float | None = None,
+        http_timeout: float | None = None,
     ) -> Any:
         """Call ``method`` and return its ``result``; raise a :class:`MessengerError` as the module says.
 
@@ -106,7 +106,7 @@ class BotApi:
         ``multipart/form-data``, with nested parameters as JSON strings; otherwise the body is JSON.
         """
         url = f"{self.base_url}/bot{self._token}/{method}"
-        extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        extra: dict[str, Any] = {} if http_timeout is None else {"timeout": http_timeout}
         try:
             if files:
                 form = {
@@ -122,7 +122,9 @@ class BotApi:
         try:
             envelope = _decode_envelope(response.content)
         except msgspec.DecodeError:
-            raise error_for(response.status_code, f"Telegram answered HTTP {response.status_code} without JSON") from None
+            raise error_for(
+                response.status_code, f"Telegram answered HTTP {response.status_code} without JSON"
+            ) from None
         if envelope.ok:
             return envelope.result
         raise error_for(envelope.error_code or response.status_code, envelope.description, envelope.parameters)

@@ -17,13 +17,13 @@ of :class:`Call` s:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from amoconnect.errors import MessengerError
 from amoconnect.model import Attachment, Button, ListMessage, OutgoingMessage
 
-from .botapi import MAX_CALLBACK_DATA_BYTES, MAX_CAPTION_LENGTH, MAX_TEXT_LENGTH, split_text, truncate_bytes, utf16_length
+from .botapi import MAX_CALLBACK_DATA_BYTES, MAX_CAPTION_LENGTH, split_text, truncate_bytes, utf16_length
 
 __all__ = ["MEDIA_METHODS", "Call", "chat_param", "inline_keyboard", "message_text", "plan_message"]
 
@@ -46,7 +46,6 @@ class Call:
     params: dict[str, Any]
     attachment: Attachment | None = None
     file_field: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def chat_param(chat: str) -> int | str:
@@ -66,9 +65,7 @@ def _button(button: Button) -> dict[str, str] | None:
     return {"text": button.text, "callback_data": data or "-"}
 
 
-def inline_keyboard(
-    buttons: tuple[tuple[Button, ...], ...], list_message: ListMessage | None
-) -> dict[str, Any] | None:
+def inline_keyboard(buttons: tuple[tuple[Button, ...], ...], list_message: ListMessage | None) -> dict[str, Any] | None:
     """The ``reply_markup`` of amoCRM buttons and a list message's rows, or ``None`` when there are none."""
     rows: list[list[dict[str, str]]] = []
     for row in buttons:

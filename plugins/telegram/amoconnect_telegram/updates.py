@@ -135,8 +135,8 @@ class InlineKeyboard(_Type, frozen=True):
 
 class Message(_Type, frozen=True):
     message_id: int
-    date: int = 0
     chat: Chat
+    date: int = 0
     sender: User | None = msgspec.field(default=None, name="from")
     sender_chat: Chat | None = None
     text: str | None = None
@@ -192,8 +192,8 @@ class ChatMember(_Type, frozen=True):
 
 class ChatMemberUpdated(_Type, frozen=True):
     chat: Chat
-    date: int = 0
     new_chat_member: ChatMember
+    date: int = 0
 
 
 class Update(_Type, frozen=True):
@@ -295,7 +295,11 @@ def _media(message: Message) -> tuple[Attachment | None, str]:
         attachment = _attachment("video", v, file_name=v.file_name, mime_type=v.mime_type, duration=v.duration)
     elif message.video_note is not None:
         attachment = _attachment(
-            "video", message.video_note, file_name="video_note.mp4", mime_type="video/mp4", duration=message.video_note.duration
+            "video",
+            message.video_note,
+            file_name="video_note.mp4",
+            mime_type="video/mp4",
+            duration=message.video_note.duration,
         )
     elif message.voice is not None:
         vo = message.voice
@@ -405,7 +409,8 @@ def _callback(update_id: int, query: CallbackQuery, now: float) -> Parsed:
 def _reactions(update_id: int, reaction: MessageReactionUpdated) -> Parsed:
     old = [r.emoji for r in reaction.old_reaction if r.type == "emoji" and r.emoji]
     new = [r.emoji for r in reaction.new_reaction if r.type == "emoji" and r.emoji]
-    changes = [(emoji, True) for emoji in old if emoji not in new] + [(emoji, False) for emoji in new if emoji not in old]
+    removed = [(emoji, True) for emoji in old if emoji not in new]
+    changes = removed + [(emoji, False) for emoji in new if emoji not in old]
     sender = _person(reaction.user, reaction.actor_chat or reaction.chat)
     events = tuple(
         InboundReaction(
