@@ -158,6 +158,10 @@ class MessengerAdapter(abc.ABC):
     """Webhook paths served; ``()`` for an adapter that only polls."""
     webhook_ack: ClassVar[WebhookResponse] = WebhookResponse()
     """The answer to a webhook once its events are stored (VK wants the body ``ok``)."""
+    amocrm_service: ClassVar[str | None] = None
+    """The service type amoCRM knows this messenger's sources by (``"whatsapp"``), or ``None``;
+    ``amoconnect sources sync`` declares it with ``waba`` (capability ``templates``) and
+    ``is_supports_list_message`` (capability ``list_messages``)."""
     sandbox_factory: ClassVar[Callable[..., Any] | None] = None
     """Builds the messenger's fake for ``amoconnect run --sandbox``: called with ``http=`` (the
     ``httpx.AsyncClient`` its webhooks go out on), it returns an :class:`~amoconnect.sandbox.SandboxMessenger`;

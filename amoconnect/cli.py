@@ -280,3 +280,86 @@ def check(config_path: str, offline: bool) -> None:
     if problems:
         sys.exit(1)
     click.echo(f"{Path(config_path)}: ok")
+
+
+@main.group()
+def sources() -> None:
+    """The amoCRM sources of the configured messenger instances."""
+
+
+def _rest_accounts(config: Config, account_name: str | None) -> list[Any]:
+    chosen = [a for a in config.accounts if account_name in (None, a.name)]
+    if account_name and not chosen:
+        raise click.ClickException(f"no account named {account_name!r} in the config")
+    missing = [a.name for a in chosen if not (a.rest_url and a.token)]
+    if missing:
+        raise click.ClickException(f"accounts {missing} need subdomain (or rest_url) and token for the REST API")
+    return chosen
+
+
+@sources.command("sync")
+@config_option
+@_account_option
+def sources_sync(config_path: str, account_name: str | None) -> None:
+    """Create or update each configured source in amoCRM (waba and list messages from the plugin)."""
+    from .amocrm import AmoCRMClient
+    from .plugins import collect_messengers, get_plugin_manager
+    from .sources import desired_sources, sync_sources
+
+    config = _config(config_path)
+    accounts = _rest_accounts(config, account_name)
+
+    async def go() -> None:
+        messengers = collect_messengers(get_plugin_manager())
+        for account in accounts:
+            async with AmoCRMClient(account.rest_url, tokens=account.token) as rest:
+                result = await sync_sources(rest, desired_sources(config, account, messengers))
+            click.echo(
+                f"{account.name}: created {result.created or '-'}, updated {result.updated or '-'}, "
+                f"unchanged {result.unchanged or '-'}"
+            )
+
+    _run(go)
+
+
+@sources.command("list")
+@config_option
+@_account_option
+@click.option("--json", "as_json", is_flag=True)
+def sources_list(config_path: str, account_name: str | None, as_json: bool) -> None:
+    """Show amoCRM's sources of each account beside the configured ones."""
+    from .amocrm import AmoCRMClient
+
+    config = _config(config_path)
+    accounts = _rest_accounts(config, account_name)
+
+    async def go() -> None:
+        report = []
+        for account in accounts:
+            async with AmoCRMClient(account.rest_url, tokens=account.token) as rest:
+                found = {s.external_id: s for s in await rest.list_sources()}
+            configured = {s.external_id: s for s in config.sources if s.account == account.name}
+            for external_id in sorted(set(found) | set(configured)):
+                remote, local = found.get(external_id), configured.get(external_id)
+                report.append(
+                    {
+                        "account": account.name,
+                        "external_id": external_id,
+                        "amocrm_id": remote.id if remote else None,
+                        "name": remote.name if remote else None,
+                        "default": bool(remote.default) if remote else None,
+                        "instance": local.name if local else None,
+                        "plugin": local.plugin if local else None,
+                        "state": "synced" if remote and local else "not in amoCRM" if local else "not configured",
+                    }
+                )
+        if as_json:
+            click.echo(json.dumps(report, indent=2, ensure_ascii=False))
+            return
+        for row in report:
+            where = f"{row['plugin']}/{row['instance']}" if row["instance"] else "-"
+            click.echo(
+                f"{row['account']}: {row['external_id']!r} amoCRM id {row['amocrm_id']} {where} ({row['state']})"
+            )
+
+    _run(go)
