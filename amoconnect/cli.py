@@ -363,3 +363,35 @@ def sources_list(config_path: str, account_name: str | None, as_json: bool) -> N
             )
 
     _run(go)
+
+
+@main.command("import")
+@config_option
+@click.option(
+    "--file",
+    "path",
+    required=True,
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON lines of history entries (README: History import).",
+)
+def import_(config_path: str, path: str) -> None:
+    """Import old conversations: all silent but each conversation's newest message, in order, idempotently."""
+    from .amojo.client import AmojoClient
+    from .history import import_history, read_history
+
+    config = _config(config_path)
+    try:
+        entries = read_history(path)
+    except AmoconnectError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def go() -> None:
+        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+            with click.progressbar(length=len(entries), label="importing", file=sys.stderr) as bar:
+                result = await import_history(config, amojo, entries, progress=bar.update)
+        click.echo(
+            f"{result.conversations} conversation(s): {result.sent} message(s) sent, "
+            f"{result.already_there} already in amoCRM"
+        )
+
+    _run(go)

@@ -1,0 +1,701 @@
+"""A faithful fake of the Telegram Bot API, in-process, for tests, the sandbox and plugin authors.
+
+:class:`FakeTelegram` is an ASGI app (the object itself) serving one bot's Bot API at
+``/bot{token}/{method}`` and its files at ``/file/bot{token}/{file_path}``, with an in-memory
+world and a scriptable client side::
+
+    fake = FakeTelegram(http=connector_client)            # http delivers webhook updates
+    bot = httpx.AsyncClient(transport=httpx.ASGITransport(app=fake), base_url="http://telegram.test")
+    await bot.post(f"/bot{fake.token}/setWebhook", json={"url": "http://connector/hooks/telegram/main", ...})
+    chat = fake.add_client(first_name="Anna")
+    await fake.client_writes(chat, "Hello")               # an update, delivered with the secret header
+    fake.sent_to(chat)                                    # what the bot sent there
+
+What it does as Telegram does:
+
+- the envelope ``{"ok": true, "result": ...}`` / ``{"ok": false, "error_code", "description",
+  "parameters"?}`` with the HTTP status equal to ``error_code``; the token in the path
+  (401 ``Unauthorized``); method names case-insensitive; parameters from the query string and a
+  JSON, urlencoded or multipart body, nested objects in form bodies as JSON strings;
+- what we send is checked: ``Bad Request: chat not found``, ``Forbidden: bot was blocked by the
+  user``, ``message text is empty``, ``message is too long`` (over 4,096 UTF-16 units),
+  ``message caption is too long`` (1,024), ``message to be replied not found``, inline keyboards
+  (``BUTTON_DATA_INVALID`` for callback data outside 1-64 bytes, ``BUTTON_URL_INVALID``, a button
+  without an action), ``REACTION_INVALID`` outside the fixed emoji list, ``REACTIONS_TOO_MANY``,
+  ``wrong parameter action in request``, ``secret token contains unallowed characters``;
+- media as an upload, a known ``file_id`` or an HTTP URL fetched through ``fetch_http``
+  (``failed to get HTTP URL content`` when that fails, ``wrong type of the web page content`` for
+  a photo that is not an image, ``wrong file identifier/HTTP URL specified`` for anything else);
+- ``setWebhook`` / ``deleteWebhook`` / ``getWebhookInfo``; updates POSTed to the webhook one at a
+  time with ``X-Telegram-Bot-Api-Secret-Token``, retried on a non-2xx answer, kept pending when
+  every attempt failed; ``getUpdates`` with offsets (a higher offset confirms), long polling,
+  ``409 Conflict`` while a webhook is set or when a newer ``getUpdates`` takes over;
+- ``allowed_updates``: an update of a kind not asked for is never created (``message_reaction``
+  must be asked for explicitly);
+- ``getFile`` and the download endpoint; ``answerCallbackQuery`` once per press;
+- 429 ``Too Many Requests: retry after N`` with ``parameters.retry_after`` on demand (:meth:`~FakeTelegram.fail_next`).
+
+Stricter than Telegram, to catch our own typos: an unknown parameter is refused with 400.
+Webhook URLs may be plain ``http://`` unless ``require_https`` is set.
+"""
+
+from __future__ import annotations
+
+import hmac
+import itertools
+import json
+import mimetypes
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any, Final, NoReturn
+from urllib.parse import parse_qsl
+
+import anyio
+import httpx
+import msgspec
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from .botapi import (
+    DOWNLOAD_LIMIT,
+    MAX_CALLBACK_DATA_BYTES,
+    MAX_CAPTION_LENGTH,
+    MAX_TEXT_LENGTH,
+    REACTION_EMOJI,
+    SECRET_TOKEN_HEADER,
+    SECRET_TOKEN_PATTERN,
+    utf16_length,
+)
+
+__all__ = [
+    "CHAT_ACTIONS",
+    "DEFAULT_TOKEN",
+    "ApiCall",
+    "BotReaction",
+    "ChatAction",
+    "Delivery",
+    "FakeTelegram",
+    "SentMessage",
+]
+
+DEFAULT_TOKEN: Final = "123456789:sandbox-token"
+"""The bot token of a :class:`FakeTelegram` built without one (the sandbox's)."""
+CHAT_ACTIONS: Final = frozenset(
+    {
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "record_video_note",
+        "upload_video_note",
+    }
+)
+"""Actions ``sendChatAction`` accepts."""
+
+_DEFAULT_ALLOWED = frozenset(
+    {"message", "edited_message", "callback_query", "my_chat_member", "channel_post", "edited_channel_post"}
+)
+_ALL_KINDS = _DEFAULT_ALLOWED | {"message_reaction", "message_reaction_count", "chat_member"}
+_NESTED = frozenset({"reply_markup", "reply_parameters", "allowed_updates", "reaction", "link_preview_options"})
+_NESTED_ERRORS = {
+    "reply_markup": "Bad Request: can't parse reply keyboard markup JSON object",
+    "reply_parameters": "Bad Request: can't parse reply parameters JSON object",
+    "reaction": "Bad Request: can't parse reaction types JSON object",
+}
+_MEDIA_FIELDS = {
+    "sendphoto": "photo",
+    "senddocument": "document",
+    "sendvideo": "video",
+    "sendvoice": "voice",
+    "sendaudio": "audio",
+    "sendsticker": "sticker",
+}
+_DESCRIPTIONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
+_MIME = {
+    "photo": "image/jpeg",
+    "video": "video/mp4",
+    "voice": "audio/ogg",
+    "audio": "audio/mpeg",
+    "video_note": "video/mp4",
+    "sticker": "image/webp",
+    "animation": "video/mp4",
+    "document": "application/octet-stream",
+}
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SentMessage:
+    """A message the bot sent, as the fake stored it."""
+
+    message_id: int
+    chat: int
+    method: str
+    kind: str
+    """``text`` or the media parameter: ``photo``, ``document``, ``video``, ``voice``, ``audio``, ``sticker``."""
+    text: str = ""
+    """The text, or the caption."""
+    media: str | None = None
+    """The media parameter as sent: a URL or a ``file_id`` (``None`` for an upload)."""
+    content: bytes | None = None
+    """The media's bytes: uploaded, or fetched from the URL."""
+    file_name: str = ""
+    reply_markup: dict[str, Any] | None = None
+    reply_to: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    """The ``Message`` the fake answered."""
+
+    @property
+    def buttons(self) -> list[list[dict[str, Any]]]:
+        """The inline keyboard's rows (``[]`` without one)."""
+        return list((self.reply_markup or {}).get("inline_keyboard", []))
+
+
+@dataclass(frozen=True)
+class BotReaction:
+    """A ``setMessageReaction`` call that succeeded (``emoji`` empty: removed)."""
+
+    chat: int
+    message_id: int
+    emoji: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChatAction:
+    """A ``sendChatAction`` call that succeeded."""
+
+    chat: int
+    action: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One Bot API request: the method as called, its decoded parameters, uploads, and the status answered."""
+
+    method: str
+    params: dict[str, Any]
+    files: dict[str, tuple[str, bytes]]
+    status: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to POST an update to the webhook; ``status`` is ``None`` when no answer came."""
+
+    update_id: int
+    attempt: int
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status: int | None
+
+
+@dataclass(kw_only=True)
+class _Client:
+    chat: int
+    user: dict[str, Any]
+    blocked: bool = False
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reactions: dict[int, list[str]] = field(default_factory=dict)
+
+    def chat_object(self) -> dict[str, Any]:
+        keys = ("first_name", "last_name", "username")
+        return {"id": self.chat, "type": "private", **{k: self.user[k] for k in keys if k in self.user}}
+
+
+@dataclass(kw_only=True)
+class _File:
+    file_id: str
+    unique_id: str
+    path: str
+    content: bytes
+    mime_type: str
+
+
+@dataclass(kw_only=True)
+class _Fault:
+    remaining: int
+    status: int
+    retry_after: int | None
+    method: str | None
+    description: str | None
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+def _fail(status: int, description: str) -> NoReturn:
+    raise _ApiError(status, description)
+
+
+def _envelope_error(status: int, description: str, retry_after: int | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after is not None:
+        body["parameters"] = {"retry_after": retry_after}
+    return JSONResponse(body, status)
+
+
+# -- method parameters ----------------------------------------------------------------------------
+
+
+class _Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class _ChatParams(_Params):
+    chat_id: int | str | None = None
+    business_connection_id: str | None = None
+    message_thread_id: int | None = None
+
+
+class _SendParams(_ChatParams):
+    reply_parameters: dict[str, Any] | None = None
+    reply_markup: dict[str, Any] | None = None
+    disable_notification: bool = False
+    protect_content: bool = False
+    allow_paid_broadcast: bool = False
+    message_effect_id: str | None = None
+
+
+class _SendMessage(_SendParams):
+    text: str = ""
+    parse_mode: str | None = None
+    entities: list[dict[str, Any]] | None = None
+    link_preview_options: dict[str, Any] | None = None
+
+
+class _SendMedia(_SendParams):
+    photo: str | None = None
+    document: str | None = None
+    video: str | None = None
+    voice: str | None = None
+    audio: str | None = None
+    sticker: str | None = None
+    caption: str | None = None
+    parse_mode: str | None = None
+    caption_entities: list[dict[str, Any]] | None = None
+    duration: int | None = None
+    width: int | None = None
+    height: int | None = None
+    performer: str | None = None
+    title: str | None = None
+    emoji: str | None = None
+    has_spoiler: bool = False
+    supports_streaming: bool = False
+    disable_content_type_detection: bool = False
+
+
+class _ChatAction(_ChatParams):
+    action: str = ""
+
+
+class _SetReaction(_ChatParams):
+    message_id: int = 0
+    reaction: list[dict[str, Any]] = []
+    is_big: bool = False
+
+
+class _AnswerCallback(_Params):
+    callback_query_id: str = ""
+    text: str | None = None
+    show_alert: bool = False
+    url: str | None = None
+    cache_time: int = 0
+
+
+class _GetFile(_Params):
+    file_id: str = ""
+
+
+class _SetWebhook(_Params):
+    url: str = ""
+    secret_token: str | None = None
+    allowed_updates: list[str] | None = None
+    drop_pending_updates: bool = False
+    max_connections: int = 40
+    ip_address: str | None = None
+
+
+class _DeleteWebhook(_Params):
+    drop_pending_updates: bool = False
+
+
+class _GetUpdates(_Params):
+    offset: int = 0
+    limit: int = 100
+    timeout: int = 0
+    allowed_updates: list[str] | None = None
+
+
+class _NoParams(_Params):
+    pass
+
+
+# -- the fake -------------------------------------------------------------------------------------
+
+
+class FakeTelegram:
+    """One bot's Bot API and the Telegram world around it; the object is the ASGI app.
+
+    ``http`` POSTs webhook updates (a fresh client per delivery when ``None``); ``fetch_http``
+    downloads the media URLs the bot sends (without one, every URL fails to fetch, as a private
+    address would); a delivery is tried ``delivery_attempts`` times, ``delivery_backoff`` seconds
+    apart, doubling; ``clock`` gives unix seconds.
+    """
+
+    def __init__(
+        self,
+        token: str = DEFAULT_TOKEN,
+        *,
+        http: httpx.AsyncClient | None = None,
+        fetch_http: httpx.AsyncClient | None = None,
+        bot_username: str = "amoconnect_test_bot",
+        require_https: bool = False,
+        delivery_attempts: int = 3,
+        delivery_backoff: float = 0.05,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.token = token
+        self.http = http
+        self.fetch_http = fetch_http
+        self.require_https = require_https
+        self.delivery_attempts = delivery_attempts
+        self.delivery_backoff = delivery_backoff
+        self.clock = clock
+        self.bot: dict[str, Any] = {
+            "id": int(token.split(":", 1)[0]),
+            "is_bot": True,
+            "first_name": "amoconnect test bot",
+            "username": bot_username,
+        }
+        self.webhook_url = ""
+        """The webhook set with ``setWebhook`` (empty: none)."""
+        self.webhook_secret: str | None = None
+        self.allowed_updates: frozenset[str] = _DEFAULT_ALLOWED
+        """Update kinds created; ``setWebhook`` and ``getUpdates`` change it."""
+        self.updates: list[dict[str, Any]] = []
+        """Every update created, in order."""
+        self.pending: list[dict[str, Any]] = []
+        """Updates not yet delivered (webhook) or confirmed (``getUpdates``)."""
+        self.deliveries: list[Delivery] = []
+        self.calls: list[ApiCall] = []
+        """Every Bot API request, in order."""
+        self.sent: list[SentMessage] = []
+        """Every message the bot sent, in order."""
+        self.reactions: list[BotReaction] = []
+        self.chat_actions: list[ChatAction] = []
+        self.answered_callbacks: list[str] = []
+        self.last_error_message: str | None = None
+        self._clients: dict[int, _Client] = {}
+        self._files: dict[str, _File] = {}
+        self._paths: dict[str, _File] = {}
+        self._callbacks: dict[str, bool] = {}
+        self._faults: list[_Fault] = []
+        self._update_ids = itertools.count(1)
+        self._chat_ids = itertools.count(100001)
+        self._file_numbers = itertools.count(1)
+        self._duplicate = False
+        self._delivery_lock: anyio.Lock | None = None
+        self._new_update: anyio.Event | None = None
+        self._poll_generation = 0
+        self._app = Starlette(
+            routes=[
+                Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
+                Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
+            ]
+        )
+        self._methods: dict[str, tuple[type[_Params], Callable[[Any, dict[str, tuple[str, bytes]]], Any]]] = {
+            "getme": (_NoParams, self._get_me),
+            "setwebhook": (_SetWebhook, self._set_webhook),
+            "deletewebhook": (_DeleteWebhook, self._delete_webhook),
+            "getwebhookinfo": (_NoParams, self._webhook_info),
+            "getupdates": (_GetUpdates, self._get_updates),
+            "sendmessage": (_SendMessage, self._send_message),
+            **{name: (_SendMedia, self._send_media) for name in _MEDIA_FIELDS},
+            "sendchataction": (_ChatAction, self._send_chat_action),
+            "setmessagereaction": (_SetReaction, self._set_reaction),
+            "answercallbackquery": (_AnswerCallback, self._answer_callback),
+            "getfile": (_GetFile, self._get_file),
+        }
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """ASGI entry."""
+        await self._app(scope, receive, send)
+
+    @property
+    def app(self) -> FakeTelegram:
+        """The ASGI app (the fake itself)."""
+        return self
+
+    def settings(self, api_url: str, **overrides: Any) -> dict[str, Any]:
+        """Settings of a ``telegram`` source that talks to this fake at ``api_url``."""
+        return {"token": self.token, "api_url": api_url, **overrides}
+
+    # -- HTTP -------------------------------------------------------------------------------------
+
+    def _take_fault(self, method: str) -> _Fault | None:
+        for fault in self._faults:
+            if fault.method in (None, method):
+                fault.remaining -= 1
+                if fault.remaining <= 0:
+                    self._faults.remove(fault)
+                return fault
+        return None
+
+    async def _api(self, request: Request) -> Response:
+        method = request.path_params["method"]
+        params: dict[str, Any] = {}
+        files: dict[str, tuple[str, bytes]] = {}
+        try:
+            params, files = await self._read_params(request)
+            result = await self._answer(request.path_params["token"], method, params, files)
+        except _ApiError as exc:
+            self.calls.append(ApiCall(method, params, files, exc.status))
+            return _envelope_error(exc.status, exc.description, exc.retry_after)
+        self.calls.append(ApiCall(method, params, files, 200))
+        return JSONResponse({"ok": True, "result": result})
+
+    async def _read_params(self, request: Request) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+        params: dict[str, Any] = dict(request.query_params)
+        files: dict[str, tuple[str, bytes]] = {}
+        body = await request.body()
+        content_type = request.headers.get("content-type", "")
+        if body and content_type.startswith("application/json"):
+            try:
+                decoded = json.loads(body)
+            except ValueError:
+                _fail(400, "Bad Request: can't parse JSON object")
+            if not isinstance(decoded, dict):
+                _fail(400, "Bad Request: can't parse JSON object")
+            return {**params, **decoded}, files
+        if body and content_type.startswith("application/x-www-form-urlencoded"):
+            params.update(parse_qsl(body.decode(), keep_blank_values=True))
+        elif body and content_type.startswith("multipart/form-data"):
+            message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            for part in message.iter_parts():
+                name = part.get_param("name", header="content-disposition")
+                payload = part.get_payload(decode=True)
+                if not isinstance(name, str) or not isinstance(payload, bytes):
+                    continue
+                filename = part.get_filename()
+                if filename is not None:
+                    files[name] = (filename, payload)
+                else:
+                    params[name] = payload.decode()
+        for key in _NESTED & params.keys():
+            if isinstance(params[key], str):
+                try:
+                    params[key] = json.loads(params[key])
+                except ValueError:
+                    _fail(400, _NESTED_ERRORS.get(key, f"Bad Request: can't parse {key} JSON object"))
+        return params, files
+
+    async def _answer(self, token: str, method: str, params: dict[str, Any], files: dict[str, tuple[str, bytes]]) -> Any:
+        fault = self._take_fault(method)
+        if fault is not None:
+            description = fault.description or _DESCRIPTIONS.get(fault.status, "Internal Server Error")
+            if fault.status == 429 and fault.description is None:
+                description = f"Too Many Requests: retry after {fault.retry_after or 1}"
+            raise _ApiError(fault.status, description, fault.retry_after)
+        if not hmac.compare_digest(token.encode(), self.token.encode()):
+            _fail(401, "Unauthorized")
+        entry = self._methods.get(method.lower())
+        if entry is None:
+            _fail(404, "Not Found")
+        kind, handler = entry
+        try:
+            typed = msgspec.convert(params, kind, strict=False)
+        except msgspec.ValidationError as exc:
+            _fail(400, f"Bad Request: {exc}")
+        result = handler(typed, files)
+        if hasattr(result, "__await__"):
+            result = await result
+        return result
+
+    async def _download(self, request: Request) -> Response:
+        token = request.path_params["token"]
+        stored = self._paths.get(request.path_params["file_path"])
+        if not hmac.compare_digest(token.encode(), self.token.encode()) or stored is None:
+            return _envelope_error(404, "Not Found")
+        return Response(stored.content, media_type="application/octet-stream")
+
+    # -- bot side: helpers ------------------------------------------------------------------------
+
+    def _chat(self, chat_id: int | str | None, *, sending: bool = True) -> _Client:
+        if chat_id is None or chat_id == "":
+            _fail(400, "Bad Request: chat_id is empty")
+        client: _Client | None = None
+        if isinstance(chat_id, int) or chat_id.lstrip("-").isdigit():
+            client = self._clients.get(int(chat_id))
+        else:
+            client = next((c for c in self._clients.values() if "@" + c.user.get("username", "") == chat_id), None)
+        if client is None:
+            _fail(400, "Bad Request: chat not found")
+        if sending and client.blocked:
+            _fail(403, "Forbidden: bot was blocked by the user")
+        return client
+
+    def _new_message(self, client: _Client, sender: dict[str, Any], **content: Any) -> dict[str, Any]:
+        message = {
+            "message_id": next(client.ids),
+            "from": sender,
+            "chat": client.chat_object(),
+            "date": int(self.clock()),
+            **content,
+        }
+        client.messages[message["message_id"]] = message
+        return message
+
+    @staticmethod
+    def _quoted(message: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in message.items() if key != "reply_to_message"}
+
+    def _reply(self, client: _Client, reply: dict[str, Any] | None) -> dict[str, Any]:
+        if not reply:
+            return {}
+        message_id = reply.get("message_id")
+        if not isinstance(message_id, int):
+            _fail(400, "Bad Request: can't parse reply parameters JSON object")
+        quoted = client.messages.get(message_id)
+        if quoted is None:
+            if reply.get("allow_sending_without_reply"):
+                return {}
+            _fail(400, "Bad Request: message to be replied not found")
+        return {"reply_to_message": self._quoted(quoted)}
+
+    @staticmethod
+    def _check_markup(markup: dict[str, Any] | None) -> dict[str, Any]:
+        if markup is None:
+            return {}
+        if not isinstance(markup, dict):
+            _fail(400, "Bad Request: can't parse reply keyboard markup JSON object")
+        rows = markup.get("inline_keyboard")
+        if rows is None:
+            return {}  # reply keyboards and the like are accepted and not echoed
+        if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+            _fail(400, "Bad Request: can't parse reply keyboard markup JSON object")
+        for row in rows:
+            for button in row:
+                if not isinstance(button, dict) or not button.get("text"):
+                    _fail(400, "Bad Request: can't parse inline keyboard button: Text is missing")
+                if "callback_data" in button:
+                    data = button["callback_data"]
+                    if not isinstance(data, str) or not 1 <= len(data.encode()) <= MAX_CALLBACK_DATA_BYTES:
+                        _fail(400, "Bad Request: BUTTON_DATA_INVALID")
+                elif "url" in button:
+                    url = button["url"]
+                    if not isinstance(url, str) or not url.startswith(("http://", "https://", "tg://")):
+                        _fail(400, "Bad Request: BUTTON_URL_INVALID")
+                else:
+                    _fail(
+                        400,
+                        "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+                    )
+        return {"reply_markup": {"inline_keyboard": rows}}
+
+    def _store_file(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> _File:
+        number = next(self._file_numbers)
+        extension = file_name.rpartition(".")[2] if "." in file_name else mimetypes.guess_extension(
+            mime_type or _MIME.get(kind, "")
+        ) or ".bin"
+        extension = extension.lstrip(".")
+        stored = _File(
+            file_id=f"AgAC{kind[:3].upper()}{number:06d}-fake",
+            unique_id=f"AQAD{number:06d}",
+            path=f"{kind}s/file_{number}.{extension}",
+            content=content,
+            mime_type=mime_type or _MIME.get(kind, "application/octet-stream"),
+        )
+        self._files[stored.file_id] = self._paths[stored.path] = stored
+        return stored
+
+    def _media_object(self, kind: str, stored: _File, file_name: str = "", duration: int = 3) -> Any:
+        base: dict[str, Any] = {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.unique_id,
+            "file_size": len(stored.content),
+        }
+        if kind == "photo":
+            thumb = {**base, "file_id": stored.file_id + "-s", "file_unique_id": stored.unique_id + "s"}
+            return [{**thumb, "width": 90, "height": 60, "file_size": 1000}, {**base, "width": 1280, "height": 853}]
+        if kind == "sticker":
+            return {**base, "type": "regular", "width": 512, "height": 512, "is_animated": False, "is_video": False}
+        if kind == "video_note":
+            return {**base, "length": 240, "duration": duration}
+        if kind in ("video", "animation"):
+            base.update(width=640, height=360, duration=duration)
+        elif kind in ("voice", "audio"):
+            base["duration"] = duration
+        if kind in ("document", "video", "audio", "animation") and file_name:
+            base["file_name"] = file_name
+        if kind != "video_note":
+            base["mime_type"] = stored.mime_type
+        return base
+
+    async def _media_file(
+        self, kind: str, value: str | None, files: dict[str, tuple[str, bytes]]
+    ) -> tuple[_File, str | None, str]:
+        """The file a media parameter names: an upload, ``attach://``, a known ``file_id`` or a URL."""
+        upload = files.get(kind)
+        if value is not None and value.startswith("attach://"):
+            upload = files.get(value.removeprefix("attach://"))
+            if upload is None:
+                _fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        if upload is not None:
+            name, content = upload
+            mime = mimetypes.guess_type(name)[0] or _MIME[kind]
+            return self._store_file(kind, content, file_name=name, mime_type=mime), None, name
+        if not value:
+            _fail(400, f"Bad Request: there is no {kind} in the request")
+        known = self._files.get(value)
+        if known is not None:
+            return known, value, ""
+        if not value.startswith(("http://", "https://")):
+            _fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
+        if self.fetch_http is None:
+            _fail(400, "Bad Request: failed to get HTTP URL content")
+        try:
+            response = await self.fetch_http.get(value, timeout=10.0)
+        except httpx.HTTPError:
+            _fail(400, "Bad Request: failed to get HTTP URL content")
+        if response.status_code != 200:
+            _fail(400, "Bad Request: failed to get HTTP URL content")
+        mime = response.headers.get("content-type", "").split(";")[0].strip()
+        if kind == "photo" and not mime.startswith("image/"):
+            _fail(400, "Bad Request: wrong type of the web page content")
+        name = httpx.URL(value).path.rsplit("/", 1)[-1]
+        return self._store_file(kind, response.content, file_name=name, mime_type=mime), value, name
+
+    def _record(self, client: _Client, method: str, kind: str, message: dict[str, Any], **fields: Any) -> None:
+        self.sent.append(
+            SentMessage(
+                message_id=message["message_id"],
+                chat=client.chat,
+                method=method,
+                kind=kind,
+                reply_markup=message.get("reply_markup"),
+                reply_to=(message.get("reply_to_message") or {}).get("message_id"),
+                result=message,
+                **fields,
+            )
+        )
