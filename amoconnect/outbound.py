@@ -8,6 +8,7 @@ a messenger are at-least-once: the job is marked running before the call and don
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from typing import Literal, cast
@@ -44,6 +45,7 @@ from .windows import failure_for, window_closed_at, window_closed_text
 
 __all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "outgoing_from_hook"]
 
+_MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
 
 
@@ -140,6 +142,12 @@ def _fit_to_capabilities(message: OutgoingMessage, instance: Instance) -> Outgoi
         changes["text"] = text
         return msgspec.structs.replace(message, **changes)
     return message
+
+
+def _missing_params(template: Template) -> list[str]:
+    """The ``{{markers}}`` of a template that its params leave without a value."""
+    given = {p.key.strip("{} ") for p in template.params}
+    return [f"{{{{{m}}}}}" for m in dict.fromkeys(_MARKER.findall(template.content)) if m not in given]
 
 
 def _render_template_model(template: Template) -> str:
@@ -257,6 +265,14 @@ class AmocrmHandler:
             reply_to=reply_to,
             dedup_key=amocrm_id,
         )
+        if message.template is not None and (missing := _missing_params(message.template)):
+            return self._fail(
+                scope_id,
+                amocrm_id,
+                "other",
+                f"template {message.template.id} has no value for {', '.join(missing)}",
+                log,
+            )
         message = _fit_to_capabilities(message, instance)
         closed_at = window_closed_at(
             instance.adapter.capabilities,

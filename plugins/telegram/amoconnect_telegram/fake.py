@@ -491,7 +491,9 @@ class FakeTelegram:
         if body and content_type.startswith("application/x-www-form-urlencoded"):
             params.update(parse_qsl(body.decode(), keep_blank_values=True))
         elif body and content_type.startswith("multipart/form-data"):
-            message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
+            message = BytesParser(policy=HTTP).parsebytes(
+                b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+            )
             for part in message.iter_parts():
                 name = part.get_param("name", header="content-disposition")
                 payload = part.get_payload(decode=True)
@@ -510,7 +512,9 @@ class FakeTelegram:
                     _fail(400, _NESTED_ERRORS.get(key, f"Bad Request: can't parse {key} JSON object"))
         return params, files
 
-    async def _answer(self, token: str, method: str, params: dict[str, Any], files: dict[str, tuple[str, bytes]]) -> Any:
+    async def _answer(
+        self, token: str, method: str, params: dict[str, Any], files: dict[str, tuple[str, bytes]]
+    ) -> Any:
         fault = self._take_fault(method)
         if fault is not None:
             description = fault.description or _DESCRIPTIONS.get(fault.status, "Internal Server Error")
@@ -615,9 +619,11 @@ class FakeTelegram:
 
     def _store_file(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> _File:
         number = next(self._file_numbers)
-        extension = file_name.rpartition(".")[2] if "." in file_name else mimetypes.guess_extension(
-            mime_type or _MIME.get(kind, "")
-        ) or ".bin"
+        extension = (
+            file_name.rpartition(".")[2]
+            if "." in file_name
+            else mimetypes.guess_extension(mime_type or _MIME.get(kind, "")) or ".bin"
+        )
         extension = extension.lstrip(".")
         stored = _File(
             file_id=f"AgAC{kind[:3].upper()}{number:06d}-fake",
@@ -699,3 +705,418 @@ class FakeTelegram:
                 **fields,
             )
         )
+
+    # -- bot side: methods ------------------------------------------------------------------------
+
+    def _get_me(self, params: _NoParams, files: Any) -> dict[str, Any]:
+        return {
+            **self.bot,
+            "can_join_groups": True,
+            "can_read_all_group_messages": False,
+            "supports_inline_queries": False,
+        }
+
+    def _set_webhook(self, params: _SetWebhook, files: Any) -> bool:
+        if params.secret_token is not None and not SECRET_TOKEN_PATTERN.match(params.secret_token):
+            _fail(400, "Bad Request: secret token contains unallowed characters")
+        if params.url and self.require_https and not params.url.startswith("https://"):
+            _fail(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+        if params.url and not params.url.startswith(("http://", "https://")):
+            _fail(400, "Bad Request: bad webhook: Failed to resolve host: Name or service not known")
+        self._allow(params.allowed_updates)
+        if params.drop_pending_updates:
+            self.pending.clear()
+        self.webhook_url = params.url
+        self.webhook_secret = params.secret_token if params.url else None
+        self._poll_generation += 1
+        return True
+
+    def _delete_webhook(self, params: _DeleteWebhook, files: Any) -> bool:
+        if params.drop_pending_updates:
+            self.pending.clear()
+        self.webhook_url = ""
+        self.webhook_secret = None
+        return True
+
+    def _webhook_info(self, params: _NoParams, files: Any) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "url": self.webhook_url,
+            "has_custom_certificate": False,
+            "pending_update_count": len(self.pending),
+        }
+        if self.webhook_url:
+            info["max_connections"] = 40
+            info["allowed_updates"] = sorted(self.allowed_updates)
+        if self.last_error_message is not None:
+            info["last_error_date"] = int(self.clock())
+            info["last_error_message"] = self.last_error_message
+        return info
+
+    def _allow(self, kinds: list[str] | None) -> None:
+        if kinds is None:
+            return
+        self.allowed_updates = frozenset(kinds) & _ALL_KINDS if kinds else _DEFAULT_ALLOWED
+
+    async def _get_updates(self, params: _GetUpdates, files: Any) -> list[dict[str, Any]]:
+        if self.webhook_url:
+            _fail(
+                409,
+                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
+            )
+        self._allow(params.allowed_updates)
+        if params.offset > 0:
+            self.pending = [u for u in self.pending if u["update_id"] >= params.offset]
+        elif params.offset < 0:
+            self.pending = self.pending[params.offset :]
+        self._poll_generation += 1
+        generation = self._poll_generation
+        with anyio.move_on_after(max(params.timeout, 0)):
+            while not self.pending:
+                self._new_update = event = self._new_update or anyio.Event()
+                await event.wait()
+                if generation != self._poll_generation:
+                    _fail(
+                        409,
+                        "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
+                    )
+        if generation != self._poll_generation:
+            _fail(
+                409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+            )
+        return self.pending[: max(1, min(params.limit, 100))]
+
+    def _check_text(self, text: str, *, caption: bool) -> None:
+        limit = MAX_CAPTION_LENGTH if caption else MAX_TEXT_LENGTH
+        if utf16_length(text) > limit:
+            _fail(400, "Bad Request: message caption is too long" if caption else "Bad Request: message is too long")
+
+    def _send_message(self, params: _SendMessage, files: Any) -> dict[str, Any]:
+        client = self._chat(params.chat_id)
+        if not params.text.strip():
+            _fail(400, "Bad Request: message text is empty")
+        self._check_text(params.text, caption=False)
+        extra = {**self._reply(client, params.reply_parameters), **self._check_markup(params.reply_markup)}
+        message = self._new_message(client, self.bot, text=params.text, **extra)
+        self._record(client, "sendMessage", "text", message, text=params.text)
+        return message
+
+    async def _send_media(self, params: _SendMedia, files: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+        kinds = [name for name in _MEDIA_FIELDS.values() if getattr(params, name) is not None or name in files]
+        if len(kinds) != 1:
+            _fail(400, "Bad Request: there is no media in the request")
+        kind = kinds[0]
+        method = next(m for m, f in _MEDIA_FIELDS.items() if f == kind)
+        client = self._chat(params.chat_id)
+        caption = params.caption or ""
+        if kind == "sticker" and caption:
+            _fail(400, "Bad Request: stickers can't have a caption")
+        self._check_text(caption, caption=True)
+        extra = {**self._reply(client, params.reply_parameters), **self._check_markup(params.reply_markup)}
+        stored, given, name = await self._media_file(kind, getattr(params, kind), files)
+        content = {kind: self._media_object(kind, stored, name, duration=params.duration or 3)}
+        if caption:
+            content["caption"] = caption
+        message = self._new_message(client, self.bot, **content, **extra)
+        self._record(client, method, kind, message, text=caption, media=given, content=stored.content, file_name=name)
+        return message
+
+    def _send_chat_action(self, params: _ChatAction, files: Any) -> bool:
+        client = self._chat(params.chat_id)
+        if params.action not in CHAT_ACTIONS:
+            _fail(400, "Bad Request: wrong parameter action in request")
+        self.chat_actions.append(ChatAction(client.chat, params.action, self.clock()))
+        return True
+
+    def _set_reaction(self, params: _SetReaction, files: Any) -> bool:
+        client = self._chat(params.chat_id)
+        if params.message_id not in client.messages:
+            _fail(400, "Bad Request: MESSAGE_ID_INVALID")
+        emoji: list[str] = []
+        for reaction in params.reaction:
+            if reaction.get("type") != "emoji" or reaction.get("emoji") not in REACTION_EMOJI:
+                _fail(400, "Bad Request: REACTION_INVALID")
+            emoji.append(reaction["emoji"])
+        if len(emoji) > 1:
+            _fail(400, "Bad Request: REACTIONS_TOO_MANY")
+        self.reactions.append(BotReaction(client.chat, params.message_id, tuple(emoji)))
+        return True
+
+    def _answer_callback(self, params: _AnswerCallback, files: Any) -> bool:
+        if self._callbacks.get(params.callback_query_id) is not False:
+            _fail(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        self._callbacks[params.callback_query_id] = True
+        self.answered_callbacks.append(params.callback_query_id)
+        return True
+
+    def _get_file(self, params: _GetFile, files: Any) -> dict[str, Any]:
+        stored = self._files.get(params.file_id)
+        if stored is None:
+            _fail(400, "Bad Request: invalid file_id")
+        if len(stored.content) > DOWNLOAD_LIMIT:
+            _fail(400, "Bad Request: file is too big")
+        return {
+            "file_id": stored.file_id,
+            "file_unique_id": stored.unique_id,
+            "file_size": len(stored.content),
+            "file_path": stored.path,
+        }
+
+    # -- world and inspection ---------------------------------------------------------------------
+
+    def add_client(
+        self,
+        first_name: str = "Client",
+        *,
+        last_name: str | None = None,
+        username: str | None = None,
+        language_code: str | None = "en",
+        chat: int | None = None,
+    ) -> int:
+        """A Telegram user who has started the bot; returns the private chat's id (the user's id)."""
+        chat = chat if chat is not None else next(self._chat_ids)
+        user: dict[str, Any] = {"id": chat, "is_bot": False, "first_name": first_name}
+        for key, value in (("last_name", last_name), ("username", username), ("language_code", language_code)):
+            if value is not None:
+                user[key] = value
+        self._clients[chat] = _Client(chat=chat, user=user)
+        return chat
+
+    def _client(self, chat: int) -> _Client:
+        client = self._clients.get(chat)
+        if client is None:
+            raise LookupError(f"no Telegram client with chat {chat}; call add_client() first")
+        return client
+
+    def fail_next(
+        self,
+        n: int,
+        status: int,
+        retry_after: int | None = None,
+        *,
+        method: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Answer the next ``n`` Bot API requests (of ``method`` only, if given) with ``status``.
+
+        A 429 says ``Too Many Requests: retry after N`` and carries ``parameters.retry_after``.
+        """
+        self._faults.append(
+            _Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
+        )
+
+    def duplicate_next(self) -> None:
+        """Deliver the next update twice to the webhook, as Telegram sometimes does."""
+        self._duplicate = True
+
+    def sent_to(self, chat: int) -> list[SentMessage]:
+        """What the bot sent to ``chat``, in order."""
+        return [m for m in self.sent if m.chat == chat]
+
+    def calls_to(self, method: str) -> list[ApiCall]:
+        """Requests of one Bot API method (case-insensitive), in order."""
+        return [c for c in self.calls if c.method.lower() == method.lower()]
+
+    def message(self, chat: int, message_id: int) -> dict[str, Any]:
+        """A message of ``chat`` (the client's or the bot's) as Telegram has it."""
+        return self._client(chat).messages[message_id]
+
+    # -- client side ------------------------------------------------------------------------------
+
+    async def client_writes(
+        self, chat: int, text: str, *, reply_to: int | None = None, forwarded: bool = False
+    ) -> dict[str, Any] | None:
+        """The client sends a text (quoting message ``reply_to``; ``forwarded`` from a hidden user)."""
+        client = self._client(chat)
+        content: dict[str, Any] = {"text": text}
+        if reply_to is not None:
+            content["reply_to_message"] = self._quoted(client.messages[reply_to])
+        if forwarded:
+            content["forward_origin"] = {
+                "type": "hidden_user",
+                "sender_user_name": "Someone",
+                "date": int(self.clock()),
+            }
+        return await self._emit("message", self._new_message(client, client.user, **content))
+
+    async def client_sends(
+        self,
+        chat: int,
+        kind: str,
+        content: bytes = b"\x89PNG fake media",
+        *,
+        caption: str = "",
+        file_name: str = "",
+        mime_type: str = "",
+        duration: int = 3,
+    ) -> dict[str, Any] | None:
+        """The client sends media: ``photo``, ``document``, ``video``, ``animation``, ``voice``, ``audio``,
+        ``video_note`` or ``sticker`` (a ``document`` is also given for an ``animation``, as Telegram does)."""
+        if kind not in _MIME:
+            raise ValueError(f"unknown media kind {kind!r}; one of {sorted(_MIME)}")
+        client = self._client(chat)
+        stored = self._store_file(kind, content, file_name=file_name, mime_type=mime_type)
+        fields: dict[str, Any] = {kind: self._media_object(kind, stored, file_name, duration)}
+        if kind == "sticker":
+            fields[kind]["emoji"] = "😀"
+        if kind == "animation":
+            fields["document"] = self._media_object("document", stored, file_name)
+        if caption:
+            fields["caption"] = caption
+        return await self._emit("message", self._new_message(client, client.user, **fields))
+
+    async def client_sends_location(self, chat: int, latitude: float, longitude: float) -> dict[str, Any] | None:
+        """The client shares a point on the map."""
+        client = self._client(chat)
+        location = {"latitude": latitude, "longitude": longitude}
+        return await self._emit("message", self._new_message(client, client.user, location=location))
+
+    async def client_sends_venue(
+        self, chat: int, latitude: float, longitude: float, title: str, address: str
+    ) -> dict[str, Any] | None:
+        """The client shares a place (a venue carries its location too)."""
+        client = self._client(chat)
+        location = {"latitude": latitude, "longitude": longitude}
+        venue = {"location": location, "title": title, "address": address}
+        return await self._emit("message", self._new_message(client, client.user, venue=venue, location=location))
+
+    async def client_sends_contact(
+        self, chat: int, phone_number: str, first_name: str, last_name: str | None = None
+    ) -> dict[str, Any] | None:
+        """The client shares a contact card."""
+        client = self._client(chat)
+        contact: dict[str, Any] = {"phone_number": phone_number, "first_name": first_name}
+        if last_name is not None:
+            contact["last_name"] = last_name
+        return await self._emit("message", self._new_message(client, client.user, contact=contact))
+
+    async def client_edits(self, chat: int, message_id: int, text: str) -> dict[str, Any] | None:
+        """The client edits its text (or, for media, its caption)."""
+        client = self._client(chat)
+        message = client.messages[message_id]
+        if message["from"].get("is_bot"):
+            raise LookupError(f"message {message_id} of chat {chat} is the bot's; a client edits its own")
+        message["text" if "text" in message else "caption"] = text
+        message["edit_date"] = int(self.clock())
+        return await self._emit("edited_message", dict(message))
+
+    async def client_reacts(self, chat: int, message_id: int, *emoji: str) -> dict[str, Any] | None:
+        """The client's reactions on a message become ``emoji`` (none: removed); ``None`` when not asked for."""
+        client = self._client(chat)
+        if message_id not in client.messages:
+            raise LookupError(f"chat {chat} has no message {message_id}")
+        if bad := [e for e in emoji if e not in REACTION_EMOJI]:
+            raise ValueError(f"Telegram offers no reaction {bad[0]!r}")
+        old = client.reactions.get(message_id, [])
+        client.reactions[message_id] = list(emoji)
+        update = {
+            "chat": client.chat_object(),
+            "message_id": message_id,
+            "user": client.user,
+            "date": int(self.clock()),
+            "old_reaction": [{"type": "emoji", "emoji": e} for e in old],
+            "new_reaction": [{"type": "emoji", "emoji": e} for e in emoji],
+        }
+        return await self._emit("message_reaction", update)
+
+    async def client_presses(self, chat: int, message_id: int, callback_data: str) -> dict[str, Any] | None:
+        """The client presses the button with ``callback_data`` under the bot's message ``message_id``."""
+        client = self._client(chat)
+        message = client.messages.get(message_id)
+        rows = (message or {}).get("reply_markup", {}).get("inline_keyboard", [])
+        if not any(button.get("callback_data") == callback_data for row in rows for button in row):
+            raise LookupError(f"message {message_id} of chat {chat} has no button with callback_data {callback_data!r}")
+        assert message is not None
+        query_id = f"{chat}{next(self._file_numbers):08d}"
+        self._callbacks[query_id] = False
+        query = {
+            "id": query_id,
+            "from": client.user,
+            "message": message,
+            "chat_instance": f"-{chat}77",
+            "data": callback_data,
+        }
+        return await self._emit("callback_query", query)
+
+    async def _member_update(self, client: _Client, old: str, new: str) -> dict[str, Any] | None:
+        def member(status: str) -> dict[str, Any]:
+            found: dict[str, Any] = {"status": status, "user": self.bot}
+            if status == "kicked":
+                found["until_date"] = 0
+            return found
+
+        update = {
+            "chat": client.chat_object(),
+            "from": client.user,
+            "date": int(self.clock()),
+            "old_chat_member": member(old),
+            "new_chat_member": member(new),
+        }
+        return await self._emit("my_chat_member", update)
+
+    async def client_blocks(self, chat: int) -> dict[str, Any] | None:
+        """The client blocks the bot: a ``my_chat_member`` update, and 403 for every send afterwards."""
+        client = self._client(chat)
+        client.blocked = True
+        return await self._member_update(client, "member", "kicked")
+
+    async def client_unblocks(self, chat: int) -> dict[str, Any] | None:
+        """The client unblocks (restarts) the bot."""
+        client = self._client(chat)
+        client.blocked = False
+        return await self._member_update(client, "kicked", "member")
+
+    # -- updates ----------------------------------------------------------------------------------
+
+    async def _emit(self, kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:
+        if kind not in self.allowed_updates:
+            return None
+        update = {"update_id": next(self._update_ids), kind: payload}
+        self.updates.append(update)
+        self.pending.append(update)
+        if self._new_update is not None:
+            self._new_update.set()
+            self._new_update = None
+        if self.webhook_url:
+            await self.deliver_pending()
+        return update
+
+    async def deliver_pending(self) -> None:
+        """POST every pending update to the webhook, in order; stop at the first that fails every attempt."""
+        self._delivery_lock = self._delivery_lock or anyio.Lock()
+        async with self._delivery_lock:
+            while self.pending and self.webhook_url:
+                update = self.pending[0]
+                times, self._duplicate = (2 if self._duplicate else 1), False
+                ok = False
+                for _ in range(times):
+                    ok = await self._post(update)
+                if not ok:
+                    return
+                self.pending.pop(0)
+
+    async def _post(self, update: dict[str, Any]) -> bool:
+        body = json.dumps(update, ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.webhook_secret:
+            headers[SECRET_TOKEN_HEADER] = self.webhook_secret
+        delay = self.delivery_backoff
+        for attempt in range(1, self.delivery_attempts + 1):
+            status: int | None = None
+            try:
+                if self.http is None:
+                    async with httpx.AsyncClient() as client:
+                        response = await client.post(self.webhook_url, content=body, headers=headers, timeout=10.0)
+                else:
+                    response = await self.http.post(self.webhook_url, content=body, headers=headers, timeout=10.0)
+                status = response.status_code
+            except httpx.TransportError as exc:
+                self.last_error_message = f"Connection failed: {type(exc).__name__}"
+            self.deliveries.append(Delivery(update["update_id"], attempt, self.webhook_url, body, headers, status))
+            if status is not None and 200 <= status < 300:
+                return True
+            if status is not None:
+                self.last_error_message = f"Wrong response from the webhook: {status}"
+            if attempt < self.delivery_attempts:
+                await anyio.sleep(delay)
+                delay *= 2
+        return False
