@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import inspect
 import re
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -29,6 +29,7 @@ from structlog.typing import FilteringBoundLogger
 from .capabilities import CAPABILITY_METHODS, Capability, RateLimit, ReactionSet
 from .errors import PluginError
 from .model import (
+    FailureReason,
     InboundEvent,
     OutgoingCommentReply,
     OutgoingMessage,
@@ -158,6 +159,10 @@ class MessengerAdapter(abc.ABC):
     """Webhook paths served; ``()`` for an adapter that only polls."""
     webhook_ack: ClassVar[WebhookResponse] = WebhookResponse()
     """The answer to a webhook once its events are stored (VK wants the body ``ok``)."""
+    error_reasons: ClassVar[Mapping[str, FailureReason]] = {}
+    """The messenger's own error codes → neutral failure reasons, extending the core's table: a
+    failed :class:`~amoconnect.model.InboundStatus` whose reason is ``other`` (or absent) and whose
+    ``error_code`` is listed here is reported with the listed reason (and so its amoCRM error code)."""
     amocrm_service: ClassVar[str | None] = None
     """The service type amoCRM knows this messenger's sources by (``"whatsapp"``), or ``None``;
     ``amoconnect sources sync`` declares it with ``waba`` (capability ``templates``) and

@@ -294,7 +294,10 @@ class InboundHandler:
         error_code: int | None = None
         error: str | None = None
         if new == FAILED:
-            error_code, error = failure_for(event.reason or "other", event.error)
+            reason = event.reason or "other"
+            if reason == "other" and event.error_code is not None:
+                reason = instance.adapter.error_reasons.get(event.error_code, reason)
+            error_code, error = failure_for(reason, event.error)
         delivery: Literal[1, 2, -1] = 1 if new == DELIVERED else 2 if new == READ else -1
         try:
             await core.amojo.update_delivery_status(

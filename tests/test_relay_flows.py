@@ -388,3 +388,26 @@ async def test_unknown_conversation_is_reported_not_retried(r: Rig) -> None:
     statuses = await eventually(lambda: r.amojo.message(emitted.message_id or "").statuses)
     assert statuses[0].error_code == 905
     assert "does not know conversation" in (statuses[0].error or "")
+
+
+async def test_plugins_extend_the_failure_reason_table(r: Rig) -> None:
+    await _first_client_message(r)
+    type(r.adapter()).error_reasons = {"131026": "no_chat"}
+    try:
+        emitted = await r.amojo.emit_text(SCOPE, "lb:c1", "x")
+        await eventually(lambda: r.adapter().sent)
+        await r.inbound(
+            InboundStatus(
+                chat="c1",
+                timestamp=time.time(),
+                dedup_key="f",
+                message_id="out1",
+                status="failed",
+                error_code="131026",
+                error="Message undeliverable",
+            )
+        )
+        statuses = await eventually(lambda: r.amojo.message(emitted.message_id or "").statuses)
+        assert (statuses[0].error_code, statuses[0].error) == (904, "Message undeliverable")
+    finally:
+        type(r.adapter()).error_reasons = {}

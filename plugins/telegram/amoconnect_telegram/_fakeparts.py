@@ -1,0 +1,383 @@
+"""The parts of :mod:`amoconnect_telegram.fake` that hold no state: records, parameters, request parsing.
+
+Internal; the public names are re-exported by :mod:`amoconnect_telegram.fake`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from email.policy import HTTP
+from typing import Any, Final, NoReturn
+from urllib.parse import parse_qsl
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from .botapi import MAX_CALLBACK_DATA_BYTES
+
+CHAT_ACTIONS: Final = frozenset(
+    {
+        "typing",
+        "upload_photo",
+        "record_video",
+        "upload_video",
+        "record_voice",
+        "upload_voice",
+        "upload_document",
+        "choose_sticker",
+        "find_location",
+        "record_video_note",
+        "upload_video_note",
+    }
+)
+"""Actions ``sendChatAction`` accepts."""
+
+DEFAULT_ALLOWED = frozenset(
+    {"message", "edited_message", "callback_query", "my_chat_member", "channel_post", "edited_channel_post"}
+)
+ALL_KINDS = DEFAULT_ALLOWED | {"message_reaction", "message_reaction_count", "chat_member"}
+NESTED = frozenset({"reply_markup", "reply_parameters", "allowed_updates", "reaction", "link_preview_options"})
+NESTED_ERRORS = {
+    "reply_markup": "Bad Request: can't parse reply keyboard markup JSON object",
+    "reply_parameters": "Bad Request: can't parse reply parameters JSON object",
+    "reaction": "Bad Request: can't parse reaction types JSON object",
+}
+MEDIA_FIELDS = {
+    "sendphoto": "photo",
+    "senddocument": "document",
+    "sendvideo": "video",
+    "sendvoice": "voice",
+    "sendaudio": "audio",
+    "sendsticker": "sticker",
+}
+DESCRIPTIONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
+MIME = {
+    "photo": "image/jpeg",
+    "video": "video/mp4",
+    "voice": "audio/ogg",
+    "audio": "audio/mpeg",
+    "video_note": "video/mp4",
+    "sticker": "image/webp",
+    "animation": "video/mp4",
+    "document": "application/octet-stream",
+}
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class SentMessage:
+    """A message the bot sent, as the fake stored it."""
+
+    message_id: int
+    chat: int
+    method: str
+    kind: str
+    """``text`` or the media parameter: ``photo``, ``document``, ``video``, ``voice``, ``audio``, ``sticker``."""
+    text: str = ""
+    """The text, or the caption."""
+    media: str | None = None
+    """The media parameter as sent: a URL or a ``file_id`` (``None`` for an upload)."""
+    content: bytes | None = None
+    """The media's bytes: uploaded, or fetched from the URL."""
+    file_name: str = ""
+    reply_markup: dict[str, Any] | None = None
+    reply_to: int | None = None
+    result: dict[str, Any] = field(default_factory=dict)
+    """The ``Message`` the fake answered."""
+
+    @property
+    def buttons(self) -> list[list[dict[str, Any]]]:
+        """The inline keyboard's rows (``[]`` without one)."""
+        return list((self.reply_markup or {}).get("inline_keyboard", []))
+
+
+@dataclass(frozen=True)
+class BotReaction:
+    """A ``setMessageReaction`` call that succeeded (``emoji`` empty: removed)."""
+
+    chat: int
+    message_id: int
+    emoji: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ChatAction:
+    """A ``sendChatAction`` call that succeeded."""
+
+    chat: int
+    action: str
+    at: float
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One Bot API request: the method as called, its decoded parameters, uploads, and the status answered."""
+
+    method: str
+    params: dict[str, Any]
+    files: dict[str, tuple[str, bytes]]
+    status: int
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One attempt to POST an update to the webhook; ``status`` is ``None`` when no answer came."""
+
+    update_id: int
+    attempt: int
+    url: str
+    body: bytes
+    headers: dict[str, str]
+    status: int | None
+
+
+@dataclass(kw_only=True)
+class Client:
+    chat: int
+    user: dict[str, Any]
+    blocked: bool = False
+    ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    messages: dict[int, dict[str, Any]] = field(default_factory=dict)
+    reactions: dict[int, list[str]] = field(default_factory=dict)
+
+    def chat_object(self) -> dict[str, Any]:
+        keys = ("first_name", "last_name", "username")
+        return {"id": self.chat, "type": "private", **{k: self.user[k] for k in keys if k in self.user}}
+
+
+@dataclass(kw_only=True)
+class StoredFile:
+    file_id: str
+    unique_id: str
+    path: str
+    content: bytes
+    mime_type: str
+
+
+@dataclass(kw_only=True)
+class Fault:
+    remaining: int
+    status: int
+    retry_after: int | None
+    method: str | None
+    description: str | None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, description: str, retry_after: int | None = None) -> None:
+        super().__init__(description)
+        self.status = status
+        self.description = description
+        self.retry_after = retry_after
+
+
+def fail(status: int, description: str) -> NoReturn:
+    raise ApiError(status, description)
+
+
+def envelope_error(status: int, description: str, retry_after: int | None = None) -> JSONResponse:
+    body: dict[str, Any] = {"ok": False, "error_code": status, "description": description}
+    if retry_after is not None:
+        body["parameters"] = {"retry_after": retry_after}
+    return JSONResponse(body, status)
+
+
+# -- method parameters ----------------------------------------------------------------------------
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class ChatParams(Params):
+    chat_id: int | str | None = None
+    business_connection_id: str | None = None
+    message_thread_id: int | None = None
+
+
+class SendParams(ChatParams):
+    reply_parameters: dict[str, Any] | None = None
+    reply_markup: dict[str, Any] | None = None
+    disable_notification: bool = False
+    protect_content: bool = False
+    allow_paid_broadcast: bool = False
+    message_effect_id: str | None = None
+
+
+class SendMessage(SendParams):
+    text: str = ""
+    parse_mode: str | None = None
+    entities: list[dict[str, Any]] | None = None
+    link_preview_options: dict[str, Any] | None = None
+
+
+class SendMedia(SendParams):
+    photo: str | None = None
+    document: str | None = None
+    video: str | None = None
+    voice: str | None = None
+    audio: str | None = None
+    sticker: str | None = None
+    caption: str | None = None
+    parse_mode: str | None = None
+    caption_entities: list[dict[str, Any]] | None = None
+    duration: int | None = None
+    width: int | None = None
+    height: int | None = None
+    performer: str | None = None
+    title: str | None = None
+    emoji: str | None = None
+    has_spoiler: bool = False
+    supports_streaming: bool = False
+    disable_content_type_detection: bool = False
+
+
+class ChatAction(ChatParams):
+    action: str = ""
+
+
+class SetReaction(ChatParams):
+    message_id: int = 0
+    reaction: list[dict[str, Any]] = []
+    is_big: bool = False
+
+
+class AnswerCallback(Params):
+    callback_query_id: str = ""
+    text: str | None = None
+    show_alert: bool = False
+    url: str | None = None
+    cache_time: int = 0
+
+
+class GetFile(Params):
+    file_id: str = ""
+
+
+class SetWebhook(Params):
+    url: str = ""
+    secret_token: str | None = None
+    allowed_updates: list[str] | None = None
+    drop_pending_updates: bool = False
+    max_connections: int = 40
+    ip_address: str | None = None
+
+
+class DeleteWebhook(Params):
+    drop_pending_updates: bool = False
+
+
+class GetUpdates(Params):
+    offset: int = 0
+    limit: int = 100
+    timeout: int = 0
+    allowed_updates: list[str] | None = None
+
+
+class NoParams(Params):
+    pass
+
+
+
+# -- request parsing and checks ------------------------------------------------------------------
+
+
+async def read_params(request: Request) -> tuple[dict[str, Any], dict[str, tuple[str, bytes]]]:
+    params: dict[str, Any] = dict(request.query_params)
+    files: dict[str, tuple[str, bytes]] = {}
+    body = await request.body()
+    content_type = request.headers.get("content-type", "")
+    if body and content_type.startswith("application/json"):
+        try:
+            decoded = json.loads(body)
+        except ValueError:
+            fail(400, "Bad Request: can't parse JSON object")
+        if not isinstance(decoded, dict):
+            fail(400, "Bad Request: can't parse JSON object")
+        return {**params, **decoded}, files
+    if body and content_type.startswith("application/x-www-form-urlencoded"):
+        params.update(parse_qsl(body.decode(), keep_blank_values=True))
+    elif body and content_type.startswith("multipart/form-data"):
+        message = BytesParser(policy=HTTP).parsebytes(
+            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
+        )
+        for part in message.iter_parts():
+            name = part.get_param("name", header="content-disposition")
+            payload = part.get_payload(decode=True)
+            if not isinstance(name, str) or not isinstance(payload, bytes):
+                continue
+            filename = part.get_filename()
+            if filename is not None:
+                files[name] = (filename, payload)
+            else:
+                params[name] = payload.decode()
+    for key in NESTED & params.keys():
+        if isinstance(params[key], str):
+            try:
+                params[key] = json.loads(params[key])
+            except ValueError:
+                fail(400, NESTED_ERRORS.get(key, f"Bad Request: can't parse {key} JSON object"))
+    return params, files
+
+
+
+def check_markup(markup: dict[str, Any] | None) -> dict[str, Any]:
+    if markup is None:
+        return {}
+    if not isinstance(markup, dict):
+        fail(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    rows = markup.get("inline_keyboard")
+    if rows is None:
+        return {}  # reply keyboards and the like are accepted and not echoed
+    if not isinstance(rows, list) or not all(isinstance(row, list) for row in rows):
+        fail(400, "Bad Request: can't parse reply keyboard markup JSON object")
+    for row in rows:
+        for button in row:
+            if not isinstance(button, dict) or not button.get("text"):
+                fail(400, "Bad Request: can't parse inline keyboard button: Text is missing")
+            if "callback_data" in button:
+                data = button["callback_data"]
+                if not isinstance(data, str) or not 1 <= len(data.encode()) <= MAX_CALLBACK_DATA_BYTES:
+                    fail(400, "Bad Request: BUTTON_DATA_INVALID")
+            elif "url" in button:
+                url = button["url"]
+                if not isinstance(url, str) or not url.startswith(("http://", "https://", "tg://")):
+                    fail(400, "Bad Request: BUTTON_URL_INVALID")
+            else:
+                fail(
+                    400,
+                    "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
+                )
+    return {"reply_markup": {"inline_keyboard": rows}}
+
+
+
+def media_object(kind: str, stored: StoredFile, file_name: str = "", duration: int = 3) -> Any:
+    base: dict[str, Any] = {
+        "file_id": stored.file_id,
+        "file_unique_id": stored.unique_id,
+        "file_size": len(stored.content),
+    }
+    if kind == "photo":
+        thumb = {**base, "file_id": stored.file_id + "-s", "file_unique_id": stored.unique_id + "s"}
+        return [{**thumb, "width": 90, "height": 60, "file_size": 1000}, {**base, "width": 1280, "height": 853}]
+    if kind == "sticker":
+        return {**base, "type": "regular", "width": 512, "height": 512, "is_animated": False, "is_video": False}
+    if kind == "video_note":
+        return {**base, "length": 240, "duration": duration}
+    if kind in ("video", "animation"):
+        base.update(width=640, height=360, duration=duration)
+    elif kind in ("voice", "audio"):
+        base["duration"] = duration
+    if kind in ("document", "video", "audio", "animation") and file_name:
+        base["file_name"] = file_name
+    if kind != "video_note":
+        base["mime_type"] = stored.mime_type
+    return base
+
