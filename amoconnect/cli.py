@@ -234,36 +234,27 @@ def jobs_list(config_path: str, as_json: bool, limit: int) -> None:
     _with_store(config_path, go)
 
 
-@jobs.command("retry")
-@config_option
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "everything", is_flag=True, help="Re-queue every dead letter.")
-def jobs_retry(config_path: str, ids: tuple[int, ...], everything: bool) -> None:
-    """Put dead letters back in the queue (a running connector picks them up)."""
-    if not ids and not everything:
-        raise click.UsageError("name job ids, or pass --all")
+def _dead_letter_command(name: str, verb: str, help_text: str) -> None:
+    """``jobs retry`` and ``jobs purge``: the same arguments, a different store call."""
 
-    async def go(store: Any) -> None:
-        count = await store.requeue(None if everything else list(ids))
-        click.echo(f"re-queued {count} job(s)")
+    @jobs.command(name, help=help_text)
+    @config_option
+    @click.argument("ids", nargs=-1, type=int)
+    @click.option("--all", "everything", is_flag=True, help=f"{name.capitalize()} every dead letter.")
+    def command(config_path: str, ids: tuple[int, ...], everything: bool) -> None:
+        if not ids and not everything:
+            raise click.UsageError("name job ids, or pass --all")
 
-    _with_store(config_path, go)
+        async def go(store: Any) -> None:
+            action = store.requeue if name == "retry" else store.purge
+            count = await action(None if everything else list(ids))
+            click.echo(f"{verb} {count} job(s)")
+
+        _with_store(config_path, go)
 
 
-@jobs.command("purge")
-@config_option
-@click.argument("ids", nargs=-1, type=int)
-@click.option("--all", "everything", is_flag=True, help="Delete every dead letter.")
-def jobs_purge(config_path: str, ids: tuple[int, ...], everything: bool) -> None:
-    """Delete dead letters for good."""
-    if not ids and not everything:
-        raise click.UsageError("name job ids, or pass --all")
-
-    async def go(store: Any) -> None:
-        count = await store.purge(None if everything else list(ids))
-        click.echo(f"purged {count} job(s)")
-
-    _with_store(config_path, go)
+_dead_letter_command("retry", "re-queued", "Put dead letters back in the queue (a running connector picks them up).")
+_dead_letter_command("purge", "purged", "Delete dead letters for good.")
 
 
 @main.command()

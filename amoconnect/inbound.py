@@ -30,7 +30,7 @@ from .model import (
     MessageRef,
     Person,
 )
-from .outbound import latest_comment_key
+from .outbound import latest_comment_key, messenger_retry
 from .plugins import alter_inbound_message
 from .relay import Done, GiveUp, Retry
 from .routing import Instance
@@ -120,7 +120,7 @@ class InboundHandler:
             fetched = await instance.adapter.fetch_media(attachment.fetch)
         except MessengerError as exc:
             if exc.retryable:
-                raise Retry(f"fetching media failed: {exc}") from exc
+                raise messenger_retry(instance, exc) from exc
             raise GiveUp(f"fetching media failed: {exc}") from exc
         if fetched.size is not None and fetched.size > self.core.media.max_bytes:
             raise MediaTooLarge(f"media of {fetched.size} bytes exceeds the {self.core.media.max_bytes} byte cap")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Literal, cast
 
 import msgspec
@@ -43,7 +43,7 @@ from .statuses import DELIVERED, FAILED
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob
 from .windows import failure_for, window_closed_at, window_closed_text
 
-__all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "outgoing_from_hook"]
+__all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "messenger_retry", "outgoing_from_hook"]
 
 _MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
@@ -106,6 +106,12 @@ def outgoing_from_hook(
         reply_to=reply_to,
         media_group_id=body.media_group_id,
     )
+
+
+def messenger_retry(instance: Instance, exc: MessengerError) -> Retry:
+    """The relay retry for a retryable messenger failure, waiting what a rate limit asks."""
+    delay = exc.retry_after if isinstance(exc, RateLimited) else None
+    return Retry(f"{instance.messenger}: {exc}", delay=delay)
 
 
 def latest_comment_key(conversation_id: str, post_id: str) -> str:
@@ -296,14 +302,24 @@ class AmocrmHandler:
         if conversation is not None:
             message = alter_outgoing_message(core.pm, message, instance.conversation(conversation))
         await instance.throttle(message.chat or message.phone or "")
+        return await self._send(scope_id, instance, conversation, m, instance.adapter.send_message(message), log)
+
+    async def _send(
+        self,
+        scope_id: str,
+        instance: Instance,
+        conversation: ConversationRecord | None,
+        m: wire.HookMessage,
+        send: Awaitable[SendResult],
+        log: FilteringBoundLogger,
+    ) -> Done:
+        """Await the adapter's send; record its result, retry what may pass later, report the rest as failed."""
         try:
-            result = await instance.adapter.send_message(message)
-        except RateLimited as exc:
-            raise Retry(f"{instance.messenger} rate limit: {exc}", delay=exc.retry_after) from exc
+            result = await send
         except MessengerError as exc:
             if exc.retryable:
-                raise Retry(f"{instance.messenger}: {exc}") from exc
-            return self._fail(scope_id, amocrm_id, exc.reason, exc.description, log)
+                raise messenger_retry(instance, exc) from exc
+            return self._fail(scope_id, m.message.id, exc.reason, exc.description, log)
         return self._sent(scope_id, instance, conversation, m, result, log)
 
     def _sent(
@@ -373,15 +389,7 @@ class AmocrmHandler:
         reply = OutgoingCommentReply(
             chat=conversation.chat, post_id=post_id, comment_id=comment, text=m.message.text, dedup_key=amocrm_id
         )
-        try:
-            result = await instance.adapter.send_comment_reply(reply)
-        except RateLimited as exc:
-            raise Retry(f"{instance.messenger} rate limit: {exc}", delay=exc.retry_after) from exc
-        except MessengerError as exc:
-            if exc.retryable:
-                raise Retry(f"{instance.messenger}: {exc}") from exc
-            return self._fail(scope_id, amocrm_id, exc.reason, exc.description, log)
-        return self._sent(scope_id, instance, conversation, m, result, log)
+        return await self._send(scope_id, instance, conversation, m, instance.adapter.send_comment_reply(reply), log)
 
     async def _typing(self, scope_id: str, typing: wire.TypingAction, log: FilteringBoundLogger) -> Done:
         if typing.expired_at <= time.time():
@@ -430,11 +438,9 @@ class AmocrmHandler:
             await instance.adapter.send_reaction(
                 OutgoingReaction(chat=conversation.chat, message_id=target.messenger_id, emoji=emoji, removed=removed)
             )
-        except RateLimited as exc:
-            raise Retry(str(exc), delay=exc.retry_after) from exc
         except MessengerError as exc:
             if exc.retryable:
-                raise Retry(str(exc)) from exc
+                raise messenger_retry(instance, exc) from exc
             log.warning("reaction refused by the messenger", error=str(exc))
         return Done()
 

@@ -36,6 +36,15 @@ CHAT_ACTIONS: Final = frozenset(
 )
 """Actions ``sendChatAction`` accepts."""
 
+WEBHOOK_ACTIVE: Final = (
+    "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first"
+)
+POLL_TERMINATED: Final = (
+    "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
+)
+TEXT_BUTTONS_REFUSED: Final = (
+    "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard"
+)
 DEFAULT_ALLOWED = frozenset(
     {"message", "edited_message", "callback_query", "my_chat_member", "channel_post", "edited_channel_post"}
 )
@@ -210,14 +219,14 @@ class SendParams(ChatParams):
     message_effect_id: str | None = None
 
 
-class SendMessage(SendParams):
+class SendMessageParams(SendParams):
     text: str = ""
     parse_mode: str | None = None
     entities: list[dict[str, Any]] | None = None
     link_preview_options: dict[str, Any] | None = None
 
 
-class SendMedia(SendParams):
+class SendMediaParams(SendParams):
     photo: str | None = None
     document: str | None = None
     video: str | None = None
@@ -238,17 +247,17 @@ class SendMedia(SendParams):
     disable_content_type_detection: bool = False
 
 
-class ChatAction(ChatParams):
+class ChatActionParams(ChatParams):
     action: str = ""
 
 
-class SetReaction(ChatParams):
+class SetReactionParams(ChatParams):
     message_id: int = 0
     reaction: list[dict[str, Any]] = []
     is_big: bool = False
 
 
-class AnswerCallback(Params):
+class AnswerCallbackParams(Params):
     callback_query_id: str = ""
     text: str | None = None
     show_alert: bool = False
@@ -256,11 +265,11 @@ class AnswerCallback(Params):
     cache_time: int = 0
 
 
-class GetFile(Params):
+class GetFileParams(Params):
     file_id: str = ""
 
 
-class SetWebhook(Params):
+class SetWebhookParams(Params):
     url: str = ""
     secret_token: str | None = None
     allowed_updates: list[str] | None = None
@@ -269,11 +278,11 @@ class SetWebhook(Params):
     ip_address: str | None = None
 
 
-class DeleteWebhook(Params):
+class DeleteWebhookParams(Params):
     drop_pending_updates: bool = False
 
 
-class GetUpdates(Params):
+class GetUpdatesParams(Params):
     offset: int = 0
     limit: int = 100
     timeout: int = 0
@@ -282,7 +291,6 @@ class GetUpdates(Params):
 
 class NoParams(Params):
     pass
-
 
 
 # -- request parsing and checks ------------------------------------------------------------------
@@ -304,9 +312,7 @@ async def read_params(request: Request) -> tuple[dict[str, Any], dict[str, tuple
     if body and content_type.startswith("application/x-www-form-urlencoded"):
         params.update(parse_qsl(body.decode(), keep_blank_values=True))
     elif body and content_type.startswith("multipart/form-data"):
-        message = BytesParser(policy=HTTP).parsebytes(
-            b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body
-        )
+        message = BytesParser(policy=HTTP).parsebytes(b"Content-Type: " + content_type.encode() + b"\r\n\r\n" + body)
         for part in message.iter_parts():
             name = part.get_param("name", header="content-disposition")
             payload = part.get_payload(decode=True)
@@ -324,7 +330,6 @@ async def read_params(request: Request) -> tuple[dict[str, Any], dict[str, tuple
             except ValueError:
                 fail(400, NESTED_ERRORS.get(key, f"Bad Request: can't parse {key} JSON object"))
     return params, files
-
 
 
 def check_markup(markup: dict[str, Any] | None) -> dict[str, Any]:
@@ -350,12 +355,8 @@ def check_markup(markup: dict[str, Any] | None) -> dict[str, Any]:
                 if not isinstance(url, str) or not url.startswith(("http://", "https://", "tg://")):
                     fail(400, "Bad Request: BUTTON_URL_INVALID")
             else:
-                fail(
-                    400,
-                    "Bad Request: can't parse inline keyboard button: Text buttons are unallowed in the inline keyboard",
-                )
+                fail(400, TEXT_BUTTONS_REFUSED)
     return {"reply_markup": {"inline_keyboard": rows}}
-
 
 
 def media_object(kind: str, stored: StoredFile, file_name: str = "", duration: int = 3) -> Any:
@@ -380,4 +381,3 @@ def media_object(kind: str, stored: StoredFile, file_name: str = "", duration: i
     if kind != "video_note":
         base["mime_type"] = stored.mime_type
     return base
-

@@ -47,11 +47,7 @@ import json
 import mimetypes
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from email.parser import BytesParser
-from email.policy import HTTP
-from typing import Any, Final, NoReturn
-from urllib.parse import parse_qsl
+from typing import Any, Final
 
 import anyio
 import httpx
@@ -62,9 +58,43 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from ._fakeparts import (
+    ALL_KINDS,
+    CHAT_ACTIONS,
+    DEFAULT_ALLOWED,
+    DESCRIPTIONS,
+    MEDIA_FIELDS,
+    MIME,
+    POLL_TERMINATED,
+    WEBHOOK_ACTIVE,
+    AnswerCallbackParams,
+    ApiCall,
+    ApiError,
+    BotReaction,
+    ChatAction,
+    ChatActionParams,
+    Client,
+    DeleteWebhookParams,
+    Delivery,
+    Fault,
+    GetFileParams,
+    GetUpdatesParams,
+    NoParams,
+    Params,
+    SendMediaParams,
+    SendMessageParams,
+    SentMessage,
+    SetReactionParams,
+    SetWebhookParams,
+    StoredFile,
+    check_markup,
+    envelope_error,
+    fail,
+    media_object,
+    read_params,
+)
 from .botapi import (
     DOWNLOAD_LIMIT,
-    MAX_CALLBACK_DATA_BYTES,
     MAX_CAPTION_LENGTH,
     MAX_TEXT_LENGTH,
     REACTION_EMOJI,
@@ -86,6 +116,7 @@ __all__ = [
 
 DEFAULT_TOKEN: Final = "123456789:sandbox-token"
 """The bot token of a :class:`FakeTelegram` built without one (the sandbox's)."""
+
 # -- the fake -------------------------------------------------------------------------------------
 
 
@@ -126,7 +157,7 @@ class FakeTelegram:
         self.webhook_url = ""
         """The webhook set with ``setWebhook`` (empty: none)."""
         self.webhook_secret: str | None = None
-        self.allowed_updates: frozenset[str] = _DEFAULT_ALLOWED
+        self.allowed_updates: frozenset[str] = DEFAULT_ALLOWED
         """Update kinds created; ``setWebhook`` and ``getUpdates`` change it."""
         self.updates: list[dict[str, Any]] = []
         """Every update created, in order."""
@@ -141,11 +172,11 @@ class FakeTelegram:
         self.chat_actions: list[ChatAction] = []
         self.answered_callbacks: list[str] = []
         self.last_error_message: str | None = None
-        self._clients: dict[int, _Client] = {}
-        self._files: dict[str, _File] = {}
-        self._paths: dict[str, _File] = {}
+        self._clients: dict[int, Client] = {}
+        self._files: dict[str, StoredFile] = {}
+        self._paths: dict[str, StoredFile] = {}
         self._callbacks: dict[str, bool] = {}
-        self._faults: list[_Fault] = []
+        self._faults: list[Fault] = []
         self._update_ids = itertools.count(1)
         self._chat_ids = itertools.count(100001)
         self._file_numbers = itertools.count(1)
@@ -159,18 +190,18 @@ class FakeTelegram:
                 Route("/file/bot{token}/{file_path:path}", self._download, methods=["GET"]),
             ]
         )
-        self._methods: dict[str, tuple[type[_Params], Callable[[Any, dict[str, tuple[str, bytes]]], Any]]] = {
-            "getme": (_NoParams, self._get_me),
-            "setwebhook": (_SetWebhook, self._set_webhook),
-            "deletewebhook": (_DeleteWebhook, self._delete_webhook),
-            "getwebhookinfo": (_NoParams, self._webhook_info),
-            "getupdates": (_GetUpdates, self._get_updates),
-            "sendmessage": (_SendMessage, self._send_message),
-            **{name: (_SendMedia, self._send_media) for name in _MEDIA_FIELDS},
-            "sendchataction": (_ChatAction, self._send_chat_action),
-            "setmessagereaction": (_SetReaction, self._set_reaction),
-            "answercallbackquery": (_AnswerCallback, self._answer_callback),
-            "getfile": (_GetFile, self._get_file),
+        self._methods: dict[str, tuple[type[Params], Callable[[Any, dict[str, tuple[str, bytes]]], Any]]] = {
+            "getme": (NoParams, self._get_me),
+            "setwebhook": (SetWebhookParams, self._set_webhook),
+            "deletewebhook": (DeleteWebhookParams, self._delete_webhook),
+            "getwebhookinfo": (NoParams, self._webhook_info),
+            "getupdates": (GetUpdatesParams, self._get_updates),
+            "sendmessage": (SendMessageParams, self._send_message),
+            **{name: (SendMediaParams, self._send_media) for name in MEDIA_FIELDS},
+            "sendchataction": (ChatActionParams, self._send_chat_action),
+            "setmessagereaction": (SetReactionParams, self._set_reaction),
+            "answercallbackquery": (AnswerCallbackParams, self._answer_callback),
+            "getfile": (GetFileParams, self._get_file),
         }
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -188,7 +219,7 @@ class FakeTelegram:
 
     # -- HTTP -------------------------------------------------------------------------------------
 
-    def _take_fault(self, method: str) -> _Fault | None:
+    def _take_fault(self, method: str) -> Fault | None:
         for fault in self._faults:
             if fault.method in (None, method):
                 fault.remaining -= 1
@@ -202,11 +233,11 @@ class FakeTelegram:
         params: dict[str, Any] = {}
         files: dict[str, tuple[str, bytes]] = {}
         try:
-            params, files = await self._read_params(request)
+            params, files = await read_params(request)
             result = await self._answer(request.path_params["token"], method, params, files)
-        except _ApiError as exc:
+        except ApiError as exc:
             self.calls.append(ApiCall(method, params, files, exc.status))
-            return _envelope_error(exc.status, exc.description, exc.retry_after)
+            return envelope_error(exc.status, exc.description, exc.retry_after)
         self.calls.append(ApiCall(method, params, files, 200))
         return JSONResponse({"ok": True, "result": result})
 
@@ -215,20 +246,20 @@ class FakeTelegram:
     ) -> Any:
         fault = self._take_fault(method)
         if fault is not None:
-            description = fault.description or _DESCRIPTIONS.get(fault.status, "Internal Server Error")
+            description = fault.description or DESCRIPTIONS.get(fault.status, "Internal Server Error")
             if fault.status == 429 and fault.description is None:
                 description = f"Too Many Requests: retry after {fault.retry_after or 1}"
-            raise _ApiError(fault.status, description, fault.retry_after)
+            raise ApiError(fault.status, description, fault.retry_after)
         if not hmac.compare_digest(token.encode(), self.token.encode()):
-            _fail(401, "Unauthorized")
+            fail(401, "Unauthorized")
         entry = self._methods.get(method.lower())
         if entry is None:
-            _fail(404, "Not Found")
+            fail(404, "Not Found")
         kind, handler = entry
         try:
             typed = msgspec.convert(params, kind, strict=False)
         except msgspec.ValidationError as exc:
-            _fail(400, f"Bad Request: {exc}")
+            fail(400, f"Bad Request: {exc}")
         result = handler(typed, files)
         if hasattr(result, "__await__"):
             result = await result
@@ -238,26 +269,26 @@ class FakeTelegram:
         token = request.path_params["token"]
         stored = self._paths.get(request.path_params["file_path"])
         if not hmac.compare_digest(token.encode(), self.token.encode()) or stored is None:
-            return _envelope_error(404, "Not Found")
+            return envelope_error(404, "Not Found")
         return Response(stored.content, media_type="application/octet-stream")
 
     # -- bot side: helpers ------------------------------------------------------------------------
 
-    def _chat(self, chat_id: int | str | None, *, sending: bool = True) -> _Client:
+    def _chat(self, chat_id: int | str | None, *, sending: bool = True) -> Client:
         if chat_id is None or chat_id == "":
-            _fail(400, "Bad Request: chat_id is empty")
-        client: _Client | None = None
+            fail(400, "Bad Request: chat_id is empty")
+        client: Client | None = None
         if isinstance(chat_id, int) or chat_id.lstrip("-").isdigit():
             client = self._clients.get(int(chat_id))
         else:
             client = next((c for c in self._clients.values() if "@" + c.user.get("username", "") == chat_id), None)
         if client is None:
-            _fail(400, "Bad Request: chat not found")
+            fail(400, "Bad Request: chat not found")
         if sending and client.blocked:
-            _fail(403, "Forbidden: bot was blocked by the user")
+            fail(403, "Forbidden: bot was blocked by the user")
         return client
 
-    def _new_message(self, client: _Client, sender: dict[str, Any], **content: Any) -> dict[str, Any]:
+    def _new_message(self, client: Client, sender: dict[str, Any], **content: Any) -> dict[str, Any]:
         message = {
             "message_id": next(client.ids),
             "from": sender,
@@ -272,72 +303,72 @@ class FakeTelegram:
     def _quoted(message: dict[str, Any]) -> dict[str, Any]:
         return {key: value for key, value in message.items() if key != "reply_to_message"}
 
-    def _reply(self, client: _Client, reply: dict[str, Any] | None) -> dict[str, Any]:
+    def _reply(self, client: Client, reply: dict[str, Any] | None) -> dict[str, Any]:
         if not reply:
             return {}
         message_id = reply.get("message_id")
         if not isinstance(message_id, int):
-            _fail(400, "Bad Request: can't parse reply parameters JSON object")
+            fail(400, "Bad Request: can't parse reply parameters JSON object")
         quoted = client.messages.get(message_id)
         if quoted is None:
             if reply.get("allow_sending_without_reply"):
                 return {}
-            _fail(400, "Bad Request: message to be replied not found")
+            fail(400, "Bad Request: message to be replied not found")
         return {"reply_to_message": self._quoted(quoted)}
 
-    def _store_file(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> _File:
+    def _store_file(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> StoredFile:
         number = next(self._file_numbers)
         extension = (
             file_name.rpartition(".")[2]
             if "." in file_name
-            else mimetypes.guess_extension(mime_type or _MIME.get(kind, "")) or ".bin"
+            else mimetypes.guess_extension(mime_type or MIME.get(kind, "")) or ".bin"
         )
         extension = extension.lstrip(".")
-        stored = _File(
+        stored = StoredFile(
             file_id=f"AgAC{kind[:3].upper()}{number:06d}-fake",
             unique_id=f"AQAD{number:06d}",
             path=f"{kind}s/file_{number}.{extension}",
             content=content,
-            mime_type=mime_type or _MIME.get(kind, "application/octet-stream"),
+            mime_type=mime_type or MIME.get(kind, "application/octet-stream"),
         )
         self._files[stored.file_id] = self._paths[stored.path] = stored
         return stored
 
     async def _media_file(
         self, kind: str, value: str | None, files: dict[str, tuple[str, bytes]]
-    ) -> tuple[_File, str | None, str]:
+    ) -> tuple[StoredFile, str | None, str]:
         """The file a media parameter names: an upload, ``attach://``, a known ``file_id`` or a URL."""
         upload = files.get(kind)
         if value is not None and value.startswith("attach://"):
             upload = files.get(value.removeprefix("attach://"))
             if upload is None:
-                _fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
+                fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
         if upload is not None:
             name, content = upload
-            mime = mimetypes.guess_type(name)[0] or _MIME[kind]
+            mime = mimetypes.guess_type(name)[0] or MIME[kind]
             return self._store_file(kind, content, file_name=name, mime_type=mime), None, name
         if not value:
-            _fail(400, f"Bad Request: there is no {kind} in the request")
+            fail(400, f"Bad Request: there is no {kind} in the request")
         known = self._files.get(value)
         if known is not None:
             return known, value, ""
         if not value.startswith(("http://", "https://")):
-            _fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
+            fail(400, "Bad Request: wrong file identifier/HTTP URL specified")
         if self.fetch_http is None:
-            _fail(400, "Bad Request: failed to get HTTP URL content")
+            fail(400, "Bad Request: failed to get HTTP URL content")
         try:
             response = await self.fetch_http.get(value, timeout=10.0)
         except httpx.HTTPError:
-            _fail(400, "Bad Request: failed to get HTTP URL content")
+            fail(400, "Bad Request: failed to get HTTP URL content")
         if response.status_code != 200:
-            _fail(400, "Bad Request: failed to get HTTP URL content")
+            fail(400, "Bad Request: failed to get HTTP URL content")
         mime = response.headers.get("content-type", "").split(";")[0].strip()
         if kind == "photo" and not mime.startswith("image/"):
-            _fail(400, "Bad Request: wrong type of the web page content")
+            fail(400, "Bad Request: wrong type of the web page content")
         name = httpx.URL(value).path.rsplit("/", 1)[-1]
         return self._store_file(kind, response.content, file_name=name, mime_type=mime), value, name
 
-    def _record(self, client: _Client, method: str, kind: str, message: dict[str, Any], **fields: Any) -> None:
+    def _record(self, client: Client, method: str, kind: str, message: dict[str, Any], **fields: Any) -> None:
         self.sent.append(
             SentMessage(
                 message_id=message["message_id"],
@@ -353,7 +384,7 @@ class FakeTelegram:
 
     # -- bot side: methods ------------------------------------------------------------------------
 
-    def _get_me(self, params: _NoParams, files: Any) -> dict[str, Any]:
+    def _get_me(self, params: NoParams, files: Any) -> dict[str, Any]:
         return {
             **self.bot,
             "can_join_groups": True,
@@ -361,13 +392,13 @@ class FakeTelegram:
             "supports_inline_queries": False,
         }
 
-    def _set_webhook(self, params: _SetWebhook, files: Any) -> bool:
+    def _set_webhook(self, params: SetWebhookParams, files: Any) -> bool:
         if params.secret_token is not None and not SECRET_TOKEN_PATTERN.match(params.secret_token):
-            _fail(400, "Bad Request: secret token contains unallowed characters")
+            fail(400, "Bad Request: secret token contains unallowed characters")
         if params.url and self.require_https and not params.url.startswith("https://"):
-            _fail(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
+            fail(400, "Bad Request: bad webhook: An HTTPS URL must be provided for webhook")
         if params.url and not params.url.startswith(("http://", "https://")):
-            _fail(400, "Bad Request: bad webhook: Failed to resolve host: Name or service not known")
+            fail(400, "Bad Request: bad webhook: Failed to resolve host: Name or service not known")
         self._allow(params.allowed_updates)
         if params.drop_pending_updates:
             self.pending.clear()
@@ -376,14 +407,14 @@ class FakeTelegram:
         self._poll_generation += 1
         return True
 
-    def _delete_webhook(self, params: _DeleteWebhook, files: Any) -> bool:
+    def _delete_webhook(self, params: DeleteWebhookParams, files: Any) -> bool:
         if params.drop_pending_updates:
             self.pending.clear()
         self.webhook_url = ""
         self.webhook_secret = None
         return True
 
-    def _webhook_info(self, params: _NoParams, files: Any) -> dict[str, Any]:
+    def _webhook_info(self, params: NoParams, files: Any) -> dict[str, Any]:
         info: dict[str, Any] = {
             "url": self.webhook_url,
             "has_custom_certificate": False,
@@ -400,14 +431,11 @@ class FakeTelegram:
     def _allow(self, kinds: list[str] | None) -> None:
         if kinds is None:
             return
-        self.allowed_updates = frozenset(kinds) & _ALL_KINDS if kinds else _DEFAULT_ALLOWED
+        self.allowed_updates = frozenset(kinds) & ALL_KINDS if kinds else DEFAULT_ALLOWED
 
-    async def _get_updates(self, params: _GetUpdates, files: Any) -> list[dict[str, Any]]:
+    async def _get_updates(self, params: GetUpdatesParams, files: Any) -> list[dict[str, Any]]:
         if self.webhook_url:
-            _fail(
-                409,
-                "Conflict: can't use getUpdates method while webhook is active; use deleteWebhook to delete the webhook first",
-            )
+            fail(409, WEBHOOK_ACTIVE)
         self._allow(params.allowed_updates)
         if params.offset > 0:
             self.pending = [u for u in self.pending if u["update_id"] >= params.offset]
@@ -420,85 +448,80 @@ class FakeTelegram:
                 self._new_update = event = self._new_update or anyio.Event()
                 await event.wait()
                 if generation != self._poll_generation:
-                    _fail(
-                        409,
-                        "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running",
-                    )
+                    fail(409, POLL_TERMINATED)
         if generation != self._poll_generation:
-            _fail(
-                409, "Conflict: terminated by other getUpdates request; make sure that only one bot instance is running"
-            )
+            fail(409, POLL_TERMINATED)
         return self.pending[: max(1, min(params.limit, 100))]
 
     def _check_text(self, text: str, *, caption: bool) -> None:
         limit = MAX_CAPTION_LENGTH if caption else MAX_TEXT_LENGTH
         if utf16_length(text) > limit:
-            _fail(400, "Bad Request: message caption is too long" if caption else "Bad Request: message is too long")
+            fail(400, "Bad Request: message caption is too long" if caption else "Bad Request: message is too long")
 
-    def _send_message(self, params: _SendMessage, files: Any) -> dict[str, Any]:
+    def _send_message(self, params: SendMessageParams, files: Any) -> dict[str, Any]:
         client = self._chat(params.chat_id)
         if not params.text.strip():
-            _fail(400, "Bad Request: message text is empty")
+            fail(400, "Bad Request: message text is empty")
         self._check_text(params.text, caption=False)
-        extra = {**self._reply(client, params.reply_parameters), **self._check_markup(params.reply_markup)}
+        extra = {**self._reply(client, params.reply_parameters), **check_markup(params.reply_markup)}
         message = self._new_message(client, self.bot, text=params.text, **extra)
         self._record(client, "sendMessage", "text", message, text=params.text)
         return message
 
-    async def _send_media(self, params: _SendMedia, files: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
-        kinds = [name for name in _MEDIA_FIELDS.values() if getattr(params, name) is not None or name in files]
+    async def _send_media(self, params: SendMediaParams, files: dict[str, tuple[str, bytes]]) -> dict[str, Any]:
+        kinds = [name for name in MEDIA_FIELDS.values() if getattr(params, name) is not None or name in files]
         if len(kinds) != 1:
-            _fail(400, "Bad Request: there is no media in the request")
+            fail(400, "Bad Request: there is no media in the request")
         kind = kinds[0]
-        method = next(m for m, f in _MEDIA_FIELDS.items() if f == kind)
+        method = next(m for m, f in MEDIA_FIELDS.items() if f == kind)
         client = self._chat(params.chat_id)
         caption = params.caption or ""
         if kind == "sticker" and caption:
-            _fail(400, "Bad Request: stickers can't have a caption")
+            fail(400, "Bad Request: stickers can't have a caption")
         self._check_text(caption, caption=True)
-        extra = {**self._reply(client, params.reply_parameters), **self._check_markup(params.reply_markup)}
+        extra = {**self._reply(client, params.reply_parameters), **check_markup(params.reply_markup)}
         stored, given, name = await self._media_file(kind, getattr(params, kind), files)
-        content = {kind: self._media_object(kind, stored, name, duration=params.duration or 3)}
+        content = {kind: media_object(kind, stored, name, duration=params.duration or 3)}
         if caption:
             content["caption"] = caption
         message = self._new_message(client, self.bot, **content, **extra)
         self._record(client, method, kind, message, text=caption, media=given, content=stored.content, file_name=name)
         return message
 
-    def _send_chat_action(self, params: _ChatAction, files: Any) -> bool:
+    def _send_chat_action(self, params: ChatActionParams, files: Any) -> bool:
         client = self._chat(params.chat_id)
         if params.action not in CHAT_ACTIONS:
-            _fail(400, "Bad Request: wrong parameter action in request")
+            fail(400, "Bad Request: wrong parameter action in request")
         self.chat_actions.append(ChatAction(client.chat, params.action, self.clock()))
         return True
 
-    def _set_reaction(self, params: _SetReaction, files: Any) -> bool:
+    def _set_reaction(self, params: SetReactionParams, files: Any) -> bool:
         client = self._chat(params.chat_id)
         if params.message_id not in client.messages:
-            _fail(400, "Bad Request: MESSAGE_ID_INVALID")
+            fail(400, "Bad Request: MESSAGE_ID_INVALID")
         emoji: list[str] = []
         for reaction in params.reaction:
             if reaction.get("type") != "emoji" or reaction.get("emoji") not in REACTION_EMOJI:
-                _fail(400, "Bad Request: REACTION_INVALID")
+                fail(400, "Bad Request: REACTION_INVALID")
             emoji.append(reaction["emoji"])
         if len(emoji) > 1:
-            _fail(400, "Bad Request: REACTIONS_TOO_MANY")
+            fail(400, "Bad Request: REACTIONS_TOO_MANY")
         self.reactions.append(BotReaction(client.chat, params.message_id, tuple(emoji)))
         return True
 
-    def _answer_callback(self, params: _AnswerCallback, files: Any) -> bool:
+    def _answer_callback(self, params: AnswerCallbackParams, files: Any) -> bool:
         if self._callbacks.get(params.callback_query_id) is not False:
-            _fail(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+            fail(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
         self._callbacks[params.callback_query_id] = True
         self.answered_callbacks.append(params.callback_query_id)
         return True
 
-    def _get_file(self, params: _GetFile, files: Any) -> dict[str, Any]:
+    def _get_file(self, params: GetFileParams, files: Any) -> dict[str, Any]:
         stored = self._files.get(params.file_id)
         if stored is None:
-            _fail(400, "Bad Request: invalid file_id")
+            fail(400, "Bad Request: invalid file_id")
         if len(stored.content) > DOWNLOAD_LIMIT:
-            _fail(400, "Bad Request: file is too big")
+            fail(400, "Bad Request: file is too big")
         return {
             "file_id": stored.file_id,
             "file_unique_id": stored.unique_id,
@@ -523,10 +546,10 @@ class FakeTelegram:
         for key, value in (("last_name", last_name), ("username", username), ("language_code", language_code)):
             if value is not None:
                 user[key] = value
-        self._clients[chat] = _Client(chat=chat, user=user)
+        self._clients[chat] = Client(chat=chat, user=user)
         return chat
 
-    def _client(self, chat: int) -> _Client:
+    def _client(self, chat: int) -> Client:
         client = self._clients.get(chat)
         if client is None:
             raise LookupError(f"no Telegram client with chat {chat}; call add_client() first")
@@ -546,7 +569,7 @@ class FakeTelegram:
         A 429 says ``Too Many Requests: retry after N`` and carries ``parameters.retry_after``.
         """
         self._faults.append(
-            _Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
+            Fault(remaining=n, status=status, retry_after=retry_after, method=method, description=description)
         )
 
     def duplicate_next(self) -> None:
@@ -596,15 +619,15 @@ class FakeTelegram:
     ) -> dict[str, Any] | None:
         """The client sends media: ``photo``, ``document``, ``video``, ``animation``, ``voice``, ``audio``,
         ``video_note`` or ``sticker`` (a ``document`` is also given for an ``animation``, as Telegram does)."""
-        if kind not in _MIME:
-            raise ValueError(f"unknown media kind {kind!r}; one of {sorted(_MIME)}")
+        if kind not in MIME:
+            raise ValueError(f"unknown media kind {kind!r}; one of {sorted(MIME)}")
         client = self._client(chat)
         stored = self._store_file(kind, content, file_name=file_name, mime_type=mime_type)
-        fields: dict[str, Any] = {kind: self._media_object(kind, stored, file_name, duration)}
+        fields: dict[str, Any] = {kind: media_object(kind, stored, file_name, duration)}
         if kind == "sticker":
             fields[kind]["emoji"] = "😀"
         if kind == "animation":
-            fields["document"] = self._media_object("document", stored, file_name)
+            fields["document"] = media_object("document", stored, file_name)
         if caption:
             fields["caption"] = caption
         return await self._emit("message", self._new_message(client, client.user, **fields))
@@ -682,7 +705,7 @@ class FakeTelegram:
         }
         return await self._emit("callback_query", query)
 
-    async def _member_update(self, client: _Client, old: str, new: str) -> dict[str, Any] | None:
+    async def _member_update(self, client: Client, old: str, new: str) -> dict[str, Any] | None:
         def member(status: str) -> dict[str, Any]:
             found: dict[str, Any] = {"status": status, "user": self.bot}
             if status == "kicked":
