@@ -18,7 +18,7 @@ from __future__ import annotations
 import abc
 import inspect
 import re
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
@@ -26,6 +26,7 @@ import httpx
 import msgspec
 from structlog.typing import FilteringBoundLogger
 
+from .amojo.wire import HistoryMessage
 from .capabilities import CAPABILITY_METHODS, Capability, RateLimit, ReactionSet
 from .errors import PluginError
 from .model import (
@@ -132,6 +133,8 @@ class AdapterContext:
     """The instance's key-value store."""
     submit: Callable[[Sequence[InboundEvent]], Awaitable[None]]
     """Hand inbound events to the core; returns once they are stored durably (for long polling)."""
+    history: Callable[[str], AsyncIterator[HistoryMessage]] | None = None
+    """A chat's messages as amoCRM keeps them, newest first, by the messenger's chat id (context for an agent)."""
     public_url: str | None = None
     """Public URL of the instance's webhook root (``.../hooks/{messenger}/{instance}``); ``None`` when not served."""
 

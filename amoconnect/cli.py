@@ -386,3 +386,85 @@ def import_(config_path: str, path: str) -> None:
         )
 
     _run(go)
+
+
+@main.command()
+@config_option
+@click.option("--account", "account_name", required=True, help="Account name from the config.")
+@click.option("--conversation", "conversation_id", required=True, help="Our conversation id (or amoCRM's chat id).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one message a line.")
+def history(config_path: str, account_name: str, conversation_id: str, as_json: bool) -> None:
+    """Print a chat's messages as amoCRM keeps them, newest first (every page)."""
+    import msgspec
+
+    from .amojo.client import AmojoClient
+
+    config = _config(config_path)
+    try:
+        account = config.account(account_name)
+    except AmoconnectError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+    async def go() -> int:
+        count = 0
+        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+            async for message in amojo.iter_history(account.scope_id, conversation_id):
+                count += 1
+                if as_json:
+                    click.echo(msgspec.json.encode(message).decode())
+                    continue
+                body = message.message
+                who = (message.sender.name or message.sender.id) if message.sender else "?"
+                when = message.timestamp or 0
+                text = (body.text if body else "") or (f"[{body.type}] {body.media or ''}" if body else "")
+                click.echo(f"{when} {who}: {text}")
+        return count
+
+    if _run(go) == 0:
+        raise click.ClickException(
+            f"amoCRM has no messages in conversation {conversation_id!r} of account {account_name!r} "
+            "(no such chat, or it is empty)"
+        )
+
+
+@main.command()
+@config_option
+@click.option("--account", "account_name", default=None, help="Account name (default: the only one).")
+@click.option("--conversation", "conversation_id", required=True, help="Our conversation id.")
+@click.option("--contact", "contact_id", required=True, type=int, help="The amoCRM contact id.")
+def link(config_path: str, account_name: str | None, conversation_id: str, contact_id: int) -> None:
+    """Attach an existing conversation to an amoCRM contact by hand."""
+    from .amojo.client import AmojoClient
+    from .contacts import link_chat
+    from .store.sqlite import SQLiteStore
+
+    config = _config(config_path)
+    accounts = [a for a in config.accounts if account_name in (None, a.name)]
+    if len(accounts) != 1:
+        raise click.ClickException("name the account with --account")
+    account = accounts[0]
+
+    if not (account.rest_url and account.token):
+        raise click.ClickException(f"account {account.name!r} needs subdomain (or rest_url) and token")
+
+    async def go() -> str:
+        import msgspec
+
+        from .amocrm import AmoCRMClient
+        from .model import Person
+
+        async with (
+            SQLiteStore(config.store.path, synchronous=config.store.synchronous) as store,
+            AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo,
+            AmoCRMClient(account.rest_url, tokens=account.token) as rest,
+        ):
+            record = await store.conversation(account.scope_id, conversation_id)
+            if record is None:
+                raise click.ClickException(f"no conversation {conversation_id!r} in account {account.name!r}")
+            person = Person(id=record.client_id or record.chat)
+            chat_id = await link_chat(amojo, rest, account.scope_id, record, person, contact_id)
+            await store.put_conversation(msgspec.structs.replace(record, amocrm_chat_id=chat_id))
+            return chat_id
+
+    chat_id = _run(go)
+    click.echo(f"conversation {conversation_id} (amoCRM chat {chat_id}) is linked to contact {contact_id}")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 import pluggy
 
+from .amocrm import AmoCRMClient
 from .amojo.client import AmojoClient
-from .config import Config
+from .config import AccountConfig, Config
+from .http import RetryPolicy
 from .media import MediaStore
 from .metrics import Metrics
 from .model import InboundEvent
@@ -57,3 +59,20 @@ class Core:
     pm: pluggy.PluginManager
     media: MediaStore
     metrics: Metrics
+    _rest: dict[str, AmoCRMClient] = field(default_factory=dict)
+
+    def rest(self, account: AccountConfig) -> AmoCRMClient:
+        """The REST API client of ``account`` (one per account, sharing its rate limit)."""
+        client = self._rest.get(account.name)
+        if client is None:
+            # Lookups sit in front of a client's message: fail fast and fall back rather than wait long.
+            client = self._rest[account.name] = AmoCRMClient(
+                account.rest_url, tokens=account.token or None, retry=RetryPolicy(attempts=2, backoff=0.2)
+            )
+        return client
+
+    async def aclose(self) -> None:
+        """Close the REST clients."""
+        for client in self._rest.values():
+            await client.aclose()
+        self._rest.clear()

@@ -26,11 +26,12 @@ if TYPE_CHECKING:
     from starlette.responses import Response
 
     from .adapter import MessengerAdapter
-    from .model import Conversation, DeliveryStatus, InboundMessage, MessageRef, OutgoingMessage
+    from .model import Conversation, DeliveryStatus, InboundMessage, MessageRef, OutgoingMessage, Person
 
 __all__ = [
     "AddRoute",
     "RegisterMessenger",
+    "find_contact",
     "hookimpl",
     "hookspec",
     "inbound_message",
@@ -108,6 +109,18 @@ def status_changed(message: MessageRef, old: DeliveryStatus | None, new: Deliver
     Fires after the core has recorded the new status, only when it moves forward (a late
     ``delivered`` after ``read`` fires nothing). Gets the message's ids and conversation, the
     previous status (``None`` for the first one) and the new one. Returns nothing.
+    """
+
+
+@hookspec(firstresult=True)
+def find_contact(conversation: Conversation, person: Person) -> int | None:
+    """Name the amoCRM contact a new conversation belongs to.
+
+    Fires once per conversation, on its first client message, before amoCRM hears of it. Gets
+    the conversation and the client. Return an amoCRM contact id to create the chat and link it
+    to that contact (instead of a new incoming lead), or ``None`` to leave it to the account's
+    ``chat_policy``. The first implementation that returns an id wins. Must not block: an
+    implementation that needs IO should have looked the client up before (e.g. from a deep link).
     """
 
 

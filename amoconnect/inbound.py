@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
+from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError
 from .media import MediaTooLarge
@@ -171,7 +172,10 @@ class InboundHandler:
         self, instance: Instance, event: InboundMessage | InboundComment, log: FilteringBoundLogger
     ) -> Done:
         core = self.core
+        known = await core.store.conversation_by_chat(instance.name, event.chat)
         conversation = await self._conversation(instance, event.chat, event.sender)
+        if known is None:
+            conversation = await link_new_conversation(core, instance, conversation, event.sender, log)
         assert conversation.client_id is not None
         if isinstance(event, InboundMessage):
             event = alter_inbound_message(core.pm, event, instance.conversation(conversation))

@@ -11,7 +11,7 @@ import contextlib
 import hashlib
 import signal
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from starlette.applications import Starlette
 
 from .adapter import AdapterContext, MessengerAdapter
 from .amojo.client import AmojoClient
+from .amojo.wire import HistoryMessage
 from .config import Config
 from .core import AMOCRM, INBOUND, STATUS, Core
 from .errors import ConfigError, PluginError
@@ -137,6 +138,7 @@ class Runtime:
                 log=structlog.get_logger(f"amoconnect.{cls.name}").bind(instance=source.name),
                 state=_InstanceState(self.store, f"{cls.name}:{source.name}"),
                 submit=self._submitter(source.name),
+                history=self._history_of(source.name),
                 public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
             )
             adapter: MessengerAdapter = cls(settings, context)
@@ -154,6 +156,20 @@ class Runtime:
             await enqueue_inbound(self, instance, tuple(events))
 
         return submit
+
+    def _history_of(self, instance_name: str) -> Callable[[str], AsyncIterator[HistoryMessage]]:
+        async def history(chat: str) -> AsyncIterator[HistoryMessage]:
+            record = await self.store.conversation_by_chat(instance_name, chat)
+            if record is None:
+                return
+            async for message in self.history(record.scope_id, record.conversation_id):
+                yield message
+
+        return history
+
+    def history(self, scope_id: str, conversation_id: str) -> AsyncIterator[HistoryMessage]:
+        """A conversation's messages as amoCRM keeps them, newest first, every page (the core's history service)."""
+        return self.amojo.iter_history(scope_id, conversation_id)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:
@@ -196,7 +212,10 @@ class Runtime:
                 stack.push_async_callback(messenger_http.aclose)
             self.routing = Routing(self._instances(messenger_http))
             self.app = build_app(self)
-            core = Core(self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics)
+            core = self.core = Core(
+                self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics
+            )
+            stack.push_async_callback(core.aclose)
             amocrm = AmocrmHandler(core)
             relay_config = self.config.relay
             self.relay = Relay(

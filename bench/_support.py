@@ -236,17 +236,44 @@ class RawPool:
         self.max_connections = max_connections
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
         self._slots = asyncio.Semaphore(max_connections)
+        self.failures: dict[str, int] = {}
+        """Transport failures by exception type."""
+
+    def _take_idle(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | None:
+        while self._idle:
+            conn = self._idle.pop()
+            if not conn[0].at_eof():
+                return conn
+            conn[1].close()  # the server closed it while idle (keep-alive timeout)
+        return None
 
     async def request(self, data: bytes) -> tuple[int | None, bytes]:
-        """Send one request; ``(status, body)``, status ``None`` on a transport error or timeout."""
+        """Send one request; ``(status, body)``, status ``None`` on a transport error or timeout.
+
+        A request that finds a reused connection closed before any answer byte (the server's
+        keep-alive timeout raced it) is sent again once on a new connection, as HTTP clients do.
+        """
         conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         await self._slots.acquire()
         try:
             async with asyncio.timeout(self.request_timeout):
-                conn = self._idle.pop() if self._idle else await asyncio.open_connection(self.host, self.port)
-                reader, writer = conn
-                writer.write(data)
-                head = await reader.readuntil(b"\r\n\r\n")
+                for attempt in (1, 2):
+                    conn = self._take_idle() if attempt == 1 else None
+                    reused = conn is not None
+                    if conn is None:
+                        conn = await asyncio.open_connection(self.host, self.port)
+                    reader, writer = conn
+                    writer.write(data)
+                    try:
+                        head = await reader.readuntil(b"\r\n\r\n")
+                    except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+                        stale = isinstance(exc, ConnectionResetError) or not exc.partial
+                        if reused and stale and attempt == 1:
+                            writer.close()
+                            conn = None
+                            continue
+                        raise
+                    break
                 status = int(head[9:12])
                 lower = head.lower()
                 length = -1
@@ -260,7 +287,9 @@ class RawPool:
                     self._idle.append(conn)
                 conn = None
                 return status, body
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
+            name = type(exc).__name__
+            self.failures[name] = self.failures.get(name, 0) + 1
             if conn is not None:
                 conn[1].close()
             return None, b""

@@ -5,7 +5,7 @@ the real API, records kept in memory) behind a thin wrapper that adds, for the b
 
 - ``GET /_bench/health``;
 - ``GET /_bench/records?since=N``: the accepted ``new_message`` sends from index N on, each
-  ``[received_at (unix s), msgid, conversation_id, text]``, plus counters of refusals
+  ``[arrived_at (unix s, before any delay), msgid, conversation_id, text]``, plus counters of refusals
   (``duplicate_msgid`` and any other status);
 - ``--delay-ms``: every amojo call waits this long before it is answered (a WAN round trip).
 
@@ -73,6 +73,7 @@ class BenchFake:
         if scope["type"] != "http":
             await self.fake(scope, receive, send)
             return
+        arrived = time.time()
         path = scope["path"]
         if path.startswith("/_bench/"):
             await self._bench(scope, send)
@@ -97,7 +98,7 @@ class BenchFake:
             return  # only the send-message method, POST /v2/origin/custom/{scope_id}, is recorded
         if status == 200:
             payload = self._event.decode(record.body).payload
-            self.records.append((time.time(), payload.msgid, payload.conversation_id, payload.message.text or ""))
+            self.records.append((arrived, payload.msgid, payload.conversation_id, payload.message.text or ""))
             return
         try:
             code = f"{status} {msgspec.json.decode(answer).get('code', '')}"

@@ -95,7 +95,7 @@ def run_naive(args: argparse.Namespace) -> None:
     try:
         from flask import Flask, request
     except ImportError:
-        Flask = None  # noqa: N806
+        Flask = None
 
     if Flask is not None:
         import logging

@@ -608,6 +608,7 @@ def test_every_hook_has_a_docstring_saying_when_gets_returns() -> None:
         "inbound_message",
         "outgoing_message",
         "status_changed",
+        "find_contact",
         "startup_routes",
     }
     for spec in specs:

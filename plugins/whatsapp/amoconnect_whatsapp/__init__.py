@@ -1,0 +1,1 @@
+"""amoconnect-whatsapp: the WhatsApp Business Cloud API for amoconnect."""
