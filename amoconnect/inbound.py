@@ -42,7 +42,7 @@ from .windows import failure_for
 __all__ = ["InboundHandler"]
 
 TYPING_INTERVAL = 5.0
-STATUS_WAITS = 4
+STATUS_WAITS = 3
 """Attempts a status for a message we don't know yet waits for the mapping before it is dropped."""
 
 _STATUS_CODES = {"delivered": DELIVERED, "read": READ, "failed": FAILED}

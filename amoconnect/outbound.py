@@ -45,6 +45,8 @@ from .windows import failure_for, window_closed_at, window_closed_text
 
 __all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "messenger_retry", "outgoing_from_hook"]
 
+MAPPING_WAITS = 3
+"""Attempts a manager's message to a conversation we don't know yet waits for its mapping."""
 _MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
 
@@ -188,7 +190,7 @@ class AmocrmHandler:
         except WebhookError as exc:
             raise GiveUp(str(exc)) from exc
         if isinstance(hook, wire.MessageHook):
-            return await self._message(job.scope_id, hook, log.bind(amocrm_id=hook.amocrm_message_id))
+            return await self._message(job.scope_id, hook, job.attempts, log.bind(amocrm_id=hook.amocrm_message_id))
         if isinstance(hook, wire.TypingHook):
             return await self._typing(job.scope_id, hook.typing, log)
         return await self._reaction(job.scope_id, hook.reaction, log)
@@ -216,7 +218,7 @@ class AmocrmHandler:
         messages = [msgspec.structs.replace(record, status=FAILED)] if record is not None else []
         return Done(messages=messages, then=[status_job(scope_id, StatusJob(amocrm_id, FAILED, code, error))])
 
-    async def _message(self, scope_id: str, hook: wire.MessageHook, log: FilteringBoundLogger) -> Done:
+    async def _message(self, scope_id: str, hook: wire.MessageHook, attempt: int, log: FilteringBoundLogger) -> Done:
         core = self.core
         m = hook.message
         amocrm_id = m.message.id
@@ -233,6 +235,9 @@ class AmocrmHandler:
             if instance is None:
                 raise GiveUp(f"instance {conversation.instance!r} of the conversation is no longer configured")
         elif m.conversation.client_id:
+            if attempt < MAPPING_WAITS:
+                # The client's message that made the conversation may still be finishing its job.
+                raise Retry(f"conversation {m.conversation.client_id!r} not mapped yet", delay=0.5 * attempt)
             return self._fail(
                 scope_id, amocrm_id, "other", f"amoconnect does not know conversation {m.conversation.client_id!r}", log
             )

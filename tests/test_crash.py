@@ -139,3 +139,61 @@ async def test_kill_9_mid_flow_loses_nothing_and_duplicates_nothing(tmp_path: Pa
         texts = [m.text for m in fake.messages if m.conversation_id == f"lb:c{c}"]
         assert texts == [f"m{i}" for i in range(c, N_MESSAGES, N_CONVERSATIONS)], f"order in conversation c{c}"
     assert SCOPE in fake.connections
+
+
+async def test_kill_9_while_sending_to_the_messenger_loses_no_manager_message(tmp_path: Path) -> None:
+    from amoconnect.testing.fakechat_api import FakeChat
+
+    port = free_port()
+    async with httpx.AsyncClient(timeout=5) as http:
+        fake = FakeAmojo(CHANNEL, SECRET, webhook_client=http)
+        fake.connect(ACCOUNT, webhook_url=f"http://127.0.0.1:{port}/amocrm/:scope_id")
+        chat = FakeChat("42:token", http=http, delivery_backoff=0.01)
+        async with serve_app(fake.app) as amojo_url, serve_app(Slow(chat.app, 0.003)) as chat_url:
+            data = base_config(tmp_path, channel={"amojo_url": amojo_url}, relay={"concurrency": 8, "backoff": 0.05})
+            data["sources"] = [
+                {
+                    "name": "bot",
+                    "plugin": "fake",
+                    "account": "main",
+                    "default": True,
+                    "settings": chat.sandbox_settings(chat_url),
+                }
+            ]
+            data["server"]["public_url"] = f"http://127.0.0.1:{port}"
+            config = tmp_path / "amoconnect.toml"
+            config.write_text(tomli_w.dumps(data))
+            conversations = [f"c{i}" for i in range(10)]
+            async with connector(config, port) as proc:
+                for c in conversations:
+                    assert await chat.client_writes(c, "hello") == 200
+                deadline = time.monotonic() + 10
+                while len(fake.messages) < len(conversations) and time.monotonic() < deadline:
+                    await anyio.sleep(0.02)
+                acked = []
+                for i in range(200):
+                    c = conversations[i % len(conversations)]
+                    result = await fake.emit_text(SCOPE, f"bot:{c}", f"answer {i}")
+                    if result.status == 200:
+                        acked.append(i)
+                    if len(acked) == 100:
+                        os.kill(proc.pid, signal.SIGKILL)
+                        proc.wait()
+                        break
+            delivered_at_kill = sum(len([m for m in chat.sent_to(c)]) for c in conversations)
+            assert delivered_at_kill < 100, "the kill should land while acknowledged answers are still queued"
+            async with connector(config, port):
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    texts = {m.text for c in conversations for m in chat.sent_to(c)}
+                    if all(f"answer {i}" in texts for i in acked):
+                        break
+                    await anyio.sleep(0.05)
+    sent = [m.text for c in conversations for m in chat.sent_to(c)]
+    assert all(f"answer {i}" in sent for i in acked), "every acknowledged manager message reaches the client"
+    duplicates = len(sent) - len(set(sent))
+    assert duplicates <= 8, "at most the sends in flight at the kill (relay.concurrency) go out twice"
+    for c in conversations:
+        texts = [m.text for m in chat.sent_to(c)]
+        numbers = [int(t.split()[1]) for t in texts]
+        assert numbers == sorted(numbers), f"order kept in {c}"
