@@ -71,6 +71,7 @@ def main() -> None:
     type=click.Path(file_okay=False, exists=True),
     help="Load every *.py in this directory as a plugin (repeatable).",
 )
+@click.option("--plugin-module", "plugin_modules", multiple=True, help="Load this module (pkg.mod) as a plugin.")
 @click.option("--log-level", default=None, help="debug, info, warning or error.")
 @click.option("--rounds", default=0, show_default=True, help="Sandbox: stop after this many conversations (0: never).")
 def run(
@@ -80,6 +81,7 @@ def run(
     port: int | None,
     sandbox: bool,
     plugin_dirs: tuple[str, ...],
+    plugin_modules: tuple[str, ...],
     log_level: str | None,
     rounds: int,
 ) -> None:
@@ -100,7 +102,7 @@ def run(
     _configure_logging(config, log_level)
 
     async def go() -> None:
-        runtime = Runtime(config, plugin=plugin, plugin_dirs=plugin_dirs)
+        runtime = Runtime(config, plugin=plugin, plugin_dirs=plugin_dirs, extra_modules=plugin_modules)
         await serve(runtime, host=host or config.server.host, port=port or config.server.port)
 
     _run(go)
@@ -109,12 +111,13 @@ def run(
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of {name, version, hooks, ...}.")
 @click.option("--plugin-dir", "plugin_dirs", multiple=True, type=click.Path(file_okay=False, exists=True))
-def plugins(as_json: bool, plugin_dirs: tuple[str, ...]) -> None:
+@click.option("--plugin-module", "plugin_modules", multiple=True, help="Load this module (pkg.mod) as a plugin.")
+def plugins(as_json: bool, plugin_dirs: tuple[str, ...], plugin_modules: tuple[str, ...]) -> None:
     """List installed plugins, their versions, hooks and messenger declarations."""
     from .plugins import describe_plugins, get_plugin_manager
 
     try:
-        described = describe_plugins(get_plugin_manager(plugin_dirs=plugin_dirs))
+        described = describe_plugins(get_plugin_manager(plugin_dirs=plugin_dirs, extra_modules=plugin_modules))
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
