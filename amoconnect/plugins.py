@@ -13,6 +13,7 @@ called, the result) through structlog.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 import importlib.util
 import os
 import sys
@@ -70,12 +71,19 @@ def get_plugin_manager(
     for name in blocked:
         pm.set_blocked(name)
 
+    installed = {
+        ep.value: ep.name
+        for dist in importlib.metadata.distributions()
+        for ep in dist.entry_points
+        if ep.group == ENTRY_POINT_GROUP
+    }
     for module in extra_modules:
         if isinstance(module, str):
             if pm.is_blocked(module):
                 continue
             module = _import_module(module)
-        _register(pm, module, module.__name__)
+        # A module that is also an installed plugin keeps the plugin's name, so it is not loaded twice.
+        _register(pm, module, installed.get(module.__name__, module.__name__))
     for directory in plugin_dirs:
         for path in _plugin_files(Path(directory)):
             if not pm.is_blocked(path.stem):
