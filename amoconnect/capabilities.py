@@ -42,7 +42,8 @@ class Capability(StrEnum):
     replies = "replies"
     """Quote a message (``OutgoingMessage.reply_to``); the client's quotes come in."""
     delivery_receipts = "delivery_receipts"
-    """The messenger reports delivery (``InboundStatus`` ``delivered``)."""
+    """The messenger reports delivery: an ``InboundStatus`` ``delivered``, or a send that returns
+    ``SendResult(status="delivered")`` because the messenger confirms it synchronously."""
     read_receipts = "read_receipts"
     """The messenger reports reading (``InboundStatus`` ``read``)."""
     time_window = "time_window"

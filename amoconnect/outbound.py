@@ -110,10 +110,13 @@ def outgoing_from_hook(
     )
 
 
-def messenger_retry(instance: Instance, exc: MessengerError) -> Retry:
-    """The relay retry for a retryable messenger failure, waiting what a rate limit asks."""
-    delay = exc.retry_after if isinstance(exc, RateLimited) else None
-    return Retry(f"{instance.messenger}: {exc}", delay=delay)
+def messenger_retry(instance: Instance, exc: MessengerError, chat: str | None = None) -> Retry:
+    """The relay retry for a retryable messenger failure; a rate limit also holds the chat's other sends."""
+    if isinstance(exc, RateLimited):
+        if chat is not None:
+            instance.penalize(chat, exc.retry_after)
+        return Retry(f"{instance.messenger}: {exc}", delay=exc.retry_after)
+    return Retry(f"{instance.messenger}: {exc}")
 
 
 def latest_comment_key(conversation_id: str, post_id: str) -> str:
@@ -307,7 +310,10 @@ class AmocrmHandler:
         if conversation is not None:
             message = alter_outgoing_message(core.pm, message, instance.conversation(conversation))
         await instance.throttle(message.chat or message.phone or "")
-        return await self._send(scope_id, instance, conversation, m, instance.adapter.send_message(message), log)
+        target = message.chat or message.phone or ""
+        return await self._send(
+            scope_id, instance, conversation, m, instance.adapter.send_message(message), log, chat=target
+        )
 
     async def _send(
         self,
@@ -317,13 +323,14 @@ class AmocrmHandler:
         m: wire.HookMessage,
         send: Awaitable[SendResult],
         log: FilteringBoundLogger,
+        chat: str | None = None,
     ) -> Done:
         """Await the adapter's send; record its result, retry what may pass later, report the rest as failed."""
         try:
             result = await send
         except MessengerError as exc:
             if exc.retryable:
-                raise messenger_retry(instance, exc) from exc
+                raise messenger_retry(instance, exc, chat) from exc
             return self._fail(scope_id, m.message.id, exc.reason, exc.description, log)
         return self._sent(scope_id, instance, conversation, m, result, log)
 
@@ -394,7 +401,9 @@ class AmocrmHandler:
         reply = OutgoingCommentReply(
             chat=conversation.chat, post_id=post_id, comment_id=comment, text=m.message.text, dedup_key=amocrm_id
         )
-        return await self._send(scope_id, instance, conversation, m, instance.adapter.send_comment_reply(reply), log)
+        return await self._send(
+            scope_id, instance, conversation, m, instance.adapter.send_comment_reply(reply), log, chat=conversation.chat
+        )
 
     async def _typing(self, scope_id: str, typing: wire.TypingAction, log: FilteringBoundLogger) -> Done:
         if typing.expired_at <= time.time():
@@ -445,7 +454,7 @@ class AmocrmHandler:
             )
         except MessengerError as exc:
             if exc.retryable:
-                raise messenger_retry(instance, exc) from exc
+                raise messenger_retry(instance, exc, conversation.chat) from exc
             log.warning("reaction refused by the messenger", error=str(exc))
         return Done()
 

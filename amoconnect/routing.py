@@ -48,6 +48,11 @@ class Instance:
         for limit, limiter in self.limiters:
             await limiter.acquire(chat if limit.scope == "chat" else "")
 
+    def penalize(self, chat: str, seconds: float) -> None:
+        """Hold every send to ``chat`` (and, for instance-wide limits, to the instance) for ``seconds``."""
+        for limit, limiter in self.limiters:
+            limiter.penalize(chat if limit.scope == "chat" else "", seconds)
+
     def conversation(self, record: ConversationRecord) -> Conversation:
         """The neutral view of a stored conversation, for hooks."""
         return Conversation(

@@ -49,6 +49,8 @@ __all__ = ["Runtime", "serve"]
 log = structlog.get_logger("amoconnect.runtime")
 
 DEDUP_PRUNE_INTERVAL = 3600.0
+ADAPTER_RESTART_MIN = 1.0
+ADAPTER_RESTART_MAX = 60.0
 
 
 @dataclass
@@ -264,10 +266,19 @@ class Runtime:
             log.info("runtime stopped")
 
     async def _run_adapter(self, instance: Instance) -> None:
-        try:
-            await instance.adapter.run()
-        except Exception:
-            log.exception("adapter stopped with an error", instance=instance.name)
+        """Run the adapter's long-running work, restarting it with backoff when it fails."""
+        delay = ADAPTER_RESTART_MIN
+        while True:
+            started = time.monotonic()
+            try:
+                await instance.adapter.run()
+                return
+            except Exception:
+                log.exception("adapter run() failed; restarting", instance=instance.name, restart_in_s=delay)
+            if time.monotonic() - started > ADAPTER_RESTART_MAX:
+                delay = ADAPTER_RESTART_MIN  # it ran well for a while: start the backoff over
+            await anyio.sleep(delay)
+            delay = min(delay * 2, ADAPTER_RESTART_MAX)
 
     async def _prune_dedup(self) -> None:
         keep = self.config.relay.dedup_retention_days * 86400

@@ -7,7 +7,9 @@ the real API, records kept in memory) behind a thin wrapper that adds, for the b
 - ``GET /_bench/records?since=N``: the accepted ``new_message`` sends from index N on, each
   ``[arrived_at (unix s, before any delay), msgid, conversation_id, text]``, plus counters of refusals
   (``duplicate_msgid`` and any other status);
-- ``--delay-ms``: every amojo call waits this long before it is answered (a WAN round trip).
+- ``GET /_bench/outage?seconds=S``: every amojo call is answered 503 for the next S seconds;
+- ``--delay-ms``: every amojo call is read in full, then answered this much later (amojo's
+  answer time); a request that arrived is kept even if its sender has gone meanwhile.
 
 ``--mode sink``: a minimal ASGI app for raw client throughput. It checks what amojo checks on
 every request (Content-MD5 of the body, the HMAC-SHA1 ``X-Signature`` over method, MD5,
@@ -60,13 +62,14 @@ async def _answer(send: Any, status: int, body: bytes = b"") -> None:
 
 
 class BenchFake:
-    """FakeAmojo plus a records route and an optional delay."""
+    """FakeAmojo plus a records route, an outage switch and an optional answer delay."""
 
     def __init__(self, fake: FakeAmojo, delay: float) -> None:
         self.fake = fake
         self.delay = delay
         self.records: list[tuple[float, str, str, str]] = []
         self.refused: dict[str, int] = {}
+        self.down_until = 0.0
         self._event = msgspec.json.Decoder(wire.MessageEvent)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
@@ -78,8 +81,24 @@ class BenchFake:
         if path.startswith("/_bench/"):
             await self._bench(scope, send)
             return
+        # Read the whole request first: a request that arrived is kept even if its sender goes
+        # away during the delay, as a server that has read it would.
+        body = await _read_body(receive)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if replayed:
+                return {"type": "http.disconnect"}
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         if self.delay:
             await asyncio.sleep(self.delay)
+        if time.time() < self.down_until:
+            self.refused["503 outage"] = self.refused.get("503 outage", 0) + 1
+            await _answer(send, 503, b'{"error":"service unavailable","code":"outage"}')
+            return
         status = 0
         answer = b""
 
@@ -91,7 +110,7 @@ class BenchFake:
                 answer += message.get("body", b"")
             await send(message)
 
-        await self.fake(scope, receive, watch)
+        await self.fake(scope, replay, watch)
         record = scope.get("state", {}).get("fake_amojo_record")
         rest = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
         if scope["method"] != "POST" or record is None or not rest or "/" in rest:
@@ -110,8 +129,13 @@ class BenchFake:
         if scope["path"] == "/_bench/health":
             await _answer(send, 200, b'{"ok":true}')
             return
+        query = scope.get("query_string", b"").decode()
+        if scope["path"] == "/_bench/outage":
+            seconds = float(query.split("seconds=", 1)[1].split("&", 1)[0])
+            self.down_until = time.time() + seconds
+            await _answer(send, 200, b'{"ok":true}')
+            return
         if scope["path"] == "/_bench/records":
-            query = scope.get("query_string", b"").decode()
             since = int(query.split("since=", 1)[1].split("&", 1)[0]) if "since=" in query else 0
             body = _json.encode(
                 {

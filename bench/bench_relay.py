@@ -304,10 +304,33 @@ class Outcome:
 
 @dataclass
 class Control:
-    """Pausing an open-loop run from inside it (the kill test)."""
+    """Pausing an open-loop run from inside it (the kill test).
+
+    Set ``pause`` (and clear ``running``) when the server goes down: nothing more is written
+    to it; requests already on the wire finish or fail, then ``resume()`` runs (the restart)
+    and the held requests go out.
+    """
 
     pause: asyncio.Event = field(default_factory=asyncio.Event)
+    running: asyncio.Event = field(default_factory=asyncio.Event)
     resume: Callable[[], Awaitable[None]] | None = None
+    on_wire: int = 0
+    wire_idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.running.set()
+        self.wire_idle.set()
+
+    def sending(self, delta: int) -> None:
+        self.on_wire += delta
+        if self.on_wire:
+            self.wire_idle.clear()
+        else:
+            self.wire_idle.set()
+
+    def stop(self) -> None:
+        self.pause.set()
+        self.running.clear()
 
 
 async def open_loop(
@@ -337,9 +360,14 @@ async def open_loop(
         try:
             if before is not None and not before.done():
                 await before
+            if control is not None:
+                await control.running.wait()
+                control.sending(+1)
             outcome.sent_wall = time.time()
             outcome.status, _ = await pool.request(requests[i])
             outcome.done = time.perf_counter()
+            if control is not None:
+                control.sending(-1)
             if on_answer is not None:
                 on_answer(i, outcome)
         finally:
@@ -355,11 +383,13 @@ async def open_loop(
             break
         if control is not None and control.pause.is_set():
             paused_at = now
-            if pending:
-                await asyncio.wait(pending, timeout=pool.request_timeout + 1)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(pool.request_timeout + 1):
+                    await control.wire_idle.wait()
             assert control.resume is not None
             await control.resume()
             control.pause.clear()
+            control.running.set()
             t0 += time.perf_counter() - paused_at
             continue
         while i < n and t0 + i / rate <= now:
@@ -374,7 +404,8 @@ async def open_loop(
             task.add_done_callback(pending.discard)
             i += 1
         if i < n:
-            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            # Timers tick in milliseconds (uvloop): shorter sleeps would spin and steal the server's CPU.
+            await asyncio.sleep(max(0.001, t0 + i / rate - time.perf_counter()))
     if pending:
         await asyncio.wait(pending, timeout=pool.request_timeout + 1)
     return outcomes, {"scheduled": i, "launch_lag_max_ms": round(lag_max * 1000, 3), "t0": start}
@@ -581,8 +612,10 @@ def check_delivery(
     }
 
 
-async def wait_records(amojo: Amojo, since: int, expected: set[str], *, budget: float) -> list[Sequence[Any]]:
-    """amojo's records from ``since`` on, once every ``expected`` msgid is in or nothing new came for 3 s."""
+async def wait_records(
+    amojo: Amojo, since: int, expected: set[str], *, budget: float, quiet: float = 3.0
+) -> list[Sequence[Any]]:
+    """amojo's records from ``since`` on, once every ``expected`` msgid is in or nothing new came for ``quiet`` s."""
     deadline = time.monotonic() + budget
     records: list[Sequence[Any]] = []
     got: set[str] = set()
@@ -593,7 +626,7 @@ async def wait_records(amojo: Amojo, since: int, expected: set[str], *, budget: 
             records.extend(fresh)
             got.update(r[1] for r in fresh)
             quiet_since = time.monotonic()
-        if expected <= got or time.monotonic() - quiet_since > 3.0:
+        if expected <= got or time.monotonic() - quiet_since > quiet:
             break
         await asyncio.sleep(0.05)
     return records
@@ -698,9 +731,9 @@ async def kill_system(
             acked += 1
             acked_before_kill.add(plan[i].msgid)
             if acked >= n // 2:
+                control.stop()  # nothing more is written to the server from now on
                 server.kill9()  # SIGKILL now, while requests are in flight
                 timings["kill"] = time.time()
-                control.pause.set()
 
         async def restart() -> None:
             timings["spawn"] = time.time()
@@ -754,6 +787,59 @@ async def kill_system(
             if "first_redelivery_after_spawn_s" in result
             else ""
         ),
+        flush=True,
+    )
+    return result
+
+
+async def outage_system(name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool) -> dict[str, Any]:
+    """amojo answers 503 to everything for a while; the sender (like amoCRM) never retries."""
+    amojo = start_amojo(logs)
+    server = make(amojo)
+    outage_s = 2.0
+    try:
+        server.start()
+        pool = RawPool(HOST, server.port, 128)
+        tag = f"o{name[:6]}{int(time.time()) % 100000}"
+        rate = 200.0
+        n = 600 if quick else 1200
+        plan = fakechat_plan(server.port, n, RELAY_CONVERSATIONS, tag)
+        loop = asyncio.get_running_loop()
+        down: dict[str, float] = {}
+
+        def go_down() -> None:
+            down["at"] = time.time()
+            http_get(f"http://{HOST}:{amojo.port}/_bench/outage?seconds={outage_s}")
+
+        timer = loop.call_later(1.0, go_down)
+        outcomes, _ = await open_loop(
+            pool, [p.request for p in plan], rate, budget=n / rate + 10, conversations=[p.conv for p in plan]
+        )
+        timer.cancel()
+        expected = {p.msgid for p, o in zip(plan, outcomes, strict=True) if o.status == 200}
+        records = await wait_records(amojo, 0, expected, budget=60, quiet=8.0)
+        refused = amojo.records(0)["refused"]
+        await pool.close()
+    finally:
+        server.stop()
+        amojo.stop()
+    check = check_delivery(plan, outcomes, records)
+    arrival = check.pop("_arrival")
+    result: dict[str, Any] = {
+        "system": name,
+        "messages": n,
+        "offered_per_s": rate,
+        "outage_s": outage_s,
+        **check,
+        "lost": check["lost_after_ack"] + check["lost_unacked"],
+        "amojo_refusals": refused,
+    }
+    if arrival and "at" in down:
+        result["last_delivery_after_outage_end_s"] = round(max(arrival.values()) - (down["at"] + outage_s), 3)
+    print(
+        f"   {name:28} sent {result['sent']:,}, acked {result['acked']:,}, lost {result['lost']} "
+        f"({result['lost_after_ack']} after ack), duplicates {result['duplicates']}, "
+        f"order violations {result['order_violations']}",
         flush=True,
     )
     return result
@@ -834,6 +920,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 for name, (make, _) in systems.items()
                 if name != "amoconnect (aiohttp)"
             ]
+        if "outage" in parts:
+            print("\n4. a 2 s amojo outage (503 to everything; the sender never retries)")
+            output["outage"] = [
+                await outage_system(name, make, logs, args.quick)
+                for name, (make, _) in systems.items()
+                if name != "amoconnect (aiohttp)"
+            ]
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     return output
@@ -842,14 +935,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def summary_table(output: dict[str, Any]) -> str:
     ingest = output.get("ingest")
     kills = {k["system"]: k for k in output.get("kill", [])}
+    outages = {k["system"]: k for k in output.get("outage", [])}
     headers = ["system", "ingest acks/s", "ack p99 @500/s", "relay msg/s", "e2e p50", "e2e p99", "lost/dup/order"]
-    headers.append("lost after kill -9 @50%")
+    headers += ["lost after kill -9 @50%", "lost in 2 s amojo outage"]
     rows = []
     for entry in output.get("relay", []):
         name = entry["system"]
         t, lat = entry["throughput"], entry["latency"]
         is_connector = name.startswith("amoconnect")
         kill = kills.get(name) or (kills.get("amoconnect (httpx)") if is_connector else None)
+        outage = outages.get(name) or (outages.get("amoconnect (httpx)") if is_connector else None)
         lost = t["lost_after_ack"] + lat["lost_after_ack"]
         dup = t["duplicates"] + lat["duplicates"]
         order = t["order_violations"] + lat["order_violations"]
@@ -863,6 +958,7 @@ def summary_table(output: dict[str, Any]) -> str:
                 f"{fmt(lat['webhook_to_amojo']['p99_ms'], 2)} ms",
                 f"{lost}/{dup}/{order}",
                 f"{kill['lost']} ({kill['lost_after_ack']} after ack)" if kill else "-",
+                f"{outage['lost']} of {outage['sent']}" if outage else "-",
             ]
         )
     return table(headers, rows)
@@ -871,7 +967,9 @@ def summary_table(output: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description="relay benchmark (ingest, end-to-end, kill -9)")
     parser.add_argument("--quick", action="store_true", help="shorter runs (about half the time)")
-    parser.add_argument("--only", default="ingest,e2e,kill", help="comma-separated parts: ingest, e2e, kill")
+    parser.add_argument(
+        "--only", default="ingest,e2e,kill,outage", help="comma-separated parts: ingest, e2e, kill, outage"
+    )
     parser.add_argument("--amojo-delay-ms", type=float, default=50.0, help="amojo's answer time in the kill test")
     parser.add_argument("--workdir", default=None, help="where the SQLite files go (default: the temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stores and logs)")

@@ -411,3 +411,37 @@ async def test_plugins_extend_the_failure_reason_table(r: Rig) -> None:
         assert (statuses[0].error_code, statuses[0].error) == (904, "Message undeliverable")
     finally:
         type(r.adapter()).error_reasons = {}
+
+
+async def test_a_rate_limit_holds_the_chats_other_sends(r: Rig) -> None:
+    await _first_client_message(r)
+    adapter = r.adapter()
+    instance = r.runtime.routing.get("lb")
+    assert instance is not None
+    ((_, limiter),) = instance.limiters
+    adapter.failures = [RateLimited("Too Many Requests: retry after 1", retry_after=0.5)]
+    await r.amojo.emit_text(SCOPE, "lb:c1", "first")
+    await eventually(lambda: not adapter.failures)
+    assert limiter.wait_time("") > 0.2  # every send of the instance waits, not only this job
+    await eventually(lambda: adapter.sent)
+    assert adapter.sent[0].text == "first"
+
+
+async def test_a_failing_adapter_run_is_restarted(r: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amoconnect.runtime as runtime_module
+
+    monkeypatch.setattr(runtime_module, "ADAPTER_RESTART_MIN", 0.01)
+    adapter = r.adapter()
+    calls: list[int] = []
+
+    async def run() -> None:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("polling broke")
+
+    adapter.run = run
+    instance = r.runtime.routing.get("lb")
+    assert instance is not None
+    with anyio.fail_after(5):
+        await r.runtime._run_adapter(instance)
+    assert len(calls) == 3

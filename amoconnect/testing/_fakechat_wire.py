@@ -16,6 +16,7 @@ import msgspec
 from starlette.responses import JSONResponse
 
 from ..model import MediaKind
+from .fakes import ClientMedia
 
 __all__ = [
     "DEFAULT_DESCRIPTIONS",
@@ -68,16 +69,6 @@ MAX_CALLBACK_DATA = 64
 
 
 # -- records ------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, kw_only=True)
-class ClientMedia:
-    """A file a client sends (``client_writes(..., media=ClientMedia(...))``)."""
-
-    kind: MediaKind
-    content: bytes
-    file_name: str = ""
-    mime_type: str = ""
 
 
 @dataclass(kw_only=True)

@@ -11,6 +11,10 @@ signed webhook updates with retries. Its client side is scriptable::
     await bot.post("/bot42:secret-token/sendMessage", json={"chat_id": "c1", "text": "Hi!"})
     fake.sent_to("c1")                                 # [BotMessage(text="Hi!", ...)]
 
+It is the reference :class:`~amoconnect.testing.fakes.ConformanceMessenger`: ``received(chat)``,
+``received_reactions``, ``received_typing`` and ``received_comment_replies`` tell the conformance
+suite what the bot did.
+
 The Bot API lives under ``/bot{token}/{method}`` (POST, JSON body) and answers
 ``{"ok": true, "result": ...}`` or ``{"ok": false, "error_code": N, "description": "...",
 "parameters": {"retry_after": S}}``. Files the clients sent are downloaded from
@@ -42,7 +46,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import httpx
@@ -53,6 +57,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..model import Button, ListMessage
 from . import _fakechat_wire as wire
 from ._fakechat_wire import (
     MAX_CAPTION_LENGTH,
@@ -65,6 +70,7 @@ from ._fakechat_wire import (
     Delivery,
     TypingEvent,
 )
+from .fakes import ConformanceMessenger, ReceivedMessage, ReceivedReaction
 
 __all__ = [
     "DEFAULT_TOKEN",
@@ -91,6 +97,22 @@ SIGNATURE_HEADER: Final = "X-Fakechat-Signature"
 def signature_of(body: bytes, secret: str) -> str:
     """The ``X-Fakechat-Signature`` value of a webhook ``body`` signed with ``secret``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def _received(message: BotMessage) -> ReceivedMessage:
+    template = message.template or {}
+    return ReceivedMessage(
+        message_id=message.message_id,
+        text=message.text,
+        kind=message.kind,
+        media_url=message.url,
+        file_name=message.file_name,
+        buttons=tuple(tuple(msgspec.convert(button, Button) for button in row) for row in message.buttons),
+        list_message=msgspec.convert(message.list_menu, ListMessage) if message.list_menu is not None else None,
+        template=template.get("name"),
+        template_params=tuple(template.get("params", ())),
+        reply_to=message.reply_to,
+    )
 
 
 # -- the service --------------------------------------------------------------------------------
@@ -432,6 +454,24 @@ class FakeChat:
         user = self._world.users.get(chat)
         return [m for m in user.messages if m.from_bot] if user is not None else []
 
+    # -- the conformance driver (amoconnect.testing.fakes.ConformanceMessenger) -------------------------
+
+    def received(self, chat: str) -> list[ReceivedMessage]:
+        """What the bot sent to ``chat``, oldest first, in the conformance suite's terms."""
+        return [_received(message) for message in self.sent_to(chat)]
+
+    def received_reactions(self, chat: str) -> list[ReceivedReaction]:
+        """The reactions the bot set (or, with an empty emoji, removed) in ``chat``, in order."""
+        return [ReceivedReaction(r.message_id, r.emoji) for r in self.reactions if r.chat == chat]
+
+    def received_typing(self, chat: str) -> int:
+        """How many times the bot showed typing in ``chat``."""
+        return sum(1 for event in self.typing_events if event.chat == chat)
+
+    def received_comment_replies(self, post_id: str) -> list[str]:
+        """The texts the bot answered in public under post ``post_id``, in order."""
+        return [answer.text for answer in self.comment_answers if answer.post_id == post_id]
+
     def messages(self, chat: str) -> list[BotMessage]:
         """Every message of ``chat`` (the client's and the bot's), in order."""
         user = self._world.users.get(chat)
@@ -637,3 +677,9 @@ class FakeChat:
                 await anyio.sleep(delay)
                 delay *= 2
         return status
+
+
+if TYPE_CHECKING:  # mypy checks that FakeChat is a complete conformance driver
+
+    def _as_driver(fake: FakeChat) -> ConformanceMessenger:
+        return fake

@@ -1,4 +1,4 @@
-"""The parts of :mod:`amoconnect_telegram.fake` that hold no state: records, parameters, request parsing.
+"""Building blocks of :mod:`amoconnect_telegram.fake`: records, the file store, method parameters, request checks.
 
 Internal; the public names are re-exported by :mod:`amoconnect_telegram.fake`.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import mimetypes
 from dataclasses import dataclass, field
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -55,14 +56,15 @@ NESTED_ERRORS = {
     "reply_parameters": "Bad Request: can't parse reply parameters JSON object",
     "reaction": "Bad Request: can't parse reaction types JSON object",
 }
-MEDIA_FIELDS = {
-    "sendphoto": "photo",
-    "senddocument": "document",
-    "sendvideo": "video",
-    "sendvoice": "voice",
-    "sendaudio": "audio",
-    "sendsticker": "sticker",
+MEDIA_METHODS = {
+    "photo": "sendPhoto",
+    "document": "sendDocument",
+    "video": "sendVideo",
+    "voice": "sendVoice",
+    "audio": "sendAudio",
+    "sticker": "sendSticker",
 }
+MEDIA_FIELDS = {method.lower(): name for name, method in MEDIA_METHODS.items()}
 DESCRIPTIONS = {400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}
 MIME = {
     "photo": "image/jpeg",
@@ -293,6 +295,32 @@ class NoParams(Params):
     pass
 
 
+class FileStore:
+    """Files the fake knows, by ``file_id`` and by download path."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, StoredFile] = {}
+        self.by_path: dict[str, StoredFile] = {}
+        self._numbers = itertools.count(1)
+
+    def add(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> StoredFile:
+        """Keep ``content`` as a new file of ``kind``."""
+        number = next(self._numbers)
+        if "." in file_name:
+            extension = file_name.rpartition(".")[2]
+        else:
+            extension = (mimetypes.guess_extension(mime_type or MIME.get(kind, "")) or ".bin").lstrip(".")
+        stored = StoredFile(
+            file_id=f"AgAC{kind[:3].upper()}{number:06d}-fake",
+            unique_id=f"AQAD{number:06d}",
+            path=f"{kind}s/file_{number}.{extension}",
+            content=content,
+            mime_type=mime_type or MIME.get(kind, "application/octet-stream"),
+        )
+        self.by_id[stored.file_id] = self.by_path[stored.path] = stored
+        return stored
+
+
 # -- request parsing and checks ------------------------------------------------------------------
 
 
@@ -330,6 +358,26 @@ async def read_params(request: Request) -> tuple[dict[str, Any], dict[str, tuple
             except ValueError:
                 fail(400, NESTED_ERRORS.get(key, f"Bad Request: can't parse {key} JSON object"))
     return params, files
+
+
+def quoted(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as it appears quoted in ``reply_to_message`` (without its own quote)."""
+    return {key: value for key, value in message.items() if key != "reply_to_message"}
+
+
+def reply_to(client: Client, reply: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``reply_to_message`` of a send with ``reply_parameters`` ``reply``, checked."""
+    if not reply:
+        return {}
+    message_id = reply.get("message_id")
+    if not isinstance(message_id, int):
+        fail(400, "Bad Request: can't parse reply parameters JSON object")
+    original = client.messages.get(message_id)
+    if original is None:
+        if reply.get("allow_sending_without_reply"):
+            return {}
+        fail(400, "Bad Request: message to be replied not found")
+    return {"reply_to_message": quoted(original)}
 
 
 def check_markup(markup: dict[str, Any] | None) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from amoconnect.model import (
     OutgoingTyping,
     SendResult,
 )
+from structlog.typing import FilteringBoundLogger
 
 from .botapi import (
     ALLOWED_UPDATES,
@@ -98,10 +99,11 @@ def _derived_secret(token: str) -> str:
     return hashlib.sha256(b"amoconnect-telegram-webhook\0" + token.encode()).hexdigest()
 
 
-def _sandbox() -> Any:
+def _sandbox(**options: Any) -> Any:
+    """The fake Bot API for ``amoconnect run --plugin telegram --sandbox`` (imported only then)."""
     from .fake import FakeTelegram
 
-    return FakeTelegram()
+    return FakeTelegram(**options)
 
 
 class TelegramAdapter(MessengerAdapter):
@@ -158,7 +160,7 @@ class TelegramAdapter(MessengerAdapter):
         self._webhook_pending = False
 
     @property
-    def log(self) -> Any:
+    def log(self) -> FilteringBoundLogger:
         """The instance's logger."""
         return self.context.log
 
@@ -200,8 +202,8 @@ class TelegramAdapter(MessengerAdapter):
             else:
                 await self.context.state.delete(_BLOCKED_KEY + effect.chat)
                 self.log.info("client unblocked the bot", chat=effect.chat)
-        except MessengerError as exc:
-            self.log.warning("background Bot API call failed", effect=type(effect).__name__, error=str(exc))
+        except Exception as exc:  # best effort: the worker must outlive a failed call or write
+            self.log.warning("background work failed", effect=type(effect).__name__, error=str(exc))
 
     async def _work_effects(self) -> None:
         while True:
@@ -216,14 +218,17 @@ class TelegramAdapter(MessengerAdapter):
         """Check the token (``getMe``), then register the webhook, or remove it for long polling."""
         try:
             self.bot = await self.api.call("getMe")
-        except BotApiError as exc:
+        except MessengerError as exc:
             if exc.reason == "disabled":
                 raise ConfigError(
                     f"telegram instance {self.context.instance!r}: Telegram refuses the bot token ({exc}); "
                     "copy the token from @BotFather into the source's settings"
                 ) from None
-            raise
-        except MessengerError as exc:
+            if not exc.retryable:
+                raise ConfigError(
+                    f"telegram instance {self.context.instance!r}: getMe at {self.config.api_url} failed ({exc}); "
+                    "check api_url"
+                ) from None
             self.log.warning("Telegram is not reachable yet", error=str(exc))
         else:
             self.log.info("bot ready", username=self.bot.get("username") if isinstance(self.bot, dict) else None)
@@ -293,48 +298,49 @@ class TelegramAdapter(MessengerAdapter):
         state = self.context.state
         stored = await state.get(_OFFSET_KEY)
         offset = int(stored) if stored else 0
-        timeout = self.config.polling_timeout
         pause = self.retry_pause
         while True:
-            params: dict[str, Any] = {"timeout": timeout, "allowed_updates": list(ALLOWED_UPDATES)}
+            params: dict[str, Any] = {"timeout": self.config.polling_timeout, "allowed_updates": list(ALLOWED_UPDATES)}
             if offset:
                 params["offset"] = offset
             try:
-                updates = await self.api.call("getUpdates", params, http_timeout=timeout + 10.0)
+                updates = await self.api.call("getUpdates", params, http_timeout=self.config.polling_timeout + 10.0)
+                if updates:
+                    offset = await self._take_updates(updates, offset)
+                    await state.set(_OFFSET_KEY, str(offset).encode())
             except RateLimited as exc:
                 await anyio.sleep(exc.retry_after)
                 continue
             except MessengerError as exc:
                 self._polling_failed(exc, pause)
-                await anyio.sleep(pause)
-                pause = min(pause * 2, self.max_retry_pause)
+            except Exception as exc:  # the store refused: fetch the same updates again later
+                self.log.warning("storing polled updates failed; they will be fetched again", error=str(exc))
+            else:
+                pause = self.retry_pause
                 continue
-            pause = self.retry_pause
-            if not updates:
+            await anyio.sleep(pause)
+            pause = min(pause * 2, self.max_retry_pause)
+
+    async def _take_updates(self, updates: list[Any], offset: int) -> int:
+        """Submit the events of one ``getUpdates`` batch; the offset that confirms it."""
+        events: list[InboundEvent] = []
+        effects: list[Effect] = []
+        for raw in updates:
+            update_id = raw.get("update_id") if isinstance(raw, dict) else None
+            if isinstance(update_id, int):
+                offset = max(offset, update_id + 1)
+            try:
+                update = msgspec.convert(raw, type=Update)
+            except msgspec.ValidationError as exc:
+                self.log.warning("update of an unexpected shape skipped", update_id=update_id, error=str(exc))
                 continue
-            events: list[InboundEvent] = []
-            effects: list[Parsed] = []
-            for raw in updates:
-                try:
-                    update = msgspec.convert(raw, type=Update)
-                except msgspec.ValidationError as exc:
-                    self.log.warning("update of an unexpected shape skipped", error=str(exc))
-                    continue
-                parsed = parse_update(update, now=time.time())
-                events.extend(parsed.events)
-                effects.append(Parsed(effects=parsed.effects))
-            last = max(int(raw.get("update_id", 0)) for raw in updates if isinstance(raw, dict))
-            if events:
-                try:
-                    await self.context.submit(events)
-                except Exception as exc:
-                    self.log.warning("storing polled updates failed; fetching them again", error=str(exc))
-                    await anyio.sleep(pause)
-                    continue
-            for parsed in effects:
-                self._take(parsed)
-            offset = last + 1
-            await state.set(_OFFSET_KEY, str(offset).encode())
+            parsed = parse_update(update, now=time.time())
+            events.extend(parsed.events)
+            effects.extend(parsed.effects)
+        if events:
+            await self.context.submit(events)
+        self._take(Parsed(effects=tuple(effects)))
+        return offset
 
     def _polling_failed(self, exc: MessengerError, pause: float) -> None:
         if isinstance(exc, BotApiError) and exc.code == 409:
@@ -384,7 +390,12 @@ class TelegramAdapter(MessengerAdapter):
             stored = await self.context.state.get(parts_key)
             sent = msgspec.json.decode(stored, type=list[str]) if stored else []
         for call in calls[len(sent) :]:
-            result = await self._send_call(chat, call)
+            try:
+                result = await self._send_call(chat, call)
+            except MessengerError as exc:
+                if parts_key is not None and not exc.retryable:
+                    await self.context.state.delete(parts_key)  # no retry will come to resume it
+                raise
             sent.append(str(result["message_id"]))
             if parts_key is not None and len(sent) < len(calls):
                 await self.context.state.set(parts_key, msgspec.json.encode(sent))

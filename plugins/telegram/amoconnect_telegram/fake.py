@@ -36,11 +36,13 @@ What it does as Telegram does:
 - 429 ``Too Many Requests: retry after N`` with ``parameters.retry_after`` on demand (:meth:`~FakeTelegram.fail_next`).
 
 Stricter than Telegram, to catch our own typos: an unknown parameter is refused with 400.
-Webhook URLs may be plain ``http://`` unless ``require_https`` is set.
+Webhook URLs may be plain ``http://`` unless ``require_https`` is set. The world holds private
+chats only (:meth:`~FakeTelegram.add_client`); texts are measured in UTF-16 code units.
 """
 
 from __future__ import annotations
 
+import copy
 import hmac
 import itertools
 import json
@@ -64,6 +66,7 @@ from ._fakeparts import (
     DEFAULT_ALLOWED,
     DESCRIPTIONS,
     MEDIA_FIELDS,
+    MEDIA_METHODS,
     MIME,
     POLL_TERMINATED,
     WEBHOOK_ACTIVE,
@@ -77,6 +80,7 @@ from ._fakeparts import (
     DeleteWebhookParams,
     Delivery,
     Fault,
+    FileStore,
     GetFileParams,
     GetUpdatesParams,
     NoParams,
@@ -91,7 +95,9 @@ from ._fakeparts import (
     envelope_error,
     fail,
     media_object,
+    quoted,
     read_params,
+    reply_to,
 )
 from .botapi import (
     DOWNLOAD_LIMIT,
@@ -173,17 +179,17 @@ class FakeTelegram:
         self.answered_callbacks: list[str] = []
         self.last_error_message: str | None = None
         self._clients: dict[int, Client] = {}
-        self._files: dict[str, StoredFile] = {}
-        self._paths: dict[str, StoredFile] = {}
+        self._files = FileStore()
         self._callbacks: dict[str, bool] = {}
         self._faults: list[Fault] = []
         self._update_ids = itertools.count(1)
         self._chat_ids = itertools.count(100001)
-        self._file_numbers = itertools.count(1)
+        self._query_ids = itertools.count(1)
         self._duplicate = False
         self._delivery_lock: anyio.Lock | None = None
         self._new_update: anyio.Event | None = None
         self._poll_generation = 0
+        self._sandbox_chats: dict[str, int] = {}
         self._app = Starlette(
             routes=[
                 Route("/bot{token}/{method}", self._api, methods=["GET", "POST"]),
@@ -216,6 +222,28 @@ class FakeTelegram:
     def settings(self, api_url: str, **overrides: Any) -> dict[str, Any]:
         """Settings of a ``telegram`` source that talks to this fake at ``api_url``."""
         return {"token": self.token, "api_url": api_url, **overrides}
+
+    # -- the sandbox (amoconnect.sandbox.SandboxMessenger) ----------------------------------------
+
+    def sandbox_settings(self, api_url: str) -> dict[str, Any]:
+        """Settings of the sandbox's bot: webhook mode, registered by the connector at startup."""
+        return self.settings(api_url)
+
+    def _sandbox_chat(self, chat: str) -> int:
+        found = self._sandbox_chats.get(chat)
+        if found is None:
+            found = self._sandbox_chats[chat] = self.add_client(
+                chat.replace("-", " ").title(), username=chat.replace("-", "_")
+            )
+        return found
+
+    async def sandbox_client_writes(self, chat: str, text: str) -> None:
+        """The client named ``chat`` writes ``text`` to the bot."""
+        await self.client_writes(self._sandbox_chat(chat), text)
+
+    def sandbox_received(self, chat: str) -> list[str]:
+        """Texts (and captions) the bot sent to the client named ``chat``, oldest first."""
+        return [m.text for m in self.sent_to(self._sandbox_chat(chat))]
 
     # -- HTTP -------------------------------------------------------------------------------------
 
@@ -267,14 +295,15 @@ class FakeTelegram:
 
     async def _download(self, request: Request) -> Response:
         token = request.path_params["token"]
-        stored = self._paths.get(request.path_params["file_path"])
+        stored = self._files.by_path.get(request.path_params["file_path"])
         if not hmac.compare_digest(token.encode(), self.token.encode()) or stored is None:
             return envelope_error(404, "Not Found")
         return Response(stored.content, media_type="application/octet-stream")
 
     # -- bot side: helpers ------------------------------------------------------------------------
 
-    def _chat(self, chat_id: int | str | None, *, sending: bool = True) -> Client:
+    def _chat(self, chat_id: int | str | None) -> Client:
+        """The chat a send goes to: 400 when unknown, 403 when its client blocked the bot."""
         if chat_id is None or chat_id == "":
             fail(400, "Bad Request: chat_id is empty")
         client: Client | None = None
@@ -284,7 +313,7 @@ class FakeTelegram:
             client = next((c for c in self._clients.values() if "@" + c.user.get("username", "") == chat_id), None)
         if client is None:
             fail(400, "Bad Request: chat not found")
-        if sending and client.blocked:
+        if client.blocked:
             fail(403, "Forbidden: bot was blocked by the user")
         return client
 
@@ -299,41 +328,6 @@ class FakeTelegram:
         client.messages[message["message_id"]] = message
         return message
 
-    @staticmethod
-    def _quoted(message: dict[str, Any]) -> dict[str, Any]:
-        return {key: value for key, value in message.items() if key != "reply_to_message"}
-
-    def _reply(self, client: Client, reply: dict[str, Any] | None) -> dict[str, Any]:
-        if not reply:
-            return {}
-        message_id = reply.get("message_id")
-        if not isinstance(message_id, int):
-            fail(400, "Bad Request: can't parse reply parameters JSON object")
-        quoted = client.messages.get(message_id)
-        if quoted is None:
-            if reply.get("allow_sending_without_reply"):
-                return {}
-            fail(400, "Bad Request: message to be replied not found")
-        return {"reply_to_message": self._quoted(quoted)}
-
-    def _store_file(self, kind: str, content: bytes, *, file_name: str = "", mime_type: str = "") -> StoredFile:
-        number = next(self._file_numbers)
-        extension = (
-            file_name.rpartition(".")[2]
-            if "." in file_name
-            else mimetypes.guess_extension(mime_type or MIME.get(kind, "")) or ".bin"
-        )
-        extension = extension.lstrip(".")
-        stored = StoredFile(
-            file_id=f"AgAC{kind[:3].upper()}{number:06d}-fake",
-            unique_id=f"AQAD{number:06d}",
-            path=f"{kind}s/file_{number}.{extension}",
-            content=content,
-            mime_type=mime_type or MIME.get(kind, "application/octet-stream"),
-        )
-        self._files[stored.file_id] = self._paths[stored.path] = stored
-        return stored
-
     async def _media_file(
         self, kind: str, value: str | None, files: dict[str, tuple[str, bytes]]
     ) -> tuple[StoredFile, str | None, str]:
@@ -346,10 +340,10 @@ class FakeTelegram:
         if upload is not None:
             name, content = upload
             mime = mimetypes.guess_type(name)[0] or MIME[kind]
-            return self._store_file(kind, content, file_name=name, mime_type=mime), None, name
+            return self._files.add(kind, content, file_name=name, mime_type=mime), None, name
         if not value:
             fail(400, f"Bad Request: there is no {kind} in the request")
-        known = self._files.get(value)
+        known = self._files.by_id.get(value)
         if known is not None:
             return known, value, ""
         if not value.startswith(("http://", "https://")):
@@ -366,7 +360,7 @@ class FakeTelegram:
         if kind == "photo" and not mime.startswith("image/"):
             fail(400, "Bad Request: wrong type of the web page content")
         name = httpx.URL(value).path.rsplit("/", 1)[-1]
-        return self._store_file(kind, response.content, file_name=name, mime_type=mime), value, name
+        return self._files.add(kind, response.content, file_name=name, mime_type=mime), value, name
 
     def _record(self, client: Client, method: str, kind: str, message: dict[str, Any], **fields: Any) -> None:
         self.sent.append(
@@ -404,7 +398,8 @@ class FakeTelegram:
             self.pending.clear()
         self.webhook_url = params.url
         self.webhook_secret = params.secret_token if params.url else None
-        self._poll_generation += 1
+        if params.url:
+            self._supersede_pollers()
         return True
 
     def _delete_webhook(self, params: DeleteWebhookParams, files: Any) -> bool:
@@ -441,17 +436,25 @@ class FakeTelegram:
             self.pending = [u for u in self.pending if u["update_id"] >= params.offset]
         elif params.offset < 0:
             self.pending = self.pending[params.offset :]
-        self._poll_generation += 1
+        self._supersede_pollers()
         generation = self._poll_generation
         with anyio.move_on_after(max(params.timeout, 0)):
-            while not self.pending:
+            while not self.pending and generation == self._poll_generation:
                 self._new_update = event = self._new_update or anyio.Event()
                 await event.wait()
-                if generation != self._poll_generation:
-                    fail(409, POLL_TERMINATED)
         if generation != self._poll_generation:
-            fail(409, POLL_TERMINATED)
+            fail(409, WEBHOOK_ACTIVE if self.webhook_url else POLL_TERMINATED)
         return self.pending[: max(1, min(params.limit, 100))]
+
+    def _wake_pollers(self) -> None:
+        if self._new_update is not None:
+            self._new_update.set()
+            self._new_update = None
+
+    def _supersede_pollers(self) -> None:
+        """A newer getUpdates (or a webhook) ends the waiting ones with 409."""
+        self._poll_generation += 1
+        self._wake_pollers()
 
     def _check_text(self, text: str, *, caption: bool) -> None:
         limit = MAX_CAPTION_LENGTH if caption else MAX_TEXT_LENGTH
@@ -463,7 +466,7 @@ class FakeTelegram:
         if not params.text.strip():
             fail(400, "Bad Request: message text is empty")
         self._check_text(params.text, caption=False)
-        extra = {**self._reply(client, params.reply_parameters), **check_markup(params.reply_markup)}
+        extra = {**reply_to(client, params.reply_parameters), **check_markup(params.reply_markup)}
         message = self._new_message(client, self.bot, text=params.text, **extra)
         self._record(client, "sendMessage", "text", message, text=params.text)
         return message
@@ -473,13 +476,13 @@ class FakeTelegram:
         if len(kinds) != 1:
             fail(400, "Bad Request: there is no media in the request")
         kind = kinds[0]
-        method = next(m for m, f in MEDIA_FIELDS.items() if f == kind)
+        method = MEDIA_METHODS[kind]
         client = self._chat(params.chat_id)
         caption = params.caption or ""
         if kind == "sticker" and caption:
             fail(400, "Bad Request: stickers can't have a caption")
         self._check_text(caption, caption=True)
-        extra = {**self._reply(client, params.reply_parameters), **check_markup(params.reply_markup)}
+        extra = {**reply_to(client, params.reply_parameters), **check_markup(params.reply_markup)}
         stored, given, name = await self._media_file(kind, getattr(params, kind), files)
         content = {kind: media_object(kind, stored, name, duration=params.duration or 3)}
         if caption:
@@ -517,7 +520,7 @@ class FakeTelegram:
         return True
 
     def _get_file(self, params: GetFileParams, files: Any) -> dict[str, Any]:
-        stored = self._files.get(params.file_id)
+        stored = self._files.by_id.get(params.file_id)
         if stored is None:
             fail(400, "Bad Request: invalid file_id")
         if len(stored.content) > DOWNLOAD_LIMIT:
@@ -597,7 +600,7 @@ class FakeTelegram:
         client = self._client(chat)
         content: dict[str, Any] = {"text": text}
         if reply_to is not None:
-            content["reply_to_message"] = self._quoted(client.messages[reply_to])
+            content["reply_to_message"] = quoted(client.messages[reply_to])
         if forwarded:
             content["forward_origin"] = {
                 "type": "hidden_user",
@@ -622,7 +625,7 @@ class FakeTelegram:
         if kind not in MIME:
             raise ValueError(f"unknown media kind {kind!r}; one of {sorted(MIME)}")
         client = self._client(chat)
-        stored = self._store_file(kind, content, file_name=file_name, mime_type=mime_type)
+        stored = self._files.add(kind, content, file_name=file_name, mime_type=mime_type)
         fields: dict[str, Any] = {kind: media_object(kind, stored, file_name, duration)}
         if kind == "sticker":
             fields[kind]["emoji"] = "😀"
@@ -694,7 +697,7 @@ class FakeTelegram:
         if not any(button.get("callback_data") == callback_data for row in rows for button in row):
             raise LookupError(f"message {message_id} of chat {chat} has no button with callback_data {callback_data!r}")
         assert message is not None
-        query_id = f"{chat}{next(self._file_numbers):08d}"
+        query_id = f"{chat}{next(self._query_ids):08d}"
         self._callbacks[query_id] = False
         query = {
             "id": query_id,
@@ -738,12 +741,10 @@ class FakeTelegram:
     async def _emit(self, kind: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         if kind not in self.allowed_updates:
             return None
-        update = {"update_id": next(self._update_ids), kind: payload}
+        update = {"update_id": next(self._update_ids), kind: copy.deepcopy(payload)}
         self.updates.append(update)
         self.pending.append(update)
-        if self._new_update is not None:
-            self._new_update.set()
-            self._new_update = None
+        self._wake_pollers()
         if self.webhook_url:
             await self.deliver_pending()
         return update

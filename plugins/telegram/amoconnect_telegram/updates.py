@@ -51,7 +51,7 @@ class _Type(msgspec.Struct, frozen=True, kw_only=True):
     pass
 
 
-class User(_Type, frozen=True):
+class _User(_Type, frozen=True):
     id: int
     is_bot: bool = False
     first_name: str = ""
@@ -59,7 +59,7 @@ class User(_Type, frozen=True):
     username: str | None = None
 
 
-class Chat(_Type, frozen=True):
+class _Chat(_Type, frozen=True):
     id: int
     type: str = "private"
     title: str | None = None
@@ -73,89 +73,89 @@ class _File(_Type, frozen=True):
     file_size: int | None = None
 
 
-class PhotoSize(_File, frozen=True):
+class _PhotoSize(_File, frozen=True):
     width: int = 0
     height: int = 0
 
 
-class Document(_File, frozen=True):
+class _Document(_File, frozen=True):
     file_name: str | None = None
     mime_type: str | None = None
 
 
-class Video(Document, frozen=True):
+class _Video(_Document, frozen=True):
     duration: float | None = None
 
 
-class Audio(Video, frozen=True):
+class _Audio(_Video, frozen=True):
     performer: str | None = None
     title: str | None = None
 
 
-class Voice(_File, frozen=True):
+class _Voice(_File, frozen=True):
     duration: float | None = None
     mime_type: str | None = None
 
 
-class VideoNote(_File, frozen=True):
+class _VideoNote(_File, frozen=True):
     duration: float | None = None
 
 
-class Sticker(_File, frozen=True):
+class _Sticker(_File, frozen=True):
     is_animated: bool = False
     is_video: bool = False
     emoji: str | None = None
 
 
-class GeoPoint(_Type, frozen=True):
+class _GeoPoint(_Type, frozen=True):
     latitude: float
     longitude: float
 
 
-class Venue(_Type, frozen=True):
-    location: GeoPoint
+class _Venue(_Type, frozen=True):
+    location: _GeoPoint
     title: str = ""
     address: str = ""
 
 
-class SharedContact(_Type, frozen=True):
+class _SharedContact(_Type, frozen=True):
     phone_number: str
     first_name: str = ""
     last_name: str | None = None
 
 
-class InlineButton(_Type, frozen=True):
+class _InlineButton(_Type, frozen=True):
     text: str = ""
     callback_data: str | None = None
 
 
-class InlineKeyboard(_Type, frozen=True):
-    inline_keyboard: list[list[InlineButton]] = []
+class _InlineKeyboard(_Type, frozen=True):
+    inline_keyboard: list[list[_InlineButton]] = []
 
 
-class Message(_Type, frozen=True):
+class _Message(_Type, frozen=True):
     message_id: int
-    chat: Chat
+    chat: _Chat
     date: int = 0
-    sender: User | None = msgspec.field(default=None, name="from")
-    sender_chat: Chat | None = None
+    sender: _User | None = msgspec.field(default=None, name="from")
+    sender_chat: _Chat | None = None
     text: str | None = None
     caption: str | None = None
-    photo: list[PhotoSize] = []
-    animation: Video | None = None
-    document: Document | None = None
-    video: Video | None = None
-    voice: Voice | None = None
-    audio: Audio | None = None
-    video_note: VideoNote | None = None
-    sticker: Sticker | None = None
-    location: GeoPoint | None = None
-    venue: Venue | None = None
-    contact: SharedContact | None = None
-    reply_to_message: Message | None = None
+    photo: list[_PhotoSize] = []
+    animation: _Video | None = None
+    document: _Document | None = None
+    video: _Video | None = None
+    voice: _Voice | None = None
+    audio: _Audio | None = None
+    video_note: _VideoNote | None = None
+    sticker: _Sticker | None = None
+    location: _GeoPoint | None = None
+    venue: _Venue | None = None
+    contact: _SharedContact | None = None
+    reply_to_message: _Message | None = None
     forward_origin: dict[str, Any] | None = None
     edit_date: int | None = None
-    reply_markup: InlineKeyboard | None = None
+    reply_markup: _InlineKeyboard | None = None
     poll: dict[str, Any] | None = None
     dice: dict[str, Any] | None = None
     game: dict[str, Any] | None = None
@@ -164,35 +164,35 @@ class Message(_Type, frozen=True):
     checklist: dict[str, Any] | None = None
 
 
-class CallbackQuery(_Type, frozen=True):
+class _CallbackQuery(_Type, frozen=True):
     id: str
-    sender: User = msgspec.field(name="from")
-    message: Message | None = None
+    sender: _User = msgspec.field(name="from")
+    message: _Message | None = None
     data: str | None = None
 
 
-class ReactionType(_Type, frozen=True):
+class _ReactionType(_Type, frozen=True):
     type: str
     emoji: str | None = None
 
 
-class MessageReactionUpdated(_Type, frozen=True):
-    chat: Chat
+class _MessageReactionUpdated(_Type, frozen=True):
+    chat: _Chat
     message_id: int
-    user: User | None = None
-    actor_chat: Chat | None = None
+    user: _User | None = None
+    actor_chat: _Chat | None = None
     date: int = 0
-    old_reaction: list[ReactionType] = []
-    new_reaction: list[ReactionType] = []
+    old_reaction: list[_ReactionType] = []
+    new_reaction: list[_ReactionType] = []
 
 
-class ChatMember(_Type, frozen=True):
+class _ChatMember(_Type, frozen=True):
     status: str
 
 
-class ChatMemberUpdated(_Type, frozen=True):
-    chat: Chat
-    new_chat_member: ChatMember
+class _ChatMemberUpdated(_Type, frozen=True):
+    chat: _Chat
+    new_chat_member: _ChatMember
     date: int = 0
 
 
@@ -200,11 +200,11 @@ class Update(_Type, frozen=True):
     """One Bot API ``Update``: its id and the one kind of content the relay reads, if any."""
 
     update_id: int
-    message: Message | None = None
-    edited_message: Message | None = None
-    callback_query: CallbackQuery | None = None
-    message_reaction: MessageReactionUpdated | None = None
-    my_chat_member: ChatMemberUpdated | None = None
+    message: _Message | None = None
+    edited_message: _Message | None = None
+    callback_query: _CallbackQuery | None = None
+    message_reaction: _MessageReactionUpdated | None = None
+    my_chat_member: _ChatMemberUpdated | None = None
 
 
 _decode = msgspec.json.Decoder(Update).decode
@@ -254,7 +254,7 @@ _UNSUPPORTED = ("poll", "dice", "game", "story", "paid_media", "checklist")
 _GONE_STATUSES = frozenset({"kicked", "left"})
 
 
-def _person(user: User | None, chat: Chat) -> Person:
+def _person(user: _User | None, chat: _Chat) -> Person:
     if user is not None:
         name = " ".join(part for part in (user.first_name, user.last_name) if part)
         username = user.username
@@ -281,7 +281,7 @@ def _attachment(
     )
 
 
-def _media(message: Message) -> tuple[Attachment | None, str]:
+def _media(message: _Message) -> tuple[Attachment | None, str]:
     """The message's attachment, or a note saying why it is missing."""
     attachment: Attachment | None = None
     if message.photo:
@@ -327,7 +327,7 @@ def _media(message: Message) -> tuple[Attachment | None, str]:
     return attachment, ""
 
 
-def _content(message: Message) -> dict[str, Any] | None:
+def _content(message: _Message) -> dict[str, Any] | None:
     """The neutral content fields of a message; ``None`` for a service message with nothing to relay."""
     text = message.text or message.caption or ""
     attachment, note = _media(message)
@@ -358,7 +358,7 @@ def _content(message: Message) -> dict[str, Any] | None:
     }
 
 
-def _message(update_id: int, message: Message, *, edit: bool) -> InboundEvent | None:
+def _message(update_id: int, message: _Message, *, edit: bool) -> InboundEvent | None:
     content = _content(message)
     if content is None:
         return None
@@ -380,7 +380,7 @@ def _message(update_id: int, message: Message, *, edit: bool) -> InboundEvent | 
     )
 
 
-def _button_text(message: Message | None, data: str) -> str:
+def _button_text(message: _Message | None, data: str) -> str:
     if message is not None and message.reply_markup is not None:
         for row in message.reply_markup.inline_keyboard:
             for button in row:
@@ -389,7 +389,7 @@ def _button_text(message: Message | None, data: str) -> str:
     return data
 
 
-def _callback(update_id: int, query: CallbackQuery, now: float) -> Parsed:
+def _callback(update_id: int, query: _CallbackQuery, now: float) -> Parsed:
     answer = AnswerCallback(query.id)
     if query.data is None:  # a game button: nothing to relay
         return Parsed(effects=(answer,))
@@ -398,7 +398,7 @@ def _callback(update_id: int, query: CallbackQuery, now: float) -> Parsed:
         chat=chat,
         timestamp=now,
         dedup_key=str(update_id),
-        sender=_person(query.sender, query.message.chat if query.message is not None else Chat(id=query.sender.id)),
+        sender=_person(query.sender, query.message.chat if query.message is not None else _Chat(id=query.sender.id)),
         message_id=f"cb{query.id}",
         text=_button_text(query.message, query.data),
         callback_data=query.data,
@@ -406,7 +406,7 @@ def _callback(update_id: int, query: CallbackQuery, now: float) -> Parsed:
     return Parsed(events=(event,), effects=(answer,))
 
 
-def _reactions(update_id: int, reaction: MessageReactionUpdated) -> Parsed:
+def _reactions(update_id: int, reaction: _MessageReactionUpdated) -> Parsed:
     old = [r.emoji for r in reaction.old_reaction if r.type == "emoji" and r.emoji]
     new = [r.emoji for r in reaction.new_reaction if r.type == "emoji" and r.emoji]
     removed = [(emoji, True) for emoji in old if emoji not in new]

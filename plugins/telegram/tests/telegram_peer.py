@@ -14,6 +14,12 @@ from aiogram.types import BufferedInputFile, Update
 
 __all__ = ["check_call", "check_update", "unknown_keys"]
 
+_METHODS = {
+    name.lower(): model
+    for name, model in vars(aiogram.methods).items()
+    if isinstance(model, type) and issubclass(model, aiogram.methods.TelegramMethod)
+}
+
 
 def _aliases(model: pydantic.BaseModel) -> dict[str, str]:
     fields = type(model).model_fields
@@ -48,10 +54,13 @@ def check_update(raw: dict[str, Any]) -> Update:
 
 def check_call(method: str, params: dict[str, Any], files: dict[str, tuple[str, bytes]]) -> pydantic.BaseModel:
     """Validate one Bot API request against aiogram's model of the method (uploads as input files)."""
-    model = getattr(aiogram.methods, method[0].upper() + method[1:])
-    merged: dict[str, Any] = dict(params)
-    for name, (file_name, content) in files.items():
-        merged[name] = BufferedInputFile(content, filename=file_name)
+    model = _METHODS[method.lower()]
+    uploads = {name: BufferedInputFile(content, filename=file_name) for name, (file_name, content) in files.items()}
+    merged: dict[str, Any] = {}
+    for key, value in params.items():
+        attached = value.removeprefix("attach://") if isinstance(value, str) else None
+        merged[key] = uploads.pop(attached) if attached in uploads else value
+    merged.update(uploads)  # an upload in the parameter's own name
     parsed: pydantic.BaseModel = model.model_validate(merged)
     unknown = unknown_keys(merged, parsed)
     assert not unknown, f"{method} has parameters aiogram does not know: {unknown}"

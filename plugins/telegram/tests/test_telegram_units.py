@@ -283,3 +283,13 @@ def test_decode_refuses_what_is_not_an_update() -> None:
 def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert(settings, TelegramSettings)
+
+
+def test_sandbox_factory_builds_a_sandbox_messenger() -> None:
+    from amoconnect.sandbox import SandboxMessenger
+
+    assert TelegramAdapter.sandbox_factory is not None
+    fake = TelegramAdapter.sandbox_factory(http=None)
+    assert isinstance(fake, SandboxMessenger)
+    settings = msgspec.convert(fake.sandbox_settings("http://127.0.0.1:1"), TelegramSettings)
+    assert settings.api_url == "http://127.0.0.1:1"

@@ -1,0 +1,555 @@
+{% set c = cookiecutter %}
+{% set P = c.__class_prefix %}
+{% set receipts = c.delivery_receipts or c.read_receipts %}
+{% set presses = c.buttons or c.list_messages %}
+"""The {{ c.messenger_name }} messenger adapter: {{ c.messenger_name }}'s API ↔ amoconnect's neutral model.
+
+Read it top to bottom:
+
+1. **Declare**: :class:`{{ P }}Settings` is one instance's configuration; the class attributes
+   of :class:`{{ P }}Adapter` say what the messenger can do, and amoconnect holds the code to them.
+2. **Receive**: :meth:`~{{ P }}Adapter.verify` checks a webhook's signature in constant time;
+   :meth:`~{{ P }}Adapter.parse` decodes it strictly and turns it into neutral events, with the
+   messenger's event id as the dedup key.
+3. **Send**: every API call goes through :meth:`~{{ P }}Adapter._call`, the one place that maps
+   the API's errors to :class:`~amoconnect.MessengerError` reasons amoconnect understands.
+
+The wire format is the example API that :mod:`{{ c.package_name }}.fake` serves: a stand-in
+until the plugin speaks {{ c.messenger_name }}'s real API. Change the fake and the adapter
+together to what the real API does, keeping the tests green. ``PLACEHOLDER`` marks the places
+where real APIs differ most.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import Any{% if receipts %}, Literal{% endif %}
+
+
+import httpx
+import msgspec
+from amoconnect import (
+{% if c.media %}
+    Attachment,
+{% endif %}
+    Capability,
+{% if c.media %}
+    FetchedMedia,
+{% endif %}
+{% if c.comments %}
+    InboundComment,
+{% endif %}
+{% if c.edits %}
+    InboundEdit,
+{% endif %}
+    InboundEvent,
+    InboundMessage,
+{% if c.reactions %}
+    InboundReaction,
+{% endif %}
+{% if receipts %}
+    InboundStatus,
+{% endif %}
+{% if c.typing %}
+    InboundTyping,
+{% endif %}
+    MessengerAdapter,
+    MessengerError,
+{% if c.comments %}
+    OutgoingCommentReply,
+{% endif %}
+    OutgoingMessage,
+{% if c.reactions %}
+    OutgoingReaction,
+{% endif %}
+{% if c.typing %}
+    OutgoingTyping,
+{% endif %}
+    Person,
+{% if c.comments %}
+    Post,
+{% endif %}
+    RateLimit,
+    RateLimited,
+{% if c.reactions %}
+    ReactionSet,
+{% endif %}
+    SendResult,
+    SignatureError,
+    WebhookError,
+    WebhookRequest,
+    WebhookResponse,
+)
+{% if c.media %}
+from amoconnect.model import MediaKind
+{% endif %}
+
+from .fake import {{ P }}Fake
+
+__all__ = ["SIGNATURE_HEADER", "{{ P }}Adapter", "{{ P }}Settings", "signature_of"]
+
+SIGNATURE_HEADER = "X-{{ P }}-Signature"  # PLACEHOLDER: the header the real API signs webhooks in
+{% if c.reactions %}
+REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")  # PLACEHOLDER: the emoji the real messenger offers
+{% endif %}
+
+
+def signature_of(body: bytes, secret: str) -> str:
+    """The signature of a webhook ``body``: ``sha256=<hex HMAC-SHA256 keyed with the secret>``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class {{ P }}Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One {{ c.messenger_name }} account connected to amoCRM: a ``[[sources]]`` entry's ``settings``."""
+
+    token: str
+    """The API token (a secret: amoconnect redacts it from logs)."""
+    secret: str
+    """The key webhooks are signed with, registered with the messenger at startup."""
+    api_url: str = "https://api.{{ c.messenger_slug | replace('_', '-') }}.example"  # PLACEHOLDER: the real API's root
+    """Root of the API, without a trailing slash."""
+
+
+# -- the wire: webhook events, decoded strictly -------------------------------------------------
+
+
+class _Wire(msgspec.Struct, frozen=True):
+    """Base of the wire Structs; unknown fields are ignored, so that API additions break nothing."""
+
+
+class _User(_Wire, frozen=True):
+    id: str
+    name: str = ""
+    phone: str | None = None
+
+
+class _Envelope(_Wire, frozen=True):
+    event_id: str
+    type: str
+
+
+{% if c.media %}
+class _Media(_Wire, frozen=True):
+    kind: MediaKind
+    file_id: str
+    file_name: str = ""
+    mime_type: str | None = None
+    size: int | None = None
+
+
+{% endif %}
+class _Message(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    message_id: str
+    timestamp: float
+    text: str = ""
+{% if c.media %}
+    media: _Media | None = None
+{% endif %}
+{% if c.replies %}
+    reply_to: str | None = None
+{% endif %}
+
+
+{% if c.edits %}
+class _Edit(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    message_id: str
+    timestamp: float
+    text: str = ""
+
+
+{% endif %}
+{% if presses %}
+class _Press(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    press_id: str
+    data: str
+    timestamp: float
+    label: str = ""
+
+
+{% endif %}
+{% if c.reactions %}
+class _Reaction(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    message_id: str
+    timestamp: float
+    emoji: str = ""
+
+
+{% endif %}
+{% if c.typing %}
+class _Typing(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    timestamp: float
+
+
+{% endif %}
+class _Error(_Wire, frozen=True):
+    code: int
+    message: str = ""
+    retry_after: float | None = None
+
+
+{% if receipts %}
+class _Status(_Wire, frozen=True):
+    chat_id: str
+    message_id: str
+    status: Literal["delivered", "read", "failed"]
+    timestamp: float
+    error: _Error | None = None
+
+
+{% endif %}
+{% if c.comments %}
+class _Post(_Wire, frozen=True):
+    id: str
+    url: str
+    text: str = ""
+
+
+class _Comment(_Wire, frozen=True):
+    chat_id: str
+    user: _User
+    post: _Post
+    comment_id: str
+    timestamp: float
+    text: str = ""
+    parent_id: str | None = None
+
+
+{% endif %}
+class _Reply(_Wire, frozen=True):
+    result: Any = None
+    error: _Error | None = None
+
+
+class _Sent(_Wire, frozen=True):
+    message_id: str
+    chat_id: str
+
+
+_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+    "message": msgspec.json.Decoder(_Message),
+{% if c.edits %}
+    "edit": msgspec.json.Decoder(_Edit),
+{% endif %}
+{% if presses %}
+    "press": msgspec.json.Decoder(_Press),
+{% endif %}
+{% if c.reactions %}
+    "reaction": msgspec.json.Decoder(_Reaction),
+{% endif %}
+{% if c.typing %}
+    "typing": msgspec.json.Decoder(_Typing),
+{% endif %}
+{% if receipts %}
+    "status": msgspec.json.Decoder(_Status),
+{% endif %}
+{% if c.comments %}
+    "comment": msgspec.json.Decoder(_Comment),
+{% endif %}
+}
+"""Decoders of the event kinds this adapter handles, by the event's ``type``."""
+
+
+def _person(user: _User) -> Person:
+    return Person(id=user.id, name=user.name, phone=user.phone)
+
+
+def _event(key: str, event: Any) -> InboundEvent:
+    """The neutral event of one decoded webhook event; ``key`` (the messenger's event id) dedups it."""
+{% if c.edits %}
+    if isinstance(event, _Edit):
+        return InboundEdit(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            sender=_person(event.user),
+            message_id=event.message_id,
+            text=event.text,
+        )
+{% endif %}
+{% if presses %}
+    if isinstance(event, _Press):
+        return InboundMessage(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            sender=_person(event.user),
+            message_id=event.press_id,
+            text=event.label,
+            callback_data=event.data,
+        )
+{% endif %}
+{% if c.reactions %}
+    if isinstance(event, _Reaction):
+        return InboundReaction(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            sender=_person(event.user),
+            message_id=event.message_id,
+            emoji=event.emoji,
+            removed=not event.emoji,
+        )
+{% endif %}
+{% if c.typing %}
+    if isinstance(event, _Typing):
+        return InboundTyping(chat=event.chat_id, timestamp=event.timestamp, dedup_key=key, sender=_person(event.user))
+{% endif %}
+{% if receipts %}
+    if isinstance(event, _Status):
+        error = event.error
+        return InboundStatus(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            message_id=event.message_id,
+            status=event.status,
+            reason=("blocked" if error is not None and error.code == 403 else "other")
+            if event.status == "failed"
+            else None,
+            error_code=str(error.code) if error is not None else None,
+            error=error.message if error is not None else "",
+        )
+{% endif %}
+{% if c.comments %}
+    if isinstance(event, _Comment):
+        return InboundComment(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            sender=_person(event.user),
+            post=Post(id=event.post.id, url=event.post.url, caption=event.post.text or None),
+            comment_id=event.comment_id,
+            parent_id=event.parent_id,
+            text=event.text,
+        )
+{% endif %}
+    assert isinstance(event, _Message)
+{% if c.media %}
+    media = event.media
+    attachments = ()
+    if media is not None:
+        attachments = (
+            Attachment(
+                kind=media.kind,
+                fetch=media.file_id,
+                file_name=media.file_name,
+                size=media.size,
+                mime_type=media.mime_type,
+            ),
+        )
+{% endif %}
+    return InboundMessage(
+        chat=event.chat_id,
+        timestamp=event.timestamp,
+        dedup_key=key,
+        sender=_person(event.user),
+        message_id=event.message_id,
+        text=event.text,
+{% if c.media %}
+        attachments=attachments,
+{% endif %}
+{% if c.replies %}
+        reply_to=event.reply_to,
+{% endif %}
+    )
+
+
+class {{ P }}Adapter(MessengerAdapter):
+    """{{ c.messenger_name }}: one instance per connected account."""
+
+    name = "{{ c.messenger_slug }}"
+    settings = {{ P }}Settings
+    capabilities = frozenset(
+        {
+{% for capability in ["media", "buttons", "replies", "edits", "reactions", "typing", "delivery_receipts", "read_receipts", "list_messages", "templates", "time_window", "write_first", "comments"] %}
+{% if c[capability] %}
+            Capability.{{ capability }},
+{% endif %}
+{% endfor %}
+        }
+    )
+{% if c.reactions %}
+    reactions = ReactionSet.of(*REACTIONS)
+{% endif %}
+{% if c.time_window %}
+    reply_window = 24 * 3600.0  # PLACEHOLDER: how long after the client's last message free text may go
+{% endif %}
+    rate_limits = (RateLimit(count=30, per=1.0),)  # PLACEHOLDER: the real API's send limits
+    sandbox_factory = {{ P }}Fake
+
+    config: {{ P }}Settings
+
+    # -- webhooks ---------------------------------------------------------------------------
+
+    async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
+        """Check the signature header against the HMAC-SHA256 of the raw body, in constant time."""
+        given = request.headers.get(SIGNATURE_HEADER)
+        if not given:
+            raise SignatureError(f"{SIGNATURE_HEADER} header is missing")
+        if not hmac.compare_digest(given.encode(), signature_of(request.body, self.config.secret).encode()):
+            raise SignatureError(f"{SIGNATURE_HEADER} does not match the body: check the instance's secret")
+        return None
+
+    async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
+        """The neutral event of one webhook; none for an event kind this adapter does not handle."""
+        try:
+            envelope = msgspec.json.decode(request.body, type=_Envelope)
+            decoder = _DECODERS.get(envelope.type)
+            if decoder is None:
+                return []
+            return [_event(envelope.event_id, decoder.decode(request.body))]
+        except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
+            raise WebhookError(f"{{ c.messenger_name }} webhook is malformed: {exc}") from exc
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        """Call API ``method``; its result, or its error mapped to a ``MessengerError``."""
+        url = f"{self.config.api_url}/v1/{method}"
+        headers = {"Authorization": f"Bearer {self.config.token}"}
+        try:
+            response = await self.context.http.post(url, json=params, headers=headers)
+        except httpx.TransportError as exc:
+            raise MessengerError(f"{{ c.messenger_name }} {method}: {type(exc).__name__}", retryable=True) from exc
+        try:
+            reply = msgspec.json.decode(response.content, type=_Reply)
+        except msgspec.DecodeError:
+            status = response.status_code
+            raise MessengerError(
+                f"{{ c.messenger_name }} {method}: HTTP {status}", code=status, retryable=status >= 500
+            ) from None
+        if response.is_success and reply.error is None:
+            return reply.result
+        raise _error(method, response.status_code, reply.error)
+
+    # -- sends ------------------------------------------------------------------------------
+
+    async def send_message(self, message: OutgoingMessage) -> SendResult:
+        """Send text{% if c.media %}, media (the text as the first caption){% endif %}{% if c.buttons %}, buttons{% endif %}{% if c.list_messages %}, a list{% endif %}{% if c.templates %}, a template{% endif %}."""
+{% if c.write_first %}
+        target: dict[str, Any] = {"chat_id": message.chat} if message.chat is not None else {"phone": message.phone}
+{% else %}
+        target: dict[str, Any] = {"chat_id": message.chat}
+{% endif %}
+        extras: dict[str, Any] = {}
+{% if c.replies %}
+        if message.reply_to is not None:
+            extras["reply_to"] = message.reply_to
+{% endif %}
+{% if c.buttons %}
+        if message.buttons:
+            extras["buttons"] = [
+                [{"text": b.text, "url": b.url} if b.url else {"text": b.text, "data": b.callback_data} for b in row]
+                for row in message.buttons
+            ]
+{% endif %}
+{% if c.list_messages %}
+        if message.list_message is not None:
+            extras["list"] = msgspec.to_builtins(message.list_message)
+{% endif %}
+{% if c.templates %}
+        if message.template is not None:
+            template = message.template
+            extras["template"] = {
+                "name": template.external_id or template.id,
+                "params": [param.value for param in template.params],
+            }
+{% endif %}
+        parts = [{"text": message.text, **extras}]
+{% if c.media %}
+        if message.attachments:
+            parts = [
+                {
+                    "text": message.text if index == 0 else "",
+                    "media": {"kind": a.kind, "url": a.url, "file_name": a.file_name},
+                    **(extras if index == 0 else {}),
+                }
+                for index, a in enumerate(message.attachments)
+            ]
+{% endif %}
+        ids: list[str] = []
+        chat: str | None = None
+        for part in parts:
+            sent = msgspec.convert(await self._call("messages/send", {**target, **part}), _Sent)
+            ids.append(sent.message_id)
+            chat = sent.chat_id
+            target = {"chat_id": chat}
+{% if c.write_first %}
+        return SendResult(message_ids=tuple(ids), chat=chat if message.chat is None else None)
+{% else %}
+        return SendResult(message_ids=tuple(ids))
+{% endif %}
+{% if c.reactions %}
+
+    async def send_reaction(self, reaction: OutgoingReaction) -> None:
+        """Set (or, with an empty emoji, remove) our reaction, in the messenger's own spelling of the emoji."""
+        emoji = "" if reaction.removed else (self.reactions.match(reaction.emoji) or reaction.emoji)
+        await self._call("reactions/set", {"chat_id": reaction.chat, "message_id": reaction.message_id, "emoji": emoji})
+{% endif %}
+{% if c.typing %}
+
+    async def send_typing(self, typing: OutgoingTyping) -> None:
+        """Show the manager typing (the messenger shows it a few seconds); comment threads show none."""
+        if typing.post_id is None:
+            await self._call("typing/start", {"chat_id": typing.chat})
+{% endif %}
+{% if c.comments %}
+
+    async def send_comment_reply(self, reply: OutgoingCommentReply) -> SendResult:
+        """Answer a comment in public."""
+        params = {"post_id": reply.post_id, "comment_id": reply.comment_id, "text": reply.text}
+        result = await self._call("comments/reply", params)
+        return SendResult(message_ids=(str(result["comment_id"]),))
+{% endif %}
+{% if c.media %}
+
+    async def fetch_media(self, handle: str) -> FetchedMedia:
+        """Download a client's file by the id its webhook gave (the download needs the token)."""
+        url = f"{self.config.api_url}/v1/files/{handle}"
+        try:
+            response = await self.context.http.get(url, headers={"Authorization": f"Bearer {self.config.token}"})
+        except httpx.TransportError as exc:
+            raise MessengerError(f"{{ c.messenger_name }} file download: {type(exc).__name__}", retryable=True) from exc
+        if response.status_code != 200:
+            status = response.status_code
+            raise MessengerError(
+                f"{{ c.messenger_name }} file download: HTTP {status}", code=status, retryable=status >= 500
+            )
+        return FetchedMedia(content=response.content, content_type=response.headers.get("content-type"))
+{% endif %}
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def startup(self) -> None:
+        """Register the webhook (``context.public_url``) and its secret with the messenger."""
+        if self.context.public_url:
+            await self._call("webhook/set", {"url": self.context.public_url, "secret": self.config.secret})
+
+
+def _error(method: str, status: int, error: _Error | None) -> MessengerError:
+    """The ``MessengerError`` of a refused call: retry what may pass later, name the reason of the rest."""
+    description = f"{{ c.messenger_name }} {method}: {error.message if error is not None else f'HTTP {status}'}"
+    if status == 429:
+        retry_after = error.retry_after if error is not None and error.retry_after is not None else 1.0
+        return RateLimited(description, retry_after=retry_after, code=status)
+    if status >= 500:
+        return MessengerError(description, code=status, retryable=True)
+    if status == 401:
+        return MessengerError(f"{description}: check the instance's token", code=status)
+    if status == 403:
+        return MessengerError(description, code=status, reason="blocked")
+    if status == 404:
+        return MessengerError(description, code=status, reason="no_chat")
+    return MessengerError(description, code=status)

@@ -1,0 +1,235 @@
+"""End to end through the core: the runtime between the fake amojo and the fake Graph API, two numbers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import msgspec
+import pytest
+from amoconnect.amojo import wire
+from conftest import peer_check
+from whatsapp_rig import World, eventually, world
+
+from amoconnect_whatsapp.fake import User
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+async def w(tmp_path: Path) -> AsyncIterator[World]:
+    async with world(tmp_path) as w:
+        yield w
+    peer_check(w.fake)
+
+
+async def _client_message(w: World, user: User, text: str, instance: str = "wa1") -> str:
+    """The client writes; returns amoCRM's id of the message once it arrived."""
+    to = w.adapter(instance).config.phone_number_id
+    await w.fake.client_writes(user, text, to=to)
+    conversation = w.conversation(user.chat, instance)
+    found = await eventually(lambda: [m for m in w.amojo.messages_in(conversation) if m.text == text])
+    return str(found[0].id)
+
+
+async def test_each_kind_reaches_amocrm(w: World) -> None:
+    anna = w.fake.add_user("4915100000001", name="Anna")
+    ghost = w.fake.add_user(None, name="Ghost", username="ghost")
+    await w.fake.client_writes(anna, "hello")
+    await w.fake.client_sends_media(anna, "image", b"\xff\xd8 JPEG", "image/jpeg", caption="a cat")
+    await w.fake.client_sends_media(anna, "audio", b"OggS", "audio/ogg", voice=True)
+    await w.fake.client_sends_media(anna, "document", b"%PDF", "application/pdf", filename="offer.pdf")
+    await w.fake.client_sends_location(anna, 55.75, 37.61)
+    await w.fake.client_sends_contact(anna, "Bob", "+4915100000009")
+    await w.fake.client_sends_unsupported(anna)
+    await w.fake.client_writes(ghost, "I have no phone number")
+    conversation = w.conversation("4915100000001")
+    stored = await eventually(lambda: len(w.amojo.messages_in(conversation)) == 7 and w.amojo.messages_in(conversation))
+    assert [m.type for m in stored] == ["text", "picture", "voice", "file", "location", "contact", "text"]
+    assert stored[1].text == "a cat" and stored[3].content.file_name == "offer.pdf"
+    media_url = stored[1].content.media
+    assert media_url is not None and media_url.startswith("http://amoconnect/media/")
+    downloaded = await w.runtime.client.get(media_url.removeprefix("http://amoconnect"))
+    assert downloaded.content == b"\xff\xd8 JPEG"
+    assert "cannot show" in (stored[6].text or "")
+    payload = stored[0].payload
+    assert payload is not None and payload.sender.name == "Anna"
+    assert payload.sender.profile is not None and payload.sender.profile.phone == "+4915100000001"
+    ghost_messages = await eventually(lambda: w.amojo.messages_in(w.conversation(ghost.user_id)))
+    assert ghost_messages[0].text == "I have no phone number"
+
+
+async def test_manager_kinds_reach_the_client(w: World) -> None:
+    anna = w.fake.add_user("4915100000001", name="Anna")
+    first = await _client_message(w, anna, "hi")
+    conversation = w.conversation(anna.chat)
+    await w.amojo.emit_text(w.scope_id, conversation, "plain text")
+    await w.amojo.emit_reply(w.scope_id, conversation, first, "a reply")
+    await w.amojo.emit_media(
+        w.scope_id, conversation, "picture", "http://files.test/cat.jpg", file_name="cat.jpg", file_size=10, text="cat"
+    )
+    await w.amojo.emit_media(
+        w.scope_id, conversation, "file", "http://files.test/report.pdf", file_name="report.pdf", file_size=10
+    )
+    await w.amojo.emit_buttons(
+        w.scope_id,
+        conversation,
+        "Choose",
+        [[wire.Button(text="Yes"), wire.Button(text="No")], [wire.Button(text="Site", url="https://example.com")]],
+    )
+    sent = await eventually(lambda: len(w.fake.sent_to(anna)) == 5 and w.fake.sent_to(anna))
+    assert [s.type for s in sent] == ["text", "text", "image", "document", "interactive"]
+    assert sent[1].body["context"]["message_id"] == w.amojo.message(first).msgid.rsplit(":", 1)[-1]  # type: ignore[union-attr]
+    assert sent[2].body["image"]["caption"] == "cat" and sent[3].body["document"]["filename"] == "report.pdf"
+    buttons = sent[4].body["interactive"]
+    assert buttons["type"] == "button" and "Site: https://example.com" in buttons["body"]["text"]
+
+
+async def test_statuses_in_and_out_of_order(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    w.fake.auto_statuses = ()
+    emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "how are you")
+    sent = await eventually(lambda: w.fake.sent_to(anna))
+    wamid = sent[0].wamid
+    await eventually(lambda: w.runtime.store and True)
+    w.fake.hold()
+    for status in ("sent", "delivered", "read"):
+        await w.fake.deliver_status(wamid, status)
+    await w.fake.release(shuffle=True, duplicate=True, seed=3)
+    statuses = await eventually(lambda: w.amojo.message(emitted.message_id or "").statuses)
+    await eventually(lambda: any(s.delivery_status == 2 for s in w.amojo.message(emitted.message_id or "").statuses))
+    codes = [s.delivery_status for s in statuses]
+    assert codes[-1] == 2 and codes.count(2) == 1  # never back from read, each status once
+    late = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "second")
+    second = await eventually(lambda: len(w.fake.sent_to(anna)) == 2 and w.fake.sent_to(anna)[1])
+    await w.fake.deliver_status(second.wamid, "delivered")
+    await w.fake.deliver_status(second.wamid, "failed", error_code=131026)
+    failed = await eventually(
+        lambda: [s for s in w.amojo.message(late.message_id or "").statuses if s.delivery_status == -1]
+    )
+    assert failed[0].error_code == 904
+
+
+async def test_window_closed_template_and_free_text(w: World) -> None:
+    template = w.fake.add_template("order_ready", "en_US", body="Order {{1}} is ready")
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    store = w.runtime.store
+    conversation = w.conversation(anna.chat)
+    record = await store.conversation_by_chat("wa1", anna.chat)
+    assert record is not None
+    await store.put_conversation(msgspec.structs.replace(record, last_client_at=1.0))
+    refused = await w.amojo.emit_text(w.scope_id, conversation, "free text after a day")
+    failed = await eventually(lambda: w.amojo.message(refused.message_id or "").statuses)
+    assert failed[-1].delivery_status == -1 and "reply window" in (failed[-1].error or "")
+    sent = await w.amojo.emit_template(
+        w.scope_id, conversation, "Order {{order}} is ready", {"{{order}}": "42"}, external_id="order_ready:en_US"
+    )
+    out = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.type == "template"])
+    assert out[0].body["template"]["components"][0]["parameters"] == [{"type": "text", "text": "42"}]
+    assert template.status == "APPROVED" and sent.status == 200
+
+
+async def test_late_window_failure_is_reported(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    anna.last_message_at["1000000001"] = 1.0  # WhatsApp thinks otherwise than the core
+    emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "too late")
+    statuses = await eventually(
+        lambda: [s for s in w.amojo.message(emitted.message_id or "").statuses if s.delivery_status == -1]
+    )
+    assert statuses[0].error_code == 905 and statuses[0].error == "24-hour window closed, send a template"
+
+
+async def test_list_message_round_trip_to_callback_data(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "menu?")
+    lm = wire.ListMessage(
+        header="Menu",
+        body="Pick a dish",
+        footer="Bon appétit",
+        button="Open menu",
+        sections=[
+            wire.ListSection(title="Mains", rows=[wire.ListRow(callback_data="soup", title="Soup", description="hot")]),
+            wire.ListSection(title="Drinks", rows=[wire.ListRow(callback_data="tea", title="Tea")]),
+        ],
+    )
+    await w.amojo.emit_list_message(w.scope_id, w.conversation(anna.chat), lm)
+    sent = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.type == "interactive"])
+    await w.fake.client_picks(anna, sent[0].wamid, "tea")
+    picked = await eventually(
+        lambda: [m for m in w.amojo.messages_in(w.conversation(anna.chat)) if getattr(m.content, "callback_data", None) == "tea"]
+    )
+    assert picked[0].text == "Tea"
+    rows = [wire.ListRow(callback_data=f"r{i}", title=f"Row {i}") for i in range(11)]
+    too_big = wire.ListMessage(body="b", button="Open", sections=[wire.ListSection(title="s", rows=rows)])
+    refused = await w.amojo.emit_list_message(w.scope_id, w.conversation(anna.chat), too_big)
+    statuses = await eventually(lambda: w.amojo.message(refused.message_id or "").statuses)
+    assert statuses[-1].error_code == 905 and "11 rows" in (statuses[-1].error or "")
+
+
+async def test_reactions_both_ways(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    first = await _client_message(w, anna, "react to me")
+    emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "and to me")
+    sent = await eventually(lambda: w.fake.sent_to(anna))
+    await w.amojo.emit_reaction(w.scope_id, w.conversation(anna.chat), first, "🦄")
+    reaction = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.type == "reaction"])
+    assert reaction[0].body["reaction"]["emoji"] == "🦄"
+    await w.fake.client_reacts(anna, sent[0].wamid, "❤️")
+    reacts = await eventually(lambda: w.amojo.reactions)
+    assert reacts[0].request.emoji == "❤️" and reacts[0].request.type == "react"
+    await w.fake.client_reacts(anna, sent[0].wamid, "")
+    await eventually(lambda: len(w.amojo.reactions) == 2)
+    assert w.amojo.reactions[1].request.type == "unreact" and emitted.status == 200
+
+
+async def test_typing_marks_read(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "typing?")
+    await w.amojo.emit_typing(w.scope_id, w.conversation(anna.chat))
+    await eventually(lambda: w.fake.typing)
+    assert w.fake.read_marks == w.fake.typing
+
+
+async def test_write_first_by_phone_and_the_answer_joins_the_chat(w: World) -> None:
+    w.fake.add_template("hello", "en_US", body="Hello from the shop")
+    bob = w.fake.add_user("4915100000007", name="Bob")
+    plain = await w.amojo.emit_write_first(w.scope_id, "+4915100000007", "free text first", source_external_id="wa1")
+    refused = await eventually(lambda: w.amojo.message(plain.message_id or "").statuses)
+    assert refused[-1].delivery_status == -1 and "has not written yet" in (refused[-1].error or "")
+    chat = w.amojo.add_chat(w.scope_id, None, phone="+4915100000007", source_external_id="wa1")
+    sent = await w.amojo.emit_template(w.scope_id, chat.id, "Hello from the shop", {}, external_id="hello:en_US")
+    await eventually(lambda: w.fake.sent_to(bob))
+    await eventually(lambda: w.amojo.message(sent.message_id or "").statuses)
+    await w.fake.client_writes(bob, "hi shop")
+    answer = await eventually(lambda: [m for m in w.amojo.messages if m.text == "hi shop"])
+    assert answer[0].chat_id == chat.id  # conversation_ref_id tied our conversation to amoCRM's chat
+
+
+async def test_two_numbers_are_two_sources(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "to number one", "wa1")
+    await _client_message(w, anna, "to number two", "wa2")
+    one = w.amojo.find_chat(w.conversation(anna.chat, "wa1"))
+    two = w.amojo.find_chat(w.conversation(anna.chat, "wa2"))
+    assert one is not None and two is not None and one.id != two.id
+    payloads = [m.payload for m in w.amojo.messages if m.payload is not None]
+    assert {p.source.external_id for p in payloads if p.source} == {"wa1", "second-number"}
+    await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat, "wa2"), "from number two")
+    sent = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.text == "from number two"])
+    assert sent[0].phone_number_id == "1000000002"
+
+
+async def test_rate_limit_storms_end_in_delivery(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    w.fake.fail_next(131056, count=2)
+    w.fake.fail_next(4, count=2, status=429, retry_after=0.01)
+    for adapter in (w.adapter("wa1"), w.adapter("wa2")):
+        adapter.api.rate_waits = dict.fromkeys(adapter.api.rate_waits, 0.01)
+    emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "through the storm")
+    await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.text == "through the storm"], limit=20)
+    statuses = await eventually(lambda: w.amojo.message(emitted.message_id or "").statuses)
+    assert statuses[-1].delivery_status in (1, 2)
