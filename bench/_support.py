@@ -47,7 +47,13 @@ def machine() -> dict[str, Any]:
         nproc = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         nproc = os.cpu_count() or 0
+    commit = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=BENCH_DIR, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     return {
+        "commit": commit or None,
         "nproc": nproc,
         "cpu": model,
         "python": platform.python_version(),
