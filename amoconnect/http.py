@@ -110,7 +110,8 @@ class HostLimiter(httpx.AsyncBaseTransport):
 
 def build_transport(kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32) -> httpx.AsyncBaseTransport:
     """A transport of the given kind behind a per-host in-flight cap."""
-    limits = httpx.Limits(max_connections=max_in_flight_per_host * 4, max_keepalive_connections=max_in_flight_per_host)
+    # The in-flight cap bounds connections per host; a larger pool only lengthens httpcore's scan per request.
+    limits = httpx.Limits(max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host)
     inner: httpx.AsyncBaseTransport
     if kind == "httpx":
         inner = httpx.AsyncHTTPTransport(limits=limits)

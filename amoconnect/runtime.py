@@ -144,7 +144,8 @@ class Runtime:
                 public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
             )
             adapter: MessengerAdapter = cls(settings, context)
-            limiters = [(limit, RateLimiter(limit.count, limit.per)) for limit in cls.rate_limits]
+            # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).
+            limiters = [(limit, RateLimiter(limit.count, limit.per)) for limit in adapter.rate_limits]
             instances.append(Instance(source, self.config.account(source.account), adapter, limiters))
         return instances
 

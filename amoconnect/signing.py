@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -26,10 +27,23 @@ EMPTY_MD5 = "d41d8cd98f00b204e9800998ecf8427e"
 
 def format_date(when: datetime | None = None) -> str:
     """RFC 2822 date with a numeric ``+0000`` zone, as amojo expects (``Mon, 02 Mar 2026 09:30:00 +0000``)."""
-    when = datetime.now(UTC) if when is None else when
+    if when is None:
+        return _now_text()
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return format_datetime(when.astimezone(UTC).replace(microsecond=0))
+
+
+_now_cache: tuple[int, str] = (0, "")
+
+
+def _now_text() -> str:
+    """The current date in RFC 2822, formatted once per second (formatting costs more than signing)."""
+    global _now_cache
+    second = int(time.time())
+    if _now_cache[0] != second:
+        _now_cache = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _now_cache[1]
 
 
 def signature_for(secret: str, method: str, content_md5: str, content_type: str, date: str, path: str) -> str:

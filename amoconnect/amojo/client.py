@@ -118,8 +118,9 @@ class AmojoClient:
         url = self.base_url + path
 
         def build() -> httpx.Request:
+            # A bare Request: the client's merging of base URL, cookies and defaults adds nothing here.
             headers = sign_request(self._secret, method, path, content)
-            return self._client.build_request(method, url, content=content, headers=headers, params=params)
+            return httpx.Request(method, url, content=content, headers=headers, params=params)
 
         return await send_with_retries(self._client, build, policy=self.retry, error=AmojoError, describe=describe)
 

@@ -100,9 +100,12 @@ async def enqueue_inbound(
         if await runtime.store.enqueue([job], dedup=[f"{instance.name}:{event.dedup_key}"]):
             new += 1
 
-    async with anyio.create_task_group() as tg:
-        for event in events:
-            tg.start_soon(one, event)
+    if len(events) == 1:
+        await one(events[0])
+    else:
+        async with anyio.create_task_group() as tg:  # concurrent writes share one commit
+            for event in events:
+                tg.start_soon(one, event)
     metrics = runtime.metrics
     metrics.jobs_queued.labels(INBOUND).inc(new)
     if len(events) > new:

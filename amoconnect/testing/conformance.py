@@ -21,6 +21,7 @@ says which of its methods each capability needs. docs/plugins.md walks through i
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar, TypeVar
 
@@ -100,7 +101,7 @@ class MessengerConformance:
         return load_plugin(self.plugin, self.messenger)[1]
 
     @pytest.fixture
-    async def rig(self, request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[ConnectorRig]:
+    async def rig(self, request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[ConnectorRig]:
         """A running connector for the test, or a skip when the adapter lacks what the test needs."""
         adapter = self.adapter_class()
         for capability in getattr(request.function, "conformance_needs", ()):

@@ -60,6 +60,7 @@ __all__ = [
     "eventually",
     "load_plugin",
     "rig_config",
+    "serve_sample",
 ]
 
 CHANNEL: Final = "11111111-2222-3333-4444-555555555555"
@@ -136,7 +137,8 @@ def _transport(target: ASGIApp | httpx.AsyncBaseTransport) -> httpx.AsyncBaseTra
     return target if isinstance(target, httpx.AsyncBaseTransport) else httpx.ASGITransport(app=target)
 
 
-def _serve_sample(request: httpx.Request) -> httpx.Response:
+def serve_sample(request: httpx.Request) -> httpx.Response:
+    """The :data:`SAMPLE_FILES` by path, for an ``httpx.MockTransport`` (a fake that downloads what managers send)."""
     found = SAMPLE_FILES.get(request.url.path.lstrip("/"))
     if found is None:
         return httpx.Response(404, text="not found")
@@ -417,7 +419,6 @@ async def connector(
     plugin: str | types.ModuleType | type[MessengerAdapter],
     *,
     messenger: str | None = None,
-    fake: Any = None,
     make_fake: Callable[[httpx.AsyncClient], Any] | None = None,
     settings: Mapping[str, Any] | None = None,
     workdir: Path | str | None = None,
@@ -430,9 +431,9 @@ async def connector(
 
     ``plugin`` is the plugin module (or its dotted path, as the entry point names it) or an
     adapter class; ``messenger`` picks one when the plugin registers several. The fake is
-    ``fake``, else ``make_fake(http)``, else the adapter's ``sandbox_factory(http=http)``, where
-    ``http`` is a client of the connector; the instance's settings are ``settings``, else the
-    fake's ``sandbox_settings(api_url)``. ``workdir`` holds the store (a temporary directory when
+    ``make_fake(http)``, else the adapter's ``sandbox_factory(http=http)``, where ``http`` is the
+    client its webhooks reach the connector with; the instance's settings are ``settings``, else
+    the fake's ``sandbox_settings(api_url)``. ``workdir`` holds the store (a temporary directory when
     ``None``); ``config`` overrides sections of :func:`rig_config`; the rig's helpers wait ``within`` seconds.
     """
     pm, adapter = load_plugin(plugin, messenger)
@@ -444,17 +445,18 @@ async def connector(
         hooks = await stack.enter_async_context(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=target), base_url=PUBLIC_URL)
         )
-        if fake is None and make_fake is not None:
+        fake: Any = None
+        if make_fake is not None:
             fake = make_fake(hooks)
-        elif fake is None and adapter.sandbox_factory is not None:
+        elif adapter.sandbox_factory is not None:
             fake = adapter.sandbox_factory(http=hooks)
         api_host = f"{messenger.replace('_', '-')}.messenger.test"
         if settings is None:
             if fake is None:
-                raise PluginError(f"messenger {messenger!r} has no fake (sandbox_factory): pass settings= and fake=")
+                raise PluginError(f"messenger {messenger!r} has no fake (sandbox_factory): pass make_fake=")
             settings = fake.sandbox_settings(f"http://{api_host}")
         routes: dict[str, ASGIApp | httpx.AsyncBaseTransport] = {
-            httpx.URL(FILES_URL).host: httpx.MockTransport(_serve_sample),
+            httpx.URL(FILES_URL).host: httpx.MockTransport(serve_sample),
             httpx.URL(PUBLIC_URL).host: target,
         }
         http = await stack.enter_async_context(

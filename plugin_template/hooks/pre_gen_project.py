@@ -10,7 +10,7 @@ package = {{ cookiecutter.package_name | tojson }}
 project = {{ cookiecutter.project_slug | tojson }}
 checks = [
     (
-        re.fullmatch(r"[A-Za-z][A-Za-z0-9 _-]{0,39}", name),
+        re.fullmatch(r"[A-Za-z][A-Za-z0-9 _-]{0,31}", name),
         f"messenger_name {name!r} must be letters, digits, spaces, '_' and '-', starting with a letter",
     ),
     (
@@ -20,7 +20,7 @@ checks = [
     ),
     (
         package.isidentifier() and not keyword.iskeyword(package),
-        f"package_name {package!r} must be a Python identifier",
+        f"package_name {package!r} must be a Python identifier and not a keyword",
     ),
     (
         re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", project),

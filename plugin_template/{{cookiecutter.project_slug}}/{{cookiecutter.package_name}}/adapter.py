@@ -1,23 +1,21 @@
 {% set c = cookiecutter %}
 {% set P = c.__class_prefix %}
-{% set receipts = c.delivery_receipts or c.read_receipts %}
-{% set presses = c.buttons or c.list_messages %}
-"""The {{ c.messenger_name }} messenger adapter: {{ c.messenger_name }}'s API ↔ amoconnect's neutral model.
+{% set receipts = c.with_delivery_receipts or c.with_read_receipts %}
+{% set presses = c.with_buttons or c.with_list_messages %}
+"""The messenger adapter: {{ c.messenger_name }}'s API ↔ amoconnect's neutral model.
 
 Read it top to bottom:
 
-1. **Declare**: :class:`{{ P }}Settings` is one instance's configuration; the class attributes
-   of :class:`{{ P }}Adapter` say what the messenger can do, and amoconnect holds the code to them.
-2. **Receive**: :meth:`~{{ P }}Adapter.verify` checks a webhook's signature in constant time;
-   :meth:`~{{ P }}Adapter.parse` decodes it strictly and turns it into neutral events, with the
-   messenger's event id as the dedup key.
-3. **Send**: every API call goes through :meth:`~{{ P }}Adapter._call`, the one place that maps
-   the API's errors to :class:`~amoconnect.MessengerError` reasons amoconnect understands.
+1. **Declare**: the settings class is one instance's configuration; the adapter's class
+   attributes say what the messenger can do, and amoconnect holds the code to them.
+2. **Receive**: ``verify`` checks a webhook's signature in constant time; ``parse`` decodes it
+   strictly and turns it into neutral events, with the messenger's event id as the dedup key.
+3. **Send**: every API call goes through ``_call``, the one place that maps the API's errors to
+   :class:`~amoconnect.MessengerError` reasons amoconnect understands.
 
-The wire format is the example API that :mod:`{{ c.package_name }}.fake` serves: a stand-in
-until the plugin speaks {{ c.messenger_name }}'s real API. Change the fake and the adapter
-together to what the real API does, keeping the tests green. ``PLACEHOLDER`` marks the places
-where real APIs differ most.
+The wire format is the example API that the fake (``fake.py``) serves: a stand-in until the
+plugin speaks the messenger's real API. Change the fake and the adapter together to what the
+real API does, keeping the tests green. ``PLACEHOLDER`` marks where real APIs differ most.
 """
 
 from __future__ import annotations
@@ -31,49 +29,49 @@ from typing import Any{% if receipts %}, Literal{% endif %}
 import httpx
 import msgspec
 from amoconnect import (
-{% if c.media %}
+{% if c.with_media %}
     Attachment,
 {% endif %}
     Capability,
-{% if c.media %}
+{% if c.with_media %}
     FetchedMedia,
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
     InboundComment,
 {% endif %}
-{% if c.edits %}
+{% if c.with_edits %}
     InboundEdit,
 {% endif %}
     InboundEvent,
     InboundMessage,
-{% if c.reactions %}
+{% if c.with_reactions %}
     InboundReaction,
 {% endif %}
 {% if receipts %}
     InboundStatus,
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
     InboundTyping,
 {% endif %}
     MessengerAdapter,
     MessengerError,
-{% if c.comments %}
+{% if c.with_comments %}
     OutgoingCommentReply,
 {% endif %}
     OutgoingMessage,
-{% if c.reactions %}
+{% if c.with_reactions %}
     OutgoingReaction,
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
     OutgoingTyping,
 {% endif %}
     Person,
-{% if c.comments %}
+{% if c.with_comments %}
     Post,
 {% endif %}
     RateLimit,
     RateLimited,
-{% if c.reactions %}
+{% if c.with_reactions %}
     ReactionSet,
 {% endif %}
     SendResult,
@@ -82,16 +80,24 @@ from amoconnect import (
     WebhookRequest,
     WebhookResponse,
 )
-{% if c.media %}
+{% if c.with_media %}
 from amoconnect.model import MediaKind
 {% endif %}
 
 from .fake import {{ P }}Fake
 
-__all__ = ["SIGNATURE_HEADER", "{{ P }}Adapter", "{{ P }}Settings", "signature_of"]
+__all__ = [
+    "NAME",
+    "SIGNATURE_HEADER",
+    "{{ P }}Adapter",
+    "{{ P }}Settings",
+    "signature_of",
+]
 
+NAME = {{ c.messenger_name | tojson }}
+"""The messenger's name as people write it (in error messages)."""
 SIGNATURE_HEADER = "X-{{ P }}-Signature"  # PLACEHOLDER: the header the real API signs webhooks in
-{% if c.reactions %}
+{% if c.with_reactions %}
 REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")  # PLACEHOLDER: the emoji the real messenger offers
 {% endif %}
 
@@ -130,7 +136,7 @@ class _Envelope(_Wire, frozen=True):
     type: str
 
 
-{% if c.media %}
+{% if c.with_media %}
 class _Media(_Wire, frozen=True):
     kind: MediaKind
     file_id: str
@@ -146,15 +152,15 @@ class _Message(_Wire, frozen=True):
     message_id: str
     timestamp: float
     text: str = ""
-{% if c.media %}
+{% if c.with_media %}
     media: _Media | None = None
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
     reply_to: str | None = None
 {% endif %}
 
 
-{% if c.edits %}
+{% if c.with_edits %}
 class _Edit(_Wire, frozen=True):
     chat_id: str
     user: _User
@@ -175,7 +181,7 @@ class _Press(_Wire, frozen=True):
 
 
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
 class _Reaction(_Wire, frozen=True):
     chat_id: str
     user: _User
@@ -185,7 +191,7 @@ class _Reaction(_Wire, frozen=True):
 
 
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 class _Typing(_Wire, frozen=True):
     chat_id: str
     user: _User
@@ -209,7 +215,7 @@ class _Status(_Wire, frozen=True):
 
 
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 class _Post(_Wire, frozen=True):
     id: str
     url: str
@@ -239,22 +245,22 @@ class _Sent(_Wire, frozen=True):
 
 _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "message": msgspec.json.Decoder(_Message),
-{% if c.edits %}
+{% if c.with_edits %}
     "edit": msgspec.json.Decoder(_Edit),
 {% endif %}
 {% if presses %}
     "press": msgspec.json.Decoder(_Press),
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
     "reaction": msgspec.json.Decoder(_Reaction),
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
     "typing": msgspec.json.Decoder(_Typing),
 {% endif %}
 {% if receipts %}
     "status": msgspec.json.Decoder(_Status),
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
     "comment": msgspec.json.Decoder(_Comment),
 {% endif %}
 }
@@ -267,7 +273,7 @@ def _person(user: _User) -> Person:
 
 def _event(key: str, event: Any) -> InboundEvent:
     """The neutral event of one decoded webhook event; ``key`` (the messenger's event id) dedups it."""
-{% if c.edits %}
+{% if c.with_edits %}
     if isinstance(event, _Edit):
         return InboundEdit(
             chat=event.chat_id,
@@ -290,7 +296,7 @@ def _event(key: str, event: Any) -> InboundEvent:
             callback_data=event.data,
         )
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
     if isinstance(event, _Reaction):
         return InboundReaction(
             chat=event.chat_id,
@@ -302,7 +308,7 @@ def _event(key: str, event: Any) -> InboundEvent:
             removed=not event.emoji,
         )
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
     if isinstance(event, _Typing):
         return InboundTyping(chat=event.chat_id, timestamp=event.timestamp, dedup_key=key, sender=_person(event.user))
 {% endif %}
@@ -322,7 +328,7 @@ def _event(key: str, event: Any) -> InboundEvent:
             error=error.message if error is not None else "",
         )
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
     if isinstance(event, _Comment):
         return InboundComment(
             chat=event.chat_id,
@@ -336,9 +342,9 @@ def _event(key: str, event: Any) -> InboundEvent:
         )
 {% endif %}
     assert isinstance(event, _Message)
-{% if c.media %}
+{% if c.with_media %}
     media = event.media
-    attachments = ()
+    attachments: tuple[Attachment, ...] = ()
     if media is not None:
         attachments = (
             Attachment(
@@ -357,10 +363,10 @@ def _event(key: str, event: Any) -> InboundEvent:
         sender=_person(event.user),
         message_id=event.message_id,
         text=event.text,
-{% if c.media %}
+{% if c.with_media %}
         attachments=attachments,
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
         reply_to=event.reply_to,
 {% endif %}
     )
@@ -371,19 +377,25 @@ class {{ P }}Adapter(MessengerAdapter):
 
     name = "{{ c.messenger_slug }}"
     settings = {{ P }}Settings
+{% set caps = [] %}
+{% for capability in ["media", "buttons", "replies", "edits", "reactions", "typing", "delivery_receipts", "read_receipts", "list_messages", "templates", "time_window", "write_first", "comments"] %}
+{% if c["with_" + capability] %}{% set _ = caps.append(capability) %}{% endif %}
+{% endfor %}
+{% if caps %}
     capabilities = frozenset(
         {
-{% for capability in ["media", "buttons", "replies", "edits", "reactions", "typing", "delivery_receipts", "read_receipts", "list_messages", "templates", "time_window", "write_first", "comments"] %}
-{% if c[capability] %}
+{% for capability in caps %}
             Capability.{{ capability }},
-{% endif %}
 {% endfor %}
         }
     )
-{% if c.reactions %}
+{% else %}
+    capabilities = frozenset[Capability]()  # text both ways; add capabilities as the adapter learns them
+{% endif %}
+{% if c.with_reactions %}
     reactions = ReactionSet.of(*REACTIONS)
 {% endif %}
-{% if c.time_window %}
+{% if c.with_time_window %}
     reply_window = 24 * 3600.0  # PLACEHOLDER: how long after the client's last message free text may go
 {% endif %}
     rate_limits = (RateLimit(count=30, per=1.0),)  # PLACEHOLDER: the real API's send limits
@@ -411,7 +423,7 @@ class {{ P }}Adapter(MessengerAdapter):
                 return []
             return [_event(envelope.event_id, decoder.decode(request.body))]
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
-            raise WebhookError(f"{{ c.messenger_name }} webhook is malformed: {exc}") from exc
+            raise WebhookError(f"{NAME} webhook is malformed: {exc}") from exc
 
     # -- the API ----------------------------------------------------------------------------
 
@@ -422,14 +434,12 @@ class {{ P }}Adapter(MessengerAdapter):
         try:
             response = await self.context.http.post(url, json=params, headers=headers)
         except httpx.TransportError as exc:
-            raise MessengerError(f"{{ c.messenger_name }} {method}: {type(exc).__name__}", retryable=True) from exc
+            raise MessengerError(f"{NAME} {method}: {type(exc).__name__}", retryable=True) from exc
         try:
             reply = msgspec.json.decode(response.content, type=_Reply)
         except msgspec.DecodeError:
             status = response.status_code
-            raise MessengerError(
-                f"{{ c.messenger_name }} {method}: HTTP {status}", code=status, retryable=status >= 500
-            ) from None
+            raise MessengerError(f"{NAME} {method}: HTTP {status}", code=status, retryable=status >= 500) from None
         if response.is_success and reply.error is None:
             return reply.result
         raise _error(method, response.status_code, reply.error)
@@ -437,29 +447,29 @@ class {{ P }}Adapter(MessengerAdapter):
     # -- sends ------------------------------------------------------------------------------
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
-        """Send text{% if c.media %}, media (the text as the first caption){% endif %}{% if c.buttons %}, buttons{% endif %}{% if c.list_messages %}, a list{% endif %}{% if c.templates %}, a template{% endif %}."""
-{% if c.write_first %}
+        """Send text{% if c.with_media %}, media (the text as the first caption){% endif %}{% if c.with_buttons %}, buttons{% endif %}{% if c.with_list_messages %}, a list{% endif %}{% if c.with_templates %}, a template{% endif %}."""
+{% if c.with_write_first %}
         target: dict[str, Any] = {"chat_id": message.chat} if message.chat is not None else {"phone": message.phone}
 {% else %}
         target: dict[str, Any] = {"chat_id": message.chat}
 {% endif %}
         extras: dict[str, Any] = {}
-{% if c.replies %}
+{% if c.with_replies %}
         if message.reply_to is not None:
             extras["reply_to"] = message.reply_to
 {% endif %}
-{% if c.buttons %}
+{% if c.with_buttons %}
         if message.buttons:
             extras["buttons"] = [
                 [{"text": b.text, "url": b.url} if b.url else {"text": b.text, "data": b.callback_data} for b in row]
                 for row in message.buttons
             ]
 {% endif %}
-{% if c.list_messages %}
+{% if c.with_list_messages %}
         if message.list_message is not None:
             extras["list"] = msgspec.to_builtins(message.list_message)
 {% endif %}
-{% if c.templates %}
+{% if c.with_templates %}
         if message.template is not None:
             template = message.template
             extras["template"] = {
@@ -468,7 +478,7 @@ class {{ P }}Adapter(MessengerAdapter):
             }
 {% endif %}
         parts = [{"text": message.text, **extras}]
-{% if c.media %}
+{% if c.with_media %}
         if message.attachments:
             parts = [
                 {
@@ -486,26 +496,26 @@ class {{ P }}Adapter(MessengerAdapter):
             ids.append(sent.message_id)
             chat = sent.chat_id
             target = {"chat_id": chat}
-{% if c.write_first %}
+{% if c.with_write_first %}
         return SendResult(message_ids=tuple(ids), chat=chat if message.chat is None else None)
 {% else %}
         return SendResult(message_ids=tuple(ids))
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:
         """Set (or, with an empty emoji, remove) our reaction, in the messenger's own spelling of the emoji."""
         emoji = "" if reaction.removed else (self.reactions.match(reaction.emoji) or reaction.emoji)
         await self._call("reactions/set", {"chat_id": reaction.chat, "message_id": reaction.message_id, "emoji": emoji})
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 
     async def send_typing(self, typing: OutgoingTyping) -> None:
         """Show the manager typing (the messenger shows it a few seconds); comment threads show none."""
         if typing.post_id is None:
             await self._call("typing/start", {"chat_id": typing.chat})
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 
     async def send_comment_reply(self, reply: OutgoingCommentReply) -> SendResult:
         """Answer a comment in public."""
@@ -513,7 +523,7 @@ class {{ P }}Adapter(MessengerAdapter):
         result = await self._call("comments/reply", params)
         return SendResult(message_ids=(str(result["comment_id"]),))
 {% endif %}
-{% if c.media %}
+{% if c.with_media %}
 
     async def fetch_media(self, handle: str) -> FetchedMedia:
         """Download a client's file by the id its webhook gave (the download needs the token)."""
@@ -521,12 +531,10 @@ class {{ P }}Adapter(MessengerAdapter):
         try:
             response = await self.context.http.get(url, headers={"Authorization": f"Bearer {self.config.token}"})
         except httpx.TransportError as exc:
-            raise MessengerError(f"{{ c.messenger_name }} file download: {type(exc).__name__}", retryable=True) from exc
+            raise MessengerError(f"{NAME} file download: {type(exc).__name__}", retryable=True) from exc
         if response.status_code != 200:
             status = response.status_code
-            raise MessengerError(
-                f"{{ c.messenger_name }} file download: HTTP {status}", code=status, retryable=status >= 500
-            )
+            raise MessengerError(f"{NAME} file download: HTTP {status}", code=status, retryable=status >= 500)
         return FetchedMedia(content=response.content, content_type=response.headers.get("content-type"))
 {% endif %}
 
@@ -540,7 +548,7 @@ class {{ P }}Adapter(MessengerAdapter):
 
 def _error(method: str, status: int, error: _Error | None) -> MessengerError:
     """The ``MessengerError`` of a refused call: retry what may pass later, name the reason of the rest."""
-    description = f"{{ c.messenger_name }} {method}: {error.message if error is not None else f'HTTP {status}'}"
+    description = f"{NAME} {method}: {error.message if error is not None else f'HTTP {status}'}"
     if status == 429:
         retry_after = error.retry_after if error is not None and error.retry_after is not None else 1.0
         return RateLimited(description, retry_after=retry_after, code=status)

@@ -1,7 +1,7 @@
 {% set c = cookiecutter %}
 {% set P = c.__class_prefix %}
-{% set receipts = c.delivery_receipts or c.read_receipts %}
-{% set presses = c.buttons or c.list_messages %}
+{% set receipts = c.with_delivery_receipts or c.with_read_receipts %}
+{% set presses = c.with_buttons or c.with_list_messages %}
 """A fake of {{ c.messenger_name }}'s API: for the tests, the sandbox and the conformance suite.
 
 PLACEHOLDER: this is an example API, not {{ c.messenger_name }}'s. Make it the real one, as
@@ -10,8 +10,8 @@ the webhook's shape and signature), and the adapter with it.
 
 The API: JSON ``POST /v1/{method}`` with ``Authorization: Bearer <token>``, answering
 ``{"result": ...}`` or ``{"error": {"code", "message", "retry_after"?}}`` with the HTTP status:
-``webhook/set``, ``messages/send``{% if c.reactions %}, ``reactions/set``{% endif %}{% if c.typing %}, ``typing/start``{% endif %}{% if c.comments %},
-``comments/reply``{% endif %}{% if c.media %}; ``GET /v1/files/{file_id}`` downloads a client's file{% endif %}.
+``webhook/set``, ``messages/send``{% if c.with_reactions %}, ``reactions/set``{% endif %}{% if c.with_typing %}, ``typing/start``{% endif %}{% if c.with_comments %},
+``comments/reply``{% endif %}{% if c.with_media %}; ``GET /v1/files/{file_id}`` downloads a client's file{% endif %}.
 Webhooks are one event per POST, ``{"event_id", "type", ...}``, signed in the
 ``X-{{ P }}-Signature`` header (``sha256=<hex HMAC-SHA256 of the body>``). The client side is
 scriptable (``client_writes`` and the rest), and :meth:`{{ P }}Fake.received` and friends say
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-{% if c.media %}
+{% if c.with_media %}
 import mimetypes
 {% endif %}
 import secrets
@@ -35,25 +35,25 @@ from typing import Any{% if receipts %}, Literal{% endif %}
 import httpx
 import msgspec
 {% set model = [] %}
-{% if c.buttons or c.list_messages %}{% set _ = model.append("Button") %}{% endif %}
-{% if c.list_messages %}{% set _ = model.append("ListMessage") %}{% endif %}
-{% if c.media %}{% set _ = model.append("MediaKind") %}{% endif %}
+{% if c.with_buttons %}{% set _ = model.append("Button") %}{% endif %}
+{% if c.with_list_messages %}{% set _ = model.append("ListMessage") %}{% endif %}
+{% if c.with_media %}{% set _ = model.append("MediaKind") %}{% endif %}
 {% if model %}
 from amoconnect.model import {{ model | join(", ") }}
 {% endif %}
 from amoconnect.testing.fakes import (
     ApiError,
-{% if c.media %}
+{% if c.with_media %}
     ClientMedia,
 {% endif %}
     FakeAPI,
     ReceivedMessage,
-{% if c.reactions %}
+{% if c.with_reactions %}
     ReceivedReaction,
 {% endif %}
     WebhookSender,
 )
-{% if c.media %}
+{% if c.with_media %}
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
@@ -61,13 +61,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.routing import BaseRoute
 {% endif %}
 
-__all__ = ["MAX_TEXT_LENGTH", {% if c.reactions %}"REACTIONS", {% endif %}"SIGNATURE_HEADER", "{{ P }}Fake"]
+__all__ = ["MAX_TEXT_LENGTH", {% if c.with_reactions %}"REACTIONS", {% endif %}"SIGNATURE_HEADER", "{{ P }}Fake"]
 
 MAX_TEXT_LENGTH = 4096
 """The longest text ``messages/send`` takes."""
 SIGNATURE_HEADER = "X-{{ P }}-Signature"
 """The header of a webhook's signature."""
-{% if c.reactions %}
+{% if c.with_reactions %}
 REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 """The only emoji the messenger takes as reactions."""
 {% endif %}
@@ -85,7 +85,7 @@ class _SetWebhook(_Params):
     secret: str = ""
 
 
-{% if c.media %}
+{% if c.with_media %}
 class _MediaRef(_Params):
     kind: MediaKind
     url: str
@@ -93,7 +93,7 @@ class _MediaRef(_Params):
 
 
 {% endif %}
-{% if c.buttons %}
+{% if c.with_buttons %}
 class _Button(_Params):
     text: str
     url: str | None = None
@@ -101,7 +101,7 @@ class _Button(_Params):
 
 
 {% endif %}
-{% if c.list_messages %}
+{% if c.with_list_messages %}
 class _ListRow(_Params):
     callback_data: str
     title: str
@@ -122,7 +122,7 @@ class _ListMenu(_Params):
 
 
 {% endif %}
-{% if c.templates %}
+{% if c.with_templates %}
 class _TemplateRef(_Params):
     name: str
     params: list[str] = []
@@ -131,28 +131,28 @@ class _TemplateRef(_Params):
 {% endif %}
 class _Send(_Params):
     chat_id: str | None = None
-{% if c.write_first %}
+{% if c.with_write_first %}
     phone: str | None = None
 {% endif %}
     text: str = ""
-{% if c.media %}
+{% if c.with_media %}
     media: _MediaRef | None = None
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
     reply_to: str | None = None
 {% endif %}
-{% if c.buttons %}
+{% if c.with_buttons %}
     buttons: list[list[_Button]] = []
 {% endif %}
-{% if c.list_messages %}
+{% if c.with_list_messages %}
     menu: _ListMenu | None = msgspec.field(default=None, name="list")
 {% endif %}
-{% if c.templates %}
+{% if c.with_templates %}
     template: _TemplateRef | None = None
 {% endif %}
 
 
-{% if c.reactions %}
+{% if c.with_reactions %}
 class _SetReaction(_Params):
     chat_id: str
     message_id: str
@@ -160,13 +160,13 @@ class _SetReaction(_Params):
 
 
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 class _ChatOnly(_Params):
     chat_id: str
 
 
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 class _AnswerComment(_Params):
     post_id: str
     comment_id: str
@@ -214,19 +214,19 @@ class {{ P }}Fake(FakeAPI):
         self.webhook_secret = ""
         self.sandbox_secret = secrets.token_hex(16)
         self.chats: dict[str, _Chat] = {}
-{% if c.write_first %}
+{% if c.with_write_first %}
         self.phones: dict[str, str] = {}
 {% endif %}
-{% if c.media %}
+{% if c.with_media %}
         self.files: dict[str, tuple[bytes, str]] = {}
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
         self.reactions: list[tuple[str, ReceivedReaction]] = []
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
         self.typing: list[str] = []
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
         self.posts: dict[str, set[str]] = {}
         self.comment_replies: dict[str, list[str]] = {}
 {% endif %}
@@ -237,16 +237,16 @@ class {{ P }}Fake(FakeAPI):
         return [
             self.method("/v1/webhook/set", self._set_webhook, _SetWebhook, name="webhook/set"),
             self.method("/v1/messages/send", self._send, _Send, name="messages/send"),
-{% if c.reactions %}
+{% if c.with_reactions %}
             self.method("/v1/reactions/set", self._set_reaction, _SetReaction, name="reactions/set"),
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
             self.method("/v1/typing/start", self._typing, _ChatOnly, name="typing/start"),
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
             self.method("/v1/comments/reply", self._answer_comment, _AnswerComment, name="comments/reply"),
 {% endif %}
-{% if c.media %}
+{% if c.with_media %}
             Route("/v1/files/{file_id}", self._download, methods=["GET"]),
 {% endif %}
         ]
@@ -272,7 +272,7 @@ class {{ P }}Fake(FakeAPI):
 
     def _send(self, params: _Send) -> dict[str, str]:
         chat_id = params.chat_id
-{% if c.write_first %}
+{% if c.with_write_first %}
         if chat_id is None and params.phone is not None:
             chat_id = self.phones.get(params.phone)
             if chat_id is None:
@@ -284,27 +284,27 @@ class {{ P }}Fake(FakeAPI):
         if len(params.text) > MAX_TEXT_LENGTH:
             raise ApiError(400, "text is too long")
         kind = "text"
-{% if c.media %}
+{% if c.with_media %}
         if params.media is not None:
             kind = params.media.kind
 {% endif %}
-{% if c.list_messages %}
+{% if c.with_list_messages %}
         if params.menu is not None:
             kind = "list"
             if not [row for section in params.menu.sections for row in section.rows]:
                 raise ApiError(400, "a list needs rows")
 {% endif %}
-{% if c.templates %}
+{% if c.with_templates %}
         if params.template is not None:
             kind = "template"
 {% endif %}
         if kind == "text" and not params.text:
             raise ApiError(400, "text is empty")
-{% if c.replies %}
+{% if c.with_replies %}
         if params.reply_to is not None and params.reply_to not in chat.messages:
             raise ApiError(400, "message to reply to not found")
 {% endif %}
-{% if c.buttons %}
+{% if c.with_buttons %}
         if any((b.url is None) == (b.data is None) for row in params.buttons for b in row):
             raise ApiError(400, "a button needs exactly one of url and data")
 {% endif %}
@@ -313,35 +313,35 @@ class {{ P }}Fake(FakeAPI):
         chat.received.append(
             ReceivedMessage(
                 message_id=message_id,
-{% if c.list_messages %}
+{% if c.with_list_messages %}
                 text=params.text or (params.menu.body if params.menu is not None else ""),
 {% else %}
                 text=params.text,
 {% endif %}
                 kind=kind,
-{% if c.media %}
+{% if c.with_media %}
                 media_url=params.media.url if params.media is not None else None,
                 file_name=params.media.file_name if params.media is not None else "",
 {% endif %}
-{% if c.buttons %}
+{% if c.with_buttons %}
                 buttons=tuple(
                     tuple(Button(text=b.text, url=b.url, callback_data=b.data) for b in row) for row in params.buttons
                 ),
 {% endif %}
-{% if c.list_messages %}
+{% if c.with_list_messages %}
                 list_message=msgspec.convert(msgspec.to_builtins(params.menu), ListMessage) if params.menu else None,
 {% endif %}
-{% if c.templates %}
+{% if c.with_templates %}
                 template=params.template.name if params.template is not None else None,
                 template_params=tuple(params.template.params) if params.template is not None else (),
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
                 reply_to=params.reply_to,
 {% endif %}
             )
         )
         return {"message_id": message_id, "chat_id": chat.id}
-{% if c.reactions %}
+{% if c.with_reactions %}
 
     def _set_reaction(self, params: _SetReaction) -> bool:
         chat = self._chat(params.chat_id)
@@ -352,13 +352,13 @@ class {{ P }}Fake(FakeAPI):
         self.reactions.append((chat.id, ReceivedReaction(params.message_id, params.emoji)))
         return True
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 
     def _typing(self, params: _ChatOnly) -> bool:
         self.typing.append(self._chat(params.chat_id).id)
         return True
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 
     def _answer_comment(self, params: _AnswerComment) -> dict[str, str]:
         comments = self.posts.get(params.post_id)
@@ -373,7 +373,7 @@ class {{ P }}Fake(FakeAPI):
         self.comment_replies.setdefault(params.post_id, []).append(params.text)
         return {"comment_id": answer}
 {% endif %}
-{% if c.media %}
+{% if c.with_media %}
 
     async def _download(self, request: Request) -> Response:
         refused = self.guard(request, "files")
@@ -397,7 +397,7 @@ class {{ P }}Fake(FakeAPI):
     def block(self, chat: str, blocked: bool = True) -> None:
         """The client blocks the account (``blocked=False``: unblocks); sends to the chat then get 403."""
         self.join(chat).blocked = blocked
-{% if c.write_first %}
+{% if c.with_write_first %}
 
     def register_phone(self, phone: str) -> str:
         """A person with ``phone`` joins the messenger; the chat id that writing to the phone opens."""
@@ -412,19 +412,19 @@ class {{ P }}Fake(FakeAPI):
         """What the connector sent to ``chat``, oldest first."""
         found = self.chats.get(chat)
         return list(found.received) if found is not None else []
-{% if c.reactions %}
+{% if c.with_reactions %}
 
     def received_reactions(self, chat: str) -> list[ReceivedReaction]:
         """The reactions the connector set (or, with an empty emoji, took back) in ``chat``."""
         return [reaction for where, reaction in self.reactions if where == chat]
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 
     def received_typing(self, chat: str) -> int:
         """How many times the connector showed typing in ``chat``."""
         return self.typing.count(chat)
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 
     def received_comment_replies(self, post_id: str) -> list[str]:
         """What the connector answered in public under post ``post_id``."""
@@ -462,10 +462,10 @@ class {{ P }}Fake(FakeAPI):
         chat: str,
         text: str = "",
         *,
-{% if c.media %}
+{% if c.with_media %}
         media: ClientMedia | None = None,
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
         reply_to: str | None = None,
 {% endif %}
         name: str | None = None,
@@ -474,7 +474,7 @@ class {{ P }}Fake(FakeAPI):
         client = self.join(chat, name=name)
         message_id = self.next_id("m")
         fields: dict[str, Any] = {"message_id": message_id, "text": text}
-{% if c.media %}
+{% if c.with_media %}
         if media is not None:
             file_id = self.next_id("f")
             mime_type = media.mime_type or mimetypes.guess_type(media.file_name)[0] or "application/octet-stream"
@@ -487,7 +487,7 @@ class {{ P }}Fake(FakeAPI):
                 "size": len(media.content),
             }
 {% endif %}
-{% if c.replies %}
+{% if c.with_replies %}
         if reply_to is not None:
             if reply_to not in client.messages:
                 raise LookupError(f"chat {chat!r} has no message {reply_to!r} to reply to")
@@ -495,7 +495,7 @@ class {{ P }}Fake(FakeAPI):
 {% endif %}
         client.messages[message_id] = False
         return await self.webhooks.send(self._event("message", client, **fields))
-{% if c.edits %}
+{% if c.with_edits %}
 
     async def client_edits(self, chat: str, message_id: str, text: str) -> int | None:
         """The client edits its message ``message_id`` to ``text``."""
@@ -507,7 +507,7 @@ class {{ P }}Fake(FakeAPI):
 {% if presses %}
 
     async def client_presses(self, chat: str, callback_data: str) -> int | None:
-        """The client presses the newest button{% if c.list_messages %} (or picks the list row){% endif %} with ``callback_data``."""
+        """The client presses the newest button{% if c.with_list_messages %} (or picks the list row){% endif %} with ``callback_data``."""
         client = self.join(chat)
         for message in reversed(client.received):
             labels = {b.callback_data: b.text for row in message.buttons for b in row if b.callback_data}
@@ -519,7 +519,7 @@ class {{ P }}Fake(FakeAPI):
                 return await self.webhooks.send(self._event("press", client, **press))
         raise LookupError(f"chat {chat!r} got no button or list row with data {callback_data!r}")
 {% endif %}
-{% if c.reactions %}
+{% if c.with_reactions %}
 
     async def client_reacts(self, chat: str, message_id: str, emoji: str, removed: bool = False) -> int | None:
         """The client sets (or, ``removed``, takes back) a reaction on a message of the chat."""
@@ -531,7 +531,7 @@ class {{ P }}Fake(FakeAPI):
         reaction = {"message_id": message_id, "emoji": "" if removed else emoji}
         return await self.webhooks.send(self._event("reaction", client, **reaction))
 {% endif %}
-{% if c.typing %}
+{% if c.with_typing %}
 
     async def client_types(self, chat: str) -> int | None:
         """The client starts typing."""
@@ -553,7 +553,7 @@ class {{ P }}Fake(FakeAPI):
         del event["user"]
         return await self.webhooks.send(event)
 {% endif %}
-{% if c.comments %}
+{% if c.with_comments %}
 
     async def client_comments(self, chat: str, post_id: str, text: str, *, parent_id: str | None = None) -> int | None:
         """The client of ``chat`` comments on post ``post_id`` (published on first use)."""

@@ -124,17 +124,17 @@ def error_response(error: GraphFail) -> JSONResponse:
     return JSONResponse(error.envelope(), status_code=error.status, headers=error.headers)
 
 
-def invalid(details: str) -> NoReturn:
+def _invalid(details: str) -> NoReturn:
     """131009: a parameter value is not valid."""
     fail(131009, "(#131009) Parameter value is not valid", details)
 
 
-def missing(details: str) -> NoReturn:
+def _missing(details: str) -> NoReturn:
     """131008: a required parameter is missing."""
     fail(131008, "(#131008) Required parameter is missing", details)
 
 
-def unknown(key: str) -> NoReturn:
+def _unknown(key: str) -> NoReturn:
     """100: a parameter the API does not know (Meta ignores some; the fake refuses them all)."""
     fail(100, f"(#100) Param {key} is not a valid parameter", f"unexpected key {key!r}")
 
@@ -171,6 +171,8 @@ class Number:
     display_phone_number: str
     webhook_url: str | None = None
     """Where this number's webhooks go (its override, else its WABA's URL)."""
+    registered: bool = True
+    """False: the number is not registered with the Cloud API, and sends fail with 133010."""
 
 
 @dataclass
@@ -286,10 +288,10 @@ def _keys(obj: Any, where: str, allowed: set[str] | frozenset[str], required: tu
         fail(100, f"(#100) Param {where} must be an object", f"{where} is {type(obj).__name__}")
     for key in obj:
         if key not in allowed:
-            unknown(f"{where}['{key}']" if where else key)
+            _unknown(f"{where}['{key}']" if where else key)
     for key in required:
         if obj.get(key) in (None, ""):
-            missing(f"{where}['{key}'] is required" if where else f"{key} is required")
+            _missing(f"{where}['{key}'] is required" if where else f"{key} is required")
     return obj
 
 
@@ -297,9 +299,9 @@ def _text(value: Any, where: str, limit: int, *, required: bool = True) -> str:
     if value is None and not required:
         return ""
     if not isinstance(value, str) or (required and not value.strip()):
-        missing(f"{where} is required and must be non-empty text")
+        _missing(f"{where} is required and must be non-empty text")
     if len(value) > limit:
-        invalid(f"{where} must be at most {limit} characters, got {len(value)}")
+        _invalid(f"{where} must be at most {limit} characters, got {len(value)}")
     return value
 
 
@@ -307,12 +309,12 @@ def check_message(body: dict[str, Any]) -> str:
     """Check a send's body as the messages endpoint does; its ``type``, or a :class:`GraphFail`."""
     kind = body.get("type", "text")
     if kind not in _TYPES:
-        invalid(f"type {kind!r} is not a message type")
+        _invalid(f"type {kind!r} is not a message type")
     _keys(body, "", _BASE_KEYS | {kind})
     if body.get("recipient_type", "individual") != "individual":
-        invalid("recipient_type must be individual")
+        _invalid("recipient_type must be individual")
     if ("to" in body) == ("recipient" in body):
-        missing("exactly one of 'to' and 'recipient' is required")
+        _missing("exactly one of 'to' and 'recipient' is required")
     if "context" in body:
         _keys(body["context"], "context", {"message_id"}, ("message_id",))
     content = body.get(kind)
@@ -320,7 +322,7 @@ def check_message(body: dict[str, Any]) -> str:
         text = _keys(content, "text", {"body", "preview_url"}, ("body",))
         _text(text["body"], "text['body']", TEXT_LIMIT)
         if not isinstance(text.get("preview_url", False), bool):
-            invalid("text['preview_url'] must be a boolean")
+            _invalid("text['preview_url'] must be a boolean")
     elif kind in MEDIA_KINDS:
         allowed = {"id", "link"}
         if kind in ("image", "video", "document"):
@@ -329,15 +331,15 @@ def check_message(body: dict[str, Any]) -> str:
             allowed.add("filename")
         media = _keys(content, kind, allowed)
         if ("id" in media) == ("link" in media):
-            missing(f"{kind} needs exactly one of 'id' and 'link'")
+            _missing(f"{kind} needs exactly one of 'id' and 'link'")
         if "link" in media and not str(media["link"]).startswith(("http://", "https://")):
-            invalid(f"{kind}['link'] must be an http(s) URL")
+            _invalid(f"{kind}['link'] must be an http(s) URL")
         _text(media.get("caption"), f"{kind}['caption']", CAPTION_LIMIT, required=False)
     elif kind == "reaction":
         reaction = _keys(content, "reaction", {"message_id", "emoji"}, ("message_id",))
         emoji = reaction.get("emoji")
         if not isinstance(emoji, str) or len(emoji) > 10 or any(c.isalnum() for c in emoji):
-            invalid("reaction['emoji'] must be one emoji, or empty to remove the reaction")
+            _invalid("reaction['emoji'] must be one emoji, or empty to remove the reaction")
     elif kind == "interactive":
         _interactive(content)
     elif kind == "template":
@@ -353,7 +355,7 @@ def _interactive(content: Any) -> None:
     interactive = _keys(content, "interactive", {"type", "header", "body", "footer", "action"}, ("type", "action"))
     kind = interactive["type"]
     if kind not in ("list", "button"):
-        invalid(f"interactive['type'] {kind!r}: the fake knows list and button")
+        _invalid(f"interactive['type'] {kind!r}: the fake knows list and button")
     body = _keys(interactive.get("body"), "interactive['body']", {"text"}, ("text",))
     _text(body["text"], "interactive['body']['text']", BODY_LIMIT)
     if "footer" in interactive:
@@ -362,14 +364,14 @@ def _interactive(content: Any) -> None:
     if "header" in interactive:
         header = _keys(interactive["header"], "interactive['header']", {"type", "text"}, ("type",))
         if header["type"] != "text":
-            invalid("a list's header must be of type text")
+            _invalid("a list's header must be of type text")
         _text(header.get("text"), "interactive['header']['text']", HEADER_LIMIT)
     action = interactive["action"]
     if kind == "button":
         _keys(action, "interactive['action']", {"buttons"}, ("buttons",))
         buttons = action["buttons"]
         if not isinstance(buttons, list) or not 1 <= len(buttons) <= REPLY_BUTTONS_LIMIT:
-            invalid(f"interactive['action']['buttons'] must have 1 to {REPLY_BUTTONS_LIMIT} buttons")
+            _invalid(f"interactive['action']['buttons'] must have 1 to {REPLY_BUTTONS_LIMIT} buttons")
         button_ids, titles = set(), set()
         for index, button in enumerate(buttons):
             where = f"interactive['action']['buttons'][{index}]"
@@ -378,13 +380,13 @@ def _interactive(content: Any) -> None:
             button_ids.add(_text(reply["id"], f"{where}['reply']['id']", BUTTON_ID_LIMIT))
             titles.add(_text(reply["title"], f"{where}['reply']['title']", BUTTON_TITLE_LIMIT))
         if len(button_ids) != len(buttons) or len(titles) != len(buttons):
-            invalid("button ids and titles must be unique")
+            _invalid("button ids and titles must be unique")
         return
     _keys(action, "interactive['action']", {"button", "sections"}, ("button", "sections"))
     _text(action["button"], "interactive['action']['button']", LIST_BUTTON_LIMIT)
     sections = action["sections"]
     if not isinstance(sections, list) or not 1 <= len(sections) <= LIST_SECTIONS_LIMIT:
-        invalid(f"interactive['action']['sections'] must have 1 to {LIST_SECTIONS_LIMIT} sections")
+        _invalid(f"interactive['action']['sections'] must have 1 to {LIST_SECTIONS_LIMIT} sections")
     rows = 0
     ids: set[str] = set()
     for s_index, section in enumerate(sections):
@@ -399,9 +401,9 @@ def _interactive(content: Any) -> None:
             _text(row.get("description"), f"{row_where}['description']", ROW_DESCRIPTION_LIMIT, required=False)
             rows += 1
     if not 1 <= rows <= LIST_ROWS_LIMIT:
-        invalid(f"a list may have at most {LIST_ROWS_LIMIT} rows in all sections together, got {rows}")
+        _invalid(f"a list may have at most {LIST_ROWS_LIMIT} rows in all sections together, got {rows}")
     if len(ids) != rows:
-        invalid("row ids must be unique")
+        _invalid("row ids must be unique")
 
 
 def check_template_request(body: Any) -> dict[str, Any]:

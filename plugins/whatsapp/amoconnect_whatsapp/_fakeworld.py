@@ -39,6 +39,7 @@ class FakeWorld:
     templates: dict[str, StoredTemplate]
     deliveries: list[Delivery]
     webhooks: list[dict[str, Any]]
+    undelivered: list[tuple[Number | str, bytes]]
     _held: list[tuple[str, bytes]] | None
     _duplicate_next: bool
     _ids: itertools.count[int]
@@ -53,6 +54,16 @@ class FakeWorld:
 
     def _url(self, number: Number) -> str | None:
         return number.webhook_url or self.waba_webhooks.get(number.waba_id)
+
+    async def deliver_pending(self) -> None:
+        """Deliver the webhooks made while their number or WABA had no URL (Meta keeps them for 7 days)."""
+        pending, self.undelivered = self.undelivered, []
+        for owner, body in pending:
+            url = self._url(owner) if isinstance(owner, Number) else self.waba_webhooks.get(owner)
+            if url is None:
+                self.undelivered.append((owner, body))
+            else:
+                await self._post(url, body)
 
     def _contact(self, user: User) -> dict[str, Any]:
         profile: dict[str, Any] = {"name": user.name}
@@ -70,11 +81,14 @@ class FakeWorld:
         change = {"field": "messages", "value": {"messaging_product": "whatsapp", "metadata": metadata, **value}}
         return {"object": "whatsapp_business_account", "entry": [{"id": number.waba_id, "changes": [change]}]}
 
-    async def _emit(self, url: str | None, payload: dict[str, Any]) -> int | None:
+    async def _emit(self, owner: Number | str, payload: dict[str, Any]) -> int | None:
+        """Deliver a webhook of a number (or of WABA ``owner``); kept until a URL is set when there is none."""
         self.webhooks.append(payload)
-        if url is None:
-            return None
         body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        url = self._url(owner) if isinstance(owner, Number) else self.waba_webhooks.get(owner)
+        if url is None:
+            self.undelivered.append((owner, body))
+            return None
         if self._held is not None:
             self._held.append((url, body))
             return None
@@ -134,7 +148,7 @@ class FakeWorld:
         contacts = (
             [self._contact(user)] if user is not None else [{"wa_id": item.get("recipient_id", ""), "user_id": "US.0"}]
         )
-        return await self._emit(self._url(number), self._envelope(number, {"contacts": contacts, "statuses": [item]}))
+        return await self._emit(number, self._envelope(number, {"contacts": contacts, "statuses": [item]}))
 
     # -- the client side -------------------------------------------------------------------------
 
@@ -152,9 +166,7 @@ class FakeWorld:
             message["context"] = context
         user.last_message_at[number.phone_number_id] = now
         self.inbound[message["id"]] = (number.phone_number_id, user, message)
-        await self._emit(
-            self._url(number), self._envelope(number, {"contacts": [self._contact(user)], "messages": [message]})
-        )
+        await self._emit(number, self._envelope(number, {"contacts": [self._contact(user)], "messages": [message]}))
         return message
 
     def _context(self, number: Number, quoted: str | None) -> dict[str, Any] | None:
@@ -216,6 +228,12 @@ class FakeWorld:
             "phones": [{"phone": phone, "type": "CELL", "wa_id": phone.lstrip("+")}],
         }
         return await self._client_message(user, {"type": "contacts", "contacts": [card]}, to=to)
+
+    async def client_edits(self, user: User, wamid: str, text: str) -> dict[str, Any]:
+        """``user`` edits their text message ``wamid`` to ``text``."""
+        phone_number_id = self.inbound[wamid][0]
+        edit = {"original_message_id": wamid, "message": {"type": "text", "text": {"body": text}}}
+        return await self._client_message(user, {"type": "edit", "edit": edit}, to=phone_number_id)
 
     async def client_reacts(self, user: User, wamid: str, emoji: str, *, to: str | None = None) -> dict[str, Any]:
         """``user`` reacts to a message (``emoji`` empty: removes the reaction)."""

@@ -39,7 +39,7 @@ import httpx
 import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
-from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.errors import AmoconnectError, ConfigError, MessengerError, RateLimited, SignatureError
 from amoconnect.model import (
     Attachment,
     InboundEvent,
@@ -55,7 +55,7 @@ from .compose import MEDIA_TYPES, Part, TemplateRef, plan_message, template_ref
 from .review import ReviewDesk
 from .webhooks import SIGNATURE_HEADER, Parsed, TemplateUpdate, check_signature, decode, handshake, parse
 
-__all__ = ["ReviewSettings", "WhatsAppAdapter", "WhatsAppSettings"]
+__all__ = ["MEDIA_LIMIT", "REVIEW_ROUTE", "ReviewSettings", "WhatsAppAdapter", "WhatsAppSettings"]
 
 REVIEW_ROUTE = "template-review"
 """Path (below the instance's webhook URL) of amoCRM's ``add_chat_template_review`` account webhook."""
@@ -137,7 +137,6 @@ class _Resend:
     """A message WhatsApp accepted, then failed for throughput: send it again after a pause."""
 
     status: InboundStatus
-    attempt: int = 1
 
 
 class WhatsAppAdapter(MessengerAdapter):
@@ -155,6 +154,7 @@ class WhatsAppAdapter(MessengerAdapter):
             Capability.buttons,
             Capability.media,
             Capability.replies,
+            Capability.edits,
             Capability.delivery_receipts,
             Capability.read_receipts,
             Capability.time_window,
@@ -172,6 +172,8 @@ class WhatsAppAdapter(MessengerAdapter):
     """Seconds one typing call is trusted to show (WhatsApp: up to 25 s, or until we send)."""
     resend_pauses: ClassVar[tuple[float, ...]] = (6.0, 12.0, 30.0)
     """Pauses before resending a message WhatsApp failed for throughput; then it is reported failed."""
+    webhook_delay: ClassVar[float] = 0.5
+    """Seconds :meth:`run` waits for the server to listen before registering the webhook."""
     retry_pause: ClassVar[float] = 5.0
     """First pause after a failed background call; doubles up to :attr:`max_retry_pause`."""
     max_retry_pause: ClassVar[float] = 300.0
@@ -183,7 +185,8 @@ class WhatsAppAdapter(MessengerAdapter):
         super().__init__(config, context)
         self.config = config
         self.api = GraphApi(context.http, config.api_url, config.api_version, config.token)
-        # The per-number throughput is a setting; the runtime reads the limits from the instance.
+        # The per-number throughput is a setting: a runtime that takes the send limits from the
+        # instance keeps to it; one that takes them from the class keeps to the class's 80 per second.
         vars(self)["rate_limits"] = (
             RateLimit(count=config.messages_per_second, per=1.0),
             RateLimit(count=10, per=60.0, scope="chat"),
@@ -212,7 +215,7 @@ class WhatsAppAdapter(MessengerAdapter):
         """Answer the handshake, take amoCRM's review hook, or check ``X-Hub-Signature-256``."""
         if request.path == REVIEW_ROUTE:
             if self.review is None:
-                return WebhookResponse(status=404, body=b"template review is not enabled for this number")
+                return WebhookResponse(status=403, body=b"template review is not enabled for this number")
             return await self.review.receive(request)
         if request.method == "GET":
             status, text = handshake(request.query, self.config.verify_token)
@@ -277,7 +280,7 @@ class WhatsAppAdapter(MessengerAdapter):
             elif isinstance(effect, _Resend):
                 assert self._tasks is not None
                 self._tasks.start_soon(self._resend, effect)
-        except MessengerError as exc:
+        except AmoconnectError as exc:
             self.log.warning("background work failed", effect=type(effect).__name__, error=str(exc))
 
     async def _work_effects(self) -> None:
@@ -313,7 +316,7 @@ class WhatsAppAdapter(MessengerAdapter):
     # -- lifecycle ------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Check the number and token; register the webhook when asked; prepare the template review."""
+        """Check the number and token; prepare the template review (the webhook is registered by :meth:`run`)."""
         try:
             number = await self.api.request(
                 "GET", self.config.phone_number_id, params={"fields": "display_phone_number,verified_name"}
@@ -327,12 +330,15 @@ class WhatsAppAdapter(MessengerAdapter):
             self.log.warning("WhatsApp is not reachable yet", error=str(exc))
         else:
             self.log.info("number ready", display_phone_number=number.get("display_phone_number"))
-        if self.config.register_webhook != "no":
-            await self._register_webhook()
         if self.review is not None:
             await self.review.startup()
 
     async def _register_webhook(self) -> None:
+        """Point the number's (or WABA's) webhooks here, once the server answers Meta's handshake.
+
+        Meta checks the URL at once with a ``hub.challenge`` GET, so this waits
+        :attr:`webhook_delay` for the server to listen, and tries again with backoff.
+        """
         url = self.context.public_url
         if url is None:
             self.log.warning("register_webhook is set but server.public_url is not: the webhook is not registered")
@@ -344,19 +350,27 @@ class WhatsAppAdapter(MessengerAdapter):
         else:
             path = f"{self.config.waba_id}/subscribed_apps"
             body = {"override_callback_uri": url, "verify_token": self.config.verify_token}
-        try:
-            await self.api.request("POST", path, json=body)
-        except MessengerError as exc:
-            self.log.warning("registering the webhook failed", url=url, error=str(exc))
-        else:
+        pause = self.retry_pause
+        await anyio.sleep(self.webhook_delay)
+        while True:
+            try:
+                await self.api.request("POST", path, json=body)
+            except MessengerError as exc:
+                self.log.warning("registering the webhook failed", url=url, error=str(exc), retry_in_s=pause)
+                await anyio.sleep(pause)
+                pause = min(pause * 2, self.max_retry_pause)
+                continue
             self.log.info("webhook registered", url=url, scope=self.config.register_webhook)
+            return
 
     async def run(self) -> None:
-        """Keep the background work going: chat bookkeeping, resends and the template review."""
+        """Register the webhook if asked; keep the background work going: bookkeeping, resends, template review."""
         try:
             async with anyio.create_task_group() as tasks:
                 self._tasks = tasks
                 tasks.start_soon(self._work_effects)
+                if self.config.register_webhook != "no":
+                    tasks.start_soon(self._register_webhook)
                 if self.review is not None:
                     tasks.start_soon(self.review.run)
         finally:

@@ -101,7 +101,8 @@ class FakeWhatsApp(FakeWorld):
     ``http`` POSTs webhooks (a fresh client per delivery when ``None``); ``fetch_http`` downloads
     the media links the business sends (without one every link fails, as a private address
     would); ``app_secret`` signs webhooks; ``window`` is the customer service window in seconds;
-    ``auto_statuses`` are sent for every accepted message; ``clock`` gives unix seconds.
+    ``auto_statuses`` are sent for every accepted message, ``status_delay`` seconds after the answer;
+    ``clock`` gives unix seconds.
     """
 
     def __init__(
@@ -118,6 +119,7 @@ class FakeWhatsApp(FakeWorld):
         pair_limit: int | None = None,
         delivery_attempts: int = 3,
         delivery_backoff: float = 0.05,
+        status_delay: float = 0.05,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.http = http
@@ -131,6 +133,7 @@ class FakeWhatsApp(FakeWorld):
         self.pair_limit = pair_limit
         self.delivery_attempts = delivery_attempts
         self.delivery_backoff = delivery_backoff
+        self.status_delay = status_delay
         self.clock = clock
         self.numbers: dict[str, Number] = {}
         self.waba_webhooks: dict[str, str] = {}
@@ -146,11 +149,13 @@ class FakeWhatsApp(FakeWorld):
         self.deliveries: list[Delivery] = []
         self.webhooks: list[dict[str, Any]] = []
         """Every webhook body made, in order (for peer checks)."""
+        self.undelivered: list[tuple[Number | str, bytes]] = []
+        """Webhooks waiting for their number or WABA to get a URL."""
         self.read_marks: list[str] = []
         """Inbound message ids the business marked read."""
         self.typing: list[str] = []
         """Inbound message ids the business showed typing at."""
-        self._faults: list[GraphFail] = []
+        self._faults: list[GraphFail | None] = []
         self._held: list[tuple[str, bytes]] | None = None
         self._duplicate_next = False
         self._queue: MemoryObjectSendStream[Later] | None = None
@@ -217,12 +222,14 @@ class FakeWhatsApp(FakeWorld):
         message: str | None = None,
         details: str = "",
         retry_after: float | None = None,
+        after: int = 0,
     ) -> None:
-        """Refuse the next ``count`` API calls with Meta's error ``code`` (HTTP ``status``)."""
+        """Refuse ``count`` API calls with Meta's error ``code`` (HTTP ``status``), ``after`` calls from now."""
         title = message or ERRORS.get(code, ("Injected failure", ""))[0]
         headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
         text = f"({'#' + str(code)}) {title}"
         details = details or ERRORS.get(code, ("", ""))[1]
+        self._faults.extend(None for _ in range(after - len(self._faults)))
         self._faults.extend(
             GraphFail(code, text, details=details, status=status, headers=headers) for _ in range(count)
         )
@@ -317,8 +324,9 @@ class FakeWhatsApp(FakeWorld):
             try:
                 if not request.path_params["version"].startswith("v"):
                     fail(2500, "Unknown path components", kind="OAuthException")
-                if self._faults:
-                    raise self._faults.pop(0)
+                fault = self._faults.pop(0) if self._faults else None
+                if fault is not None:
+                    raise fault
                 response = await handler(request, work)
             except GraphFail as error:
                 call.status = error.status
@@ -373,6 +381,7 @@ class FakeWhatsApp(FakeWorld):
             if url is not None:
                 await self._handshake(url, str(config.get("verify_token", "")))
             number.webhook_url = url
+            work.append(self.deliver_pending)
             return JSONResponse({"success": True})
         media = self.media.get(node)
         if media is not None and self.numbers[media.phone_number_id].token == token:
@@ -434,6 +443,7 @@ class FakeWhatsApp(FakeWorld):
         if url:
             await self._handshake(url, str(body.get("verify_token", "")))
             self.waba_webhooks[waba] = url
+            work.append(self.deliver_pending)
         return JSONResponse({"success": True})
 
     async def _download(self, request: Request) -> Response:
@@ -469,6 +479,8 @@ class FakeWhatsApp(FakeWorld):
         body = await self._json(request)
         if not isinstance(body, dict) or body.get("messaging_product") != "whatsapp":
             fail(100, "(#100) The parameter messaging_product is required.")
+        if not number.registered:
+            fail(133010, "(#133010) Account not registered", "the phone number is not registered with the Cloud API")
         if "status" in body:
             return self._mark_read(number, body)
         kind = check_message(body)
@@ -507,6 +519,7 @@ class FakeWhatsApp(FakeWorld):
 
     def _status_later(self, sent: Sent, status: str, code: int | None, details: str) -> Later:
         async def later() -> None:
+            await anyio.sleep(self.status_delay)
             await self.deliver_status(sent.wamid, status, error_code=code, details=details)
 
         return later
@@ -697,13 +710,12 @@ class FakeWhatsApp(FakeWorld):
             "message_template_category": template.category,
             "reason": reason or "NONE",
         }
-        url = self.waba_webhooks.get(template.waba_id)
         entry = {
             "id": template.waba_id,
             "time": int(self.clock()),
             "changes": [{"field": "message_template_status_update", "value": value}],
         }
-        return await self._emit(url, {"object": "whatsapp_business_account", "entry": [entry]})
+        return await self._emit(template.waba_id, {"object": "whatsapp_business_account", "entry": [entry]})
 
     # -- sandbox ---------------------------------------------------------------------------------
 
@@ -728,9 +740,10 @@ class FakeWhatsApp(FakeWorld):
         }
 
     def _sandbox_user(self, chat: str) -> User:
-        user = self.users.get(chat)
+        user = self.user(chat)
         if user is None:
-            user = self.add_user(f"4915{next(self._ids):08d}", name="Sandbox Client", key=chat)
+            wa_id = chat if chat.isdigit() else f"4915{next(self._ids):08d}"
+            user = self.add_user(wa_id, name="Sandbox Client", key=chat)
         return user
 
     async def sandbox_client_writes(self, chat: str, text: str) -> None:
@@ -739,5 +752,5 @@ class FakeWhatsApp(FakeWorld):
 
     def sandbox_received(self, chat: str) -> list[str]:
         """Texts the business sent the sandbox's client ``chat``."""
-        user = self.users.get(chat)
+        user = self.user(chat)
         return [] if user is None else [s.text for s in self.sent_to(user)]

@@ -258,9 +258,22 @@ class ReviewDesk:
         self.source = adapter.config.source_external_id or adapter.context.instance
         self.amocrm = AmoCRMClient(settings.amocrm_url, tokens=settings.amocrm_token, client=adapter.context.http)
         self.token: str | None = None
-        self._lock = anyio.Lock()
-        self._wake = anyio.Event()
+        self._locked: anyio.Lock | None = None
+        self._woken: anyio.Event | None = None
         self._sources: dict[int, str] = {}
+
+    @property
+    def _lock(self) -> anyio.Lock:
+        """Guards the review state's read-modify-write (made in the event loop, on first use)."""
+        if self._locked is None:
+            self._locked = anyio.Lock()
+        return self._locked
+
+    @property
+    def _wake(self) -> anyio.Event:
+        if self._woken is None:
+            self._woken = anyio.Event()
+        return self._woken
 
     # -- state ------------------------------------------------------------------------------------
 
@@ -349,7 +362,7 @@ class ReviewDesk:
             pause = self.adapter.retry_pause
             with anyio.move_on_after(self.settings.poll_interval):
                 await self._wake.wait()
-            self._wake = anyio.Event()
+            self._woken = None
 
     # -- work -------------------------------------------------------------------------------------
 
@@ -363,8 +376,13 @@ class ReviewDesk:
     async def work_inbox(self) -> None:
         """Create on Meta every template waiting in the inbox (kept there until done, for retries)."""
         for request in await self._inbox():
-            if await self._ours(request):
-                await self._create(request)
+            try:
+                if await self._ours(request):
+                    await self._create(request)
+            except (AmoCRMError, MessengerError) as exc:
+                if exc.retryable:
+                    raise
+                self.log.warning("template review given up", request=request, error=str(exc))
             async with self._lock:
                 inbox = [r for r in await self._inbox() if r != request]
                 await self.state.set(_INBOX_KEY, msgspec.json.encode(inbox))
@@ -430,7 +448,13 @@ class ReviewDesk:
             known = await self._known()
         pending = [meta_id for meta_id, entry in known.items() if entry.status not in _FINAL]
         for meta_id in pending:
-            info = await self.api.request("GET", meta_id, params={"fields": "name,language,status,rejected_reason"})
+            try:
+                info = await self.api.request("GET", meta_id, params={"fields": "name,language,status,rejected_reason"})
+            except MessengerError as exc:
+                if exc.retryable:
+                    raise
+                self.log.info("Meta does not show a pending template", meta_id=meta_id, error=str(exc))
+                continue
             status = str(info.get("status") or "")
             reason = str(info.get("rejected_reason") or "")
             async with self._lock:

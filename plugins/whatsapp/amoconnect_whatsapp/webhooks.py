@@ -24,6 +24,7 @@ from amoconnect.errors import WebhookError
 from amoconnect.model import (
     Attachment,
     Contact,
+    InboundEdit,
     InboundEvent,
     InboundMessage,
     InboundReaction,
@@ -37,6 +38,7 @@ from .cloudapi import GraphError, status_failure
 
 __all__ = [
     "SIGNATURE_HEADER",
+    "Envelope",
     "Parsed",
     "TemplateUpdate",
     "chat_of",
@@ -113,6 +115,7 @@ class _Message(msgspec.Struct, kw_only=True):
     order: dict[str, Any] | None = None
     system: dict[str, Any] | None = None
     referral: dict[str, Any] | None = None
+    edit: dict[str, Any] | None = None
     errors: list[GraphError] | None = None
 
 
@@ -289,6 +292,8 @@ def _value(value: _Value, parsed: Parsed) -> None:
             username=profile.username,
             phone=f"+{wa_id}" if wa_id and wa_id.isdigit() else None,
         )
+        if message.type == "revoke":
+            continue  # the client deleted a message: amoCRM has nothing to delete it with
         event = _message(message, chat, sender)
         parsed.events.append(event)
         if isinstance(event, InboundMessage):
@@ -336,11 +341,25 @@ def _message(message: _Message, chat: str, sender: Person) -> InboundEvent:
             emoji=emoji,
             removed=not emoji,
         )
+    if message.type == "edit" and message.edit is not None:
+        return _edit(message, common)
     context = message.context
     if context is not None:
         common["reply_to"] = context.id if context.id and message.type not in ("interactive", "button") else None
         common["forwarded"] = context.forwarded or context.frequently_forwarded
     return InboundMessage(**common, **_content(message))
+
+
+def _edit(message: _Message, common: dict[str, Any]) -> InboundEvent:
+    """An edit of an earlier message: its new content, under the original message's id."""
+    assert message.edit is not None
+    original = str(message.edit.get("original_message_id") or "")
+    try:
+        inner = msgspec.convert({**(message.edit.get("message") or {}), "id": original}, _Message)
+    except msgspec.ValidationError as exc:
+        raise WebhookError(f"an edit of an unexpected shape: {exc}") from None
+    content = {k: v for k, v in _content(inner).items() if k != "callback_data"}
+    return InboundEdit(**{**common, "message_id": original}, **content)
 
 
 def _content(message: _Message) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from amoconnect.errors import ConfigError, MessengerError, RateLimited, Signatur
 from amoconnect.model import (
     Attachment,
     Button,
+    InboundEdit,
     InboundMessage,
     InboundReaction,
     InboundStatus,
@@ -55,7 +56,8 @@ async def test_startup_registers_the_number_webhook_and_refuses_a_bad_token(
     rig = make_adapter(register_webhook="number")
     fake.numbers["1000000001"].webhook_url = None
     await rig.adapter.startup()
-    assert fake.numbers["1000000001"].webhook_url == PUBLIC
+    async with running(rig.adapter):
+        await eventually(lambda: fake.numbers["1000000001"].webhook_url == PUBLIC)
     bad = make_adapter(token="not-the-token")
     with pytest.raises(ConfigError, match="phone_number_id"):
         await bad.adapter.startup()
@@ -92,6 +94,18 @@ async def test_inbound_kinds_both_user_shapes(make_adapter: Make, fake: FakeWhat
     assert "cannot show" in messages[8].text and "131051" in messages[8].text
     fetched = await rig.adapter.fetch_media(image.attachments[0].fetch or "")
     assert fetched.content == b"JPEG" and fetched.content_type == "image/jpeg"
+
+
+async def test_edits_and_deletions(make_adapter: Make, fake: FakeWhatsApp) -> None:
+    rig = make_adapter()
+    anna = fake.add_user("4915100000001")
+    original = await fake.client_writes(anna, "Helo")
+    edit = await fake.client_edits(anna, original["id"], "Hello")
+    await fake._client_message(anna, {"type": "revoke", "revoke": {"original_message_id": original["id"]}})
+    assert len(rig.events) == 2
+    edited = rig.events[1]
+    assert isinstance(edited, InboundEdit) and edited.message_id == original["id"] and edited.text == "Hello"
+    assert edited.dedup_key == f"msg:{edit['id']}"
 
 
 async def test_fetch_media_needs_the_token(fake: FakeWhatsApp, http: httpx.AsyncClient) -> None:
@@ -284,6 +298,10 @@ async def test_errors_map_to_reasons(make_adapter: Make, fake: FakeWhatsApp) -> 
     with pytest.raises(MessengerError) as token:
         await rig.adapter.send_message(message)
     assert token.value.reason == "disabled" and not token.value.retryable
+    fake.numbers["1000000001"].registered = False
+    with pytest.raises(MessengerError, match="133010") as unregistered:
+        await rig.adapter.send_message(message)
+    assert unregistered.value.reason == "disabled"
 
 
 async def test_late_failures_arrive_as_statuses(make_adapter: Make, fake: FakeWhatsApp) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 import msgspec
 import pytest
 from amoconnect.amojo import wire
-from conftest import peer_check
+from amoconnect.ratelimit import RateLimiter
+from whatsapp_peer import peer_check
 from whatsapp_rig import World, eventually, world
 
 from amoconnect_whatsapp.fake import User
@@ -77,8 +78,12 @@ async def test_manager_kinds_reach_the_client(w: World) -> None:
         "Choose",
         [[wire.Button(text="Yes"), wire.Button(text="No")], [wire.Button(text="Site", url="https://example.com")]],
     )
-    sent = await eventually(lambda: len(w.fake.sent_to(anna)) == 5 and w.fake.sent_to(anna))
-    assert [s.type for s in sent] == ["text", "text", "image", "document", "interactive"]
+    for kind, path in (("video", "clip.mp4"), ("voice", "note.ogg"), ("sticker", "sticker.webp")):
+        await w.amojo.emit_media(
+            w.scope_id, conversation, kind, f"http://files.test/{path}", file_name=path, file_size=9
+        )
+    sent = await eventually(lambda: len(w.fake.sent_to(anna)) == 8 and w.fake.sent_to(anna))
+    assert [s.type for s in sent] == ["text", "text", "image", "document", "interactive", "video", "audio", "sticker"]
     assert sent[1].body["context"]["message_id"] == w.amojo.message(first).msgid.rsplit(":", 1)[-1]  # type: ignore[union-attr]
     assert sent[2].body["image"]["caption"] == "cat" and sent[3].body["document"]["filename"] == "report.pdf"
     buttons = sent[4].body["interactive"]
@@ -159,7 +164,11 @@ async def test_list_message_round_trip_to_callback_data(w: World) -> None:
     sent = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.type == "interactive"])
     await w.fake.client_picks(anna, sent[0].wamid, "tea")
     picked = await eventually(
-        lambda: [m for m in w.amojo.messages_in(w.conversation(anna.chat)) if getattr(m.content, "callback_data", None) == "tea"]
+        lambda: [
+            m
+            for m in w.amojo.messages_in(w.conversation(anna.chat))
+            if getattr(m.content, "callback_data", None) == "tea"
+        ]
     )
     assert picked[0].text == "Tea"
     rows = [wire.ListRow(callback_data=f"r{i}", title=f"Row {i}") for i in range(11)]
@@ -227,9 +236,44 @@ async def test_rate_limit_storms_end_in_delivery(w: World) -> None:
     await _client_message(w, anna, "hi")
     w.fake.fail_next(131056, count=2)
     w.fake.fail_next(4, count=2, status=429, retry_after=0.01)
-    for adapter in (w.adapter("wa1"), w.adapter("wa2")):
-        adapter.api.rate_waits = dict.fromkeys(adapter.api.rate_waits, 0.01)
+    instance = w.runtime.routing.get("wa1")
+    assert instance is not None
+    # WhatsApp's clock, a hundred times faster: after a rate limit the chat goes one message per 0.06 s.
+    instance.limiters = [(limit, RateLimiter(limit.count, limit.per / 100)) for limit, _ in instance.limiters]
+    w.adapter("wa1").api.rate_waits = dict.fromkeys(w.adapter("wa1").api.rate_waits, 0.01)
     emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "through the storm")
     await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.text == "through the storm"], limit=20)
     statuses = await eventually(lambda: w.amojo.message(emitted.message_id or "").statuses)
     assert statuses[-1].delivery_status in (1, 2)
+
+
+async def test_restart_mid_flow_sends_only_what_is_left(tmp_path: Path) -> None:
+    """A long answer is two WhatsApp messages; the connector stops after the first, and the restart sends the second."""
+    text = "\n\n".join(f"paragraph {i} " + "word " * 150 for i in range(6))
+    async with world(tmp_path, max_attempts=1000) as first:
+        anna = first.fake.add_user("4915100000001")
+        await _client_message(first, anna, "tell me everything")
+        first.fake.fail_next(131000, status=500, count=10_000, after=1)
+        emitted = await first.amojo.emit_text(first.scope_id, first.conversation(anna.chat), text)
+        await eventually(lambda: len(first.fake.sent_to(anna)) == 1)
+        await eventually(lambda: len(first.fake.calls) > 8)  # the second part keeps failing
+    first.fake._faults.clear()
+    async with world(tmp_path, again=first) as second:
+        sent = await eventually(lambda: len(second.fake.sent_to(anna)) == 2 and second.fake.sent_to(anna))
+        assert " ".join(" ".join(s.text for s in sent).split()) == " ".join(text.split())
+        await eventually(lambda: second.amojo.message(emitted.message_id or "").statuses)
+    peer_check(second.fake)
+
+
+async def test_late_throughput_failures_are_sent_again(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    w.adapter().resend_pauses = (0.01, 0.01)
+    w.fake.auto_statuses = ()
+    emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "accepted, then throttled")
+    first = await eventually(lambda: w.fake.sent_to(anna))
+    await w.fake.deliver_status(first[0].wamid, "failed", error_code=131056)
+    again = await eventually(lambda: len(w.fake.sent_to(anna)) == 2 and w.fake.sent_to(anna)[1])
+    await w.fake.deliver_status(again.wamid, "delivered")
+    statuses = await eventually(lambda: w.amojo.message(emitted.message_id or "").statuses)
+    assert [s.delivery_status for s in statuses] == [1]

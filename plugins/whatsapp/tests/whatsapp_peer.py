@@ -23,7 +23,9 @@ from pywa import WhatsApp
 from pywa.types import Button, Section, SectionList, SectionRow
 from pywa.types.base_update import RawUpdate
 
-__all__ = ["MESSAGE_SCHEMA", "check_request", "check_webhook", "pywa_rebuild"]
+from amoconnect_whatsapp.fake import FakeWhatsApp
+
+__all__ = ["MESSAGE_SCHEMA", "check_request", "check_webhook", "peer_check", "pywa_rebuild"]
 
 
 def _str(limit: int, minimum: int = 1) -> dict[str, Any]:
@@ -267,3 +269,12 @@ def check_request(body: dict[str, Any]) -> None:
     rebuilt = pywa_rebuild(body)
     if rebuilt is not None:
         assert rebuilt == body, f"pywa builds a different body:\n ours {body}\n pywa {rebuilt}"
+
+
+def peer_check(fake: FakeWhatsApp) -> None:
+    """Every webhook the fake made through pywa; every accepted /messages body through the schema and pywa."""
+    for payload in fake.webhooks:
+        check_webhook(payload)
+    for call in fake.calls:
+        if call.status == 200 and call.method == "POST" and call.path.endswith("/messages"):
+            check_request(call.json)

@@ -204,23 +204,33 @@ class World:
 
 @contextlib.asynccontextmanager
 async def world(
-    tmp_path: Path, *, fake_options: dict[str, Any] | None = None, **instance_settings: Any
+    tmp_path: Path,
+    *,
+    fake_options: dict[str, Any] | None = None,
+    review_poll: float = 0.2,
+    again: World | None = None,
+    max_attempts: int = 6,
+    **instance_settings: Any,
 ) -> AsyncIterator[World]:
-    files = Files()
-    amocrm = FakeAmoCRM(rate_limit=None)
-    amocrm_token = amocrm.add_long_lived_token()
-    fake = FakeWhatsApp(
-        app_secret=APP_SECRET,
-        fetch_http=httpx.AsyncClient(transport=httpx.MockTransport(files.public_handler)),
-        delivery_backoff=0.01,
-        **(fake_options or {}),
-    )
-    fake.add_number("1000000001", waba_id="2000000001", token="token-one")
-    fake.add_number("1000000002", waba_id="2000000001", token="token-two")
-    amojo = FakeAmojo(CHANNEL, SECRET)
+    """The connector between the fakes; ``again`` restarts it over an earlier world's fakes and store."""
+    files = again.files if again is not None else Files()
+    amocrm = again.amocrm if again is not None else FakeAmoCRM(rate_limit=None)
+    amocrm_token = next(iter(amocrm.access_tokens), None) or amocrm.add_long_lived_token()
+    if again is not None:
+        fake = again.fake
+    else:
+        fake = FakeWhatsApp(
+            app_secret=APP_SECRET,
+            fetch_http=httpx.AsyncClient(transport=httpx.MockTransport(files.public_handler)),
+            delivery_backoff=0.01,
+            **(fake_options or {}),
+        )
+        fake.add_number("1000000001", waba_id="2000000001", token="token-one")
+        fake.add_number("1000000002", waba_id="2000000001", token="token-two")
+    amojo = again.amojo if again is not None else FakeAmojo(CHANNEL, SECRET)
     runtime_holder: list[Runtime] = []
     connector = HostRouter({"amoconnect": lambda: runtime_holder[0].app})
-    fake.http = httpx.AsyncClient(transport=connector)
+    fake.http = connector_client = httpx.AsyncClient(transport=connector)
     messenger_http = httpx.AsyncClient(
         transport=HostRouter(
             {
@@ -231,7 +241,7 @@ async def world(
         )
     )
     amojo_http = httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo.app), base_url="http://amojo.test")
-    review = {"amocrm_url": amocrm.base_url, "amocrm_token": amocrm_token, "poll_interval": 0.2}
+    review = {"amocrm_url": amocrm.base_url, "amocrm_token": amocrm_token, "poll_interval": review_poll}
     review_on = instance_settings.pop("template_review", False)
     first = settings(fake, "1000000001", **instance_settings)
     if review_on:
@@ -252,7 +262,7 @@ async def world(
             ],
             "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
             "server": {"public_url": "http://amoconnect"},
-            "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": 6},
+            "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": max_attempts},
             "http": {"attempts": 1},
         }
     )
@@ -263,8 +273,9 @@ async def world(
         async with fake.running(), runtime:
             amojo.webhook_client = runtime.client
             amojo.connect(ACCOUNT, webhook_url="http://amoconnect/amocrm/:scope_id")
+            await eventually(lambda: all(n.webhook_url for n in fake.numbers.values()))
             yield World(runtime, amojo, fake, amocrm, files)
     finally:
         await messenger_http.aclose()
         await amojo_http.aclose()
-        await fake.http.aclose()
+        await connector_client.aclose()
