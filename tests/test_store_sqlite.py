@@ -207,3 +207,32 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         payloads = [int(p) for (p,) in conn.execute("SELECT payload FROM queue")]
     assert len(payloads) == len(set(payloads))
     assert set(range(acked + 1)) <= set(payloads)
+
+
+async def test_a_failing_operation_fails_alone_in_its_batch(store: SQLiteStore) -> None:
+    def broken(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO dedup VALUES ('x', 1)")
+        conn.execute("INSERT INTO no_such_table VALUES (1)")
+
+    results: dict[str, object] = {}
+
+    async def enqueue(i: int) -> None:
+        results[f"job{i}"] = await store.enqueue([job(f"k{i}")], dedup=[f"d{i}"])
+
+    async def fail() -> None:
+        try:
+            await store._call(broken)
+        except sqlite3.OperationalError as exc:
+            results["broken"] = exc
+
+    async with anyio.create_task_group() as tg:
+        for i in range(5):
+            tg.start_soon(enqueue, i)
+        tg.start_soon(fail)
+        for i in range(5, 10):
+            tg.start_soon(enqueue, i)
+    assert isinstance(results.pop("broken"), sqlite3.OperationalError)
+    assert all(results.values())
+    assert (await store.counts())["queued"] == 10
+    # The failed operation's own first write was rolled back with it.
+    assert await store.enqueue([job("x")], dedup=["x"])

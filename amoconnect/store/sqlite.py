@@ -1,10 +1,11 @@
 """The embedded store: one SQLite file in WAL mode, written by one thread with grouped commits.
 
 Every operation is a small function run on the store's own thread. The thread takes all the
-operations waiting at that moment, runs each inside a savepoint of one transaction and
-commits once, so many webhooks share one fsync while ``synchronous=FULL`` keeps each of them
-on disk before its caller hears back. Callers await an asyncio future the thread resolves
-after the commit; a failing operation rolls back only its own savepoint.
+operations waiting at that moment, runs them in one transaction and commits once, so many
+webhooks share one fsync while ``synchronous=FULL`` keeps each of them on disk before its
+caller hears back. Callers await an asyncio future the thread resolves after the commit. If
+an operation fails, the transaction is rolled back and the batch runs again with a savepoint
+around each operation, so that only the failing one fails.
 """
 
 from __future__ import annotations
@@ -198,31 +199,54 @@ class SQLiteStore:
             conn.close()
 
     def _execute(self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any], bool]]) -> None:
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
-        wake = False
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for operation, future, wakes in batch:
-                conn.execute("SAVEPOINT op")
-                try:
-                    result = operation(conn)
-                except Exception as exc:
-                    conn.execute("ROLLBACK TO op")
-                    outcomes.append((future, None, exc))
-                else:
-                    outcomes.append((future, result, None))
-                    wake = wake or wakes
-                conn.execute("RELEASE op")
-            conn.execute("COMMIT")
-            self.commits += 1
+            outcomes, wake = self._transaction(conn, batch, isolate=False)
+        except _OperationFailed:
+            # An operation failed: redo the batch with a savepoint around each, so it fails alone.
+            try:
+                outcomes, wake = self._transaction(conn, batch, isolate=True)
+            except sqlite3.Error as exc:
+                outcomes, wake = self._all_failed(conn, batch, exc), False
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            error = StoreError(f"SQLite store {self.path}: commit failed: {exc}")
-            outcomes = [(future, None, error) for _, future, _ in batch]
-            wake = False
+            outcomes, wake = self._all_failed(conn, batch, exc), False
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self._deliver, outcomes, wake)
+
+    def _transaction(
+        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any], bool]], *, isolate: bool
+    ) -> tuple[list[tuple[asyncio.Future[Any], Any, BaseException | None]], bool]:
+        """Run the batch in one transaction and commit once (the fast path has no savepoints)."""
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        wake = False
+        conn.execute("BEGIN IMMEDIATE")
+        for operation, future, wakes in batch:
+            if isolate:
+                conn.execute("SAVEPOINT op")
+            try:
+                result = operation(conn)
+            except Exception as exc:
+                if not isolate:
+                    conn.execute("ROLLBACK")
+                    raise _OperationFailed from exc
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+                outcomes.append((future, None, exc))
+                continue
+            if isolate:
+                conn.execute("RELEASE op")
+            outcomes.append((future, result, None))
+            wake = wake or wakes
+        conn.execute("COMMIT")
+        self.commits += 1
+        return outcomes, wake
+
+    def _all_failed(
+        self, conn: sqlite3.Connection, batch: list[tuple[Operation, asyncio.Future[Any], bool]], exc: sqlite3.Error
+    ) -> list[tuple[asyncio.Future[Any], Any, BaseException | None]]:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        error = StoreError(f"SQLite store {self.path}: commit failed: {exc}")
+        return [(future, None, error) for _, future, _ in batch]
 
     def _deliver(self, outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]], wake: bool) -> None:
         for future, result, error in outcomes:
@@ -287,18 +311,19 @@ class SQLiteStore:
 
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
+        keys = tuple(dict.fromkeys(dedup))
+        seen_sql = f"SELECT 1 FROM dedup WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1"
+
         def run(conn: sqlite3.Connection) -> bool:
             now = time.time()
-            for key in dedup:
-                if conn.execute("INSERT OR IGNORE INTO dedup VALUES (?, ?)", (key, now)).rowcount == 0:
-                    raise _Duplicate
+            if keys:
+                if conn.execute(seen_sql, keys).fetchone() is not None:
+                    return False
+                conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
             _insert_jobs(conn, jobs, now)
             return True
 
-        try:
-            return await self._call(run, wakes=True)
-        except _Duplicate:
-            return False
+        return await self._call(run, wakes=True)
 
     async def claim(self, limit: int) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
@@ -499,8 +524,8 @@ class SQLiteStore:
         )
 
 
-class _Duplicate(Exception):
-    """Raised inside an enqueue to roll back its savepoint when a dedup key was seen before."""
+class _OperationFailed(Exception):
+    """An operation of a batch failed on the fast path; the batch is run again with savepoints."""
 
 
 def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
