@@ -7,11 +7,13 @@ import hmac
 import json
 from datetime import UTC, datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+import amoconnect.signing
 from amoconnect.signing import CONTENT_TYPE, EMPTY_MD5, format_date, sign_request, signature_for, verify_signature
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"
@@ -105,6 +107,19 @@ def test_format_date_defaults_to_now() -> None:
     assert abs((parsedate_to_datetime(text) - datetime.now(UTC)).total_seconds()) < 5
 
 
+def test_format_date_now_follows_the_clock_second_by_second(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [datetime(2026, 3, 2, 9, 30, tzinfo=UTC).timestamp()]
+    monkeypatch.setattr(amoconnect.signing, "time", SimpleNamespace(time=lambda: now[0]))
+    assert format_date() == SPEC_DATE
+    now[0] += 0.9
+    assert format_date() == SPEC_DATE
+    now[0] += 0.2
+    assert format_date() == "Mon, 02 Mar 2026 09:30:01 +0000"
+    now[0] -= 3600  # the clock may be set back
+    assert format_date() == "Mon, 02 Mar 2026 08:30:01 +0000"
+    assert sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY)["Date"] == "Mon, 02 Mar 2026 08:30:01 +0000"
+
+
 def test_sign_request_accepts_a_datetime() -> None:
     when = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
     assert sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY, date=when)["X-Signature"] == TYPING_SIG
@@ -143,9 +158,9 @@ def test_signature_for_refuses_a_query_string() -> None:
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE"])
 path_chars = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="?")
 paths = st.text(path_chars, min_size=1, max_size=60).map(lambda s: "/" + s)
-dates = st.datetimes(
-    min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)
-).map(format_date)
+dates = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)).map(
+    format_date
+)
 bodies = st.binary(max_size=300)
 
 
