@@ -14,8 +14,9 @@ is raised.
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Literal
@@ -56,9 +57,10 @@ class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        if retry_after is not None:
+        if retry_after is not None and not math.isnan(retry_after):
             return min(max(retry_after, 0.0), self.max_retry_after)
-        ceiling = min(self.max_backoff, self.backoff * (2 ** (attempt - 1)))
+        # Cap the exponent too: 2 ** 1100 overflows a float long before any cap would apply.
+        ceiling = min(self.max_backoff, self.backoff * (2 ** min(attempt - 1, 64)))
         return random.uniform(ceiling / 2, ceiling)
 
 
@@ -68,9 +70,11 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     value = value.strip()
     try:
-        return max(float(value), 0.0)
+        seconds = float(value)
     except ValueError:
         pass
+    else:
+        return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -98,14 +102,43 @@ class HostLimiter(httpx.AsyncBaseTransport):
         return semaphore
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        async with self._semaphore(request.url):
+        semaphore = self._semaphore(request.url)
+        await semaphore.acquire()
+        try:
             response = await self._inner.handle_async_request(request)
-            # Read inside the cap: the connection stays busy until the body is in.
-            await response.aread()
-            return response
+        except BaseException:
+            semaphore.release()
+            raise
+        if isinstance(response.stream, httpx.ByteStream):  # the body is in memory already
+            semaphore.release()
+        else:
+            # The slot is held until the body is read and closed: the connection stays busy until then.
+            response.stream = _Releasing(response.stream, semaphore)
+        return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that gives its host's in-flight slot back when it is closed."""
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, semaphore: anyio.Semaphore) -> None:
+        assert isinstance(stream, httpx.AsyncByteStream)
+        self._stream = stream
+        self._semaphore: anyio.Semaphore | None = semaphore
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._stream.aclose()
+        finally:
+            semaphore, self._semaphore = self._semaphore, None
+            if semaphore is not None:
+                semaphore.release()
 
 
 def build_transport(kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32) -> httpx.AsyncBaseTransport:
