@@ -191,7 +191,7 @@ class MessengerAdapter(abc.ABC):
         """Check that ``request`` comes from the messenger.
 
         Raise :class:`~amoconnect.errors.SignatureError` when it does not (the runtime answers
-        403); return a :class:`WebhookResponse` to answer at once without parsing (a handshake
+        401); return a :class:`WebhookResponse` to answer at once without parsing (a handshake
         such as Meta's ``hub.challenge`` or VK's confirmation); return ``None`` to go on to
         :meth:`parse`. Required when :attr:`routes` is not empty.
         """

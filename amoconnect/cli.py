@@ -14,6 +14,7 @@ import click
 from . import __version__
 from .config import Config, load_config
 from .errors import AmoconnectError
+from .scaffold import new_plugin
 
 __all__ = ["main"]
 
@@ -471,3 +472,6 @@ def link(config_path: str, account_name: str | None, conversation_id: str, conta
 
     chat_id = _run(go)
     click.echo(f"conversation {conversation_id} (amoCRM chat {chat_id}) is linked to contact {contact_id}")
+
+
+main.add_command(new_plugin)

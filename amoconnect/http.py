@@ -2,8 +2,8 @@
 
 httpx is the API everywhere. Its default pool (httpcore) degrades past a few concurrent
 requests, so the transport is a setting: ``"httpx"`` (httpcore, no extra dependency) or
-``"aiohttp"`` (the ``httpx-aiohttp`` transport, several times faster under concurrency;
-``pip install amoconnect[fast]``). Either way a :class:`HostLimiter` caps requests in flight
+``"aiohttp"`` (the ``httpx-aiohttp`` transport, several times faster under concurrency, and the
+default of the configuration). Either way a :class:`HostLimiter` caps requests in flight
 per host so that one slow remote cannot swallow every connection.
 
 :func:`send_with_retries` is the one retry loop: exponential backoff with full jitter,
@@ -152,9 +152,7 @@ def build_transport(kind: TransportKind = "httpx", *, max_in_flight_per_host: in
         try:
             from httpx_aiohttp import AiohttpTransport
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ConfigError(
-                "transport 'aiohttp' needs the httpx-aiohttp package: pip install 'amoconnect[fast]'"
-            ) from exc
+            raise ConfigError("transport 'aiohttp' needs the httpx-aiohttp package: pip install httpx-aiohttp") from exc
         inner = AiohttpTransport(limits=limits)
     else:
         raise ConfigError(f"unknown HTTP transport {kind!r}; expected 'httpx' or 'aiohttp'")

@@ -94,18 +94,21 @@ class InboundHandler:
             raise _amojo_failure(exc) from exc
 
     # -- conversations -------------------------------------------------------------------
-    async def _conversation(self, instance: Instance, chat: str, sender: Person) -> ConversationRecord:
-        record = await self.core.store.conversation_by_chat(instance.name, chat)
+    @staticmethod
+    def _conversation(
+        instance: Instance, chat: str, sender: Person, record: ConversationRecord | None
+    ) -> ConversationRecord:
+        """The stored conversation of ``chat`` with our client id filled in, or a new one."""
         if record is None:
-            record = ConversationRecord(
+            return ConversationRecord(
                 scope_id=instance.scope_id,
                 conversation_id=ids.conversation_id(instance.name, chat),
                 instance=instance.name,
                 chat=chat,
                 client_id=ids.client_id(instance.name, sender.id),
             )
-        elif record.client_id is None:
-            record = msgspec.structs.replace(record, client_id=ids.client_id(instance.name, sender.id))
+        if record.client_id is None:
+            return msgspec.structs.replace(record, client_id=ids.client_id(instance.name, sender.id))
         return record
 
     async def _known(self, instance: Instance, chat: str) -> ConversationRecord | None:
@@ -172,8 +175,8 @@ class InboundHandler:
         self, instance: Instance, event: InboundMessage | InboundComment, log: FilteringBoundLogger
     ) -> Done:
         core = self.core
-        known = await core.store.conversation_by_chat(instance.name, event.chat)
-        conversation = await self._conversation(instance, event.chat, event.sender)
+        known = await self._known(instance, event.chat)
+        conversation = self._conversation(instance, event.chat, event.sender, known)
         if known is None:
             conversation = await link_new_conversation(core, instance, conversation, event.sender, log)
         assert conversation.client_id is not None

@@ -185,7 +185,7 @@ def test_generated_code_is_lint_and_type_clean(tmp_path: Path) -> None:
     ruff = shutil.which("ruff")
     if ruff is None or importlib.util.find_spec("mypy") is None:
         pytest.skip("ruff and mypy are not installed (python -m pip install -e '.[dev]')")
-    for name, capabilities in (("Every Chat", EVERYTHING), ("A Messenger With A Long Name", [])):
+    for name, capabilities in (("Every Chat", EVERYTHING), ("The Longest Messenger Name There", [])):
         project = render(tmp_path / name.replace(" ", "-"), name, capabilities)
         for command in ([ruff, "check", "."], [ruff, "format", "--check", "."], [sys.executable, "-m", "mypy"]):
             done = _run(command, project)

@@ -22,9 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+{% if receipts %}
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, Literal
+{% else %}
 from collections.abc import Sequence
-from typing import Any{% if receipts %}, Literal{% endif %}
-
+from typing import Any
+{% endif %}
 
 import httpx
 import msgspec
@@ -80,8 +84,12 @@ from amoconnect import (
     WebhookRequest,
     WebhookResponse,
 )
-{% if c.with_media %}
+{% if c.with_media and receipts %}
+from amoconnect.model import FailureReason, MediaKind
+{% elif c.with_media %}
 from amoconnect.model import MediaKind
+{% elif receipts %}
+from amoconnect.model import FailureReason
 {% endif %}
 
 from .fake import {{ P }}Fake
@@ -96,9 +104,11 @@ __all__ = [
 
 NAME = {{ c.messenger_name | tojson }}
 """The messenger's name as people write it (in error messages)."""
-SIGNATURE_HEADER = "X-{{ P }}-Signature"  # PLACEHOLDER: the header the real API signs webhooks in
+# PLACEHOLDER: the header the real API signs webhooks in
+SIGNATURE_HEADER = "X-{{ P }}-Signature"
 {% if c.with_reactions %}
-REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")  # PLACEHOLDER: the emoji the real messenger offers
+# PLACEHOLDER: the emoji the real messenger offers
+REACTIONS = ("👍", "❤️", "😂", "😮", "😢", "🙏")
 {% endif %}
 
 
@@ -114,7 +124,8 @@ class {{ P }}Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """The API token (a secret: amoconnect redacts it from logs)."""
     secret: str
     """The key webhooks are signed with, registered with the messenger at startup."""
-    api_url: str = "https://api.{{ c.messenger_slug | replace('_', '-') }}.example"  # PLACEHOLDER: the real API's root
+    # PLACEHOLDER: the real API's root
+    api_url: str = "https://api.{{ c.messenger_slug | replace('_', '-') }}.example"
     """Root of the API, without a trailing slash."""
 
 
@@ -321,9 +332,6 @@ def _event(key: str, event: Any) -> InboundEvent:
             dedup_key=key,
             message_id=event.message_id,
             status=event.status,
-            reason=("blocked" if error is not None and error.code == 403 else "other")
-            if event.status == "failed"
-            else None,
             error_code=str(error.code) if error is not None else None,
             error=error.message if error is not None else "",
         )
@@ -396,9 +404,15 @@ class {{ P }}Adapter(MessengerAdapter):
     reactions = ReactionSet.of(*REACTIONS)
 {% endif %}
 {% if c.with_time_window %}
-    reply_window = 24 * 3600.0  # PLACEHOLDER: how long after the client's last message free text may go
+    # PLACEHOLDER: how long after the client's last message free text may go
+    reply_window = 24 * 3600.0
 {% endif %}
-    rate_limits = (RateLimit(count=30, per=1.0),)  # PLACEHOLDER: the real API's send limits
+    # PLACEHOLDER: the real API's send limits
+    rate_limits = (RateLimit(count=30, per=1.0),)
+{% if receipts %}
+    # PLACEHOLDER: the real API's error codes of failed messages, and what they mean
+    error_reasons: ClassVar[Mapping[str, FailureReason]] = {"403": "blocked", "404": "no_chat"}
+{% endif %}
     sandbox_factory = {{ P }}Fake
 
     config: {{ P }}Settings
