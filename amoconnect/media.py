@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import mimetypes
 import os
+import posixpath
 import re
 import secrets
 import time
@@ -21,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import anyio
+import httpx
 import msgspec
 
-from .errors import AmoconnectError
+from .errors import AmoconnectError, MessengerError
+from .model import Attachment
 
-__all__ = ["MediaFile", "MediaStore", "MediaTooLarge"]
+__all__ = ["Downloaded", "MediaFile", "MediaStore", "MediaTooLarge", "download"]
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
@@ -129,3 +132,34 @@ class MediaStore:
 
 async def _once(data: bytes) -> AsyncIterable[bytes]:
     yield data
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    """A file an adapter fetched by URL (to upload it where its messenger cannot fetch links)."""
+
+    file_name: str
+    content: bytes
+    content_type: str
+
+
+async def download(http: httpx.AsyncClient, attachment: Attachment, *, max_bytes: int, messenger: str) -> Downloaded:
+    """Fetch an outgoing attachment's URL; failures are :class:`~amoconnect.errors.MessengerError` (retryable
+    when a later try may pass), and a file over ``max_bytes`` is refused with a text the manager sees."""
+    if attachment.url is None or httpx.URL(attachment.url).scheme not in ("http", "https"):
+        raise MessengerError(f"the {attachment.kind} has no http(s) URL to download")
+    try:
+        response = await http.get(attachment.url, timeout=60.0, follow_redirects=True)
+    except httpx.TransportError as exc:
+        raise MessengerError(f"could not download the media to upload it: {exc!r}", retryable=True) from None
+    if response.status_code != 200:
+        raise MessengerError(
+            f"could not download the media to upload it: HTTP {response.status_code}",
+            retryable=response.status_code >= 500 or response.status_code == 429,
+        )
+    if len(response.content) > max_bytes:
+        raise MessengerError(f"the {attachment.kind} is larger than the {max_bytes // 2**20} MB {messenger} accepts")
+    name = attachment.file_name or posixpath.basename(httpx.URL(attachment.url).path) or attachment.kind
+    header = response.headers.get("content-type", "").split(";")[0].strip()
+    mime = attachment.mime_type or header or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Downloaded(name, response.content, mime)

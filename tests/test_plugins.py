@@ -48,6 +48,7 @@ from amoconnect.plugins import (
     describe_plugins,
     get_plugin_manager,
 )
+from amoconnect.testing.fakes import MemoryState
 
 PLUGINS = Path(__file__).parent / "plugins"
 DOCS = Path(__file__).parent.parent / "docs" / "hooks.md"
@@ -538,20 +539,6 @@ def test_tracing_is_off_by_default(monkeypatch: pytest.MonkeyPatch, value: str |
 
 
 # -- the adapter contract in use -------------------------------------------------------------------------
-
-
-class MemoryState:
-    def __init__(self) -> None:
-        self.values: dict[str, bytes] = {}
-
-    async def get(self, key: str) -> bytes | None:
-        return self.values.get(key)
-
-    async def set(self, key: str, value: bytes) -> None:
-        self.values[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.values.pop(key, None)
 
 
 @pytest.mark.anyio

@@ -49,6 +49,7 @@ __all__ = [
     "Delivery",
     "FakeAPI",
     "Fault",
+    "MemoryState",
     "ReceivedMessage",
     "ReceivedReaction",
     "WebhookSender",
@@ -464,3 +465,22 @@ async def _post(http: httpx.AsyncClient | None, url: str, body: bytes, headers: 
         async with httpx.AsyncClient() as client:
             return (await client.post(url, content=body, headers=headers, timeout=10.0)).status_code
     return (await http.post(url, content=body, headers=headers, timeout=10.0)).status_code
+
+
+class MemoryState:
+    """An adapter's :class:`~amoconnect.adapter.StateStore` in memory, for adapter tests without a runtime."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    async def get(self, key: str) -> bytes | None:
+        """The value under ``key``, or ``None``."""
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes) -> None:
+        """Store ``value`` under ``key``."""
+        self.data[key] = value
+
+    async def delete(self, key: str) -> None:
+        """Forget ``key``."""
+        self.data.pop(key, None)

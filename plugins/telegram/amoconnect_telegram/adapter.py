@@ -32,11 +32,11 @@ from typing import Any, ClassVar, Literal
 
 import anyio
 import anyio.abc
-import httpx
 import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
 from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.media import download
 from amoconnect.model import (
     Attachment,
     InboundEvent,
@@ -416,22 +416,8 @@ class TelegramAdapter(MessengerAdapter):
 
     async def _download(self, attachment: Attachment) -> tuple[str, bytes, str]:
         """The file behind an outgoing attachment's URL, to upload it ourselves."""
-        assert attachment.url is not None
-        try:
-            response = await self.context.http.get(attachment.url, timeout=60.0, follow_redirects=True)
-        except httpx.TransportError as exc:
-            raise MessengerError(f"could not download the media to upload it: {exc}", retryable=True) from None
-        if response.status_code != 200:
-            raise MessengerError(
-                f"could not download the media to upload it: HTTP {response.status_code}",
-                retryable=response.status_code >= 500 or response.status_code == 429,
-            )
-        if len(response.content) > UPLOAD_LIMIT:
-            raise MessengerError(f"the {attachment.kind} is larger than the 50 MB Telegram accepts from bots")
-        name = attachment.file_name or posixpath.basename(httpx.URL(attachment.url).path) or attachment.kind
-        content_type = response.headers.get("content-type", "").split(";")[0].strip()
-        mime = attachment.mime_type or content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return name, response.content, mime
+        got = await download(self.context.http, attachment, max_bytes=UPLOAD_LIMIT, messenger="Telegram")
+        return got.file_name, got.content, got.content_type
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:
         """Set our one reaction on a message (Telegram's fixed emoji list), or remove it."""

@@ -11,6 +11,7 @@ import httpx
 from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import SignatureError
 from amoconnect.model import InboundEvent
+from amoconnect.testing.fakes import MemoryState
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -19,22 +20,6 @@ from amoconnect_telegram.adapter import TelegramAdapter
 API = "http://api.telegram.test"
 FILES = "http://files.test"
 PUBLIC = "http://connector.test/hooks/telegram/main"
-
-
-class MemoryState:
-    """The adapter's StateStore, in memory."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    async def set(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class Files:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import collections
 import mimetypes
-import posixpath
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
 from amoconnect.errors import AmoconnectError, ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.media import download
 from amoconnect.model import (
     Attachment,
     InboundEvent,
@@ -455,22 +455,8 @@ class WhatsAppAdapter(MessengerAdapter):
 
     async def _download(self, attachment: Attachment) -> tuple[str, bytes, str]:
         """The file behind an outgoing attachment's URL, to upload it ourselves."""
-        assert attachment.url is not None
-        try:
-            response = await self.context.http.get(attachment.url, timeout=60.0, follow_redirects=True)
-        except httpx.TransportError as exc:
-            raise MessengerError(f"could not download the media to upload it: {exc!r}", retryable=True) from None
-        if response.status_code != 200:
-            raise MessengerError(
-                f"could not download the media to upload it: HTTP {response.status_code}",
-                retryable=response.status_code >= 500 or response.status_code == 429,
-            )
-        if len(response.content) > MEDIA_LIMIT:
-            raise MessengerError(f"the {attachment.kind} is larger than the 100 MB WhatsApp carries")
-        name = attachment.file_name or posixpath.basename(httpx.URL(attachment.url).path) or attachment.kind
-        content_type = response.headers.get("content-type", "").split(";")[0].strip()
-        mime = attachment.mime_type or content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-        return name, response.content, mime
+        got = await download(self.context.http, attachment, max_bytes=MEDIA_LIMIT, messenger="WhatsApp")
+        return got.file_name, got.content, got.content_type
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:
         """Set a reaction (any emoji) on a message, or remove ours (an empty emoji)."""

@@ -19,6 +19,7 @@ from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.fakes import MemoryState
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,22 +35,6 @@ ACCOUNT = "66666666-7777-8888-9999-000000000000"
 SCOPE = f"{CHANNEL}_{ACCOUNT}"
 APP_SECRET = "test-app-secret"
 VERIFY = "test-verify-token"
-
-
-class MemoryState:
-    """The adapter's StateStore, in memory."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, bytes] = {}
-
-    async def get(self, key: str) -> bytes | None:
-        return self.data.get(key)
-
-    async def set(self, key: str, value: bytes) -> None:
-        self.data[key] = value
-
-    async def delete(self, key: str) -> None:
-        self.data.pop(key, None)
 
 
 class Files:
