@@ -35,7 +35,7 @@ class AnyioBackend:
     """Holds the kit's ``anyio_backend`` fixture; registered once every plugin has loaded, so it
     overrides anyio's own (which would also run each test under trio) while a conftest's still wins."""
 
-    @pytest.fixture(scope="module")
+    @pytest.fixture
     def anyio_backend(self) -> str:
         """Run async tests on asyncio."""
         return "asyncio"
