@@ -136,12 +136,15 @@ async def test_connect_and_disconnect_commands(tmp_path: Path) -> None:
     async with world() as w:
         w.amojo.connections.clear()
         config = tmp_path / "amoconnect.toml"
-        config.write_text(tomli_w.dumps(w.config(tmp_path)))
+        data = w.config(tmp_path)
+        data["accounts"][0]["time_window_disabled"] = True
+        config.write_text(tomli_w.dumps(data))
         runner = CliRunner()
         result = await anyio.to_thread.run_sync(lambda: runner.invoke(main, ["connect", "--config", str(config)]))
         assert result.exit_code == 0, result.output
         assert f"main: scope_id = {SCOPE}" in result.output
         assert w.amojo.connections[SCOPE].connected
+        assert w.amojo.connections[SCOPE].is_time_window_disabled is True
         result = await anyio.to_thread.run_sync(lambda: runner.invoke(main, ["disconnect", "--config", str(config)]))
         assert result.exit_code == 0, result.output
         assert not w.amojo.connections[SCOPE].connected

@@ -445,3 +445,39 @@ async def test_a_failing_adapter_run_is_restarted(r: Rig, monkeypatch: pytest.Mo
     with anyio.fail_after(5):
         await r.runtime._run_adapter(instance)
     assert len(calls) == 3
+
+
+async def test_a_media_group_keeps_its_order_and_its_id(r: Rig) -> None:
+    await _first_client_message(r)
+    for i in range(3):
+        await r.amojo.emit_media(
+            SCOPE,
+            "lb:c1",
+            "picture",
+            f"https://files.test/{i}.jpg",
+            file_name=f"{i}.jpg",
+            file_size=10,
+            media_group_id="album-1",
+        )
+    sent = await eventually(lambda: len(r.adapter().sent) == 3 and r.adapter().sent)
+    assert [m.attachments[0].url for m in sent] == [f"https://files.test/{i}.jpg" for i in range(3)]
+    assert {m.media_group_id for m in sent} == {"album-1"}
+
+
+async def test_manager_typing_in_a_comment_thread_names_the_post(r: Rig) -> None:
+    post = Post(id="p7", url="https://social.test/wall-1_7")
+    await r.inbound(
+        InboundComment(
+            chat="c9",
+            timestamp=time.time(),
+            dedup_key="cm1",
+            sender=Person(id="c9"),
+            post=post,
+            comment_id="55",
+            text="?",
+        )
+    )
+    await eventually(lambda: r.amojo.messages_in("lb:c9"))
+    await r.amojo.emit_typing(SCOPE, "lb:c9", post_id="p7")
+    (typing,) = await eventually(lambda: r.adapter().sent)
+    assert typing.post_id == "p7"
