@@ -77,6 +77,8 @@ class WebhookResponse:
     """Response body."""
     content_type: str = "text/plain; charset=utf-8"
     """``Content-Type`` of the body."""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    """Further response headers (``Retry-After`` on an overload answer)."""
 
 
 @dataclass(frozen=True, kw_only=True)

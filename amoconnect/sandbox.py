@@ -168,8 +168,13 @@ async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n
     log.info("2. amoCRM received it", conversation_id=arrived.conversation_id, amocrm_id=arrived.id)
     reply = f"Manager's answer to message {n}"
     received = len(messenger.sandbox_received(chat))
-    emitted = await amojo.emit_text(scope_id, arrived.conversation_id or "", reply)
-    log.info("3. a manager answers in amoCRM", text=reply, webhook_status=emitted.status)
+    post = getattr(arrived.content, "post", None)
+    if post is not None:  # a comment: the manager answers in the post's comments
+        emitted = await amojo.emit_comment_reply(scope_id, arrived.conversation_id or "", post.id, reply)
+        log.info("3. a manager answers the comment in amoCRM", post=post.id, text=reply, webhook_status=emitted.status)
+    else:
+        emitted = await amojo.emit_text(scope_id, arrived.conversation_id or "", reply)
+        log.info("3. a manager answers in amoCRM", text=reply, webhook_status=emitted.status)
     if await _wait_for(lambda: reply in messenger.sandbox_received(chat)[received:], 10):
         log.info("4. the client got the answer in the messenger", chat=chat)
     else:

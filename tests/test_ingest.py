@@ -192,3 +192,18 @@ def test_log_redaction_replaces_configured_secrets() -> None:
     event = process(None, "info", {"event": f"token {SECRET} leaked", "error": ValueError(SECRET), "n": 1})
     assert SECRET not in repr(event)
     assert event["event"] == "token [redacted] leaked"
+
+
+async def test_a_store_that_cannot_write_answers_503_with_retry_after(r: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    from amoconnect.errors import StoreError
+
+    async def broken(*args: Any, **kwargs: Any) -> bool:
+        raise StoreError("disk full")
+
+    monkeypatch.setattr(r.runtime.store, "enqueue", broken)
+    body = hook_body()
+    response = await post_hook(r, body, signature=sig(body))
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "5"
+    assert response.json()["error"] == "store_unavailable"
+    assert (await r.inbound(message("c1", "1"))).status_code == 503

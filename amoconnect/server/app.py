@@ -28,7 +28,7 @@ from starlette.routing import Route
 from ..adapter import WebhookRequest
 from ..amojo import wire
 from ..core import AMOCRM, INBOUND, InboundJob
-from ..errors import SignatureError, WebhookError
+from ..errors import SignatureError, StoreError, WebhookError
 from ..ids import job_key
 from ..model import InboundEvent
 from ..signing import verify_signature
@@ -43,6 +43,7 @@ __all__ = ["build_app", "enqueue_inbound"]
 log = structlog.get_logger("amoconnect.server")
 
 _encode = msgspec.json.Encoder().encode
+RETRY_AFTER_SECONDS = 5
 
 
 class _TooLarge(Exception):
@@ -124,6 +125,14 @@ def build_app(runtime: Runtime) -> Starlette:
         log.warning("webhook refused", source=source, reason=reason, detail=detail, status=status, **context)
         return _json(status, {"error": reason, "detail": detail})
 
+    def overloaded(source: str, exc: StoreError) -> Response:
+        """Nothing was stored: say so, and when to come back (messengers retry; amoCRM does not)."""
+        metrics.webhooks_refused.labels(source, "store_unavailable").inc()
+        log.error("webhook not stored", source=source, error=str(exc))
+        response = _json(503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"})
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+
     async def amocrm_webhook(request: Request) -> Response:
         started = time.perf_counter()
         scope_id = request.path_params["scope_id"]
@@ -153,7 +162,10 @@ def build_app(runtime: Runtime) -> Starlette:
                 scope_id=scope_id,
             )
         job, dedup = _hook_job(scope_id, hook, body)
-        fresh = await runtime.store.enqueue([job], dedup=[dedup])
+        try:
+            fresh = await runtime.store.enqueue([job], dedup=[dedup])
+        except StoreError as exc:
+            return overloaded("amocrm", exc)
         if fresh:
             metrics.webhooks_received.labels("amocrm").inc()
             metrics.jobs_queued.labels(AMOCRM).inc()
@@ -194,17 +206,22 @@ def build_app(runtime: Runtime) -> Starlette:
         try:
             early = await adapter.verify(hook_request)
             if early is not None:
-                return Response(early.body, status_code=early.status, media_type=early.content_type)
+                return Response(
+                    early.body, status_code=early.status, media_type=early.content_type, headers=dict(early.headers)
+                )
             events = list(await adapter.parse(hook_request))
         except SignatureError as exc:
             return refuse(messenger, 401, "bad_signature", str(exc), instance=instance.name)
         except WebhookError as exc:
             return refuse(messenger, 400, "bad_body", str(exc), instance=instance.name)
-        await enqueue_inbound(runtime, instance, events)
+        try:
+            await enqueue_inbound(runtime, instance, events)
+        except StoreError as exc:
+            return overloaded(messenger, exc)
         metrics.webhooks_received.labels(messenger).inc()
         metrics.ack_latency.labels(messenger).observe(time.perf_counter() - started)
         ack = adapter.webhook_ack
-        return Response(ack.body, status_code=ack.status, media_type=ack.content_type)
+        return Response(ack.body, status_code=ack.status, media_type=ack.content_type, headers=dict(ack.headers))
 
     async def media(request: Request) -> Response:
         file_id = runtime.media.resolve(request.path_params["token"])
