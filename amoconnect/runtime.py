@@ -24,7 +24,7 @@ import msgspec
 import pluggy
 import structlog
 import uvicorn
-from starlette.applications import Starlette
+from starlette.types import ASGIApp
 
 from .adapter import AdapterContext, MessengerAdapter
 from .amojo.client import AmojoClient
@@ -106,7 +106,7 @@ class Runtime:
         self.media = MediaStore(Path(config.store.media_dir), self._media_secret())
         self.routing = Routing(())
         self.amojo: AmojoClient
-        self.app: Starlette | None = None
+        self.app: ASGIApp | None = None
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._client: httpx.AsyncClient | None = None

@@ -207,3 +207,10 @@ async def test_a_store_that_cannot_write_answers_503_with_retry_after(r: Rig, mo
     assert response.headers["retry-after"] == "5"
     assert response.json()["error"] == "store_unavailable"
     assert (await r.inbound(message("c1", "1"))).status_code == 503
+
+
+async def test_other_methods_and_paths_under_amocrm_are_refused(r: Rig) -> None:
+    assert (await r.client.get(f"/amocrm/{SCOPE}")).status_code == 405
+    assert (await r.client.post(f"/amocrm/{SCOPE}/extra", content=b"{}")).status_code == 404
+    assert (await r.client.post("/amocrm/", content=b"{}")).status_code == 404
+    assert stored(r) == (0, 0)

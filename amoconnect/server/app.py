@@ -14,6 +14,7 @@ Routes (README "HTTP routes"):
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -24,6 +25,7 @@ from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..adapter import WebhookRequest
 from ..amojo import wire
@@ -50,8 +52,9 @@ class _TooLarge(Exception):
     pass
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(_encode(body), status_code=status, media_type="application/json")
+def _json(status: int, body: dict[str, Any], *, retry_after: bool = False) -> Response:
+    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if retry_after else None
+    return Response(_encode(body), status_code=status, media_type="application/json", headers=headers)
 
 
 async def _read_capped(request: Request, cap: int) -> bytes:
@@ -114,65 +117,75 @@ async def enqueue_inbound(
     return new
 
 
-def build_app(runtime: Runtime) -> Starlette:
+def build_app(runtime: Runtime) -> ASGIApp:
     """The connector's ASGI app, bound to ``runtime``."""
     config = runtime.config
     metrics = runtime.metrics
     secret = config.channel.secret
 
-    def refuse(source: str, status: int, reason: str, detail: str, **context: Any) -> Response:
+    def refusal(source: str, status: int, reason: str, detail: str, **context: Any) -> tuple[int, dict[str, Any]]:
         metrics.webhooks_refused.labels(source, reason).inc()
         log.warning("webhook refused", source=source, reason=reason, detail=detail, status=status, **context)
-        return _json(status, {"error": reason, "detail": detail})
+        return status, {"error": reason, "detail": detail}
 
-    def overloaded(source: str, exc: StoreError) -> Response:
+    def refuse(source: str, status: int, reason: str, detail: str, **context: Any) -> Response:
+        return _json(*refusal(source, status, reason, detail, **context))
+
+    def overload(source: str, exc: StoreError) -> tuple[int, dict[str, Any]]:
         """Nothing was stored: say so, and when to come back (messengers retry; amoCRM does not)."""
         metrics.webhooks_refused.labels(source, "store_unavailable").inc()
         log.error("webhook not stored", source=source, error=str(exc))
-        response = _json(503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"})
-        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        return response
+        return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
 
-    async def amocrm_webhook(request: Request) -> Response:
+    def overloaded(source: str, exc: StoreError) -> Response:
+        return _json(*overload(source, exc), retry_after=True)
+
+    accounts = {account.scope_id: account for account in config.accounts}
+    received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
+    duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
+
+    async def ingest_amocrm(scope_id: str, body: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
+        """Verify, decode and store one amoCRM webhook; the status and JSON body to answer."""
         started = time.perf_counter()
-        scope_id = request.path_params["scope_id"]
-        try:
-            body = await _read_capped(request, config.server.max_body_bytes)
-        except _TooLarge:
-            return refuse(
-                "amocrm", 413, "too_large", f"body over {config.server.max_body_bytes} bytes", scope_id=scope_id
-            )
-        except ClientDisconnect:
-            return Response(status_code=400)
-        if not verify_signature(secret, body, request.headers.get("x-signature")):
-            return refuse("amocrm", 401, "bad_signature", "X-Signature does not match the body", scope_id=scope_id)
-        account = config.account_by_scope(scope_id)
+        if not verify_signature(secret, body, signature):
+            return refusal("amocrm", 401, "bad_signature", "X-Signature does not match the body", scope_id=scope_id)
+        account = accounts.get(scope_id)
         if account is None:
-            return refuse("amocrm", 404, "unknown_scope", f"no account is connected as scope {scope_id!r}")
+            return refusal("amocrm", 404, "unknown_scope", f"no account is connected as scope {scope_id!r}")
         try:
             hook = wire.parse_webhook(body)
         except WebhookError as exc:
-            return refuse("amocrm", 400, "bad_body", str(exc), scope_id=scope_id)
+            return refusal("amocrm", 400, "bad_body", str(exc), scope_id=scope_id)
         if hook.account_id != account.amojo_id:
-            return refuse(
-                "amocrm",
-                400,
-                "wrong_account",
-                f"hook for account {hook.account_id!r} sent to scope {scope_id!r}",
-                scope_id=scope_id,
-            )
+            detail = f"hook for account {hook.account_id!r} sent to scope {scope_id!r}"
+            return refusal("amocrm", 400, "wrong_account", detail, scope_id=scope_id)
         job, dedup = _hook_job(scope_id, hook, body)
         try:
             fresh = await runtime.store.enqueue([job], dedup=[dedup])
         except StoreError as exc:
-            return overloaded("amocrm", exc)
+            return overload("amocrm", exc)
         if fresh:
-            metrics.webhooks_received.labels("amocrm").inc()
-            metrics.jobs_queued.labels(AMOCRM).inc()
+            received.inc()
+            queued.inc()
         else:
-            metrics.webhooks_duplicate.labels("amocrm").inc()
-        metrics.ack_latency.labels("amocrm").observe(time.perf_counter() - started)
-        return _json(200, {"ok": True} if fresh else {"ok": True, "duplicate": True})
+            duplicate.inc()
+        ack_latency.observe(time.perf_counter() - started)
+        return 200, {"ok": True} if fresh else {"ok": True, "duplicate": True}
+
+    async def amocrm_webhook(request: Request) -> Response:
+        scope_id = request.path_params["scope_id"]
+        try:
+            body = await _read_capped(request, config.server.max_body_bytes)
+        except _TooLarge:
+            return _json(*too_large(scope_id))
+        except ClientDisconnect:
+            return Response(status_code=400)
+        status, answer = await ingest_amocrm(scope_id, body, request.headers.get("x-signature"))
+        return _json(status, answer, retry_after=status == 503)
+
+    def too_large(scope_id: str) -> tuple[int, dict[str, Any]]:
+        cap = config.server.max_body_bytes
+        return refusal("amocrm", 413, "too_large", f"body over {cap} bytes", scope_id=scope_id)
 
     async def messenger_webhook(request: Request) -> Response:
         started = time.perf_counter()
@@ -256,10 +269,76 @@ def build_app(runtime: Runtime) -> Starlette:
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 
     runtime.pm.hook.startup_routes(add_route=add_route)
-    return app
+    return _AmocrmFastPath(app, ingest_amocrm, too_large, config.server.max_body_bytes)
 
 
 def _quote(name: str) -> str:
     from urllib.parse import quote
 
     return quote(name, safe="")
+
+
+class _AmocrmFastPath:
+    """``POST /amocrm/{scope_id}`` as a bare ASGI handler in front of the Starlette app.
+
+    It is the hottest route (amoCRM waits at most 5 s and never retries), so it skips the
+    framework's per-request objects; every other request, and other methods on this path, go
+    to the app. The answers are the same as the app's route would give.
+    """
+
+    def __init__(
+        self,
+        app: Starlette,
+        ingest: Callable[[str, bytes, str | None], Awaitable[tuple[int, dict[str, Any]]]],
+        too_large: Callable[[str], tuple[int, dict[str, Any]]],
+        cap: int,
+    ) -> None:
+        self.app, self._ingest, self._too_large, self._cap = app, ingest, too_large, cap
+        self.router = app.router
+        """The app's router, where ``startup_routes`` adds routes."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith("/amocrm/"):
+            scope_id = path[len("/amocrm/") :]
+            if scope_id and "/" not in scope_id:
+                await self._handle(scope, receive, send, scope_id)
+                return
+        await self.app(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send, scope_id: str) -> None:
+        signature = None
+        declared = None
+        for name, value in scope["headers"]:
+            if name == b"x-signature":
+                signature = value.decode("latin-1")
+            elif name == b"content-length":
+                declared = value
+        if declared is not None and declared.isdigit() and int(declared) > self._cap:
+            await _answer(send, *self._too_large(scope_id))
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return  # the sender is gone: nothing stored, nobody to answer
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self._cap:
+                await _answer(send, *self._too_large(scope_id))
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        status, body = await self._ingest(scope_id, b"".join(chunks), signature)
+        await _answer(send, status, body)
+
+
+async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+    content = _encode(body)
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    if status == 503:
+        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": content})
