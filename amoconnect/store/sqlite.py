@@ -165,6 +165,7 @@ class SQLiteStore:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
+        self._reader: sqlite3.Connection | None = None
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
 
@@ -266,6 +267,14 @@ class SQLiteStore:
         self._ops.put((operation, future, wakes))
         return await future
 
+    def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
+        if self._reader is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        try:
+            return query(self._reader)
+        except sqlite3.Error as exc:
+            raise StoreError(f"SQLite store {self.path}: read failed: {exc}") from exc
+
     # -- lifecycle -----------------------------------------------------------------------
     async def open(self) -> None:
         if self._thread is not None:
@@ -294,11 +303,19 @@ class SQLiteStore:
             return c.execute("UPDATE queue SET state = 'queued' WHERE state = 'running'").rowcount
 
         self.recovered = await self._call(migrate, wakes=True)
+        # Reads run at once on the caller's thread on a second connection: WAL lets them see every
+        # committed write without waiting behind the writer's batch (an indexed lookup takes microseconds).
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA query_only=1")
+        self._reader.execute("PRAGMA busy_timeout=5000")
 
     async def close(self) -> None:
         thread, self._thread = self._thread, None
         if thread is None:
             return
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         self._ops.put(None)
         await anyio.to_thread.run_sync(thread.join)
 
@@ -381,7 +398,7 @@ class SQLiteStore:
             row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {_HEAD}").fetchone()
             return None if row[0] is None else max(row[0] - time.time(), 0.0)
 
-        return await self._call(run)
+        return self._read(run)
 
     async def wait_for_work(self, max_wait: float) -> None:
         with anyio.move_on_after(max_wait):
@@ -397,7 +414,7 @@ class SQLiteStore:
             ).fetchall()
             return [DeadLetter(*r) for r in rows]
 
-        return await self._call(run)
+        return self._read(run)
 
     async def requeue(self, ids: Sequence[int] | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -426,7 +443,7 @@ class SQLiteStore:
             counts["dead"] = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
             return counts
 
-        return await self._call(run)
+        return self._read(run)
 
     async def prune_dedup(self, older_than: float) -> int:
         def run(conn: sqlite3.Connection) -> int:
@@ -440,7 +457,7 @@ class SQLiteStore:
             row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
             return row
 
-        return await self._call(run)
+        return self._read(run)
 
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
         return _conversation(
