@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import msgspec
 
@@ -18,6 +17,7 @@ from amoconnect.model import InboundEvent, InboundMessage, Person
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.kit import eventually as eventually
 
 MESSENGERS = Path(__file__).parent / "messengers"
 CHANNEL = "11111111-2222-3333-4444-555555555555"
@@ -89,18 +89,6 @@ class Rig:
         return await self.client.post(
             f"/hooks/{plugin}/{instance}", content=body, headers={SIGNATURE_HEADER: sign(body, secret)}
         )
-
-
-async def eventually(condition: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Wait until ``condition()`` is truthy (returns it), failing after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await anyio.sleep(0.01)
 
 
 @asynccontextmanager

@@ -96,7 +96,7 @@ async def test_rest_down_never_blocks_the_message(tmp_path: Path) -> None:
     async with linked_rig(tmp_path, fake) as r:
         with structlog.testing.capture_logs() as logs:
             await r.inbound(message("c1", "1", sender=client(phone="+79991234567")))
-            await eventually(lambda: r.amojo.messages_in("lb:c1"), timeout=10)
+            await eventually(lambda: r.amojo.messages_in("lb:c1"), within=10)
         assert links(fake) == []
         assert any("contact lookup failed" in e["event"] for e in logs)
 
@@ -107,7 +107,7 @@ async def test_rate_limit_answers_are_waited_out(tmp_path: Path) -> None:
     fake.fail_next(1, 429)
     async with linked_rig(tmp_path, fake) as r:
         await r.inbound(message("c1", "1", sender=client(phone="+79991234567", email="ann@example.com")))
-        await eventually(lambda: fake.chat_links, timeout=10)
+        await eventually(lambda: fake.chat_links, within=10)
         assert links(fake)[0]["contact_id"] == contact
 
 

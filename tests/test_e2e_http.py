@@ -79,7 +79,7 @@ async def test_both_directions_with_media_over_real_http(tmp_path: Path) -> None
         stop = anyio.Event()
         async with anyio.create_task_group() as tg:
             tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=w.port, stop=stop))
-            await eventually(lambda: w.chat.webhook_url, timeout=10)  # the adapter registered its webhook
+            await eventually(lambda: w.chat.webhook_url, within=10)  # the adapter registered its webhook
             assert w.chat.webhook_url == f"{w.public}/hooks/fake/bot"
             assert await w.chat.client_writes("c1", "hello over HTTP") == 200
             photo = ClientMedia(kind="picture", content=b"\x89PNG...", file_name="cat.png", mime_type="image/png")
@@ -112,7 +112,7 @@ async def test_sigterm_drains_and_restart_delivers_the_rest(tmp_path: Path) -> N
         log = tmp_path / "run.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            await eventually(lambda: w.chat.webhook_url, timeout=15)
+            await eventually(lambda: w.chat.webhook_url, within=15)
             for i in range(40):
                 assert await w.chat.client_writes(f"c{i % 8}", f"m{i}") == 200
             os.kill(proc.pid, signal.SIGTERM)
@@ -124,7 +124,7 @@ async def test_sigterm_drains_and_restart_delivers_the_rest(tmp_path: Path) -> N
             delivered_before_restart = len(w.amojo.messages)
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
             try:
-                await eventually(lambda: len(w.amojo.messages) == 40, timeout=20)
+                await eventually(lambda: len(w.amojo.messages) == 40, within=20)
             finally:
                 proc.terminate()
                 proc.wait(15)

@@ -145,7 +145,7 @@ async def test_permanent_messenger_failure_reports_the_mapped_code(r: Rig) -> No
 async def test_amojo_outage_is_retried(r: Rig) -> None:
     r.amojo.fail_next(503, times=3)
     await r.inbound(message("c1", "1", "through the storm"))
-    stored = await eventually(lambda: r.amojo.messages_in("lb:c1"), timeout=10)
+    stored = await eventually(lambda: r.amojo.messages_in("lb:c1"), within=10)
     assert stored[0].text == "through the storm"
 
 

@@ -22,7 +22,8 @@ from amoconnect.model import (
     OutgoingReaction,
     OutgoingTyping,
 )
-from telegram_rig import FILES, PUBLIC, Files, Rig, eventually, running
+from amoconnect.testing.kit import eventually
+from telegram_rig import FILES, PUBLIC, Files, Rig, running
 
 from amoconnect_telegram.botapi import ALLOWED_UPDATES, SECRET_TOKEN_HEADER
 from amoconnect_telegram.fake import FakeTelegram

@@ -15,7 +15,8 @@ from amoconnect.config import parse_config
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
-from telegram_rig import API, Files, HostRouter, eventually
+from amoconnect.testing.kit import eventually
+from telegram_rig import API, Files, HostRouter
 
 from amoconnect_telegram.fake import FakeTelegram
 

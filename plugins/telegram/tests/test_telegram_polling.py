@@ -6,8 +6,9 @@ from collections.abc import Callable, Sequence
 
 import pytest
 from amoconnect.model import Button, InboundEvent, InboundMessage, OutgoingMessage
+from amoconnect.testing.kit import eventually
 from structlog.testing import capture_logs
-from telegram_rig import MemoryState, Rig, eventually, running
+from telegram_rig import MemoryState, Rig, running
 
 from amoconnect_telegram.fake import FakeTelegram
 

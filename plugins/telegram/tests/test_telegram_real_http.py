@@ -11,8 +11,8 @@ from amoconnect.config import parse_config
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
-from telegram_rig import eventually
 
 from amoconnect_telegram.fake import FakeTelegram
 

@@ -28,7 +28,8 @@ from amoconnect.model import (
     OutgoingTyping,
 )
 from amoconnect.testing.fakes import ClientMedia
-from vk_rig import FILES, PUBLIC, SECRET, MemoryState, Rig, eventually
+from amoconnect.testing.kit import eventually
+from vk_rig import FILES, PUBLIC, SECRET, MemoryState, Rig
 
 from amoconnect_vk.fake import FakeVK, link, video
 from amoconnect_vk.vkapi import random_id

@@ -16,8 +16,8 @@ from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
 from amoconnect.testing.fakes import ClientMedia
-from amoconnect.testing.kit import HostRouter
-from vk_rig import API, FILES, Files, eventually
+from amoconnect.testing.kit import HostRouter, eventually
+from vk_rig import API, FILES, Files
 
 from amoconnect_vk.fake import FakeVK
 

@@ -8,7 +8,8 @@ import anyio
 import msgspec
 import pytest
 from amoconnect.model import InboundMessage, OutgoingTyping
-from vk_rig import MemoryState, Rig, eventually, running
+from amoconnect.testing.kit import eventually
+from vk_rig import MemoryState, Rig, running
 
 from amoconnect_vk.adapter import LongPollServer, VKAdapter
 from amoconnect_vk.fake import FakeVK

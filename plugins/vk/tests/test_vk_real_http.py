@@ -10,8 +10,9 @@ import structlog
 from amoconnect.adapter import AdapterContext
 from amoconnect.model import Attachment, InboundEvent, InboundMessage, OutgoingMessage
 from amoconnect.testing.fakes import ClientMedia
+from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
-from vk_rig import MemoryState, eventually, running
+from vk_rig import MemoryState, running
 
 from amoconnect_vk.adapter import VKAdapter, VKSettings
 from amoconnect_vk.fake import FakeVK

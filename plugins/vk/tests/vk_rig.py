@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -116,13 +116,6 @@ class Rig:
     def events(self) -> list[InboundEvent]:
         """Events of Callback API requests, each once."""
         return self.receiver.events
-
-
-async def eventually(predicate: Callable[[], object], within: float = 5.0) -> None:
-    """Wait until ``predicate()`` is true (polling briefly), or fail after ``within`` seconds."""
-    with anyio.fail_after(within):
-        while not predicate():
-            await anyio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager

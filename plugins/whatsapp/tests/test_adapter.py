@@ -25,7 +25,8 @@ from amoconnect.model import (
     Template,
     TemplateParam,
 )
-from whatsapp_rig import PUBLIC, VERIFY, Files, Rig, eventually, running
+from amoconnect.testing.kit import eventually
+from whatsapp_rig import PUBLIC, VERIFY, Files, Rig, running
 
 from amoconnect_whatsapp.fake import FakeWhatsApp
 

@@ -9,8 +9,9 @@ import msgspec
 import pytest
 from amoconnect.amojo import wire
 from amoconnect.ratelimit import RateLimiter
+from amoconnect.testing.kit import eventually
 from whatsapp_peer import peer_check
-from whatsapp_rig import World, eventually, world
+from whatsapp_rig import World, world
 
 from amoconnect_whatsapp.fake import User
 
@@ -242,7 +243,7 @@ async def test_rate_limit_storms_end_in_delivery(w: World) -> None:
     instance.limiters = [(limit, RateLimiter(limit.count, limit.per / 100)) for limit, _ in instance.limiters]
     w.adapter("wa1").api.rate_waits = dict.fromkeys(w.adapter("wa1").api.rate_waits, 0.01)
     emitted = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "through the storm")
-    await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.text == "through the storm"], limit=20)
+    await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.text == "through the storm"], within=20)
     statuses = await eventually(lambda: w.amojo.message(emitted.message_id or "").statuses)
     assert statuses[-1].delivery_status in (1, 2)
 

@@ -11,9 +11,10 @@ import pytest
 from amoconnect.config import parse_config
 from amoconnect.runtime import Runtime, serve
 from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
 from whatsapp_peer import peer_check
-from whatsapp_rig import ACCOUNT, APP_SECRET, CHANNEL, SCOPE, SECRET, VERIFY, eventually
+from whatsapp_rig import ACCOUNT, APP_SECRET, CHANNEL, SCOPE, SECRET, VERIFY
 
 from amoconnect_whatsapp.fake import FakeWhatsApp
 
@@ -59,7 +60,7 @@ async def test_both_directions_with_media_and_statuses_over_http(tmp_path: Path)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=port, stop=stop))
-                await eventually(lambda: number.webhook_url == f"{public}/hooks/whatsapp/wa", limit=10)
+                await eventually(lambda: number.webhook_url == f"{public}/hooks/whatsapp/wa", within=10)
                 anna = fake.add_user("4915100000001", name="Anna")
                 await fake.client_writes(anna, "hello over HTTP")
                 await fake.client_sends_media(anna, "image", b"\xff\xd8 jpeg", "image/jpeg", caption="a cat")

@@ -9,8 +9,9 @@ import pytest
 from amoconnect.amocrm import AmoCRMClient, ChatTemplate, TemplateButton
 from amoconnect.plugins import collect_messengers, get_plugin_manager
 from amoconnect.sources import desired_sources, sync_sources
+from amoconnect.testing.kit import eventually
 from whatsapp_peer import peer_check
-from whatsapp_rig import World, eventually, world
+from whatsapp_rig import World, world
 
 from amoconnect_whatsapp.review import encode_review_hook, meta_template, parse_form, review_requests
 

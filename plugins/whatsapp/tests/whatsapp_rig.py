@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.fakes import MemoryState
+from amoconnect.testing.kit import eventually
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -125,18 +125,6 @@ class Rig:
     def events(self) -> list[InboundEvent]:
         """Events of webhooks."""
         return self.receiver.events
-
-
-async def eventually(predicate: Callable[[], Any], limit: float = 5.0) -> Any:
-    """Wait until ``predicate()`` is truthy (polling briefly) and return it, or fail after ``limit`` s."""
-    deadline = time.monotonic() + limit
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {limit} s")
-        await anyio.sleep(0.01)
 
 
 @contextlib.asynccontextmanager
