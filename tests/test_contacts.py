@@ -57,7 +57,9 @@ async def test_single_match_by_phone_links_the_chat_before_the_message(tmp_path:
         ((linked_contact, chat_id),) = [(link["contact_id"], link["chat_id"]) for link in links(fake)]
         assert linked_contact == contact
         assert stored.chat_id == chat_id
-        conversation = await r.runtime.store.conversation(SCOPE, "lb:c1")
+        conversation = await eventually(
+            lambda: r.runtime.store.conversation(SCOPE, "lb:c1")
+        )  # committed just after the send
         assert conversation is not None
         assert conversation.amocrm_chat_id == chat_id
         # Only the first message of a conversation looks the client up.

@@ -49,7 +49,7 @@ async def test_client_message_reaches_amocrm_with_derived_ids(r: Rig) -> None:
     assert stored.payload.sender.id == "lb:c1"
     assert stored.payload.source is not None
     assert stored.payload.source.external_id == "lb"
-    record = await r.runtime.store.message(SCOPE, "lb:c1:1")
+    record = await eventually(lambda: r.runtime.store.message(SCOPE, "lb:c1:1"))  # committed just after the send
     assert record is not None
     assert record.amocrm_id == stored.id
     assert record.messenger_id == "1"
@@ -74,10 +74,14 @@ async def test_manager_reply_reaches_the_messenger_and_maps_ids(r: Rig) -> None:
     assert sent.chat == "c1"
     assert sent.text == "answer"
     assert sent.reply_to == "1"  # amoCRM's quoted id mapped back to the messenger's
-    record = await r.runtime.store.message_by_amocrm(SCOPE, result.message_id or "")
+    record = await eventually(
+        lambda: r.runtime.store.message_by_amocrm(SCOPE, result.message_id or "")
+    )  # committed just after the send
     assert record is not None
     assert record.messenger_id == "out1"
-    conversation = await r.runtime.store.conversation(SCOPE, "lb:c1")
+    conversation = await eventually(
+        lambda: r.runtime.store.conversation(SCOPE, "lb:c1")
+    )  # committed just after the send
     assert conversation is not None
     assert conversation.amocrm_chat_id == result.chat_id
 
