@@ -43,6 +43,7 @@ from ..hookspecs import RegisterMessenger, hookimpl
 from ..model import Button, ListMessage, MediaKind, Template
 from ..plugins import collect_messengers, get_plugin_manager
 from ..runtime import Runtime
+from ..store.base import ConversationRecord
 from .fake_amojo import EmitResult, FakeAmojo, StoredMessage
 
 __all__ = [
@@ -237,9 +238,17 @@ class ConnectorRig:
 
     async def backdate_client(self, chat: str, seconds: float) -> None:
         """Pretend the client of ``chat`` last wrote ``seconds`` earlier than it did (to close a reply window)."""
-        record = await self.runtime.store.conversation_by_chat(self.instance, chat)
-        if record is None or record.last_client_at is None:
-            raise LookupError(f"the client of chat {chat!r} has not written yet")
+
+        async def written() -> ConversationRecord | None:
+            # The relay commits the conversation just after amoCRM has the message: wait for it.
+            record = await self.runtime.store.conversation_by_chat(self.instance, chat)
+            return record if record is not None and record.last_client_at is not None else None
+
+        try:
+            record: ConversationRecord = await self.eventually(written, 2.0)
+        except AssertionError:
+            raise LookupError(f"the client of chat {chat!r} has not written yet") from None
+        assert record.last_client_at is not None
         await self.runtime.store.put_conversation(
             msgspec.structs.replace(record, last_client_at=record.last_client_at - seconds)
         )
