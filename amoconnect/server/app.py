@@ -172,17 +172,6 @@ def build_app(runtime: Runtime) -> ASGIApp:
         ack_latency.observe(time.perf_counter() - started)
         return 200, {"ok": True} if fresh else {"ok": True, "duplicate": True}
 
-    async def amocrm_webhook(request: Request) -> Response:
-        scope_id = request.path_params["scope_id"]
-        try:
-            body = await _read_capped(request, config.server.max_body_bytes)
-        except _TooLarge:
-            return _json(*too_large(scope_id))
-        except ClientDisconnect:
-            return Response(status_code=400)
-        status, answer = await ingest_amocrm(scope_id, body, request.headers.get("x-signature"))
-        return _json(status, answer, retry_after=status == 503)
-
     def too_large(scope_id: str) -> tuple[int, dict[str, Any]]:
         cap = config.server.max_body_bytes
         return refusal("amocrm", 413, "too_large", f"body over {cap} bytes", scope_id=scope_id)
@@ -254,7 +243,6 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
-        Route("/amocrm/{scope_id}", amocrm_webhook, methods=["POST"]),
         Route("/hooks/{messenger}/{instance}", messenger_webhook, methods=["GET", "POST"]),
         Route("/hooks/{messenger}/{instance}/{path:path}", messenger_webhook, methods=["GET", "POST"]),
         Route("/media/{token}", media, methods=["GET"]),
@@ -279,11 +267,10 @@ def _quote(name: str) -> str:
 
 
 class _AmocrmFastPath:
-    """``POST /amocrm/{scope_id}`` as a bare ASGI handler in front of the Starlette app.
+    """``/amocrm/{scope_id}`` as a bare ASGI handler in front of the Starlette app.
 
     It is the hottest route (amoCRM waits at most 5 s and never retries), so it skips the
-    framework's per-request objects; every other request, and other methods on this path, go
-    to the app. The answers are the same as the app's route would give.
+    framework's per-request objects; every other path goes to the app.
     """
 
     def __init__(
@@ -299,10 +286,13 @@ class _AmocrmFastPath:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] == "http" and scope["method"] == "POST" and path.startswith("/amocrm/"):
+        if scope["type"] == "http" and path.startswith("/amocrm/"):
             scope_id = path[len("/amocrm/") :]
             if scope_id and "/" not in scope_id:
-                await self._handle(scope, receive, send, scope_id)
+                if scope["method"] == "POST":
+                    await self._handle(scope, receive, send, scope_id)
+                else:
+                    await _answer(send, 405, {"error": "bad_method", "detail": "only POST"}, allow=b"POST")
                 return
         await self.app(scope, receive, send)
 
@@ -335,9 +325,11 @@ class _AmocrmFastPath:
         await _answer(send, status, body)
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any]) -> None:
+async def _answer(send: Send, status: int, body: dict[str, Any], *, allow: bytes | None = None) -> None:
     content = _encode(body)
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
+    if allow is not None:
+        headers.append((b"allow", allow))
     if status == 503:
         headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
     await send({"type": "http.response.start", "status": status, "headers": headers})
