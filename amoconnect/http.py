@@ -19,7 +19,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Literal
+from typing import Any, Literal
 
 import anyio
 import httpx
@@ -33,6 +33,7 @@ __all__ = [
     "RetryPolicy",
     "TransportKind",
     "build_transport",
+    "error_body",
     "new_client",
     "parse_retry_after",
     "send_with_retries",
@@ -172,7 +173,8 @@ def new_client(
     return httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
 
 
-def _error_body(response: httpx.Response) -> object:
+def error_body(response: httpx.Response) -> Any:
+    """An error answer's body: decoded JSON when it is JSON, else the text."""
     try:
         return response.json()
     except ValueError:
@@ -210,7 +212,7 @@ async def send_with_retries(
             if response.status_code != 429 and response.status_code < 500:
                 return response
             status = response.status_code
-            body = _error_body(response)
+            body = error_body(response)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             problem = f"HTTP {status}"
         if attempt >= policy.attempts:

@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from ..errors import AmojoError
-from ..http import RetryPolicy, TransportKind, new_client, send_with_retries
+from ..http import RetryPolicy, TransportKind, error_body, new_client, send_with_retries
 from ..signing import sign_request
 from . import wire
 
@@ -126,10 +126,7 @@ class AmojoClient:
 
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:
-        try:
-            body: Any = response.json()
-        except ValueError:
-            body = response.text
+        body = error_body(response)
         return AmojoError(
             f"amojo {describe} answered HTTP {response.status_code}: {body!r}", status=response.status_code, body=body
         )
