@@ -6,7 +6,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
@@ -15,6 +15,9 @@ from . import __version__
 from .config import Config, load_config
 from .errors import AmoconnectError
 from .scaffold import new_plugin
+
+if TYPE_CHECKING:
+    from .amojo.client import AmojoClient
 
 __all__ = ["main"]
 
@@ -35,6 +38,13 @@ def _config(path: str) -> Config:
         return load_config(path)
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+def _amojo(config: Config) -> AmojoClient:
+    """The channel's amojo client, for one command."""
+    from .amojo.client import AmojoClient
+
+    return AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url)
 
 
 def _configure_logging(config: Config | None, level: str | None = None) -> None:
@@ -151,9 +161,8 @@ def connect(config_path: str, account_name: str | None) -> None:
     config = _config(config_path)
 
     async def go() -> None:
-        from .amojo.client import AmojoClient
 
-        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+        async with _amojo(config) as amojo:
             for account in config.accounts:
                 if account_name and account.name != account_name:
                     continue
@@ -177,9 +186,8 @@ def disconnect(config_path: str, account_name: str | None) -> None:
     config = _config(config_path)
 
     async def go() -> None:
-        from .amojo.client import AmojoClient
 
-        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+        async with _amojo(config) as amojo:
             for account in config.accounts:
                 if account_name and account.name != account_name:
                     continue
@@ -371,7 +379,6 @@ def sources_list(config_path: str, account_name: str | None, as_json: bool) -> N
 )
 def import_(config_path: str, path: str) -> None:
     """Import old conversations: all silent but each conversation's newest message, in order, idempotently."""
-    from .amojo.client import AmojoClient
     from .history import import_history, read_history
 
     config = _config(config_path)
@@ -381,7 +388,7 @@ def import_(config_path: str, path: str) -> None:
         raise click.ClickException(str(exc)) from exc
 
     async def go() -> None:
-        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+        async with _amojo(config) as amojo:
             with click.progressbar(length=len(entries), label="importing", file=sys.stderr) as bar:
                 result = await import_history(config, amojo, entries, progress=bar.update)
         click.echo(
@@ -401,8 +408,6 @@ def history(config_path: str, account_name: str, conversation_id: str, as_json: 
     """Print a chat's messages as amoCRM keeps them, newest first (every page)."""
     import msgspec
 
-    from .amojo.client import AmojoClient
-
     config = _config(config_path)
     try:
         account = config.account(account_name)
@@ -411,7 +416,7 @@ def history(config_path: str, account_name: str, conversation_id: str, as_json: 
 
     async def go() -> int:
         count = 0
-        async with AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo:
+        async with _amojo(config) as amojo:
             async for message in amojo.iter_history(account.scope_id, conversation_id):
                 count += 1
                 if as_json:
@@ -438,7 +443,6 @@ def history(config_path: str, account_name: str, conversation_id: str, as_json: 
 @click.option("--contact", "contact_id", required=True, type=int, help="The amoCRM contact id.")
 def link(config_path: str, account_name: str | None, conversation_id: str, contact_id: int) -> None:
     """Attach an existing conversation to an amoCRM contact by hand."""
-    from .amojo.client import AmojoClient
     from .contacts import link_chat
     from .store.sqlite import SQLiteStore
 
@@ -459,7 +463,7 @@ def link(config_path: str, account_name: str | None, conversation_id: str, conta
 
         async with (
             SQLiteStore(config.store.path, synchronous=config.store.synchronous) as store,
-            AmojoClient(config.channel.id, config.channel.secret, base_url=config.channel.amojo_url) as amojo,
+            _amojo(config) as amojo,
             AmoCRMClient(account.rest_url, tokens=account.token) as rest,
         ):
             record = await store.conversation(account.scope_id, conversation_id)
