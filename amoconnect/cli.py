@@ -197,6 +197,24 @@ def disconnect(config_path: str, account_name: str | None) -> None:
     _run(go)
 
 
+@main.command()
+@config_option
+def migrate(config_path: str) -> None:
+    """Bring the store's schema up to date (PostgreSQL is migrated only by this command)."""
+    config = _config(config_path)
+
+    async def go() -> tuple[str, list[int]]:
+        from .store import migrate_store
+
+        return await migrate_store(config.store)
+
+    where, applied = _run(go)
+    if applied:
+        click.echo(f"{where}: applied schema version(s) {', '.join(map(str, applied))}")
+    else:
+        click.echo(f"{where}: schema is up to date")
+
+
 @main.group()
 def jobs() -> None:
     """The dead letters: jobs that ran out of attempts."""
@@ -206,9 +224,9 @@ def _with_store(config_path: str, fn: Callable[[Any], Awaitable[T]]) -> T:
     config = _config(config_path)
 
     async def go() -> T:
-        from .store.sqlite import SQLiteStore
+        from .store import opened_store
 
-        async with SQLiteStore(config.store.path, synchronous=config.store.synchronous) as store:
+        async with opened_store(config.store) as store:
             return await fn(store)
 
     return _run(go)
@@ -444,7 +462,7 @@ def history(config_path: str, account_name: str, conversation_id: str, as_json: 
 def link(config_path: str, account_name: str | None, conversation_id: str, contact_id: int) -> None:
     """Attach an existing conversation to an amoCRM contact by hand."""
     from .contacts import link_chat
-    from .store.sqlite import SQLiteStore
+    from .store import opened_store
 
     config = _config(config_path)
     accounts = [a for a in config.accounts if account_name in (None, a.name)]
@@ -462,7 +480,7 @@ def link(config_path: str, account_name: str | None, conversation_id: str, conta
         from .model import Person
 
         async with (
-            SQLiteStore(config.store.path, synchronous=config.store.synchronous) as store,
+            opened_store(config.store) as store,
             _amojo(config) as amojo,
             AmoCRMClient(account.rest_url, tokens=account.token) as rest,
         ):

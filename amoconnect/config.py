@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,9 +57,17 @@ class ServerConfig(_Section):
 class StoreConfig(_Section):
     """``[store]``: the durable store."""
 
+    url: str = ""
+    """``postgresql://user:password@host:port/db`` for the PostgreSQL store that several processes
+    share; empty for the SQLite file at ``path``."""
     path: str = "amoconnect.sqlite3"
     """SQLite file (created if missing)."""
     synchronous: Literal["FULL", "NORMAL", "EXTRA"] = "FULL"
+    pool_size: int = 10
+    """PostgreSQL: connections of this process (one more listens for new work)."""
+    lease: float = 30.0
+    """PostgreSQL: seconds a claimed job stays a process's without a heartbeat; after a crash its
+    conversation waits that long before another process takes it over."""
     media_dir: str = "media"
     """Directory of re-hosted media files."""
 
@@ -164,6 +173,7 @@ class Config(_Section):
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log redaction."""
         found = [self.channel.secret, self.server.media_secret, *(a.token for a in self.accounts)]
+        found.extend(_url_password(self.store.url))
         for source in self.sources:
             found.extend(_secret_like(source.settings))
         return [s for s in found if s]
@@ -172,6 +182,11 @@ class Config(_Section):
 def _secret_like(settings: dict[str, Any]) -> list[str]:
     words = ("token", "secret", "password", "key")
     return [str(v) for k, v in settings.items() if isinstance(v, str) and any(w in k.lower() for w in words)]
+
+
+def _url_password(url: str) -> list[str]:
+    password = urllib.parse.urlsplit(url).password if url else None
+    return [password, urllib.parse.unquote(password)] if password else []
 
 
 def _resolve_env(value: Any, where: str, origin: str) -> Any:
@@ -232,8 +247,13 @@ def _check(config: Config, origin: str) -> Config:
                 raise fail(f"{where}: account {source.account!r} has more than one default source")
             defaults.add(source.account)
         sources.append(msgspec.structs.replace(source, external_id=external_id))
+    if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
+        raise fail("store.url must be a postgresql:// URL (or empty for the SQLite file at store.path)")
+    if not config.store.lease > 0:
+        raise fail(f"store.lease must be a positive number of seconds, got {config.store.lease}")
     for field, value in (
         ("server.port", config.server.port),
+        ("store.pool_size", config.store.pool_size),
         ("relay.concurrency", config.relay.concurrency),
         ("relay.max_attempts", config.relay.max_attempts),
         ("http.attempts", config.http.attempts),

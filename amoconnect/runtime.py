@@ -42,8 +42,8 @@ from .plugins import collect_messengers, get_plugin_manager
 from .ratelimit import RateLimiter
 from .relay import Handler, Relay
 from .routing import Instance, Routing
+from .store import build_store
 from .store.base import Store
-from .store.sqlite import SQLiteStore
 
 __all__ = ["Runtime", "serve"]
 
@@ -100,7 +100,7 @@ class Runtime:
                 f"no messenger plugin named {plugin!r} is installed; installed: {sorted(self.messengers) or 'none'}"
             )
         self.metrics = Metrics()
-        self.store: Store = store or SQLiteStore(config.store.path, synchronous=config.store.synchronous)
+        self.store: Store = store or build_store(config.store)
         self._amojo_http = amojo_http
         self._messenger_http = messenger_http
         self.media = MediaStore(Path(config.store.media_dir), self._media_secret())

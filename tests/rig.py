@@ -18,6 +18,7 @@ from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.kit import eventually as eventually
+from amoconnect.testing.stores import store_settings
 
 MESSENGERS = Path(__file__).parent / "messengers"
 CHANNEL = "11111111-2222-3333-4444-555555555555"
@@ -42,7 +43,7 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             {"name": "wa", "plugin": "windowed", "account": "main", "external_id": "wa-number"},
             {"name": "pl", "plugin": "plain", "account": "main"},
         ],
-        "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+        "store": store_settings(tmp_path),
         "server": {"public_url": "http://amoconnect"},
         "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": 3},
         "http": {"attempts": 2},

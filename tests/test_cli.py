@@ -11,7 +11,8 @@ from rig import MESSENGERS, base_config
 
 from amoconnect.cli import main
 from amoconnect.store.base import NewJob
-from amoconnect.store.sqlite import SQLiteStore
+from amoconnect.config import load_config
+from amoconnect.store import opened_store
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def test_config_error_is_a_clear_message(tmp_path: Path) -> None:
 
 def test_jobs_list_retry_purge(config_file: Path, tmp_path: Path) -> None:
     async def seed() -> None:
-        async with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        async with opened_store(load_config(config_file).store) as store:
             await store.enqueue([NewJob("amocrm", "k1", b"{}", "s"), NewJob("amocrm", "k2", b"{}", "s")])
             for job in await store.claim(10):
                 await store.bury(job.id, error="amojo answered HTTP 400")

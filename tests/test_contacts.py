@@ -159,9 +159,10 @@ async def test_history_and_link_commands(tmp_path: Path) -> None:
         assert "Traceback" not in missing.output
         # A conversation the connector relayed: put it in the store and in amoCRM.
         from amoconnect.store.base import ConversationRecord
-        from amoconnect.store.sqlite import SQLiteStore
+        from amoconnect.config import load_config
+        from amoconnect.store import opened_store
 
-        async with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        async with opened_store(load_config(config).store) as store:
             await store.put_conversation(ConversationRecord(SCOPE, "lb:c1", "lb", "c1", client_id="lb:c1"))
         chat = amojo.add_chat(SCOPE, "lb:c1", client_id="lb:c1", name="Ann")
         from amoconnect.amojo import wire

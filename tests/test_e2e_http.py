@@ -26,6 +26,7 @@ from amoconnect.runtime import Runtime, serve
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.fakechat_api import ClientMedia, FakeChat
 from amoconnect.testing.servers import serve_app
+from amoconnect.testing.stores import store_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -56,7 +57,7 @@ class World:
                 }
             ],
             "server": {"public_url": self.public},
-            "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+            "store": store_settings(tmp_path),
             "relay": {"backoff": 0.05, "shutdown_timeout": 5.0},
         }
 

@@ -45,6 +45,7 @@ from ..plugins import collect_messengers, get_plugin_manager
 from ..runtime import Runtime
 from ..store.base import ConversationRecord
 from .fake_amojo import EmitResult, FakeAmojo, StoredMessage
+from .stores import store_settings
 
 __all__ = [
     "ACCOUNT",
@@ -378,7 +379,7 @@ def rig_config(
         "sources": [
             {"name": instance, "plugin": messenger, "account": "main", "default": True, "settings": dict(settings)}
         ],
-        "store": {"path": str(workdir / "store.sqlite3"), "media_dir": str(workdir / "media")},
+        "store": store_settings(workdir),
         "server": {"public_url": PUBLIC_URL},
         "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": 3},
         "http": {"attempts": 2},

@@ -16,6 +16,7 @@ from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
 from amoconnect.testing.kit import eventually
+from amoconnect.testing.stores import store_settings
 from telegram_rig import API, Files, HostRouter
 
 from amoconnect_telegram.fake import FakeTelegram
@@ -75,7 +76,7 @@ def build_runtime(tmp_path: Path, telegram: FakeTelegram, amojo: FakeAmojo, file
                     "settings": telegram.settings(API, **settings),
                 }
             ],
-            "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+            "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
             "relay": {"backoff": 0.05, "max_backoff": 0.5},
         }
@@ -343,7 +344,7 @@ async def test_two_bots_run_side_by_side(tmp_path: Path, amojo: FakeAmojo, files
                     "settings": support.settings("http://support.test"),
                 },
             ],
-            "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+            "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
         }
     )

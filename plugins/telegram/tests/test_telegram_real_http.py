@@ -13,6 +13,7 @@ from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
+from amoconnect.testing.stores import store_settings
 
 from amoconnect_telegram.fake import FakeTelegram
 
@@ -56,7 +57,7 @@ async def test_conversation_over_real_http(tmp_path: Path) -> None:
                         "settings": telegram.settings(telegram_url),
                     }
                 ],
-                "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+                "store": store_settings(tmp_path),
                 "server": {"public_url": public},
             }
         )

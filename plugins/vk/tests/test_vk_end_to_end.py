@@ -17,6 +17,7 @@ from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
 from amoconnect.testing.fakes import ClientMedia
 from amoconnect.testing.kit import HostRouter, eventually
+from amoconnect.testing.stores import store_settings
 from vk_rig import API, FILES, Files
 
 from amoconnect_vk.fake import FakeVK
@@ -68,7 +69,7 @@ def build_runtime(tmp_path: Path, vk: FakeVK, amojo: FakeAmojo, files: Files, **
             "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": "http://amojo.test"},
             "accounts": [{"name": "acme", "amojo_id": ACCOUNT}],
             "sources": [{"name": "shop", "plugin": "vk", "account": "acme", "settings": vk.settings(API, **options)}],
-            "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+            "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
             "relay": {"backoff": 0.02, "max_backoff": 0.2},
         }

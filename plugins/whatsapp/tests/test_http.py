@@ -13,6 +13,7 @@ from amoconnect.runtime import Runtime, serve
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
+from amoconnect.testing.stores import store_settings
 from whatsapp_peer import peer_check
 from whatsapp_rig import ACCOUNT, APP_SECRET, CHANNEL, SCOPE, SECRET, VERIFY
 
@@ -52,7 +53,7 @@ async def test_both_directions_with_media_and_statuses_over_http(tmp_path: Path)
                     "accounts": [{"name": "main", "amojo_id": ACCOUNT}],
                     "sources": [{"name": "wa", "plugin": "whatsapp", "account": "main", "settings": settings}],
                     "server": {"public_url": public},
-                    "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+                    "store": store_settings(tmp_path),
                     "relay": {"backoff": 0.05},
                 }
             )

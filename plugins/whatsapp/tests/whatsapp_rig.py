@@ -20,6 +20,7 @@ from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.fakes import MemoryState
 from amoconnect.testing.kit import eventually
+from amoconnect.testing.stores import store_settings
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -233,7 +234,7 @@ async def world(
                     "settings": settings(fake, "1000000002", **instance_settings),
                 },
             ],
-            "store": {"path": str(tmp_path / "store.sqlite3"), "media_dir": str(tmp_path / "media")},
+            "store": store_settings(tmp_path),
             "server": {"public_url": "http://amoconnect"},
             "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": max_attempts},
             "http": {"attempts": 1},

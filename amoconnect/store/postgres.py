@@ -1,0 +1,632 @@
+"""The shared store: PostgreSQL, for any number of ``amoconnect run`` processes on any number of machines.
+
+The same :class:`~amoconnect.store.base.Store` as SQLite, on one database that every process
+uses at once:
+
+- Jobs are claimed with ``FOR UPDATE SKIP LOCKED``: processes never wait for each other's rows.
+- Order per conversation holds across processes: a job is claimed only while no earlier job of
+  its key exists, so a key's running job is its lock. The lock is a **lease**: the owner extends
+  it while it works, and when a process dies its running jobs become claimable again once the
+  lease expires (``lease`` seconds).
+- ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling.
+- Dedup keys and the id mapping sit under UNIQUE constraints.
+- The schema is versioned (:data:`MIGRATIONS`); ``amoconnect migrate`` applies it and
+  :meth:`PostgresStore.open` refuses a database whose version is not this code's.
+
+Times are the database's clock, so the processes' clocks need not agree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import secrets
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import psycopg
+import psycopg_pool
+import structlog
+from psycopg.rows import TupleRow
+
+from ..errors import StoreError
+from ..statuses import is_forward
+from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+log = structlog.get_logger("amoconnect.store")
+
+_CHANNEL = "amoconnect_jobs"
+_NOW = "extract(epoch from clock_timestamp())::float8"
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: queue, dead letters, dedup, mapping, adapter state
+    """
+    CREATE TABLE queue (
+        id BIGSERIAL PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        scope_id TEXT NOT NULL,
+        state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_run DOUBLE PRECISION NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        last_error TEXT,
+        owner TEXT,
+        lease_until DOUBLE PRECISION
+    );
+    CREATE INDEX queue_due ON queue (next_run, id) WHERE state = 'queued';
+    CREATE INDEX queue_key ON queue (key, id);
+    CREATE INDEX queue_lease ON queue (lease_until) WHERE state = 'running';
+    CREATE TABLE dead (
+        id BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        scope_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        failed_at DOUBLE PRECISION NOT NULL,
+        error TEXT NOT NULL
+    );
+    CREATE TABLE dedup (key TEXT PRIMARY KEY, seen_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX dedup_seen ON dedup (seen_at);
+    CREATE TABLE conversations (
+        scope_id TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        instance TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        amocrm_chat_id TEXT,
+        client_id TEXT,
+        last_client_at DOUBLE PRECISION,
+        ref_pending BOOLEAN NOT NULL DEFAULT FALSE,
+        PRIMARY KEY (scope_id, conversation_id),
+        UNIQUE (instance, chat)
+    );
+    CREATE INDEX conversations_amocrm ON conversations (scope_id, amocrm_chat_id);
+    CREATE TABLE messages (
+        scope_id TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        conversation_id TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('in', 'out')),
+        amocrm_id TEXT,
+        messenger_id TEXT,
+        status INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (scope_id, msgid)
+    );
+    CREATE INDEX messages_amocrm ON messages (scope_id, amocrm_id);
+    CREATE INDEX messages_messenger ON messages (scope_id, conversation_id, messenger_id);
+    CREATE TABLE state (
+        namespace TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BYTEA NOT NULL,
+        PRIMARY KEY (namespace, key)
+    );
+    """,
+)
+"""The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND p.id < q.id)"
+_CONVERSATION_COLUMNS = (
+    "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
+)
+_MESSAGE_COLUMNS = "scope_id, msgid, conversation_id, direction, amocrm_id, messenger_id, status"
+_INSERT_JOB = (
+    f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
+    f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
+)
+_UPSERT_CONVERSATION = (
+    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET instance = EXCLUDED.instance, chat = EXCLUDED.chat, "
+    "amocrm_chat_id = EXCLUDED.amocrm_chat_id, client_id = EXCLUDED.client_id, "
+    "last_client_at = EXCLUDED.last_client_at, ref_pending = EXCLUDED.ref_pending"
+)
+_UPSERT_MESSAGE = (
+    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    "ON CONFLICT (scope_id, msgid) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
+    "direction = EXCLUDED.direction, amocrm_id = EXCLUDED.amocrm_id, messenger_id = EXCLUDED.messenger_id, "
+    "status = EXCLUDED.status"
+)
+# Serialises `migrate` runs of several processes (an arbitrary, fixed advisory lock key).
+_MIGRATE_LOCK = 0x616D6F63
+
+Conn = psycopg.AsyncConnection[TupleRow]
+
+
+def _conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:
+    return None if row is None else ConversationRecord(*row)
+
+
+def _message(row: tuple[Any, ...] | None) -> MessageRecord | None:
+    return None if row is None else MessageRecord(*row)
+
+
+async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
+    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in jobs]
+    async with conn.cursor() as cur:
+        if len(rows) == 1:
+            await cur.execute(_INSERT_JOB, rows[0])
+        elif rows:
+            await cur.executemany(_INSERT_JOB, rows)
+
+
+async def _upsert_conversations(conn: Conn, records: Sequence[ConversationRecord]) -> None:
+    for r in records:
+        # Like SQLite's INSERT OR REPLACE: a record takes over its (instance, chat) from another id.
+        await conn.execute(
+            "DELETE FROM conversations WHERE instance = %s AND chat = %s AND (scope_id, conversation_id) <> (%s, %s)",
+            (r.instance, r.chat, r.scope_id, r.conversation_id),
+        )
+        await conn.execute(
+            _UPSERT_CONVERSATION,
+            (
+                r.scope_id,
+                r.conversation_id,
+                r.instance,
+                r.chat,
+                r.amocrm_chat_id,
+                r.client_id,
+                r.last_client_at,
+                r.ref_pending,
+            ),
+        )
+
+
+async def _upsert_messages(conn: Conn, records: Sequence[MessageRecord]) -> None:
+    for r in records:
+        await conn.execute(
+            _UPSERT_MESSAGE,
+            (r.scope_id, r.msgid, r.conversation_id, r.direction, r.amocrm_id, r.messenger_id, r.status),
+        )
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        return "postgresql://…"
+    host, port, dbname = info.get("host", ""), info.get("port", ""), info.get("dbname", "")
+    return f"postgresql://{host}{':' + str(port) if port else ''}/{dbname}"
+
+
+class PostgresStore:
+    """:class:`~amoconnect.store.base.Store` on a PostgreSQL database shared by many processes.
+
+    ``url`` is a libpq connection string or ``postgresql://`` URL. ``pool_size`` caps this
+    process's connections (one more listens for new work). ``lease`` is how long a claimed
+    job stays this process's without a heartbeat: after a crash its conversation waits that
+    long before another process takes it over.
+    """
+
+    def __init__(self, url: str, *, pool_size: int = 10, lease: float = 30.0) -> None:
+        if not (lease > 0 and math.isfinite(lease)):
+            raise StoreError(f"store lease must be a positive number of seconds, got {lease!r}")
+        self.url = url
+        self.where = _redacted(url)
+        self.owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
+        """This process's name on the jobs it holds."""
+        self._lease = lease
+        self._pool_size = max(2, pool_size)
+        self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
+        self._wake = asyncio.Event()
+        self._listening = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self.recovered = 0
+
+    # -- connections ---------------------------------------------------------------------
+    def _error(self, action: str, exc: Exception) -> StoreError:
+        return StoreError(f"PostgreSQL store {self.where}: {action} failed: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def _conn(self, action: str, *, transaction: bool = False) -> Any:
+        if self._pool is None:
+            raise StoreError(f"PostgreSQL store {self.where} is not open")
+        try:
+            async with self._pool.connection() as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except psycopg.Error as exc:
+            raise self._error(action, exc) from exc
+        except psycopg_pool.PoolTimeout as exc:
+            raise self._error(action, exc) from exc
+
+    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+        async with self._conn("read") as conn:
+            cur = await conn.execute(sql, params)
+            row: tuple[Any, ...] | None = await cur.fetchone()
+            return row
+
+    async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._conn("read") as conn:
+            cur = await conn.execute(sql, params)
+            return list(await cur.fetchall())
+
+    async def _write(self, sql: str, params: Sequence[Any] = (), *, notify: bool = False) -> int:
+        async with self._conn("write", transaction=notify) as conn:
+            cur = await conn.execute(sql, params)
+            if notify and cur.rowcount:
+                await conn.execute(f"NOTIFY {_CHANNEL}")
+            return cur.rowcount
+
+    # -- schema --------------------------------------------------------------------------
+    async def schema_version(self) -> int:
+        """The version of the schema in the database, 0 when none was applied."""
+        async with await self._connect("read the schema version") as conn:
+            return await self._version(conn)
+
+    async def _connect(self, action: str) -> Conn:
+        try:
+            return await psycopg.AsyncConnection.connect(self.url, autocommit=True, connect_timeout=10)
+        except psycopg.Error as exc:
+            raise self._error(action, exc) from exc
+
+    @staticmethod
+    async def _version(conn: Conn) -> int:
+        cur = await conn.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+        exists = await cur.fetchone()
+        if not exists or not exists[0]:
+            return 0
+        cur = await conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def migrate(self) -> list[int]:
+        """Apply the migrations the database lacks, each in its own transaction; returns their versions."""
+        applied: list[int] = []
+        async with await self._connect("migrate") as conn:
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
+                    await conn.execute(
+                        "CREATE TABLE IF NOT EXISTS schema_migrations "
+                        "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+                    )
+                    current = await self._version(conn)
+                    if current > SCHEMA_VERSION:
+                        raise StoreError(self._too_new(current))
+                    for version in range(current + 1, SCHEMA_VERSION + 1):
+                        await conn.execute(MIGRATIONS[version - 1].encode())
+                        await conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+                        applied.append(version)
+            except psycopg.Error as exc:
+                raise self._error("migrate", exc) from exc
+        return applied
+
+    def _too_new(self, version: int) -> str:
+        return (
+            f"PostgreSQL store {self.where} has schema version {version}, newer than this amoconnect "
+            f"({SCHEMA_VERSION}); upgrade amoconnect"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def open(self) -> None:
+        """Check the schema version, open the pool and start listening for new work."""
+        if self._pool is not None:
+            return
+        version = await self.schema_version()
+        if version > SCHEMA_VERSION:
+            raise StoreError(self._too_new(version))
+        if version < SCHEMA_VERSION:
+            raise StoreError(
+                f"PostgreSQL store {self.where} has schema version {version}, this amoconnect needs "
+                f"{SCHEMA_VERSION}: run `amoconnect migrate`"
+            )
+        pool: psycopg_pool.AsyncConnectionPool[Conn] = psycopg_pool.AsyncConnectionPool(
+            self.url, min_size=1, max_size=self._pool_size, open=False, kwargs={"autocommit": True}
+        )
+        try:
+            await pool.open(wait=True, timeout=10)
+        except psycopg_pool.PoolTimeout as exc:
+            await pool.close()
+            raise self._error("connect", exc) from exc
+        self._pool = pool
+        self.recovered = await self._write(
+            f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
+            notify=True,
+        )
+        listening = asyncio.Event()
+        self._tasks = [
+            asyncio.create_task(self._listen(listening), name="amoconnect-pg-listen"),
+            asyncio.create_task(self._keep_leases(), name="amoconnect-pg-leases"),
+        ]
+        with anyio.move_on_after(10):
+            await listening.wait()
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        # Jobs still held were left by a drain that timed out: hand them back at once.
+        with contextlib.suppress(psycopg.Error):
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND owner = %s",
+                    (self.owner,),
+                )
+        await pool.close()
+
+    async def __aenter__(self) -> PostgresStore:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _listen(self, listening: asyncio.Event) -> None:
+        """Hold a connection that LISTENs for committed jobs; reconnect with backoff when it drops."""
+        delay = 0.5
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    await conn.execute(f"LISTEN {_CHANNEL}")
+                    self._listening = True
+                    listening.set()
+                    delay = 0.5
+                    self._wake.set()  # work may have been committed while we were not listening
+                    async for _ in conn.notifies():
+                        self._wake.set()
+            except psycopg.Error as exc:
+                log.warning("store listener disconnected; reconnecting", store=self.where, error=str(exc))
+            finally:
+                self._listening = False
+            listening.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _keep_leases(self) -> None:
+        """Extend this process's leases and free the jobs of processes whose leases ran out."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                await self._write(
+                    f"UPDATE queue SET lease_until = {_NOW} + %s WHERE state = 'running' AND owner = %s",
+                    (self._lease, self.owner),
+                )
+                freed = await self._write(
+                    f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
+                    notify=True,
+                )
+            except StoreError as exc:
+                log.warning("store lease upkeep failed", error=str(exc))
+                continue
+            if freed:
+                log.warning("jobs of a stopped process taken back", count=freed)
+
+    # -- queue ---------------------------------------------------------------------------
+    async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
+        keys = list(dict.fromkeys(dedup))
+        async with self._conn("enqueue") as conn:
+            try:
+                async with conn.transaction():
+                    if keys:
+                        cur = await conn.execute(
+                            f"INSERT INTO dedup (key, seen_at) SELECT k, {_NOW} FROM unnest(%s::text[]) AS k "
+                            "ON CONFLICT DO NOTHING",
+                            (keys,),
+                        )
+                        if cur.rowcount != len(keys):
+                            raise _Seen
+                    await _insert_jobs(conn, jobs)
+                    if jobs:
+                        await conn.execute(f"NOTIFY {_CHANNEL}")
+            except _Seen:
+                return False
+        if jobs:
+            self._wake.set()
+        return True
+
+    async def claim(self, limit: int) -> list[Job]:
+        async with self._conn("claim") as conn:
+            cur = await conn.execute(
+                f"WITH c AS (SELECT id FROM queue q WHERE state = 'queued' AND next_run <= {_NOW} AND {_HEAD} "
+                "ORDER BY next_run, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
+                "FROM c WHERE queue.id = c.id "
+                "RETURNING queue.id, kind, key, payload, scope_id, attempts, created_at, last_error",
+                (limit, self.owner, self._lease),
+            )
+            rows = await cur.fetchall()
+        jobs = [Job(*row) for row in rows]
+        jobs.sort(key=lambda job: job.id)
+        return jobs
+
+    async def finish(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        then: Sequence[NewJob] = (),
+    ) -> None:
+        async with self._conn("finish", transaction=True) as conn:
+            await conn.execute("DELETE FROM queue WHERE id = %s", (job_id,))
+            await _upsert_conversations(conn, conversations)
+            await _upsert_messages(conn, messages)
+            await _insert_jobs(conn, then)
+            # The next job of the conversation (or a follow-up) may now be claimed, by any process.
+            await conn.execute(f"NOTIFY {_CHANNEL}")
+        self._wake.set()
+
+    async def retry(self, job_id: int, *, delay: float, error: str) -> None:
+        await self._write(
+            f"UPDATE queue SET state = 'queued', owner = NULL, next_run = {_NOW} + %s, last_error = %s "
+            "WHERE id = %s AND owner = %s",
+            (delay, error, job_id, self.owner),
+            notify=True,
+        )
+        self._wake.set()
+
+    async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
+        async with self._conn("bury", transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, "
+                f"{_NOW}, %s FROM queue WHERE id = %s "
+                "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
+                "error = EXCLUDED.error",
+                (error, job_id),
+            )
+            await conn.execute("DELETE FROM queue WHERE id = %s", (job_id,))
+            await _insert_jobs(conn, then)
+            await conn.execute(f"NOTIFY {_CHANNEL}")
+        self._wake.set()
+
+    async def next_due_in(self) -> float | None:
+        row = await self._fetchone(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {_HEAD}")
+        return None if row is None or row[0] is None else max(float(row[0]), 0.0)
+
+    async def wait_for_work(self, max_wait: float) -> None:
+        # Without a listener (the connection dropped) other processes' commits go unheard: look again soon.
+        with anyio.move_on_after(max_wait if self._listening else min(max_wait, 1.0)):
+            await self._wake.wait()
+        self._wake.clear()
+
+    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+        rows = await self._fetchall(
+            "SELECT id, kind, key, payload, scope_id, attempts, created_at, failed_at, error FROM dead "
+            "ORDER BY id LIMIT %s",
+            (limit,),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def requeue(self, ids: Sequence[int] | None = None) -> int:
+        where, params = _id_filter(ids)
+        async with self._conn("requeue", transaction=True) as conn:
+            await conn.execute(
+                "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
+                f"SELECT id, kind, key, payload, scope_id, 0, {_NOW}, created_at, error FROM dead {where}",
+                params,
+            )
+            cur = await conn.execute(f"DELETE FROM dead {where}", params)
+            await conn.execute(f"NOTIFY {_CHANNEL}")
+        self._wake.set()
+        return cur.rowcount
+
+    async def purge(self, ids: Sequence[int] | None = None) -> int:
+        where, params = _id_filter(ids)
+        return await self._write(f"DELETE FROM dead {where}", params)
+
+    async def counts(self) -> dict[str, int]:
+        counts = {"queued": 0, "running": 0}
+        counts.update(
+            (state, int(n)) for state, n in await self._fetchall("SELECT state, COUNT(*) FROM queue GROUP BY state")
+        )
+        row = await self._fetchone("SELECT COUNT(*) FROM dead")
+        counts["dead"] = int(row[0]) if row else 0
+        return counts
+
+    async def prune_dedup(self, older_than: float) -> int:
+        return await self._write(f"DELETE FROM dedup WHERE seen_at < {_NOW} - %s", (older_than,))
+
+    # -- mapping -------------------------------------------------------------------------
+    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._fetchone(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND conversation_id = %s",
+                (scope_id, conversation_id),
+            )
+        )
+
+    async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._fetchone(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE instance = %s AND chat = %s",
+                (instance, chat),
+            )
+        )
+
+    async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
+        return _conversation(
+            await self._fetchone(
+                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND amocrm_chat_id = %s "
+                "LIMIT 1",
+                (scope_id, amocrm_chat_id),
+            )
+        )
+
+    async def put_conversation(self, record: ConversationRecord) -> None:
+        async with self._conn("write", transaction=True) as conn:
+            await _upsert_conversations(conn, [record])
+
+    async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
+        return _message(
+            await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND msgid = %s", (scope_id, msgid)
+            )
+        )
+
+    async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
+        return _message(
+            await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND amocrm_id = %s LIMIT 1",
+                (scope_id, amocrm_id),
+            )
+        )
+
+    async def message_by_messenger(
+        self, scope_id: str, conversation_id: str, messenger_id: str
+    ) -> MessageRecord | None:
+        return _message(
+            await self._fetchone(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                "WHERE scope_id = %s AND conversation_id = %s AND messenger_id = %s LIMIT 1",
+                (scope_id, conversation_id, messenger_id),
+            )
+        )
+
+    async def put_message(self, record: MessageRecord) -> None:
+        async with self._conn("write") as conn:
+            await _upsert_messages(conn, [record])
+
+    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
+        async with self._conn("write", transaction=True) as conn:
+            cur = await conn.execute(
+                "SELECT status FROM messages WHERE scope_id = %s AND msgid = %s FOR UPDATE", (scope_id, msgid)
+            )
+            row = await cur.fetchone()
+            if row is None or not is_forward(row[0], status):
+                return None
+            await conn.execute(
+                "UPDATE messages SET status = %s WHERE scope_id = %s AND msgid = %s", (status, scope_id, msgid)
+            )
+            return int(row[0])
+
+    # -- adapter state -------------------------------------------------------------------
+    async def get_state(self, namespace: str, key: str) -> bytes | None:
+        row = await self._fetchone("SELECT value FROM state WHERE namespace = %s AND key = %s", (namespace, key))
+        return None if row is None else bytes(row[0])
+
+    async def set_state(self, namespace: str, key: str, value: bytes) -> None:
+        await self._write(
+            "INSERT INTO state VALUES (%s, %s, %s) ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value",
+            (namespace, key, value),
+        )
+
+    async def delete_state(self, namespace: str, key: str) -> None:
+        await self._write("DELETE FROM state WHERE namespace = %s AND key = %s", (namespace, key))
+
+
+class _Seen(Exception):
+    """A dedup key was seen before: roll the enqueue back."""
+
+
+def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
+    if ids is None:
+        return "", ()
+    return "WHERE id = ANY(%s)", (list(ids),)

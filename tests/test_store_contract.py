@@ -1,0 +1,163 @@
+"""The Store contract, run against every backend: SQLite and (with a server) PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from amoconnect.statuses import DELIVERED, FAILED, READ, SENT
+from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
+from amoconnect.store.sqlite import SQLiteStore
+
+pytestmark = pytest.mark.anyio
+
+
+def job(key: str, payload: bytes = b"x", *, kind: str = "test", delay: float = 0.0) -> NewJob:
+    return NewJob(kind=kind, key=key, payload=payload, scope_id="scope", delay=delay)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        async with SQLiteStore(tmp_path / "store.sqlite3") as s:
+            yield s
+        return
+    from amoconnect.store.postgres import PostgresStore
+    from amoconnect.testing.stores import fresh_postgres_schema
+
+    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
+        yield p
+
+
+async def test_enqueue_and_claim_in_order(store: Store) -> None:
+    assert await store.enqueue([job("a", b"1"), job("a", b"2"), job("b", b"3")])
+    claimed = await store.claim(10)
+    # Only the head of each key is handed out: "a"'s second job waits for the first.
+    assert [(j.key, j.payload) for j in claimed] == [("a", b"1"), ("b", b"3")]
+    assert all(j.attempts == 1 for j in claimed)
+    assert await store.claim(10) == []
+    await store.finish(claimed[0].id)
+    nxt = await store.claim(10)
+    assert [(j.key, j.payload) for j in nxt] == [("a", b"2")]
+
+
+async def test_dedup_refuses_second_enqueue_and_stores_nothing(store: Store) -> None:
+    assert await store.enqueue([job("a")], dedup=["tg:1"])
+    assert not await store.enqueue([job("a"), job("b")], dedup=["tg:2", "tg:1"])
+    assert (await store.counts())["queued"] == 1
+    # The refused enqueue rolled back its own new key too.
+    assert await store.enqueue([job("c")], dedup=["tg:2"])
+
+
+async def test_retry_keeps_conversation_order(store: Store) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2")])
+    (first,) = await store.claim(10)
+    await store.retry(first.id, delay=0.05, error="boom")
+    assert await store.claim(10) == []  # the head is waiting; the second must not overtake it
+    due = await store.next_due_in()
+    assert due is not None and 0 < due <= 0.05
+    await anyio.sleep(0.06)
+    (again,) = await store.claim(10)
+    assert again.payload == b"1" and again.attempts == 2 and again.last_error == "boom"
+
+
+async def test_next_due_ignores_jobs_blocked_behind_a_running_head(store: Store) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2")])
+    await store.claim(10)
+    assert await store.next_due_in() is None
+
+
+async def test_dead_letters_requeue_and_purge(store: Store) -> None:
+    await store.enqueue([job("a", b"1"), job("b", b"2")])
+    for j in await store.claim(10):
+        await store.bury(j.id, error=f"failed {j.payload!r}")
+    dead = await store.dead_letters()
+    assert [d.payload for d in dead] == [b"1", b"2"]
+    assert dead[0].error == "failed b'1'" and dead[0].attempts == 1
+    assert await store.counts() == {"queued": 0, "running": 0, "dead": 2}
+    assert await store.requeue([dead[0].id]) == 1
+    (back,) = await store.claim(10)
+    assert back.id == dead[0].id and back.attempts == 1
+    assert await store.purge() == 1
+    assert await store.dead_letters() == []
+
+
+async def test_requeued_dead_letter_runs_before_later_jobs_of_its_conversation(store: Store) -> None:
+    await store.enqueue([job("a", b"old")])
+    (old,) = await store.claim(1)
+    await store.bury(old.id, error="x")
+    await store.enqueue([job("a", b"new")])
+    await store.requeue()
+    (head,) = await store.claim(10)
+    assert head.payload == b"old"
+
+
+async def test_finish_writes_mapping_and_follow_ups_atomically(store: Store) -> None:
+    await store.enqueue([job("a")])
+    (j,) = await store.claim(1)
+    conv = ConversationRecord("scope", "c1", "tg", "100", amocrm_chat_id="amo-chat", client_id="u1")
+    msg = MessageRecord("scope", "m1", "c1", "in", amocrm_id="amo-1", messenger_id="55")
+    await store.finish(j.id, conversations=[conv], messages=[msg], then=[job("a", b"next", kind="status")])
+    assert await store.conversation("scope", "c1") == conv
+    assert await store.conversation_by_chat("tg", "100") == conv
+    assert await store.conversation_by_amocrm("scope", "amo-chat") == conv
+    assert await store.message("scope", "m1") == msg
+    assert await store.message_by_amocrm("scope", "amo-1") == msg
+    assert await store.message_by_messenger("scope", "c1", "55") == msg
+    (follow,) = await store.claim(1)
+    assert follow.kind == "status"
+
+
+async def test_status_only_moves_forward(store: Store) -> None:
+    await store.put_message(MessageRecord("scope", "m1", "c1", "out", amocrm_id="a1"))
+    assert await store.advance_status("scope", "m1", READ) == SENT
+    assert await store.advance_status("scope", "m1", DELIVERED) is None
+    assert await store.advance_status("scope", "m1", FAILED) is None
+    assert (await store.message("scope", "m1")).status == READ  # type: ignore[union-attr]
+    assert await store.advance_status("scope", "unknown", READ) is None
+
+
+async def test_state_and_prune(store: Store) -> None:
+    assert await store.get_state("tg", "offset") is None
+    await store.set_state("tg", "offset", b"42")
+    assert await store.get_state("tg", "offset") == b"42"
+    await store.enqueue([job("a")], dedup=["k"])
+    assert await store.prune_dedup(older_than=3600) == 0
+    assert await store.prune_dedup(older_than=-1) == 1
+
+
+async def test_wait_for_work_wakes_on_commit(store: Store) -> None:
+    await store.wait_for_work(0)  # clear the wake from open
+    woke_at: list[float] = []
+
+    async def waiter() -> None:
+        await store.wait_for_work(5)
+        woke_at.append(time.monotonic())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter)
+        await anyio.sleep(0.05)
+        started = time.monotonic()
+        await store.enqueue([job("a")])
+    assert woke_at and woke_at[0] - started < 1
+
+
+async def test_put_conversation_takes_over_its_chat(store: Store) -> None:
+    await store.put_conversation(ConversationRecord("scope", "c1", "tg", "100"))
+    await store.put_conversation(ConversationRecord("scope", "c2", "tg", "100", amocrm_chat_id="x"))
+    assert await store.conversation("scope", "c1") is None
+    assert (await store.conversation_by_chat("tg", "100")) == ConversationRecord(
+        "scope", "c2", "tg", "100", amocrm_chat_id="x"
+    )
+
+
+async def test_state_overwrite_and_delete(store: Store) -> None:
+    await store.set_state("tg", "offset", b"1")
+    await store.set_state("tg", "offset", b"2")
+    assert await store.get_state("tg", "offset") == b"2"
+    await store.delete_state("tg", "offset")
+    assert await store.get_state("tg", "offset") is None
