@@ -10,9 +10,9 @@ from click.testing import CliRunner
 from rig import MESSENGERS, base_config
 
 from amoconnect.cli import main
-from amoconnect.store.base import NewJob
 from amoconnect.config import load_config
 from amoconnect.store import opened_store
+from amoconnect.store.base import NewJob
 
 
 @pytest.fixture

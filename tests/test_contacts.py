@@ -158,9 +158,9 @@ async def test_history_and_link_commands(tmp_path: Path) -> None:
         assert "amoCRM has no messages in conversation 'nope'" in missing.output
         assert "Traceback" not in missing.output
         # A conversation the connector relayed: put it in the store and in amoCRM.
-        from amoconnect.store.base import ConversationRecord
         from amoconnect.config import load_config
         from amoconnect.store import opened_store
+        from amoconnect.store.base import ConversationRecord
 
         async with opened_store(load_config(config).store) as store:
             await store.put_conversation(ConversationRecord(SCOPE, "lb:c1", "lb", "c1", client_id="lb:c1"))

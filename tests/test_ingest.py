@@ -5,13 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
 from rig import ACCOUNT, SCOPE, SECRET, Rig, message, rig
+
+from amoconnect.testing.stores import table_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -38,13 +39,9 @@ def sig(body: bytes, secret: str = SECRET) -> str:
 
 
 def stored(r: Rig) -> tuple[int, int]:
-    with sqlite3.connect(r.runtime.store.path) as conn:  # type: ignore[attr-defined]
-        jobs = (
-            conn.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
-            + conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
-        )
-        keys = conn.execute("SELECT COUNT(*) FROM dedup").fetchone()[0]
-    return jobs, keys
+    store = r.runtime.store
+    jobs = table_rows(store, "queue")[0][0] + table_rows(store, "dead")[0][0]
+    return jobs, table_rows(store, "dedup")[0][0]
 
 
 @pytest.fixture

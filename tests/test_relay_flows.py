@@ -24,6 +24,7 @@ from amoconnect.model import (
     Person,
     Post,
 )
+from amoconnect.testing.stores import table_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -161,12 +162,8 @@ async def test_amojo_refusal_goes_to_dead_letters(r: Rig) -> None:
 
 
 def _dead(r: Rig) -> str:
-    # Dead letters read synchronously from the SQLite file for polling inside eventually().
-    import sqlite3
-
-    with sqlite3.connect(r.runtime.store.path) as conn:  # type: ignore[attr-defined]
-        rows = conn.execute("SELECT error FROM dead").fetchall()
-    return " ".join(row[0] for row in rows)
+    # Dead letters read synchronously for polling inside eventually().
+    return " ".join(row[0] for row in table_rows(r.runtime.store, "dead", "error"))
 
 
 async def test_statuses_move_forward_only(r: Rig) -> None:

@@ -205,7 +205,7 @@ async def test_the_rig_runs_a_plugin_both_ways(tmp_path: Path) -> None:
         assert status.delivery_status == 2
         assert (await rig.post_webhook(b"{}")).status_code == 401
         assert rig.adapter.name == "fake"
-        assert (tmp_path / "store.sqlite3").exists()
+        assert rig.runtime.config.store.path == str(tmp_path / "store.sqlite3")
 
 
 async def test_the_rig_sends_every_kind_of_manager_message(tmp_path: Path) -> None:
@@ -355,7 +355,7 @@ def test_the_plugin_fixtures_run_a_connector(pytester: pytest.Pytester) -> None:
                 await rig.fake.client_writes("c1", "hi")
                 (arrived,) = await rig.arrived("c1")
                 assert arrived.text == "hi"
-            assert (tmp_path / "store.sqlite3").exists()
+            assert rig.runtime.config.store.path == str(tmp_path / "store.sqlite3")
         """
     )
     pytester.runpytest().assert_outcomes(passed=2)

@@ -23,7 +23,7 @@ import contextlib
 import math
 import secrets
 import socket
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import anyio
@@ -226,16 +226,19 @@ class PostgresStore:
         return StoreError(f"PostgreSQL store {self.where}: {action} failed: {exc}")
 
     @contextlib.asynccontextmanager
-    async def _conn(self, action: str, *, transaction: bool = False) -> Any:
+    async def _conn(self, action: str, *, transaction: bool = False) -> AsyncIterator[Conn]:
         if self._pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open")
         try:
-            async with self._pool.connection() as conn:
-                if transaction:
-                    async with conn.transaction():
+            # Shielded: an operation takes milliseconds, and a query cancelled halfway costs the
+            # connection (psycopg closes it) and leaves the caller unsure whether it committed.
+            with anyio.CancelScope(shield=True):
+                async with self._pool.connection(timeout=10) as conn:
+                    if transaction:
+                        async with conn.transaction():
+                            yield conn
+                    else:
                         yield conn
-                else:
-                    yield conn
         except psycopg.Error as exc:
             raise self._error(action, exc) from exc
         except psycopg_pool.PoolTimeout as exc:

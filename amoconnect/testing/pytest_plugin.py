@@ -12,11 +12,17 @@ Fixtures:
 - ``anyio_backend``: ``"asyncio"`` (the connector's server side runs on asyncio), unless the
   project's own conftest defines it.
 
+Option ``--postgres``: start a throwaway PostgreSQL server for the session
+(:class:`~amoconnect.testing.pgserver.TemporaryPostgres`) and run every connector the kit builds
+on it, a fresh schema per test (:mod:`~amoconnect.testing.stores`); the same happens when
+``AMOCONNECT_TEST_POSTGRES`` names a server of your own.
+
 The conformance suite is a class to subclass: :mod:`amoconnect.testing.conformance`.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -28,7 +34,27 @@ if TYPE_CHECKING:
     from .fake_amojo import FakeAmojo
     from .kit import ConnectorRig
 
-__all__ = ["AnyioBackend", "fake_amojo", "fake_amojo_url", "make_connector", "pytest_configure"]
+__all__ = [
+    "AnyioBackend",
+    "fake_amojo",
+    "fake_amojo_url",
+    "make_connector",
+    "pytest_addoption",
+    "pytest_configure",
+    "pytest_unconfigure",
+]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--postgres``: run the kit's connectors on a throwaway PostgreSQL server."""
+    parser.addoption(
+        "--postgres",
+        action="store_true",
+        help="amoconnect: run every test store on a temporary PostgreSQL server (needs PostgreSQL installed)",
+    )
+
+
+_SERVER: pytest.StashKey[Any] = pytest.StashKey()
 
 
 class AnyioBackend:
@@ -45,6 +71,25 @@ def pytest_configure(config: pytest.Config) -> None:
     """Register :class:`AnyioBackend` after the other plugins (fixtures of later plugins take precedence)."""
     if not config.pluginmanager.has_plugin("amoconnect-anyio-backend"):
         config.pluginmanager.register(AnyioBackend(), "amoconnect-anyio-backend")
+    if config.getoption("postgres", False):
+        from .pgserver import TemporaryPostgres
+        from .stores import POSTGRES_ENV
+
+        os.environ["AMOCONNECT_REQUIRE_POSTGRES"] = "1"
+        if not os.environ.get(POSTGRES_ENV):
+            server = TemporaryPostgres()
+            os.environ[POSTGRES_ENV] = server.start()
+            config.stash[_SERVER] = server
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Stop the server ``--postgres`` started."""
+    server = config.stash.get(_SERVER, None)
+    if server is not None:
+        from .stores import POSTGRES_ENV
+
+        server.stop()
+        os.environ.pop(POSTGRES_ENV, None)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ its own, migrated like ``amoconnect migrate`` does it. CI runs the suites both w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import threading
@@ -16,7 +17,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["POSTGRES_ENV", "fresh_postgres_schema", "postgres_url", "store_settings"]
+__all__ = ["POSTGRES_ENV", "fresh_postgres_schema", "postgres_url", "store_settings", "table_rows"]
 
 POSTGRES_ENV = "AMOCONNECT_TEST_POSTGRES"
 
@@ -63,3 +64,18 @@ def fresh_postgres_schema(url: str) -> str:
     if failure:
         raise failure[0]
     return scoped
+
+
+def table_rows(store: Any, table: str, columns: str = "COUNT(*)") -> list[tuple[Any, ...]]:
+    """``SELECT columns FROM table`` on a test's store, synchronously (for polling inside ``eventually``)."""
+    sql = f"SELECT {columns} FROM {table}"
+    url = getattr(store, "url", None)
+    if url is not None:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            return [tuple(row) for row in conn.execute(sql).fetchall()]
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        return db.execute(sql).fetchall()
