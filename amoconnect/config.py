@@ -68,8 +68,13 @@ class StoreConfig(_Section):
     lease: float = 30.0
     """PostgreSQL: seconds a claimed job stays a process's without a heartbeat; after a crash its
     conversation waits that long before another process takes it over."""
+    media: Literal["files", "database"] = "files"
+    """Where re-hosted media live: ``files`` in ``media_dir`` (on several nodes, a directory they
+    all mount) or ``database``, the PostgreSQL store's ``media`` table."""
     media_dir: str = "media"
     """Directory of re-hosted media files."""
+    finished_retention_days: float = 0.0
+    """PostgreSQL: keep finished jobs this long in the ``finished`` table (0: delete them at once)."""
 
 
 class RelayConfig(_Section):
@@ -249,6 +254,8 @@ def _check(config: Config, origin: str) -> Config:
         sources.append(msgspec.structs.replace(source, external_id=external_id))
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
         raise fail("store.url must be a postgresql:// URL (or empty for the SQLite file at store.path)")
+    if not config.store.url and (config.store.media == "database" or config.store.finished_retention_days):
+        raise fail("store.media = 'database' and store.finished_retention_days need the PostgreSQL store (store.url)")
     if not config.store.lease > 0:
         raise fail(f"store.lease must be a positive number of seconds, got {config.store.lease}")
     for field, value in (

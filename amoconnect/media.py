@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
 
 import anyio
 import httpx
@@ -28,7 +29,7 @@ import msgspec
 from .errors import AmoconnectError, MessengerError
 from .model import Attachment
 
-__all__ = ["Downloaded", "MediaFile", "MediaStore", "MediaTooLarge", "download"]
+__all__ = ["DatabaseMediaStore", "Downloaded", "MediaFile", "MediaRows", "MediaStore", "MediaTooLarge", "download"]
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
 
@@ -45,12 +46,27 @@ class _Meta(msgspec.Struct):
 
 @dataclass(frozen=True)
 class MediaFile:
-    """A stored file ready to serve."""
+    """A stored file ready to serve: on disk at ``path``, or in memory as ``content``."""
 
-    path: Path
+    path: Path | None
     content_type: str
     file_name: str
     size: int
+    content: bytes | None = None
+
+
+@runtime_checkable
+class MediaRows(Protocol):
+    """Where :class:`DatabaseMediaStore` keeps files: a table of the shared store."""
+
+    async def put_media(self, file_id: str, content: bytes, content_type: str, file_name: str) -> None:
+        """Store one file."""
+
+    async def get_media(self, file_id: str) -> tuple[bytes, str, str] | None:
+        """A file's content, content type and name."""
+
+    async def prune_media(self, older_than: float) -> int:
+        """Delete files stored more than ``older_than`` seconds ago; returns how many."""
 
 
 def _b64(data: bytes) -> str:
@@ -58,7 +74,12 @@ def _b64(data: bytes) -> str:
 
 
 class MediaStore:
-    """Files in a directory, published through signed, expiring tokens."""
+    """Files in a directory, published through signed, expiring tokens.
+
+    Tokens verify on every process that shares the secret, so several nodes serve each
+    other's links when they share the files too (a directory they all mount), or use
+    :class:`DatabaseMediaStore`.
+    """
 
     def __init__(
         self, directory: str | Path, secret: str, *, max_bytes: int = 64 * 1024 * 1024, ttl: float = 30 * 24 * 3600
@@ -96,7 +117,7 @@ class MediaStore:
         self, content: bytes | AsyncIterable[bytes], *, content_type: str | None, file_name: str | None
     ) -> tuple[str, int]:
         """Store bytes (refusing more than :attr:`max_bytes`); returns the new file id and the size."""
-        file_id = _b64(secrets.token_bytes(16))
+        file_id = _new_id()
         await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
         part = self.directory / f"{file_id}.part"
         size = 0
@@ -108,9 +129,7 @@ class MediaStore:
                     if size > self.max_bytes:
                         raise MediaTooLarge(f"media file is larger than the {self.max_bytes} byte cap")
                     await out.write(chunk)
-            name = os.path.basename(file_name or "") or f"file{mimetypes.guess_extension(content_type or '') or ''}"
-            guessed = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
-            meta = msgspec.json.encode(_Meta(content_type=guessed, file_name=name, size=size))
+            meta = msgspec.json.encode(_meta(content_type, file_name, size))
             await anyio.Path(self.directory / f"{file_id}.json").write_bytes(meta)
             await anyio.Path(part).rename(self.directory / file_id)
         except BaseException:
@@ -128,6 +147,65 @@ class MediaStore:
         except (OSError, msgspec.DecodeError):
             return None
         return MediaFile(path=path, content_type=meta.content_type, file_name=meta.file_name, size=meta.size)
+
+    async def prune(self) -> int:
+        """Delete files whose links have all expired (older than :attr:`ttl`); returns how many."""
+        cutoff = time.time() - self.ttl
+        pruned = 0
+        directory = anyio.Path(self.directory)
+        if not await directory.exists():
+            return 0
+        async for path in directory.iterdir():
+            if _ID.match(path.name) and (await path.stat()).st_mtime < cutoff:
+                await path.unlink(missing_ok=True)
+                await anyio.Path(f"{path}.json").unlink(missing_ok=True)
+                pruned += 1
+        return pruned
+
+
+class DatabaseMediaStore(MediaStore):
+    """Files kept in the shared store's database, so that every node serves every link."""
+
+    def __init__(self, rows: MediaRows, secret: str, **options: Any) -> None:
+        super().__init__("", secret, **options)
+        self.rows = rows
+
+    async def put(
+        self, content: bytes | AsyncIterable[bytes], *, content_type: str | None, file_name: str | None
+    ) -> tuple[str, int]:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in _once(content) if isinstance(content, bytes) else content:
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise MediaTooLarge(f"media file is larger than the {self.max_bytes} byte cap")
+            chunks.append(chunk)
+        file_id = _new_id()
+        meta = _meta(content_type, file_name, size)
+        await self.rows.put_media(file_id, b"".join(chunks), meta.content_type, meta.file_name)
+        return file_id, size
+
+    async def get(self, file_id: str) -> MediaFile | None:
+        if not _ID.match(file_id):
+            return None
+        found = await self.rows.get_media(file_id)
+        if found is None:
+            return None
+        content, content_type, file_name = found
+        return MediaFile(path=None, content_type=content_type, file_name=file_name, size=len(content), content=content)
+
+    async def prune(self) -> int:
+        return await self.rows.prune_media(self.ttl)
+
+
+def _new_id() -> str:
+    return _b64(secrets.token_bytes(16))
+
+
+def _meta(content_type: str | None, file_name: str | None, size: int) -> _Meta:
+    name = os.path.basename(file_name or "") or f"file{mimetypes.guess_extension(content_type or '') or ''}"
+    guessed = content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return _Meta(content_type=guessed, file_name=name, size=size)
 
 
 async def _once(data: bytes) -> AsyncIterable[bytes]:

@@ -31,10 +31,10 @@ from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
 from .config import Config
 from .core import AMOCRM, INBOUND, STATUS, Core
-from .errors import ConfigError, PluginError
+from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
-from .media import MediaStore
+from .media import DatabaseMediaStore, MediaRows, MediaStore
 from .metrics import Metrics
 from .model import InboundEvent
 from .outbound import AmocrmHandler, StatusHandler
@@ -49,7 +49,7 @@ __all__ = ["Runtime", "serve"]
 
 log = structlog.get_logger("amoconnect.runtime")
 
-DEDUP_PRUNE_INTERVAL = 3600.0
+PRUNE_INTERVAL = 3600.0
 ADAPTER_RESTART_MIN = 1.0
 ADAPTER_RESTART_MAX = 60.0
 
@@ -103,13 +103,22 @@ class Runtime:
         self.store: Store = store or build_store(config.store)
         self._amojo_http = amojo_http
         self._messenger_http = messenger_http
-        self.media = MediaStore(Path(config.store.media_dir), self._media_secret())
+        self.media = self._media_store()
         self.routing = Routing(())
         self.amojo: AmojoClient
         self.app: ASGIApp | None = None
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._client: httpx.AsyncClient | None = None
+
+    def _media_store(self) -> MediaStore:
+        if self.config.store.media == "files":
+            return MediaStore(Path(self.config.store.media_dir), self._media_secret())
+        if not isinstance(self.store, MediaRows):
+            raise ConfigError(
+                f"store.media = 'database' needs a store that keeps media; {type(self.store).__name__} does not"
+            )
+        return DatabaseMediaStore(self.store, self._media_secret())
 
     def _media_secret(self) -> str:
         if self.config.server.media_secret:
@@ -245,7 +254,7 @@ class Runtime:
             await tasks.start(self.relay.run)
             for instance in self.routing:
                 tasks.start_soon(self._run_adapter, instance)
-            tasks.start_soon(self._prune_dedup)
+            tasks.start_soon(self._prune)
         except BaseException:
             await stack.aclose()
             raise
@@ -254,7 +263,7 @@ class Runtime:
             "runtime started",
             instances=[f"{i.messenger}/{i.name}" for i in self.routing],
             accounts=[a.name for a in self.config.accounts],
-            store=str(getattr(self.store, "path", type(self.store).__name__)),
+            store=str(getattr(self.store, "where", None) or getattr(self.store, "path", type(self.store).__name__)),
         )
 
     async def stop(self) -> None:
@@ -282,13 +291,21 @@ class Runtime:
             await anyio.sleep(delay)
             delay = min(delay * 2, ADAPTER_RESTART_MAX)
 
-    async def _prune_dedup(self) -> None:
-        keep = self.config.relay.dedup_retention_days * 86400
+    async def _prune(self) -> None:
+        """Age out dedup keys and media whose links all expired, every hour."""
         while True:
-            pruned = await self.store.prune_dedup(keep)
-            if pruned:
-                log.info("dedup keys pruned", count=pruned)
-            await anyio.sleep(DEDUP_PRUNE_INTERVAL)
+            try:
+                pruned = {
+                    "dedup keys": await self.store.prune_dedup(self.config.relay.dedup_retention_days * 86400),
+                    "media files": await self.media.prune(),
+                }
+            except StoreError as exc:
+                log.warning("pruning failed; trying again later", error=str(exc))
+            else:
+                for what, count in pruned.items():
+                    if count:
+                        log.info(f"{what} pruned", count=count)
+            await anyio.sleep(PRUNE_INTERVAL)
 
     @property
     def client(self) -> httpx.AsyncClient:

@@ -230,8 +230,10 @@ def build_app(runtime: Runtime) -> ASGIApp:
         stored = await runtime.media.get(file_id) if file_id else None
         if stored is None:
             return _json(404, {"error": "not_found", "detail": "no such media, or the link expired"})
-        disposition = f"inline; filename*=UTF-8''{_quote(stored.file_name)}"
-        return FileResponse(stored.path, media_type=stored.content_type, headers={"Content-Disposition": disposition})
+        headers = {"Content-Disposition": f"inline; filename*=UTF-8''{_quote(stored.file_name)}"}
+        if stored.path is None:
+            return Response(stored.content, media_type=stored.content_type, headers=headers)
+        return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
 
     async def healthz(request: Request) -> Response:
         counts = await runtime.store.counts()

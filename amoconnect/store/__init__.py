@@ -23,7 +23,12 @@ def build_store(config: StoreConfig) -> Store:
                 f"store.url names PostgreSQL, but its driver is not installed ({exc.name}): "
                 "pip install 'amoconnect[postgres]'"
             ) from exc
-        return PostgresStore(config.url, pool_size=config.pool_size, lease=config.lease)
+        return PostgresStore(
+            config.url,
+            pool_size=config.pool_size,
+            lease=config.lease,
+            finished_retention=config.finished_retention_days * 86400,
+        )
     from .sqlite import SQLiteStore
 
     return SQLiteStore(config.path, synchronous=config.synchronous)

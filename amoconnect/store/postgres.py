@@ -44,7 +44,7 @@ _CHANNEL = "amoconnect_jobs"
 _NOW = "extract(epoch from clock_timestamp())::float8"
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: queue, dead letters, dedup, mapping, adapter state
+    # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media
     """
     CREATE TABLE queue (
         id BIGSERIAL PRIMARY KEY,
@@ -107,6 +107,25 @@ MIGRATIONS: tuple[str, ...] = (
         value BYTEA NOT NULL,
         PRIMARY KEY (namespace, key)
     );
+    CREATE TABLE finished (
+        id BIGINT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        key TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        scope_id TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        finished_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX finished_at ON finished (finished_at);
+    CREATE TABLE media (
+        id TEXT PRIMARY KEY,
+        content_type TEXT NOT NULL,
+        file_name TEXT NOT NULL,
+        content BYTEA NOT NULL,
+        stored_at DOUBLE PRECISION NOT NULL
+    );
+    CREATE INDEX media_stored ON media (stored_at);
     """,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
@@ -134,6 +153,7 @@ _UPSERT_MESSAGE = (
     "direction = EXCLUDED.direction, amocrm_id = EXCLUDED.amocrm_id, messenger_id = EXCLUDED.messenger_id, "
     "status = EXCLUDED.status"
 )
+_PRUNE_INTERVAL = 3600.0
 # Serialises `migrate` runs of several processes (an arbitrary, fixed advisory lock key).
 _MIGRATE_LOCK = 0x616D6F63
 
@@ -203,10 +223,12 @@ class PostgresStore:
     ``url`` is a libpq connection string or ``postgresql://`` URL. ``pool_size`` caps this
     process's connections (one more listens for new work). ``lease`` is how long a claimed
     job stays this process's without a heartbeat: after a crash its conversation waits that
-    long before another process takes it over.
+    long before another process takes it over. With a ``finished_retention`` (seconds) a
+    finished job moves to the ``finished`` table, for inspection, and is deleted from there
+    once older than that; without one it is deleted at once.
     """
 
-    def __init__(self, url: str, *, pool_size: int = 10, lease: float = 30.0) -> None:
+    def __init__(self, url: str, *, pool_size: int = 10, lease: float = 30.0, finished_retention: float = 0.0) -> None:
         if not (lease > 0 and math.isfinite(lease)):
             raise StoreError(f"store lease must be a positive number of seconds, got {lease!r}")
         self.url = url
@@ -214,6 +236,14 @@ class PostgresStore:
         self.owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
         """This process's name on the jobs it holds."""
         self._lease = lease
+        self._finished_retention = finished_retention
+        self._finish_sql = (
+            "WITH done AS (DELETE FROM queue WHERE id = %s "
+            "RETURNING id, kind, key, payload, scope_id, attempts, created_at) "
+            f"INSERT INTO finished SELECT *, {_NOW} FROM done ON CONFLICT (id) DO NOTHING"
+            if finished_retention > 0
+            else "DELETE FROM queue WHERE id = %s"
+        )
         self._pool_size = max(2, pool_size)
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._wake = asyncio.Event()
@@ -394,10 +424,15 @@ class PostgresStore:
             delay = min(delay * 2, 10.0)
 
     async def _keep_leases(self) -> None:
-        """Extend this process's leases and free the jobs of processes whose leases ran out."""
+        """Extend this process's leases, free the jobs of processes whose leases ran out, age out finished jobs."""
+        loop = asyncio.get_running_loop()
+        prune_at = loop.time()
         while True:
             await asyncio.sleep(self._lease / 3)
             try:
+                if self._finished_retention and loop.time() >= prune_at:
+                    prune_at = loop.time() + _PRUNE_INTERVAL
+                    await self.prune_finished(self._finished_retention)
                 await self._write(
                     f"UPDATE queue SET lease_until = {_NOW} + %s WHERE state = 'running' AND owner = %s",
                     (self._lease, self.owner),
@@ -459,7 +494,7 @@ class PostgresStore:
         then: Sequence[NewJob] = (),
     ) -> None:
         async with self._conn("finish", transaction=True) as conn:
-            await conn.execute("DELETE FROM queue WHERE id = %s", (job_id,))
+            await conn.execute(self._finish_sql, (job_id,))
             await _upsert_conversations(conn, conversations)
             await _upsert_messages(conn, messages)
             await _insert_jobs(conn, then)
@@ -536,6 +571,23 @@ class PostgresStore:
 
     async def prune_dedup(self, older_than: float) -> int:
         return await self._write(f"DELETE FROM dedup WHERE seen_at < {_NOW} - %s", (older_than,))
+
+    async def prune_finished(self, older_than: float) -> int:
+        """Forget finished jobs kept more than ``older_than`` seconds."""
+        return await self._write(f"DELETE FROM finished WHERE finished_at < {_NOW} - %s", (older_than,))
+
+    # -- media (amoconnect.media.MediaRows) ----------------------------------------------
+    async def put_media(self, file_id: str, content: bytes, content_type: str, file_name: str) -> None:
+        await self._write(
+            f"INSERT INTO media VALUES (%s, %s, %s, %s, {_NOW})", (file_id, content_type, file_name, content)
+        )
+
+    async def get_media(self, file_id: str) -> tuple[bytes, str, str] | None:
+        row = await self._fetchone("SELECT content, content_type, file_name FROM media WHERE id = %s", (file_id,))
+        return None if row is None else (bytes(row[0]), str(row[1]), str(row[2]))
+
+    async def prune_media(self, older_than: float) -> int:
+        return await self._write(f"DELETE FROM media WHERE stored_at < {_NOW} - %s", (older_than,))
 
     # -- mapping -------------------------------------------------------------------------
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:

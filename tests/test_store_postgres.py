@@ -1,0 +1,268 @@
+"""What only the shared PostgreSQL store does: schema versions, several processes on one database,
+leases, LISTEN/NOTIFY, kept finished jobs and media every node serves."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import anyio.lowlevel
+import psycopg
+import pytest
+import tomli_w
+from click.testing import CliRunner
+from rig import base_config
+
+from amoconnect.cli import main
+from amoconnect.config import parse_config
+from amoconnect.errors import StoreError
+from amoconnect.media import DatabaseMediaStore
+from amoconnect.store import build_store
+from amoconnect.store.base import NewJob
+from amoconnect.store.postgres import SCHEMA_VERSION, PostgresStore
+from amoconnect.testing.stores import fresh_postgres_schema, table_rows
+
+pytestmark = pytest.mark.anyio
+
+
+def job(key: str, payload: bytes = b"x") -> NewJob:
+    return NewJob(kind="test", key=key, payload=payload, scope_id="scope")
+
+
+@pytest.fixture
+def url(postgres: str) -> str:
+    """A fresh, migrated schema."""
+    return fresh_postgres_schema(postgres)
+
+
+@pytest.fixture
+def empty_url(postgres: str) -> str:
+    """A fresh schema with no tables at all."""
+    scoped = fresh_postgres_schema(postgres)
+    with psycopg.connect(scoped, autocommit=True) as conn:
+        schema = conn.execute("SELECT current_schema()").fetchone()[0]  # type: ignore[index]
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.execute(f"CREATE SCHEMA {schema}")
+    return scoped
+
+
+@asynccontextmanager
+async def opened(url: str, **options: float) -> AsyncIterator[PostgresStore]:
+    async with PostgresStore(url, **options) as store:  # type: ignore[arg-type]
+        yield store
+
+
+async def test_open_refuses_an_unmigrated_database_and_migrate_applies_every_version(empty_url: str) -> None:
+    with pytest.raises(StoreError, match=r"schema version 0, this amoconnect needs \d+: run `amoconnect migrate`"):
+        await PostgresStore(empty_url).open()
+    store = PostgresStore(empty_url)
+    # Two processes migrating at once: the advisory lock lets one apply, the other find nothing to do.
+    results: list[list[int]] = []
+
+    async def migrate() -> None:
+        results.append(await PostgresStore(empty_url).migrate())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(migrate)
+        tg.start_soon(migrate)
+    assert sorted(results) == [[], list(range(1, SCHEMA_VERSION + 1))]
+    assert await store.schema_version() == SCHEMA_VERSION
+    async with store:
+        assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
+
+
+async def test_open_refuses_a_newer_schema(url: str) -> None:
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (SCHEMA_VERSION + 1,))
+    with pytest.raises(StoreError, match="newer than this amoconnect"):
+        await PostgresStore(url).open()
+    with pytest.raises(StoreError, match="newer than this amoconnect"):
+        await PostgresStore(url).migrate()
+
+
+def test_migrate_command(empty_url: str, tmp_path: Path) -> None:
+    config = tmp_path / "amoconnect.toml"
+    config.write_text(tomli_w.dumps(base_config(tmp_path, store={"url": empty_url})))
+    first = CliRunner().invoke(main, ["migrate", "--config", str(config)])
+    assert first.exit_code == 0, first.output
+    assert f"applied schema version(s) {', '.join(map(str, range(1, SCHEMA_VERSION + 1)))}" in first.output
+    assert "postgresql://127.0.0.1" in first.output and "@" not in first.output  # no credentials printed
+    again = CliRunner().invoke(main, ["migrate", "--config", str(config)])
+    assert again.exit_code == 0 and "schema is up to date" in again.output
+
+
+def test_migrate_command_on_sqlite(tmp_path: Path) -> None:
+    config = tmp_path / "amoconnect.toml"
+    config.write_text(tomli_w.dumps(base_config(tmp_path, store={"url": "", "path": str(tmp_path / "s.sqlite3")})))
+    done = CliRunner().invoke(main, ["migrate", "--config", str(config)])
+    assert done.exit_code == 0 and "schema is up to date" in done.output
+    assert (tmp_path / "s.sqlite3").exists()
+
+
+async def test_two_processes_never_run_one_conversation_at_once(url: str) -> None:
+    async with opened(url) as a, opened(url) as b:
+        await a.enqueue([job(f"k{i % 5}", str(i).encode()) for i in range(50)])
+        running: dict[str, str] = {}
+        order: dict[str, list[int]] = {}
+
+        async def worker(name: str, store: PostgresStore) -> None:
+            idle = 0
+            while idle < 3:
+                claimed = await store.claim(4)
+                if not claimed:
+                    idle += 1
+                    await store.wait_for_work(0.05)
+                    continue
+                idle = 0
+                for j in claimed:
+                    assert j.key not in running, f"{j.key} claimed by {name} while {running.get(j.key)} runs it"
+                    running[j.key] = name
+                for j in claimed:
+                    await anyio.lowlevel.checkpoint()
+                    order.setdefault(j.key, []).append(int(j.payload))
+                    del running[j.key]
+                    await store.finish(j.id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(worker, "a", a)
+            tg.start_soon(worker, "b", b)
+        assert sum(map(len, order.values())) == 50
+        assert all(seq == sorted(seq) for seq in order.values())
+
+
+async def test_a_commit_in_one_process_wakes_another(url: str) -> None:
+    async with opened(url) as a, opened(url) as b:
+        await b.wait_for_work(0)
+        woke: list[float] = []
+
+        async def waiter() -> None:
+            await b.wait_for_work(10)
+            woke.append(time.monotonic())
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(waiter)
+            await anyio.sleep(0.1)
+            started = time.monotonic()
+            await a.enqueue([job("k")])
+        assert woke and woke[0] - started < 1.0
+
+
+async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(url: str) -> None:
+    async with opened(url, lease=0.6) as survivor:
+        dead = PostgresStore(url, lease=0.6)
+        await dead.open()
+        await dead.enqueue([job("k", b"1"), job("k", b"2")])
+        (held,) = await dead.claim(10)
+        for task in dead._tasks:  # the process "dies": no more heartbeats, nothing handed back
+            task.cancel()
+        assert await survivor.claim(10) == []  # the lease holds the conversation
+        started = time.monotonic()
+        while not (taken := await survivor.claim(10)):
+            assert time.monotonic() - started < 5, "the lease never expired"
+            await survivor.wait_for_work(0.2)
+        assert [(j.id, j.payload, j.attempts) for j in taken] == [(held.id, b"1", 2)]
+        # The old owner comes back and reports a retry: it no longer holds the job, so nothing changes.
+        await dead.retry(held.id, delay=0, error="late")
+        assert await survivor.claim(10) == []
+        await survivor.finish(taken[0].id)
+        (second,) = await survivor.claim(10)
+        assert second.payload == b"2"
+        assert dead._pool is not None
+        await dead._pool.close()
+
+
+async def test_a_live_process_keeps_its_lease(url: str) -> None:
+    async with opened(url, lease=0.3) as owner, opened(url, lease=0.3) as other:
+        await owner.enqueue([job("k")])
+        (held,) = await owner.claim(1)
+        await anyio.sleep(1.0)  # several lease lengths: the heartbeat must have extended it
+        assert await other.claim(1) == []
+        await owner.finish(held.id)
+
+
+async def test_close_hands_held_jobs_back_at_once(url: str) -> None:
+    async with opened(url) as other:
+        leaving = PostgresStore(url)
+        await leaving.open()
+        await leaving.enqueue([job("k")])
+        (held,) = await leaving.claim(1)
+        await leaving.close()
+        (again,) = await other.claim(1)
+        assert again.id == held.id
+
+
+async def test_finished_jobs_are_kept_for_their_retention(url: str) -> None:
+    async with opened(url, finished_retention=3600) as store:
+        await store.enqueue([job("k", b"payload")])
+        (j,) = await store.claim(1)
+        await store.finish(j.id)
+        assert table_rows(store, "finished", "id, key, payload, attempts") == [(j.id, "k", b"payload", 1)]
+        assert await store.prune_finished(3600) == 0
+        assert await store.prune_finished(-1) == 1
+    async with opened(url) as store:
+        await store.enqueue([job("k")])
+        (j,) = await store.claim(1)
+        await store.finish(j.id)
+        assert table_rows(store, "finished") == [(0,)]
+
+
+async def test_database_media_served_by_any_node(url: str) -> None:
+    secret = "a-media-secret-of-enough-length"
+    async with opened(url) as node_a, opened(url) as node_b:
+        a, b = DatabaseMediaStore(node_a, secret), DatabaseMediaStore(node_b, secret)
+        file_id, size = await a.put(b"PNGDATA", content_type=None, file_name="../photo.png")
+        token = a.token(file_id)
+        assert b.resolve(token) == file_id
+        served = await b.get(file_id)
+        assert served is not None
+        assert (served.content, served.content_type, served.file_name, size) == (
+            b"PNGDATA",
+            "image/png",
+            "photo.png",
+            7,
+        )
+        assert await b.get("A" * 22) is None
+        small = DatabaseMediaStore(node_a, secret, max_bytes=4)
+        with pytest.raises(Exception, match="larger than the 4 byte cap"):
+            await small.put(b"12345", content_type="text/plain", file_name="x")
+        assert await a.prune() == 0
+        assert await node_a.prune_media(-1) == 1
+        assert await b.get(file_id) is None
+
+
+def test_store_settings_are_validated(tmp_path: Path) -> None:
+    from amoconnect.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="store.url must be a postgresql:// URL"):
+        parse_config(base_config(tmp_path, store={"url": "mysql://x"}))
+    with pytest.raises(ConfigError, match="need the PostgreSQL store"):
+        parse_config(base_config(tmp_path, store={"url": "", "media": "database"}))
+    with pytest.raises(ConfigError, match="store.lease must be a positive"):
+        parse_config(base_config(tmp_path, store={"url": "postgresql://h/db", "lease": 0}))
+    config = parse_config(base_config(tmp_path, store={"url": "postgresql://u:s3cret-pw@h:5/db"}))
+    assert "s3cret-pw" in config.secrets()  # redacted from logs like every other secret
+    store = build_store(config.store)
+    assert isinstance(store, PostgresStore) and store.where == "postgresql://h:5/db"
+
+
+async def test_two_nodes_share_one_store_and_serve_each_other_s_media(url: str, tmp_path: Path) -> None:
+    from rig import message, rig
+
+    from amoconnect.model import Attachment
+    from amoconnect.testing.kit import eventually
+
+    shared = {"url": url, "media": "database"}
+    async with rig(tmp_path / "a", store=shared) as a, rig(tmp_path / "b", store=shared) as b:
+        event = message("c1", "1", "look", attachments=(Attachment(kind="picture", fetch="f1", file_name="p.png"),))
+        assert (await a.inbound(event)).status_code == 200
+        # Either node may relay it (they share the queue); the link it made works on both.
+        stored = await eventually(lambda: a.amojo.messages_in("lb:c1") or b.amojo.messages_in("lb:c1"))
+        link = stored[0].content.media
+        assert link is not None and link.startswith("http://amoconnect/media/")
+        for node in (a, b):
+            got = await node.client.get(link)
+            assert (got.status_code, got.content, got.headers["content-type"]) == (200, b"PNGDATA", "image/png")
+        assert not (tmp_path / "a" / "media").exists() and not (tmp_path / "b" / "media").exists()
