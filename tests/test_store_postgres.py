@@ -236,11 +236,11 @@ async def test_database_media_served_by_any_node(url: str) -> None:
 def test_store_settings_are_validated(tmp_path: Path) -> None:
     from amoconnect.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="store.url must be a postgresql:// URL"):
+    with pytest.raises(ConfigError, match=r"store\.url must be a postgresql:// URL"):
         parse_config(base_config(tmp_path, store={"url": "mysql://x"}))
     with pytest.raises(ConfigError, match="need the PostgreSQL store"):
         parse_config(base_config(tmp_path, store={"url": "", "media": "database"}))
-    with pytest.raises(ConfigError, match="store.lease must be a positive"):
+    with pytest.raises(ConfigError, match=r"store\.lease must be a positive"):
         parse_config(base_config(tmp_path, store={"url": "postgresql://h/db", "lease": 0}))
     config = parse_config(base_config(tmp_path, store={"url": "postgresql://u:s3cret-pw@h:5/db"}))
     assert "s3cret-pw" in config.secrets()  # redacted from logs like every other secret
