@@ -10,6 +10,7 @@ from .config import Config
 from .errors import AmoconnectError, AmojoError
 from .http import RetryPolicy
 from .plugins import collect_messengers, get_plugin_manager
+from .store import opened_store
 
 __all__ = ["run_checks"]
 
@@ -34,6 +35,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
             problems.append(f"source {source.name!r}: settings: {exc}")
     if offline:
         return problems
+    problems.extend(await _check_store(config))
     once = RetryPolicy(attempts=1)
     async with AmojoClient(
         config.channel.id, config.channel.secret, base_url=config.channel.amojo_url, retry=once
@@ -66,3 +68,13 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
                         f"but {amojo_id!r} in amoCRM"
                     )
     return problems
+
+
+async def _check_store(config: Config) -> list[str]:
+    """The store opens (reachable, schema at this version) and answers."""
+    try:
+        async with opened_store(config.store) as store:
+            await store.counts()
+    except AmoconnectError as exc:
+        return [f"store: {exc}"]
+    return []

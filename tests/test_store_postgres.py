@@ -266,3 +266,21 @@ async def test_two_nodes_share_one_store_and_serve_each_other_s_media(url: str, 
             got = await node.client.get(link)
             assert (got.status_code, got.content, got.headers["content-type"]) == (200, b"PNGDATA", "image/png")
         assert not (tmp_path / "a" / "media").exists() and not (tmp_path / "b" / "media").exists()
+
+
+async def test_check_and_healthz_report_a_store_that_cannot_serve(empty_url: str, url: str, tmp_path: Path) -> None:
+    from rig import rig
+
+    from amoconnect.checks import _check_store
+
+    (problem,) = await _check_store(parse_config(base_config(tmp_path, store={"url": empty_url})))
+    assert problem.startswith("store: PostgreSQL store") and "run `amoconnect migrate`" in problem
+    assert await _check_store(parse_config(base_config(tmp_path, store={"url": url}))) == []
+    async with rig(tmp_path, store={"url": url}) as r:
+        assert (await r.client.get("/healthz")).status_code == 200
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE queue RENAME TO queue_gone")
+        unhealthy = await r.client.get("/healthz")
+        assert unhealthy.status_code == 503 and unhealthy.json()["status"] == "store_unavailable"
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("ALTER TABLE queue_gone RENAME TO queue")

@@ -236,7 +236,12 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
 
     async def healthz(request: Request) -> Response:
-        counts = await runtime.store.counts()
+        try:
+            counts = await runtime.store.counts()
+        except StoreError as exc:
+            # A node that cannot reach its store must leave the load balancer's rotation.
+            log.error("health check: store unavailable", error=str(exc))
+            return _json(503, {"status": "store_unavailable", "detail": str(exc)})
         return _json(200, {"status": "ok", "queue": counts})
 
     async def metrics_endpoint(request: Request) -> Response:
