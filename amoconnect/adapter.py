@@ -121,6 +121,11 @@ class StateStore(Protocol):
         ...
 
 
+async def _run_here(name: str, work: Callable[[], Awaitable[None]]) -> None:
+    """One process, no fleet: run the work here."""
+    await work()
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdapterContext:
     """What the runtime gives an adapter instance."""
@@ -139,6 +144,10 @@ class AdapterContext:
     """A chat's messages as amoCRM keeps them, newest first, by the messenger's chat id (context for an agent)."""
     public_url: str | None = None
     """Public URL of the instance's webhook root (``.../hooks/{messenger}/{instance}``); ``None`` when not served."""
+    exclusive: Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]] = _run_here
+    """``await context.exclusive(name, work)``: run ``work`` in one process of the fleet at a time
+    (e.g. long polling: a bot must be polled once, however many processes serve it), taking over
+    when that process dies. ``name`` is the work's name within the instance."""
 
 
 class MessengerAdapter(abc.ABC):

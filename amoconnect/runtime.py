@@ -34,6 +34,7 @@ from .core import AMOCRM, INBOUND, STATUS, Core
 from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
+from .leases import run_exclusive
 from .media import DatabaseMediaStore, MediaRows, MediaStore
 from .metrics import Metrics
 from .model import InboundEvent
@@ -152,6 +153,7 @@ class Runtime:
                 submit=self._submitter(source.name),
                 history=self._history_of(source.name),
                 public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
+                exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
             )
             adapter: MessengerAdapter = cls(settings, context)
             # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).
@@ -169,6 +171,12 @@ class Runtime:
             await enqueue_inbound(self, instance, tuple(events))
 
         return submit
+
+    def _exclusive_of(self, prefix: str) -> Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]]:
+        async def exclusive(name: str, work: Callable[[], Awaitable[None]]) -> None:
+            await run_exclusive(self.store, f"{prefix}:{name}", work)
+
+        return exclusive
 
     def _history_of(self, instance_name: str) -> Callable[[str], AsyncIterator[HistoryMessage]]:
         async def history(chat: str) -> AsyncIterator[HistoryMessage]:

@@ -161,3 +161,10 @@ async def test_state_overwrite_and_delete(store: Store) -> None:
     assert await store.get_state("tg", "offset") == b"2"
     await store.delete_state("tg", "offset")
     assert await store.get_state("tg", "offset") is None
+
+
+async def test_lease_can_be_taken_and_released(store: Store) -> None:
+    assert await store.hold_lease("poll", 30)
+    assert await store.hold_lease("poll", 30)
+    await store.release_lease("poll")
+    assert await store.hold_lease("poll", 30)

@@ -284,3 +284,54 @@ async def test_check_and_healthz_report_a_store_that_cannot_serve(empty_url: str
         assert unhealthy.status_code == 503 and unhealthy.json()["status"] == "store_unavailable"
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("ALTER TABLE queue_gone RENAME TO queue")
+
+
+async def test_a_lease_has_one_holder_until_it_runs_out(url: str) -> None:
+    async with opened(url) as a, opened(url) as b:
+        assert await a.hold_lease("poll", 0.5)
+        assert await a.hold_lease("poll", 0.5)  # renewal
+        assert not await b.hold_lease("poll", 0.5)
+        assert await b.hold_lease("other", 0.5)  # names are independent
+        await anyio.sleep(0.6)
+        assert await b.hold_lease("poll", 30)  # a's ran out
+        assert not await a.hold_lease("poll", 30)
+        await a.release_lease("poll")  # not a's to release
+        assert not await a.hold_lease("poll", 30)
+        await b.release_lease("poll")
+        assert await a.hold_lease("poll", 30)
+
+
+async def test_exclusive_work_runs_in_one_process_and_moves_when_it_dies(url: str) -> None:
+    from functools import partial
+
+    from amoconnect.leases import run_exclusive
+
+    running: list[str] = []
+
+    def work(name: str):  # type: ignore[no-untyped-def]
+        async def poll() -> None:
+            running.append(name)
+            try:
+                await anyio.sleep_forever()
+            finally:
+                running.remove(name)
+
+        return poll
+
+    async def until(expected: list[str]) -> None:
+        with anyio.fail_after(5):
+            while running != expected:
+                await anyio.sleep(0.05)
+
+    async with opened(url) as a, opened(url) as b, anyio.create_task_group() as fleet:
+        fleet.start_soon(partial(run_exclusive, b, "tg:bot:poll", work("b"), seconds=0.6))
+        await until(["b"])
+        fleet.start_soon(partial(run_exclusive, a, "tg:bot:poll", work("a"), seconds=0.6))
+        await anyio.sleep(1.0)
+        assert running == ["b"]  # a waits while b holds and renews the lease
+        # b loses its store: it cannot renew, stops its work when the lease runs out, and a takes over.
+        assert b._pool is not None
+        await b._pool.close()
+        await until(["a"])
+        fleet.cancel_scope.cancel()
+    assert running == []

@@ -184,6 +184,13 @@ class Store(Protocol):
     async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
         """Move a message's status forward; returns the previous status, or None if it did not move."""
 
+    # -- leases --------------------------------------------------------------------------
+    async def hold_lease(self, name: str, seconds: float) -> bool:
+        """Take or renew the lease ``name`` for ``seconds``; False while another process holds it."""
+
+    async def release_lease(self, name: str) -> None:
+        """Give the lease ``name`` up if this process holds it."""
+
     # -- adapter state -------------------------------------------------------------------
     async def get_state(self, namespace: str, key: str) -> bytes | None:
         """A value an adapter stored."""

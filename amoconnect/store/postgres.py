@@ -44,7 +44,7 @@ _CHANNEL = "amoconnect_jobs"
 _NOW = "extract(epoch from clock_timestamp())::float8"
 
 MIGRATIONS: tuple[str, ...] = (
-    # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media
+    # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media, leases
     """
     CREATE TABLE queue (
         id BIGSERIAL PRIMARY KEY,
@@ -126,6 +126,7 @@ MIGRATIONS: tuple[str, ...] = (
         stored_at DOUBLE PRECISION NOT NULL
     );
     CREATE INDEX media_stored ON media (stored_at);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until DOUBLE PRECISION NOT NULL);
     """,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
@@ -661,6 +662,19 @@ class PostgresStore:
                 "UPDATE messages SET status = %s WHERE scope_id = %s AND msgid = %s", (status, scope_id, msgid)
             )
             return int(row[0])
+
+    # -- leases --------------------------------------------------------------------------
+    async def hold_lease(self, name: str, seconds: float) -> bool:
+        row = await self._fetchone(
+            f"INSERT INTO leases AS l VALUES (%s, %s, {_NOW} + %s) "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until "
+            f"WHERE l.owner = EXCLUDED.owner OR l.until < {_NOW} RETURNING owner",
+            (name, self.owner, seconds),
+        )
+        return row is not None
+
+    async def release_lease(self, name: str) -> None:
+        await self._write("DELETE FROM leases WHERE name = %s AND owner = %s", (name, self.owner))
 
     # -- adapter state -------------------------------------------------------------------
     async def get_state(self, namespace: str, key: str) -> bytes | None:

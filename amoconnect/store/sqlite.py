@@ -525,6 +525,14 @@ class SQLiteStore:
 
         return await self._call(run)
 
+    # -- leases --------------------------------------------------------------------------
+    async def hold_lease(self, name: str, seconds: float) -> bool:
+        # One process owns the file, so every lease is this process's.
+        return True
+
+    async def release_lease(self, name: str) -> None:
+        return
+
     # -- adapter state -------------------------------------------------------------------
     async def get_state(self, namespace: str, key: str) -> bytes | None:
         row = await self._one("SELECT value FROM state WHERE namespace = ? AND key = ?", (namespace, key))

@@ -21,6 +21,8 @@ __all__ = ["POSTGRES_ENV", "fresh_postgres_schema", "postgres_url", "store_setti
 
 POSTGRES_ENV = "AMOCONNECT_TEST_POSTGRES"
 
+_SCHEMAS: dict[tuple[str, str], str] = {}
+
 
 def postgres_url() -> str | None:
     """The PostgreSQL URL the tests run on, or None for SQLite."""
@@ -28,12 +30,19 @@ def postgres_url() -> str | None:
 
 
 def store_settings(workdir: Path, **overrides: Any) -> dict[str, Any]:
-    """The ``[store]`` section of a test's configuration (files under ``workdir``)."""
+    """The ``[store]`` section of a test's configuration (files under ``workdir``).
+
+    On PostgreSQL each ``workdir`` has its schema: a connector started again on the same
+    directory finds its store again, as it would find its SQLite file.
+    """
     settings: dict[str, Any] = {"path": str(workdir / "store.sqlite3"), "media_dir": str(workdir / "media")}
     url = postgres_url()
     if url is not None:
+        key = (url, str(Path(workdir).resolve()))
+        if key not in _SCHEMAS:
+            _SCHEMAS[key] = fresh_postgres_schema(url)
         # A short lease: a test that kills a process sees its jobs taken over within seconds.
-        settings.update(url=fresh_postgres_schema(url), lease=3.0)
+        settings.update(url=_SCHEMAS[key], lease=3.0)
     settings.update(overrides)
     return settings
 

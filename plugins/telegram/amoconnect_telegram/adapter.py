@@ -272,7 +272,7 @@ class TelegramAdapter(MessengerAdapter):
                 self._tasks = tasks
                 tasks.start_soon(self._work_effects)
                 if self.config.mode == "polling":
-                    tasks.start_soon(self._poll)
+                    tasks.start_soon(self._poll_exclusively)
                 elif self._webhook_pending:
                     tasks.start_soon(self._retry_webhook)
         finally:
@@ -293,6 +293,10 @@ class TelegramAdapter(MessengerAdapter):
                 return
 
     # -- long polling ---------------------------------------------------------------------------
+
+    async def _poll_exclusively(self) -> None:
+        """Poll from one process of the fleet at a time: the messenger gives each update to one poller."""
+        await self.context.exclusive("poll", self._poll)
 
     async def _poll(self) -> None:
         state = self.context.state

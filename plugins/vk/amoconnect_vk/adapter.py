@@ -422,7 +422,7 @@ class VKAdapter(MessengerAdapter):
             if self._setup_pending:
                 tasks.start_soon(self._retry_setup)
             if self.config.mode == "longpoll":
-                tasks.start_soon(self._poll)
+                tasks.start_soon(self._poll_exclusively)
 
     async def _retry_setup(self) -> None:
         pause = self.retry_pause
@@ -438,6 +438,10 @@ class VKAdapter(MessengerAdapter):
                 return
 
     # -- Bots Long Poll -------------------------------------------------------------------------
+
+    async def _poll_exclusively(self) -> None:
+        """Poll from one process of the fleet at a time: the messenger gives each update to one poller."""
+        await self.context.exclusive("poll", self._poll)
 
     async def _poll(self) -> None:
         state = self.context.state

@@ -31,6 +31,8 @@ async def _client_message(w: World, user: User, text: str, instance: str = "wa1"
     await w.fake.client_writes(user, text, to=to)
     conversation = w.conversation(user.chat, instance)
     found = await eventually(lambda: [m for m in w.amojo.messages_in(conversation) if m.text == text])
+    # The relay records the mapping just after amoCRM answered: wait for it, as a manager would.
+    await eventually(lambda: w.runtime.store.message_by_amocrm(w.scope_id, str(found[0].id)))
     return str(found[0].id)
 
 
