@@ -155,6 +155,9 @@ class MessengerConformance:
         if isinstance(result, wire.DeliveryStatusRequest):
             pytest.fail(f"the manager's message failed: error {result.error_code}: {result.error}")
         assert isinstance(result, ReceivedMessage)
+        # The job records the send (and a new conversation) just after the messenger answered:
+        # wait for it, as a client's answer seconds later would find it.
+        await rig.messenger_id(emitted.message_id or "")
         return emitted, result
 
     def allowed_emoji(self, adapter: MessengerAdapter) -> str:
