@@ -142,6 +142,18 @@ _INSERT_JOB = (
     f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
     f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
 )
+_ENQUEUE = (
+    "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
+    f"SELECT k, {_NOW} FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING RETURNING 1), "
+    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
+    f"SELECT kind, key, payload, scope_id, {_NOW} + delay, {_NOW} "
+    "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[]) "
+    "AS j(kind, key, payload, scope_id, delay) "
+    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
+    "SELECT (SELECT count(*) FROM fresh), "
+    f"(SELECT count(*) FROM (SELECT pg_notify('{_CHANNEL}', '') FROM added LIMIT 1) AS n)"
+)
+"""At most one dedup key: it is new and the jobs go in (with a NOTIFY), or nothing is written."""
 _UPSERT_CONVERSATION = (
     f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET instance = EXCLUDED.instance, chat = EXCLUDED.chat, "
@@ -257,7 +269,9 @@ class PostgresStore:
         return StoreError(f"PostgreSQL store {self.where}: {action} failed: {exc}")
 
     @contextlib.asynccontextmanager
-    async def _conn(self, action: str, *, transaction: bool = False) -> AsyncIterator[Conn]:
+    async def _conn(self, action: str, *, transaction: bool = False, pipeline: bool = False) -> AsyncIterator[Conn]:
+        """A pooled connection for one operation; with ``transaction`` its statements commit together,
+        with ``pipeline`` they are sent without waiting for each answer (for writes that read nothing back)."""
         if self._pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open")
         try:
@@ -265,7 +279,10 @@ class PostgresStore:
             # connection (psycopg closes it) and leaves the caller unsure whether it committed.
             with anyio.CancelScope(shield=True):
                 async with self._pool.connection(timeout=10) as conn:
-                    if transaction:
+                    if pipeline:
+                        async with conn.pipeline(), conn.transaction():
+                            yield conn
+                    elif transaction:
                         async with conn.transaction():
                             yield conn
                     else:
@@ -451,17 +468,41 @@ class PostgresStore:
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         keys = list(dict.fromkeys(dedup))
+        if len(keys) > 1:
+            return await self._enqueue_keys(jobs, keys)
+        # The ingest path: dedup key, jobs and NOTIFY in one statement, one round trip.
+        async with self._conn("enqueue") as conn:
+            cur = await conn.execute(
+                _ENQUEUE,
+                (
+                    keys,
+                    [j.kind for j in jobs],
+                    [j.key for j in jobs],
+                    [j.payload for j in jobs],
+                    [j.scope_id for j in jobs],
+                    [j.delay for j in jobs],
+                    len(keys),
+                ),
+            )
+            row = await cur.fetchone()
+        if row is None or row[0] != len(keys):
+            return False
+        if jobs:
+            self._wake.set()
+        return True
+
+    async def _enqueue_keys(self, jobs: Sequence[NewJob], keys: list[str]) -> bool:
+        """Several dedup keys: all of them new, or nothing stored."""
         async with self._conn("enqueue") as conn:
             try:
                 async with conn.transaction():
-                    if keys:
-                        cur = await conn.execute(
-                            f"INSERT INTO dedup (key, seen_at) SELECT k, {_NOW} FROM unnest(%s::text[]) AS k "
-                            "ON CONFLICT DO NOTHING",
-                            (keys,),
-                        )
-                        if cur.rowcount != len(keys):
-                            raise _Seen
+                    cur = await conn.execute(
+                        f"INSERT INTO dedup (key, seen_at) SELECT k, {_NOW} FROM unnest(%s::text[]) AS k "
+                        "ON CONFLICT DO NOTHING",
+                        (keys,),
+                    )
+                    if cur.rowcount != len(keys):
+                        raise _Seen
                     await _insert_jobs(conn, jobs)
                     if jobs:
                         await conn.execute(f"NOTIFY {_CHANNEL}")
@@ -494,7 +535,7 @@ class PostgresStore:
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
     ) -> None:
-        async with self._conn("finish", transaction=True) as conn:
+        async with self._conn("finish", transaction=True, pipeline=True) as conn:
             await conn.execute(self._finish_sql, (job_id,))
             await _upsert_conversations(conn, conversations)
             await _upsert_messages(conn, messages)
@@ -513,7 +554,7 @@ class PostgresStore:
         self._wake.set()
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
-        async with self._conn("bury", transaction=True) as conn:
+        async with self._conn("bury", transaction=True, pipeline=True) as conn:
             await conn.execute(
                 "INSERT INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, "
                 f"{_NOW}, %s FROM queue WHERE id = %s "
