@@ -88,7 +88,7 @@ class RelayConfig(_Section):
     """First retry delay in seconds; doubles each attempt, with jitter."""
     max_backoff: float = 600.0
     dedup_retention_days: float = 8.0
-    """How long dedup keys are kept (WhatsApp retries for up to 7 days)."""
+    """How long dedup keys are kept: at least 7 days, as WhatsApp re-sends a webhook for up to 7 days."""
     shutdown_timeout: float = 10.0
     """Seconds to let in-flight jobs finish on SIGTERM before leaving them queued."""
 
@@ -256,6 +256,11 @@ def _check(config: Config, origin: str) -> Config:
         raise fail("store.url must be a postgresql:// URL (or empty for the SQLite file at store.path)")
     if not config.store.url and (config.store.media == "database" or config.store.finished_retention_days):
         raise fail("store.media = 'database' and store.finished_retention_days need the PostgreSQL store (store.url)")
+    if not config.relay.dedup_retention_days >= 7:
+        raise fail(
+            f"relay.dedup_retention_days must be at least 7 (messengers re-send webhooks for up to 7 days), "
+            f"got {config.relay.dedup_retention_days}"
+        )
     if not config.store.lease > 0:
         raise fail(f"store.lease must be a positive number of seconds, got {config.store.lease}")
     for field, value in (

@@ -240,6 +240,8 @@ def test_store_settings_are_validated(tmp_path: Path) -> None:
         parse_config(base_config(tmp_path, store={"url": "mysql://x"}))
     with pytest.raises(ConfigError, match="need the PostgreSQL store"):
         parse_config(base_config(tmp_path, store={"url": "", "media": "database"}))
+    with pytest.raises(ConfigError, match=r"relay\.dedup_retention_days must be at least 7"):
+        parse_config(base_config(tmp_path, relay={"dedup_retention_days": 1}))
     with pytest.raises(ConfigError, match=r"store\.lease must be a positive"):
         parse_config(base_config(tmp_path, store={"url": "postgresql://h/db", "lease": 0}))
     config = parse_config(base_config(tmp_path, store={"url": "postgresql://u:s3cret-pw@h:5/db"}))
