@@ -149,8 +149,9 @@ def connector_config(
     transport: str = "httpx",
     concurrency: int = 64,
     http_timeout: float = 10.0,
+    store_url: str = "",
 ) -> Path:
-    """One account, one fakechat instance, SQLite with synchronous=FULL in ``directory``."""
+    """One account, one fakechat instance, SQLite with synchronous=FULL in ``directory`` (or ``store_url``)."""
     config = f"""\
 log_level = "warning"
 
@@ -175,6 +176,7 @@ host = "{HOST}"
 port = {port}
 
 [store]
+url = "{store_url}"
 path = "{directory / "amoconnect.sqlite3"}"
 synchronous = "FULL"
 media_dir = "{directory / "media"}"

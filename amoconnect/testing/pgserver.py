@@ -49,11 +49,13 @@ def _free_port() -> int:
 class TemporaryPostgres:
     """A PostgreSQL server in a temporary directory, trusting local connections; ``url`` once started.
 
-    Durability settings are relaxed (``fsync=off``): the tests kill amoconnect, never the server.
+    Durability is relaxed (``fsync=off``) unless ``durable``: the tests kill amoconnect, never
+    the server; benchmarks want the real thing.
     """
 
-    def __init__(self, *, max_connections: int = 300) -> None:
+    def __init__(self, *, max_connections: int = 300, durable: bool = False) -> None:
         self.max_connections = max_connections
+        self.durable = durable
         self.url = ""
         self._dir: Path | None = None
         self._bin: Path | None = None
@@ -74,10 +76,9 @@ class TemporaryPostgres:
         if self._as_postgres:
             shutil.chown(self._dir, "postgres")
         port = _free_port()
-        settings = (
-            f"-p {port} -k {self._dir} -c listen_addresses=127.0.0.1 -c max_connections={self.max_connections} "
-            "-c fsync=off -c full_page_writes=off"
-        )
+        settings = f"-p {port} -k {self._dir} -c listen_addresses=127.0.0.1 -c max_connections={self.max_connections}"
+        if not self.durable:
+            settings += " -c fsync=off -c full_page_writes=off"
         for step in (
             [str(self._bin / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--no-sync"],
             [str(self._bin / "pg_ctl"), "-D", str(data), "-o", settings, "-l", str(self._dir / "log"), "-w", "start"],
