@@ -19,6 +19,7 @@ fixtures.
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import tempfile
 import time
 import types
@@ -44,6 +45,7 @@ from ..model import Button, ListMessage, MediaKind, Template
 from ..plugins import collect_messengers, get_plugin_manager
 from ..runtime import Runtime
 from ..store.base import ConversationRecord
+from ..urlguard import UrlGuard, parse_networks
 from .fake_amojo import EmitResult, FakeAmojo, StoredMessage
 from .stores import store_settings
 
@@ -52,6 +54,7 @@ __all__ = [
     "AMOJO_URL",
     "CHANNEL",
     "FILES_URL",
+    "LOOPBACK_NETWORKS",
     "PUBLIC_URL",
     "SAMPLE_FILES",
     "SCOPE",
@@ -61,7 +64,10 @@ __all__ = [
     "connector",
     "eventually",
     "load_plugin",
+    "loopback_resolver",
     "rig_config",
+    "rig_guard",
+    "routed_host",
     "serve_sample",
 ]
 
@@ -129,10 +135,33 @@ class HostRouter(httpx.AsyncBaseTransport):
         self.default = _transport(default) if default is not None else None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self.routes.get(request.url.host, self.default)
+        host = routed_host(request)
+        transport = self.routes.get(host, self.default)
         if transport is None:
-            raise httpx.ConnectError(f"no route to {request.url.host} in the test rig", request=request)
+            raise httpx.ConnectError(f"no route to {host} in the test rig", request=request)
         return await transport.handle_async_request(request)
+
+
+LOOPBACK_NETWORKS: Final = ("127.0.0.0/8", "::1/128")
+"""What the rig lists in ``[http] media_allow_networks``: its fake hosts all live on loopback."""
+
+
+async def loopback_resolver(host: str, port: int) -> list[str]:
+    """The rig's DNS: every name is on loopback (a :class:`HostRouter` then routes by it); an address is itself."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return ["127.0.0.1"]
+
+
+def rig_guard() -> UrlGuard:
+    """The SSRF guard of the rig, for an ``AdapterContext`` built by hand (``url_guard=rig_guard()``)."""
+    return UrlGuard(parse_networks(LOOPBACK_NETWORKS), resolver=loopback_resolver)
+
+
+def routed_host(request: httpx.Request) -> str:
+    """The host a request is for, by its Host header: the SSRF guard sends requests to the checked address."""
+    return httpx.URL(f"//{request.headers.get('host', request.url.netloc.decode())}").host
 
 
 def _transport(target: ASGIApp | httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
@@ -382,7 +411,7 @@ def rig_config(
         "store": store_settings(workdir),
         "server": {"public_url": PUBLIC_URL},
         "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": 3},
-        "http": {"attempts": 2},
+        "http": {"attempts": 2, "media_allow_networks": list(LOOPBACK_NETWORKS)},
     }
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
@@ -479,7 +508,13 @@ async def connector(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo.app), base_url=AMOJO_URL)
         )
         data = rig_config(Path(workdir), messenger, settings, instance=instance, **dict(config or {}))
-        runtime = Runtime(parse_config(data, "<rig>"), plugin_manager=pm, amojo_http=amojo_http, messenger_http=http)
+        runtime = Runtime(
+            parse_config(data, "<rig>"),
+            plugin_manager=pm,
+            amojo_http=amojo_http,
+            messenger_http=http,
+            resolver=loopback_resolver,
+        )
         target.runtime = runtime
         async with runtime:
             yield ConnectorRig(runtime, amojo, fake, messenger, instance, within=within, http=http)

@@ -420,7 +420,9 @@ class TelegramAdapter(MessengerAdapter):
 
     async def _download(self, attachment: Attachment) -> tuple[str, bytes, str]:
         """The file behind an outgoing attachment's URL, to upload it ourselves."""
-        got = await download(self.context.http, attachment, max_bytes=UPLOAD_LIMIT, messenger="Telegram")
+        got = await download(
+            self.context.http, attachment, max_bytes=UPLOAD_LIMIT, messenger="Telegram", guard=self.context.url_guard
+        )
         return got.file_name, got.content, got.content_type
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:
