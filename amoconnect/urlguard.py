@@ -98,7 +98,8 @@ def refusal(address: str | IPAddress, allow: Sequence[Network] = ()) -> str | No
         return "a cloud metadata address"
     if any(form in network for form in (raw, *embedded) for network in allow if form.version == network.version):
         return None
-    for form in embedded or [raw]:
+    judged: list[IPAddress] = [*embedded] or [raw]
+    for form in judged:
         kind = _kind(form)
         if kind is not None:
             return f"a {kind} address" if form is raw else f"an IPv6 form of the {kind} address {form}"
