@@ -189,8 +189,14 @@ class Config(_Section):
 
 
 def _secret_like(settings: dict[str, Any]) -> list[str]:
-    words = ("token", "secret", "password", "key")
-    return [str(v) for k, v in settings.items() if isinstance(v, str) and any(w in k.lower() for w in words)]
+    words = ("token", "secret", "password", "key", "confirmation")
+    found = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            found.extend(_secret_like(value))
+        elif isinstance(value, str) and any(word in key.lower() for word in words):
+            found.append(value)
+    return found
 
 
 def _url_password(url: str) -> list[str]:

@@ -49,7 +49,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..amojo import wire
-from ..signing import CONTENT_TYPE, signature_for
+from ..signing import CONTENT_TYPE, same_secret, signature_for
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
@@ -387,7 +387,7 @@ class FakeAmojo:
         given = signature.strip().lower()
         for path in paths:
             expected = signature_for(self.secret, request.method, content_md5, content_type, date, path)
-            if hmac.compare_digest(expected, given):
+            if same_secret(given, expected):
                 return body
         _refuse(403, "X-Signature does not match the request", "bad_signature")
 

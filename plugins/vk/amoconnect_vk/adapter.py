@@ -26,7 +26,6 @@ through VK's upload servers, buttons and list messages as keyboards, quotes as `
 
 from __future__ import annotations
 
-import hmac
 import mimetypes
 import time
 from collections.abc import Mapping, Sequence
@@ -49,6 +48,7 @@ from amoconnect.model import (
     Person,
     SendResult,
 )
+from amoconnect.signing import same_secret
 from structlog.typing import FilteringBoundLogger
 
 from .client import EXECUTE_LIMIT, VkApi
@@ -214,7 +214,7 @@ class VKAdapter(MessengerAdapter):
     # -- webhooks -------------------------------------------------------------------------------
 
     def _secret_matches(self, given: object) -> bool:
-        return isinstance(given, str) and hmac.compare_digest(given.encode(), self.config.secret.encode())
+        return same_secret(given, self.config.secret)
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Answer ``confirmation``; refuse a body whose ``group_id`` or ``secret`` is not this community's."""
