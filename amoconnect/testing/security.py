@@ -5,6 +5,7 @@
   when it says yes, the right one fails when it says no);
 - :func:`secret_comparisons` scans source files for ``==``, ``!=``, ``in`` on secrets;
 - :class:`StoreWrites` records queue jobs and dedup keys written while a request runs;
+  :func:`check_body_cap` proves a webhook route refuses bodies over its cap, streaming;
 - :func:`leaks` finds configured secrets in captured text; :func:`captured_logs` renders every
   log line through the connector's own processors (redaction included) into a list.
 """
@@ -16,11 +17,12 @@ import hmac
 import io
 import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from ..logging import RedactingFormatter, configure
@@ -135,6 +137,38 @@ class StoreWrites:
 
     def __bool__(self) -> bool:
         return bool(self.jobs or self.dedup)
+
+
+CHUNK = 16 * 1024
+
+
+async def check_body_cap(
+    client: httpx.AsyncClient, url: str, cap: int, store: Store, *, headers: Mapping[str, str] | None = None
+) -> None:
+    """POST bodies over ``cap`` to ``url``: one that says so (``Content-Length``), one chunked with no
+    length, one whose ``Content-Length`` lies (says 10). Each must get 413, store nothing, and be read
+    no further than the cap (the app stops pulling the body: it is not buffered whole first)."""
+    headers = dict(headers or {})
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        while pulled < 64 * cap:  # far past the cap, but a broken guard still ends
+            pulled += CHUNK
+            yield b"{" * CHUNK
+
+    writes = StoreWrites(store)
+    before = await store.counts()
+    with writes.watching():
+        declared = await client.post(url, content=b"{" * (cap + 1), headers=headers)
+        assert declared.status_code == 413, f"{url}: {cap + 1} bytes declared got {declared.status_code}"
+        for name, extra in (("chunked", {}), ("lying Content-Length", {"Content-Length": "10"})):
+            pulled = 0
+            response = await client.post(url, content=endless(), headers={**headers, **extra})
+            assert response.status_code == 413, f"{url}: a {name} body over the cap got {response.status_code}"
+            assert pulled <= cap + 2 * CHUNK, f"{url}: {pulled} bytes of a {name} body read past the {cap} cap"
+    assert not writes, f"{url}: a refused body stored {writes.jobs} {writes.dedup}"
+    assert await store.counts() == before
 
 
 def leaks(texts: Iterable[str], secrets: Iterable[str]) -> list[tuple[str, str]]:
