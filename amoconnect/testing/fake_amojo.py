@@ -350,6 +350,10 @@ class FakeAmojo:
         body = body if body is not None else {"error": f"injected fault {status}", "code": "injected"}
         self._faults.append(_Fault(status, times, path_contains, headers, body))
 
+    def clear_faults(self) -> None:
+        """Forget the faults :meth:`fail_next` injected that have not happened yet."""
+        self._faults.clear()
+
     def _take_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:
             if fault.path_contains is None or fault.path_contains in path:

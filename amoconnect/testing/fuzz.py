@@ -108,7 +108,7 @@ def check_webhook(
 ) -> httpx.Response:
     """Send one request to the runtime's app; assert it is no 5xx and, refused, stored nothing."""
 
-    raw = {name: value.encode("latin-1") for name, value in (headers or {}).items()}  # any Latin-1, as on the wire
+    raw = [(name.encode(), value.encode("latin-1")) for name, value in (headers or {}).items()]  # any Latin-1
 
     async def send() -> httpx.Response:
         before = await runtime.store.counts()

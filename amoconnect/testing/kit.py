@@ -133,8 +133,16 @@ class HostRouter(httpx.AsyncBaseTransport):
     ) -> None:
         self.routes = {host: _transport(target) for host, target in routes.items()}
         self.default = _transport(default) if default is not None else None
+        self._failing: list[type[httpx.TransportError]] = []
+
+    def fail_next(self, count: int = 1, error: type[httpx.TransportError] = httpx.ConnectTimeout) -> None:
+        """Fail the next ``count`` requests with ``error``, its message carrying the URL (as some transports do);
+        ``0`` ends a failure still under way."""
+        self._failing = [error] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._failing:
+            raise self._failing.pop(0)(f"no answer from {request.url}", request=request)
         host = routed_host(request)
         transport = self.routes.get(host, self.default)
         if transport is None:
@@ -212,6 +220,8 @@ class ConnectorRig:
     """Seconds the waiting helpers wait before they fail."""
     http: httpx.AsyncClient | None = field(default=None, repr=False)
     """The messenger's HTTP client (the adapter's ``context.http``): the fake, :data:`FILES_URL`, the connector."""
+    router: HostRouter | None = field(default=None, repr=False)
+    """:attr:`http`'s transport (``rig.router.fail_next()`` takes the messenger's network down for a request)."""
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -498,9 +508,8 @@ async def connector(
             httpx.URL(FILES_URL).host: httpx.MockTransport(serve_sample),
             httpx.URL(PUBLIC_URL).host: target,
         }
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(transport=HostRouter(routes, default=fake.app if fake is not None else None))
-        )
+        router = HostRouter(routes, default=fake.app if fake is not None else None)
+        http = await stack.enter_async_context(httpx.AsyncClient(transport=router))
         amojo = amojo or FakeAmojo(CHANNEL, SECRET)
         amojo.webhook_client = hooks
         amojo.connect(ACCOUNT, webhook_url=f"{PUBLIC_URL}/amocrm/:scope_id")
@@ -517,4 +526,4 @@ async def connector(
         )
         target.runtime = runtime
         async with runtime:
-            yield ConnectorRig(runtime, amojo, fake, messenger, instance, within=within, http=http)
+            yield ConnectorRig(runtime, amojo, fake, messenger, instance, within=within, http=http, router=router)

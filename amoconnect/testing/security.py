@@ -7,7 +7,10 @@
 - :class:`StoreWrites` records queue jobs and dedup keys written while a request runs;
   :func:`check_body_cap` proves a webhook route refuses bodies over its cap, streaming;
 - :func:`leaks` finds configured secrets in captured text; :func:`captured_logs` renders every
-  log line through the connector's own processors (redaction included) into a list.
+  log line through the connector's own processors (redaction included); :class:`ResponseRecorder`
+  keeps every answer the app gives; :func:`secret_rig` configures distinctive core secrets,
+  :func:`core_failures` drives the core's failure paths and :func:`everything_said` gathers what
+  the connector said to anyone (logs, answers, amoCRM, the dead letters).
 """
 
 from __future__ import annotations
@@ -17,16 +20,21 @@ import hmac
 import io
 import logging
 import re
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Final
 
 import httpx
 import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..logging import RedactingFormatter, configure
+from ..runtime import Runtime
 from ..store.base import NewJob, Store
+
+if TYPE_CHECKING:
+    from .kit import ConnectorRig
 
 __all__ = [
     "SECRET_NAMES",
@@ -171,6 +179,35 @@ async def check_body_cap(
     assert await store.counts() == before
 
 
+class ResponseRecorder:
+    """ASGI middleware that keeps every response body the app sends (``record(runtime)`` installs it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.bodies: list[bytes] = []
+
+    @classmethod
+    def record(cls, runtime: Runtime) -> ResponseRecorder:
+        """Wrap a started runtime's app; requests through ``runtime.client`` and the kit's fakes pass it."""
+        assert runtime.app is not None, "start the runtime first"
+        recorder = cls(runtime.app)
+        runtime.app = recorder
+        return recorder
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def keep(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                self.bodies.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, keep)
+
+    @property
+    def texts(self) -> list[str]:
+        """The bodies as text."""
+        return [body.decode("utf-8", "replace") for body in self.bodies]
+
+
 def leaks(texts: Iterable[str], secrets: Iterable[str]) -> list[tuple[str, str]]:
     """``(secret, text)`` for each secret found in a text (the text cut around it)."""
     found = []
@@ -214,3 +251,66 @@ def captured_logs(secrets: Iterable[str] = (), *, level: str = "debug") -> Itera
     finally:
         root.removeHandler(handler)
         structlog.configure(**previous)
+
+
+CHANNEL_SECRET: Final = "chan-4f1c9a0be6d2-secret-7d3e8a91c5b0f2e4"
+"""The distinctive channel secret of :func:`secret_rig`."""
+ACCOUNT_TOKEN: Final = "acct-rest-token-9b8e7d6c5a4f3e2d1c0b"
+"""The distinctive REST token of :func:`secret_rig`'s account."""
+MEDIA_SECRET: Final = "media-key-0a1b2c3d4e5f6a7b8c9d"
+"""The distinctive media signing secret of :func:`secret_rig`."""
+CORE_SECRETS: Final = (CHANNEL_SECRET, ACCOUNT_TOKEN, MEDIA_SECRET)
+
+
+def secret_rig(messenger: str, settings: Mapping[str, Any], workdir: Path) -> tuple[dict[str, Any], list[str]]:
+    """:func:`~amoconnect.testing.kit.connector` options with the distinctive core secrets, and the
+    secrets the connector's configuration redacts (:meth:`~amoconnect.config.Config.secrets`)."""
+    from ..config import parse_config
+    from .fake_amojo import FakeAmojo
+    from .kit import ACCOUNT, CHANNEL, PUBLIC_URL, rig_config
+
+    config: dict[str, Any] = {
+        "channel": {"secret": CHANNEL_SECRET},
+        "accounts": [{"name": "main", "amojo_id": ACCOUNT, "token": ACCOUNT_TOKEN, "rest_url": "http://rest.test"}],
+        "server": {"public_url": PUBLIC_URL, "media_secret": MEDIA_SECRET},
+    }
+    redacted = parse_config(rig_config(workdir, messenger, settings, **config), "<rig>").secrets()
+    options = {"settings": settings, "workdir": workdir, "amojo": FakeAmojo(CHANNEL, CHANNEL_SECRET), "config": config}
+    return options, redacted
+
+
+async def core_failures(rig: ConnectorRig, chat: str, client_writes: Callable[[str], Awaitable[Any]]) -> None:
+    """Drive the core's failure paths once a client of ``chat`` has written: an amoCRM webhook with a bad
+    signature and one for an unknown scope, a bad media link, amojo refusing the client's next messages,
+    the messenger's network failing a manager's message (exceptions carrying the URL)."""
+    client = rig.client
+    assert (
+        await client.post(f"/amocrm/{rig.scope_id}", content=b"{}", headers={"X-Signature": "0" * 40})
+    ).status_code == 401
+    assert (await client.get("/media/not-a-token")).status_code == 404
+    dead = len(await rig.runtime.store.dead_letters())
+    rig.amojo.fail_next(500, times=1000)
+    await client_writes("amojo is down for this one")
+    await rig.eventually(lambda: _more_dead(rig, dead))
+    rig.amojo.clear_faults()
+    assert rig.router is not None
+    rig.router.fail_next(1000)
+    sent = await rig.manager_writes(chat, "the messenger's network is down for this one")
+    await rig.eventually(
+        lambda: any(s.delivery_status == -1 for s in rig.amojo.message(sent.message_id or "").statuses)
+    )
+    rig.router.fail_next(0)
+
+
+async def _more_dead(rig: ConnectorRig, than: int) -> bool:
+    return len(await rig.runtime.store.dead_letters()) > than
+
+
+async def everything_said(rig: ConnectorRig, recorder: ResponseRecorder, logs: CapturedLogs) -> list[str]:
+    """The log lines, the app's answers, what amoCRM got (texts, delivery errors) and the dead letters' errors."""
+    said = [*logs.lines, *recorder.texts]
+    for message in rig.amojo.messages:
+        said.append(repr(message))
+        said.extend(status.error or "" for status in message.statuses)
+    said.extend(letter.error for letter in await rig.runtime.store.dead_letters())
+    return said
