@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 import msgspec
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from messengers.loopback import SIGNATURE_HEADER, sign
 from rig import ACCOUNT, SCOPE, SECRET, message, rig
@@ -71,6 +71,7 @@ def test_amocrm_webhooks_survive_fuzzing(tmp_path: Path) -> None:
         r.runtime.relay.concurrency = 0  # park the relay: what ingest stores stays visible
 
         @FUZZ
+        @example(body=json.dumps(AMOCRM_SAMPLES[0]).encode(), sign_it=True, headers={})
         @given(body=st.one_of(*(webhook_bodies(s) for s in AMOCRM_SAMPLES)), sign_it=st.booleans(), headers=HEADERS)
         def fuzz(body: bytes, sign_it: bool, headers: dict[str, str]) -> None:
             if sign_it:
@@ -89,6 +90,7 @@ def test_messenger_webhooks_survive_fuzzing(tmp_path: Path) -> None:
         r.runtime.relay.concurrency = 0
 
         @FUZZ
+        @example(body=json.dumps(sample).encode(), sign_it=True, headers={}, method="POST", path="/hooks/loopback/lb")
         @given(
             body=webhook_bodies(sample),
             sign_it=st.booleans(),

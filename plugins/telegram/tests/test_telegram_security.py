@@ -24,7 +24,7 @@ from amoconnect.testing.security import (
     leaks,
     secret_rig,
 )
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from telegram_rig import Rig
 
@@ -97,6 +97,7 @@ def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
         rig.runtime.relay.concurrency = 0
 
         @FUZZ
+        @example(body=json.dumps({"update_id": 1, "message": sample["message"]}).encode(), secret=SECRET_TOKEN)
         @given(body=webhook_bodies(sample), secret=st.one_of(st.just(SECRET_TOKEN), header_values()))
         def fuzz(body: bytes, secret: str) -> None:
             headers = {SECRET_TOKEN_HEADER: secret, "Content-Type": "application/json"}
