@@ -144,3 +144,23 @@ async def _media_fetch_fails(rig: ConnectorRig, fake: FakeVK) -> None:
 
     await rig.eventually(died)
     rig.router.fail_next(0)
+
+
+async def test_media_urls_pointing_inside_are_not_fetched(tmp_path: Path) -> None:
+    async with connector("amoconnect_vk.plugin", make_fake=make_fake, settings=SETTINGS, workdir=tmp_path) as rig:
+        fake: FakeVK = rig.fake
+        await fake.client_writes(8, "with a photo", media=ClientMedia(kind="picture", content=b"\x89PNG"))
+        await rig.arrived("8")
+        photo = fake.events[-1]
+        message = photo["object"]["message"]
+        message.update(id=message["id"] + 100, conversation_message_id=message["conversation_message_id"] + 100)
+        text = json.dumps({**photo, "event_id": "inside", "secret": SECRET})
+        inside = text.replace(fake.base_url, "http://10.20.30.40").replace('"with a photo"', '"look inside"')
+        assert "http://10.20.30.40" in inside
+        assert (await rig.post_webhook(inside.encode())).status_code == 200
+        (_, noted) = await rig.arrived("8", 2)
+        assert noted.text is not None and "not relayed" in noted.text and "10.20.30.40, a private address" in noted.text
+        url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+        sent = await rig.manager_sends_media("8", "picture", url)
+        (status,) = await rig.statuses(sent.message_id or "")
+        assert status.delivery_status == -1 and "cloud metadata address" in (status.error or "")
