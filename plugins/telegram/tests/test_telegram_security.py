@@ -11,19 +11,9 @@ import httpx
 import pytest
 from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import SignatureError
+from amoconnect.testing import security
 from amoconnect.testing.fuzz import FUZZ, check_webhook, header_values, running, webhook_bodies
 from amoconnect.testing.kit import ConnectorRig, connector
-from amoconnect.testing.security import (
-    CORE_SECRETS,
-    ResponseRecorder,
-    captured_logs,
-    check_body_cap,
-    core_failures,
-    digest_verdict,
-    everything_said,
-    leaks,
-    secret_rig,
-)
 from hypothesis import example, given
 from hypothesis import strategies as st
 from telegram_rig import Rig
@@ -51,10 +41,10 @@ async def test_the_secret_token_header_is_decided_by_compare_digest(make_adapter
     wrong = WebhookRequest(method="POST", headers=httpx.Headers({SECRET_TOKEN_HEADER: "guessed"}), body=b"{}")
     with pytest.raises(SignatureError):
         await rig.adapter.verify(wrong)
-    with digest_verdict(True) as calls:
+    with security.digest_verdict(True) as calls:
         assert await rig.adapter.verify(wrong) is None
     assert calls
-    with digest_verdict(False), pytest.raises(SignatureError):
+    with security.digest_verdict(False), pytest.raises(SignatureError):
         await rig.adapter.verify(right)
 
 
@@ -62,7 +52,7 @@ async def test_the_fake_bot_api_checks_its_token_with_compare_digest() -> None:
     fake = FakeTelegram(token=BOT_TOKEN)
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake), base_url=API) as http:
         assert (await http.post("/botguessed:token/getMe")).status_code == 401
-        with digest_verdict(True) as calls:
+        with security.digest_verdict(True) as calls:
             assert (await http.post("/botguessed:token/getMe")).status_code == 200
         assert calls
 
@@ -71,7 +61,9 @@ async def test_webhooks_over_the_cap_are_refused_while_streaming(tmp_path: Path)
     config = {"server": {"public_url": "http://amoconnect", "max_messenger_body_bytes": CAP}}
     async with connector("amoconnect_telegram.plugin", make_fake=make_fake, settings=SETTINGS, config=config) as rig:
         rig.runtime.relay.concurrency = 0
-        await check_body_cap(rig.client, HOOK, CAP, rig.runtime.store, headers={SECRET_TOKEN_HEADER: SECRET_TOKEN})
+        await security.check_body_cap(
+            rig.client, HOOK, CAP, rig.runtime.store, headers={SECRET_TOKEN_HEADER: SECRET_TOKEN}
+        )
 
 
 def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
@@ -108,11 +100,11 @@ def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
 
 
 async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) -> None:
-    options, redacted = secret_rig("telegram", SETTINGS, tmp_path)
-    secrets = [*CORE_SECRETS, BOT_TOKEN, SECRET_TOKEN]
-    with captured_logs(redacted) as logs:
+    options, redacted = security.secret_rig("telegram", SETTINGS, tmp_path)
+    secrets = [*security.CORE_SECRETS, BOT_TOKEN, SECRET_TOKEN]
+    with security.captured_logs(redacted) as logs:
         async with connector("amoconnect_telegram.plugin", make_fake=make_fake, **options) as rig:
-            recorder = ResponseRecorder.record(rig.runtime)
+            recorder = security.ResponseRecorder.record(rig.runtime)
             fake: FakeTelegram = rig.fake
             client = fake.add_client("Anna")
             await fake.client_writes(client, "Hello")
@@ -120,7 +112,7 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) 
             update = json.dumps(fake.updates[-1]).encode()
             assert (await rig.post_webhook(update, headers={SECRET_TOKEN_HEADER: "wrong"})).status_code == 401
             assert (await rig.post_webhook(b"{", headers={SECRET_TOKEN_HEADER: SECRET_TOKEN})).status_code == 400
-            await core_failures(rig, str(client), lambda text: fake.client_writes(client, text))
+            await security.core_failures(rig, str(client), lambda text: fake.client_writes(client, text))
             dead = len(await rig.runtime.store.dead_letters())
             assert rig.router is not None
             rig.router.fail_next(1000)  # getFile and the download fail: their URLs carry the token
@@ -130,8 +122,8 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) 
             fake.fail_next(1, 403, method="sendMessage", description="Forbidden: bot was blocked by the user")
             blocked = await rig.manager_writes(str(client), "are you there?")
             await rig.eventually(lambda: rig.amojo.message(blocked.message_id or "").statuses)
-            said = await everything_said(rig, recorder, logs)
-    assert leaks(said, secrets) == []
+            said = await security.everything_said(rig, recorder, logs)
+    assert security.leaks(said, secrets) == []
     assert sum("no answer from" in line for line in said) >= 2  # the failures were logged, the URLs scrubbed
 
 

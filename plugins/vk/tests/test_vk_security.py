@@ -12,20 +12,10 @@ import httpx
 import pytest
 from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import SignatureError
+from amoconnect.testing import security
 from amoconnect.testing.fakes import ClientMedia
 from amoconnect.testing.fuzz import FUZZ, check_webhook, running, webhook_bodies
 from amoconnect.testing.kit import ConnectorRig, connector
-from amoconnect.testing.security import (
-    CORE_SECRETS,
-    ResponseRecorder,
-    captured_logs,
-    check_body_cap,
-    core_failures,
-    digest_verdict,
-    everything_said,
-    leaks,
-    secret_rig,
-)
 from hypothesis import example, given
 from vk_rig import Rig
 
@@ -65,11 +55,11 @@ async def test_the_callback_secret_is_decided_by_compare_digest(make_adapter: Ca
     guessed = WebhookRequest(method="POST", body=event("guessed", fake.group_id))
     with pytest.raises(SignatureError):
         await adapter.verify(guessed)
-    with digest_verdict(True) as calls:
+    with security.digest_verdict(True) as calls:
         assert await adapter.verify(guessed) is None
     assert calls
     right = WebhookRequest(method="POST", body=event(adapter.config.secret, fake.group_id))
-    with digest_verdict(False), pytest.raises(SignatureError):
+    with security.digest_verdict(False), pytest.raises(SignatureError):
         await adapter.verify(right)
 
 
@@ -78,7 +68,7 @@ async def test_the_fake_vk_api_checks_its_token_with_compare_digest() -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake), base_url=API) as http:
         params = {"access_token": "guessed", "v": "5.199", "group_id": "1"}
         assert "error" in (await http.post("/method/groups.getById", data=params)).json()
-        with digest_verdict(True) as calls:
+        with security.digest_verdict(True) as calls:
             assert "response" in (await http.post("/method/groups.getById", data=params)).json()
         assert calls
 
@@ -87,7 +77,7 @@ async def test_webhooks_over_the_cap_are_refused_while_streaming(tmp_path: Path)
     config = {"server": {"public_url": "http://amoconnect", "max_messenger_body_bytes": 64 * 1024}}
     async with connector("amoconnect_vk.plugin", make_fake=make_fake, settings=SETTINGS, config=config) as rig:
         rig.runtime.relay.concurrency = 0
-        await check_body_cap(rig.client, HOOK, 64 * 1024, rig.runtime.store)
+        await security.check_body_cap(rig.client, HOOK, 64 * 1024, rig.runtime.store)
 
 
 def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
@@ -112,10 +102,10 @@ def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
 
 
 async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) -> None:
-    options, redacted = secret_rig("vk", SETTINGS, tmp_path)
-    with captured_logs(redacted) as logs:
+    options, redacted = security.secret_rig("vk", SETTINGS, tmp_path)
+    with security.captured_logs(redacted) as logs:
         async with connector("amoconnect_vk.plugin", make_fake=make_fake, **options) as rig:
-            recorder = ResponseRecorder.record(rig.runtime)
+            recorder = security.ResponseRecorder.record(rig.runtime)
             fake: FakeVK = rig.fake
             await fake.client_writes(8, "Привет")
             await rig.arrived("8")
@@ -124,12 +114,12 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) 
             fake.fail_next(1, 901, method="messages.send")  # the client blocked the community
             refused = await rig.manager_writes("8", "are you there?")
             await rig.eventually(lambda: rig.amojo.message(refused.message_id or "").statuses)
-            await core_failures(rig, "8", lambda text: fake.client_writes(8, text))
+            await security.core_failures(rig, "8", lambda text: fake.client_writes(8, text))
             await _media_fetch_fails(rig, fake)
-            said = await everything_said(rig, recorder, logs)
+            said = await security.everything_said(rig, recorder, logs)
     assert fake.servers and all(s.status == "ok" for s in fake.servers.values())  # confirmed with the code
     said = [text for text in said if text != CONFIRMATION]  # the answer to VK's confirmation request
-    assert leaks(said, [*CORE_SECRETS, TOKEN, SECRET, CONFIRMATION]) == []
+    assert security.leaks(said, [*security.CORE_SECRETS, TOKEN, SECRET, CONFIRMATION]) == []
     assert sum("no answer from" in line for line in said) >= 1
 
 

@@ -14,19 +14,9 @@ import httpx
 import pytest
 from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import SignatureError
+from amoconnect.testing import security
 from amoconnect.testing.fuzz import FUZZ, check_webhook, header_values, running, webhook_bodies
 from amoconnect.testing.kit import connector
-from amoconnect.testing.security import (
-    CORE_SECRETS,
-    ResponseRecorder,
-    captured_logs,
-    check_body_cap,
-    core_failures,
-    digest_verdict,
-    everything_said,
-    leaks,
-    secret_rig,
-)
 from hypothesis import example, given
 from hypothesis import strategies as st
 from whatsapp_rig import APP_SECRET, Rig, world
@@ -55,15 +45,15 @@ async def test_x_hub_signature_and_the_handshake_are_decided_by_compare_digest(
     signed = WebhookRequest(method="POST", headers=httpx.Headers({SIGNATURE_HEADER: hub_signature(body)}), body=body)
     with pytest.raises(SignatureError):
         await adapter.verify(forged)
-    with digest_verdict(True) as calls:
+    with security.digest_verdict(True) as calls:
         assert await adapter.verify(forged) is None
     assert calls
-    with digest_verdict(False), pytest.raises(SignatureError):
+    with security.digest_verdict(False), pytest.raises(SignatureError):
         await adapter.verify(signed)
     query = httpx.QueryParams({"hub.mode": "subscribe", "hub.verify_token": "guessed", "hub.challenge": "42"})
     handshake = WebhookRequest(method="GET", query=query)
     assert (await adapter.verify(handshake)).status == 403  # type: ignore[union-attr]
-    with digest_verdict(True):
+    with security.digest_verdict(True):
         answer = await adapter.verify(handshake)
     assert answer is not None and (answer.status, answer.body) == (200, b"42")
 
@@ -72,7 +62,7 @@ async def test_the_review_token_and_the_fake_graph_api_tokens_are_decided_by_com
     async with world(tmp_path, template_review=True) as w:
         url = f"/hooks/whatsapp/wa1/{REVIEW_ROUTE}?token=guessed"
         assert (await w.runtime.client.post(url, content=b"x=1", headers=FORM)).status_code == 403
-        with digest_verdict(True) as calls:
+        with security.digest_verdict(True) as calls:
             assert (await w.runtime.client.post(url, content=b"x=1", headers=FORM)).status_code == 200
         assert calls
     fake = FakeWhatsApp()
@@ -80,7 +70,7 @@ async def test_the_review_token_and_the_fake_graph_api_tokens_are_decided_by_com
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app), base_url="http://graph.test") as http:
         guessed = {"Authorization": "Bearer guessed"}
         assert (await http.get(f"/v21.0/{number.phone_number_id}", headers=guessed)).status_code == 401
-        with digest_verdict(True) as calls:
+        with security.digest_verdict(True) as calls:
             assert (await http.get(f"/v21.0/{number.phone_number_id}", headers=guessed)).status_code == 200
         assert calls
 
@@ -90,11 +80,11 @@ async def test_every_route_refuses_bodies_over_the_cap_while_streaming(tmp_path:
         w.runtime.relay.concurrency = 0
         cap = w.runtime.config.server.max_messenger_body_bytes
         assert cap == 4 * 2**20
-        await check_body_cap(w.runtime.client, "/hooks/whatsapp/wa1", cap, w.runtime.store)
+        await security.check_body_cap(w.runtime.client, "/hooks/whatsapp/wa1", cap, w.runtime.store)
         review = w.adapter().review
         assert review is not None and review.token
         url = f"/hooks/whatsapp/wa1/{REVIEW_ROUTE}?token={review.token}"
-        await check_body_cap(w.runtime.client, url, cap, w.runtime.store, headers=FORM)
+        await security.check_body_cap(w.runtime.client, url, cap, w.runtime.store, headers=FORM)
 
 
 def test_every_route_survives_fuzzing(tmp_path: Path) -> None:
@@ -158,10 +148,10 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) 
         fake.add_number("1000000001", waba_id="2000000001", token=access)
         return fake
 
-    options, redacted = secret_rig("whatsapp", settings, tmp_path)
-    with captured_logs(redacted) as logs:
+    options, redacted = security.secret_rig("whatsapp", settings, tmp_path)
+    with security.captured_logs(redacted) as logs:
         async with connector("amoconnect_whatsapp.plugin", make_fake=make_fake, **options) as rig:
-            recorder = ResponseRecorder.record(rig.runtime)
+            recorder = security.ResponseRecorder.record(rig.runtime)
             fake: FakeWhatsApp = rig.fake
             async with fake.running():
                 await rig.eventually(lambda: fake.numbers["1000000001"].webhook_url)
@@ -178,7 +168,7 @@ async def test_no_secret_reaches_a_log_line_an_answer_or_amocrm(tmp_path: Path) 
                 fake.fail_next(131026, count=1)  # Meta refuses the send
                 refused = await rig.manager_writes(chat, "can you read this?")
                 await rig.eventually(lambda: rig.amojo.message(refused.message_id or "").statuses)
-                await core_failures(rig, chat, lambda text: fake.client_writes(user, text))
-                said = await everything_said(rig, recorder, logs)
-    assert leaks(said, [*CORE_SECRETS, access, app_secret, verify]) == []
+                await security.core_failures(rig, chat, lambda text: fake.client_writes(user, text))
+                said = await security.everything_said(rig, recorder, logs)
+    assert security.leaks(said, [*security.CORE_SECRETS, access, app_secret, verify]) == []
     assert sum("no answer from" in line for line in said) >= 1
