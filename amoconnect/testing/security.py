@@ -37,13 +37,22 @@ if TYPE_CHECKING:
     from .kit import ConnectorRig
 
 __all__ = [
+    "ACCOUNT_TOKEN",
+    "CHANNEL_SECRET",
+    "CORE_SECRETS",
+    "MEDIA_SECRET",
     "SECRET_NAMES",
     "CapturedLogs",
+    "ResponseRecorder",
     "StoreWrites",
     "captured_logs",
+    "check_body_cap",
+    "core_failures",
     "digest_verdict",
+    "everything_said",
     "leaks",
     "secret_comparisons",
+    "secret_rig",
 ]
 
 SECRET_NAMES = re.compile(
