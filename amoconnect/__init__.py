@@ -19,6 +19,7 @@ from .errors import (
     RemoteError,
     SignatureError,
     StoreError,
+    UnsafeURL,
     WebhookError,
     WindowClosed,
 )
@@ -100,6 +101,7 @@ __all__ = [
     "StoreError",
     "Template",
     "TemplateParam",
+    "UnsafeURL",
     "WebhookError",
     "WebhookRequest",
     "WebhookResponse",

@@ -38,6 +38,7 @@ from .model import (
     OutgoingTyping,
     SendResult,
 )
+from .urlguard import UrlGuard
 
 __all__ = [
     "AdapterContext",
@@ -148,6 +149,9 @@ class AdapterContext:
     """``await context.exclusive(name, work)``: run ``work`` in one process of the fleet at a time
     (e.g. long polling: a bot must be polled once, however many processes serve it), taking over
     when that process dies. ``name`` is the work's name within the instance."""
+    url_guard: UrlGuard = field(default_factory=UrlGuard)
+    """The SSRF guard for URLs from outside (a manager's attachment, a file link in an event): pass it to
+    :func:`amoconnect.media.download` / :func:`~amoconnect.media.fetch_url`. Strict unless configured."""
 
 
 class MessengerAdapter(abc.ABC):

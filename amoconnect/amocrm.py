@@ -33,6 +33,7 @@ from . import __version__
 from .errors import AmoCRMError, ConfigError
 from .http import RetryPolicy, TransportKind, new_client, send_with_retries
 from .ratelimit import RateLimiter
+from .signing import same_secret
 
 __all__ = [
     "DEFAULT_RATE",
@@ -550,7 +551,7 @@ class AmoCRMClient:
             used = response.request.headers.get("Authorization", "")
             async with self._token_lock:
                 current = self._require_tokens()
-                if used == f"Bearer {current.access_token}":
+                if same_secret(used, f"Bearer {current.access_token}"):
                     await self._refresh_locked()
             response = await self._attempt(method, path, params=params, content=content, describe=describe, auth=True)
         if response.status_code not in ok:

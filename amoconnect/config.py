@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from .errors import ConfigError
+from .urlguard import parse_networks
 
 __all__ = [
     "AccountConfig",
@@ -103,6 +104,9 @@ class HttpConfig(_Section):
     max_in_flight_per_host: int = 32
     attempts: int = 4
     """Attempts of one HTTP call within a job attempt (transport errors, 429, 5xx)."""
+    media_allow_networks: list[str] = []
+    """CIDRs media downloads may reach despite the SSRF guard (it refuses private, loopback, link-local
+    and other non-public addresses; cloud metadata addresses stay refused). Default none."""
 
 
 class ChannelConfig(_Section):
@@ -185,8 +189,14 @@ class Config(_Section):
 
 
 def _secret_like(settings: dict[str, Any]) -> list[str]:
-    words = ("token", "secret", "password", "key")
-    return [str(v) for k, v in settings.items() if isinstance(v, str) and any(w in k.lower() for w in words)]
+    words = ("token", "secret", "password", "key", "confirmation")
+    found = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            found.extend(_secret_like(value))
+        elif isinstance(value, str) and any(word in key.lower() for word in words):
+            found.append(value)
+    return found
 
 
 def _url_password(url: str) -> list[str]:
@@ -272,6 +282,10 @@ def _check(config: Config, origin: str) -> Config:
     ):
         if value < (0 if field == "server.port" else 1):
             raise fail(f"{field} must be positive, got {value}")
+    try:
+        parse_networks(config.http.media_allow_networks)
+    except ConfigError as exc:
+        raise fail(str(exc)) from None
     return msgspec.structs.replace(config, accounts=accounts, sources=sources)
 
 

@@ -13,7 +13,8 @@
      │    └── AmoCRMError       ... the amoCRM REST API
      └── MessengerError         a messenger refused or failed a send
           ├── RateLimited       ... and asked us to wait ``retry_after`` seconds
-          └── WindowClosed      ... because the reply window is closed
+          ├── WindowClosed      ... because the reply window is closed
+          └── UnsafeURL         ... because a media URL points where the connector does not connect
 
 Every message names the thing that went wrong and, where there is one, the fix.
 """
@@ -33,6 +34,7 @@ __all__ = [
     "RemoteError",
     "SignatureError",
     "StoreError",
+    "UnsafeURL",
     "WebhookError",
     "WindowClosed",
 ]
@@ -129,3 +131,10 @@ class WindowClosed(MessengerError):
 
     def __init__(self, description: str, *, code: str | int | None = None) -> None:
         super().__init__(description, code=code, retryable=False, reason="window_closed")
+
+
+class UnsafeURL(MessengerError):
+    """A URL from outside is not http(s), or resolves to an address the SSRF guard refuses (never retried)."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description, retryable=False)

@@ -18,7 +18,7 @@ from . import ids
 from .amojo import wire
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
-from .errors import AmojoError, MessengerError
+from .errors import AmojoError, MessengerError, UnsafeURL
 from .media import MediaTooLarge
 from .model import (
     Attachment,
@@ -122,6 +122,8 @@ class InboundHandler:
         assert attachment.fetch is not None
         try:
             fetched = await instance.adapter.fetch_media(attachment.fetch)
+        except UnsafeURL:
+            raise  # the message goes on without the file, saying why
         except MessengerError as exc:
             if exc.retryable:
                 raise messenger_retry(instance, exc) from exc
@@ -146,7 +148,7 @@ class InboundHandler:
         for attachment in event.attachments:
             try:
                 url, size, name = await self._media_url(instance, attachment)
-            except MediaTooLarge as exc:
+            except (MediaTooLarge, UnsafeURL) as exc:
                 log.warning("media refused", reason=str(exc))
                 contents.append(wire.MessageContent(type="text", text=f"[{attachment.kind} not relayed: {exc}]"))
                 continue

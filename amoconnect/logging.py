@@ -1,48 +1,76 @@
 """structlog set-up: JSON lines when the output is not a terminal, readable lines when it is.
 
-Secrets never reach a log line: :func:`configure` takes the configured secrets and a
-processor replaces any occurrence of them in every rendered value.
+Secrets never reach a log line: :func:`configure` takes the configured secrets, a processor
+replaces any occurrence of them in every rendered value (nested ones and exceptions included),
+and the standard library's lines (uvicorn, httpx) are scrubbed the same way.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["configure", "redactor"]
+__all__ = ["RedactingFormatter", "configure", "redactor", "scrubber"]
 
 REDACTED = "[redacted]"
 
 
-def redactor(secrets: Iterable[str]) -> structlog.types.Processor:
-    """A processor that replaces every configured secret (≥ 6 characters) inside string values."""
+def scrubber(secrets: Iterable[str]) -> Callable[[str], str]:
+    """A function that replaces every configured secret (≥ 6 characters) inside a text."""
     needles = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
 
-    def scrub(value: Any) -> Any:
+    def scrub(text: str) -> str:
+        for needle in needles:
+            if needle in text:
+                text = text.replace(needle, REDACTED)
+        return text
+
+    return scrub
+
+
+def redactor(secrets: Iterable[str]) -> structlog.types.Processor:
+    """A processor that scrubs every configured secret from an event's values, nested ones too."""
+    scrub = scrubber(secrets)
+
+    def clean(value: Any) -> Any:
         if isinstance(value, str):
-            for needle in needles:
-                if needle in value:
-                    value = value.replace(needle, REDACTED)
-        return value
+            return scrub(value)
+        if isinstance(value, BaseException):
+            return scrub(f"{type(value).__name__}: {value}")
+        if isinstance(value, dict):
+            return {clean(k): clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [clean(v) for v in value]
+        if isinstance(value, bytes | int | float | bool) or value is None:
+            return value
+        return scrub(repr(value))  # anything else renders as its repr (as JSONRenderer does): scrub that
 
     def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-        if needles:
-            for key, value in event_dict.items():
-                if isinstance(value, str):
-                    event_dict[key] = scrub(value)
-                elif isinstance(value, BaseException):
-                    event_dict[key] = scrub(f"{type(value).__name__}: {value}")
+        for key, value in event_dict.items():
+            event_dict[key] = clean(value)
         return event_dict
 
     return process
 
 
+class RedactingFormatter(logging.Formatter):
+    """A standard library formatter whose lines (tracebacks included) have the secrets scrubbed."""
+
+    def __init__(self, fmt: str, secrets: Iterable[str]) -> None:
+        super().__init__(fmt)
+        self._scrub = scrubber(secrets)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return self._scrub(super().format(record))
+
+
 def configure(*, level: str = "info", json: bool | None = None, secrets: Iterable[str] = ()) -> None:
     """Configure structlog (and the standard library's root logger) for the running program."""
+    secrets = list(secrets)
     if json is None:
         json = not sys.stderr.isatty()
     renderer: structlog.types.Processor = (
@@ -62,4 +90,6 @@ def configure(*, level: str = "info", json: bool | None = None, secrets: Iterabl
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    logging.basicConfig(level=max(numeric, logging.WARNING), stream=sys.stderr, format="%(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(name)s %(message)s", secrets))
+    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])

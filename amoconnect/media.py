@@ -26,12 +26,24 @@ import anyio
 import httpx
 import msgspec
 
-from .errors import AmoconnectError, MessengerError
+from .errors import AmoconnectError, MessengerError, UnsafeURL
 from .model import Attachment
+from .urlguard import UrlGuard, shown
 
-__all__ = ["DatabaseMediaStore", "Downloaded", "MediaFile", "MediaRows", "MediaStore", "MediaTooLarge", "download"]
+__all__ = [
+    "DatabaseMediaStore",
+    "Downloaded",
+    "MediaFile",
+    "MediaRows",
+    "MediaStore",
+    "MediaTooLarge",
+    "download",
+    "fetch_url",
+]
 
 _ID = re.compile(r"^[A-Za-z0-9_-]{22}$")
+DOWNLOAD_TIMEOUT = 60.0
+"""Seconds each HTTP phase of a media download may take."""
 
 
 class MediaTooLarge(AmoconnectError):
@@ -214,30 +226,78 @@ async def _once(data: bytes) -> AsyncIterable[bytes]:
 
 @dataclass(frozen=True)
 class Downloaded:
-    """A file an adapter fetched by URL (to upload it where its messenger cannot fetch links)."""
+    """A file fetched by URL (to upload it where a messenger cannot fetch links); ``content_type`` as served."""
 
     file_name: str
     content: bytes
     content_type: str
 
 
-async def download(http: httpx.AsyncClient, attachment: Attachment, *, max_bytes: int, messenger: str) -> Downloaded:
-    """Fetch an outgoing attachment's URL; failures are :class:`~amoconnect.errors.MessengerError` (retryable
-    when a later try may pass), and a file over ``max_bytes`` is refused with a text the manager sees."""
-    if attachment.url is None or httpx.URL(attachment.url).scheme not in ("http", "https"):
+async def fetch_url(http: httpx.AsyncClient, url: str, *, max_bytes: int, guard: UrlGuard | None = None) -> Downloaded:
+    """GET a URL that came from outside through the SSRF ``guard`` (the strict default when ``None``).
+
+    Each address is checked before it is connected to and the request pinned to it; redirects are
+    followed by hand, at most ``guard.max_redirects``, each hop checked again. The body is read up to
+    ``max_bytes`` (:class:`MediaTooLarge` past it). Refusals are :class:`~amoconnect.errors.UnsafeURL`,
+    other failures :class:`~amoconnect.errors.MessengerError`, retryable when a later try may pass.
+    """
+    guard = guard or UrlGuard()
+    current = httpx.URL(url)
+    for _ in range(guard.max_redirects + 1):
+        request = await guard.request(http, current, http_timeout=DOWNLOAD_TIMEOUT)
+        try:
+            response = await http.send(request, stream=True, follow_redirects=False)
+            try:
+                if response.is_redirect:
+                    current = current.join(response.headers["location"])
+                    continue
+                if response.status_code != 200:
+                    raise MessengerError(
+                        f"downloading from {shown(current)} answered HTTP {response.status_code}",
+                        retryable=response.status_code >= 500 or response.status_code == 429,
+                    )
+                content = await _read_capped(response, max_bytes)
+            finally:
+                await response.aclose()
+        except httpx.TransportError as exc:
+            raise MessengerError(
+                f"downloading from {shown(current)} got no answer: {type(exc).__name__}", retryable=True
+            ) from None
+        content_type = response.headers.get("content-type", "").split(";")[0].strip()
+        return Downloaded(posixpath.basename(current.path), content, content_type)
+    raise UnsafeURL(f"{shown(httpx.URL(url))} redirected more than {guard.max_redirects} times; not followed further")
+
+
+async def _read_capped(response: httpx.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise MediaTooLarge(f"the file is {int(declared)} bytes, over the {max_bytes} byte cap")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > max_bytes:
+            raise MediaTooLarge(f"the file is over the {max_bytes} byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def download(
+    http: httpx.AsyncClient, attachment: Attachment, *, max_bytes: int, messenger: str, guard: UrlGuard | None = None
+) -> Downloaded:
+    """Fetch an outgoing attachment's URL through :func:`fetch_url` (pass the adapter's ``context.url_guard``).
+
+    Failures are :class:`~amoconnect.errors.MessengerError` (retryable when a later try may pass);
+    a file over ``max_bytes`` is refused with a text the manager sees.
+    """
+    if attachment.url is None:
         raise MessengerError(f"the {attachment.kind} has no http(s) URL to download")
     try:
-        response = await http.get(attachment.url, timeout=60.0, follow_redirects=True)
-    except httpx.TransportError as exc:
-        raise MessengerError(f"could not download the media to upload it: {exc!r}", retryable=True) from None
-    if response.status_code != 200:
+        got = await fetch_url(http, attachment.url, max_bytes=max_bytes, guard=guard)
+    except MediaTooLarge:
         raise MessengerError(
-            f"could not download the media to upload it: HTTP {response.status_code}",
-            retryable=response.status_code >= 500 or response.status_code == 429,
-        )
-    if len(response.content) > max_bytes:
-        raise MessengerError(f"the {attachment.kind} is larger than the {max_bytes // 2**20} MB {messenger} accepts")
-    name = attachment.file_name or posixpath.basename(httpx.URL(attachment.url).path) or attachment.kind
-    header = response.headers.get("content-type", "").split(";")[0].strip()
-    mime = attachment.mime_type or header or mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Downloaded(name, response.content, mime)
+            f"the {attachment.kind} is larger than the {max_bytes // 2**20} MB {messenger} accepts"
+        ) from None
+    name = attachment.file_name or got.file_name or attachment.kind
+    mime = attachment.mime_type or got.content_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Downloaded(name, got.content, mime)

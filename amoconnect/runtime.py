@@ -45,6 +45,7 @@ from .relay import Handler, Relay
 from .routing import Instance, Routing
 from .store import build_store
 from .store.base import Store
+from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
 __all__ = ["Runtime", "serve"]
 
@@ -77,7 +78,8 @@ class Runtime:
 
     ``plugin`` limits the messenger instances to one plugin (``amoconnect run --plugin``);
     ``plugin_manager`` replaces plugin discovery; ``amojo_http`` and ``messenger_http`` inject
-    HTTP clients (tests point them at fakes in-process).
+    HTTP clients (tests point them at fakes in-process); ``resolver`` replaces DNS for the media
+    SSRF guard (the test kit's fake hosts all live on loopback).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class Runtime:
         store: Store | None = None,
         amojo_http: httpx.AsyncClient | None = None,
         messenger_http: httpx.AsyncClient | None = None,
+        resolver: Resolver | None = None,
     ) -> None:
         self.config = config
         self.plugin = plugin
@@ -104,6 +107,9 @@ class Runtime:
         self.store: Store = store or build_store(config.store)
         self._amojo_http = amojo_http
         self._messenger_http = messenger_http
+        self.url_guard = UrlGuard(
+            parse_networks(config.http.media_allow_networks), resolver=resolver or system_resolver
+        )
         self.media = self._media_store()
         self.routing = Routing(())
         self.amojo: AmojoClient
@@ -154,6 +160,7 @@ class Runtime:
                 history=self._history_of(source.name),
                 public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
                 exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
+                url_guard=self.url_guard,
             )
             adapter: MessengerAdapter = cls(settings, context)
             # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).

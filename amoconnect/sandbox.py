@@ -125,6 +125,7 @@ async def _sandbox(
                     ],
                     "server": {"host": host, "port": port, "public_url": public},
                     "store": {"path": str(workdir / "amoconnect.sqlite3"), "media_dir": str(workdir / "media")},
+                    "http": {"media_allow_networks": ["127.0.0.0/8", "::1/128"]},  # the fakes serve on loopback
                 },
                 "<sandbox>",
             )

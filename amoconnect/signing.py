@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -16,6 +17,8 @@ __all__ = [
     "CONTENT_TYPE",
     "EMPTY_MD5",
     "format_date",
+    "matching_secret",
+    "same_secret",
     "sign_request",
     "signature_for",
     "verify_signature",
@@ -92,3 +95,26 @@ def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
         return False
     expected = hmac.new(secret.encode("ascii"), body, hashlib.sha1).digest()
     return hmac.compare_digest(expected, given)
+
+
+def same_secret(given: object, expected: str | bytes) -> bool:
+    """Whether ``given`` (what a request carried) equals the secret ``expected``, in constant time.
+
+    Anything that is not text or bytes (``None``, a number from a JSON body) is simply ``False``.
+    """
+    if isinstance(given, str):
+        given = given.encode("utf-8", "surrogatepass")
+    elif not isinstance(given, bytes):
+        return False
+    if isinstance(expected, str):
+        expected = expected.encode("utf-8", "surrogatepass")
+    return hmac.compare_digest(given, expected)
+
+
+def matching_secret(given: object, candidates: Iterable[str]) -> str | None:
+    """The candidate ``given`` equals, or ``None``; every candidate is compared, each in constant time."""
+    found = None
+    for candidate in candidates:
+        if same_secret(given, candidate) and found is None:
+            found = candidate
+    return found

@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from ..amocrm import Tokens
 from ..ratelimit import RateLimiter
+from ..signing import matching_secret, same_secret
 
 __all__ = ["FakeAmoCRM", "FakeRequest", "ManualClock"]
 
@@ -354,7 +355,8 @@ class FakeAmoCRM:
         if auth:
             if token is None:
                 return _problem(401, "Unauthorized", "Authorization header with a Bearer token is required")
-            if token not in self.access_tokens:
+            token = matching_secret(token, self.access_tokens)
+            if token is None:
                 return _problem(401, "Unauthorized", "Invalid access token")
             expires_at = self.access_tokens[token]
             if expires_at is not None and expires_at <= self.wall_clock():
@@ -380,19 +382,19 @@ class FakeAmoCRM:
                 _PROBLEM,
             )
 
-        if body.get("client_id") != self.client_id or body.get("client_secret") != self.client_secret:
+        if body.get("client_id") != self.client_id or not same_secret(body.get("client_secret"), self.client_secret):
             return oauth_error("Client authentication failed", "Invalid client")
         if body.get("redirect_uri") != self.redirect_uri:
             return oauth_error("redirect_uri does not match the integration's one")
         grant = body.get("grant_type")
         if grant == "authorization_code":
-            code = body.get("code")
-            if code not in self.codes:
+            code = matching_secret(body.get("code"), self.codes)
+            if code is None:
                 return oauth_error("Authorization code has expired or been used")
             self.codes.discard(code)
         elif grant == "refresh_token":
-            refresh = body.get("refresh_token")
-            if refresh not in self.refresh_tokens:
+            refresh = matching_secret(body.get("refresh_token"), self.refresh_tokens)
+            if refresh is None:
                 return oauth_error("Token has been revoked")
             self.refresh_tokens.discard(refresh)
         else:

@@ -49,7 +49,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..amojo import wire
-from ..signing import CONTENT_TYPE, signature_for
+from ..signing import CONTENT_TYPE, same_secret, signature_for
 
 __all__ = [
     "MAX_HISTORY_LIMIT",
@@ -350,6 +350,10 @@ class FakeAmojo:
         body = body if body is not None else {"error": f"injected fault {status}", "code": "injected"}
         self._faults.append(_Fault(status, times, path_contains, headers, body))
 
+    def clear_faults(self) -> None:
+        """Forget the faults :meth:`fail_next` injected that have not happened yet."""
+        self._faults.clear()
+
     def _take_fault(self, path: str) -> _Fault | None:
         for fault in self._faults:
             if fault.path_contains is None or fault.path_contains in path:
@@ -387,7 +391,7 @@ class FakeAmojo:
         given = signature.strip().lower()
         for path in paths:
             expected = signature_for(self.secret, request.method, content_md5, content_type, date, path)
-            if hmac.compare_digest(expected, given):
+            if same_secret(given, expected):
                 return body
         _refuse(403, "X-Signature does not match the request", "bad_signature")
 

@@ -19,7 +19,6 @@ It is the messenger the core's end-to-end tests drive, what ``amoconnect run --p
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -51,6 +50,7 @@ from ..model import (
     Post,
     SendResult,
 )
+from ..signing import same_secret
 from .fakechat_api import REACTIONS, SIGNATURE_HEADER, FakeChat, signature_of
 
 __all__ = ["FakeChatAdapter", "FakeChatSettings", "register_messengers"]
@@ -335,7 +335,7 @@ class FakeChatAdapter(MessengerAdapter):
         if not given:
             raise SignatureError(f"{SIGNATURE_HEADER} header is missing")
         expected = signature_of(request.body, self.config.secret)
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not same_secret(given, expected):
             raise SignatureError(f"{SIGNATURE_HEADER} does not match the body: check the instance's secret")
         return None
 

@@ -58,6 +58,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..model import Button, ListMessage
+from ..signing import same_secret
 from . import _fakechat_wire as wire
 from ._fakechat_wire import (
     MAX_CAPTION_LENGTH,
@@ -205,7 +206,7 @@ class FakeChat:
         return None
 
     def _token_ok(self, token: str) -> bool:
-        return hmac.compare_digest(token.encode(), self.token.encode())
+        return same_secret(token, self.token)
 
     async def _api(self, request: Request) -> Response:
         method = request.path_params["method"]

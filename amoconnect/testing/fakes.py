@@ -39,6 +39,7 @@ from starlette.routing import BaseRoute, Route
 
 from ..capabilities import Capability
 from ..model import Button, ListMessage, MediaKind
+from ..signing import same_secret
 
 __all__ = [
     "DRIVER_METHODS",
@@ -296,7 +297,7 @@ class FakeAPI:
 
     def authorized(self, request: Request) -> bool:
         """Whether the request carries the token: ``Authorization: Bearer <token>`` unless overridden."""
-        return request.headers.get("authorization", "") == f"Bearer {self.token}"
+        return same_secret(request.headers.get("authorization", ""), f"Bearer {self.token}")
 
     # -- helpers --------------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ fixtures.
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import tempfile
 import time
 import types
@@ -44,6 +45,7 @@ from ..model import Button, ListMessage, MediaKind, Template
 from ..plugins import collect_messengers, get_plugin_manager
 from ..runtime import Runtime
 from ..store.base import ConversationRecord
+from ..urlguard import UrlGuard, parse_networks
 from .fake_amojo import EmitResult, FakeAmojo, StoredMessage
 from .stores import store_settings
 
@@ -52,6 +54,7 @@ __all__ = [
     "AMOJO_URL",
     "CHANNEL",
     "FILES_URL",
+    "LOOPBACK_NETWORKS",
     "PUBLIC_URL",
     "SAMPLE_FILES",
     "SCOPE",
@@ -61,7 +64,10 @@ __all__ = [
     "connector",
     "eventually",
     "load_plugin",
+    "loopback_resolver",
     "rig_config",
+    "rig_guard",
+    "routed_host",
     "serve_sample",
 ]
 
@@ -127,12 +133,43 @@ class HostRouter(httpx.AsyncBaseTransport):
     ) -> None:
         self.routes = {host: _transport(target) for host, target in routes.items()}
         self.default = _transport(default) if default is not None else None
+        self._failing: list[type[httpx.TransportError]] = []
+
+    def fail_next(self, count: int = 1, error: type[httpx.TransportError] = httpx.ConnectTimeout) -> None:
+        """Fail the next ``count`` requests with ``error``, its message carrying the URL (as some transports do);
+        ``0`` ends a failure still under way."""
+        self._failing = [error] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self.routes.get(request.url.host, self.default)
+        if self._failing:
+            raise self._failing.pop(0)(f"no answer from {request.url}", request=request)
+        host = routed_host(request)
+        transport = self.routes.get(host, self.default)
         if transport is None:
-            raise httpx.ConnectError(f"no route to {request.url.host} in the test rig", request=request)
+            raise httpx.ConnectError(f"no route to {host} in the test rig", request=request)
         return await transport.handle_async_request(request)
+
+
+LOOPBACK_NETWORKS: Final = ("127.0.0.0/8", "::1/128")
+"""What the rig lists in ``[http] media_allow_networks``: its fake hosts all live on loopback."""
+
+
+async def loopback_resolver(host: str, port: int) -> list[str]:
+    """The rig's DNS: every name is on loopback (a :class:`HostRouter` then routes by it); an address is itself."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return ["127.0.0.1"]
+
+
+def rig_guard() -> UrlGuard:
+    """The SSRF guard of the rig, for an ``AdapterContext`` built by hand (``url_guard=rig_guard()``)."""
+    return UrlGuard(parse_networks(LOOPBACK_NETWORKS), resolver=loopback_resolver)
+
+
+def routed_host(request: httpx.Request) -> str:
+    """The host a request is for, by its Host header: the SSRF guard sends requests to the checked address."""
+    return httpx.URL(f"//{request.headers.get('host', request.url.netloc.decode())}").host
 
 
 def _transport(target: ASGIApp | httpx.AsyncBaseTransport) -> httpx.AsyncBaseTransport:
@@ -183,6 +220,8 @@ class ConnectorRig:
     """Seconds the waiting helpers wait before they fail."""
     http: httpx.AsyncClient | None = field(default=None, repr=False)
     """The messenger's HTTP client (the adapter's ``context.http``): the fake, :data:`FILES_URL`, the connector."""
+    router: HostRouter | None = field(default=None, repr=False)
+    """:attr:`http`'s transport (``rig.router.fail_next()`` takes the messenger's network down for a request)."""
 
     @property
     def client(self) -> httpx.AsyncClient:
@@ -382,7 +421,7 @@ def rig_config(
         "store": store_settings(workdir),
         "server": {"public_url": PUBLIC_URL},
         "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": 3},
-        "http": {"attempts": 2},
+        "http": {"attempts": 2, "media_allow_networks": list(LOOPBACK_NETWORKS)},
     }
     for key, value in overrides.items():
         data[key] = {**data.get(key, {}), **value} if isinstance(value, dict) else value
@@ -469,9 +508,8 @@ async def connector(
             httpx.URL(FILES_URL).host: httpx.MockTransport(serve_sample),
             httpx.URL(PUBLIC_URL).host: target,
         }
-        http = await stack.enter_async_context(
-            httpx.AsyncClient(transport=HostRouter(routes, default=fake.app if fake is not None else None))
-        )
+        router = HostRouter(routes, default=fake.app if fake is not None else None)
+        http = await stack.enter_async_context(httpx.AsyncClient(transport=router))
         amojo = amojo or FakeAmojo(CHANNEL, SECRET)
         amojo.webhook_client = hooks
         amojo.connect(ACCOUNT, webhook_url=f"{PUBLIC_URL}/amocrm/:scope_id")
@@ -479,7 +517,13 @@ async def connector(
             httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo.app), base_url=AMOJO_URL)
         )
         data = rig_config(Path(workdir), messenger, settings, instance=instance, **dict(config or {}))
-        runtime = Runtime(parse_config(data, "<rig>"), plugin_manager=pm, amojo_http=amojo_http, messenger_http=http)
+        runtime = Runtime(
+            parse_config(data, "<rig>"),
+            plugin_manager=pm,
+            amojo_http=amojo_http,
+            messenger_http=http,
+            resolver=loopback_resolver,
+        )
         target.runtime = runtime
         async with runtime:
-            yield ConnectorRig(runtime, amojo, fake, messenger, instance, within=within, http=http)
+            yield ConnectorRig(runtime, amojo, fake, messenger, instance, within=within, http=http, router=router)

@@ -30,6 +30,7 @@ from amoconnect import (
     WebhookRequest,
     hookimpl,
 )
+from amoconnect.signing import same_secret
 
 SIGNATURE_HEADER = "X-Loopback-Signature"
 _events = msgspec.json.Decoder(list[InboundEvent])
@@ -84,7 +85,7 @@ class LoopbackAdapter(MessengerAdapter):
 
     async def verify(self, request: WebhookRequest) -> None:
         given = request.headers.get(SIGNATURE_HEADER, "")
-        if not hmac.compare_digest(given, sign(request.body, self.secret)):
+        if not same_secret(given, sign(request.body, self.secret)):
             raise SignatureError("X-Loopback-Signature does not match the body")
 
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import hmac
 import mimetypes
 import posixpath
 import time
@@ -45,6 +44,7 @@ from amoconnect.model import (
     OutgoingTyping,
     SendResult,
 )
+from amoconnect.signing import same_secret
 from structlog.typing import FilteringBoundLogger
 
 from .botapi import (
@@ -173,7 +173,7 @@ class TelegramAdapter(MessengerAdapter):
         given = request.headers.get(SECRET_TOKEN_HEADER)
         if given is None:
             raise SignatureError(f"{SECRET_TOKEN_HEADER} header missing: the request does not come from Telegram")
-        if not hmac.compare_digest(given.encode(), self.secret_token.encode()):
+        if not same_secret(given, self.secret_token):
             raise SignatureError(f"{SECRET_TOKEN_HEADER} does not match the webhook's secret_token")
         return None
 
@@ -420,7 +420,9 @@ class TelegramAdapter(MessengerAdapter):
 
     async def _download(self, attachment: Attachment) -> tuple[str, bytes, str]:
         """The file behind an outgoing attachment's URL, to upload it ourselves."""
-        got = await download(self.context.http, attachment, max_bytes=UPLOAD_LIMIT, messenger="Telegram")
+        got = await download(
+            self.context.http, attachment, max_bytes=UPLOAD_LIMIT, messenger="Telegram", guard=self.context.url_guard
+        )
         return got.file_name, got.content, got.content_type
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:

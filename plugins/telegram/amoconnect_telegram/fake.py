@@ -43,7 +43,6 @@ chats only (:meth:`~FakeTelegram.add_client`); texts are measured in UTF-16 code
 from __future__ import annotations
 
 import copy
-import hmac
 import itertools
 import json
 import mimetypes
@@ -54,6 +53,7 @@ from typing import Any, Final
 import anyio
 import httpx
 import msgspec
+from amoconnect.signing import same_secret
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -278,7 +278,7 @@ class FakeTelegram:
             if fault.status == 429 and fault.description is None:
                 description = f"Too Many Requests: retry after {fault.retry_after or 1}"
             raise ApiError(fault.status, description, fault.retry_after)
-        if not hmac.compare_digest(token.encode(), self.token.encode()):
+        if not same_secret(token, self.token):
             fail(401, "Unauthorized")
         entry = self._methods.get(method.lower())
         if entry is None:
@@ -296,7 +296,7 @@ class FakeTelegram:
     async def _download(self, request: Request) -> Response:
         token = request.path_params["token"]
         stored = self._files.by_path.get(request.path_params["file_path"])
-        if not hmac.compare_digest(token.encode(), self.token.encode()) or stored is None:
+        if not same_secret(token, self.token) or stored is None:
             return envelope_error(404, "Not Found")
         return Response(stored.content, media_type="application/octet-stream")
 

@@ -10,6 +10,7 @@ import pytest
 import structlog
 from amoconnect.adapter import AdapterContext
 from amoconnect.model import InboundEvent
+from amoconnect.testing.kit import rig_guard
 
 from amoconnect_telegram.adapter import TelegramAdapter, TelegramSettings
 from amoconnect_telegram.fake import FakeTelegram
@@ -75,6 +76,7 @@ def make_adapter(http: httpx.AsyncClient, fake: FakeTelegram) -> Callable[..., R
             state=state,
             submit=submit or collect,
             public_url=public_url,
+            url_guard=rig_guard(),
         )
         adapter = TelegramAdapter(config, context)
         receiver = Receiver()

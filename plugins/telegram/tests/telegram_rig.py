@@ -12,6 +12,7 @@ from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import SignatureError
 from amoconnect.model import InboundEvent
 from amoconnect.testing.fakes import MemoryState
+from amoconnect.testing.kit import HostRouter as HostRouter
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -42,19 +43,6 @@ class Files:
         if found is None:
             return httpx.Response(404, text="not found")
         return httpx.Response(200, content=found[0], headers={"content-type": found[1]})
-
-
-class HostRouter(httpx.AsyncBaseTransport):
-    """Routes requests by host to in-process transports."""
-
-    def __init__(self, routes: dict[str, httpx.AsyncBaseTransport]) -> None:
-        self.routes = routes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        transport = self.routes.get(request.url.host)
-        if transport is None:
-            raise httpx.ConnectError(f"no route to {request.url.host}", request=request)
-        return await transport.handle_async_request(request)
 
 
 class Receiver:

@@ -15,7 +15,7 @@ from amoconnect.config import parse_config
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
-from amoconnect.testing.kit import eventually
+from amoconnect.testing.kit import LOOPBACK_NETWORKS, eventually, loopback_resolver
 from amoconnect.testing.stores import store_settings
 from telegram_rig import API, Files, HostRouter
 
@@ -78,6 +78,7 @@ def build_runtime(tmp_path: Path, telegram: FakeTelegram, amojo: FakeAmojo, file
             ],
             "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
+            "http": {"media_allow_networks": list(LOOPBACK_NETWORKS)},
             "relay": {"backoff": 0.05, "max_backoff": 0.5},
         }
     )
@@ -89,6 +90,7 @@ def build_runtime(tmp_path: Path, telegram: FakeTelegram, amojo: FakeAmojo, file
         plugin_manager=get_plugin_manager(load_entrypoints=False, extra_modules=["amoconnect_telegram.plugin"]),
         amojo_http=httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo)),
         messenger_http=httpx.AsyncClient(transport=messenger),
+        resolver=loopback_resolver,
     )
 
 
@@ -221,6 +223,17 @@ async def test_manager_media_by_url_and_by_upload(world: World) -> None:
     assert (document.kind, document.media, document.content) == ("document", None, b"%PDF-1.4 pdf bytes")
 
 
+async def test_manager_media_pointing_inside_fails_with_the_reason(world: World) -> None:
+    await world.client_message("send the file")
+    world.telegram.fetch_http = None  # Telegram cannot fetch it: the connector downloads it to upload it
+    url = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+    stored = await world.manager_sends(world.amojo.emit_media, "file", url, file_name="creds.txt", file_size=10)
+    (status,) = stored.statuses
+    assert (status.delivery_status, status.error_code) == (-1, 905)
+    assert status.error is not None and "169.254.169.254, a cloud metadata address" in status.error
+    assert world.telegram.sent_to(world.chat) == [] and world.files.requests == []
+
+
 async def test_manager_list_message(world: World) -> None:
     await world.client_message("sizes?")
     lm = wire.ListMessage(
@@ -346,6 +359,7 @@ async def test_two_bots_run_side_by_side(tmp_path: Path, amojo: FakeAmojo, files
             ],
             "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
+            "http": {"media_allow_networks": list(LOOPBACK_NETWORKS)},
         }
     )
     messenger = HostRouter(
@@ -356,6 +370,7 @@ async def test_two_bots_run_side_by_side(tmp_path: Path, amojo: FakeAmojo, files
         plugin_manager=get_plugin_manager(load_entrypoints=False, extra_modules=["amoconnect_telegram.plugin"]),
         amojo_http=httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo)),
         messenger_http=httpx.AsyncClient(transport=messenger),
+        resolver=loopback_resolver,
     )
     async with runtime:
         amojo.webhook_client = shop.http = support.http = runtime.client

@@ -26,19 +26,17 @@ through VK's upload servers, buttons and list messages as keyboards, quotes as `
 
 from __future__ import annotations
 
-import hmac
 import mimetypes
-import posixpath
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, Literal
 
 import anyio
-import httpx
 import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
 from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.media import MediaTooLarge, fetch_url
 from amoconnect.model import (
     Attachment,
     FailureReason,
@@ -50,6 +48,7 @@ from amoconnect.model import (
     Person,
     SendResult,
 )
+from amoconnect.signing import same_secret
 from structlog.typing import FilteringBoundLogger
 
 from .client import EXECUTE_LIMIT, VkApi
@@ -215,7 +214,7 @@ class VKAdapter(MessengerAdapter):
     # -- webhooks -------------------------------------------------------------------------------
 
     def _secret_matches(self, given: object) -> bool:
-        return isinstance(given, str) and hmac.compare_digest(given.encode(), self.config.secret.encode())
+        return same_secret(given, self.config.secret)
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Answer ``confirmation``; refuse a body whose ``group_id`` or ``secret`` is not this community's."""
@@ -636,28 +635,14 @@ class VKAdapter(MessengerAdapter):
         return name, fetched.content, mime
 
     async def _fetch(self, url: str) -> FetchedMedia:
-        if not url.startswith(("http://", "https://")):
-            raise MessengerError(f"not an http(s) URL: {url[:80]!r}")
+        """A file by URL (a manager's attachment, a client's file in an event) through the SSRF guard."""
         try:
-            async with self.context.http.stream("GET", url, timeout=60.0, follow_redirects=True) as response:
-                if response.status_code != 200:
-                    raise MessengerError(
-                        f"downloading the file answered HTTP {response.status_code}",
-                        retryable=response.status_code >= 500 or response.status_code == 429,
-                    )
-                chunks: list[bytes] = []
-                size = 0
-                async for chunk in response.aiter_bytes():
-                    size += len(chunk)
-                    if size > DOWNLOAD_LIMIT:
-                        raise MessengerError(f"the file is larger than the {DOWNLOAD_LIMIT // 2**20} MB VK handles")
-                    chunks.append(chunk)
-                content_type = response.headers.get("content-type", "").split(";")[0].strip() or None
-        except httpx.TransportError as exc:
-            raise MessengerError(f"downloading the file got no answer: {type(exc).__name__}", retryable=True) from None
-        content = b"".join(chunks)
-        name = posixpath.basename(httpx.URL(url).path)
-        return FetchedMedia(content=content, content_type=content_type, file_name=name, size=len(content))
+            got = await fetch_url(self.context.http, url, max_bytes=DOWNLOAD_LIMIT, guard=self.context.url_guard)
+        except MediaTooLarge:
+            raise MessengerError(f"the file is larger than the {DOWNLOAD_LIMIT // 2**20} MB VK handles") from None
+        return FetchedMedia(
+            content=got.content, content_type=got.content_type or None, file_name=got.file_name, size=len(got.content)
+        )
 
     async def send_comment_reply(self, reply: OutgoingCommentReply) -> SendResult:
         """Answer a comment under it (``wall.createComment`` with ``reply_to_comment`` and a ``guid``)."""

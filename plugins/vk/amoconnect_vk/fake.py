@@ -54,6 +54,7 @@ import anyio
 import httpx
 from amoconnect.capabilities import ReactionSet
 from amoconnect.model import Button, ListMessage, ListRow, ListSection
+from amoconnect.signing import same_secret
 from amoconnect.testing.fakes import ClientMedia, ReceivedMessage, ReceivedReaction
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -283,7 +284,7 @@ class FakeVK(VkWorld):
         try:
             if not token:
                 raise ApiError(5)
-            if token != self.token:
+            if not same_secret(token, self.token):
                 raise ApiError(5)
             result = self.dispatch(method, raw)
         except ApiError as exc:
@@ -440,7 +441,7 @@ class FakeVK(VkWorld):
         headers = {"Content-Type": "application/json"}
         status, answer, _ = await self._send(server.url, body, headers)
         self.deliveries.append(Delivery("confirmation", server.url, body, headers, status, answer))
-        server.status = "ok" if status == 200 and answer.strip() == self.confirmation_code else "failed"
+        server.status = "ok" if status == 200 and same_secret(answer.strip(), self.confirmation_code) else "failed"
         return server.status == "ok"
 
     async def _post(self, server: CallbackServer, event: dict[str, Any]) -> bool:

@@ -10,7 +10,7 @@ import pytest
 import structlog
 from amoconnect.adapter import AdapterContext
 from amoconnect.model import InboundEvent
-from amoconnect.testing.kit import HostRouter
+from amoconnect.testing.kit import HostRouter, rig_guard
 
 from amoconnect_vk.adapter import VKAdapter, VKSettings
 from amoconnect_vk.fake import FakeVK
@@ -80,6 +80,7 @@ def make_adapter(http: httpx.AsyncClient, fake: FakeVK) -> Callable[..., Rig]:
             state=state,
             submit=collect,
             public_url=public_url,
+            url_guard=rig_guard(),
         )
         adapter = VKAdapter(config, context)
         receiver = Receiver()

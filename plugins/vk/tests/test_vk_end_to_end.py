@@ -16,7 +16,7 @@ from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
 from amoconnect.testing.fakes import ClientMedia
-from amoconnect.testing.kit import HostRouter, eventually
+from amoconnect.testing.kit import LOOPBACK_NETWORKS, HostRouter, eventually, loopback_resolver
 from amoconnect.testing.stores import store_settings
 from vk_rig import API, FILES, Files
 
@@ -71,6 +71,7 @@ def build_runtime(tmp_path: Path, vk: FakeVK, amojo: FakeAmojo, files: Files, **
             "sources": [{"name": "shop", "plugin": "vk", "account": "acme", "settings": vk.settings(API, **options)}],
             "store": store_settings(tmp_path),
             "server": {"public_url": PUBLIC},
+            "http": {"media_allow_networks": list(LOOPBACK_NETWORKS)},
             "relay": {"backoff": 0.02, "max_backoff": 0.2},
         }
     )
@@ -80,6 +81,7 @@ def build_runtime(tmp_path: Path, vk: FakeVK, amojo: FakeAmojo, files: Files, **
         plugin_manager=get_plugin_manager(load_entrypoints=False, extra_modules=["amoconnect_vk.plugin"]),
         amojo_http=httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo)),
         messenger_http=httpx.AsyncClient(transport=messenger),
+        resolver=loopback_resolver,
     )
 
 

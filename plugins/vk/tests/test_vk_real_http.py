@@ -10,8 +10,9 @@ import structlog
 from amoconnect.adapter import AdapterContext
 from amoconnect.model import Attachment, InboundEvent, InboundMessage, OutgoingMessage
 from amoconnect.testing.fakes import ClientMedia
-from amoconnect.testing.kit import eventually
+from amoconnect.testing.kit import LOOPBACK_NETWORKS, eventually
 from amoconnect.testing.servers import serve_app
+from amoconnect.urlguard import UrlGuard, parse_networks
 from vk_rig import MemoryState, running
 
 from amoconnect_vk.adapter import VKAdapter, VKSettings
@@ -29,7 +30,12 @@ async def test_uploads_and_long_poll_over_real_http(fake: FakeVK) -> None:
     async with serve_app(fake) as api_url, httpx.AsyncClient() as http:
         settings = VKSettings(**fake.settings(api_url, mode="longpoll", configure=True, longpoll_wait=1))
         context = AdapterContext(
-            instance="main", http=http, log=structlog.get_logger("amoconnect.vk"), state=MemoryState(), submit=submit
+            instance="main",
+            http=http,
+            log=structlog.get_logger("amoconnect.vk"),
+            state=MemoryState(),
+            submit=submit,
+            url_guard=UrlGuard(parse_networks(LOOPBACK_NETWORKS)),  # the fake serves files on loopback
         )
         adapter = VKAdapter(settings, context)
         await adapter.startup()

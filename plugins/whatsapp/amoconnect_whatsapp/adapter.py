@@ -455,7 +455,9 @@ class WhatsAppAdapter(MessengerAdapter):
 
     async def _download(self, attachment: Attachment) -> tuple[str, bytes, str]:
         """The file behind an outgoing attachment's URL, to upload it ourselves."""
-        got = await download(self.context.http, attachment, max_bytes=MEDIA_LIMIT, messenger="WhatsApp")
+        got = await download(
+            self.context.http, attachment, max_bytes=MEDIA_LIMIT, messenger="WhatsApp", guard=self.context.url_guard
+        )
         return got.file_name, got.content, got.content_type
 
     async def send_reaction(self, reaction: OutgoingReaction) -> None:

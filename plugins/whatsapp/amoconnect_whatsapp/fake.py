@@ -56,6 +56,7 @@ from typing import Any, Final, Literal
 import anyio
 import anyio.abc
 import httpx
+from amoconnect.signing import matching_secret, same_secret
 from anyio.streams.memory import MemoryObjectSendStream
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
@@ -339,7 +340,7 @@ class FakeWhatsApp(FakeWorld):
     def _token(self, request: Request) -> str:
         auth = request.headers.get("authorization", "")
         token = auth[7:] if auth.lower().startswith("bearer ") else ""
-        if not token or token not in {n.token for n in self.numbers.values()}:
+        if not token or matching_secret(token, [n.token for n in self.numbers.values()]) is None:
             fail(190, "Invalid OAuth access token - Cannot parse access token", status=401)
         return token
 
@@ -347,14 +348,14 @@ class FakeWhatsApp(FakeWorld):
         token = self._token(request)
         node = request.path_params["node"]
         number = self.numbers.get(node)
-        if number is None or number.token != token:
+        if number is None or not same_secret(token, number.token):
             fail(100, _UNSUPPORTED_POST.format(id=node), subcode=33, kind="GraphMethodException")
         return number
 
     def _waba(self, request: Request) -> str:
         token = self._token(request)
         waba = str(request.path_params["node"])
-        if not any(n.waba_id == waba and n.token == token for n in self.numbers.values()):
+        if not any(n.waba_id == waba and same_secret(token, n.token) for n in self.numbers.values()):
             fail(100, _UNSUPPORTED_POST.format(id=waba), subcode=33, kind="GraphMethodException")
         return waba
 
@@ -368,7 +369,7 @@ class FakeWhatsApp(FakeWorld):
         node = request.path_params["node"]
         token = self._token(request)
         number = self.numbers.get(node)
-        if number is not None and number.token == token:
+        if number is not None and same_secret(token, number.token):
             if request.method == "GET":
                 return JSONResponse(
                     {"id": node, "display_phone_number": number.display_phone_number, "verified_name": "Fake"}
@@ -384,7 +385,7 @@ class FakeWhatsApp(FakeWorld):
             work.append(self.deliver_pending)
             return JSONResponse({"success": True})
         media = self.media.get(node)
-        if media is not None and self.numbers[media.phone_number_id].token == token:
+        if media is not None and same_secret(token, self.numbers[media.phone_number_id].token):
             if request.method == "DELETE":
                 del self.media[node]
                 return JSONResponse({"success": True})
@@ -405,7 +406,7 @@ class FakeWhatsApp(FakeWorld):
         fail(100, _UNSUPPORTED_POST.format(id=node), subcode=33, kind="GraphMethodException")
 
     def _waba_token(self, waba: str, token: str, node: str) -> None:
-        if not any(n.waba_id == waba and n.token == token for n in self.numbers.values()):
+        if not any(n.waba_id == waba and same_secret(token, n.token) for n in self.numbers.values()):
             fail(100, _UNSUPPORTED_POST.format(id=node), subcode=33, kind="GraphMethodException")
 
     async def _handshake(self, url: str, verify_token: str) -> None:
@@ -451,7 +452,7 @@ class FakeWhatsApp(FakeWorld):
         auth = request.headers.get("authorization", "")
         if media is None:
             return JSONResponse({"error": {"message": "media not found", "code": 100}}, status_code=404)
-        if auth != f"Bearer {self.numbers[media.phone_number_id].token}":
+        if not same_secret(auth, f"Bearer {self.numbers[media.phone_number_id].token}"):
             return JSONResponse(
                 {"error": {"message": "Invalid OAuth access token", "type": "OAuthException", "code": 190}},
                 status_code=401,

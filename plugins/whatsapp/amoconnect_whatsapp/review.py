@@ -24,7 +24,6 @@ already on Meta and reports the same verdict.
 
 from __future__ import annotations
 
-import hmac
 import re
 import secrets
 from collections.abc import Iterable
@@ -36,6 +35,7 @@ import msgspec
 from amoconnect.adapter import WebhookRequest, WebhookResponse
 from amoconnect.amocrm import AmoCRMClient, ChatTemplate, ReviewStatus
 from amoconnect.errors import AmoCRMError, MessengerError
+from amoconnect.signing import same_secret
 
 from .compose import MARKER, TemplateRef, markers
 from .webhooks import TemplateUpdate
@@ -325,7 +325,7 @@ class ReviewDesk:
     async def receive(self, request: WebhookRequest) -> WebhookResponse:
         """Take an ``add_chat_template_review`` hook: check the token, keep its reviews, answer at once."""
         given = request.query.get("token") or ""
-        if self.token is None or not hmac.compare_digest(given.encode(), self.token.encode()):
+        if self.token is None or not same_secret(given, self.token):
             return WebhookResponse(status=403, body=b"wrong token")
         requests = review_requests(parse_form(request.body))
         if requests:

@@ -33,6 +33,7 @@ from amoconnect.model import (
     MediaKind,
     Person,
 )
+from amoconnect.signing import same_secret
 
 from .cloudapi import GraphError, status_failure
 
@@ -189,7 +190,7 @@ def check_signature(app_secret: str, body: bytes, header: str | None) -> bool:
     if not header or not header.startswith("sha256="):
         return False
     expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(header[7:].strip().lower().encode(), expected.encode())
+    return same_secret(header[7:].strip().lower(), expected)
 
 
 def handshake(query: Any, verify_token: str) -> tuple[int, str]:
@@ -199,7 +200,7 @@ def handshake(query: Any, verify_token: str) -> tuple[int, str]:
     challenge = query.get("hub.challenge")
     if mode != "subscribe" or challenge is None:
         return 400, "expected hub.mode=subscribe with a hub.challenge"
-    if not hmac.compare_digest(token.encode(), verify_token.encode()):
+    if not same_secret(token, verify_token):
         return 403, "hub.verify_token does not match this instance's verify_token"
     return 200, challenge
 

@@ -10,6 +10,7 @@ import pytest
 import structlog
 from amoconnect.adapter import AdapterContext
 from amoconnect.model import InboundEvent
+from amoconnect.testing.kit import rig_guard
 
 from amoconnect_whatsapp.adapter import WhatsAppAdapter, WhatsAppSettings
 from amoconnect_whatsapp.fake import FakeWhatsApp
@@ -85,6 +86,7 @@ def make_adapter(http: httpx.AsyncClient, fake: FakeWhatsApp) -> Callable[..., R
             state=state,
             submit=collect,
             public_url=public_url,
+            url_guard=rig_guard(),
         )
         adapter = WhatsAppAdapter(config, context)
         receiver = Receiver()

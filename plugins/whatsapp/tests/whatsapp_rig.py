@@ -19,7 +19,7 @@ from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.fakes import MemoryState
-from amoconnect.testing.kit import eventually
+from amoconnect.testing.kit import LOOPBACK_NETWORKS, eventually, loopback_resolver, routed_host
 from amoconnect.testing.stores import store_settings
 from starlette.requests import Request
 from starlette.responses import Response
@@ -73,9 +73,10 @@ class HostRouter(httpx.AsyncBaseTransport):
         self.routes = routes
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        route = self.routes.get(request.url.host)
+        host = routed_host(request)
+        route = self.routes.get(host)
         if route is None:
-            raise httpx.ConnectError(f"no route to {request.url.host}", request=request)
+            raise httpx.ConnectError(f"no route to {host}", request=request)
         transport = route if isinstance(route, httpx.AsyncBaseTransport) else httpx.ASGITransport(app=route())
         return await transport.handle_async_request(request)
 
@@ -237,11 +238,13 @@ async def world(
             "store": store_settings(tmp_path),
             "server": {"public_url": "http://amoconnect"},
             "relay": {"backoff": 0.01, "max_backoff": 0.05, "max_attempts": max_attempts},
-            "http": {"attempts": 1},
+            "http": {"attempts": 1, "media_allow_networks": list(LOOPBACK_NETWORKS)},
         }
     )
     pm = get_plugin_manager(only="whatsapp")
-    runtime = Runtime(config, plugin_manager=pm, amojo_http=amojo_http, messenger_http=messenger_http)
+    runtime = Runtime(
+        config, plugin_manager=pm, amojo_http=amojo_http, messenger_http=messenger_http, resolver=loopback_resolver
+    )
     runtime_holder.append(runtime)
     try:
         async with fake.running(), runtime:
