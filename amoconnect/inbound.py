@@ -31,7 +31,7 @@ from .model import (
     MessageRef,
     Person,
 )
-from .outbound import latest_comment_key, messenger_retry
+from .outbound import amojo_failure, latest_comment_key, messenger_retry
 from .plugins import alter_inbound_message
 from .relay import Done, GiveUp, Retry
 from .routing import Instance
@@ -60,12 +60,6 @@ def _participant(sender: Person, client_id: str) -> wire.Participant:
     )
 
 
-def _amojo_failure(exc: AmojoError) -> Exception:
-    if exc.retryable:
-        return Retry(str(exc))
-    return GiveUp(str(exc))
-
-
 class InboundHandler:
     """Runs ``inbound`` jobs."""
 
@@ -91,7 +85,7 @@ class InboundHandler:
                 return await self._reaction(instance, event, log)
             return await self._typing(instance, event, log)
         except AmojoError as exc:
-            raise _amojo_failure(exc) from exc
+            raise amojo_failure(exc) from exc
 
     # -- conversations -------------------------------------------------------------------
     @staticmethod

@@ -19,7 +19,7 @@ import httpx
 import msgspec
 
 from ..errors import AmojoError
-from ..http import RetryPolicy, TransportKind, error_body, new_client, send_with_retries
+from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, send_with_retries
 from ..signing import sign_request
 from . import wire
 
@@ -67,6 +67,7 @@ class AmojoClient:
     ``base_url`` is ``https://amojo.amocrm.ru`` (accounts on amocrm.ru), ``https://amojo.amocrm.com``,
     ``https://amojo.kommo.com`` or a local fake. Pass ``client`` to share or inject an
     ``httpx.AsyncClient`` (its base URL is ignored); otherwise one is built on ``transport``.
+    ``on_retry(attempt, wait, status)`` is called before each repeat of a failed call.
     """
 
     def __init__(
@@ -80,6 +81,7 @@ class AmojoClient:
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         max_in_flight_per_host: int = 32,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.channel_id = channel_id
         self._secret = secret
@@ -89,6 +91,7 @@ class AmojoClient:
             transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
         )
         self.retry = retry or RetryPolicy()
+        self._on_retry = on_retry
 
     def __repr__(self) -> str:
         return f"AmojoClient(channel_id={self.channel_id!r}, base_url={self.base_url!r})"
@@ -122,7 +125,9 @@ class AmojoClient:
             headers = sign_request(self._secret, method, path, content)
             return httpx.Request(method, url, content=content, headers=headers, params=params)
 
-        return await send_with_retries(self._client, build, policy=self.retry, error=AmojoError, describe=describe)
+        return await send_with_retries(
+            self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
+        )
 
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:

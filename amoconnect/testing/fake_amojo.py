@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any, NoReturn, TypeVar
 
 import httpx
@@ -63,6 +64,7 @@ __all__ = [
     "SentWebhook",
     "StoredMessage",
     "TypingRecord",
+    "error_response",
 ]
 
 SIGNATURE_TTL = 15 * 60
@@ -212,6 +214,19 @@ class _Refused(Exception):
 
 def _refuse(status: int, error: str, code: str, **extra: Any) -> NoReturn:
     raise _Refused(status, error, code, **extra)
+
+
+_ERROR_CODES = {429: "too_many_requests", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
+
+
+def error_response(status: int, retry_after: float | None = None) -> Response:
+    """An error answer in the fake's refusal shape ``{"error", "code"}``, with ``Retry-After`` when given.
+
+    The answer a :class:`~amoconnect.testing.faultproxy.FaultProxy` in front of the fake injects.
+    """
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+    phrase = HTTPStatus(status).phrase
+    return JSONResponse({"error": phrase.lower(), "code": _ERROR_CODES.get(status, "error")}, status, headers=headers)
 
 
 def _json(obj: msgspec.Struct, status: int = 200) -> Response:

@@ -1,0 +1,205 @@
+"""Fault runs: the connector on a real port, the fakes behind fault-injecting proxies (amoconnect.testing.faultproxy)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, eventually
+from starlette.requests import Request
+from starlette.responses import Response
+from test_crash import free_port
+
+from amoconnect.config import parse_config
+from amoconnect.runtime import Runtime, serve
+from amoconnect.testing import fake_amojo, fakechat_api
+from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.faultproxy import FaultProxy
+from amoconnect.testing.fakechat_api import FakeChat
+from amoconnect.testing.servers import serve_app
+
+pytestmark = pytest.mark.anyio
+
+FAILING = ("rate_limited", "server_error", "dropped", "lost_answer")
+"""The faults that make a call fail (``slow`` only delays it)."""
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of ``name`` whose labels include ``labels``."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+def failures(proxy: FaultProxy) -> int:
+    return sum(proxy.injected[kind] for kind in FAILING)
+
+
+def source(name: str, account: str, chat: FakeChat, api_url: str) -> dict[str, Any]:
+    return {"name": name, "plugin": "fake", "account": account, "settings": chat.sandbox_settings(api_url)}
+
+
+@asynccontextmanager
+async def running(config: dict[str, Any], port: int) -> AsyncIterator[Runtime]:
+    """``amoconnect run`` in-process: the runtime behind uvicorn on ``port`` until the block ends."""
+    runtime = Runtime(parse_config(config), plugin="fake")
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=port, stop=stop))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+
+            async def up() -> bool:
+                try:
+                    return (await client.get("/healthz")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(up, within=10)
+        try:
+            yield runtime
+        finally:
+            stop.set()
+
+
+# -- the proxy itself -----------------------------------------------------------------------------
+
+
+async def test_the_proxy_forwards_faithfully_and_injects_each_kind_of_fault() -> None:
+    seen: list[tuple[str, str, str, dict[str, str], bytes]] = []
+
+    async def upstream(scope: Any, receive: Any, send: Any) -> None:
+        request = Request(scope, receive)
+        body = await request.body()
+        seen.append((request.method, scope["raw_path"].decode(), request.url.query, dict(request.headers), body))
+        headers = {"X-Upstream": "yes", "Content-Type": "application/x-thing"}
+        await Response(b"answer-bytes", 207, headers=headers)(scope, receive, send)
+
+    async with serve_app(upstream) as upstream_url:
+        proxy = FaultProxy(upstream_url, enabled=False, retry_after=2, delay=0.05, error=fake_amojo.error_response)
+        async with proxy.serve() as url, httpx.AsyncClient(base_url=url) as client:
+            answer = await client.put("/a%2Fb/c?x=1&y=%20", content=b"\x00body", headers={"X-Signature": "abc"})
+            assert (answer.status_code, answer.content) == (207, b"answer-bytes")
+            assert answer.headers["x-upstream"] == "yes"
+            assert answer.headers["content-type"] == "application/x-thing"
+            method, path, query, headers, body = seen[-1]
+            assert (method, path, query, body) == ("PUT", "/a%2Fb/c", "x=1&y=%20", b"\x00body")
+            assert headers["x-signature"] == "abc"
+            assert proxy.forwarded == 1 and not proxy.injected
+
+            proxy.enabled = True
+            proxy.odds["rate_limited"] = 1.0
+            limited = await client.post("/limited")
+            assert limited.status_code == 429 and limited.headers["retry-after"] == "2"
+            assert limited.json() == {"error": "too many requests", "code": "too_many_requests"}
+            proxy.odds.update(rate_limited=0.0, server_error=1.0)
+            assert (await client.get("/broken")).status_code == 500
+            proxy.odds.update(server_error=0.0, dropped=1.0)
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post("/dropped", content=b"lost")
+            assert len(seen) == 1, "neither the faulted nor the dropped requests reached the upstream"
+            proxy.odds.update(dropped=0.0, lost_answer=1.0)
+            with pytest.raises(httpx.RemoteProtocolError):
+                await client.post("/done-but-unanswered", content=b"done")
+            assert seen[-1][4] == b"done", "the upstream acted on it"
+            proxy.odds.update(lost_answer=0.0, slow=1.0)
+            started = time.monotonic()
+            assert (await client.get("/slow")).status_code == 207
+            assert time.monotonic() - started >= 0.05
+            assert proxy.injected == {"rate_limited": 1, "server_error": 1, "dropped": 1, "lost_answer": 1, "slow": 1}
+            assert proxy.forwarded == 3
+
+
+# -- a fault run ----------------------------------------------------------------------------------
+
+N_CONVERSATIONS = 24
+N_ROUNDS = 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path) -> None:
+    port = free_port()
+    async with httpx.AsyncClient(timeout=10) as hooks:
+        amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=hooks)
+        amojo.connect(ACCOUNT, webhook_url=f"http://127.0.0.1:{port}/amocrm/:scope_id")
+        chat = FakeChat("42:token", http=hooks, delivery_backoff=0.01)
+        odds = dict(rate_limited=0.10, server_error=0.05, slow=0.01, dropped=0.02, lost_answer=0.02, retry_after=1)
+        async with serve_app(amojo.app) as amojo_url, serve_app(chat.app) as chat_url:
+            to_amojo = FaultProxy(amojo_url, seed=1, error=fake_amojo.error_response, **odds)
+            # A messenger's 429 holds the whole bot (the adapter's instance-wide rate limit): keep its wait short.
+            odds_chat = {**odds, "retry_after": 0.2}
+            to_chat = FaultProxy(chat_url, seed=2, error=fakechat_api.error_response, enabled=False, **odds_chat)
+            async with to_amojo.serve() as amojo_proxy, to_chat.serve() as chat_proxy:
+                config = base_config(
+                    tmp_path,
+                    channel={"amojo_url": amojo_proxy},
+                    sources=[{**source("bot", "main", chat, chat_proxy), "default": True}],
+                    server={"public_url": f"http://127.0.0.1:{port}"},
+                    relay={"backoff": 0.05, "max_backoff": 1.0, "max_attempts": 10},
+                    http={"attempts": 4},
+                )
+                async with running(config, port) as runtime:
+                    await eventually(lambda: chat.webhook_url, within=10)
+                    to_chat.enabled = True  # the adapter's startup (setWebhook) went through; now the faults
+                    chats = [f"c{i}" for i in range(N_CONVERSATIONS)]
+                    for c in chats:
+                        assert await chat.client_writes(c, "in 0") == 200
+                    await eventually(lambda: all(amojo.find_chat(f"bot:{c}") for c in chats), within=30)
+                    for i in range(1, N_ROUNDS):
+                        for c in chats:
+                            assert await chat.client_writes(c, f"in {i}") == 200
+                            assert (await amojo.emit_text(SCOPE, f"bot:{c}", f"out {i}")).status == 200
+
+                    def sent(c: str) -> list[str]:
+                        return [m.text for m in chat.sent_to(c)]
+
+                    def delivered(share: float) -> bool:
+                        answers = sum(len(set(sent(c))) for c in chats)
+                        return len(amojo.messages) == len(chats) * (2 * N_ROUNDS - 1) and answers >= share * len(
+                            chats
+                        ) * (N_ROUNDS - 1)
+
+                    await eventually(lambda: delivered(0.9), within=30)  # most of the run under faults
+                    to_amojo.enabled = to_chat.enabled = False
+                    await eventually(lambda: delivered(1.0), within=30)
+
+                    async def idle() -> bool:
+                        counts = await runtime.store.counts()
+                        return counts["queued"] == counts["running"] == 0
+
+                    await eventually(idle)
+                    async with httpx.AsyncClient() as client:
+                        metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    dead = await runtime.store.dead_letters()
+
+    inbound = [m for m in amojo.messages if m.from_client]
+    assert len(inbound) == N_CONVERSATIONS * N_ROUNDS
+    assert len({m.msgid for m in inbound}) == len(inbound), "no message reached amoCRM twice"
+    duplicates = 0
+    for c in chats:
+        assert [m.text for m in amojo.messages_in(f"bot:{c}") if m.from_client] == [f"in {i}" for i in range(N_ROUNDS)]
+        texts = sent(c)
+        # A send whose answer was lost is sent again (messengers have no idempotency key), right after itself.
+        unique = [t for k, t in enumerate(texts) if k == 0 or texts[k - 1] != t]
+        assert unique == [f"out {i}" for i in range(1, N_ROUNDS)], f"order kept in {c}"
+        duplicates += len(texts) - len(unique)
+    assert duplicates == to_chat.injected["lost_answer"]
+
+    assert failures(to_amojo) > 20 and failures(to_chat) > 10 and to_amojo.injected["slow"] > 0
+    # Every failed call was repeated: amojo calls within the job attempt first, the job when those ran out;
+    # a send to the messenger is one call, repeated by retrying its job.
+    http_retries = metric(metrics, "amoconnect_http_retries_total", service="amojo")
+    assert http_retries + metric(metrics, "amoconnect_jobs_retried_total", kind="inbound") == failures(to_amojo)
+    assert metric(metrics, "amoconnect_jobs_retried_total", kind="amocrm") == failures(to_chat) > 0
+    assert metric(metrics, "amoconnect_jobs_dead_total") == 0 and dead == []
+    assert metric(metrics, "amoconnect_jobs_succeeded_total") == len(amojo.messages)
