@@ -1,7 +1,8 @@
-"""Fault runs: the connector on a real port, the fakes behind fault-injecting proxies (amoconnect.testing.faultproxy)."""
+"""Fault runs: the connector on a real port, the fakes behind fault-injecting proxies (testing.faultproxy)."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,18 +12,21 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import tomli_w
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, eventually
 from starlette.requests import Request
 from starlette.responses import Response
 from test_crash import free_port
 
+from amoconnect.cli import main
 from amoconnect.config import parse_config
 from amoconnect.runtime import Runtime, serve
 from amoconnect.testing import fake_amojo, fakechat_api
 from amoconnect.testing.fake_amojo import FakeAmojo
-from amoconnect.testing.faultproxy import FaultProxy
 from amoconnect.testing.fakechat_api import FakeChat
+from amoconnect.testing.faultproxy import FaultProxy
 from amoconnect.testing.servers import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +207,82 @@ async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path)
     assert metric(metrics, "amoconnect_jobs_retried_total", kind="amocrm") == failures(to_chat) > 0
     assert metric(metrics, "amoconnect_jobs_dead_total") == 0 and dead == []
     assert metric(metrics, "amoconnect_jobs_succeeded_total") == len(amojo.messages)
+
+
+# -- a revoked account ----------------------------------------------------------------------------
+
+ACCOUNT_B = "77777777-8888-9999-0000-111111111111"
+SCOPE_B = f"{CHANNEL}_{ACCOUNT_B}"
+N_CHATS = 10
+
+
+@pytest.mark.slow
+async def test_a_revoked_account_goes_to_dead_letters_without_slowing_the_other(tmp_path: Path) -> None:
+    port = free_port()
+    async with httpx.AsyncClient(timeout=10) as hooks:
+        amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=hooks)
+        for account in (ACCOUNT, ACCOUNT_B):
+            amojo.connect(account, webhook_url=f"http://127.0.0.1:{port}/amocrm/:scope_id")
+        bot_a, bot_b = FakeChat("1:a", http=hooks), FakeChat("2:b", http=hooks)
+        async with serve_app(amojo.app) as amojo_url, serve_app(bot_a.app) as a_url, serve_app(bot_b.app) as b_url:
+            config = base_config(
+                tmp_path,
+                channel={"amojo_url": amojo_url},
+                accounts=[{"name": "a", "amojo_id": ACCOUNT}, {"name": "b", "amojo_id": ACCOUNT_B}],
+                sources=[source("bot-a", "a", bot_a, a_url), source("bot-b", "b", bot_b, b_url)],
+                server={"public_url": f"http://127.0.0.1:{port}"},
+                # The defaults' patience: had a refusal been retried, each job would hold one of the
+                # few slots through [http] attempts, then come back for [relay] max_attempts.
+                relay={"concurrency": 4, "backoff": 1.0, "max_backoff": 600.0, "max_attempts": 10},
+                http={"attempts": 4},
+            )
+            async with running(config, port) as runtime:
+                chats = [f"c{i}" for i in range(N_CHATS)]
+                for c in chats:
+                    assert await bot_a.client_writes(c, "hello") == 200
+                    assert await bot_b.client_writes(c, "hello") == 200
+                await eventually(lambda: len(amojo.messages) == 2 * N_CHATS)
+                amojo.disconnect(ACCOUNT_B)  # account b's admin turns the channel off
+                with pytest.raises(LookupError):
+                    await amojo.emit_text(SCOPE_B, "bot-b:c0", "amoCRM sends a disconnected scope no hooks")
+
+                started = time.monotonic()
+                for i in range(5):
+                    for c in chats:
+                        assert await bot_b.client_writes(c, f"b {i}") == 200
+                        assert await bot_a.client_writes(c, f"a {i}") == 200
+                        assert (await amojo.emit_text(SCOPE, f"bot-a:{c}", f"answer {i}")).status == 200
+                sent_in = time.monotonic() - started
+
+                def a_done() -> bool:
+                    arrived = sum(1 for m in amojo.messages if m.scope_id == SCOPE and m.from_client)
+                    return arrived == 6 * N_CHATS and all(len(bot_a.sent_to(c)) == 5 for c in chats)
+
+                await eventually(a_done, within=10)
+                a_took = time.monotonic() - started
+                dead_total = "amoconnect_jobs_dead_total"
+                await eventually(lambda: metric(runtime.metrics.render().decode(), dead_total) == 5 * N_CHATS)
+                dead = await runtime.store.dead_letters()
+                async with httpx.AsyncClient() as client:
+                    metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+
+    # Account a kept its pace: everything within moments of the last webhook, as without account b.
+    assert a_took < sent_in + 1.5, (a_took, sent_in)
+    assert [m.text for m in amojo.messages_in("bot-a:c3") if m.from_client] == ["hello", *(f"a {i}" for i in range(5))]
+    # Account b's jobs are dead letters at their first refusal, saying what to do.
+    assert {(d.kind, d.scope_id, d.attempts) for d in dead} == {("inbound", SCOPE_B, 1)}
+    assert "not connected" in dead[0].error and "amoconnect connect" in dead[0].error
+    assert metric(metrics, "amoconnect_jobs_dead_total", kind="inbound") == 5 * N_CHATS
+    assert metric(metrics, "amoconnect_jobs_retried_total") == metric(metrics, "amoconnect_http_retries_total") == 0
+    listed = await anyio.to_thread.run_sync(lambda: jobs_list(tmp_path, config))
+    assert listed["counts"]["dead"] == 5 * N_CHATS
+    assert {row["scope_id"] for row in listed["dead"]} == {SCOPE_B}
+
+
+def jobs_list(tmp_path: Path, config: dict[str, Any]) -> Any:
+    """``amoconnect jobs list --json`` on the running connector's store."""
+    path = tmp_path / "amoconnect.toml"
+    path.write_text(tomli_w.dumps(config))
+    result = CliRunner().invoke(main, ["jobs", "list", "--json", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)

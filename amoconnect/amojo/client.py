@@ -29,6 +29,11 @@ DEFAULT_BASE_URL = "https://amojo.amocrm.ru"
 HISTORY_PAGE_LIMIT = 50
 
 T = TypeVar("T")
+_RECONNECT = "connect the channel to the account again (amoconnect connect), then re-queue (amoconnect jobs retry)"
+_ADVICE = {
+    403: f" — check [channel] secret; if the account turned the channel off, {_RECONNECT}",
+    404: f" — the channel is not connected to this account: {_RECONNECT}",
+}
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -132,9 +137,9 @@ class AmojoClient:
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:
         body = error_body(response)
-        return AmojoError(
-            f"amojo {describe} answered HTTP {response.status_code}: {body!r}", status=response.status_code, body=body
-        )
+        status = response.status_code
+        advice = _ADVICE.get(status, "") if status != 404 or "scope" in str(body).lower() else ""
+        return AmojoError(f"amojo {describe} answered HTTP {status}: {body!r}{advice}", status=status, body=body)
 
     def _decode(self, response: httpx.Response, type_: type[T], describe: str) -> T:
         try:

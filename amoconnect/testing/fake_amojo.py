@@ -21,7 +21,8 @@ Refusals, all with a JSON body ``{"error": <what is wrong>, "code": <code>}``:
       {"error": "message with msgid 'X' already exists", "code": "duplicate_msgid", "msgid": "X"}
 
 - 400 ``bad_history_range``: ``offset``/``limit`` not integers, negative, or ``limit`` > 50.
-- 404 ``unknown_channel``, ``unknown_scope`` (never connected or disconnected),
+- 404 ``unknown_channel``, ``unknown_scope`` (never connected or disconnected: :meth:`FakeAmojo.disconnect`;
+  a disconnected scope is sent no hooks either),
   ``unknown_message``, ``unknown_chat``; 405 ``method_not_allowed`` (e.g. POST to disconnect).
 
 Manager webhooks carry the empty values amoCRM fills unused fields with (``"media": ""``,
@@ -629,6 +630,13 @@ class FakeAmojo:
         connection.webhook_url = webhook_url or connection.webhook_url
         return connection
 
+    def disconnect(self, account_id: str) -> None:
+        """Disconnect an account without HTTP (the account's admin turned the integration off).
+
+        As on amoCRM, its scope then refuses every call (404 ``unknown_scope``) and no more hooks are sent.
+        """
+        self.connections[f"{self.channel_id}_{account_id}"].connected = False
+
     def set_webhook_url(self, scope_id: str, url: str) -> None:
         """Send this scope's hooks to ``url`` (``:scope_id`` in it is substituted)."""
         self.connections[scope_id].webhook_url = url
@@ -690,8 +698,8 @@ class FakeAmojo:
 
     async def _post_hook(self, scope_id: str, hook: msgspec.Struct) -> tuple[int | None, bytes]:
         connection = self.connections.get(scope_id)
-        if connection is None:
-            raise LookupError(f"scope {scope_id!r} is not connected; call connect() first")
+        if connection is None or not connection.connected:
+            raise LookupError(f"scope {scope_id!r} is not connected, so amoCRM sends it no hooks; call connect() first")
         template = connection.webhook_url or self.webhook_url
         if template is None:
             raise LookupError(f"no webhook URL for scope {scope_id!r}: pass webhook_url= or call set_webhook_url()")
