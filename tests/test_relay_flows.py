@@ -171,6 +171,15 @@ async def test_amojo_refusal_goes_to_dead_letters(r: Rig) -> None:
     assert "HTTP 400" in letters
 
 
+async def test_a_forbidden_scope_is_a_dead_letter_at_once_saying_what_to_do(r: Rig) -> None:
+    r.amojo.fail_next(403, body={"error": "access to the scope is denied", "code": "forbidden"})
+    await r.inbound(message("c1", "1"))
+    letters = await eventually(lambda: _dead(r))
+    assert "HTTP 403" in letters and "amoconnect connect" in letters and "amoconnect jobs retry" in letters
+    assert r.runtime.metrics.jobs_retried.labels("inbound")._value.get() == 0
+    assert r.runtime.metrics.http_retries.labels("amojo")._value.get() == 0
+
+
 def _dead(r: Rig) -> str:
     # Dead letters read synchronously for polling inside eventually().
     return " ".join(row[0] for row in table_rows(r.runtime.store, "dead", "error"))
