@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, eventually
 from starlette.requests import Request
 from starlette.responses import Response
-from test_crash import free_port
+from test_crash import free_port, listening
 
 from amoconnect.cli import main
 from amoconnect.config import parse_config
@@ -60,15 +60,7 @@ async def running(config: dict[str, Any], port: int) -> AsyncIterator[Runtime]:
     stop = anyio.Event()
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=port, stop=stop))
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
-
-            async def up() -> bool:
-                try:
-                    return (await client.get("/healthz")).status_code == 200
-                except httpx.TransportError:
-                    return False
-
-            await eventually(up, within=10)
+        await eventually(lambda: listening(f"http://127.0.0.1:{port}"), within=10)
         try:
             yield runtime
         finally:
