@@ -161,9 +161,8 @@ async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path)
 
                     def delivered(share: float) -> bool:
                         answers = sum(len(set(sent(c))) for c in chats)
-                        return len(amojo.messages) == len(chats) * (2 * N_ROUNDS - 1) and answers >= share * len(
-                            chats
-                        ) * (N_ROUNDS - 1)
+                        everything_in = len(amojo.messages) == len(chats) * (2 * N_ROUNDS - 1)
+                        return everything_in and answers >= share * len(chats) * (N_ROUNDS - 1)
 
                     await eventually(lambda: delivered(0.9), within=30)  # most of the run under faults
                     to_amojo.enabled = to_chat.enabled = False
@@ -191,7 +190,8 @@ async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path)
         duplicates += len(texts) - len(unique)
     assert duplicates == to_chat.injected["lost_answer"]
 
-    assert failures(to_amojo) > 20 and failures(to_chat) > 10 and to_amojo.injected["slow"] > 0
+    assert failures(to_amojo) > 20 and failures(to_chat) > 10
+    assert to_amojo.injected["slow"] + to_chat.injected["slow"] > 0
     # Every failed call was repeated: amojo calls within the job attempt first, the job when those ran out;
     # a send to the messenger is one call, repeated by retrying its job.
     http_retries = metric(metrics, "amoconnect_http_retries_total", service="amojo")
