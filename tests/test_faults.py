@@ -15,16 +15,16 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, eventually
+from rig import ACCOUNT, CHANNEL, SCOPE, base_config, eventually
 from starlette.requests import Request
 from starlette.responses import Response
-from test_crash import free_port, listening
+from test_crash import listening
+from test_e2e_http import world
 
 from amoconnect.cli import main
 from amoconnect.config import parse_config
 from amoconnect.runtime import Runtime, serve
 from amoconnect.testing import fake_amojo, fakechat_api
-from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.fakechat_api import FakeChat
 from amoconnect.testing.faultproxy import FaultProxy
 from amoconnect.testing.servers import serve_app
@@ -124,58 +124,54 @@ N_ROUNDS = 10
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path) -> None:
-    port = free_port()
-    async with httpx.AsyncClient(timeout=10) as hooks:
-        amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=hooks)
-        amojo.connect(ACCOUNT, webhook_url=f"http://127.0.0.1:{port}/amocrm/:scope_id")
-        chat = FakeChat("42:token", http=hooks, delivery_backoff=0.01)
-        odds = dict(rate_limited=0.10, server_error=0.05, slow=0.01, dropped=0.02, lost_answer=0.02, retry_after=1)
-        async with serve_app(amojo.app) as amojo_url, serve_app(chat.app) as chat_url:
-            to_amojo = FaultProxy(amojo_url, seed=1, error=fake_amojo.error_response, **odds)
-            # A messenger's 429 holds the whole bot (the adapter's instance-wide rate limit): keep its wait short.
-            odds_chat = {**odds, "retry_after": 0.2}
-            to_chat = FaultProxy(chat_url, seed=2, error=fakechat_api.error_response, enabled=False, **odds_chat)
-            async with to_amojo.serve() as amojo_proxy, to_chat.serve() as chat_proxy:
-                config = base_config(
-                    tmp_path,
-                    channel={"amojo_url": amojo_proxy},
-                    sources=[{**source("bot", "main", chat, chat_proxy), "default": True}],
-                    server={"public_url": f"http://127.0.0.1:{port}"},
-                    relay={"backoff": 0.05, "max_backoff": 1.0, "max_attempts": 10},
-                    http={"attempts": 4},
-                )
-                async with running(config, port) as runtime:
-                    await eventually(lambda: chat.webhook_url, within=10)
-                    to_chat.enabled = True  # the adapter's startup (setWebhook) went through; now the faults
-                    chats = [f"c{i}" for i in range(N_CONVERSATIONS)]
+    odds = dict(rate_limited=0.10, server_error=0.05, slow=0.01, dropped=0.02, lost_answer=0.02, retry_after=1)
+    async with world() as w:
+        amojo, chat = w.amojo, w.chat
+        to_amojo = FaultProxy(w.amojo_url, seed=1, error=fake_amojo.error_response, **odds)
+        # A messenger's 429 holds the whole bot (the adapter's instance-wide rate limit): keep its wait short.
+        odds_chat = {**odds, "retry_after": 0.2}
+        to_chat = FaultProxy(w.chat_url, seed=2, error=fakechat_api.error_response, enabled=False, **odds_chat)
+        async with to_amojo.serve() as amojo_proxy, to_chat.serve() as chat_proxy:
+            config = base_config(
+                tmp_path,
+                channel={"amojo_url": amojo_proxy},
+                sources=[{**source("bot", "main", chat, chat_proxy), "default": True}],
+                server={"public_url": w.public},
+                relay={"backoff": 0.05, "max_backoff": 1.0, "max_attempts": 10},
+                http={"attempts": 4},
+            )
+            async with running(config, w.port) as runtime:
+                await eventually(lambda: chat.webhook_url, within=10)
+                to_chat.enabled = True  # the adapter's startup (setWebhook) went through; now the faults
+                chats = [f"c{i}" for i in range(N_CONVERSATIONS)]
+                for c in chats:
+                    assert await chat.client_writes(c, "in 0") == 200
+                await eventually(lambda: all(amojo.find_chat(f"bot:{c}") for c in chats), within=30)
+                for i in range(1, N_ROUNDS):
                     for c in chats:
-                        assert await chat.client_writes(c, "in 0") == 200
-                    await eventually(lambda: all(amojo.find_chat(f"bot:{c}") for c in chats), within=30)
-                    for i in range(1, N_ROUNDS):
-                        for c in chats:
-                            assert await chat.client_writes(c, f"in {i}") == 200
-                            assert (await amojo.emit_text(SCOPE, f"bot:{c}", f"out {i}")).status == 200
+                        assert await chat.client_writes(c, f"in {i}") == 200
+                        assert (await amojo.emit_text(SCOPE, f"bot:{c}", f"out {i}")).status == 200
 
-                    def sent(c: str) -> list[str]:
-                        return [m.text for m in chat.sent_to(c)]
+                def sent(c: str) -> list[str]:
+                    return [m.text for m in chat.sent_to(c)]
 
-                    def delivered(share: float) -> bool:
-                        answers = sum(len(set(sent(c))) for c in chats)
-                        everything_in = len(amojo.messages) == len(chats) * (2 * N_ROUNDS - 1)
-                        return everything_in and answers >= share * len(chats) * (N_ROUNDS - 1)
+                def delivered(share: float) -> bool:
+                    answers = sum(len(set(sent(c))) for c in chats)
+                    everything_in = len(amojo.messages) == len(chats) * (2 * N_ROUNDS - 1)
+                    return everything_in and answers >= share * len(chats) * (N_ROUNDS - 1)
 
-                    await eventually(lambda: delivered(0.9), within=30)  # most of the run under faults
-                    to_amojo.enabled = to_chat.enabled = False
-                    await eventually(lambda: delivered(1.0), within=30)
+                await eventually(lambda: delivered(0.9), within=30)  # most of the run under faults
+                to_amojo.enabled = to_chat.enabled = False
+                await eventually(lambda: delivered(1.0), within=30)
 
-                    async def idle() -> bool:
-                        counts = await runtime.store.counts()
-                        return counts["queued"] == counts["running"] == 0
+                async def idle() -> bool:
+                    counts = await runtime.store.counts()
+                    return counts["queued"] == counts["running"] == 0
 
-                    await eventually(idle)
-                    async with httpx.AsyncClient() as client:
-                        metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
-                    dead = await runtime.store.dead_letters()
+                await eventually(idle)
+                async with httpx.AsyncClient() as client:
+                    metrics = (await client.get(f"{w.public}/metrics")).text
+                dead = await runtime.store.dead_letters()
 
     inbound = [m for m in amojo.messages if m.from_client]
     assert len(inbound) == N_CONVERSATIONS * N_ROUNDS
@@ -210,25 +206,23 @@ N_CHATS = 10
 
 @pytest.mark.slow
 async def test_a_revoked_account_goes_to_dead_letters_without_slowing_the_other(tmp_path: Path) -> None:
-    port = free_port()
-    async with httpx.AsyncClient(timeout=10) as hooks:
-        amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=hooks)
-        for account in (ACCOUNT, ACCOUNT_B):
-            amojo.connect(account, webhook_url=f"http://127.0.0.1:{port}/amocrm/:scope_id")
-        bot_a, bot_b = FakeChat("1:a", http=hooks), FakeChat("2:b", http=hooks)
-        async with serve_app(amojo.app) as amojo_url, serve_app(bot_a.app) as a_url, serve_app(bot_b.app) as b_url:
+    async with world() as w:
+        amojo, bot_a = w.amojo, w.chat
+        amojo.connect(ACCOUNT_B, webhook_url=f"{w.public}/amocrm/:scope_id")
+        bot_b = FakeChat("2:b", http=amojo.webhook_client)
+        async with serve_app(bot_b.app) as b_url:
             config = base_config(
                 tmp_path,
-                channel={"amojo_url": amojo_url},
+                channel={"amojo_url": w.amojo_url},
                 accounts=[{"name": "a", "amojo_id": ACCOUNT}, {"name": "b", "amojo_id": ACCOUNT_B}],
-                sources=[source("bot-a", "a", bot_a, a_url), source("bot-b", "b", bot_b, b_url)],
-                server={"public_url": f"http://127.0.0.1:{port}"},
+                sources=[source("bot-a", "a", bot_a, w.chat_url), source("bot-b", "b", bot_b, b_url)],
+                server={"public_url": w.public},
                 # The defaults' patience: had a refusal been retried, each job would hold one of the
                 # few slots through [http] attempts, then come back for [relay] max_attempts.
                 relay={"concurrency": 4, "backoff": 1.0, "max_backoff": 600.0, "max_attempts": 10},
                 http={"attempts": 4},
             )
-            async with running(config, port) as runtime:
+            async with running(config, w.port) as runtime:
                 chats = [f"c{i}" for i in range(N_CHATS)]
                 for c in chats:
                     assert await bot_a.client_writes(c, "hello") == 200
@@ -256,7 +250,7 @@ async def test_a_revoked_account_goes_to_dead_letters_without_slowing_the_other(
                 await eventually(lambda: metric(runtime.metrics.render().decode(), dead_total) == 5 * N_CHATS)
                 dead = await runtime.store.dead_letters()
                 async with httpx.AsyncClient() as client:
-                    metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
+                    metrics = (await client.get(f"{w.public}/metrics")).text
 
     # Account a kept its pace: everything within moments of the last webhook, as without account b.
     assert a_took < sent_in + 1.5, (a_took, sent_in)
