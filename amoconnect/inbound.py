@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
+from .amojo.client import is_unknown_scope
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError, UnsafeURL
@@ -307,7 +308,7 @@ class InboundHandler:
                 instance.scope_id, record.amocrm_id, delivery, error_code=error_code, error=error
             )
         except AmojoError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and not is_unknown_scope(exc.status, exc.body):
                 log.warning("amoCRM does not know the message; status dropped", amocrm_id=record.amocrm_id)
                 return Done()
             raise

@@ -228,9 +228,12 @@ async def test_a_revoked_account_goes_to_dead_letters_without_slowing_the_other(
                     assert await bot_a.client_writes(c, "hello") == 200
                     assert await bot_b.client_writes(c, "hello") == 200
                 await eventually(lambda: len(amojo.messages) == 2 * N_CHATS)
+                welcome_id = (await amojo.emit_text(SCOPE_B, "bot-b:c0", "welcome")).message_id or ""
+                (welcome,) = await eventually(lambda: bot_b.sent_to("c0"))
                 amojo.disconnect(ACCOUNT_B)  # account b's admin turns the channel off
                 with pytest.raises(LookupError):
                     await amojo.emit_text(SCOPE_B, "bot-b:c0", "amoCRM sends a disconnected scope no hooks")
+                assert await bot_b.deliver_status("c0", welcome.message_id, "read") == 200
 
                 started = time.monotonic()
                 for i in range(5):
@@ -247,21 +250,31 @@ async def test_a_revoked_account_goes_to_dead_letters_without_slowing_the_other(
                 await eventually(a_done, within=10)
                 a_took = time.monotonic() - started
                 dead_total = "amoconnect_jobs_dead_total"
-                await eventually(lambda: metric(runtime.metrics.render().decode(), dead_total) == 5 * N_CHATS)
+                await eventually(lambda: metric(runtime.metrics.render().decode(), dead_total) == 5 * N_CHATS + 1)
                 dead = await runtime.store.dead_letters()
                 async with httpx.AsyncClient() as client:
                     metrics = (await client.get(f"{w.public}/metrics")).text
+                listed = await anyio.to_thread.run_sync(lambda: jobs_list(tmp_path, config))
+
+                amojo.connect(ACCOUNT_B)  # connected again: the dead letters are re-queued and go through
+                assert await runtime.store.requeue() == 5 * N_CHATS + 1
+
+                def b_done() -> bool:
+                    arrived = sum(1 for m in amojo.messages if m.scope_id == SCOPE_B and m.from_client)
+                    return arrived == 6 * N_CHATS and amojo.message(welcome_id).delivery_status == 2
+
+                await eventually(b_done)
 
     # Account a kept its pace: everything within moments of the last webhook, as without account b.
     assert a_took < sent_in + 1.5, (a_took, sent_in)
     assert [m.text for m in amojo.messages_in("bot-a:c3") if m.from_client] == ["hello", *(f"a {i}" for i in range(5))]
-    # Account b's jobs are dead letters at their first refusal, saying what to do.
+    # Account b's jobs (its clients' messages, the read status) are dead letters at their first refusal,
+    # saying what to do (and once the account was connected again, re-queued, they went through).
     assert {(d.kind, d.scope_id, d.attempts) for d in dead} == {("inbound", SCOPE_B, 1)}
-    assert "not connected" in dead[0].error and "amoconnect connect" in dead[0].error
-    assert metric(metrics, "amoconnect_jobs_dead_total", kind="inbound") == 5 * N_CHATS
+    assert all("not connected" in d.error and "amoconnect connect" in d.error for d in dead)
+    assert metric(metrics, "amoconnect_jobs_dead_total", kind="inbound") == 5 * N_CHATS + 1
     assert metric(metrics, "amoconnect_jobs_retried_total") == metric(metrics, "amoconnect_http_retries_total") == 0
-    listed = await anyio.to_thread.run_sync(lambda: jobs_list(tmp_path, config))
-    assert listed["counts"]["dead"] == 5 * N_CHATS
+    assert listed["counts"]["dead"] == 5 * N_CHATS + 1
     assert {row["scope_id"] for row in listed["dead"]} == {SCOPE_B}
 
 

@@ -23,7 +23,7 @@ from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, 
 from ..signing import sign_request
 from . import wire
 
-__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid"]
+__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid", "is_unknown_scope"]
 
 DEFAULT_BASE_URL = "https://amojo.amocrm.ru"
 HISTORY_PAGE_LIMIT = 50
@@ -64,6 +64,14 @@ def is_duplicate_msgid(status: int, body: Any) -> bool:
         text = str(body)
     text = text.lower()
     return "msgid" in text and ("already" in text or "duplicate" in text or "exists" in text)
+
+
+def is_unknown_scope(status: int | None, body: Any) -> bool:
+    """True when an amojo error answer says the scope is not (or no longer) connected.
+
+    amojo's wording is undocumented: a 404 whose body speaks of the scope (``code: unknown_scope``) counts.
+    """
+    return status == 404 and "scope" in str(body).lower()
 
 
 class AmojoClient:
@@ -138,7 +146,7 @@ class AmojoClient:
     def _error(response: httpx.Response, describe: str) -> AmojoError:
         body = error_body(response)
         status = response.status_code
-        advice = _ADVICE.get(status, "") if status != 404 or "scope" in str(body).lower() else ""
+        advice = _ADVICE.get(status, "") if status != 404 or is_unknown_scope(status, body) else ""
         return AmojoError(f"amojo {describe} answered HTTP {status}: {body!r}{advice}", status=status, body=body)
 
     def _decode(self, response: httpx.Response, type_: type[T], describe: str) -> T:

@@ -87,8 +87,9 @@ class FaultProxy:
 
     Probabilities are per request, per kind; ``seed`` makes a run repeatable. ``retry_after``
     is the 429s' wait in seconds, ``delay`` the ``slow`` requests'. ``enabled`` switches the
-    faults off and on at any time; :attr:`injected` counts what was injected, by kind, and
-    :attr:`forwarded` the requests that reached the upstream.
+    faults off and on at any time, as :attr:`odds` (kind → probability) changes them;
+    :attr:`injected` counts what was injected, by kind, and :attr:`forwarded` the requests that
+    reached the upstream.
     """
 
     def __init__(
