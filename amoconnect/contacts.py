@@ -5,12 +5,15 @@ first looks the client up (a plugin's ``find_contact`` hook, else the REST API b
 e-mail, normalised). Exactly one contact: the chat is created with *create chat* and linked
 to it with ``POST /api/v4/contacts/chats``, then the message goes into that chat. Zero or
 several matches, or a lookup that fails, fall back to amoCRM's default and the log says why:
-a lookup never blocks a message.
+a lookup never blocks a message. Once the REST API has refused an account's token (401), its
+lookups pause for :data:`REFUSED_TOKEN_PAUSE`: each would fail the same way, after waiting for
+the account's rate limit.
 """
 
 from __future__ import annotations
 
 import re
+import time
 
 import msgspec
 from structlog.typing import FilteringBoundLogger
@@ -19,12 +22,15 @@ from .amocrm import AmoCRMClient, Contact
 from .amojo import wire
 from .amojo.client import AmojoClient
 from .core import Core
-from .errors import AmoconnectError
+from .errors import AmoconnectError, AmoCRMError
 from .model import Person
 from .routing import Instance
 from .store.base import ConversationRecord
 
-__all__ = ["link_chat", "link_new_conversation", "normalise_email", "normalise_phone"]
+__all__ = ["REFUSED_TOKEN_PAUSE", "link_chat", "link_new_conversation", "normalise_email", "normalise_phone"]
+
+REFUSED_TOKEN_PAUSE = 300.0
+"""Seconds an account's contact lookups are skipped after the REST API refused its token."""
 
 _PHONE_DIGITS = 10
 """Phones match on their last ten digits: ``+7 (999) 123-45-67`` and ``89991234567`` are one number."""
@@ -89,6 +95,10 @@ async def link_new_conversation(
     hooked = core.pm.hook.find_contact(conversation=instance.conversation(conversation), person=person)
     if hooked is None and account.chat_policy != "link_existing":
         return conversation
+    paused = core.rest_refused_until.get(account.name, 0.0) - time.monotonic()
+    if paused > 0:
+        log.info("contact lookup skipped: the REST API refused the account's token", resume_in_s=round(paused))
+        return conversation
     try:
         if hooked is not None:
             contact_id, how = int(hooked), "plugin"
@@ -119,6 +129,8 @@ async def link_new_conversation(
             instance.source.external_id,
         )
     except AmoconnectError as exc:
+        if isinstance(exc, AmoCRMError) and exc.status == 401:
+            core.rest_refused_until[account.name] = time.monotonic() + REFUSED_TOKEN_PAUSE
         log.warning("contact lookup failed; amoCRM creates an incoming lead", error=str(exc))
         return conversation
     log.info("conversation linked to an existing contact", contact_id=contact_id, found_by=how, amocrm_chat_id=chat_id)

@@ -60,6 +60,8 @@ class Core:
     media: MediaStore
     metrics: Metrics
     _rest: dict[str, AmoCRMClient] = field(default_factory=dict)
+    rest_refused_until: dict[str, float] = field(default_factory=dict)
+    """Account name → monotonic time until which its REST token counts as refused (see :mod:`.contacts`)."""
 
     def rest(self, account: AccountConfig) -> AmoCRMClient:
         """The REST API client of ``account`` (one per account, sharing its rate limit)."""

@@ -68,15 +68,19 @@ class RemoteError(AmoconnectError):
     """A remote API answered with an error.
 
     ``status`` is the HTTP status (``None`` when no answer came at all: the retries ran out on
-    transport errors), ``body`` the decoded error body when it was JSON, else the raw text.
+    transport errors), ``body`` the decoded error body when it was JSON, else the raw text, and
+    ``retry_after`` the seconds the remote asked us to wait (its ``Retry-After``), if it did.
     """
 
     service = "remote API"
 
-    def __init__(self, message: str, *, status: int | None = None, body: Any = None) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, body: Any = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        self.retry_after = retry_after
 
     @property
     def retryable(self) -> bool:

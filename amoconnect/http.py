@@ -30,6 +30,7 @@ from .errors import ConfigError, RemoteError
 
 __all__ = [
     "HostLimiter",
+    "OnRetry",
     "RetryPolicy",
     "TransportKind",
     "build_transport",
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 TransportKind = Literal["httpx", "aiohttp"]
+OnRetry = Callable[[int, float, int | None], Awaitable[None] | None]
+"""``on_retry(attempt, wait, status)``: called before a failed attempt is repeated (``status`` None: no answer)."""
 
 log = structlog.get_logger("amoconnect.http")
 
@@ -188,14 +191,15 @@ async def send_with_retries(
     policy: RetryPolicy,
     error: type[RemoteError] = RemoteError,
     describe: str = "request",
-    on_retry: Callable[[int, float, int | None], Awaitable[None] | None] | None = None,
+    on_retry: OnRetry | None = None,
 ) -> httpx.Response:
     """Send the request ``build()`` makes, retrying transport errors, 429 and 5xx.
 
     ``build`` is called again for every attempt, so each attempt carries fresh headers
     (a fresh ``Date`` and signature for amojo). Any other status is returned to the caller,
     which decides what a 4xx means. When the attempts run out, ``error`` is raised carrying
-    the last status and body (status ``None`` if no answer ever came).
+    the last status and body (status ``None`` if no answer ever came) and the last ``Retry-After``
+    (capped like the waits), so that whoever retries the whole job later still honours it.
     """
     attempt = 0
     while True:
@@ -220,6 +224,7 @@ async def send_with_retries(
                 f"{error.service} {describe} failed after {attempt} attempts: {problem}",
                 status=status,
                 body=body,
+                retry_after=None if retry_after is None else policy.delay(attempt, retry_after),
             )
         wait = policy.delay(attempt, retry_after)
         log.warning(

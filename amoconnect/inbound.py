@@ -16,6 +16,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
+from .amojo.client import is_unknown_scope
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError, UnsafeURL
@@ -31,7 +32,7 @@ from .model import (
     MessageRef,
     Person,
 )
-from .outbound import latest_comment_key, messenger_retry
+from .outbound import amojo_failure, latest_comment_key, messenger_retry
 from .plugins import alter_inbound_message
 from .relay import Done, GiveUp, Retry
 from .routing import Instance
@@ -60,12 +61,6 @@ def _participant(sender: Person, client_id: str) -> wire.Participant:
     )
 
 
-def _amojo_failure(exc: AmojoError) -> Exception:
-    if exc.retryable:
-        return Retry(str(exc))
-    return GiveUp(str(exc))
-
-
 class InboundHandler:
     """Runs ``inbound`` jobs."""
 
@@ -91,7 +86,7 @@ class InboundHandler:
                 return await self._reaction(instance, event, log)
             return await self._typing(instance, event, log)
         except AmojoError as exc:
-            raise _amojo_failure(exc) from exc
+            raise amojo_failure(exc) from exc
 
     # -- conversations -------------------------------------------------------------------
     @staticmethod
@@ -313,7 +308,7 @@ class InboundHandler:
                 instance.scope_id, record.amocrm_id, delivery, error_code=error_code, error=error
             )
         except AmojoError as exc:
-            if exc.status == 404:
+            if exc.status == 404 and not is_unknown_scope(exc.status, exc.body):
                 log.warning("amoCRM does not know the message; status dropped", amocrm_id=record.amocrm_id)
                 return Done()
             raise

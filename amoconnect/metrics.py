@@ -32,6 +32,12 @@ class Metrics:
         self.jobs_retried = Counter(
             "amoconnect_jobs_retried", "Job attempts that will be retried", ["kind"], registry=r
         )
+        self.http_retries = Counter(
+            "amoconnect_http_retries",
+            "HTTP calls repeated within one job attempt (no answer, 429 or 5xx), by service",
+            ["service"],
+            registry=r,
+        )
         self.jobs_dead = Counter("amoconnect_jobs_dead", "Jobs moved to the dead letters", ["kind"], registry=r)
         self.queue_depth = Gauge("amoconnect_queue_depth", "Jobs in the store, by state", ["state"], registry=r)
         self.ack_latency = Histogram(

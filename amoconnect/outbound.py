@@ -43,7 +43,14 @@ from .statuses import DELIVERED, FAILED
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob
 from .windows import failure_for, window_closed_at, window_closed_text
 
-__all__ = ["AmocrmHandler", "StatusHandler", "latest_comment_key", "messenger_retry", "outgoing_from_hook"]
+__all__ = [
+    "AmocrmHandler",
+    "StatusHandler",
+    "amojo_failure",
+    "latest_comment_key",
+    "messenger_retry",
+    "outgoing_from_hook",
+]
 
 MAPPING_WAITS = 3
 """Attempts a manager's message to a conversation we don't know yet waits for its mapping."""
@@ -117,6 +124,13 @@ def messenger_retry(instance: Instance, exc: MessengerError, chat: str | None = 
             instance.penalize(chat, exc.retry_after)
         return Retry(f"{instance.messenger}: {exc}", delay=exc.retry_after)
     return Retry(f"{instance.messenger}: {exc}")
+
+
+def amojo_failure(exc: AmojoError) -> Retry | GiveUp:
+    """The relay's answer to a failed amojo call: retry what may pass later (after ``Retry-After``), else give up."""
+    if exc.retryable:
+        return Retry(str(exc), delay=exc.retry_after)
+    return GiveUp(str(exc))
 
 
 def latest_comment_key(conversation_id: str, post_id: str) -> str:
@@ -473,8 +487,6 @@ class StatusHandler:
                 job.scope_id, status.amocrm_id, code, error_code=status.error_code, error=status.error
             )
         except AmojoError as exc:
-            if exc.retryable:
-                raise Retry(str(exc)) from exc
-            raise GiveUp(str(exc)) from exc
+            raise amojo_failure(exc) from exc
         log.info("status reported to amoCRM", amocrm_id=status.amocrm_id, delivery_status=code)
         return Done()

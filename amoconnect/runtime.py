@@ -230,6 +230,7 @@ class Runtime:
                 base_url=self.config.channel.amojo_url,
                 client=amojo_http,
                 retry=RetryPolicy(attempts=http_config.attempts),
+                on_retry=lambda *_: self.metrics.http_retries.labels("amojo").inc(),
             )
             messenger_http = self._messenger_http or new_client(
                 transport=http_config.transport,

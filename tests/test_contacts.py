@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import types
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -101,6 +102,26 @@ async def test_rest_down_never_blocks_the_message(tmp_path: Path) -> None:
             await eventually(lambda: r.amojo.messages_in("lb:c1"), within=10)
         assert links(fake) == []
         assert any("contact lookup failed" in e["event"] for e in logs)
+
+
+async def test_a_refused_token_pauses_the_lookups_instead_of_queueing_every_new_chat_behind_it(
+    tmp_path: Path,
+) -> None:
+    fake = FakeAmoCRM()
+    clients = [message(f"c{i}", "1", sender=Person(id=f"c{i}", phone=f"+7999000{i:04d}")) for i in range(31)]
+    async with linked_rig(tmp_path, fake) as r:
+        fake.access_tokens.clear()  # the account's admin revoked the token
+        await r.inbound(clients[0])
+        await eventually(lambda: r.amojo.messages)
+        started = time.monotonic()
+        with structlog.testing.capture_logs() as logs:
+            await r.inbound(*clients[1:])
+            await eventually(lambda: len(r.amojo.messages) == 31)
+        took = time.monotonic() - started
+    # One refusal; thirty more lookups would have queued for the account's 7 requests/s (over 4 s).
+    assert took < 2.0
+    assert [request.status for request in fake.requests] == [401]
+    assert [e["event"] for e in logs].count("contact lookup skipped: the REST API refused the account's token") == 30
 
 
 async def test_rate_limit_answers_are_waited_out(tmp_path: Path) -> None:

@@ -35,6 +35,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+async def listening(base_url: str) -> bool:
+    """True once a connector answers ``GET /healthz`` at ``base_url``."""
+    async with httpx.AsyncClient() as client:
+        try:
+            return (await client.get(f"{base_url}/healthz")).status_code == 200
+        except httpx.TransportError:
+            return False
+
+
 class Slow:
     """Delays every amojo answer a little, so that jobs are in flight when the connector dies."""
 
@@ -68,17 +77,11 @@ async def connector(config: Path, port: int) -> AsyncIterator[subprocess.Popen[b
         stderr=subprocess.STDOUT,
     )
     try:
-        async with httpx.AsyncClient() as client:
-            deadline = time.monotonic() + 20
-            while True:
-                try:
-                    if (await client.get(f"http://127.0.0.1:{port}/healthz")).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"connector did not start; its output: {log_path.read_text()}")
-                await anyio.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while not await listening(f"http://127.0.0.1:{port}"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"connector did not start; its output: {log_path.read_text()}")
+            await anyio.sleep(0.05)
         yield proc
     finally:
         if proc.poll() is None:

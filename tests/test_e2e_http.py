@@ -18,7 +18,7 @@ import pytest
 import tomli_w
 from click.testing import CliRunner
 from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, eventually
-from test_crash import Slow, free_port
+from test_crash import Slow, free_port, listening
 
 from amoconnect.cli import main
 from amoconnect.config import parse_config
@@ -82,6 +82,7 @@ async def test_both_directions_with_media_over_real_http(tmp_path: Path) -> None
             tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=w.port, stop=stop))
             await eventually(lambda: w.chat.webhook_url, within=10)  # the adapter registered its webhook
             assert w.chat.webhook_url == f"{w.public}/hooks/fake/bot"
+            await eventually(lambda: listening(w.public))
             assert await w.chat.client_writes("c1", "hello over HTTP") == 200
             photo = ClientMedia(kind="picture", content=b"\x89PNG...", file_name="cat.png", mime_type="image/png")
             assert await w.chat.client_writes("c1", "a cat", media=photo) == 200
@@ -113,7 +114,7 @@ async def test_sigterm_drains_and_restart_delivers_the_rest(tmp_path: Path) -> N
         log = tmp_path / "run.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            await eventually(lambda: w.chat.webhook_url, within=15)
+            await eventually(lambda: listening(w.public), within=15)  # the webhook is set before the port is open
             for i in range(40):
                 assert await w.chat.client_writes(f"c{i % 8}", f"m{i}") == 200
             os.kill(proc.pid, signal.SIGTERM)

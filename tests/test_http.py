@@ -366,6 +366,15 @@ async def test_a_storm_ends_in_a_typed_error_after_the_attempts(status: int) -> 
     assert str(error) == f"amoCRM REST API list sources failed after 3 attempts: HTTP {status}"
 
 
+@pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("100000", 300.0), (None, None)])
+async def test_the_error_after_the_attempts_carries_the_last_retry_after(header: str | None, expected: float) -> None:
+    script = Script(429, retry_after=header)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(script)) as client:
+        with pytest.raises(AmojoError) as caught:
+            await send_with_retries(client, Builder(client), policy=RetryPolicy(attempts=1), error=AmojoError)
+    assert caught.value.retry_after == expected  # capped at max_retry_after, as the waits are
+
+
 async def test_transport_errors_are_retried_then_raise_with_no_status() -> None:
     script = Script(httpx.ConnectError)
     async with httpx.AsyncClient(transport=httpx.MockTransport(script)) as client:

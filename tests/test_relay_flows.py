@@ -154,11 +154,30 @@ async def test_amojo_outage_is_retried(r: Rig) -> None:
     assert stored[0].text == "through the storm"
 
 
+async def test_the_job_retry_honours_retry_after_when_the_call_attempts_ran_out(r: Rig) -> None:
+    r.amojo.fail_next(429, times=2, retry_after=0.4)  # both of the rig's [http] attempts, then the job's retry
+    started = time.monotonic()
+    await r.inbound(message("c1", "1", "later"))
+    await eventually(lambda: r.amojo.messages_in("lb:c1"), within=5)
+    assert time.monotonic() - started >= 0.8, "the job waited the 429's Retry-After, not its own short backoff"
+    assert r.runtime.metrics.http_retries.labels("amojo")._value.get() == 1
+    assert r.runtime.metrics.jobs_retried.labels("inbound")._value.get() == 1
+
+
 async def test_amojo_refusal_goes_to_dead_letters(r: Rig) -> None:
     r.amojo.fail_next(400, body={"error": "bad", "code": "invalid_body"})
     await r.inbound(message("c1", "1"))
     letters = await eventually(lambda: _dead(r))
     assert "HTTP 400" in letters
+
+
+async def test_a_forbidden_scope_is_a_dead_letter_at_once_saying_what_to_do(r: Rig) -> None:
+    r.amojo.fail_next(403, body={"error": "access to the scope is denied", "code": "forbidden"})
+    await r.inbound(message("c1", "1"))
+    letters = await eventually(lambda: _dead(r))
+    assert "HTTP 403" in letters and "amoconnect connect" in letters and "amoconnect jobs retry" in letters
+    assert r.runtime.metrics.jobs_retried.labels("inbound")._value.get() == 0
+    assert r.runtime.metrics.http_retries.labels("amojo")._value.get() == 0
 
 
 def _dead(r: Rig) -> str:

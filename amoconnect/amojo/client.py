@@ -19,16 +19,21 @@ import httpx
 import msgspec
 
 from ..errors import AmojoError
-from ..http import RetryPolicy, TransportKind, error_body, new_client, send_with_retries
+from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, send_with_retries
 from ..signing import sign_request
 from . import wire
 
-__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid"]
+__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid", "is_unknown_scope"]
 
 DEFAULT_BASE_URL = "https://amojo.amocrm.ru"
 HISTORY_PAGE_LIMIT = 50
 
 T = TypeVar("T")
+_RECONNECT = "connect the channel to the account again (amoconnect connect), then re-queue (amoconnect jobs retry)"
+_ADVICE = {
+    403: f" — check [channel] secret; if the account turned the channel off, {_RECONNECT}",
+    404: f" — the channel is not connected to this account: {_RECONNECT}",
+}
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -61,12 +66,21 @@ def is_duplicate_msgid(status: int, body: Any) -> bool:
     return "msgid" in text and ("already" in text or "duplicate" in text or "exists" in text)
 
 
+def is_unknown_scope(status: int | None, body: Any) -> bool:
+    """True when an amojo error answer says the scope is not (or no longer) connected.
+
+    amojo's wording is undocumented: a 404 whose body speaks of the scope (``code: unknown_scope``) counts.
+    """
+    return status == 404 and "scope" in str(body).lower()
+
+
 class AmojoClient:
     """Async client of one channel's Chats API.
 
     ``base_url`` is ``https://amojo.amocrm.ru`` (accounts on amocrm.ru), ``https://amojo.amocrm.com``,
     ``https://amojo.kommo.com`` or a local fake. Pass ``client`` to share or inject an
     ``httpx.AsyncClient`` (its base URL is ignored); otherwise one is built on ``transport``.
+    ``on_retry(attempt, wait, status)`` is called before each repeat of a failed call.
     """
 
     def __init__(
@@ -80,6 +94,7 @@ class AmojoClient:
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
         max_in_flight_per_host: int = 32,
+        on_retry: OnRetry | None = None,
     ) -> None:
         self.channel_id = channel_id
         self._secret = secret
@@ -89,6 +104,7 @@ class AmojoClient:
             transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
         )
         self.retry = retry or RetryPolicy()
+        self._on_retry = on_retry
 
     def __repr__(self) -> str:
         return f"AmojoClient(channel_id={self.channel_id!r}, base_url={self.base_url!r})"
@@ -122,14 +138,16 @@ class AmojoClient:
             headers = sign_request(self._secret, method, path, content)
             return httpx.Request(method, url, content=content, headers=headers, params=params)
 
-        return await send_with_retries(self._client, build, policy=self.retry, error=AmojoError, describe=describe)
+        return await send_with_retries(
+            self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
+        )
 
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:
         body = error_body(response)
-        return AmojoError(
-            f"amojo {describe} answered HTTP {response.status_code}: {body!r}", status=response.status_code, body=body
-        )
+        status = response.status_code
+        advice = _ADVICE.get(status, "") if status != 404 or is_unknown_scope(status, body) else ""
+        return AmojoError(f"amojo {describe} answered HTTP {status}: {body!r}{advice}", status=status, body=body)
 
     def _decode(self, response: httpx.Response, type_: type[T], describe: str) -> T:
         try:

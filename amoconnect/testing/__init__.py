@@ -6,7 +6,8 @@
 - :mod:`~amoconnect.testing.fakes`: building blocks of a faithful fake messenger, and the suite's driver protocol;
 - :mod:`~amoconnect.testing.fake_amojo`, :mod:`~amoconnect.testing.fake_amocrm`: amoCRM's APIs, faked;
 - :mod:`~amoconnect.testing.fake_messenger`, :mod:`~amoconnect.testing.fakechat_api`: the reference messenger ``fake``;
-- :mod:`~amoconnect.testing.servers`: serving an ASGI app on a loopback port.
+- :mod:`~amoconnect.testing.servers`: serving an ASGI app on a loopback port;
+- :mod:`~amoconnect.testing.faultproxy`: a reverse proxy that injects 429s, 500s, latency and dropped connections.
 
 See docs/plugins.md.
 """

@@ -21,7 +21,8 @@ Refusals, all with a JSON body ``{"error": <what is wrong>, "code": <code>}``:
       {"error": "message with msgid 'X' already exists", "code": "duplicate_msgid", "msgid": "X"}
 
 - 400 ``bad_history_range``: ``offset``/``limit`` not integers, negative, or ``limit`` > 50.
-- 404 ``unknown_channel``, ``unknown_scope`` (never connected or disconnected),
+- 404 ``unknown_channel``, ``unknown_scope`` (never connected or disconnected: :meth:`FakeAmojo.disconnect`;
+  a disconnected scope is sent no hooks either),
   ``unknown_message``, ``unknown_chat``; 405 ``method_not_allowed`` (e.g. POST to disconnect).
 
 Manager webhooks carry the empty values amoCRM fills unused fields with (``"media": ""``,
@@ -37,6 +38,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any, NoReturn, TypeVar
 
 import httpx
@@ -63,6 +65,7 @@ __all__ = [
     "SentWebhook",
     "StoredMessage",
     "TypingRecord",
+    "error_response",
 ]
 
 SIGNATURE_TTL = 15 * 60
@@ -212,6 +215,19 @@ class _Refused(Exception):
 
 def _refuse(status: int, error: str, code: str, **extra: Any) -> NoReturn:
     raise _Refused(status, error, code, **extra)
+
+
+_ERROR_CODES = {429: "too_many_requests", 500: "internal_error", 502: "bad_gateway", 503: "unavailable"}
+
+
+def error_response(status: int, retry_after: float | None = None) -> Response:
+    """An error answer in the fake's refusal shape ``{"error", "code"}``, with ``Retry-After`` when given.
+
+    The answer a :class:`~amoconnect.testing.faultproxy.FaultProxy` in front of the fake injects.
+    """
+    headers = {"Retry-After": f"{retry_after:g}"} if retry_after is not None else None
+    phrase = HTTPStatus(status).phrase
+    return JSONResponse({"error": phrase.lower(), "code": _ERROR_CODES.get(status, "error")}, status, headers=headers)
 
 
 def _json(obj: msgspec.Struct, status: int = 200) -> Response:
@@ -614,6 +630,13 @@ class FakeAmojo:
         connection.webhook_url = webhook_url or connection.webhook_url
         return connection
 
+    def disconnect(self, account_id: str) -> None:
+        """Disconnect an account without HTTP (the account's admin turned the integration off).
+
+        As on amoCRM, its scope then refuses every call (404 ``unknown_scope``) and no more hooks are sent.
+        """
+        self.connections[f"{self.channel_id}_{account_id}"].connected = False
+
     def set_webhook_url(self, scope_id: str, url: str) -> None:
         """Send this scope's hooks to ``url`` (``:scope_id`` in it is substituted)."""
         self.connections[scope_id].webhook_url = url
@@ -675,8 +698,8 @@ class FakeAmojo:
 
     async def _post_hook(self, scope_id: str, hook: msgspec.Struct) -> tuple[int | None, bytes]:
         connection = self.connections.get(scope_id)
-        if connection is None:
-            raise LookupError(f"scope {scope_id!r} is not connected; call connect() first")
+        if connection is None or not connection.connected:
+            raise LookupError(f"scope {scope_id!r} is not connected, so amoCRM sends it no hooks; call connect() first")
         template = connection.webhook_url or self.webhook_url
         if template is None:
             raise LookupError(f"no webhook URL for scope {scope_id!r}: pass webhook_url= or call set_webhook_url()")

@@ -86,6 +86,7 @@ __all__ = [
     "Delivery",
     "FakeChat",
     "TypingEvent",
+    "error_response",
     "signature_of",
 ]
 
@@ -98,6 +99,15 @@ SIGNATURE_HEADER: Final = "X-Fakechat-Signature"
 def signature_of(body: bytes, secret: str) -> str:
     """The ``X-Fakechat-Signature`` value of a webhook ``body`` signed with ``secret``."""
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def error_response(status: int, retry_after: float | None = None, description: str | None = None) -> JSONResponse:
+    """A Bot API error answer as fakechat gives it; a 429 says how long to wait in ``parameters.retry_after``."""
+    if not description:
+        description = wire.DEFAULT_DESCRIPTIONS.get(status, "Injected failure")
+        if status == 429 and retry_after is not None:
+            description = f"Too Many Requests: retry after {retry_after:g}"
+    return wire.error_response(status, description, retry_after)
 
 
 def _received(message: BotMessage) -> ReceivedMessage:
@@ -223,10 +233,7 @@ class FakeChat:
     def _answer(self, token: str, method: str, body: bytes, raw: Any) -> Response:
         fault = self._take_fault(method)
         if fault is not None:
-            description = fault.description or wire.DEFAULT_DESCRIPTIONS.get(fault.status, "Injected failure")
-            if fault.status == 429 and fault.retry_after is not None and fault.description is None:
-                description = f"Too Many Requests: retry after {fault.retry_after:g}"
-            return wire.error_response(fault.status, description, fault.retry_after)
+            return error_response(fault.status, fault.retry_after, fault.description)
         if not self._token_ok(token):
             return wire.error_response(401, "Unauthorized")
         entry = self._methods.get(method)
