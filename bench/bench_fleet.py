@@ -33,26 +33,23 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import SCOPE_ID, RawPool, children, fmt, machine, machine_line, table, write_results
+from _support import RawPool, children, fmt, machine, machine_line, table, write_results
 from bench_relay import (
     HOST,
-    INGEST_CONVERSATIONS,
-    INSTANCE,
     RELAY_CONVERSATIONS,
     Server,
     amocrm_hook,
-    chat_uuid,
     check_delivery,
     closed_lanes,
     connector,
     fakechat_plan,
     ingest_step_summary,
     open_loop,
+    seed_conversations,
     start_amojo,
     wait_records,
 )
 
-from amoconnect.store.base import ConversationRecord
 from amoconnect.store.postgres import PostgresStore
 from amoconnect.testing.pgserver import TemporaryPostgres
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
@@ -96,26 +93,9 @@ def spread(servers: list[Server], connections: int) -> Spread:
     return Spread([RawPool(HOST, s.port, max(8, connections // len(servers))) for s in servers])
 
 
-async def seed(url: str) -> None:
-    """The conversations the managers reply in, as earlier client messages would have left them."""
-    async with PostgresStore(url) as store:
-        for k in range(INGEST_CONVERSATIONS):
-            await store.put_conversation(
-                ConversationRecord(
-                    scope_id=SCOPE_ID,
-                    conversation_id=f"{INSTANCE}:c{k}",
-                    instance=INSTANCE,
-                    chat=f"c{k}",
-                    amocrm_chat_id=chat_uuid(k),
-                    client_id=f"{INSTANCE}:u{k}",
-                    last_client_at=time.time(),
-                )
-            )
-
-
 async def ingest(n: int, base_url: str, work: Path, logs: Path, quick: bool) -> dict[str, Any]:
     url = fresh_postgres_schema(base_url)
-    await seed(url)
+    await seed_conversations(PostgresStore(url))
     hole = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # a messenger that never answers
     hole.bind((HOST, 0))
     hole.listen(64)

@@ -75,7 +75,7 @@ from _support import (
 )
 
 from amoconnect.amojo import wire
-from amoconnect.store.base import ConversationRecord
+from amoconnect.store.base import ConversationRecord, Store
 from amoconnect.store.sqlite import SQLiteStore
 from amoconnect.testing.fakechat_api import SIGNATURE_HEADER, signature_of
 
@@ -439,9 +439,8 @@ async def closed_lanes(pool: RawPool, plan: Sequence[Planned], *, budget: float)
 # -- 1. durable ingest ----------------------------------------------------------------------------
 
 
-async def seed_conversations(directory: Path) -> None:
+async def seed_conversations(store: Store) -> None:
     """The conversations the manager replies in, as earlier client messages would have left them."""
-    store = SQLiteStore(directory / "amoconnect.sqlite3")
     await store.open()
     try:
         for k in range(INGEST_CONVERSATIONS):
@@ -496,7 +495,7 @@ async def bench_ingest(work: Path, logs: Path, quick: bool) -> dict[str, Any]:
     hole.bind((HOST, 0))
     hole.listen(64)
     hole_url = f"http://{HOST}:{hole.getsockname()[1]}"
-    await seed_conversations(directory)
+    await seed_conversations(SQLiteStore(directory / "amoconnect.sqlite3"))
     server = connector(
         "connector-ingest",
         directory,
