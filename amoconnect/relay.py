@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
+from .crashpoints import crash_point
 from .metrics import Metrics
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 
@@ -131,6 +132,7 @@ class Relay:
         handler = self.handlers.get(job.kind)
         try:
             with scope:
+                crash_point("relay.running", job.kind)
                 if handler is None:
                     await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
                     return
@@ -144,6 +146,7 @@ class Relay:
                     bound.exception("job failed unexpectedly")
                     await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
                 else:
+                    crash_point("relay.done", job.kind)
                     await self.store.finish(
                         job.id, conversations=done.conversations, messages=done.messages, then=done.then
                     )

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +33,7 @@ import psycopg_pool
 import structlog
 from psycopg.rows import TupleRow
 
+from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
@@ -246,8 +248,8 @@ class PostgresStore:
             raise StoreError(f"store lease must be a positive number of seconds, got {lease!r}")
         self.url = url
         self.where = _redacted(url)
-        self.owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
-        """This process's name on the jobs it holds."""
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        """This process's name on the jobs it holds: host, pid and a random part."""
         self._lease = lease
         self._finished_retention = finished_retention
         self._finish_sql = (
@@ -506,6 +508,7 @@ class PostgresStore:
                     await _insert_jobs(conn, jobs)
                     if jobs:
                         await conn.execute(f"NOTIFY {_CHANNEL}")
+                    crash_point("store.enqueue")
             except _Seen:
                 return False
         if jobs:
