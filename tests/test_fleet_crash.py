@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import random
 import signal
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,7 @@ MANAGERS = 10
 """Manager webhooks in flight at once; each manager keeps to its own conversations, in order."""
 CONCURRENCY = 8
 """``relay.concurrency`` of every process: at most this many sends in flight per process."""
-LEASE = 2.0
+LEASE = 3.0
 PLAIN_KILLS = (0.25, 0.6)
 """``kill -9`` of a random process when this share of the manager messages is acknowledged."""
 POINTS = (
@@ -88,6 +89,9 @@ class Kill:
     """The crash point, or ``kill -9``."""
     in_flight: int
     """Manager messages the process was sending when it died (its running ``amocrm`` jobs)."""
+    at: float = field(default_factory=time.monotonic)
+    down: float = 0.0
+    """Seconds until the process served again."""
 
 
 @dataclass
@@ -107,6 +111,7 @@ class Fleet:
     procs: dict[int, Process] = field(default_factory=dict)
     stopping: bool = False
     _external: set[int] = field(default_factory=set)
+    _some_up: anyio.Event = field(default_factory=anyio.Event)
 
     def __post_init__(self) -> None:
         self.ports = [free_port() for _ in self.plans]
@@ -118,21 +123,25 @@ class Fleet:
 
     async def keep(self, slot: int) -> None:
         plan, port = self.plans[slot], self.ports[slot]
+        died: Kill | None = None
         for start in itertools.count():
             log = self.config.with_name(f"slot{slot}.{start}.log")
             proc = await start_connector(self.config, port, {CRASH_AT: plan[0]} if plan else {}, log=log)
+            if died is not None:
+                died.down = time.monotonic() - died.at
             self.procs[slot] = proc
             self.up.append(port)
+            self._some_up.set()
             if self.stopping:
                 await stop_connector(proc)
             await proc.wait()
-            if port in self.up:
-                self.up.remove(port)
+            self._down(port)
             if self.stopping:
                 return
             assert proc.returncode == -signal.SIGKILL, f"connector exited with {proc.returncode}: {log.read_text()}"
             how = "kill -9" if proc.pid in self._external else plan.pop(0)
-            self.kills.append(Kill(how, self._sending(proc.pid)))
+            died = Kill(how, self._sending(proc.pid))
+            self.kills.append(died)
 
     def _sending(self, pid: int) -> int:
         # PostgreSQL keeps a dead process's jobs running under its name until the lease runs out.
@@ -145,11 +154,19 @@ class Fleet:
         slot = random.choice([s for s, port in enumerate(self.ports) if port in self.up])
         proc = self.procs[slot]
         self._external.add(proc.pid)
-        self.up.remove(self.ports[slot])
+        self._down(self.ports[slot])
         proc.kill()
 
+    def _down(self, port: int) -> None:
+        if port in self.up:
+            self.up.remove(port)
+        if not self.up and self._some_up.is_set():
+            self._some_up = anyio.Event()
+
     async def wait_up(self) -> None:
-        await eventually(lambda: self.up, within=30)
+        with anyio.fail_after(30):
+            while not self.up:
+                await self._some_up.wait()
 
     async def stop(self) -> None:
         self.stopping = True
@@ -312,7 +329,8 @@ def check(traffic: Traffic) -> None:
     print(
         f"\n{len(traffic.client_acked)} client and {len(traffic.manager_acked)} manager messages acknowledged; "
         f"{len(kills)} kills {dict(Counter(k.how for k in kills))}; duplicates toward the messenger "
-        f"{duplicates}, bound {sending} (kills x concurrency {len(kills) * CONCURRENCY})"
+        f"{duplicates}, bound {sending} (kills x concurrency {len(kills) * CONCURRENCY}); "
+        f"back up after {max(k.down for k in kills):.1f} s at most"
     )
     assert not traffic.client_acked - set(to_amojo), "every acknowledged client message reached amoCRM"
     assert len(to_amojo) == len(set(to_amojo)), "no client message reached amoCRM twice"
