@@ -25,14 +25,14 @@ def free_port() -> int:
 
 
 class Slow:
-    """Delays every answer of ``app`` a little, so that requests are in flight when a connector dies.
+    """Delays every request to ``app`` a little, so that requests are in flight when a connector dies.
 
-    The request is handled at once and its answer held back: a connector killed meanwhile never
-    reads what the service did.
+    With ``hold_answer`` the request is handled at once and its answer held back instead: a
+    connector killed meanwhile never learns what the service did.
     """
 
-    def __init__(self, app: Any, delay: float) -> None:
-        self.app, self.delay = app, delay
+    def __init__(self, app: Any, delay: float, *, hold_answer: bool = False) -> None:
+        self.app, self.delay, self.hold_answer = app, delay, hold_answer
         self.in_flight = 0
         """Requests received and not answered yet."""
 
@@ -48,7 +48,9 @@ class Slow:
 
         self.in_flight += 1
         try:
-            await self.app(scope, receive, held_back)
+            if not self.hold_answer:
+                await anyio.sleep(self.delay)
+            await self.app(scope, receive, held_back if self.hold_answer else send)
         finally:
             self.in_flight -= 1
 

@@ -46,8 +46,6 @@ MANAGERS = 10
 CONCURRENCY = 8
 """``relay.concurrency`` of every process: at most this many sends in flight per process."""
 LEASE = 3.0
-PLAIN_KILLS = (0.25, 0.6)
-"""``kill -9`` of a random process when this share of the manager messages is acknowledged."""
 POINTS = (
     "store.enqueue:150",  # an ingest decoded, its commit not done
     "amojo.answer:80",  # amojo answered, the answer not read
@@ -201,6 +199,8 @@ class Traffic:
     amojo: FakeAmojo
     bots: Bots
     slow: Slow
+    plain_kills: tuple[float, ...]
+    """``kill -9`` of a random process when these shares of the manager messages are acknowledged."""
     client_acked: set[str] = field(default_factory=set)
     manager_acked: set[str] = field(default_factory=set)
 
@@ -235,7 +235,7 @@ class Traffic:
                     self.manager_acked.add(text)
 
     async def killer(self) -> None:
-        for share in PLAIN_KILLS:
+        for share in self.plain_kills:
             await eventually(
                 lambda share=share: len(self.manager_acked) >= share * N_MESSAGES and self.slow.in_flight, within=60
             )
@@ -279,14 +279,16 @@ class Traffic:
             pass
 
 
-async def crash_run(tmp_path: Path, store: dict[str, Any], plans: list[list[str]]) -> None:
-    """Drive traffic both ways through ``plans`` of crash points (and random kills), then check what arrived."""
+async def crash_run(
+    tmp_path: Path, store: dict[str, Any], plans: list[list[str]], plain_kills: tuple[float, ...]
+) -> None:
+    """Drive traffic both ways through ``plans`` of crash points and ``plain_kills``, then check what arrived."""
     up: list[int] = []
     async with httpx.AsyncClient(transport=Balancer(up)) as hooks:
         amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=hooks)
         amojo.connect(ACCOUNT, webhook_url="http://connectors.lb/amocrm/:scope_id")
         bots = Bots(hooks)
-        slow = Slow(amojo.app, 0.003)
+        slow = Slow(amojo.app, 0.003, hold_answer=True)
         async with serve_app(slow) as amojo_url, serve_app(bots) as bots_url:
             data = base_config(
                 tmp_path,
@@ -308,7 +310,7 @@ async def crash_run(tmp_path: Path, store: dict[str, Any], plans: list[list[str]
             config = tmp_path / "amoconnect.toml"
             config.write_text(tomli_w.dumps(data))
             fleet = Fleet(config, plans, SimpleNamespace(url=store.get("url"), path=store["path"]), up=up)
-            traffic = Traffic(fleet, amojo, bots, slow)
+            traffic = Traffic(fleet, amojo, bots, slow, plain_kills)
             async with anyio.create_task_group() as tg:
                 for slot in range(len(plans)):
                     tg.start_soon(fleet.keep, slot)
@@ -359,9 +361,9 @@ def spread(slots: int) -> list[list[str]]:
 @pytest.mark.timeout(240)
 async def test_a_fleet_on_postgres_survives_kills_at_every_crash_point(tmp_path: Path, postgres: str) -> None:
     store = {"url": fresh_postgres_schema(postgres), "lease": LEASE, "path": str(tmp_path / "unused.sqlite3")}
-    await crash_run(tmp_path, {**store, "media_dir": str(tmp_path / "media")}, spread(3))
+    await crash_run(tmp_path, {**store, "media_dir": str(tmp_path / "media")}, spread(3), (0.25, 0.6))
 
 
 @pytest.mark.timeout(240)
 async def test_one_process_survives_kills_at_every_crash_point(tmp_path: Path) -> None:
-    await crash_run(tmp_path, store_settings(tmp_path, lease=LEASE), spread(1))
+    await crash_run(tmp_path, store_settings(tmp_path, lease=LEASE), spread(1), (0.4,))
