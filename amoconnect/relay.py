@@ -22,6 +22,7 @@ import anyio
 import structlog
 
 from .crashpoints import crash_point
+from .errors import StoreError
 from .metrics import Metrics
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 
@@ -30,6 +31,7 @@ __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry"]
 log = structlog.get_logger("amoconnect.relay")
 
 _IDLE_WAIT = 5.0
+_STORE_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -97,24 +99,31 @@ class Relay:
 
     async def _dispatch(self, jobs: anyio.abc.TaskGroup) -> None:
         while True:
-            free = self.concurrency - len(self._running)
-            claimed: list[Job] = []
-            if free > 0:
-                claimed = await self.store.claim(free)
-                for job in claimed:
-                    scope = anyio.CancelScope()
-                    self._running[job.id] = scope
-                    jobs.start_soon(self._work, job, scope)
-                if len(claimed) == free:
-                    continue
-                due = await self.store.next_due_in()
-                wait = _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
-            else:
-                self._slot_free = anyio.Event()
-                await self._slot_free.wait()
-                continue
+            try:
+                wait = await self._start_due(jobs)
+            except StoreError as exc:
+                # A database restart or failover must not end the relay: look again shortly.
+                log.warning("store unavailable; claiming again shortly", error=str(exc), retry_in_s=_STORE_RETRY)
+                wait = _STORE_RETRY
             if wait > 0:
                 await self.store.wait_for_work(wait)
+
+    async def _start_due(self, jobs: anyio.abc.TaskGroup) -> float:
+        """Start what is due in the free slots; how long to wait for more work (0: look again now)."""
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            self._slot_free = anyio.Event()
+            await self._slot_free.wait()
+            return 0.0
+        claimed = await self.store.claim(free)
+        for job in claimed:
+            scope = anyio.CancelScope()
+            self._running[job.id] = scope
+            jobs.start_soon(self._work, job, scope)
+        if len(claimed) == free:
+            return 0.0
+        due = await self.store.next_due_in()
+        return _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
 
     async def _drain(self) -> None:
         if not self._running:
