@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 import anyio
 import structlog
 
+from .crashpoints import crash_point
+from .errors import StoreError
 from .metrics import Metrics
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 
@@ -29,6 +31,7 @@ __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry"]
 log = structlog.get_logger("amoconnect.relay")
 
 _IDLE_WAIT = 5.0
+_STORE_RETRY = 1.0
 
 
 @dataclass(frozen=True)
@@ -96,24 +99,31 @@ class Relay:
 
     async def _dispatch(self, jobs: anyio.abc.TaskGroup) -> None:
         while True:
-            free = self.concurrency - len(self._running)
-            claimed: list[Job] = []
-            if free > 0:
-                claimed = await self.store.claim(free)
-                for job in claimed:
-                    scope = anyio.CancelScope()
-                    self._running[job.id] = scope
-                    jobs.start_soon(self._work, job, scope)
-                if len(claimed) == free:
-                    continue
-                due = await self.store.next_due_in()
-                wait = _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
-            else:
-                self._slot_free = anyio.Event()
-                await self._slot_free.wait()
-                continue
+            try:
+                wait = await self._start_due(jobs)
+            except StoreError as exc:
+                # A database restart or failover must not end the relay: look again shortly.
+                log.warning("store unavailable; claiming again shortly", error=str(exc), retry_in_s=_STORE_RETRY)
+                wait = _STORE_RETRY
             if wait > 0:
                 await self.store.wait_for_work(wait)
+
+    async def _start_due(self, jobs: anyio.abc.TaskGroup) -> float:
+        """Start what is due in the free slots; how long to wait for more work (0: look again now)."""
+        free = self.concurrency - len(self._running)
+        if free <= 0:
+            self._slot_free = anyio.Event()
+            await self._slot_free.wait()
+            return 0.0
+        claimed = await self.store.claim(free)
+        for job in claimed:
+            scope = anyio.CancelScope()
+            self._running[job.id] = scope
+            jobs.start_soon(self._work, job, scope)
+        if len(claimed) == free:
+            return 0.0
+        due = await self.store.next_due_in()
+        return _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -131,6 +141,7 @@ class Relay:
         handler = self.handlers.get(job.kind)
         try:
             with scope:
+                crash_point("relay.running", job.kind)
                 if handler is None:
                     await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
                     return
@@ -144,6 +155,7 @@ class Relay:
                     bound.exception("job failed unexpectedly")
                     await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
                 else:
+                    crash_point("relay.done", job.kind)
                     await self.store.finish(
                         job.id, conversations=done.conversations, messages=done.messages, then=done.then
                     )

@@ -4,21 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import anyio
 import httpx
 import msgspec
 import pytest
 import tomli_w
-from rig import ACCOUNT, CHANNEL, MESSENGERS, SCOPE, SECRET, base_config, message
+from processes import Slow, connector, free_port
+from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, message
 
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.servers import serve_app
@@ -27,67 +22,6 @@ pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 N_CONVERSATIONS = 20
 N_MESSAGES = 300
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def listening(base_url: str) -> bool:
-    """True once a connector answers ``GET /healthz`` at ``base_url``."""
-    async with httpx.AsyncClient() as client:
-        try:
-            return (await client.get(f"{base_url}/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-
-class Slow:
-    """Delays every amojo answer a little, so that jobs are in flight when the connector dies."""
-
-    def __init__(self, app: Any, delay: float) -> None:
-        self.app, self.delay = app, delay
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            await anyio.sleep(self.delay)
-        await self.app(scope, receive, send)
-
-
-@asynccontextmanager
-async def connector(config: Path, port: int) -> AsyncIterator[subprocess.Popen[bytes]]:
-    log_path = config.with_suffix(f".{time.monotonic_ns()}.log")
-    log = open(log_path, "wb")  # noqa: SIM115 - closed in the finally block
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "amoconnect",
-            "run",
-            "--config",
-            str(config),
-            "--plugin-dir",
-            str(MESSENGERS),
-            "--port",
-            str(port),
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        deadline = time.monotonic() + 20
-        while not await listening(f"http://127.0.0.1:{port}"):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"connector did not start; its output: {log_path.read_text()}")
-            await anyio.sleep(0.05)
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            proc.wait(15)
-        log.close()
 
 
 async def test_kill_9_mid_flow_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -119,7 +53,7 @@ async def test_kill_9_mid_flow_loses_nothing_and_duplicates_nothing(tmp_path: Pa
                 await post(client, i)
                 if len(acked) >= N_MESSAGES // 2 and killed_at is None:
                     os.kill(proc.pid, signal.SIGKILL)
-                    proc.wait()
+                    await proc.wait()
                     killed_at = len(fake.messages)
                     break
         assert killed_at is not None
@@ -181,7 +115,7 @@ async def test_kill_9_while_sending_to_the_messenger_loses_no_manager_message(tm
                         acked.append(i)
                     if len(acked) == 100:
                         os.kill(proc.pid, signal.SIGKILL)
-                        proc.wait()
+                        await proc.wait()
                         break
             delivered_at_kill = sum(len([m for m in chat.sent_to(c)]) for c in conversations)
             assert delivered_at_kill < 100, "the kill should land while acknowledged answers are still queued"

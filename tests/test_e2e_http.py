@@ -17,8 +17,8 @@ import httpx
 import pytest
 import tomli_w
 from click.testing import CliRunner
+from processes import Slow, free_port, listening
 from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, eventually
-from test_crash import Slow, free_port, listening
 
 from amoconnect.cli import main
 from amoconnect.config import parse_config

@@ -14,11 +14,11 @@ import httpx
 import pytest
 import tomli_w
 from click.testing import CliRunner
+from processes import listening
 from prometheus_client.parser import text_string_to_metric_families
 from rig import ACCOUNT, CHANNEL, SCOPE, base_config, eventually
 from starlette.requests import Request
 from starlette.responses import Response
-from test_crash import listening
 from test_e2e_http import world
 
 from amoconnect.cli import main

@@ -21,7 +21,7 @@ from amoconnect.config import parse_config
 from amoconnect.errors import StoreError
 from amoconnect.media import DatabaseMediaStore
 from amoconnect.store import build_store
-from amoconnect.store.base import NewJob
+from amoconnect.store.base import MessageRecord, NewJob
 from amoconnect.store.postgres import SCHEMA_VERSION, PostgresStore
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
 
@@ -172,6 +172,43 @@ async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(u
         assert second.payload == b"2"
         assert dead._pool is not None
         await dead._pool.close()
+
+
+async def test_a_process_whose_lease_ran_out_neither_finishes_nor_buries_the_job(url: str) -> None:
+    async with opened(url) as stalled:
+        await stalled.enqueue([job("k", b"1"), job("k", b"2")])
+        (held,) = await stalled.claim(10)
+        # the process stalls past its lease (a long pause, a partition); another starts and takes the job
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("UPDATE queue SET lease_until = 0")
+        async with opened(url) as survivor:
+            assert survivor.recovered == 1
+            (taken,) = await survivor.claim(10)
+            late = MessageRecord("scope", "m1", "c1", "out", messenger_id="late")
+            await stalled.finish(held.id, messages=[late], then=[job("follow-up")])
+            await stalled.bury(held.id, error="late")
+            # the survivor still runs the conversation's head: its next job waits; the late writes rolled back
+            assert await survivor.claim(10) == []
+            assert await survivor.message("scope", "m1") is None
+            assert await survivor.dead_letters() == []
+            await survivor.finish(taken.id)
+            (second,) = await survivor.claim(10)
+            assert second.payload == b"2"
+
+
+async def test_the_same_webhook_at_two_processes_at_once_is_stored_once(url: str) -> None:
+    accepted: list[bool] = []
+    async with opened(url) as a, opened(url) as b:
+
+        async def deliver(store: PostgresStore, key: str) -> None:
+            accepted.append(await store.enqueue([job(key)], dedup=[f"hook:{key}"]))
+
+        async with anyio.create_task_group() as tg:
+            for n in range(20):
+                for store in (a, b, a, b):
+                    tg.start_soon(deliver, store, f"k{n}")
+        assert accepted.count(True) == 20
+        assert (await a.counts())["queued"] == 20
 
 
 async def test_a_live_process_keeps_its_lease(url: str) -> None:

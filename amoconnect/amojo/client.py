@@ -18,6 +18,7 @@ from urllib.parse import quote
 import httpx
 import msgspec
 
+from ..crashpoints import crash_point
 from ..errors import AmojoError
 from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, send_with_retries
 from ..signing import sign_request
@@ -138,9 +139,11 @@ class AmojoClient:
             headers = sign_request(self._secret, method, path, content)
             return httpx.Request(method, url, content=content, headers=headers, params=params)
 
-        return await send_with_retries(
+        response = await send_with_retries(
             self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
         )
+        crash_point("amojo.answer")
+        return response
 
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:

@@ -7,7 +7,9 @@ uses at once:
 - Order per conversation holds across processes: a job is claimed only while no earlier job of
   its key exists, so a key's running job is its lock. The lock is a **lease**: the owner extends
   it while it works, and when a process dies its running jobs become claimable again once the
-  lease expires (``lease`` seconds).
+  lease expires (``lease`` seconds). Only the job's holder may finish, retry or bury it: a
+  process that stalled past its lease finds its job taken over, and what it did is dropped
+  (the new holder runs the job again), so the conversation's next job cannot start early.
 - ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling.
 - Dedup keys and the id mapping sit under UNIQUE constraints.
 - The schema is versioned (:data:`MIGRATIONS`); ``amoconnect migrate`` applies it and
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -32,6 +35,7 @@ import psycopg_pool
 import structlog
 from psycopg.rows import TupleRow
 
+from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
@@ -166,6 +170,21 @@ _UPSERT_MESSAGE = (
     "direction = EXCLUDED.direction, amocrm_id = EXCLUDED.amocrm_id, messenger_id = EXCLUDED.messenger_id, "
     "status = EXCLUDED.status"
 )
+# finish and bury take the job out of the queue only while this process holds it (its lease did
+# not run out and pass it to another process). They are pipelined, so nothing can be read back
+# before the commit: when the job is not held, the statement fails on purpose (a cast of
+# _NOT_HELD to an integer) and the transaction with the job's writes and follow-ups rolls back.
+_NOT_HELD = "amoconnect: the job is no longer held by this process"
+_DONE = (
+    "done AS (DELETE FROM queue WHERE id = %s AND owner = %s "
+    "RETURNING id, kind, key, payload, scope_id, attempts, created_at)"
+)
+_UNLESS_HELD = f"SELECT ('{_NOT_HELD}: ' || n)::int FROM (SELECT count(*) AS n FROM done) AS held WHERE n = 0"
+_BURY = (
+    f"WITH {_DONE}, buried AS (INSERT INTO dead SELECT *, {_NOW}, %s FROM done "
+    "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
+    f"error = EXCLUDED.error) {_UNLESS_HELD}"
+)
 _PRUNE_INTERVAL = 3600.0
 # Serialises `migrate` runs of several processes (an arbitrary, fixed advisory lock key).
 _MIGRATE_LOCK = 0x616D6F63
@@ -246,17 +265,16 @@ class PostgresStore:
             raise StoreError(f"store lease must be a positive number of seconds, got {lease!r}")
         self.url = url
         self.where = _redacted(url)
-        self.owner = f"{socket.gethostname()}:{secrets.token_hex(4)}"
-        """This process's name on the jobs it holds."""
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        """This process's name on the jobs it holds: host, pid and a random part."""
         self._lease = lease
         self._finished_retention = finished_retention
-        self._finish_sql = (
-            "WITH done AS (DELETE FROM queue WHERE id = %s "
-            "RETURNING id, kind, key, payload, scope_id, attempts, created_at) "
-            f"INSERT INTO finished SELECT *, {_NOW} FROM done ON CONFLICT (id) DO NOTHING"
+        kept = (
+            f", kept AS (INSERT INTO finished SELECT *, {_NOW} FROM done ON CONFLICT (id) DO NOTHING)"
             if finished_retention > 0
-            else "DELETE FROM queue WHERE id = %s"
+            else ""
         )
+        self._finish_sql = f"WITH {_DONE}{kept} {_UNLESS_HELD}"
         self._pool_size = max(2, pool_size)
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._wake = asyncio.Event()
@@ -467,6 +485,7 @@ class PostgresStore:
 
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
+        crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
         if len(keys) > 1:
             return await self._enqueue_keys(jobs, keys)
@@ -535,37 +554,48 @@ class PostgresStore:
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
     ) -> None:
-        async with self._conn("finish", transaction=True, pipeline=True) as conn:
-            await conn.execute(self._finish_sql, (job_id,))
-            await _upsert_conversations(conn, conversations)
-            await _upsert_messages(conn, messages)
-            await _insert_jobs(conn, then)
-            # The next job of the conversation (or a follow-up) may now be claimed, by any process.
-            await conn.execute(f"NOTIFY {_CHANNEL}")
+        try:
+            async with self._conn("finish", transaction=True, pipeline=True) as conn:
+                await conn.execute(self._finish_sql, (job_id, self.owner))
+                await _upsert_conversations(conn, conversations)
+                await _upsert_messages(conn, messages)
+                await _insert_jobs(conn, then)
+                # The next job of the conversation (or a follow-up) may now be claimed, by any process.
+                await conn.execute(f"NOTIFY {_CHANNEL}")
+        except StoreError as exc:
+            return self._lost(job_id, "finish", exc)
         self._wake.set()
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
-        await self._write(
+        if not await self._write(
             f"UPDATE queue SET state = 'queued', owner = NULL, next_run = {_NOW} + %s, last_error = %s "
             "WHERE id = %s AND owner = %s",
             (delay, error, job_id, self.owner),
             notify=True,
-        )
+        ):
+            return self._lost(job_id, "retry")
         self._wake.set()
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
-        async with self._conn("bury", transaction=True, pipeline=True) as conn:
-            await conn.execute(
-                "INSERT INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, "
-                f"{_NOW}, %s FROM queue WHERE id = %s "
-                "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
-                "error = EXCLUDED.error",
-                (error, job_id),
-            )
-            await conn.execute("DELETE FROM queue WHERE id = %s", (job_id,))
-            await _insert_jobs(conn, then)
-            await conn.execute(f"NOTIFY {_CHANNEL}")
+        try:
+            async with self._conn("bury", transaction=True, pipeline=True) as conn:
+                await conn.execute(_BURY, (job_id, self.owner, error))
+                await _insert_jobs(conn, then)
+                await conn.execute(f"NOTIFY {_CHANNEL}")
+        except StoreError as exc:
+            return self._lost(job_id, "bury", exc)
         self._wake.set()
+
+    def _lost(self, job_id: int, action: str, error: StoreError | None = None) -> None:
+        """A job this process no longer holds: its lease ran out and another process may have taken it over."""
+        if error is not None and _NOT_HELD not in str(error):
+            raise error
+        log.warning(
+            "job taken over by another process after this one's lease ran out; its outcome here is dropped",
+            job=job_id,
+            action=action,
+            owner=self.owner,
+        )
 
     async def next_due_in(self) -> float | None:
         row = await self._fetchone(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {_HEAD}")

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
@@ -338,6 +339,7 @@ class SQLiteStore:
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
             _insert_jobs(conn, jobs, now)
+            crash_point("store.enqueue")
             return True
 
         return await self._call(run, wakes=True)
