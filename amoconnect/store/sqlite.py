@@ -23,6 +23,7 @@ import anyio
 
 from ..crashpoints import crash_point
 from ..errors import StoreError
+from ..ratelimit import LocalLimiters, RateLimiter
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 
@@ -169,6 +170,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
+        self._limiters = LocalLimiters()
 
     # -- the writer thread ---------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -549,6 +551,11 @@ class SQLiteStore:
         await self._call(
             lambda conn: conn.execute("DELETE FROM state WHERE namespace = ? AND key = ?", (namespace, key))
         )
+
+    # -- rate limits ---------------------------------------------------------------------
+    def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> RateLimiter:
+        """The in-process limiter called ``name``: one process owns the file, so its limits are the whole story."""
+        return self._limiters(name, rate, per, burst)
 
 
 class _OperationFailed(Exception):
