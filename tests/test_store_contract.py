@@ -96,6 +96,21 @@ async def test_requeued_dead_letter_runs_before_later_jobs_of_its_conversation(s
     assert head.payload == b"old"
 
 
+async def test_a_requeued_dead_letter_waits_while_a_later_job_of_its_conversation_runs(store: Store) -> None:
+    """Found by tests/test_store_stateful.py: the old id made the dead letter a head beside the running job."""
+    await store.enqueue([job("a", b"old"), job("a", b"new")])
+    (old,) = await store.claim(10)
+    await store.bury(old.id, error="x")
+    (new,) = await store.claim(10)
+    assert new.payload == b"new"
+    assert await store.requeue() == 1
+    assert await store.claim(10) == []  # one job of a conversation at a time
+    assert await store.next_due_in() is None  # nothing a worker could take: no busy loop
+    await store.finish(new.id)
+    (again,) = await store.claim(10)
+    assert again.payload == b"old"
+
+
 async def test_finish_writes_mapping_and_follow_ups_atomically(store: Store) -> None:
     await store.enqueue([job("a")])
     (j,) = await store.claim(1)

@@ -153,7 +153,9 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND p.id < q.id)"
+# A job is its key's head when no earlier job of the key is left and none of the key is running: a
+# requeued dead letter keeps its old id (its place) but waits for a later job already running.
+_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
 _CONVERSATION_COLUMNS = (
     "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
 )
