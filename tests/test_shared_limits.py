@@ -15,23 +15,9 @@ from amoconnect.core import AMOCRM_LIMIT
 from amoconnect.errors import ConfigError
 from amoconnect.ratelimit import Limiter
 from amoconnect.store.base import Store
-from amoconnect.store.sqlite import SQLiteStore
 from amoconnect.testing.stores import table_rows
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with SQLiteStore(tmp_path / "store.sqlite3") as s:
-            yield s
-        return
-    from amoconnect.store.postgres import PostgresStore
-    from amoconnect.testing.stores import fresh_postgres_schema
-
-    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
-        yield p
 
 
 @pytest.fixture

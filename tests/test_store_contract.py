@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
 
 from amoconnect.statuses import DELIVERED, FAILED, READ, SENT
 from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
-from amoconnect.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
 
 def job(key: str, payload: bytes = b"x", *, kind: str = "test", delay: float = 0.0) -> NewJob:
     return NewJob(kind=kind, key=key, payload=payload, scope_id="scope", delay=delay)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with SQLiteStore(tmp_path / "store.sqlite3") as s:
-            yield s
-        return
-    from amoconnect.store.postgres import PostgresStore
-    from amoconnect.testing.stores import fresh_postgres_schema
-
-    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
-        yield p
 
 
 async def test_enqueue_and_claim_in_order(store: Store) -> None:

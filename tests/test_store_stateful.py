@@ -190,32 +190,25 @@ class QueueMachine(RuleBasedStateMachine):
         self.call(self.stores[job.holder].bury, job.id, error=error, then=self.add(then))
         job.state, job.holder, job.last_error = "dead", None, error
 
-    def some_dead(self, data: st.DataObject) -> list[ModelJob] | None:
-        """Some dead letters, or None for all of them."""
+    def on_dead(self, data: st.DataObject, operation: Callable[[list[int] | None], Awaitable[int]]) -> list[ModelJob]:
+        """Run ``operation`` (requeue, purge) on some dead letters or, with None, all; the jobs it must have hit."""
         dead = self.in_state("dead")
-        chosen: list[ModelJob] | None = data.draw(st.none() | st.lists(st.sampled_from(dead), unique_by=id))
-        return chosen
+        chosen = data.draw(st.none() | st.lists(st.sampled_from(dead), unique_by=id), label="dead letters")
+        jobs: list[ModelJob] = dead if chosen is None else chosen
+        ids = None if chosen is None else [j.id for j in jobs if j.id is not None]
+        assert self.call(operation, ids) == len(jobs)
+        return jobs
 
     @precondition(lambda self: self.in_state("dead"))
     @rule(data=st.data())
     def requeue(self, data: st.DataObject) -> None:
-        chosen = self.some_dead(data)
-        ids = None if chosen is None else [j.id for j in chosen if j.id is not None]
-        count = self.call(self.stores[0].requeue, ids)
-        jobs = self.in_state("dead") if chosen is None else chosen
-        assert count == len(jobs)
-        for job in jobs:
+        for job in self.on_dead(data, self.stores[0].requeue):
             job.state, job.attempts, job.due = "queued", 0, True
 
     @precondition(lambda self: self.in_state("dead"))
     @rule(data=st.data())
     def purge(self, data: st.DataObject) -> None:
-        chosen = self.some_dead(data)
-        ids = None if chosen is None else [j.id for j in chosen if j.id is not None]
-        count = self.call(self.stores[0].purge, ids)
-        jobs = self.in_state("dead") if chosen is None else chosen
-        assert count == len(jobs)
-        for job in jobs:
+        for job in self.on_dead(data, self.stores[0].purge):
             del self.jobs[job.payload]
 
     @rule()
