@@ -38,6 +38,7 @@ from .model import (
     OutgoingTyping,
     SendResult,
 )
+from .ratelimit import LimiterFactory, LocalLimiters
 from .urlguard import UrlGuard
 
 __all__ = [
@@ -152,6 +153,13 @@ class AdapterContext:
     url_guard: UrlGuard = field(default_factory=UrlGuard)
     """The SSRF guard for URLs from outside (a manager's attachment, a file link in an event): pass it to
     :func:`amoconnect.media.download` / :func:`~amoconnect.media.fetch_url`. Strict unless configured."""
+    limiter: LimiterFactory = field(default_factory=LocalLimiters)
+    """``limiter(name, rate, per=1.0, burst=None)``: the instance's rate limit called ``name`` (``"api"``).
+
+    The runtime's come from its store, so on PostgreSQL they hold for every process serving the
+    instance; names are the instance's own (the store sees ``{messenger}:{instance}:{name}``).
+    Outside a runtime the default is in-process.
+    """
 
 
 class MessengerAdapter(abc.ABC):

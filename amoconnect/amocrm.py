@@ -12,7 +12,7 @@ dead as soon as a new one is issued.
 
 amoCRM allows 7 requests per second per integration and account, answers 429 beyond, and
 blocks the IP (403) after repeated excess. Every request therefore takes a slot of a
-:class:`~amoconnect.ratelimit.RateLimiter` keyed by the account, retries of 429 and 5xx come
+:class:`~amoconnect.ratelimit.Limiter` keyed by the account, retries of 429 and 5xx come
 from :func:`amoconnect.http.send_with_retries`, and a 429 pushes the whole account back.
 Other errors raise :class:`~amoconnect.errors.AmoCRMError` carrying amoCRM's problem+json body.
 """
@@ -32,7 +32,7 @@ import msgspec
 from . import __version__
 from .errors import AmoCRMError, ConfigError
 from .http import RetryPolicy, TransportKind, new_client, send_with_retries
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, RateLimiter
 from .signing import same_secret
 
 __all__ = [
@@ -419,8 +419,10 @@ class AmoCRMClient:
 
     ``tokens`` is a long-lived token (a string) or OAuth :class:`Tokens`; with ``oauth`` the
     client can exchange a code and refresh, and reports every new pair to ``on_tokens``
-    (sync or async). ``limiter`` may be shared by several clients of the same account; by
-    default each client spaces its requests evenly at ``rate`` per second. Pass ``client``
+    (sync or async). ``limiter`` (any :class:`~amoconnect.ratelimit.Limiter`, keyed by
+    :attr:`limit_key`) may be shared by several clients of the same account — the runtime
+    passes its store's, so the limit holds across processes; by default each client spaces
+    its requests evenly at ``rate`` per second. Pass ``client``
     to inject an ``httpx.AsyncClient`` (its base URL is ignored); otherwise one is built.
     """
 
@@ -433,7 +435,7 @@ class AmoCRMClient:
         on_tokens: Callable[[Tokens], Awaitable[None] | None] | None = None,
         client: httpx.AsyncClient | None = None,
         transport: TransportKind = "httpx",
-        limiter: RateLimiter | None = None,
+        limiter: Limiter | None = None,
         rate: float = DEFAULT_RATE,
         retry: RetryPolicy | None = None,
         timeout: float = 10.0,
@@ -452,7 +454,7 @@ class AmoCRMClient:
         self._client = client or new_client(
             transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
         )
-        self.limiter = limiter if limiter is not None else RateLimiter(rate, 1.0, burst=1)
+        self.limiter: Limiter = limiter if limiter is not None else RateLimiter(rate, 1.0, burst=1)
         self.limit_key = self.base_url
         """The limiter key of this account."""
         self.retry = retry or RetryPolicy()
@@ -508,7 +510,7 @@ class AmoCRMClient:
 
         async def on_retry(attempt: int, wait: float, status: int | None) -> None:
             if status == 429:
-                self.limiter.penalize(self.limit_key, wait)
+                await self.limiter.penalize(self.limit_key, wait)
             await self.limiter.acquire(self.limit_key, delay=wait)
 
         await self.limiter.acquire(self.limit_key)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import msgspec
 import pluggy
 
-from .amocrm import AmoCRMClient
+from .amocrm import DEFAULT_RATE, AmoCRMClient
 from .amojo.client import AmojoClient
 from .config import AccountConfig, Config
 from .http import RetryPolicy
@@ -17,7 +17,7 @@ from .model import InboundEvent
 from .routing import Routing
 from .store.base import NewJob, Store
 
-__all__ = ["AMOCRM", "INBOUND", "STATUS", "Core", "InboundJob", "StatusJob", "status_job"]
+__all__ = ["AMOCRM", "AMOCRM_LIMIT", "INBOUND", "STATUS", "Core", "InboundJob", "StatusJob", "status_job"]
 
 AMOCRM = "amocrm"
 """A webhook from amoCRM; the payload is its raw body."""
@@ -25,6 +25,8 @@ INBOUND = "inbound"
 """An event from a messenger; the payload is an :class:`InboundJob`."""
 STATUS = "status"
 """A delivery status to report to amojo; the payload is a :class:`StatusJob`."""
+AMOCRM_LIMIT = "amocrm:account"
+"""The store's limiter of amoCRM's REST API, keyed by the account's URL."""
 
 
 class InboundJob(msgspec.Struct, frozen=True):
@@ -64,12 +66,15 @@ class Core:
     """Account name → monotonic time until which its REST token counts as refused (see :mod:`.contacts`)."""
 
     def rest(self, account: AccountConfig) -> AmoCRMClient:
-        """The REST API client of ``account`` (one per account, sharing its rate limit)."""
+        """The REST API client of ``account`` (one per account; the rate limit is the store's, for the fleet)."""
         client = self._rest.get(account.name)
         if client is None:
             # Lookups sit in front of a client's message: fail fast and fall back rather than wait long.
             client = self._rest[account.name] = AmoCRMClient(
-                account.rest_url, tokens=account.token or None, retry=RetryPolicy(attempts=2, backoff=0.2)
+                account.rest_url,
+                tokens=account.token or None,
+                retry=RetryPolicy(attempts=2, backoff=0.2),
+                limiter=self.store.limiter(AMOCRM_LIMIT, DEFAULT_RATE, 1.0, burst=1),
             )
         return client
 

@@ -121,7 +121,7 @@ class InboundHandler:
             raise  # the message goes on without the file, saying why
         except MessengerError as exc:
             if exc.retryable:
-                raise messenger_retry(instance, exc) from exc
+                raise await messenger_retry(instance, exc) from exc
             raise GiveUp(f"fetching media failed: {exc}") from exc
         if fetched.size is not None and fetched.size > self.core.media.max_bytes:
             raise MediaTooLarge(f"media of {fetched.size} bytes exceeds the {self.core.media.max_bytes} byte cap")

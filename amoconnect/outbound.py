@@ -117,11 +117,11 @@ def outgoing_from_hook(
     )
 
 
-def messenger_retry(instance: Instance, exc: MessengerError, chat: str | None = None) -> Retry:
+async def messenger_retry(instance: Instance, exc: MessengerError, chat: str | None = None) -> Retry:
     """The relay retry for a retryable messenger failure; a rate limit also holds the chat's other sends."""
     if isinstance(exc, RateLimited):
         if chat is not None:
-            instance.penalize(chat, exc.retry_after)
+            await instance.penalize(chat, exc.retry_after)
         return Retry(f"{instance.messenger}: {exc}", delay=exc.retry_after)
     return Retry(f"{instance.messenger}: {exc}")
 
@@ -344,7 +344,7 @@ class AmocrmHandler:
             result = await send
         except MessengerError as exc:
             if exc.retryable:
-                raise messenger_retry(instance, exc, chat) from exc
+                raise await messenger_retry(instance, exc, chat) from exc
             return self._fail(scope_id, m.message.id, exc.reason, exc.description, log)
         return self._sent(scope_id, instance, conversation, m, result, log)
 
@@ -468,7 +468,7 @@ class AmocrmHandler:
             )
         except MessengerError as exc:
             if exc.retryable:
-                raise messenger_retry(instance, exc, conversation.chat) from exc
+                raise await messenger_retry(instance, exc, conversation.chat) from exc
             log.warning("reaction refused by the messenger", error=str(exc))
         return Done()
 

@@ -1,5 +1,10 @@
 """Per-key token-bucket rate limiting for remote APIs and messengers.
 
+:class:`Limiter` is what the runtime, the REST client and plugins program against; a store
+hands them out by name (:meth:`Store.limiter <amoconnect.store.base.Store.limiter>`), so a limit
+holds for every process that shares the store. :class:`RateLimiter` is the in-process one (the
+SQLite store's and the default); the PostgreSQL store's keeps the same state in a table.
+
 :class:`RateLimiter` lets at most ``rate`` actions per ``per`` seconds through for each key
 (an account, a chat, a bot), in bursts of up to ``burst``. It is the generic cell rate
 algorithm: each key keeps one number, the theoretical arrival time of its next action, so a
@@ -19,12 +24,14 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 
 from .errors import ConfigError
 
-__all__ = ["Clock", "RateLimiter", "Sleep"]
+__all__ = ["Clock", "Limiter", "LimiterFactory", "LocalLimiters", "Rate", "RateLimiter", "Sleep"]
 
 Clock = Callable[[], float]
 """A monotonic clock in seconds."""
@@ -32,6 +39,60 @@ Sleep = Callable[[float], Awaitable[None]]
 """An async sleep of that clock's seconds."""
 
 _MIN_SWEEP = 256
+
+
+class Limiter(Protocol):
+    """At most a rate of actions per key; what callers of a rate limit program against."""
+
+    async def acquire(self, key: str = "", *, delay: float = 0.0) -> None:
+        """Wait for a slot of ``key`` and take it; ``delay``: the action happens that many seconds from now."""
+        ...
+
+    async def penalize(self, key: str, seconds: float) -> None:
+        """Give ``key`` no slot for the next ``seconds`` (the remote answered 429), for every user of the limit."""
+        ...
+
+    async def wait_time(self, key: str = "") -> float:
+        """Seconds until ``key`` has a free slot (0 when it has one now)."""
+        ...
+
+
+class LimiterFactory(Protocol):
+    """Hands out the limiter called ``name``: one name is one limit wherever it is asked for."""
+
+    def __call__(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter: ...
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``rate`` actions per ``per`` seconds for each key, in bursts of up to ``burst``."""
+
+    rate: float
+    per: float
+    burst: int
+
+    @classmethod
+    def of(cls, rate: float, per: float = 1.0, burst: int | None = None) -> Rate:
+        """The checked rate; ``burst`` defaults to ``rate`` (at least 1)."""
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ConfigError(f"rate limit: rate must be a positive number of actions, got {rate!r}")
+        if not (per > 0 and math.isfinite(per)):
+            raise ConfigError(f"rate limit: per must be a positive number of seconds, got {per!r}")
+        if burst is None:
+            burst = max(1, math.floor(rate))
+        if burst < 1:
+            raise ConfigError(f"rate limit: burst must be at least 1, got {burst!r}")
+        return cls(rate, per, burst)
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two actions of one key at the steady rate."""
+        return self.per / self.rate
+
+    @property
+    def tolerance(self) -> float:
+        """How far ahead of the steady rate a burst may run, in seconds."""
+        return (self.burst - 1) * self.interval
 
 
 class _Bucket:
@@ -62,19 +123,12 @@ class RateLimiter:
         clock: Clock = time.monotonic,
         sleep: Sleep = anyio.sleep,
     ) -> None:
-        if not (rate > 0 and math.isfinite(rate)):
-            raise ConfigError(f"rate limit: rate must be a positive number of actions, got {rate!r}")
-        if not (per > 0 and math.isfinite(per)):
-            raise ConfigError(f"rate limit: per must be a positive number of seconds, got {per!r}")
-        if burst is None:
-            burst = max(1, math.floor(rate))
-        if burst < 1:
-            raise ConfigError(f"rate limit: burst must be at least 1, got {burst!r}")
+        checked = Rate.of(rate, per, burst)
         self.rate = rate
         self.per = per
-        self.burst = burst
-        self._interval = per / rate
-        self._tolerance = (burst - 1) * self._interval
+        self.burst = checked.burst
+        self._interval = checked.interval
+        self._tolerance = checked.tolerance
         self._clock = clock
         self._sleep = sleep
         self._buckets: dict[str, _Bucket] = {}
@@ -140,16 +194,33 @@ class RateLimiter:
         bucket.tat = max(bucket.tat, now) + self._interval
         return True
 
-    def wait_time(self, key: str = "") -> float:
+    async def wait_time(self, key: str = "") -> float:
         """Seconds until ``key`` has a free slot (0 when it has one now), ignoring queued waiters."""
         bucket = self._buckets.get(key)
         if bucket is None:
             return 0.0
         return max(bucket.tat - self._tolerance - self._clock(), 0.0)
 
-    def penalize(self, key: str, seconds: float) -> None:
+    async def penalize(self, key: str, seconds: float) -> None:
         """Give ``key`` no slot for the next ``seconds``, then resume at the steady rate (no burst)."""
         if not seconds > 0:
             return
         bucket = self._bucket(key)
         bucket.tat = max(bucket.tat, self._clock() + seconds + self._tolerance)
+
+
+class LocalLimiters:
+    """A :class:`LimiterFactory` of in-process :class:`RateLimiter` objects, one per name.
+
+    The limits hold within this process only: the SQLite store's limiters, and an adapter's
+    when it runs outside a runtime.
+    """
+
+    def __init__(self) -> None:
+        self._limiters: dict[str, RateLimiter] = {}
+
+    def __call__(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> RateLimiter:
+        limiter = self._limiters.get(name)
+        if limiter is None:
+            limiter = self._limiters[name] = RateLimiter(rate, per, burst)
+        return limiter

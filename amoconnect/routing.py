@@ -9,7 +9,7 @@ from .adapter import MessengerAdapter
 from .capabilities import Capability, RateLimit
 from .config import AccountConfig, SourceConfig
 from .model import Conversation
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter
 from .store.base import ConversationRecord
 
 __all__ = ["Instance", "Routing"]
@@ -22,7 +22,7 @@ class Instance:
     source: SourceConfig
     account: AccountConfig
     adapter: MessengerAdapter
-    limiters: list[tuple[RateLimit, RateLimiter]] = field(default_factory=list)
+    limiters: list[tuple[RateLimit, Limiter]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -48,10 +48,10 @@ class Instance:
         for limit, limiter in self.limiters:
             await limiter.acquire(chat if limit.scope == "chat" else "")
 
-    def penalize(self, chat: str, seconds: float) -> None:
+    async def penalize(self, chat: str, seconds: float) -> None:
         """Hold every send to ``chat`` (and, for instance-wide limits, to the instance) for ``seconds``."""
         for limit, limiter in self.limiters:
-            limiter.penalize(chat if limit.scope == "chat" else "", seconds)
+            await limiter.penalize(chat if limit.scope == "chat" else "", seconds)
 
     def conversation(self, record: ConversationRecord) -> Conversation:
         """The neutral view of a stored conversation, for hooks."""

@@ -40,7 +40,7 @@ from .metrics import Metrics
 from .model import InboundEvent
 from .outbound import AmocrmHandler, StatusHandler
 from .plugins import collect_messengers, get_plugin_manager
-from .ratelimit import RateLimiter
+from .ratelimit import Limiter, LimiterFactory
 from .relay import Handler, Relay
 from .routing import Instance, Routing
 from .store import build_store
@@ -161,12 +161,24 @@ class Runtime:
                 public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
                 exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
                 url_guard=self.url_guard,
+                limiter=self._limiters_of(f"{cls.name}:{source.name}"),
             )
             adapter: MessengerAdapter = cls(settings, context)
             # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).
-            limiters = [(limit, RateLimiter(limit.count, limit.per)) for limit in adapter.rate_limits]
+            limiters = [
+                (limit, context.limiter(f"{limit.scope}:{limit.count}/{limit.per:g}s", limit.count, limit.per))
+                for limit in adapter.rate_limits
+            ]
             instances.append(Instance(source, self.config.account(source.account), adapter, limiters))
         return instances
+
+    def _limiters_of(self, namespace: str) -> LimiterFactory:
+        """The store's limiters under ``namespace`` (``telegram:bot1``), for an instance's context."""
+
+        def limiter(name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:
+            return self.store.limiter(f"{namespace}:{name}", rate, per, burst)
+
+        return limiter
 
     def _submitter(self, instance_name: str) -> Callable[[Sequence[InboundEvent]], Awaitable[None]]:
         async def submit(events: Sequence[InboundEvent]) -> None:

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from amoconnect.store.base import Store
+from amoconnect.store.sqlite import SQLiteStore
 
 # tests/ holds helpers (rig.py) and the test messenger (messengers/), imported by name.
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,3 +33,17 @@ def postgres() -> str:
             pytest.fail(f"{POSTGRES_ENV} is not set but AMOCONNECT_REQUIRE_POSTGRES is")
         pytest.skip(f"set {POSTGRES_ENV} to a PostgreSQL URL to run the PostgreSQL tests")
     return url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    """An open store of each backend in turn: SQLite, then (with a server) a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        async with SQLiteStore(tmp_path / "store.sqlite3") as s:
+            yield s
+        return
+    from amoconnect.store.postgres import PostgresStore
+    from amoconnect.testing.stores import fresh_postgres_schema
+
+    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
+        yield p

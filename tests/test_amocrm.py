@@ -456,7 +456,7 @@ async def test_429_storm_is_bounded(fake: FakeAmoCRM, make_client: MakeClient, c
     assert info.value.status == 429 and info.value.retryable
     assert len(fake.requests) == 3
     # the account was pushed back: later requests wait at least the last backoff
-    assert client.limiter.wait_time(client.limit_key) > 0
+    assert await client.limiter.wait_time(client.limit_key) > 0
 
 
 async def test_ip_ban_is_403_and_not_retried(fake: FakeAmoCRM, make_client: MakeClient) -> None:

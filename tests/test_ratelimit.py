@@ -49,23 +49,23 @@ async def test_keys_have_separate_buckets() -> None:
     assert clock.now == 0.0
     await limiter.acquire("a")
     assert clock.now == pytest.approx(1.0)
-    assert limiter.wait_time("b") == 0.0
+    assert await limiter.wait_time("b") == 0.0
 
 
 @pytest.mark.anyio
 async def test_penalize_pushes_the_next_slot_back_then_no_burst() -> None:
     clock = ManualClock(0.0)
     limiter = limiter_on(clock, 10, burst=10)
-    limiter.penalize("k", 3.0)
-    assert limiter.wait_time("k") == pytest.approx(3.0)
-    assert limiter.wait_time("other") == 0.0
+    await limiter.penalize("k", 3.0)
+    assert await limiter.wait_time("k") == pytest.approx(3.0)
+    assert await limiter.wait_time("other") == 0.0
     await limiter.acquire("k")
     assert clock.now == pytest.approx(3.0)
     await limiter.acquire("k")
     assert clock.now == pytest.approx(3.1)
-    limiter.penalize("k", 0)  # no-op
-    limiter.penalize("k", float("nan"))  # no-op
-    assert limiter.wait_time("k") == pytest.approx(0.1)
+    await limiter.penalize("k", 0)  # no-op
+    await limiter.penalize("k", float("nan"))  # no-op
+    assert await limiter.wait_time("k") == pytest.approx(0.1)
 
 
 @pytest.mark.anyio
@@ -76,7 +76,7 @@ async def test_penalty_during_a_wait_is_honoured() -> None:
     async def sleep(seconds: float) -> None:
         sleeps.append(seconds)
         if len(sleeps) == 1:
-            limiter.penalize("k", 5.0)  # a 429 arrives while we wait
+            await limiter.penalize("k", 5.0)  # a 429 arrives while we wait
         await clock.sleep(seconds)
 
     limiter = RateLimiter(1, 1.0, burst=1, clock=clock, sleep=sleep)
@@ -92,7 +92,7 @@ async def test_delay_takes_the_slot_for_a_later_moment() -> None:
     limiter = limiter_on(clock, 1, burst=1)
     await limiter.acquire("k", delay=2.0)  # the action happens at t=2
     assert clock.now == 0.0
-    assert limiter.wait_time("k") == pytest.approx(3.0)
+    assert await limiter.wait_time("k") == pytest.approx(3.0)
     await limiter.acquire("k", delay=1.0)  # at t=3 at the earliest: wait 2 now, act 1 later
     assert clock.now == pytest.approx(2.0)
 
@@ -141,12 +141,12 @@ async def test_try_acquire_does_not_jump_the_queue() -> None:
 async def test_cancelled_waiter_gives_its_place_up_without_using_a_slot() -> None:
     limiter = RateLimiter(1, 10.0, burst=1)  # real clock: one slot per 10 s
     await limiter.acquire("k")
-    before = limiter.wait_time("k")
+    before = await limiter.wait_time("k")
     with anyio.move_on_after(0.05) as scope:
         await limiter.acquire("k")
     assert scope.cancelled_caught
-    assert limiter.wait_time("k") == pytest.approx(before - 0.05, abs=0.05)
-    assert limiter.wait_time("k") <= before
+    assert await limiter.wait_time("k") == pytest.approx(before - 0.05, abs=0.05)
+    assert await limiter.wait_time("k") <= before
 
 
 @pytest.mark.anyio
@@ -170,11 +170,11 @@ async def test_idle_buckets_are_dropped() -> None:
         await limiter.acquire(f"later-{i}")
     assert limiter.tracked_keys < 600
     # a busy key survives a sweep
-    limiter.penalize("busy", 100)
+    await limiter.penalize("busy", 100)
     clock.advance(10)
     for i in range(1000):
         await limiter.acquire(f"again-{i}")
-    assert limiter.wait_time("busy") > 0
+    assert await limiter.wait_time("busy") > 0
 
 
 @pytest.mark.parametrize(

@@ -442,7 +442,7 @@ async def test_a_rate_limit_holds_the_chats_other_sends(r: Rig) -> None:
     adapter.failures = [RateLimited("Too Many Requests: retry after 1", retry_after=0.5)]
     await r.amojo.emit_text(SCOPE, "lb:c1", "first")
     await eventually(lambda: not adapter.failures)
-    assert limiter.wait_time("") > 0.2  # every send of the instance waits, not only this job
+    assert await limiter.wait_time("") > 0.2  # every send of the instance waits, not only this job
     await eventually(lambda: adapter.sent)
     assert adapter.sent[0].text == "first"
 

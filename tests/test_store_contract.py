@@ -3,34 +3,18 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
 
 from amoconnect.statuses import DELIVERED, FAILED, READ, SENT
 from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
-from amoconnect.store.sqlite import SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
 
 def job(key: str, payload: bytes = b"x", *, kind: str = "test", delay: float = 0.0) -> NewJob:
     return NewJob(kind=kind, key=key, payload=payload, scope_id="scope", delay=delay)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    if request.param == "sqlite":
-        async with SQLiteStore(tmp_path / "store.sqlite3") as s:
-            yield s
-        return
-    from amoconnect.store.postgres import PostgresStore
-    from amoconnect.testing.stores import fresh_postgres_schema
-
-    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
-        yield p
 
 
 async def test_enqueue_and_claim_in_order(store: Store) -> None:
@@ -94,6 +78,21 @@ async def test_requeued_dead_letter_runs_before_later_jobs_of_its_conversation(s
     await store.requeue()
     (head,) = await store.claim(10)
     assert head.payload == b"old"
+
+
+async def test_a_requeued_dead_letter_waits_while_a_later_job_of_its_conversation_runs(store: Store) -> None:
+    """Found by tests/test_store_stateful.py: the old id made the dead letter a head beside the running job."""
+    await store.enqueue([job("a", b"old"), job("a", b"new")])
+    (old,) = await store.claim(10)
+    await store.bury(old.id, error="x")
+    (new,) = await store.claim(10)
+    assert new.payload == b"new"
+    assert await store.requeue() == 1
+    assert await store.claim(10) == []  # one job of a conversation at a time
+    assert await store.next_due_in() is None  # nothing a worker could take: no busy loop
+    await store.finish(new.id)
+    (again,) = await store.claim(10)
+    assert again.payload == b"old"
 
 
 async def test_finish_writes_mapping_and_follow_ups_atomically(store: Store) -> None:

@@ -2,7 +2,8 @@
 
 A store keeps four things (``docs/design``): the job queue (with dead letters), the dedup
 keys that make every inbound edge idempotent, the id mapping between amoCRM, us and the
-messenger, and small key-value state for adapters (e.g. a long-polling offset).
+messenger, and small key-value state for adapters (e.g. a long-polling offset). It also hands
+out the rate limiters, so that a limit holds for every process sharing the store.
 
 Every method is a coroutine and every write is durable when it returns.
 """
@@ -13,6 +14,8 @@ from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import msgspec
+
+from ..ratelimit import Limiter
 
 __all__ = [
     "ConversationRecord",
@@ -200,3 +203,13 @@ class Store(Protocol):
 
     async def delete_state(self, namespace: str, key: str) -> None:
         """Forget a value an adapter stored."""
+
+    # -- rate limits ---------------------------------------------------------------------
+    def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:
+        """The rate limit called ``name`` (``telegram:bot1:chat:1/1s``, ``amocrm:account``), shared by its users.
+
+        Every process on the store that asks for ``name`` shares the limit: SQLite's are in-process
+        (one process owns the file), PostgreSQL's hold for the whole fleet. Keys within a limit are
+        independent; different names never share state.
+        """
+        ...

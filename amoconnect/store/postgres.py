@@ -12,6 +12,8 @@ uses at once:
   (the new holder runs the job again), so the conversation's next job cannot start early.
 - ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling.
 - Dedup keys and the id mapping sit under UNIQUE constraints.
+- Rate limits hold for the whole fleet: :meth:`PostgresStore.limiter` keeps their state in a
+  table (:mod:`.pglimits`).
 - The schema is versioned (:data:`MIGRATIONS`); ``amoconnect migrate`` applies it and
   :meth:`PostgresStore.open` refuses a database whose version is not this code's.
 
@@ -37,6 +39,7 @@ from psycopg.rows import TupleRow
 
 from ..crashpoints import crash_point
 from ..errors import StoreError
+from ..ratelimit import Limiter, Rate
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 
@@ -46,6 +49,8 @@ log = structlog.get_logger("amoconnect.store")
 
 _CHANNEL = "amoconnect_jobs"
 _NOW = "extract(epoch from clock_timestamp())::float8"
+LIMITS_PRUNE_INTERVAL = 60.0
+"""Seconds between two deletions of idle rate limit rows."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media, leases
@@ -132,12 +137,25 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX media_stored ON media (stored_at);
     CREATE TABLE leases (name TEXT PRIMARY KEY, owner TEXT NOT NULL, until DOUBLE PRECISION NOT NULL);
     """,
+    # 2: rate limits shared by the fleet (store/pglimits.py). No index on tat: it changes on every
+    # action (updates stay HOT), and the pruning scan only meets keys active in the last moments.
+    """
+    CREATE TABLE rate_limits (
+        name TEXT NOT NULL,
+        key TEXT NOT NULL,
+        tat DOUBLE PRECISION NOT NULL,
+        held_until DOUBLE PRECISION,
+        PRIMARY KEY (name, key)
+    );
+    """,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND p.id < q.id)"
+# A job is its key's head when no earlier job of the key is left and none of the key is running: a
+# requeued dead letter keeps its old id (its place) but waits for a later job already running.
+_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
 _CONVERSATION_COLUMNS = (
     "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
 )
@@ -400,14 +418,12 @@ class PostgresStore:
             await pool.close()
             raise self._error("connect", exc) from exc
         self._pool = pool
-        self.recovered = await self._write(
-            f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
-            notify=True,
-        )
+        self.recovered = await self.release_expired()
         listening = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._listen(listening), name="amoconnect-pg-listen"),
             asyncio.create_task(self._keep_leases(), name="amoconnect-pg-leases"),
+            asyncio.create_task(self._keep_limits(), name="amoconnect-pg-limits"),
         ]
         with anyio.move_on_after(10):
             await listening.wait()
@@ -473,15 +489,28 @@ class PostgresStore:
                     f"UPDATE queue SET lease_until = {_NOW} + %s WHERE state = 'running' AND owner = %s",
                     (self._lease, self.owner),
                 )
-                freed = await self._write(
-                    f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
-                    notify=True,
-                )
+                freed = await self.release_expired()
             except StoreError as exc:
                 log.warning("store lease upkeep failed", error=str(exc))
                 continue
             if freed:
                 log.warning("jobs of a stopped process taken back", count=freed)
+
+    async def release_expired(self) -> int:
+        """Put the running jobs whose lease ran out (their process stopped) back in the queue; returns how many."""
+        return await self._write(
+            f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
+            notify=True,
+        )
+
+    async def _keep_limits(self) -> None:
+        """Delete idle rate limit rows now and then."""
+        while True:
+            await asyncio.sleep(LIMITS_PRUNE_INTERVAL)
+            try:
+                await self.prune_limits()
+            except StoreError as exc:
+                log.warning("store rate limit upkeep failed", error=str(exc))
 
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
@@ -760,6 +789,17 @@ class PostgresStore:
 
     async def delete_state(self, namespace: str, key: str) -> None:
         await self._write("DELETE FROM state WHERE namespace = %s AND key = %s", (namespace, key))
+
+    # -- rate limits ---------------------------------------------------------------------
+    def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:
+        """The limit called ``name``, held in the database for every process on it."""
+        from .pglimits import PostgresLimiter
+
+        return PostgresLimiter(self, name, Rate.of(rate, per, burst))
+
+    async def prune_limits(self) -> int:
+        """Forget the limiter keys whose bucket is full again (such a row says nothing); returns how many."""
+        return await self._write(f"DELETE FROM rate_limits WHERE tat < {_NOW}")
 
 
 class _Seen(Exception):

@@ -23,6 +23,7 @@ import anyio
 
 from ..crashpoints import crash_point
 from ..errors import StoreError
+from ..ratelimit import LocalLimiters, RateLimiter
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 
@@ -94,7 +95,9 @@ CREATE TABLE IF NOT EXISTS state (
 );
 """
 
-_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND p.id < q.id)"
+# A job is its key's head when no earlier job of the key is left and none of the key is running: a
+# requeued dead letter keeps its old id (its place) but waits for a later job already running.
+_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
 _CONVERSATION_COLUMNS = (
     "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
 )
@@ -169,6 +172,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
+        self._limiters = LocalLimiters()
 
     # -- the writer thread ---------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -549,6 +553,11 @@ class SQLiteStore:
         await self._call(
             lambda conn: conn.execute("DELETE FROM state WHERE namespace = ? AND key = ?", (namespace, key))
         )
+
+    # -- rate limits ---------------------------------------------------------------------
+    def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> RateLimiter:
+        """The in-process limiter called ``name``: one process owns the file, so its limits are the whole story."""
+        return self._limiters(name, rate, per, burst)
 
 
 class _OperationFailed(Exception):

@@ -14,10 +14,19 @@ import os
 import secrets
 import threading
 import urllib.parse
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["POSTGRES_ENV", "fresh_postgres_schema", "postgres_url", "store_settings", "table_rows"]
+__all__ = [
+    "POSTGRES_ENV",
+    "fresh_postgres_schema",
+    "postgres_url",
+    "run_sql",
+    "sql_session",
+    "store_settings",
+    "table_rows",
+]
 
 POSTGRES_ENV = "AMOCONNECT_TEST_POSTGRES"
 
@@ -77,14 +86,33 @@ def fresh_postgres_schema(url: str) -> str:
 
 def table_rows(store: Any, table: str, columns: str = "COUNT(*)") -> list[tuple[Any, ...]]:
     """``SELECT columns FROM table`` on a test's store, synchronously (for polling inside ``eventually``)."""
-    sql = f"SELECT {columns} FROM {table}"
+    return run_sql(store, f"SELECT {columns} FROM {table}")
+
+
+def run_sql(store: Any, sql: str) -> list[tuple[Any, ...]]:
+    """Run one statement on a test's store behind its back, on a connection of its own; the rows it returns."""
+    with sql_session(store) as run:
+        return run(sql)
+
+
+@contextlib.contextmanager
+def sql_session(store: Any) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
+    """A connection of its own to a test's store for the block, as a function that runs one statement
+    (autocommitted) and returns its rows: for tests that look behind the store's back at every step."""
     url = getattr(store, "url", None)
     if url is not None:
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
-            return [tuple(row) for row in conn.execute(sql).fetchall()]
+
+            def run_pg(sql: str) -> list[tuple[Any, ...]]:
+                cur = conn.execute(sql)
+                return [tuple(row) for row in cur.fetchall()] if cur.description else []
+
+            yield run_pg
+        return
     import sqlite3
 
-    with contextlib.closing(sqlite3.connect(store.path)) as db:
-        return db.execute(sql).fetchall()
+    with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
+        db.execute("PRAGMA busy_timeout=5000")
+        yield lambda sql: db.execute(sql).fetchall()

@@ -197,7 +197,10 @@ class VKAdapter(MessengerAdapter):
         assert isinstance(config, VKSettings)
         super().__init__(config, context)
         self.config = config
-        self.api = VkApi(context.http, config.api_url, config.token, rate=self.api_rate)
+        # One limit per community, shared by every process that serves it.
+        self.api = VkApi(
+            context.http, config.api_url, config.token, limiter=context.limiter("api", self.api_rate, 1.0, burst=1)
+        )
         self.memory = Memory()
         self.community: dict[str, Any] | None = None
         """``groups.getById``'s answer, once known."""

@@ -5,7 +5,8 @@ community token in ``Authorization: Bearer``; VK answers HTTP 200 with ``{"respo
 ``{"error": {"error_code", "error_msg", "request_params"}}``, which :func:`~amoconnect_vk.vkapi.error_for`
 turns into the neutral failure vocabulary. The relay retries, not this client.
 
-All calls of one community token share VK's limit of 20 requests a second: a token bucket
+All calls of one community token share VK's limit of 20 requests a second: the limiter the
+adapter gets from its context (the store's, so every process serving the community shares it)
 spaces them evenly (50 ms apart, so a sliding one-second window never sees more than 20), and
 a rate-limit error (6, 9, 29) holds every call for its pause. :meth:`VkApi.execute` runs up to
 25 calls in one request (VKScript ``return [API.a.b({...}), ...];``).
@@ -19,7 +20,7 @@ from typing import Any, Final
 
 import httpx
 from amoconnect.errors import MessengerError, RateLimited
-from amoconnect.ratelimit import RateLimiter
+from amoconnect.ratelimit import Limiter
 
 from .vkapi import API_VERSION, VkApiError, error_for
 
@@ -40,16 +41,19 @@ def _form(value: Any) -> str:
 
 
 class VkApi:
-    """Calls the VK API at ``base_url`` (``https://api.vk.com`` or a fake) with one community token."""
+    """Calls the VK API at ``base_url`` (``https://api.vk.com`` or a fake) with one community token.
+
+    ``limiter`` spaces the token's calls (key ``""``); a rate-limit error penalizes it.
+    """
 
     def __init__(
-        self, http: httpx.AsyncClient, base_url: str, token: str, *, version: str = API_VERSION, rate: float = 20.0
+        self, http: httpx.AsyncClient, base_url: str, token: str, *, limiter: Limiter, version: str = API_VERSION
     ) -> None:
         self.http = http
         self.base_url = base_url.rstrip("/")
         self.version = version
         self._token = token
-        self.limiter = RateLimiter(rate, 1.0, burst=1)
+        self.limiter = limiter
 
     def _scrub(self, text: str) -> str:
         return text.replace(self._token, "<token>") if self._token else text
@@ -81,7 +85,7 @@ class VkApi:
         if isinstance(error, dict):
             refused = error_for(int(error.get("error_code") or 0), str(error.get("error_msg") or ""))
             if isinstance(refused, RateLimited):
-                self.limiter.penalize("", refused.retry_after)
+                await self.limiter.penalize("", refused.retry_after)
             raise refused
         if "response" not in body:
             raise MessengerError(f"VK {method} answered neither response nor error", retryable=True)

@@ -12,6 +12,8 @@ import httpx
 import pytest
 from amoconnect.amojo import wire
 from amoconnect.config import parse_config
+from amoconnect.errors import RateLimited
+from amoconnect.model import OutgoingMessage
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
 from amoconnect.testing.fake_amojo import FakeAmojo, StoredMessage
@@ -20,6 +22,7 @@ from amoconnect.testing.kit import LOOPBACK_NETWORKS, HostRouter, eventually, lo
 from amoconnect.testing.stores import store_settings
 from vk_rig import API, FILES, Files
 
+from amoconnect_vk.adapter import VKAdapter
 from amoconnect_vk.fake import FakeVK
 
 pytestmark = pytest.mark.anyio
@@ -98,6 +101,21 @@ async def world(tmp_path: Path, fake: FakeVK, amojo: FakeAmojo, files: Files) ->
         amojo.webhook_client = runtime.client
         fake.http = runtime.client
         yield World(runtime, fake, amojo, fake.add_user("Anna", "Petrova", domain="anna"))
+
+
+# -- the community's call limit ----------------------------------------------------------------------
+
+
+async def test_the_communitys_call_limit_is_the_stores(world: World) -> None:
+    """VK's "too many requests" holds the community in the runtime's store: every process serving it waits."""
+    instance = world.runtime.routing.get("shop")
+    assert instance is not None
+    await world.vk.client_writes(world.user, "hi")
+    world.vk.fail_next(1, 6, method="messages.send")
+    with pytest.raises(RateLimited):
+        await instance.adapter.send_message(OutgoingMessage(chat=str(world.user), text="answer", dedup_key="r1"))
+    shared = world.runtime.store.limiter("vk:shop:api", VKAdapter.api_rate, 1.0, burst=1)
+    assert await shared.wait_time() == pytest.approx(1.0, abs=0.3)
 
 
 # -- private messages -------------------------------------------------------------------------------
