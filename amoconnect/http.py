@@ -1,7 +1,8 @@
 """Outbound HTTP shared by every client: transports, a per-host in-flight cap, bounded retries.
 
 httpx is the API everywhere. Its default pool (httpcore) degrades past a few concurrent
-requests, so the transport is a setting: ``"httpx"`` (httpcore, no extra dependency) or
+requests (the ``"httpx"`` transport therefore spreads requests over several small pools), so
+the transport is a setting: ``"httpx"`` (httpcore, no extra dependency) or
 ``"aiohttp"`` (the ``httpx-aiohttp`` transport, several times faster under concurrency, and the
 default of the configuration). Either way a :class:`HostLimiter` caps requests in flight
 per host so that one slow remote cannot swallow every connection.
@@ -45,6 +46,9 @@ OnRetry = Callable[[int, float, int | None], Awaitable[None] | None]
 """``on_retry(attempt, wait, status)``: called before a failed attempt is repeated (``status`` None: no answer)."""
 
 log = structlog.get_logger("amoconnect.http")
+
+POOL_SIZE = 4
+"""Connections in each of the ``httpx`` transport's pools (see :class:`_Pools`)."""
 
 
 class RetryPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -117,20 +121,56 @@ class HostLimiter(httpx.AsyncBaseTransport):
             semaphore.release()
         else:
             # The slot is held until the body is read and closed: the connection stays busy until then.
-            response.stream = _Releasing(response.stream, semaphore)
+            response.stream = _Releasing(response.stream, semaphore.release)
         return response
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class _Releasing(httpx.AsyncByteStream):
-    """A response body that gives its host's in-flight slot back when it is closed."""
+class _Pools(httpx.AsyncBaseTransport):
+    """httpcore's transport as several small pools, each request going to the least busy one.
 
-    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, semaphore: anyio.Semaphore) -> None:
+    httpcore (1.0.9) scans every connection of its pool on each request and each answer, so
+    its CPU per request grows with the connections in use: measured here, 5.2 ms per relayed
+    message with 32 in flight against 2.3 ms with 4. Pools of :data:`POOL_SIZE` keep the scan
+    short at any in-flight cap.
+    """
+
+    def __init__(self, max_in_flight: int) -> None:
+        limits = httpx.Limits(max_connections=POOL_SIZE, max_keepalive_connections=POOL_SIZE)
+        # As many connections in all as one pool had before: twice the in-flight cap.
+        count = -(-2 * max_in_flight // POOL_SIZE)
+        self._pools = [httpx.AsyncHTTPTransport(limits=limits) for _ in range(count)]
+        self._busy = [0] * len(self._pools)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        index = self._busy.index(min(self._busy))
+        self._busy[index] += 1
+
+        def release() -> None:
+            self._busy[index] -= 1
+
+        try:
+            response = await self._pools[index].handle_async_request(request)
+        except BaseException:
+            release()
+            raise
+        response.stream = _Releasing(response.stream, release)
+        return response
+
+    async def aclose(self) -> None:
+        for pool in self._pools:
+            await pool.aclose()
+
+
+class _Releasing(httpx.AsyncByteStream):
+    """A response body that calls ``release`` (gives back an in-flight slot) when it is closed."""
+
+    def __init__(self, stream: httpx.SyncByteStream | httpx.AsyncByteStream, release: Callable[[], None]) -> None:
         assert isinstance(stream, httpx.AsyncByteStream)
         self._stream = stream
-        self._semaphore: anyio.Semaphore | None = semaphore
+        self._release: Callable[[], None] | None = release
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._stream:
@@ -140,23 +180,25 @@ class _Releasing(httpx.AsyncByteStream):
         try:
             await self._stream.aclose()
         finally:
-            semaphore, self._semaphore = self._semaphore, None
-            if semaphore is not None:
-                semaphore.release()
+            release, self._release = self._release, None
+            if release is not None:
+                release()
 
 
 def build_transport(kind: TransportKind = "httpx", *, max_in_flight_per_host: int = 32) -> httpx.AsyncBaseTransport:
     """A transport of the given kind behind a per-host in-flight cap."""
-    # The in-flight cap bounds connections per host; a larger pool only lengthens httpcore's scan per request.
-    limits = httpx.Limits(max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host)
     inner: httpx.AsyncBaseTransport
     if kind == "httpx":
-        inner = httpx.AsyncHTTPTransport(limits=limits)
+        inner = _Pools(max_in_flight_per_host)
     elif kind == "aiohttp":
         try:
             from httpx_aiohttp import AiohttpTransport
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ConfigError("transport 'aiohttp' needs the httpx-aiohttp package: pip install httpx-aiohttp") from exc
+        # The in-flight cap bounds connections per host.
+        limits = httpx.Limits(
+            max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host
+        )
         inner = AiohttpTransport(limits=limits)
     else:
         raise ConfigError(f"unknown HTTP transport {kind!r}; expected 'httpx' or 'aiohttp'")
