@@ -222,6 +222,7 @@ class Runtime:
                 transport=http_config.transport,
                 timeout=http_config.timeout,
                 max_in_flight_per_host=http_config.max_in_flight_per_host,
+                direct=True,
             )
             if self._amojo_http is None:
                 stack.push_async_callback(amojo_http.aclose)

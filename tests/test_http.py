@@ -471,3 +471,25 @@ async def test_the_httpx_transport_spreads_requests_over_small_pools(monkeypatch
         await response.aread()
         await response.aclose()
     assert pools._busy == [0, 0, 0, 0]
+
+
+async def test_a_direct_client_sends_straight_to_its_transport() -> None:
+    from amoconnect.http import new_client
+
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Set-Cookie": "a=1"}, stream=_Body())
+
+    async with new_client(transport=httpx.MockTransport(handle), timeout=3.0, direct=True) as client:
+        response = await client.send(httpx.Request("POST", "http://h/x", content=b"{}"))
+        assert (response.status_code, response.content, response.request.url.path) == (200, b"ok", "/x")
+        assert response.is_closed
+        assert seen[0].extensions["timeout"]["read"] == 3.0
+        assert not client.cookies  # no jar: nothing of the answer is kept
+        async with client.stream("GET", "http://h/y") as streamed:  # httpx's own path
+            assert await streamed.aread() == b"ok"
+        assert client.cookies["a"] == "1"
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.send(httpx.Request("GET", "http://h/z"))

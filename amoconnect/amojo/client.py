@@ -102,7 +102,7 @@ class AmojoClient:
         self.base_url = base_url.rstrip("/")
         self._owns_client = client is None
         self._client = client or new_client(
-            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
+            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host, direct=True
         )
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
