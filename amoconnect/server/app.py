@@ -82,6 +82,12 @@ async def _read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
             return b"".join(chunks)
 
 
+def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
+    """``httpx.Headers`` of a request; saying they are ASCII when they are spares httpx's decoding trial per lookup."""
+    ascii_only = all(name.isascii() and value.isascii() for name, value in raw)
+    return httpx.Headers(raw, encoding="ascii" if ascii_only else None)
+
+
 def _hook_job(scope_id: str, hook: wire.Webhook, body: bytes) -> tuple[NewJob, str]:
     """The job of an amoCRM webhook and its dedup key."""
     if isinstance(hook, wire.MessageHook):
@@ -208,7 +214,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         hook_request = WebhookRequest(
             method=method,
             path=path,
-            headers=httpx.Headers(scope["headers"]),
+            headers=_headers(scope["headers"]),
             query=httpx.QueryParams(scope["query_string"].decode("latin-1")),
             body=body,
         )
