@@ -26,9 +26,9 @@ T = TypeVar("T")
 DEFAULT_CONFIG = "amoconnect.toml"
 
 
-def _run(fn: Callable[[], Awaitable[T]]) -> T:
+def _run(fn: Callable[[], Awaitable[T]], *, backend_options: dict[str, bool] | None = None) -> T:
     try:
-        return anyio.run(fn)
+        return anyio.run(fn, backend_options=backend_options)
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -107,7 +107,7 @@ def run(
             )
         )
         return
-    from .runtime import Runtime, serve
+    from .runtime import Runtime, loop_options, serve
 
     config = _config(config_path)
     _configure_logging(config, log_level)
@@ -116,7 +116,7 @@ def run(
         runtime = Runtime(config, plugin=plugin, plugin_dirs=plugin_dirs, extra_modules=plugin_modules)
         await serve(runtime, host=host or config.server.host, port=port or config.server.port)
 
-    _run(go)
+    _run(go, backend_options=loop_options())
 
 
 @main.command()

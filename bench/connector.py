@@ -17,7 +17,7 @@ import anyio
 from amoconnect.config import load_config
 from amoconnect.logging import configure
 from amoconnect.plugins import get_plugin_manager
-from amoconnect.runtime import Runtime, serve
+from amoconnect.runtime import Runtime, loop_options, serve
 
 
 def main() -> None:
@@ -33,7 +33,7 @@ def main() -> None:
         runtime = Runtime(config, plugin="fake", plugin_manager=pm)
         await serve(runtime, host=config.server.host, port=config.server.port)
 
-    anyio.run(go)
+    anyio.run(go, backend_options=loop_options())
 
 
 if __name__ == "__main__":

@@ -30,8 +30,10 @@ async def test_kill_9_mid_flow_loses_nothing_and_duplicates_nothing(tmp_path: Pa
     fake = FakeAmojo(CHANNEL, SECRET)
     fake.connect(ACCOUNT)
     port = free_port()
-    async with serve_app(Slow(fake.app, 0.002)) as amojo_url:
-        data = base_config(tmp_path, channel={"amojo_url": amojo_url}, relay={"concurrency": 16, "backoff": 0.05})
+    # amojo answers slowly enough (4 in flight, 50 ms each) that the relay cannot keep up with the
+    # webhooks, so the kill lands while acknowledged messages are still queued.
+    async with serve_app(Slow(fake.app, 0.05)) as amojo_url:
+        data = base_config(tmp_path, channel={"amojo_url": amojo_url}, relay={"concurrency": 4, "backoff": 0.05})
         config = tmp_path / "amoconnect.toml"
         config.write_text(tomli_w.dumps(data))
         events = [message(f"c{i % N_CONVERSATIONS}", str(i), f"m{i}") for i in range(N_MESSAGES)]

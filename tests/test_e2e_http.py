@@ -114,9 +114,14 @@ async def test_sigterm_drains_and_restart_delivers_the_rest(tmp_path: Path) -> N
         log = tmp_path / "run.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-            await eventually(lambda: listening(w.public), within=15)  # the webhook is set before the port is open
-            for i in range(40):
-                assert await w.chat.client_writes(f"c{i % 8}", f"m{i}") == 200
+            try:
+                await eventually(lambda: listening(w.public), within=15)  # the webhook is set before the port is open
+                for i in range(40):
+                    assert await w.chat.client_writes(f"c{i % 8}", f"m{i}") == 200
+            except BaseException:
+                proc.kill()  # a failed step must not leave the server running
+                proc.wait()
+                raise
             os.kill(proc.pid, signal.SIGTERM)
             started = time.monotonic()
             while proc.poll() is None and time.monotonic() - started < 15:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -426,3 +427,69 @@ async def test_a_nan_retry_after_does_not_escape_as_a_value_error() -> None:
     async with httpx.AsyncClient(transport=httpx.MockTransport(script)) as client:
         response = await send_with_retries(client, Builder(client), policy=FAST)
     assert response.status_code == 200
+
+
+class _Body(httpx.AsyncByteStream):
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield b"ok"
+
+
+async def test_the_httpx_transport_spreads_requests_over_small_pools(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amoconnect.http import POOL_SIZE, _Pools
+
+    pools = _Pools(2 * POOL_SIZE)
+    assert len(pools._pools) == 4
+    answer = anyio.Event()
+    used: list[int] = []
+
+    def handler(index: int) -> Any:
+        async def handle(request: httpx.Request) -> httpx.Response:
+            used.append(index)
+            await answer.wait()
+            if request.url.path == "/boom":
+                raise httpx.ConnectError("down")
+            return httpx.Response(200, stream=_Body())
+
+        return handle
+
+    for index, pool in enumerate(pools._pools):
+        monkeypatch.setattr(pool, "handle_async_request", handler(index))
+    responses: list[httpx.Response] = []
+
+    async def one(path: str) -> None:
+        with contextlib.suppress(httpx.ConnectError):
+            responses.append(await pools.handle_async_request(httpx.Request("GET", f"http://h{path}")))
+
+    async with anyio.create_task_group() as tg:
+        for path in ("/a", "/b", "/c", "/boom"):
+            tg.start_soon(one, path)
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(used) == [0, 1, 2, 3]  # each to the least busy pool
+        answer.set()
+    assert sorted(pools._busy) == [0, 1, 1, 1]  # the failed request gave its slot back
+    for response in responses:
+        await response.aread()
+        await response.aclose()
+    assert pools._busy == [0, 0, 0, 0]
+
+
+async def test_a_direct_client_sends_straight_to_its_transport() -> None:
+    from amoconnect.http import new_client
+
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, headers={"Set-Cookie": "a=1"}, stream=_Body())
+
+    async with new_client(transport=httpx.MockTransport(handle), timeout=3.0, direct=True) as client:
+        response = await client.send(httpx.Request("POST", "http://h/x", content=b"{}"))
+        assert (response.status_code, response.content, response.request.url.path) == (200, b"ok", "/x")
+        assert response.is_closed
+        assert seen[0].extensions["timeout"]["read"] == 3.0
+        assert not client.cookies  # no jar: nothing of the answer is kept
+        async with client.stream("GET", "http://h/y") as streamed:  # httpx's own path
+            assert await streamed.aread() == b"ok"
+        assert client.cookies["a"] == "1"
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.send(httpx.Request("GET", "http://h/z"))

@@ -122,3 +122,32 @@ async def test_a_failing_operation_fails_alone_in_its_batch(store: SQLiteStore) 
     assert (await store.counts())["queued"] == 10
     # The failed operation's own first write was rolled back with it.
     assert await store.enqueue([job("x")], dedup=["x"])
+
+
+async def test_a_write_waits_for_another_process_lock_without_blocking_the_loop(store: SQLiteStore) -> None:
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # e.g. a CLI command writing to the same file
+    ticks = 0
+    done = anyio.Event()
+
+    async def tick() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            ticks += 1
+            await anyio.sleep(0.01)
+
+    async def release() -> None:
+        await anyio.sleep(0.3)
+        other.execute("COMMIT")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        tg.start_soon(release)
+        started = time.monotonic()
+        assert await store.enqueue([job("a")], dedup=["locked"])
+        waited = time.monotonic() - started
+        done.set()
+    other.close()
+    assert waited >= 0.25
+    assert ticks >= 10  # the loop kept running while the write waited for the lock
+    assert (await store.counts())["queued"] == 1

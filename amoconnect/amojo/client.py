@@ -11,6 +11,7 @@ lost answer never shows twice in amoCRM.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote
@@ -35,6 +36,12 @@ _ADVICE = {
     403: f" — check [channel] secret; if the account turned the channel off, {_RECONNECT}",
     404: f" — the channel is not connected to this account: {_RECONNECT}",
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _url(url: str) -> httpx.URL:
+    """A parsed URL, kept: httpx checks a URL string character by character, ~20 % of a send's CPU."""
+    return httpx.URL(url)
 
 
 class Sent(msgspec.Struct, frozen=True):
@@ -102,7 +109,7 @@ class AmojoClient:
         self.base_url = base_url.rstrip("/")
         self._owns_client = client is None
         self._client = client or new_client(
-            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
+            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host, direct=True
         )
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
@@ -132,7 +139,7 @@ class AmojoClient:
         describe: str,
     ) -> httpx.Response:
         content = b"" if body is None else wire.encode(body)
-        url = self.base_url + path
+        url = _url(self.base_url + path)
 
         def build() -> httpx.Request:
             # A bare Request: the client's merging of base URL, cookies and defaults adds nothing here.

@@ -1,7 +1,9 @@
 """The ASGI app: webhook ingest from amoCRM and messengers, health, metrics and media.
 
 Ingest does only this inside a request: read the body (capped), verify the signature,
-decode, one durable write, answer. amoCRM never retries a webhook, so ``200`` means "on disk".
+decode, one durable write, answer. The two webhook routes are bare ASGI handlers in front of
+the Starlette app (:class:`_FastPaths`); the rest are Starlette routes. amoCRM never retries
+a webhook, so ``200`` means "on disk".
 
 Routes (README "HTTP routes"):
 
@@ -22,12 +24,12 @@ import httpx
 import msgspec
 import structlog
 from starlette.applications import Starlette
-from starlette.requests import ClientDisconnect, Request
+from starlette.requests import Request
 from starlette.responses import FileResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from ..adapter import WebhookRequest
+from ..adapter import WebhookRequest, WebhookResponse
 from ..amojo import wire
 from ..core import AMOCRM, INBOUND, InboundJob
 from ..errors import SignatureError, StoreError, WebhookError
@@ -52,23 +54,38 @@ class _TooLarge(Exception):
     pass
 
 
-def _json(status: int, body: dict[str, Any], *, retry_after: bool = False) -> Response:
-    headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if retry_after else None
-    return Response(_encode(body), status_code=status, media_type="application/json", headers=headers)
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-async def _read_capped(request: Request, cap: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
-        raise _TooLarge
+class _Disconnected(Exception):
+    pass
+
+
+async def _read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
+    """The request body, at most ``cap`` bytes (else :class:`_TooLarge`); :class:`_Disconnected` if the sender left."""
+    for name, value in scope["headers"]:
+        if name == b"content-length" and value.isdigit() and int(value) > cap:
+            raise _TooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > cap:
             raise _TooLarge
         chunks.append(chunk)
-    return b"".join(chunks)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
+    """``httpx.Headers`` of a request; saying they are ASCII when they are spares httpx's decoding trial per lookup."""
+    ascii_only = all(name.isascii() and value.isascii() for name, value in raw)
+    return httpx.Headers(raw, encoding="ascii" if ascii_only else None)
 
 
 def _hook_job(scope_id: str, hook: wire.Webhook, body: bytes) -> tuple[NewJob, str]:
@@ -128,17 +145,11 @@ def build_app(runtime: Runtime) -> ASGIApp:
         log.warning("webhook refused", source=source, reason=reason, detail=detail, status=status, **context)
         return status, {"error": reason, "detail": detail}
 
-    def refuse(source: str, status: int, reason: str, detail: str, **context: Any) -> Response:
-        return _json(*refusal(source, status, reason, detail, **context))
-
     def overload(source: str, exc: StoreError) -> tuple[int, dict[str, Any]]:
         """Nothing was stored: say so, and when to come back (messengers retry; amoCRM does not)."""
         metrics.webhooks_refused.labels(source, "store_unavailable").inc()
         log.error("webhook not stored", source=source, error=str(exc))
         return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
-
-    def overloaded(source: str, exc: StoreError) -> Response:
-        return _json(*overload(source, exc), retry_after=True)
 
     accounts = {account.scope_id: account for account in config.accounts}
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
@@ -176,41 +187,42 @@ def build_app(runtime: Runtime) -> ASGIApp:
         cap = config.server.max_body_bytes
         return refusal("amocrm", 413, "too_large", f"body over {cap} bytes", scope_id=scope_id)
 
-    async def messenger_webhook(request: Request) -> Response:
+    def refuse(source: str, status: int, reason: str, detail: str, **context: Any) -> WebhookResponse:
+        return _json_answer(*refusal(source, status, reason, detail, **context))
+
+    async def ingest_messenger(
+        scope: Scope, receive: Receive, messenger: str, name: str, path: str
+    ) -> WebhookResponse | None:
+        """Route, read, verify, parse and store one messenger webhook; what to answer (None: the sender left)."""
         started = time.perf_counter()
-        messenger = request.path_params["messenger"]
-        instance = runtime.routing.get(request.path_params["instance"])
-        path = request.path_params.get("path", "")
+        method: str = scope["method"]
+        instance = runtime.routing.get(name)
         if instance is None or instance.messenger != messenger:
-            return refuse(
-                messenger, 404, "unknown_instance", f"no {messenger} instance {request.path_params['instance']!r}"
-            )
+            return refuse(messenger, 404, "unknown_instance", f"no {messenger} instance {name!r}")
         route = next((r for r in instance.adapter.routes if r.path == path), None)
         if route is None:
             return refuse(messenger, 404, "unknown_path", f"{messenger} serves no webhook at {path!r}")
-        if request.method not in route.methods:
-            return refuse(messenger, 405, "bad_method", f"{request.method} is not accepted here")
+        if method not in route.methods:
+            return refuse(messenger, 405, "bad_method", f"{method} is not accepted here")
         cap = config.server.max_messenger_body_bytes
         try:
-            body = await _read_capped(request, cap)
+            body = await _read_body(scope, receive, cap)
         except _TooLarge:
             return refuse(messenger, 413, "too_large", f"body over {cap} bytes", instance=instance.name)
-        except ClientDisconnect:
-            return Response(status_code=400)
+        except _Disconnected:
+            return None
         hook_request = WebhookRequest(
-            method=request.method,
+            method=method,
             path=path,
-            headers=httpx.Headers(request.headers.raw),
-            query=httpx.QueryParams(request.url.query),
+            headers=_headers(scope["headers"]),
+            query=httpx.QueryParams(scope["query_string"].decode("latin-1")),
             body=body,
         )
         adapter = instance.adapter
         try:
             early = await adapter.verify(hook_request)
             if early is not None:
-                return Response(
-                    early.body, status_code=early.status, media_type=early.content_type, headers=dict(early.headers)
-                )
+                return early
             events = list(await adapter.parse(hook_request))
         except SignatureError as exc:
             return refuse(messenger, 401, "bad_signature", str(exc), instance=instance.name)
@@ -219,11 +231,10 @@ def build_app(runtime: Runtime) -> ASGIApp:
         try:
             await enqueue_inbound(runtime, instance, events)
         except StoreError as exc:
-            return overloaded(messenger, exc)
+            return _json_answer(*overload(messenger, exc))
         metrics.webhooks_received.labels(messenger).inc()
         metrics.ack_latency.labels(messenger).observe(time.perf_counter() - started)
-        ack = adapter.webhook_ack
-        return Response(ack.body, status_code=ack.status, media_type=ack.content_type, headers=dict(ack.headers))
+        return adapter.webhook_ack
 
     async def media(request: Request) -> Response:
         file_id = runtime.media.resolve(request.path_params["token"])
@@ -250,8 +261,6 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
-        Route("/hooks/{messenger}/{instance}", messenger_webhook, methods=["GET", "POST"]),
-        Route("/hooks/{messenger}/{instance}/{path:path}", messenger_webhook, methods=["GET", "POST"]),
         Route("/media/{token}", media, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
@@ -264,7 +273,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 
     runtime.pm.hook.startup_routes(add_route=add_route)
-    return _AmocrmFastPath(app, ingest_amocrm, too_large, config.server.max_body_bytes)
+    return _FastPaths(app, ingest_amocrm, ingest_messenger, too_large, config.server.max_body_bytes)
 
 
 def _quote(name: str) -> str:
@@ -273,71 +282,74 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
-class _AmocrmFastPath:
-    """``/amocrm/{scope_id}`` as a bare ASGI handler in front of the Starlette app.
+class _FastPaths:
+    """The webhook routes as bare ASGI handlers in front of the Starlette app.
 
-    It is the hottest route (amoCRM waits at most 5 s and never retries), so it skips the
-    framework's per-request objects; every other path goes to the app.
+    ``/amocrm/{scope_id}`` (amoCRM waits at most 5 s and never retries) and
+    ``/hooks/{messenger}/{instance}[/{path}]`` carry every message, so they skip the framework's
+    per-request objects; every other path goes to the app.
     """
 
     def __init__(
         self,
         app: Starlette,
-        ingest: Callable[[str, bytes, str | None], Awaitable[tuple[int, dict[str, Any]]]],
+        ingest_amocrm: Callable[[str, bytes, str | None], Awaitable[tuple[int, dict[str, Any]]]],
+        ingest_messenger: Callable[[Scope, Receive, str, str, str], Awaitable[WebhookResponse | None]],
         too_large: Callable[[str], tuple[int, dict[str, Any]]],
         cap: int,
     ) -> None:
-        self.app, self._ingest, self._too_large, self._cap = app, ingest, too_large, cap
+        self.app, self._amocrm, self._messenger = app, ingest_amocrm, ingest_messenger
+        self._too_large, self._cap = too_large, cap
         self.router = app.router
         """The app's router, where ``startup_routes`` adds routes."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
-        if scope["type"] == "http" and path.startswith("/amocrm/"):
-            scope_id = path[len("/amocrm/") :]
-            if scope_id and "/" not in scope_id:
-                if scope["method"] == "POST":
-                    await self._handle(scope, receive, send, scope_id)
-                else:
-                    await _answer(send, 405, {"error": "bad_method", "detail": "only POST"}, allow=b"POST")
-                return
+        if scope["type"] == "http":
+            if path.startswith("/amocrm/"):
+                scope_id = path[len("/amocrm/") :]
+                if scope_id and "/" not in scope_id:
+                    if scope["method"] == "POST":
+                        await self._handle_amocrm(scope, receive, send, scope_id)
+                    else:
+                        only_post = {"error": "bad_method", "detail": "only POST"}
+                        await _respond(send, _json_answer(405, only_post, allow="POST"))
+                    return
+            elif path.startswith("/hooks/"):
+                messenger, _, rest = path[len("/hooks/") :].partition("/")
+                name, _, hook_path = rest.partition("/")
+                if messenger and name:
+                    answer = await self._messenger(scope, receive, messenger, name, hook_path)
+                    if answer is not None:
+                        await _respond(send, answer)
+                    return
         await self.app(scope, receive, send)
 
-    async def _handle(self, scope: Scope, receive: Receive, send: Send, scope_id: str) -> None:
+    async def _handle_amocrm(self, scope: Scope, receive: Receive, send: Send, scope_id: str) -> None:
         signature = None
-        declared = None
         for name, value in scope["headers"]:
             if name == b"x-signature":
                 signature = value.decode("latin-1")
-            elif name == b"content-length":
-                declared = value
-        if declared is not None and declared.isdigit() and int(declared) > self._cap:
-            await _answer(send, *self._too_large(scope_id))
+        try:
+            body = await _read_body(scope, receive, self._cap)
+        except _TooLarge:
+            await _respond(send, _json_answer(*self._too_large(scope_id)))
             return
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the sender is gone: nothing stored, nobody to answer
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self._cap:
-                await _answer(send, *self._too_large(scope_id))
-                return
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
-        status, body = await self._ingest(scope_id, b"".join(chunks), signature)
-        await _answer(send, status, body)
+        except _Disconnected:
+            return  # the sender is gone: nothing stored, nobody to answer
+        await _respond(send, _json_answer(*await self._amocrm(scope_id, body, signature)))
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], *, allow: bytes | None = None) -> None:
-    content = _encode(body)
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())]
-    if allow is not None:
-        headers.append((b"allow", allow))
+def _json_answer(status: int, body: dict[str, Any], *, allow: str | None = None) -> WebhookResponse:
+    headers = {"Allow": allow} if allow is not None else {}
     if status == 503:
-        headers.append((b"retry-after", str(RETRY_AFTER_SECONDS).encode()))
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": content})
+        headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return WebhookResponse(status=status, body=_encode(body), content_type="application/json", headers=headers)
+
+
+async def _respond(send: Send, answer: WebhookResponse) -> None:
+    headers = [(b"content-type", answer.content_type.encode("latin-1"))]
+    headers.append((b"content-length", str(len(answer.body)).encode()))
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in answer.headers.items()]
+    await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+    await send({"type": "http.response.body", "body": answer.body})
