@@ -31,6 +31,8 @@ __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry"]
 log = structlog.get_logger("amoconnect.relay")
 
 _IDLE_WAIT = 5.0
+_SETTLE_FOR = 60.0
+"""Seconds a finished job keeps trying to record its outcome while the store is unavailable."""
 _STORE_RETRY = 1.0
 
 
@@ -156,8 +158,11 @@ class Relay:
                     await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
                 else:
                     crash_point("relay.done", job.kind)
-                    await self.store.finish(
-                        job.id, conversations=done.conversations, messages=done.messages, then=done.then
+                    await self._settle(
+                        lambda: self.store.finish(
+                            job.id, conversations=done.conversations, messages=done.messages, then=done.then
+                        ),
+                        bound,
                     )
                     self.metrics.jobs_succeeded.labels(job.kind).inc()
                     self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
@@ -176,7 +181,7 @@ class Relay:
             return
         wait = self.backoff_delay(job.attempts) if delay is None else delay
         bound.warning("job will be retried", error=error, retry_in_s=round(wait, 3))
-        await self.store.retry(job.id, delay=wait, error=error)
+        await self._settle(lambda: self.store.retry(job.id, delay=wait, error=error), bound)
         self.metrics.jobs_retried.labels(job.kind).inc()
 
     async def _bury(
@@ -184,5 +189,26 @@ class Relay:
     ) -> None:
         bound.error("job moved to dead letters", error=error)
         follow = handler.on_dead(job, error) if handler is not None and handler.on_dead is not None else ()
-        await self.store.bury(job.id, error=error, then=follow)
+        await self._settle(lambda: self.store.bury(job.id, error=error, then=follow), bound)
         self.metrics.jobs_dead.labels(job.kind).inc()
+
+    async def _settle(self, write: Callable[[], Awaitable[None]], bound: structlog.typing.FilteringBoundLogger) -> None:
+        """Record a job's outcome, through a store outage of up to ``_SETTLE_FOR`` seconds.
+
+        The work is done (a message may have gone out), so giving up at the first store error
+        would run it again; after the bound the job stays marked running and is run again when
+        the store recovers it (a restart of SQLite, the lease of PostgreSQL), at least once.
+        """
+        pause = _STORE_RETRY / 4
+        deadline = anyio.current_time() + _SETTLE_FOR
+        while True:
+            try:
+                await write()
+                return
+            except StoreError as exc:
+                if anyio.current_time() + pause > deadline:
+                    bound.error("store unavailable; the job's outcome is not recorded", error=str(exc))
+                    return
+                bound.warning("store unavailable; recording the job's outcome again shortly", error=str(exc))
+                await anyio.sleep(pause)
+                pause = min(pause * 2, _STORE_RETRY * 5)
