@@ -42,6 +42,7 @@ from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, conversation, message
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -155,11 +156,6 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 # A job is its key's head when no earlier job of the key is left and none of the key is running: a
 # requeued dead letter keeps its old id (its place) but waits for a later job already running.
-_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
-_CONVERSATION_COLUMNS = (
-    "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
-)
-_MESSAGE_COLUMNS = "scope_id, msgid, conversation_id, direction, amocrm_id, messenger_id, status"
 _INSERT_JOB = (
     f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
     f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
@@ -177,13 +173,13 @@ _ENQUEUE = (
 )
 """At most one dedup key: it is new and the jobs go in (with a NOTIFY), or nothing is written."""
 _UPSERT_CONVERSATION = (
-    f"INSERT INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+    f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET instance = EXCLUDED.instance, chat = EXCLUDED.chat, "
     "amocrm_chat_id = EXCLUDED.amocrm_chat_id, client_id = EXCLUDED.client_id, "
     "last_client_at = EXCLUDED.last_client_at, ref_pending = EXCLUDED.ref_pending"
 )
 _UPSERT_MESSAGE = (
-    f"INSERT INTO messages ({_MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, msgid) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
     "direction = EXCLUDED.direction, amocrm_id = EXCLUDED.amocrm_id, messenger_id = EXCLUDED.messenger_id, "
     "status = EXCLUDED.status"
@@ -208,14 +204,6 @@ _PRUNE_INTERVAL = 3600.0
 _MIGRATE_LOCK = 0x616D6F63
 
 Conn = psycopg.AsyncConnection[TupleRow]
-
-
-def _conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:
-    return None if row is None else ConversationRecord(*row)
-
-
-def _message(row: tuple[Any, ...] | None) -> MessageRecord | None:
-    return None if row is None else MessageRecord(*row)
 
 
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
@@ -563,7 +551,7 @@ class PostgresStore:
     async def claim(self, limit: int) -> list[Job]:
         async with self._conn("claim") as conn:
             cur = await conn.execute(
-                f"WITH c AS (SELECT id FROM queue q WHERE state = 'queued' AND next_run <= {_NOW} AND {_HEAD} "
+                f"WITH c AS (SELECT id FROM queue q WHERE state = 'queued' AND next_run <= {_NOW} AND {HEAD} "
                 "ORDER BY next_run, id LIMIT %s FOR UPDATE SKIP LOCKED) "
                 f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
                 "FROM c WHERE queue.id = c.id "
@@ -627,7 +615,7 @@ class PostgresStore:
         )
 
     async def next_due_in(self) -> float | None:
-        row = await self._fetchone(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {_HEAD}")
+        row = await self._fetchone(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {HEAD}")
         return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
     async def wait_for_work(self, max_wait: float) -> None:
@@ -692,26 +680,25 @@ class PostgresStore:
 
     # -- mapping -------------------------------------------------------------------------
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._fetchone(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND conversation_id = %s",
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND conversation_id = %s",
                 (scope_id, conversation_id),
             )
         )
 
     async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._fetchone(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE instance = %s AND chat = %s",
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE instance = %s AND chat = %s",
                 (instance, chat),
             )
         )
 
     async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._fetchone(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND amocrm_chat_id = %s "
-                "LIMIT 1",
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND amocrm_chat_id = %s LIMIT 1",
                 (scope_id, amocrm_chat_id),
             )
         )
@@ -721,16 +708,16 @@ class PostgresStore:
             await _upsert_conversations(conn, [record])
 
     async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND msgid = %s", (scope_id, msgid)
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND msgid = %s", (scope_id, msgid)
             )
         )
 
     async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND amocrm_id = %s LIMIT 1",
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND amocrm_id = %s LIMIT 1",
                 (scope_id, amocrm_id),
             )
         )
@@ -738,9 +725,9 @@ class PostgresStore:
     async def message_by_messenger(
         self, scope_id: str, conversation_id: str, messenger_id: str
     ) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._fetchone(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages "
                 "WHERE scope_id = %s AND conversation_id = %s AND messenger_id = %s LIMIT 1",
                 (scope_id, conversation_id, messenger_id),
             )

@@ -29,6 +29,7 @@ from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, conversation, message
 
 __all__ = ["SQLiteStore"]
 
@@ -100,11 +101,6 @@ CREATE TABLE IF NOT EXISTS state (
 
 # A job is its key's head when no earlier job of the key is left and none of the key is running: a
 # requeued dead letter keeps its old id (its place) but waits for a later job already running.
-_HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
-_CONVERSATION_COLUMNS = (
-    "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
-)
-_MESSAGE_COLUMNS = "scope_id, msgid, conversation_id, direction, amocrm_id, messenger_id, status"
 
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
@@ -113,19 +109,6 @@ Operation = Callable[[sqlite3.Connection], Any]
 _Op = tuple[Operation, "asyncio.Future[Any]", bool]
 """An operation, the future its caller awaits, and whether its commit wakes the workers."""
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
-
-
-def _conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:
-    if row is None:
-        return None
-    scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending = row
-    return ConversationRecord(
-        scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, bool(ref_pending)
-    )
-
-
-def _message(row: tuple[Any, ...] | None) -> MessageRecord | None:
-    return None if row is None else MessageRecord(*row)
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
@@ -137,7 +120,7 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -
 
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord]) -> None:
     conn.executemany(
-        f"INSERT OR REPLACE INTO conversations ({_CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
         [
             (
                 r.scope_id,
@@ -156,7 +139,7 @@ def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[Conversati
 
 def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord]) -> None:
     conn.executemany(
-        f"INSERT OR REPLACE INTO messages ({_MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT OR REPLACE INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(r.scope_id, r.msgid, r.conversation_id, r.direction, r.amocrm_id, r.messenger_id, r.status) for r in records],
     )
 
@@ -375,7 +358,7 @@ class SQLiteStore:
         def run(conn: sqlite3.Connection) -> list[Job]:
             rows = conn.execute(
                 "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue q "
-                f"WHERE state = 'queued' AND next_run <= ? AND {_HEAD} ORDER BY next_run, id LIMIT ?",
+                f"WHERE state = 'queued' AND next_run <= ? AND {HEAD} ORDER BY next_run, id LIMIT ?",
                 (time.time(), limit),
             ).fetchall()
             conn.executemany(
@@ -424,7 +407,7 @@ class SQLiteStore:
 
     async def next_due_in(self) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {_HEAD}").fetchone()
+            row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {HEAD}").fetchone()
             return None if row[0] is None else max(row[0] - time.time(), 0.0)
 
         return self._read(run)
@@ -489,24 +472,24 @@ class SQLiteStore:
         return self._read(run)
 
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._one(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND conversation_id = ?",
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND conversation_id = ?",
                 (scope_id, conversation_id),
             )
         )
 
     async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._one(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE instance = ? AND chat = ?", (instance, chat)
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE instance = ? AND chat = ?", (instance, chat)
             )
         )
 
     async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
-        return _conversation(
+        return conversation(
             await self._one(
-                f"SELECT {_CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND amocrm_chat_id = ?",
+                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND amocrm_chat_id = ?",
                 (scope_id, amocrm_chat_id),
             )
         )
@@ -515,25 +498,25 @@ class SQLiteStore:
         await self._call(lambda conn: _upsert_conversations(conn, [record]))
 
     async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._one(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
             )
         )
 
     async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._one(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND amocrm_id = ?", (scope_id, amocrm_id)
+                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND amocrm_id = ?", (scope_id, amocrm_id)
             )
         )
 
     async def message_by_messenger(
         self, scope_id: str, conversation_id: str, messenger_id: str
     ) -> MessageRecord | None:
-        return _message(
+        return message(
             await self._one(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                f"SELECT {MESSAGE_COLUMNS} FROM messages "
                 "WHERE scope_id = ? AND conversation_id = ? AND messenger_id = ?",
                 (scope_id, conversation_id, messenger_id),
             )
