@@ -42,7 +42,7 @@ from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, conversation, message
+from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, MappingLookups
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -255,7 +255,7 @@ def _redacted(url: str) -> str:
     return f"postgresql://{host}{':' + str(port) if port else ''}/{dbname}"
 
 
-class PostgresStore:
+class PostgresStore(MappingLookups):
     """:class:`~amoconnect.store.base.Store` on a PostgreSQL database shared by many processes.
 
     ``url`` is a libpq connection string or ``postgresql://`` URL. ``pool_size`` caps this
@@ -265,6 +265,8 @@ class PostgresStore:
     finished job moves to the ``finished`` table, for inspection, and is deleted from there
     once older than that; without one it is deleted at once.
     """
+
+    placeholder = "%s"
 
     def __init__(self, url: str, *, pool_size: int = 10, lease: float = 30.0, finished_retention: float = 0.0) -> None:
         if not (lease > 0 and math.isfinite(lease)):
@@ -321,6 +323,9 @@ class PostgresStore:
             cur = await conn.execute(sql, params)
             row: tuple[Any, ...] | None = await cur.fetchone()
             return row
+
+    async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        return await self._fetchone(sql, params)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._conn("read") as conn:
@@ -679,59 +684,9 @@ class PostgresStore:
         return await self._write(f"DELETE FROM media WHERE stored_at < {_NOW} - %s", (older_than,))
 
     # -- mapping -------------------------------------------------------------------------
-    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
-        return conversation(
-            await self._fetchone(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND conversation_id = %s",
-                (scope_id, conversation_id),
-            )
-        )
-
-    async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
-        return conversation(
-            await self._fetchone(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE instance = %s AND chat = %s",
-                (instance, chat),
-            )
-        )
-
-    async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
-        return conversation(
-            await self._fetchone(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = %s AND amocrm_chat_id = %s LIMIT 1",
-                (scope_id, amocrm_chat_id),
-            )
-        )
-
     async def put_conversation(self, record: ConversationRecord) -> None:
         async with self._conn("write", transaction=True) as conn:
             await _upsert_conversations(conn, [record])
-
-    async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
-        return message(
-            await self._fetchone(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND msgid = %s", (scope_id, msgid)
-            )
-        )
-
-    async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
-        return message(
-            await self._fetchone(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = %s AND amocrm_id = %s LIMIT 1",
-                (scope_id, amocrm_id),
-            )
-        )
-
-    async def message_by_messenger(
-        self, scope_id: str, conversation_id: str, messenger_id: str
-    ) -> MessageRecord | None:
-        return message(
-            await self._fetchone(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages "
-                "WHERE scope_id = %s AND conversation_id = %s AND messenger_id = %s LIMIT 1",
-                (scope_id, conversation_id, messenger_id),
-            )
-        )
 
     async def put_message(self, record: MessageRecord) -> None:
         async with self._conn("write") as conn:
@@ -764,10 +719,6 @@ class PostgresStore:
         await self._write("DELETE FROM leases WHERE name = %s AND owner = %s", (name, self.owner))
 
     # -- adapter state -------------------------------------------------------------------
-    async def get_state(self, namespace: str, key: str) -> bytes | None:
-        row = await self._fetchone("SELECT value FROM state WHERE namespace = %s AND key = %s", (namespace, key))
-        return None if row is None else bytes(row[0])
-
     async def set_state(self, namespace: str, key: str, value: bytes) -> None:
         await self._write(
             "INSERT INTO state VALUES (%s, %s, %s) ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value",

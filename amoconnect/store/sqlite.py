@@ -29,7 +29,7 @@ from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, conversation, message
+from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, MappingLookups
 
 __all__ = ["SQLiteStore"]
 
@@ -144,12 +144,14 @@ def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord])
     )
 
 
-class SQLiteStore:
+class SQLiteStore(MappingLookups):
     """:class:`~amoconnect.store.base.Store` on one SQLite file.
 
     ``synchronous`` is SQLite's pragma: ``FULL`` (the default) makes every acknowledged write
     survive power loss; grouped commits keep it fast. One process owns the file.
     """
+
+    placeholder = "?"
 
     def __init__(self, path: str | Path, *, synchronous: str = "FULL", batch_limit: int = 1024) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
@@ -471,56 +473,8 @@ class SQLiteStore:
 
         return self._read(run)
 
-    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
-        return conversation(
-            await self._one(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND conversation_id = ?",
-                (scope_id, conversation_id),
-            )
-        )
-
-    async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
-        return conversation(
-            await self._one(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE instance = ? AND chat = ?", (instance, chat)
-            )
-        )
-
-    async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
-        return conversation(
-            await self._one(
-                f"SELECT {CONVERSATION_COLUMNS} FROM conversations WHERE scope_id = ? AND amocrm_chat_id = ?",
-                (scope_id, amocrm_chat_id),
-            )
-        )
-
     async def put_conversation(self, record: ConversationRecord) -> None:
         await self._call(lambda conn: _upsert_conversations(conn, [record]))
-
-    async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
-        return message(
-            await self._one(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
-            )
-        )
-
-    async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
-        return message(
-            await self._one(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE scope_id = ? AND amocrm_id = ?", (scope_id, amocrm_id)
-            )
-        )
-
-    async def message_by_messenger(
-        self, scope_id: str, conversation_id: str, messenger_id: str
-    ) -> MessageRecord | None:
-        return message(
-            await self._one(
-                f"SELECT {MESSAGE_COLUMNS} FROM messages "
-                "WHERE scope_id = ? AND conversation_id = ? AND messenger_id = ?",
-                (scope_id, conversation_id, messenger_id),
-            )
-        )
 
     async def put_message(self, record: MessageRecord) -> None:
         await self._call(lambda conn: _upsert_messages(conn, [record]))
@@ -546,10 +500,6 @@ class SQLiteStore:
         return
 
     # -- adapter state -------------------------------------------------------------------
-    async def get_state(self, namespace: str, key: str) -> bytes | None:
-        row = await self._one("SELECT value FROM state WHERE namespace = ? AND key = ?", (namespace, key))
-        return None if row is None else bytes(row[0])
-
     async def set_state(self, namespace: str, key: str, value: bytes) -> None:
         await self._call(
             lambda conn: conn.execute("INSERT OR REPLACE INTO state VALUES (?, ?, ?)", (namespace, key, value))
