@@ -358,6 +358,9 @@ class AmocrmHandler:
         log: FilteringBoundLogger,
     ) -> Done:
         amocrm_id = m.message.id
+        # Only a new or changed conversation is written back: the record read before the send may
+        # be stale by now (an inbound job of the chat may have moved its reply window on).
+        written: list[ConversationRecord] = []
         if conversation is None:  # write first: the chat exists now
             chat = result.chat or m.receiver.phone or ""
             conversation = ConversationRecord(
@@ -368,8 +371,10 @@ class AmocrmHandler:
                 amocrm_chat_id=m.conversation.id,
                 ref_pending=True,
             )
+            written.append(conversation)
         elif conversation.amocrm_chat_id != m.conversation.id:
             conversation = msgspec.structs.replace(conversation, amocrm_chat_id=m.conversation.id)
+            written.append(conversation)
         status = DELIVERED if result.status == "delivered" else 0
         messages = [
             MessageRecord(
@@ -385,7 +390,7 @@ class AmocrmHandler:
         ]
         then = [status_job(scope_id, StatusJob(amocrm_id, DELIVERED))] if status == DELIVERED else []
         log.info("relayed to messenger", messenger_ids=list(result.message_ids), chat=conversation.chat)
-        return Done(conversations=[conversation], messages=messages, then=then)
+        return Done(conversations=written, messages=messages, then=then)
 
     async def _comment_reply(
         self,

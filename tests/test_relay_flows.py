@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
+import msgspec
 import pytest
 from rig import SCOPE, Rig, eventually, message, rig
 
@@ -501,3 +503,26 @@ async def test_manager_typing_in_a_comment_thread_names_the_post(r: Rig) -> None
     await r.amojo.emit_typing(SCOPE, "lb:c9", post_id="p7")
     (typing,) = await eventually(lambda: r.adapter().sent)
     assert typing.post_id == "p7"
+
+
+async def test_a_manager_s_send_keeps_a_reply_window_moved_on_meanwhile(r: Rig) -> None:
+    await _first_client_message(r)
+    # The first answer teaches us amoCRM's chat id (written with the conversation); the next ones change nothing.
+    replied = await r.amojo.emit_text(SCOPE, "lb:c1", "first answer")
+    await eventually(lambda: r.runtime.store.message_by_amocrm(SCOPE, replied.message_id or ""))
+    record = await r.runtime.store.conversation_by_chat("lb", "c1")
+    assert record is not None
+    adapter = r.adapter()
+    original = adapter.send_message
+    later = (record.last_client_at or 0) + 60
+
+    async def send_while_the_client_writes(message: Any) -> Any:
+        # An inbound job of the same chat commits while the manager's message is being sent.
+        await r.runtime.store.put_conversation(msgspec.structs.replace(record, last_client_at=later))
+        return await original(message)
+
+    adapter.send_message = send_while_the_client_writes
+    emitted = await r.amojo.emit_text(SCOPE, "lb:c1", "answer")
+    await eventually(lambda: r.runtime.store.message_by_amocrm(SCOPE, emitted.message_id or ""))
+    stored = await r.runtime.store.conversation_by_chat("lb", "c1")
+    assert stored is not None and stored.last_client_at == later
