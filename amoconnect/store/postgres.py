@@ -171,7 +171,8 @@ _ENQUEUE = (
     "SELECT (SELECT count(*) FROM fresh), "
     f"(SELECT count(*) FROM (SELECT pg_notify('{_CHANNEL}', '') FROM added LIMIT 1) AS n)"
 )
-"""At most one dedup key: it is new and the jobs go in (with a NOTIFY), or nothing is written."""
+"""The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
+the new keys back when only some were new)."""
 _UPSERT_CONVERSATION = (
     f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET instance = EXCLUDED.instance, chat = EXCLUDED.chat, "
@@ -313,19 +314,14 @@ class PostgresStore(MappingLookups):
                             yield conn
                     else:
                         yield conn
-        except psycopg.Error as exc:
-            raise self._error(action, exc) from exc
-        except psycopg_pool.PoolTimeout as exc:
+        except psycopg.Error as exc:  # psycopg_pool's PoolTimeout and PoolClosed are psycopg errors too
             raise self._error(action, exc) from exc
 
-    async def _fetchone(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...] | None:
         async with self._conn("read") as conn:
             cur = await conn.execute(sql, params)
             row: tuple[Any, ...] | None = await cur.fetchone()
             return row
-
-    async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        return await self._fetchone(sql, params)
 
     async def _fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._conn("read") as conn:
@@ -509,46 +505,27 @@ class PostgresStore(MappingLookups):
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
-        if len(keys) > 1:
-            return await self._enqueue_keys(jobs, keys)
-        # The ingest path: dedup key, jobs and NOTIFY in one statement, one round trip.
-        async with self._conn("enqueue") as conn:
-            cur = await conn.execute(
-                _ENQUEUE,
-                (
-                    keys,
-                    [j.kind for j in jobs],
-                    [j.key for j in jobs],
-                    [j.payload for j in jobs],
-                    [j.scope_id for j in jobs],
-                    [j.delay for j in jobs],
-                    len(keys),
-                ),
-            )
-            row = await cur.fetchone()
-        if row is None or row[0] != len(keys):
+        # Dedup keys, jobs and NOTIFY in one statement, one round trip. With several keys a seen
+        # one must also undo the new ones, so the statement runs in a transaction to roll back.
+        try:
+            async with self._conn("enqueue", transaction=len(keys) > 1) as conn:
+                cur = await conn.execute(
+                    _ENQUEUE,
+                    (
+                        keys,
+                        [j.kind for j in jobs],
+                        [j.key for j in jobs],
+                        [j.payload for j in jobs],
+                        [j.scope_id for j in jobs],
+                        [j.delay for j in jobs],
+                        len(keys),
+                    ),
+                )
+                row = await cur.fetchone()
+                if row is None or row[0] != len(keys):
+                    raise _Seen
+        except _Seen:
             return False
-        if jobs:
-            self._wake.set()
-        return True
-
-    async def _enqueue_keys(self, jobs: Sequence[NewJob], keys: list[str]) -> bool:
-        """Several dedup keys: all of them new, or nothing stored."""
-        async with self._conn("enqueue") as conn:
-            try:
-                async with conn.transaction():
-                    cur = await conn.execute(
-                        f"INSERT INTO dedup (key, seen_at) SELECT k, {_NOW} FROM unnest(%s::text[]) AS k "
-                        "ON CONFLICT DO NOTHING",
-                        (keys,),
-                    )
-                    if cur.rowcount != len(keys):
-                        raise _Seen
-                    await _insert_jobs(conn, jobs)
-                    if jobs:
-                        await conn.execute(f"NOTIFY {_CHANNEL}")
-            except _Seen:
-                return False
         if jobs:
             self._wake.set()
         return True
@@ -620,7 +597,7 @@ class PostgresStore(MappingLookups):
         )
 
     async def next_due_in(self) -> float | None:
-        row = await self._fetchone(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {HEAD}")
+        row = await self._one(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {HEAD}")
         return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
     async def wait_for_work(self, max_wait: float) -> None:
@@ -659,7 +636,7 @@ class PostgresStore(MappingLookups):
         counts.update(
             (state, int(n)) for state, n in await self._fetchall("SELECT state, COUNT(*) FROM queue GROUP BY state")
         )
-        row = await self._fetchone("SELECT COUNT(*) FROM dead")
+        row = await self._one("SELECT COUNT(*) FROM dead")
         counts["dead"] = int(row[0]) if row else 0
         return counts
 
@@ -677,7 +654,7 @@ class PostgresStore(MappingLookups):
         )
 
     async def get_media(self, file_id: str) -> tuple[bytes, str, str] | None:
-        row = await self._fetchone("SELECT content, content_type, file_name FROM media WHERE id = %s", (file_id,))
+        row = await self._one("SELECT content, content_type, file_name FROM media WHERE id = %s", (file_id,))
         return None if row is None else (bytes(row[0]), str(row[1]), str(row[2]))
 
     async def prune_media(self, older_than: float) -> int:
@@ -707,7 +684,7 @@ class PostgresStore(MappingLookups):
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:
-        row = await self._fetchone(
+        row = await self._one(
             f"INSERT INTO leases AS l VALUES (%s, %s, {_NOW} + %s) "
             "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, until = EXCLUDED.until "
             f"WHERE l.owner = EXCLUDED.owner OR l.until < {_NOW} RETURNING owner",
