@@ -80,7 +80,7 @@ class Relay:
     backoff: float = 1.0
     max_backoff: float = 600.0
     shutdown_timeout: float = 10.0
-    _running: dict[int, anyio.CancelScope] = field(default_factory=dict, init=False)
+    _running: set[int] = field(default_factory=set, init=False)
     _slot_free: anyio.Event = field(default_factory=anyio.Event, init=False)
 
     def backoff_delay(self, attempts: int) -> float:
@@ -119,9 +119,8 @@ class Relay:
             return 0.0
         claimed = await self.store.claim(free)
         for job in claimed:
-            scope = anyio.CancelScope()
-            self._running[job.id] = scope
-            jobs.start_soon(self._work, job, scope)
+            self._running.add(job.id)
+            jobs.start_soon(self._work, job)
         if len(claimed) == free:
             return 0.0
         due = await self.store.next_due_in()
@@ -138,38 +137,37 @@ class Relay:
         if self._running:
             log.warning("left queued at shutdown", jobs=sorted(self._running))
 
-    async def _work(self, job: Job, scope: anyio.CancelScope) -> None:
+    async def _work(self, job: Job) -> None:
         bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
         handler = self.handlers.get(job.kind)
         try:
-            with scope:
-                crash_point("relay.running", job.kind)
-                if handler is None:
-                    await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
-                    return
-                try:
-                    done = await handler.run(job, bound)
-                except GiveUp as exc:
-                    await self._bury(job, handler, str(exc), bound)
-                except Retry as exc:
-                    await self._retry(job, handler, str(exc), exc.delay, bound)
-                except Exception as exc:
-                    bound.exception("job failed unexpectedly")
-                    await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
-                else:
-                    crash_point("relay.done", job.kind)
-                    await self._settle(
-                        lambda: self.store.finish(
-                            job.id, conversations=done.conversations, messages=done.messages, then=done.then
-                        ),
-                        bound,
-                    )
-                    self.metrics.jobs_succeeded.labels(job.kind).inc()
-                    self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
-                    for follow in done.then:
-                        self.metrics.jobs_queued.labels(follow.kind).inc()
+            crash_point("relay.running", job.kind)
+            if handler is None:
+                await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
+                return
+            try:
+                done = await handler.run(job, bound)
+            except GiveUp as exc:
+                await self._bury(job, handler, str(exc), bound)
+            except Retry as exc:
+                await self._retry(job, handler, str(exc), exc.delay, bound)
+            except Exception as exc:
+                bound.exception("job failed unexpectedly")
+                await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
+            else:
+                crash_point("relay.done", job.kind)
+                await self._settle(
+                    lambda: self.store.finish(
+                        job.id, conversations=done.conversations, messages=done.messages, then=done.then
+                    ),
+                    bound,
+                )
+                self.metrics.jobs_succeeded.labels(job.kind).inc()
+                self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
+                for follow in done.then:
+                    self.metrics.jobs_queued.labels(follow.kind).inc()
         finally:
-            self._running.pop(job.id, None)
+            self._running.discard(job.id)
             self._slot_free.set()
 
     async def _retry(

@@ -156,6 +156,12 @@ class Process:
     def pid(self) -> int:
         return self.popen.pid
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system, every thread) the process has used so far, from ``/proc``."""
+        with open(f"/proc/{self.popen.pid}/stat", encoding="ascii") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def kill9(self) -> None:
         """``kill -9``: no chance to flush or answer anything."""
         if self.popen.poll() is None:

@@ -632,6 +632,13 @@ async def wait_records(
     return records
 
 
+def cpu_readings(server: Server, amojo: Amojo) -> dict[str, float]:
+    """CPU seconds used so far by the relay under test, the amojo fake and this load generator."""
+    assert server.process is not None
+    assert amojo.process is not None
+    return {"relay": server.process.cpu_seconds(), "amojo": amojo.process.cpu_seconds(), "load": time.process_time()}
+
+
 async def e2e_system(
     name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool, transport: str | None
 ) -> dict[str, Any]:
@@ -650,10 +657,15 @@ async def e2e_system(
         # throughput: one message in flight per conversation, as fast as acks come
         n = 4000 if quick else 12000
         plan = fakechat_plan(server.port, n, RELAY_CONVERSATIONS, tag + "t")
+        cpu_before = cpu_readings(server, amojo)
         started = time.time()
         outcomes = await closed_lanes(pool, plan, budget=60)
         acked_at = time.time()
         records = await wait_records(amojo, base, {p.msgid for p in plan}, budget=60)
+        cpu = {
+            who: round(1000 * (after - before) / n, 3)
+            for (who, before), after in zip(cpu_before.items(), cpu_readings(server, amojo).values(), strict=True)
+        }
         check = check_delivery(plan, outcomes, records)
         arrival = check.pop("_arrival")
         last = max(arrival.values()) if arrival else acked_at
@@ -662,6 +674,7 @@ async def e2e_system(
             "conversations": RELAY_CONVERSATIONS,
             "messages_per_s": round(check["delivered"] / (last - started), 1) if last > started else None,
             "acks_per_s": round(check["acked"] / (acked_at - started), 1),
+            "cpu_ms_per_message": cpu,
             **check,
         }
         base += len(records)
@@ -696,8 +709,10 @@ async def e2e_system(
     lost = t["lost_after_ack"] + latency["lost_after_ack"]
     dup = t["duplicates"] + latency["duplicates"]
     order = t["order_violations"] + latency["order_violations"]
+    cpu = t["cpu_ms_per_message"]
     print(
-        f"   {name:28} {fmt(t['messages_per_s'], 0):>7} msg/s; webhook→amojo at {rate:g}/s p50 "
+        f"   {name:28} {fmt(t['messages_per_s'], 0):>7} msg/s (CPU ms/msg: relay {cpu['relay']:.2f}, amojo "
+        f"{cpu['amojo']:.2f}, load {cpu['load']:.2f}); webhook→amojo at {rate:g}/s p50 "
         f"{fmt(lat['p50_ms'], 2)} ms p99 {fmt(lat['p99_ms'], 2)} ms; lost {lost}, dup {dup}, order violations {order}",
         flush=True,
     )
@@ -936,7 +951,8 @@ def summary_table(output: dict[str, Any]) -> str:
     ingest = output.get("ingest")
     kills = {k["system"]: k for k in output.get("kill", [])}
     outages = {k["system"]: k for k in output.get("outage", [])}
-    headers = ["system", "ingest acks/s", "ack p99 @500/s", "relay msg/s", "e2e p50", "e2e p99", "lost/dup/order"]
+    headers = ["system", "ingest acks/s", "ack p99 @500/s", "relay msg/s", "relay CPU/msg", "e2e p50", "e2e p99"]
+    headers += ["lost/dup/order"]
     headers += ["lost after kill -9 @50%", "lost in 2 s amojo outage"]
     rows = []
     for entry in output.get("relay", []):
@@ -954,6 +970,7 @@ def summary_table(output: dict[str, Any]) -> str:
                 fmt(ingest["max_sustained_acks_per_s"], 0) if ingest and is_connector else "-",
                 f"{fmt(ingest['at_500_per_s']['p99_ms'], 2)} ms" if ingest and is_connector else "-",
                 fmt(t["messages_per_s"], 0),
+                f"{t['cpu_ms_per_message']['relay']:.2f} ms",
                 f"{fmt(lat['webhook_to_amojo']['p50_ms'], 2)} ms",
                 f"{fmt(lat['webhook_to_amojo']['p99_ms'], 2)} ms",
                 f"{lost}/{dup}/{order}",
