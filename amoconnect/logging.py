@@ -2,7 +2,9 @@
 
 Secrets never reach a log line: :func:`configure` takes the configured secrets, a processor
 replaces any occurrence of them in every rendered value (nested ones and exceptions included),
-and the standard library's lines (uvicorn, httpx) are scrubbed the same way.
+and the standard library's lines (uvicorn, httpx) are scrubbed the same way. A secret made at
+run time (a token derived from a configured one, or generated and stored) joins them through
+:func:`redact`.
 """
 
 from __future__ import annotations
@@ -14,16 +16,35 @@ from typing import Any
 
 import structlog
 
-__all__ = ["RedactingFormatter", "configure", "redactor", "scrubber"]
+__all__ = ["RedactingFormatter", "configure", "redact", "redactor", "scrubber"]
 
 REDACTED = "[redacted]"
 
+_learned: set[str] = set()
+"""Secrets made at run time (:func:`redact`): every scrubber of this process scrubs them too."""
+
+
+def redact(secret: str) -> None:
+    """Scrub ``secret`` from every log line from now on, beside the configured secrets.
+
+    For a secret the configuration does not hold: one derived from a configured token, or one
+    generated and stored (a webhook's verification token). Values under 6 characters are ignored.
+    """
+    if secret and len(secret) >= 6:
+        _learned.add(secret)
+
 
 def scrubber(secrets: Iterable[str]) -> Callable[[str], str]:
-    """A function that replaces every configured secret (≥ 6 characters) inside a text."""
-    needles = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+    """A function that replaces every configured secret (≥ 6 characters), and those :func:`redact` learns, in a text."""
+    configured = {s for s in secrets if s and len(s) >= 6}
+    needles: list[str] = []
+    learned = -1
 
     def scrub(text: str) -> str:
+        nonlocal needles, learned
+        if learned != len(_learned):  # a secret was learned since: sort the needles again
+            learned = len(_learned)
+            needles = sorted(configured | _learned, key=len, reverse=True)
         for needle in needles:
             if needle in text:
                 text = text.replace(needle, REDACTED)

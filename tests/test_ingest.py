@@ -191,6 +191,18 @@ def test_log_redaction_replaces_configured_secrets() -> None:
     assert event["event"] == "token [redacted] leaked"
 
 
+def test_a_secret_learned_at_run_time_is_redacted_by_scrubbers_made_before() -> None:
+    from amoconnect.logging import redact, redactor
+
+    process = redactor([SECRET])
+    derived = "derived-9f8e7d6c5b4a"
+    assert process(None, "info", {"event": derived})["event"] == derived
+    redact(derived)
+    redact("tiny")  # too short to scrub safely: ignored
+    event = process(None, "info", {"event": f"url ?token={derived}&x=tiny", "other": SECRET})
+    assert event == {"event": "url ?token=[redacted]&x=tiny", "other": "[redacted]"}
+
+
 async def test_a_store_that_cannot_write_answers_503_with_retry_after(r: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
     from amoconnect.errors import StoreError
 

@@ -35,6 +35,7 @@ import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
 from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.logging import redact
 from amoconnect.media import download
 from amoconnect.model import (
     Attachment,
@@ -149,6 +150,7 @@ class TelegramAdapter(MessengerAdapter):
         self.config = config
         self.api = BotApi(context.http, config.api_url, config.token)
         self.secret_token = config.secret_token or _derived_secret(config.token)
+        redact(self.secret_token)  # a derived one is in no configuration: keep it out of the logs too
         self.bot: dict[str, Any] | None = None
         """``getMe``'s answer, once known."""
         self._blocked: dict[str, bool] = {}

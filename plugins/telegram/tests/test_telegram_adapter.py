@@ -9,6 +9,7 @@ import httpx
 import pytest
 from amoconnect.adapter import WebhookRequest
 from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.logging import scrubber
 from amoconnect.model import (
     Attachment,
     Button,
@@ -54,6 +55,8 @@ async def test_startup_registers_the_webhook_with_secret_and_update_kinds(
     assert rig.adapter.bot["username"] == "amoconnect_test_bot"
     (call,) = fake.calls_to("setWebhook")
     assert call.params["allowed_updates"] == list(ALLOWED_UPDATES)
+    # The derived secret is in no configuration, yet no log line shows it.
+    assert scrubber([])(f"secret_token={rig.adapter.secret_token}") == "secret_token=[redacted]"
 
 
 async def test_explicit_secret_token_is_used(make_adapter: MakeAdapter, fake: FakeTelegram) -> None:

@@ -35,6 +35,7 @@ import msgspec
 from amoconnect.adapter import WebhookRequest, WebhookResponse
 from amoconnect.amocrm import AmoCRMClient, ChatTemplate, ReviewStatus
 from amoconnect.errors import AmoCRMError, MessengerError
+from amoconnect.logging import redact
 from amoconnect.signing import same_secret
 
 from .compose import MARKER, TemplateRef, markers
@@ -311,6 +312,7 @@ class ReviewDesk:
         else:
             self.token = secrets.token_urlsafe(24)
             await self.state.set(_TOKEN_KEY, self.token.encode())
+        redact(self.token)  # generated, not configured: keep it out of the logs too
         destination = self.destination
         if destination is None:
             self.log.warning("template review needs server.public_url: amoCRM cannot reach the review webhook")

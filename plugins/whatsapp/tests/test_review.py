@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from amoconnect.amocrm import AmoCRMClient, ChatTemplate, TemplateButton
+from amoconnect.logging import scrubber
 from amoconnect.plugins import collect_messengers, get_plugin_manager
 from amoconnect.sources import desired_sources, sync_sources
 from amoconnect.testing.kit import eventually
@@ -96,6 +97,8 @@ async def _prepare(w: World, footer: str = "The shop") -> tuple[AmoCRMClient, Ch
     (destination,) = hook
     assert hook[destination]["settings"] == ["add_chat_template_review"]
     assert destination.startswith("http://amoconnect/hooks/whatsapp/wa1/template-review?token=")
+    # The generated token is in no configuration, yet no log line shows it.
+    assert scrubber([])(destination).endswith("?token=[redacted]")
     wrong = await w.runtime.client.post(
         "/hooks/whatsapp/wa1/template-review?token=guess", content=b"add[0][id]=1", headers=_FORM
     )
