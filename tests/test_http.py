@@ -493,3 +493,37 @@ async def test_a_direct_client_sends_straight_to_its_transport() -> None:
         assert client.cookies["a"] == "1"
     with pytest.raises(RuntimeError, match="closed"):
         await client.send(httpx.Request("GET", "http://h/z"))
+
+
+class BigAnswer:
+    """An ASGI app answering ``size`` bytes in 64 KiB chunks."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        left = self.size
+        while left > 0:
+            chunk = min(left, 65536)
+            left -= chunk
+            await send({"type": "http.response.body", "body": b"x" * chunk, "more_body": left > 0})
+
+
+async def test_a_direct_aiohttp_client_reads_whole_answers_up_to_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    import amoconnect.http as http
+
+    monkeypatch.setattr(http, "WHOLE_BODY_LIMIT", 300_000)
+    async with serve_app(BigAnswer(300_000)) as url, new_client(url, transport="aiohttp", direct=True) as client:
+        response = await client.send(httpx.Request("GET", f"{url}/x"))
+        # In memory at once: the in-flight slot is free before the caller reads anything.
+        assert isinstance(response.stream, httpx.ByteStream)
+        assert (response.status_code, len(response.content)) == (200, 300_000)
+    async with serve_app(BigAnswer(300_001)) as url, new_client(url, transport="aiohttp", direct=True) as client:
+        with pytest.raises(httpx.ReadError, match="over 300000 bytes"):
+            await client.send(httpx.Request("GET", f"{url}/x"))
+        limiter = client._transport
+        assert isinstance(limiter, HostLimiter)
+        assert all(s.value == 32 for s in limiter._semaphores.values())  # the slot came back
