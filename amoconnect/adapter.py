@@ -38,7 +38,7 @@ from .model import (
     OutgoingTyping,
     SendResult,
 )
-from .ratelimit import LimiterFactory, LocalLimiters
+from .ratelimit import Limiter, LimiterFactory, LocalLimiters, RateLimiter
 from .urlguard import UrlGuard
 
 __all__ = [
@@ -128,6 +128,12 @@ async def _run_here(name: str, work: Callable[[], Awaitable[None]]) -> None:
     await work()
 
 
+def _in_process_amocrm_limit() -> Limiter:
+    from .amocrm import DEFAULT_RATE  # amocrm imports the package, which imports this module
+
+    return RateLimiter(DEFAULT_RATE, 1.0, burst=1)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AdapterContext:
     """What the runtime gives an adapter instance."""
@@ -160,6 +166,10 @@ class AdapterContext:
     instance; names are the instance's own (the store sees ``{messenger}:{instance}:{name}``).
     Outside a runtime the default is in-process.
     """
+    amocrm_limiter: Limiter = field(default_factory=_in_process_amocrm_limit)
+    """amoCRM's REST rate limit (7 requests/s per account), the one the core's own calls take: pass it
+    as ``limiter`` to an :class:`~amoconnect.amocrm.AmoCRMClient` the adapter makes, so that together
+    they stay within the account's limit (on PostgreSQL, with every process's). Outside a runtime, in-process."""
 
 
 class MessengerAdapter(abc.ABC):

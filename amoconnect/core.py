@@ -14,10 +14,21 @@ from .http import RetryPolicy
 from .media import MediaStore
 from .metrics import Metrics
 from .model import InboundEvent
+from .ratelimit import Limiter
 from .routing import Routing
 from .store.base import NewJob, Store
 
-__all__ = ["AMOCRM", "AMOCRM_LIMIT", "INBOUND", "STATUS", "Core", "InboundJob", "StatusJob", "status_job"]
+__all__ = [
+    "AMOCRM",
+    "AMOCRM_LIMIT",
+    "INBOUND",
+    "STATUS",
+    "Core",
+    "InboundJob",
+    "StatusJob",
+    "amocrm_limiter",
+    "status_job",
+]
 
 AMOCRM = "amocrm"
 """A webhook from amoCRM; the payload is its raw body."""
@@ -27,6 +38,11 @@ STATUS = "status"
 """A delivery status to report to amojo; the payload is a :class:`StatusJob`."""
 AMOCRM_LIMIT = "amocrm:account"
 """The store's limiter of amoCRM's REST API, keyed by the account's URL."""
+
+
+def amocrm_limiter(store: Store) -> Limiter:
+    """amoCRM's REST limit (7 requests/s per account, keyed by its URL) from ``store``: on PostgreSQL, the fleet's."""
+    return store.limiter(AMOCRM_LIMIT, DEFAULT_RATE, 1.0, burst=1)
 
 
 class InboundJob(msgspec.Struct, frozen=True):
@@ -74,7 +90,7 @@ class Core:
                 account.rest_url,
                 tokens=account.token or None,
                 retry=RetryPolicy(attempts=2, backoff=0.2),
-                limiter=self.store.limiter(AMOCRM_LIMIT, DEFAULT_RATE, 1.0, burst=1),
+                limiter=amocrm_limiter(self.store),
             )
         return client
 

@@ -31,7 +31,7 @@ from .adapter import AdapterContext, MessengerAdapter
 from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
 from .config import Config
-from .core import AMOCRM, INBOUND, STATUS, Core
+from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
@@ -163,6 +163,7 @@ class Runtime:
                 exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
                 url_guard=self.url_guard,
                 limiter=self._limiters_of(f"{cls.name}:{source.name}"),
+                amocrm_limiter=amocrm_limiter(self.store),
             )
             adapter: MessengerAdapter = cls(settings, context)
             # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).

@@ -162,3 +162,5 @@ async def test_the_runtime_takes_every_limit_from_the_store(tmp_path: Path) -> N
         await rest.limiter.acquire(rest.limit_key)
         account_limit = store.limiter(AMOCRM_LIMIT, DEFAULT_RATE, 1.0, burst=1)
         assert await account_limit.wait_time(rest.limit_key) > 0
+        # An adapter's own REST client takes the same limit: the core's call just now holds it back.
+        assert await r.adapter().context.amocrm_limiter.wait_time(rest.limit_key) > 0

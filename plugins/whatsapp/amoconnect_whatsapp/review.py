@@ -257,7 +257,12 @@ class ReviewDesk:
         self.state = adapter.context.state
         self.log = adapter.context.log
         self.source = adapter.config.source_external_id or adapter.context.instance
-        self.amocrm = AmoCRMClient(settings.amocrm_url, tokens=settings.amocrm_token, client=adapter.context.http)
+        self.amocrm = AmoCRMClient(
+            settings.amocrm_url,
+            tokens=settings.amocrm_token,
+            client=adapter.context.http,
+            limiter=adapter.context.amocrm_limiter,  # the account's limit, shared with the core's calls
+        )
         self.token: str | None = None
         self._locked: anyio.Lock | None = None
         self._woken: anyio.Event | None = None

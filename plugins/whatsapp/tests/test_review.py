@@ -150,6 +150,10 @@ async def test_review_created_on_meta_and_approved_by_polling(tmp_path: Path) ->
         params = sent[0].body["template"]["components"][0]["parameters"]
         assert [p["text"] for p in params] == ["7", "Anna"]
         await client.aclose()
+        # The desk's amoCRM calls take the account's limit, the one the core's REST calls take.
+        adapter = w.adapter()
+        assert adapter.review is not None
+        assert adapter.review.amocrm.limiter is adapter.context.amocrm_limiter
     peer_check(w.fake)
 
 
