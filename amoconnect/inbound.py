@@ -3,7 +3,8 @@
 Each neutral event becomes amojo calls: a message or comment becomes ``new_message`` (media
 re-hosted first), an edit ``edit_message``, a status ``delivery_status`` (forward only), a
 reaction ``react``/``unreact``, typing ``typing`` (at most one per 5 s per conversation).
-Every msgid is derived from the messenger's ids, so a retried job cannot duplicate.
+Every msgid is derived from the messenger's ids, so a retried job cannot duplicate; when amojo
+refuses a msgid as a duplicate, amoCRM's id of the message is looked up in the chat's history.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
-from .amojo.client import is_unknown_scope
+from .amojo.client import Sent, is_unknown_scope
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError, UnsafeURL
@@ -225,14 +226,15 @@ class InboundHandler:
                 reply_to=reply_to if index == 0 else None,
             )
             sent = await core.amojo.send_message(instance.scope_id, payload)
-            log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=sent.amocrm_id, duplicate=sent.duplicate)
+            amocrm_id = await self._amocrm_id(instance.scope_id, conversation.conversation_id, sent, log)
+            log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=amocrm_id, duplicate=sent.duplicate)
             messages.append(
                 MessageRecord(
                     instance.scope_id,
                     part_msgid,
                     conversation.conversation_id,
                     "in",
-                    amocrm_id=sent.amocrm_id,
+                    amocrm_id=amocrm_id,
                     messenger_id=messenger_id,
                 )
             )
@@ -248,6 +250,31 @@ class InboundHandler:
             )
         updated = msgspec.structs.replace(conversation, last_client_at=event.timestamp, ref_pending=False)
         return Done(conversations=[updated], messages=messages)
+
+    async def _amocrm_id(
+        self, scope_id: str, conversation_id: str, sent: Sent, log: FilteringBoundLogger
+    ) -> str | None:
+        """amoCRM's id of a sent message; for a duplicate (an earlier attempt went through, its
+        outcome unrecorded) found in the chat's history, or ``None`` when that fails."""
+        if not sent.duplicate:
+            return sent.amocrm_id
+        try:
+            found = await self.core.amojo.find_message(scope_id, conversation_id, sent.msgid)
+        except AmojoError as exc:
+            log.warning(
+                "duplicate msgid: amoCRM's id of it not recovered, the history failed; its edits, statuses "
+                "and quotes will be dropped",
+                msgid=sent.msgid,
+                error=str(exc),
+            )
+            return None
+        if found is None:
+            log.warning(
+                "duplicate msgid: amoCRM's id of it is not in the chat's newest history; its edits, statuses "
+                "and quotes will be dropped",
+                msgid=sent.msgid,
+            )
+        return found
 
     async def _edit(self, instance: Instance, event: InboundEdit, log: FilteringBoundLogger) -> Done:
         core = self.core

@@ -525,6 +525,28 @@ async def test_history_of_an_unknown_scope_is_404(fake: FakeAmojo, amojo: AmojoC
     assert (error.status, error.body["code"]) == (404, "unknown_scope")
 
 
+async def test_find_message_looks_in_the_newest_pages(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
+    sent = [await amojo.send_message(scope, payload(f"h-{n:03}")) for n in range(120)]
+    fake.requests.clear()
+    assert await amojo.find_message(scope, "tg-100", "h-119") == sent[119].amocrm_id
+    assert await amojo.find_message(scope, "tg-100", "h-030") == sent[30].amocrm_id  # on the second page
+    assert await amojo.find_message(scope, "tg-100", "h-010") is None  # on the third
+    assert await amojo.find_message(scope, "tg-100", "h-010", pages=3) == sent[10].amocrm_id
+    assert [r.query for r in fake.requests] == [
+        "offset=0&limit=50",
+        *("offset=0&limit=50", "offset=50&limit=50") * 3,
+        "offset=100&limit=50",
+    ]
+
+
+async def test_find_message_in_a_short_or_unknown_chat(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
+    await amojo.send_message(scope, payload("h-1"))
+    fake.requests.clear()
+    assert await amojo.find_message(scope, "tg-100", "h-2") is None
+    assert await amojo.find_message(scope, "no-such-chat", "h-1") is None
+    assert [r.status for r in fake.requests] == [200, 204]  # a short page is the last one
+
+
 # -- typing and reactions ---------------------------------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from amoconnect.model import (
     Attachment,
     InboundComment,
     InboundEdit,
+    InboundMessage,
     InboundReaction,
     InboundStatus,
     InboundTyping,
@@ -526,3 +527,76 @@ async def test_a_manager_s_send_keeps_a_reply_window_moved_on_meanwhile(r: Rig) 
     await eventually(lambda: r.runtime.store.message_by_amocrm(SCOPE, emitted.message_id or ""))
     stored = await r.runtime.store.conversation_by_chat("lb", "c1")
     assert stored is not None and stored.last_client_at == later
+
+
+def lose_the_first_outcome(r: Rig, msgid: str) -> list[int]:
+    """The first finish of the job that records ``msgid`` is lost, as in a crash just before it: the job
+    runs again. Returns the jobs whose outcome was lost."""
+    store = r.runtime.store
+    finish = store.finish
+    lost: list[int] = []
+
+    async def finish_unless_first(job_id: int, **records: Any) -> None:
+        if not lost and any(m.msgid == msgid for m in records.get("messages", ())):
+            lost.append(job_id)
+            await store.retry(job_id, delay=0, error="crashed before its outcome was recorded")
+            return
+        await finish(job_id, **records)
+
+    store.finish = finish_unless_first  # type: ignore[method-assign]
+    return lost
+
+
+def _comment(chat: str = "c9", comment_id: str = "55") -> InboundComment:
+    return InboundComment(
+        chat=chat,
+        timestamp=time.time(),
+        dedup_key=f"cm-{comment_id}",
+        sender=Person(id=chat),
+        post=Post(id="p7", url="https://social.test/wall-1_7"),
+        comment_id=comment_id,
+        text="price?",
+    )
+
+
+@pytest.mark.parametrize(
+    ("event", "msgid"), [(message("c1", "1"), "lb:c1:1"), (_comment(), "lb:post:p7:55")], ids=["message", "comment"]
+)
+async def test_a_send_run_again_after_its_outcome_was_lost_records_amocrm_s_id(
+    r: Rig, event: InboundMessage | InboundComment, msgid: str
+) -> None:
+    lost = lose_the_first_outcome(r, msgid)
+    await r.inbound(event)
+    record = await eventually(lambda: r.runtime.store.message(SCOPE, msgid))
+    assert lost, "the first outcome was not lost"
+    (stored,) = r.amojo.messages_in(f"lb:{event.chat}")
+    assert any(q.status == 400 for q in r.amojo.requests if q.method == "POST")  # the second send: a duplicate
+    assert record.amocrm_id == stored.id  # found in the chat's history
+
+
+async def test_a_message_whose_id_was_recovered_can_be_edited(r: Rig) -> None:
+    lose_the_first_outcome(r, "lb:c1:1")
+    await r.inbound(message("c1", "1"))
+    await eventually(lambda: r.runtime.store.message(SCOPE, "lb:c1:1"))
+    edit = InboundEdit(
+        chat="c1", timestamp=time.time(), dedup_key="e1", sender=Person(id="c1"), message_id="1", text="fixed"
+    )
+    await r.inbound(edit)
+    (stored,) = r.amojo.messages_in("lb:c1")
+    edits = await eventually(lambda: stored.edits)
+    assert edits[0].message.text == "fixed"
+
+
+async def test_a_duplicate_whose_history_fails_is_still_relayed_without_amocrm_s_id(r: Rig) -> None:
+    lose_the_first_outcome(r, "lb:c1:1")
+    r.amojo.fail_next(400, path_contains="/history", times=10)
+    await r.inbound(message("c1", "1"))
+    record = await eventually(lambda: r.runtime.store.message(SCOPE, "lb:c1:1"))
+    assert record.amocrm_id is None
+    assert [q.status for q in r.amojo.requests if "/history" in q.path] == [400]
+    assert len(r.amojo.messages_in("lb:c1")) == 1
+    await eventually(lambda: _counts_are(r, {"queued": 0, "running": 0, "dead": 0}))
+
+
+async def _counts_are(r: Rig, expected: dict[str, int]) -> bool:
+    return await r.runtime.store.counts() == expected

@@ -6,7 +6,8 @@ retry builds the request again with a fresh ``Date`` and signature (amojo accept
 
 amojo refuses a second message with a msgid it already has. The client treats that refusal
 as success (:attr:`Sent.duplicate` is then true), so a send that is retried after a crash or a
-lost answer never shows twice in amoCRM.
+lost answer never shows twice in amoCRM; :meth:`AmojoClient.find_message` then recovers
+amoCRM's id of it from the chat's history.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Sent(msgspec.Struct, frozen=True):
     msgid: str
     """Our msgid."""
     amocrm_id: str | None
-    """amoCRM's message id; ``None`` when :attr:`duplicate`."""
+    """amoCRM's message id; ``None`` when :attr:`duplicate` (see :meth:`AmojoClient.find_message`)."""
     conversation_id: str | None = None
     duplicate: bool = False
     """amojo already had this msgid: an earlier attempt went through."""
@@ -264,6 +265,19 @@ class AmojoClient:
         if response.status_code != 200:
             raise self._error(response, "history")
         return self._decode(response, wire.HistoryResponse, "history").messages
+
+    async def find_message(self, scope_id: str, conversation_id: str, msgid: str, *, pages: int = 2) -> str | None:
+        """amoCRM's id of our message ``msgid``, looked up in the newest ``pages`` pages of the chat's history.
+
+        For a send refused as a duplicate, whose first attempt went through unrecorded moments
+        ago: the message is among the newest. ``None`` when it is not there.
+        """
+        for page_number in range(pages):
+            page = await self.get_history(scope_id, conversation_id, offset=page_number * HISTORY_PAGE_LIMIT)
+            found = next((entry.message.id for entry in page if entry.message.client_id == msgid), None)
+            if found is not None or len(page) < HISTORY_PAGE_LIMIT:
+                return found
+        return None
 
     async def iter_history(
         self, scope_id: str, conversation_id: str, *, page_size: int = HISTORY_PAGE_LIMIT
