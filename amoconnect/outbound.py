@@ -358,8 +358,8 @@ class AmocrmHandler:
         log: FilteringBoundLogger,
     ) -> Done:
         amocrm_id = m.message.id
-        # Only a new or changed conversation is written back: the record read before the send may
-        # be stale by now (an inbound job of the chat may have moved its reply window on).
+        # Only a new or changed conversation is written back. The record read before the send may be
+        # stale by now (an inbound job of the chat may have moved its reply window on): finish merges it.
         written: list[ConversationRecord] = []
         if conversation is None:  # write first: the chat exists now
             chat = result.chat or m.receiver.phone or ""

@@ -529,6 +529,31 @@ async def test_a_manager_s_send_keeps_a_reply_window_moved_on_meanwhile(r: Rig) 
     assert stored is not None and stored.last_client_at == later
 
 
+async def test_a_manager_s_first_reply_learns_the_chat_id_and_keeps_a_reply_window_moved_on_meanwhile(r: Rig) -> None:
+    await _first_client_message(r)
+    adapter = r.adapter()
+    original = adapter.send_message
+    later = time.time() + 60
+
+    async def send_while_the_client_writes(message_: Any) -> Any:
+        # The client writes again while the manager's first answer is being sent: its job commits first.
+        await r.inbound(message("c1", "2", timestamp=later))
+        await eventually(lambda: _last_client_at_is(r, later))
+        return await original(message_)
+
+    adapter.send_message = send_while_the_client_writes
+    emitted = await r.amojo.emit_text(SCOPE, "lb:c1", "first answer")
+    await eventually(lambda: r.runtime.store.message_by_amocrm(SCOPE, emitted.message_id or ""))
+    stored = await r.runtime.store.conversation_by_chat("lb", "c1")
+    assert stored is not None
+    assert (stored.amocrm_chat_id, stored.last_client_at) == (emitted.chat_id, later)
+
+
+async def _last_client_at_is(r: Rig, expected: float) -> bool:
+    record = await r.runtime.store.conversation_by_chat("lb", "c1")
+    return record is not None and record.last_client_at == expected
+
+
 def lose_the_first_outcome(r: Rig, msgid: str) -> list[int]:
     """The first finish of the job that records ``msgid`` is lost, as in a crash just before it: the job
     runs again. Returns the jobs whose outcome was lost."""

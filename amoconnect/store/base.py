@@ -128,7 +128,12 @@ class Store(Protocol):
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
     ) -> None:
-        """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups."""
+        """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups.
+
+        A conversation is merged into the stored one, which may be newer than the record the job
+        read: ``last_client_at`` never moves back, and a known ``amocrm_chat_id`` or ``client_id``
+        stays when the record has none. Messages replace theirs.
+        """
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         """Put a job back to run again after ``delay`` seconds."""
@@ -168,7 +173,7 @@ class Store(Protocol):
         """A conversation by amoCRM's chat id."""
 
     async def put_conversation(self, record: ConversationRecord) -> None:
-        """Insert or replace a conversation."""
+        """Insert or replace a conversation, as it is (unlike :meth:`finish`, which merges)."""
 
     async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
         """A message by our msgid."""

@@ -42,7 +42,7 @@ from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, MappingLookups
+from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -173,12 +173,7 @@ _ENQUEUE = (
 )
 """The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
 the new keys back when only some were new)."""
-_UPSERT_CONVERSATION = (
-    f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET instance = EXCLUDED.instance, chat = EXCLUDED.chat, "
-    "amocrm_chat_id = EXCLUDED.amocrm_chat_id, client_id = EXCLUDED.client_id, "
-    "last_client_at = EXCLUDED.last_client_at, ref_pending = EXCLUDED.ref_pending"
-)
+_TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, msgid) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
@@ -216,26 +211,12 @@ async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
             await cur.executemany(_INSERT_JOB, rows)
 
 
-async def _upsert_conversations(conn: Conn, records: Sequence[ConversationRecord]) -> None:
-    for r in records:
-        # Like SQLite's INSERT OR REPLACE: a record takes over its (instance, chat) from another id.
-        await conn.execute(
-            "DELETE FROM conversations WHERE instance = %s AND chat = %s AND (scope_id, conversation_id) <> (%s, %s)",
-            (r.instance, r.chat, r.scope_id, r.conversation_id),
-        )
-        await conn.execute(
-            _UPSERT_CONVERSATION,
-            (
-                r.scope_id,
-                r.conversation_id,
-                r.instance,
-                r.chat,
-                r.amocrm_chat_id,
-                r.client_id,
-                r.last_client_at,
-                r.ref_pending,
-            ),
-        )
+async def _upsert_conversations(conn: Conn, records: Sequence[ConversationRecord], *, merge: bool) -> None:
+    upsert = _MERGE_CONVERSATION if merge else _REPLACE_CONVERSATION
+    for record in records:
+        take_over, row = conversation_params(record)
+        await conn.execute(_TAKE_OVER_CHAT, take_over)
+        await conn.execute(upsert, row)
 
 
 async def _upsert_messages(conn: Conn, records: Sequence[MessageRecord]) -> None:
@@ -556,7 +537,7 @@ class PostgresStore(MappingLookups):
         try:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 await conn.execute(self._finish_sql, (job_id, self.owner))
-                await _upsert_conversations(conn, conversations)
+                await _upsert_conversations(conn, conversations, merge=True)
                 await _upsert_messages(conn, messages)
                 await _insert_jobs(conn, then)
                 # The next job of the conversation (or a follow-up) may now be claimed, by any process.
@@ -663,7 +644,7 @@ class PostgresStore(MappingLookups):
     # -- mapping -------------------------------------------------------------------------
     async def put_conversation(self, record: ConversationRecord) -> None:
         async with self._conn("write", transaction=True) as conn:
-            await _upsert_conversations(conn, [record])
+            await _upsert_conversations(conn, [record], merge=False)
 
     async def put_message(self, record: MessageRecord) -> None:
         async with self._conn("write") as conn:

@@ -1,12 +1,23 @@
-"""SQL both stores share: the queue's head rule, the mapping's columns and lookups, rows → records."""
+"""SQL both stores share: the queue's head rule, the mapping's columns, lookups and writes, rows → records."""
 
 from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import msgspec
+
 from .base import ConversationRecord, MessageRecord
 
-__all__ = ["CONVERSATION_COLUMNS", "HEAD", "MESSAGE_COLUMNS", "MappingLookups", "conversation", "message"]
+__all__ = [
+    "CONVERSATION_COLUMNS",
+    "HEAD",
+    "MESSAGE_COLUMNS",
+    "MappingLookups",
+    "conversation",
+    "conversation_params",
+    "conversation_writes",
+    "message",
+]
 
 HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
 """A queued job ``q`` may run: no earlier job of its key exists and none of its key is running
@@ -15,6 +26,42 @@ CONVERSATION_COLUMNS = (
     "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
 )
 MESSAGE_COLUMNS = "scope_id, msgid, conversation_id, direction, amocrm_id, messenger_id, status"
+_MERGED = {
+    "amocrm_chat_id": "COALESCE(EXCLUDED.amocrm_chat_id, conversations.amocrm_chat_id)",
+    "client_id": "COALESCE(EXCLUDED.client_id, conversations.client_id)",
+    # The later of the two, or the one that is not NULL (SQLite's max() of a NULL is NULL).
+    "last_client_at": "CASE WHEN EXCLUDED.last_client_at IS NULL OR conversations.last_client_at > "
+    "EXCLUDED.last_client_at THEN conversations.last_client_at ELSE EXCLUDED.last_client_at END",
+}
+
+
+def conversation_writes(placeholder: str) -> tuple[str, str, str]:
+    """The statements that write a conversation record, in an engine's ``placeholder`` style
+    (their parameters: :func:`conversation_params`): take over, then replace or merge.
+
+    *Take over* deletes another conversation holding the record's (instance, chat): the record
+    takes the chat over. *Replace* inserts the record or overwrites the row of its id. *Merge*
+    inserts it or updates the row keeping what a stale record must not undo: the later
+    ``last_client_at`` (the reply window never moves back), a known ``amocrm_chat_id`` and ``client_id``.
+    """
+    p = placeholder
+    take_over = (
+        f"DELETE FROM conversations WHERE instance = {p} AND chat = {p} AND (scope_id, conversation_id) <> ({p}, {p})"
+    )
+    columns = CONVERSATION_COLUMNS.split(", ")
+    insert = (
+        f"INSERT INTO conversations ({CONVERSATION_COLUMNS}) VALUES ({', '.join([p] * len(columns))}) "
+        "ON CONFLICT (scope_id, conversation_id) DO UPDATE SET "
+    )
+    replaced = {c: f"EXCLUDED.{c}" for c in columns[2:]}
+    replace = insert + ", ".join(f"{c} = {value}" for c, value in replaced.items())
+    merge = insert + ", ".join(f"{c} = {value}" for c, value in (replaced | _MERGED).items())
+    return take_over, replace, merge
+
+
+def conversation_params(r: ConversationRecord) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """The parameters of :func:`conversation_writes`' take over and of its replace or merge, for ``r``."""
+    return (r.instance, r.chat, r.scope_id, r.conversation_id), msgspec.structs.astuple(r)
 
 
 def conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:

@@ -29,7 +29,7 @@ from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import CONVERSATION_COLUMNS, HEAD, MESSAGE_COLUMNS, MappingLookups
+from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
 
 __all__ = ["SQLiteStore"]
 
@@ -105,6 +105,8 @@ CREATE TABLE IF NOT EXISTS state (
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
 
+_TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
+
 Operation = Callable[[sqlite3.Connection], Any]
 _Op = tuple[Operation, "asyncio.Future[Any]", bool]
 """An operation, the future its caller awaits, and whether its commit wakes the workers."""
@@ -118,23 +120,12 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -
     )
 
 
-def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord]) -> None:
-    conn.executemany(
-        f"INSERT OR REPLACE INTO conversations ({CONVERSATION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        [
-            (
-                r.scope_id,
-                r.conversation_id,
-                r.instance,
-                r.chat,
-                r.amocrm_chat_id,
-                r.client_id,
-                r.last_client_at,
-                int(r.ref_pending),
-            )
-            for r in records
-        ],
-    )
+def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
+    upsert = _MERGE_CONVERSATION if merge else _REPLACE_CONVERSATION
+    for record in records:
+        take_over, row = conversation_params(record)
+        conn.execute(_TAKE_OVER_CHAT, take_over)
+        conn.execute(upsert, row)
 
 
 def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord]) -> None:
@@ -380,7 +371,7 @@ class SQLiteStore(MappingLookups):
     ) -> None:
         def run(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
-            _upsert_conversations(conn, conversations)
+            _upsert_conversations(conn, conversations, merge=True)
             _upsert_messages(conn, messages)
             _insert_jobs(conn, then, time.time())
 
@@ -474,7 +465,7 @@ class SQLiteStore(MappingLookups):
         return self._read(run)
 
     async def put_conversation(self, record: ConversationRecord) -> None:
-        await self._call(lambda conn: _upsert_conversations(conn, [record]))
+        await self._call(lambda conn: _upsert_conversations(conn, [record], merge=False))
 
     async def put_message(self, record: MessageRecord) -> None:
         await self._call(lambda conn: _upsert_messages(conn, [record]))
