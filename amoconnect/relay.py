@@ -157,6 +157,7 @@ class Relay:
             else:
                 crash_point("relay.done", job.kind)
                 await self._settle(
+                    job,
                     lambda: self.store.finish(
                         job.id, conversations=done.conversations, messages=done.messages, then=done.then
                     ),
@@ -179,7 +180,7 @@ class Relay:
             return
         wait = self.backoff_delay(job.attempts) if delay is None else delay
         bound.warning("job will be retried", error=error, retry_in_s=round(wait, 3))
-        await self._settle(lambda: self.store.retry(job.id, delay=wait, error=error), bound)
+        await self._settle(job, lambda: self.store.retry(job.id, delay=wait, error=error), bound)
         self.metrics.jobs_retried.labels(job.kind).inc()
 
     async def _bury(
@@ -187,15 +188,17 @@ class Relay:
     ) -> None:
         bound.error("job moved to dead letters", error=error)
         follow = handler.on_dead(job, error) if handler is not None and handler.on_dead is not None else ()
-        await self._settle(lambda: self.store.bury(job.id, error=error, then=follow), bound)
+        await self._settle(job, lambda: self.store.bury(job.id, error=error, then=follow), bound)
         self.metrics.jobs_dead.labels(job.kind).inc()
 
-    async def _settle(self, write: Callable[[], Awaitable[None]], bound: structlog.typing.FilteringBoundLogger) -> None:
+    async def _settle(
+        self, job: Job, write: Callable[[], Awaitable[None]], bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
         """Record a job's outcome, through a store outage of up to ``_SETTLE_FOR`` seconds.
 
         The work is done (a message may have gone out), so giving up at the first store error
-        would run it again; after the bound the job stays marked running and is run again when
-        the store recovers it (a restart of SQLite, the lease of PostgreSQL), at least once.
+        would run it again; after the bound the job is abandoned (:meth:`Store.abandon`) and run
+        again when the store recovers it (a restart of SQLite, the lease of PostgreSQL), at least once.
         """
         pause = _STORE_RETRY / 4
         deadline = anyio.current_time() + _SETTLE_FOR
@@ -206,6 +209,7 @@ class Relay:
             except StoreError as exc:
                 if anyio.current_time() + pause > deadline:
                     bound.error("store unavailable; the job's outcome is not recorded", error=str(exc))
+                    self.store.abandon(job.id)
                     return
                 bound.warning("store unavailable; recording the job's outcome again shortly", error=str(exc))
                 await anyio.sleep(pause)

@@ -9,10 +9,12 @@ import pytest
 import structlog
 from rig import eventually
 
+from amoconnect import relay as relay_module
 from amoconnect.errors import StoreError
 from amoconnect.relay import Done, Handler, Relay
-from amoconnect.store.base import Job, NewJob
+from amoconnect.store.base import Job, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
+from amoconnect.testing.stores import fresh_postgres_schema
 
 pytestmark = pytest.mark.anyio
 
@@ -77,5 +79,69 @@ async def test_a_finished_job_records_its_outcome_once_the_store_is_back(tmp_pat
     assert store.outage == 0 and ran == [b"first", b"follow-up"]
 
 
-async def _counts_are(store: SQLiteStore, expected: dict[str, int]) -> bool:
+async def _counts_are(store: Store, expected: dict[str, int]) -> bool:
     return await store.counts() == expected
+
+
+def fail_finishes(store: Store, outage: int) -> None:
+    """The store's next ``outage`` finishes fail, as while the database is unreachable."""
+    finish = store.finish
+
+    async def failing(job_id: int, **records: object) -> None:
+        nonlocal outage
+        if outage:
+            outage -= 1
+            raise StoreError("PostgreSQL store: finish failed: connection lost")
+        await finish(job_id, **records)  # type: ignore[arg-type]
+
+    store.finish = failing  # type: ignore[method-assign]
+
+
+async def test_a_job_whose_outcome_cannot_be_recorded_is_abandoned(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(relay_module, "_SETTLE_FOR", 0.1)
+    fail_finishes(store, outage=1000)
+    abandoned: list[int] = []
+    abandon = store.abandon
+
+    def recording(job_id: int) -> None:
+        abandoned.append(job_id)
+        abandon(job_id)
+
+    monkeypatch.setattr(store, "abandon", recording)
+    ran: list[int] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.id)
+        return Done()
+
+    await store.enqueue([NewJob("test", "k", b"x")])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await eventually(lambda: abandoned, within=10)
+        tg.cancel_scope.cancel()
+    assert abandoned == ran and len(ran) == 1
+    assert (await store.counts())["running"] == 1  # until the store recovers it
+
+
+async def test_on_postgres_an_abandoned_job_runs_again_once_its_lease_runs_out(
+    postgres: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from amoconnect.store.postgres import PostgresStore
+
+    monkeypatch.setattr(relay_module, "_SETTLE_FOR", 0.1)
+    attempts: list[int] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        attempts.append(job.attempts)
+        return Done()
+
+    async with PostgresStore(fresh_postgres_schema(postgres), lease=0.6) as store, anyio.create_task_group() as tg:
+        fail_finishes(store, outage=1)
+        await store.enqueue([NewJob("test", "k", b"x")])
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await eventually(lambda: len(attempts) == 2, within=10)
+        await eventually(lambda: _counts_are(store, {"queued": 0, "running": 0, "dead": 0}), within=10)
+        tg.cancel_scope.cancel()
+    assert attempts == [1, 2]  # the first run's outcome was lost: its lease ran out and it ran again

@@ -220,6 +220,23 @@ async def test_a_live_process_keeps_its_lease(url: str) -> None:
         await owner.finish(held.id)
 
 
+async def test_an_abandoned_job_is_queued_again_once_its_lease_runs_out(url: str) -> None:
+    async with opened(url, lease=0.3) as owner, opened(url, lease=0.3) as other:
+        await owner.enqueue([job("held"), job("abandoned")])
+        held, abandoned = await owner.claim(10)
+        owner.abandon(abandoned.id)  # its outcome could not be recorded: the heartbeat lets it go
+        started = time.monotonic()
+        while not (again := await other.claim(10)):
+            assert time.monotonic() - started < 5, "the abandoned job's lease never ran out"
+            await other.wait_for_work(0.1)
+        assert [(j.id, j.attempts) for j in again] == [(abandoned.id, 2)]
+        await anyio.sleep(1.0)  # several lease lengths: the held job's lease was extended all along
+        assert await other.claim(10) == []
+        await owner.finish(held.id)
+        await other.finish(abandoned.id)
+        assert await owner.counts() == {"queued": 0, "running": 0, "dead": 0}
+
+
 async def test_close_hands_held_jobs_back_at_once(url: str) -> None:
     async with opened(url) as other:
         leaving = PostgresStore(url)

@@ -5,7 +5,8 @@ keys that make every inbound edge idempotent, the id mapping between amoCRM, us 
 messenger, and small key-value state for adapters (e.g. a long-polling offset). It also hands
 out the rate limiters, so that a limit holds for every process sharing the store.
 
-Every method is a coroutine and every write is durable when it returns.
+Every method but :meth:`Store.abandon` and :meth:`Store.limiter` is a coroutine, and every write
+is durable when it returns.
 """
 
 from __future__ import annotations
@@ -140,6 +141,14 @@ class Store(Protocol):
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         """Move a job to the dead letters, enqueueing ``then`` in the same transaction."""
+
+    def abandon(self, job_id: int) -> None:
+        """Give up a claimed job whose outcome could not be recorded (the store was unavailable).
+
+        It stays marked running, its conversation blocked, until the store recovers it and it runs
+        again: SQLite when it is opened again, PostgreSQL once the job's lease runs out (the
+        heartbeat no longer extends it), in whichever process claims it then. No IO.
+        """
 
     async def next_due_in(self) -> float | None:
         """Seconds until the earliest queued job is due (0 if one is due now), None if the queue is empty."""

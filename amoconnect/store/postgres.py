@@ -7,7 +7,8 @@ uses at once:
 - Order per conversation holds across processes: a job is claimed only while no earlier job of
   its key exists, so a key's running job is its lock. The lock is a **lease**: the owner extends
   it while it works, and when a process dies its running jobs become claimable again once the
-  lease expires (``lease`` seconds). Only the job's holder may finish, retry or bury it: a
+  lease expires (``lease`` seconds); so does a job whose outcome the owner gave up recording
+  (:meth:`PostgresStore.abandon`). Only the job's holder may finish, retry or bury it: a
   process that stalled past its lease finds its job taken over, and what it did is dropped
   (the new holder runs the job again), so the conversation's next job cannot start early.
 - ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling.
@@ -270,6 +271,8 @@ class PostgresStore(MappingLookups):
         self._wake = asyncio.Event()
         self._listening = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._held: set[int] = set()
+        """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
 
     # -- connections ---------------------------------------------------------------------
@@ -408,7 +411,8 @@ class PostgresStore(MappingLookups):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
-        # Jobs still held were left by a drain that timed out: hand them back at once.
+        self._held.clear()
+        # Jobs still held were left by a drain that timed out (or abandoned): hand them back at once.
         with contextlib.suppress(psycopg.Error):
             async with pool.connection() as conn:
                 await conn.execute(
@@ -446,7 +450,7 @@ class PostgresStore(MappingLookups):
             delay = min(delay * 2, 10.0)
 
     async def _keep_leases(self) -> None:
-        """Extend this process's leases, free the jobs of processes whose leases ran out, age out finished jobs."""
+        """Extend the leases of the jobs held, free the jobs whose leases ran out, age out finished jobs."""
         loop = asyncio.get_running_loop()
         prune_at = loop.time()
         while True:
@@ -455,10 +459,11 @@ class PostgresStore(MappingLookups):
                 if self._finished_retention and loop.time() >= prune_at:
                     prune_at = loop.time() + _PRUNE_INTERVAL
                     await self.prune_finished(self._finished_retention)
-                await self._write(
-                    f"UPDATE queue SET lease_until = {_NOW} + %s WHERE state = 'running' AND owner = %s",
-                    (self._lease, self.owner),
-                )
+                if self._held:
+                    await self._write(
+                        f"UPDATE queue SET lease_until = {_NOW} + %s WHERE id = ANY(%s) AND owner = %s",
+                        (self._lease, list(self._held), self.owner),
+                    )
                 freed = await self.release_expired()
             except StoreError as exc:
                 log.warning("store lease upkeep failed", error=str(exc))
@@ -524,6 +529,7 @@ class PostgresStore(MappingLookups):
             rows = await cur.fetchall()
         jobs = [Job(*row) for row in rows]
         jobs.sort(key=lambda job: job.id)
+        self._held.update(job.id for job in jobs)
         return jobs
 
     async def finish(
@@ -544,7 +550,7 @@ class PostgresStore(MappingLookups):
                 await conn.execute(f"NOTIFY {_CHANNEL}")
         except StoreError as exc:
             return self._lost(job_id, "finish", exc)
-        self._wake.set()
+        self._settled(job_id)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         if not await self._write(
@@ -554,7 +560,7 @@ class PostgresStore(MappingLookups):
             notify=True,
         ):
             return self._lost(job_id, "retry")
-        self._wake.set()
+        self._settled(job_id)
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         try:
@@ -564,12 +570,23 @@ class PostgresStore(MappingLookups):
                 await conn.execute(f"NOTIFY {_CHANNEL}")
         except StoreError as exc:
             return self._lost(job_id, "bury", exc)
+        self._settled(job_id)
+
+    def abandon(self, job_id: int) -> None:
+        """Stop extending the lease of a job whose outcome could not be recorded: once it runs out, the
+        job is queued again (by :meth:`release_expired` of any process) and run again."""
+        self._held.discard(job_id)
+
+    def _settled(self, job_id: int) -> None:
+        """A held job's outcome is recorded: its lease needs no more extending, and the workers may look again."""
+        self._held.discard(job_id)
         self._wake.set()
 
     def _lost(self, job_id: int, action: str, error: StoreError | None = None) -> None:
         """A job this process no longer holds: its lease ran out and another process may have taken it over."""
         if error is not None and _NOT_HELD not in str(error):
             raise error
+        self._held.discard(job_id)
         log.warning(
             "job taken over by another process after this one's lease ran out; its outcome here is dropped",
             job=job_id,

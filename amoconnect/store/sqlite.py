@@ -398,6 +398,9 @@ class SQLiteStore(MappingLookups):
 
         await self._call(run, wakes=True)
 
+    def abandon(self, job_id: int) -> None:
+        """Nothing to do: the job stays running until the store is opened again, which queues it again."""
+
     async def next_due_in(self) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {HEAD}").fetchone()
