@@ -277,7 +277,17 @@ class ConnectorRig:
         return found
 
     async def backdate_client(self, chat: str, seconds: float) -> None:
-        """Pretend the client of ``chat`` last wrote ``seconds`` earlier than it did (to close a reply window)."""
+        """Pretend the client of ``chat`` last wrote ``seconds`` earlier than it did (to close a reply window).
+
+        It waits until the relay has no job queued or running first: a job that finishes later
+        writes the conversation it read, and a finish never moves ``last_client_at`` back.
+        """
+
+        async def idle() -> bool:
+            counts = await self.runtime.store.counts()
+            return counts["queued"] == 0 and counts["running"] == 0
+
+        await self.eventually(idle)
 
         async def written() -> ConversationRecord | None:
             # The relay commits the conversation just after amoCRM has the message: wait for it.
