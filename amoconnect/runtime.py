@@ -294,7 +294,7 @@ class Runtime:
             "runtime started",
             instances=[f"{i.messenger}/{i.name}" for i in self.routing],
             accounts=[a.name for a in self.config.accounts],
-            store=str(getattr(self.store, "where", None) or getattr(self.store, "path", type(self.store).__name__)),
+            store=self.store.where,
         )
 
     async def stop(self) -> None:

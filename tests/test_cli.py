@@ -75,3 +75,12 @@ def test_run_refuses_an_unknown_plugin(config_file: Path) -> None:
     result = CliRunner().invoke(main, ["run", "--config", str(config_file), "--plugin", "nosuch"])
     assert result.exit_code == 1
     assert "no messenger plugin named 'nosuch' is installed" in result.output
+
+
+def test_migrate_on_sqlite_creates_the_store_and_says_where(config_file: Path) -> None:
+    path = load_config(config_file).store.path
+    assert not Path(path).exists()
+    result = CliRunner().invoke(main, ["migrate", "--config", str(config_file)])
+    assert result.exit_code == 0, result.output
+    assert result.output == f"{path}: schema is up to date\n"  # SQLite migrates itself on open
+    assert Path(path).exists()

@@ -40,12 +40,7 @@ async def migrate_store(config: StoreConfig) -> tuple[str, list[int]]:
     PostgreSQL is migrated only by this (``amoconnect migrate``); SQLite migrates itself on open.
     """
     store = build_store(config)
-    migrate = getattr(store, "migrate", None)
-    if migrate is not None:
-        return str(getattr(store, "where", "")), await migrate()
-    await store.open()
-    await store.close()
-    return str(getattr(store, "path", "")), []
+    return store.where, await store.migrate()
 
 
 @contextlib.asynccontextmanager

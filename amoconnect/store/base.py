@@ -108,8 +108,14 @@ class MessageRecord(msgspec.Struct, frozen=True):
 class Store(Protocol):
     """The interface the relay programs against; SQLite is the embedded implementation."""
 
+    where: str
+    """Where the store is, for messages and logs: a file path, or a URL without its password."""
+
+    async def migrate(self) -> list[int]:
+        """Bring the schema up to date (``amoconnect migrate``); the versions applied, oldest first."""
+
     async def open(self) -> None:
-        """Create or migrate the schema and recover jobs a crash left running."""
+        """Check (PostgreSQL) or create and migrate (SQLite) the schema and recover jobs a crash left running."""
 
     async def close(self) -> None:
         """Flush and release everything."""

@@ -148,6 +148,7 @@ class SQLiteStore(MappingLookups):
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.path = Path(path)
+        self.where = str(self.path)
         self._synchronous = synchronous.upper()
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
@@ -322,6 +323,12 @@ class SQLiteStore(MappingLookups):
         await writer  # what was submitted before the close still commits
         assert self._committer is not None
         self._committer.shutdown(wait=False)
+
+    async def migrate(self) -> list[int]:
+        """SQLite migrates itself on open: open and close; nothing is applied here."""
+        await self.open()
+        await self.close()
+        return []
 
     async def __aenter__(self) -> SQLiteStore:
         await self.open()
