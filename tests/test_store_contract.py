@@ -8,7 +8,6 @@ import anyio
 import msgspec
 import pytest
 
-from amoconnect.statuses import DELIVERED, FAILED, READ, SENT
 from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
 
 pytestmark = pytest.mark.anyio
@@ -141,15 +140,6 @@ async def test_finish_sets_a_first_reply_window_and_put_conversation_moves_it_ba
     backdated = msgspec.structs.replace(stored, last_client_at=10.0, amocrm_chat_id=None)
     await store.put_conversation(backdated)  # as it is: the test kit closes reply windows so
     assert await store.conversation("scope", "c1") == backdated
-
-
-async def test_status_only_moves_forward(store: Store) -> None:
-    await store.put_message(MessageRecord("scope", "m1", "c1", "out", amocrm_id="a1"))
-    assert await store.advance_status("scope", "m1", READ) == SENT
-    assert await store.advance_status("scope", "m1", DELIVERED) is None
-    assert await store.advance_status("scope", "m1", FAILED) is None
-    assert (await store.message("scope", "m1")).status == READ  # type: ignore[union-attr]
-    assert await store.advance_status("scope", "unknown", READ) is None
 
 
 async def test_state_and_prune(store: Store) -> None:

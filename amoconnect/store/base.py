@@ -204,9 +204,6 @@ class Store(Protocol):
     async def put_message(self, record: MessageRecord) -> None:
         """Insert or replace a message."""
 
-    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
-        """Move a message's status forward; returns the previous status, or None if it did not move."""
-
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:
         """Take or renew the lease ``name`` for ``seconds``; False while another process holds it."""

@@ -41,7 +41,6 @@ from psycopg.rows import TupleRow
 from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
-from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
 
@@ -666,19 +665,6 @@ class PostgresStore(MappingLookups):
     async def put_message(self, record: MessageRecord) -> None:
         async with self._conn("write") as conn:
             await _upsert_messages(conn, [record])
-
-    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
-        async with self._conn("write", transaction=True) as conn:
-            cur = await conn.execute(
-                "SELECT status FROM messages WHERE scope_id = %s AND msgid = %s FOR UPDATE", (scope_id, msgid)
-            )
-            row = await cur.fetchone()
-            if row is None or not is_forward(row[0], status):
-                return None
-            await conn.execute(
-                "UPDATE messages SET status = %s WHERE scope_id = %s AND msgid = %s", (status, scope_id, msgid)
-            )
-            return int(row[0])
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:

@@ -27,7 +27,6 @@ import anyio
 from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
-from ..statuses import is_forward
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
 
@@ -479,18 +478,6 @@ class SQLiteStore(MappingLookups):
 
     async def put_message(self, record: MessageRecord) -> None:
         await self._call(lambda conn: _upsert_messages(conn, [record]))
-
-    async def advance_status(self, scope_id: str, msgid: str, status: int) -> int | None:
-        def run(conn: sqlite3.Connection) -> int | None:
-            row = conn.execute(
-                "SELECT status FROM messages WHERE scope_id = ? AND msgid = ?", (scope_id, msgid)
-            ).fetchone()
-            if row is None or not is_forward(row[0], status):
-                return None
-            conn.execute("UPDATE messages SET status = ? WHERE scope_id = ? AND msgid = ?", (status, scope_id, msgid))
-            return int(row[0])
-
-        return await self._call(run)
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:
