@@ -323,13 +323,11 @@ class Runtime:
             delay = min(delay * 2, ADAPTER_RESTART_MAX)
 
     async def _prune(self) -> None:
-        """Age out dedup keys and media whose links all expired, every hour."""
+        """Age out, every hour, what the store keeps for a while (dedup keys, ...) and media whose links all expired."""
         while True:
             try:
-                pruned = {
-                    "dedup keys": await self.store.prune_dedup(self.config.relay.dedup_retention_days * 86400),
-                    "media files": await self.media.prune(),
-                }
+                pruned = await self.store.prune(dedup_older_than=self.config.relay.dedup_retention_days * 86400)
+                pruned["media files"] = await self.media.prune()
             except StoreError as exc:
                 log.warning("pruning failed; trying again later", error=str(exc))
             else:

@@ -147,8 +147,8 @@ async def test_state_and_prune(store: Store) -> None:
     await store.set_state("tg", "offset", b"42")
     assert await store.get_state("tg", "offset") == b"42"
     await store.enqueue([job("a")], dedup=["k"])
-    assert await store.prune_dedup(older_than=3600) == 0
-    assert await store.prune_dedup(older_than=-1) == 1
+    assert (await store.prune(dedup_older_than=3600))["dedup keys"] == 0
+    assert (await store.prune(dedup_older_than=-1))["dedup keys"] == 1
 
 
 async def test_wait_for_work_wakes_on_commit(store: Store) -> None:

@@ -256,6 +256,15 @@ async def test_finished_jobs_are_kept_for_their_retention(url: str) -> None:
         assert table_rows(store, "finished", "id, key, payload, attempts") == [(j.id, "k", b"payload", 1)]
         assert await store.prune_finished(3600) == 0
         assert await store.prune_finished(-1) == 1
+        # The runtime's hourly prune covers them, beside dedup keys and idle rate limit rows.
+        await store.limiter("test:idle", 1000, 1.0, burst=1).acquire("k")
+        await store.enqueue([job("k2")])
+        (j,) = await store.claim(1)
+        await store.finish(j.id)
+        await anyio.sleep(0.01)  # past the idle key's theoretical arrival time
+        pruned = await store.prune(dedup_older_than=3600)
+        assert pruned == {"dedup keys": 0, "idle rate limit rows": 1, "finished jobs": 0}
+        assert await store.prune_finished(-1) == 1
     async with opened(url) as store:
         await store.enqueue([job("k")])
         (j,) = await store.claim(1)

@@ -174,8 +174,12 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]:
         """Jobs by state: ``queued``, ``running``, ``dead``."""
 
-    async def prune_dedup(self, older_than: float) -> int:
-        """Forget dedup keys seen more than ``older_than`` seconds ago."""
+    async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
+        """Age out what the store keeps for a while; how many of each kind went (``"dedup keys"``: 3).
+
+        Dedup keys seen more than ``dedup_older_than`` seconds ago, and what the engine keeps
+        of its own (PostgreSQL: finished jobs past ``finished_retention``, idle rate limit rows).
+        """
 
     # -- mapping -------------------------------------------------------------------------
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:

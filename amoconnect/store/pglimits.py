@@ -12,8 +12,8 @@ database saw them, across processes. A caller cancelled while it sleeps has spen
 (the limit errs on the slow side). A penalty pushes ``tat`` back for everybody; a caller that
 wakes inside a penalty issued while it slept takes a new slot after it.
 
-A row whose ``tat`` has passed is a full bucket, the same as no row: the store deletes such
-rows in the background (:meth:`PostgresStore.prune_limits <amoconnect.store.postgres.PostgresStore.prune_limits>`).
+A row whose ``tat`` has passed is a full bucket, the same as no row: the runtime's hourly
+pruning deletes such rows (:meth:`PostgresStore.prune <amoconnect.store.postgres.PostgresStore.prune>`).
 """
 
 from __future__ import annotations

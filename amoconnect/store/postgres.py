@@ -50,8 +50,6 @@ log = structlog.get_logger("amoconnect.store")
 
 _CHANNEL = "amoconnect_jobs"
 _NOW = "extract(epoch from clock_timestamp())::float8"
-LIMITS_PRUNE_INTERVAL = 60.0
-"""Seconds between two deletions of idle rate limit rows."""
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media, leases
@@ -195,7 +193,6 @@ _BURY = (
     "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
     f"error = EXCLUDED.error) {_UNLESS_HELD}"
 )
-_PRUNE_INTERVAL = 3600.0
 # Serialises `migrate` runs of several processes (an arbitrary, fixed advisory lock key).
 _MIGRATE_LOCK = 0x616D6F63
 
@@ -395,7 +392,6 @@ class PostgresStore(MappingLookups):
         self._tasks = [
             asyncio.create_task(self._listen(listening), name="amoconnect-pg-listen"),
             asyncio.create_task(self._keep_leases(), name="amoconnect-pg-leases"),
-            asyncio.create_task(self._keep_limits(), name="amoconnect-pg-limits"),
         ]
         with anyio.move_on_after(10):
             await listening.wait()
@@ -449,15 +445,10 @@ class PostgresStore(MappingLookups):
             delay = min(delay * 2, 10.0)
 
     async def _keep_leases(self) -> None:
-        """Extend the leases of the jobs held, free the jobs whose leases ran out, age out finished jobs."""
-        loop = asyncio.get_running_loop()
-        prune_at = loop.time()
+        """Extend the leases of the jobs held, free the jobs whose leases ran out."""
         while True:
             await asyncio.sleep(self._lease / 3)
             try:
-                if self._finished_retention and loop.time() >= prune_at:
-                    prune_at = loop.time() + _PRUNE_INTERVAL
-                    await self.prune_finished(self._finished_retention)
                 if self._held:
                     await self._write(
                         f"UPDATE queue SET lease_until = {_NOW} + %s WHERE id = ANY(%s) AND owner = %s",
@@ -476,15 +467,6 @@ class PostgresStore(MappingLookups):
             f"UPDATE queue SET state = 'queued', owner = NULL WHERE state = 'running' AND lease_until < {_NOW}",
             notify=True,
         )
-
-    async def _keep_limits(self) -> None:
-        """Delete idle rate limit rows now and then."""
-        while True:
-            await asyncio.sleep(LIMITS_PRUNE_INTERVAL)
-            try:
-                await self.prune_limits()
-            except StoreError as exc:
-                log.warning("store rate limit upkeep failed", error=str(exc))
 
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
@@ -637,8 +619,14 @@ class PostgresStore(MappingLookups):
         counts["dead"] = int(row[0]) if row else 0
         return counts
 
-    async def prune_dedup(self, older_than: float) -> int:
-        return await self._write(f"DELETE FROM dedup WHERE seen_at < {_NOW} - %s", (older_than,))
+    async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
+        pruned = {
+            "dedup keys": await self._write(f"DELETE FROM dedup WHERE seen_at < {_NOW} - %s", (dedup_older_than,)),
+            "idle rate limit rows": await self.prune_limits(),
+        }
+        if self._finished_retention:
+            pruned["finished jobs"] = await self.prune_finished(self._finished_retention)
+        return pruned
 
     async def prune_finished(self, older_than: float) -> int:
         """Forget finished jobs kept more than ``older_than`` seconds."""

@@ -459,11 +459,11 @@ class SQLiteStore(MappingLookups):
 
         return self._read(run)
 
-    async def prune_dedup(self, older_than: float) -> int:
+    async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM dedup WHERE seen_at < ?", (time.time() - older_than,)).rowcount
+            return conn.execute("DELETE FROM dedup WHERE seen_at < ?", (time.time() - dedup_older_than,)).rowcount
 
-        return await self._call(run)
+        return {"dedup keys": await self._call(run)}
 
     # -- mapping -------------------------------------------------------------------------
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
