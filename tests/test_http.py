@@ -527,3 +527,16 @@ async def test_a_direct_aiohttp_client_reads_whole_answers_up_to_its_cap(monkeyp
         limiter = client._transport
         assert isinstance(limiter, HostLimiter)
         assert all(s.value == 32 for s in limiter._semaphores.values())  # the slot came back
+
+
+async def test_every_pool_shares_one_tls_context() -> None:
+    from amoconnect.http import _Pools, tls_context
+
+    # Each context loads the CA bundle (~30 ms): one per pool made start-up take a second.
+    limiter = build_transport("httpx", max_in_flight_per_host=32)
+    assert isinstance(limiter, HostLimiter)
+    pools = limiter._inner
+    assert isinstance(pools, _Pools)
+    assert len(pools._pools) == 16
+    assert {id(p._pool._ssl_context) for p in pools._pools} == {id(tls_context())}
+    await limiter.aclose()
