@@ -45,5 +45,6 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     from amoconnect.store.postgres import PostgresStore
     from amoconnect.testing.stores import fresh_postgres_schema
 
-    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres"))) as p:
+    # A short lease, as the test kit's store settings have: a job left by its holder comes back in seconds.
+    async with PostgresStore(fresh_postgres_schema(request.getfixturevalue("postgres")), lease=3.0) as p:
         yield p

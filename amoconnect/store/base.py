@@ -151,9 +151,10 @@ class Store(Protocol):
     def abandon(self, job_id: int) -> None:
         """Give up a claimed job whose outcome could not be recorded (the store was unavailable).
 
-        It stays marked running, its conversation blocked, until the store recovers it and it runs
-        again: SQLite when it is opened again, PostgreSQL once the job's lease runs out (the
-        heartbeat no longer extends it), in whichever process claims it then. No IO.
+        It stays marked running, its conversation blocked, until the store queues it again and it
+        runs again (at least once: its work may have been done): SQLite with its next claim that
+        commits, PostgreSQL once the job's lease runs out (the heartbeat no longer extends it), in
+        whichever process claims it then. No IO.
         """
 
     async def next_due_in(self) -> float | None:

@@ -158,6 +158,7 @@ class SQLiteStore(MappingLookups):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._reader: sqlite3.Connection | None = None
+        self._abandoned: list[int] = []
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
         self._limiters = LocalLimiters()
@@ -354,7 +355,12 @@ class SQLiteStore(MappingLookups):
         return await self._call(run, wakes=True)
 
     async def claim(self, limit: int) -> list[Job]:
+        back, self._abandoned = self._abandoned, []
+
         def run(conn: sqlite3.Connection) -> list[Job]:
+            if back:
+                requeue = "UPDATE queue SET state = 'queued' WHERE id = ? AND state = 'running'"
+                conn.executemany(requeue, [(i,) for i in back])
             rows = conn.execute(
                 "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue q "
                 f"WHERE state = 'queued' AND next_run <= ? AND {HEAD} ORDER BY next_run, id LIMIT ?",
@@ -365,7 +371,11 @@ class SQLiteStore(MappingLookups):
             )
             return [Job(*r) for r in rows]
 
-        return await self._call(run)
+        try:
+            return await self._call(run)
+        except StoreError:
+            self._abandoned.extend(back)  # still running: queue them with a claim that commits
+            raise
 
     async def finish(
         self,
@@ -405,7 +415,9 @@ class SQLiteStore(MappingLookups):
         await self._call(run, wakes=True)
 
     def abandon(self, job_id: int) -> None:
-        """Nothing to do: the job stays running until the store is opened again, which queues it again."""
+        """Queue the job again with the next claim (one that commits: the store serves again)."""
+        self._abandoned.append(job_id)
+        self._wake.set()
 
     async def next_due_in(self) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
