@@ -77,9 +77,10 @@ def test_run_refuses_an_unknown_plugin(config_file: Path) -> None:
     assert "no messenger plugin named 'nosuch' is installed" in result.output
 
 
-def test_migrate_on_sqlite_creates_the_store_and_says_where(config_file: Path) -> None:
-    path = load_config(config_file).store.path
-    assert not Path(path).exists()
+def test_migrate_on_sqlite_creates_the_store_and_says_where(tmp_path: Path) -> None:
+    path = tmp_path / "store" / "amoconnect.sqlite3"
+    config_file = tmp_path / "sqlite.toml"
+    config_file.write_text(tomli_w.dumps({**base_config(tmp_path), "store": {"path": str(path)}}))
     result = CliRunner().invoke(main, ["migrate", "--config", str(config_file)])
     assert result.exit_code == 0, result.output
     assert result.output == f"{path}: schema is up to date\n"  # SQLite migrates itself on open
