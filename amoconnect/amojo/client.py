@@ -53,6 +53,7 @@ class Sent(msgspec.Struct, frozen=True):
     amocrm_id: str | None
     """amoCRM's message id; ``None`` when :attr:`duplicate` (see :meth:`AmojoClient.find_message`)."""
     conversation_id: str | None = None
+    """amoCRM's id of the chat, from its answer; ``None`` when :attr:`duplicate`."""
     duplicate: bool = False
     """amojo already had this msgid: an earlier attempt went through."""
 
@@ -225,7 +226,7 @@ class AmojoClient:
             return Sent(msgid=payload.msgid, amocrm_id=sent.msgid, conversation_id=sent.conversation_id)
         error = self._error(response, describe)
         if event == "new_message" and is_duplicate_msgid(response.status_code, error.body):
-            return Sent(msgid=payload.msgid, amocrm_id=None, conversation_id=payload.conversation_id, duplicate=True)
+            return Sent(msgid=payload.msgid, amocrm_id=None, duplicate=True)
         raise error
 
     async def send_comment(self, scope_id: str, payload: wire.MessagePayload) -> Sent:
