@@ -45,7 +45,7 @@ __all__ = ["InboundHandler"]
 
 TYPING_INTERVAL = 5.0
 STATUS_WAITS = 3
-"""Attempts a status for a message we don't know yet waits for the mapping before it is dropped."""
+"""Attempts a status or reaction for a message we don't know yet waits for the mapping before it is dropped."""
 
 _STATUS_CODES = {"delivered": DELIVERED, "read": READ, "failed": FAILED}
 _decode = msgspec.json.Decoder(InboundJob).decode
@@ -84,7 +84,7 @@ class InboundHandler:
             if isinstance(event, InboundStatus):
                 return await self._status(instance, event, job, log)
             if isinstance(event, InboundReaction):
-                return await self._reaction(instance, event, log)
+                return await self._reaction(instance, event, job, log)
             return await self._typing(instance, event, log)
         except AmojoError as exc:
             raise amojo_failure(exc) from exc
@@ -354,7 +354,7 @@ class InboundHandler:
         )
         return Done(messages=[updated])
 
-    async def _reaction(self, instance: Instance, event: InboundReaction, log: FilteringBoundLogger) -> Done:
+    async def _reaction(self, instance: Instance, event: InboundReaction, job: Job, log: FilteringBoundLogger) -> Done:
         core = self.core
         conversation = await self._known(instance, event.chat)
         target = (
@@ -363,6 +363,8 @@ class InboundHandler:
             else None
         )
         if conversation is None or target is None:
+            if job.attempts < STATUS_WAITS:  # a manager's message may still be recording its ids
+                raise Retry(f"reaction to message {event.message_id!r} before its mapping", delay=0.5 * job.attempts)
             log.warning("reaction to a message amoconnect does not know; dropped", message_id=event.message_id)
             return Done()
         emoji = None if event.removed else event.emoji or None

@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 MAPPING_WAITS = 3
-"""Attempts a manager's message to a conversation we don't know yet waits for its mapping."""
+"""Attempts a manager's message or reaction to a conversation or message we don't know yet waits for its mapping."""
 _MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
 
@@ -210,7 +210,7 @@ class AmocrmHandler:
             return await self._message(job.scope_id, hook, job.attempts, log.bind(amocrm_id=hook.amocrm_message_id))
         if isinstance(hook, wire.TypingHook):
             return await self._typing(job.scope_id, hook.typing, log)
-        return await self._reaction(job.scope_id, hook.reaction, log)
+        return await self._reaction(job.scope_id, hook.reaction, job.attempts, log)
 
     async def _conversation(self, scope_id: str, conversation: wire.Conversation) -> ConversationRecord | None:
         store = self.core.store
@@ -439,11 +439,15 @@ class AmocrmHandler:
             log.info("typing not shown", error=str(exc))
         return Done()
 
-    async def _reaction(self, scope_id: str, reaction: wire.ReactionAction, log: FilteringBoundLogger) -> Done:
+    async def _reaction(
+        self, scope_id: str, reaction: wire.ReactionAction, attempt: int, log: FilteringBoundLogger
+    ) -> Done:
         core = self.core
         conversation = await self._conversation(scope_id, reaction.conversation)
         instance = core.routing.get(conversation.instance) if conversation is not None else None
         if conversation is None or instance is None:
+            if attempt < MAPPING_WAITS:
+                raise Retry("the reaction's conversation is not mapped yet", delay=0.5 * attempt)
             log.warning("reaction in a conversation amoconnect does not know; dropped")
             return Done()
         if not instance.can(Capability.reactions):
@@ -453,6 +457,9 @@ class AmocrmHandler:
         if target is None and reaction.message is not None and reaction.message.client_id:
             target = await core.store.message(scope_id, reaction.message.client_id)
         if target is None or not target.messenger_id:
+            if attempt < MAPPING_WAITS:
+                # The job of the message reacted to may still be recording its ids.
+                raise Retry("the message reacted to is not mapped yet", delay=0.5 * attempt)
             log.warning("reaction to a message amoconnect does not know; dropped", amocrm_id=reaction.message_id)
             return Done()
         removed = reaction.type == "unreact"

@@ -27,6 +27,7 @@ from amoconnect.model import (
     Person,
     Post,
 )
+from amoconnect.store.base import MessageRecord
 from amoconnect.testing.stores import table_rows
 
 pytestmark = pytest.mark.anyio
@@ -274,6 +275,42 @@ async def test_reactions_both_ways(r: Rig) -> None:
     await r.amojo.emit_reaction(SCOPE, "lb:c1", client_msg, unreact=True)
     await eventually(lambda: len(r.adapter().sent) == 2)
     assert r.adapter().sent[1] == OutgoingReaction(chat="c1", message_id="1", removed=True)
+
+
+async def test_a_reaction_waits_for_the_mapping_of_its_message(r: Rig) -> None:
+    """A manager's reaction to a message whose job is still recording its ids is relayed once they are."""
+    await _first_client_message(r)
+    amocrm_id = "5a1e5a1e-0000-4000-8000-00000000beef"
+    await r.amojo.emit_reaction(SCOPE, "lb:c1", amocrm_id, "❤️")
+    await anyio.sleep(0.2)  # the reaction's job ran once and waits
+    assert r.adapter().sent == []
+    await r.runtime.store.put_message(
+        MessageRecord(SCOPE, "lb:c1:2", "lb:c1", "in", amocrm_id=amocrm_id, messenger_id="2")
+    )
+    (sent,) = await eventually(lambda: r.adapter().sent)
+    assert sent == OutgoingReaction(chat="c1", message_id="2", emoji="❤")
+
+
+async def test_a_client_s_reaction_waits_for_the_mapping_of_its_message(r: Rig) -> None:
+    """A reaction to a manager's message whose job is still recording its ids reaches amoCRM once they are."""
+    await _first_client_message(r)
+    emitted = await r.amojo.emit_text(SCOPE, "lb:c1", "a manager's answer")
+
+    async def recorded() -> MessageRecord | None:
+        record = await r.runtime.store.message_by_amocrm(SCOPE, emitted.message_id or "")
+        return record if record is not None and record.messenger_id else None
+
+    answer = await eventually(recorded)
+    # The client reacts under an id the store does not have yet, as if the answer's job were still finishing.
+    event = InboundReaction(
+        chat="c1", timestamp=time.time(), dedup_key="r-early", sender=Person(id="c1"), message_id="late", emoji="👍"
+    )
+    await r.inbound(event)
+    await anyio.sleep(0.2)  # its job ran once and waits
+    assert r.amojo.reactions == []
+    await r.runtime.store.put_message(msgspec.structs.replace(answer, messenger_id="late"))
+    (reaction,) = await eventually(lambda: r.amojo.reactions)
+    assert (reaction.request.emoji, reaction.message_id) == ("👍", emitted.message_id)
 
 
 async def test_typing_both_ways_throttled(r: Rig) -> None:
