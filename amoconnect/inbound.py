@@ -255,12 +255,16 @@ class InboundHandler:
         self, scope_id: str, conversation_id: str, sent: Sent, log: FilteringBoundLogger
     ) -> str | None:
         """amoCRM's id of a sent message; for a duplicate (an earlier attempt went through, its
-        outcome unrecorded) found in the chat's history, or ``None`` when that fails."""
+        outcome unrecorded) found in the chat's history, or ``None`` when it is not there or the
+        history is refused. amojo down for now (no answer, 429, 5xx) fails the attempt: the job's
+        next one looks again."""
         if not sent.duplicate:
             return sent.amocrm_id
         try:
             found = await self.core.amojo.find_message(scope_id, conversation_id, sent.msgid)
         except AmojoError as exc:
+            if exc.retryable:  # amojo is down for now: look again with the job's next attempt
+                raise
             log.warning(
                 "duplicate msgid: amoCRM's id of it not recovered, the history failed; its edits, statuses "
                 "and quotes will be dropped",
