@@ -191,7 +191,11 @@ async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path)
     # Every failed call was repeated: amojo calls within the job attempt first, the job when those ran out;
     # a send to the messenger is one call, repeated by retrying its job.
     http_retries = metric(metrics, "amoconnect_http_retries_total", service="amojo")
-    assert http_retries + metric(metrics, "amoconnect_jobs_retried_total", kind="inbound") == failures(to_amojo)
+    repeated = http_retries + metric(metrics, "amoconnect_jobs_retried_total", kind="inbound")
+    # aiohttp itself repeats, unseen, an idempotent request (a history lookup's GET) that a reused
+    # connection lost without an answer: those failures may not reach the counts.
+    unseen = sum(to_amojo.injected_on[kind, "GET"] for kind in ("dropped", "lost_answer"))
+    assert failures(to_amojo) - unseen <= repeated <= failures(to_amojo)
     assert metric(metrics, "amoconnect_jobs_retried_total", kind="amocrm") == failures(to_chat) > 0
     assert metric(metrics, "amoconnect_jobs_dead_total") == 0 and dead == []
     assert metric(metrics, "amoconnect_jobs_succeeded_total") == len(amojo.messages)

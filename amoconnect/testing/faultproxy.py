@@ -88,8 +88,8 @@ class FaultProxy:
     Probabilities are per request, per kind; ``seed`` makes a run repeatable. ``retry_after``
     is the 429s' wait in seconds, ``delay`` the ``slow`` requests'. ``enabled`` switches the
     faults off and on at any time, as :attr:`odds` (kind → probability) changes them;
-    :attr:`injected` counts what was injected, by kind, and :attr:`forwarded` the requests that
-    reached the upstream.
+    :attr:`injected` counts what was injected, by kind (:attr:`injected_on`: by kind and HTTP
+    method), and :attr:`forwarded` the requests that reached the upstream.
     """
 
     def __init__(
@@ -116,6 +116,7 @@ class FaultProxy:
         self.error = error
         self.enabled = enabled
         self.injected: Counter[str] = Counter()
+        self.injected_on: Counter[tuple[str, str]] = Counter()
         self.forwarded = 0
         self._rng = random.Random(seed)
         self._client: httpx.AsyncClient | None = None
@@ -131,7 +132,7 @@ class FaultProxy:
             finally:
                 self._client = None
 
-    def _draw(self) -> str | None:
+    def _draw(self, method: str) -> str | None:
         if not self.enabled:
             return None
         point, edge = self._rng.random(), 0.0
@@ -139,6 +140,7 @@ class FaultProxy:
             edge += odds
             if point < edge:
                 self.injected[kind] += 1
+                self.injected_on[kind, method] += 1
                 return kind
         return None
 
@@ -148,7 +150,7 @@ class FaultProxy:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
-        fault = self._draw()
+        fault = self._draw(scope["method"])
         body = await _body(receive)
         if fault in ("rate_limited", "server_error"):
             status = 429 if fault == "rate_limited" else 500
