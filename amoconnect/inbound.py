@@ -33,9 +33,9 @@ from .model import (
     MessageRef,
     Person,
 )
-from .outbound import amojo_failure, latest_comment_key, messenger_retry
+from .outbound import amojo_failure, latest_comment_key, messenger_retry, wait_for_mapping
 from .plugins import alter_inbound_message
-from .relay import Done, GiveUp, Retry
+from .relay import Done, GiveUp
 from .routing import Instance
 from .statuses import DELIVERED, FAILED, READ, STATUS_NAMES, is_forward
 from .store.base import ConversationRecord, Job, MessageRecord
@@ -44,8 +44,6 @@ from .windows import failure_for
 __all__ = ["InboundHandler"]
 
 TYPING_INTERVAL = 5.0
-STATUS_WAITS = 3
-"""Attempts a status or reaction for a message we don't know yet waits for the mapping before it is dropped."""
 
 _STATUS_CODES = {"delivered": DELIVERED, "read": READ, "failed": FAILED}
 _decode = msgspec.json.Decoder(InboundJob).decode
@@ -318,8 +316,7 @@ class InboundHandler:
             else None
         )
         if conversation is None or record is None or record.amocrm_id is None:
-            if job.attempts < STATUS_WAITS:
-                raise Retry(f"status for message {event.message_id!r} before its mapping", delay=0.5 * job.attempts)
+            wait_for_mapping(job.attempts, f"message {event.message_id!r} of the status")
             log.warning("status for a message amoconnect did not send; dropped", message_id=event.message_id)
             return Done()
         new = _STATUS_CODES[event.status]
@@ -367,8 +364,7 @@ class InboundHandler:
             else None
         )
         if conversation is None or target is None:
-            if job.attempts < STATUS_WAITS:  # a manager's message may still be recording its ids
-                raise Retry(f"reaction to message {event.message_id!r} before its mapping", delay=0.5 * job.attempts)
+            wait_for_mapping(job.attempts, f"message {event.message_id!r} reacted to")  # a manager's, still sending
             log.warning("reaction to a message amoconnect does not know; dropped", message_id=event.message_id)
             return Done()
         emoji = None if event.removed else event.emoji or None

@@ -50,10 +50,11 @@ __all__ = [
     "latest_comment_key",
     "messenger_retry",
     "outgoing_from_hook",
+    "wait_for_mapping",
 ]
 
 MAPPING_WAITS = 3
-"""Attempts a manager's message or reaction to a conversation or message we don't know yet waits for its mapping."""
+"""Attempts a job waits for a mapping another job may still be recording before it goes on without."""
 _MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
 
@@ -131,6 +132,14 @@ def amojo_failure(exc: AmojoError) -> Retry | GiveUp:
     if exc.retryable:
         return Retry(str(exc), delay=exc.retry_after)
     return GiveUp(str(exc))
+
+
+def wait_for_mapping(attempt: int, what: str) -> None:
+    """Retry the job shortly (after 0.5 s, 1 s, ...) while it has attempts of :data:`MAPPING_WAITS` left:
+    the job that records ``what`` (a conversation, a message's ids) may still be finishing.
+    Returns on the last attempt; the caller then goes on without the mapping."""
+    if attempt < MAPPING_WAITS:
+        raise Retry(f"{what} not mapped yet", delay=0.5 * attempt)
 
 
 def latest_comment_key(conversation_id: str, post_id: str) -> str:
@@ -252,9 +261,8 @@ class AmocrmHandler:
             if instance is None:
                 raise GiveUp(f"instance {conversation.instance!r} of the conversation is no longer configured")
         elif m.conversation.client_id:
-            if attempt < MAPPING_WAITS:
-                # The client's message that made the conversation may still be finishing its job.
-                raise Retry(f"conversation {m.conversation.client_id!r} not mapped yet", delay=0.5 * attempt)
+            # The client's message that made the conversation may still be finishing its job.
+            wait_for_mapping(attempt, f"conversation {m.conversation.client_id!r}")
             return self._fail(
                 scope_id, amocrm_id, "other", f"amoconnect does not know conversation {m.conversation.client_id!r}", log
             )
@@ -446,8 +454,7 @@ class AmocrmHandler:
         conversation = await self._conversation(scope_id, reaction.conversation)
         instance = core.routing.get(conversation.instance) if conversation is not None else None
         if conversation is None or instance is None:
-            if attempt < MAPPING_WAITS:
-                raise Retry("the reaction's conversation is not mapped yet", delay=0.5 * attempt)
+            wait_for_mapping(attempt, "the reaction's conversation")
             log.warning("reaction in a conversation amoconnect does not know; dropped")
             return Done()
         if not instance.can(Capability.reactions):
@@ -457,9 +464,7 @@ class AmocrmHandler:
         if target is None and reaction.message is not None and reaction.message.client_id:
             target = await core.store.message(scope_id, reaction.message.client_id)
         if target is None or not target.messenger_id:
-            if attempt < MAPPING_WAITS:
-                # The job of the message reacted to may still be recording its ids.
-                raise Retry("the message reacted to is not mapped yet", delay=0.5 * attempt)
+            wait_for_mapping(attempt, f"message {reaction.message_id!r} reacted to")
             log.warning("reaction to a message amoconnect does not know; dropped", amocrm_id=reaction.message_id)
             return Done()
         removed = reaction.type == "unreact"
