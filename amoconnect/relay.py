@@ -198,7 +198,8 @@ class Relay:
 
         The work is done (a message may have gone out), so giving up at the first store error
         would run it again; after the bound the job is abandoned (:meth:`Store.abandon`) and run
-        again when the store recovers it (a restart of SQLite, the lease of PostgreSQL), at least once.
+        again, at least once, when the store queues it again (SQLite's next claim that commits,
+        PostgreSQL once its lease runs out).
         """
         pause = _STORE_RETRY / 4
         deadline = anyio.current_time() + _SETTLE_FOR

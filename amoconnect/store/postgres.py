@@ -42,7 +42,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
+from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes, message_params
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -218,10 +218,7 @@ async def _upsert_conversations(conn: Conn, records: Sequence[ConversationRecord
 
 async def _upsert_messages(conn: Conn, records: Sequence[MessageRecord]) -> None:
     for r in records:
-        await conn.execute(
-            _UPSERT_MESSAGE,
-            (r.scope_id, r.msgid, r.conversation_id, r.direction, r.amocrm_id, r.messenger_id, r.status),
-        )
+        await conn.execute(_UPSERT_MESSAGE, message_params(r))
 
 
 def _redacted(url: str) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "conversation_params",
     "conversation_writes",
     "message",
+    "message_params",
 ]
 
 HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
@@ -62,6 +63,11 @@ def conversation_writes(placeholder: str) -> tuple[str, str, str]:
 def conversation_params(r: ConversationRecord) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
     """The parameters of :func:`conversation_writes`' take over and of its replace or merge, for ``r``."""
     return (r.instance, r.chat, r.scope_id, r.conversation_id), msgspec.structs.astuple(r)
+
+
+def message_params(r: MessageRecord) -> tuple[Any, ...]:
+    """``r`` as a row of :data:`MESSAGE_COLUMNS`."""
+    return msgspec.structs.astuple(r)
 
 
 def conversation(row: tuple[Any, ...] | None) -> ConversationRecord | None:

@@ -28,7 +28,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes
+from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes, message_params
 
 __all__ = ["SQLiteStore"]
 
@@ -130,7 +130,7 @@ def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[Conversati
 def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord]) -> None:
     conn.executemany(
         f"INSERT OR REPLACE INTO messages ({MESSAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        [(r.scope_id, r.msgid, r.conversation_id, r.direction, r.amocrm_id, r.messenger_id, r.status) for r in records],
+        [message_params(r) for r in records],
     )
 
 
