@@ -28,6 +28,7 @@ from amoconnect.testing import fake_amojo, fakechat_api
 from amoconnect.testing.fakechat_api import FakeChat
 from amoconnect.testing.faultproxy import FaultProxy
 from amoconnect.testing.servers import serve_app
+from amoconnect.testing.stores import counts_are
 
 pytestmark = pytest.mark.anyio
 
@@ -164,11 +165,7 @@ async def test_a_fault_run_delivers_everything_once_and_in_order(tmp_path: Path)
                 to_amojo.enabled = to_chat.enabled = False
                 await eventually(lambda: delivered(1.0), within=30)
 
-                async def idle() -> bool:
-                    counts = await runtime.store.counts()
-                    return counts["queued"] == counts["running"] == 0
-
-                await eventually(idle)
+                await eventually(lambda: counts_are(runtime.store, queued=0, running=0))
                 async with httpx.AsyncClient() as client:
                     metrics = (await client.get(f"{w.public}/metrics")).text
                 dead = await runtime.store.dead_letters()

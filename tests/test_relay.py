@@ -14,6 +14,7 @@ from amoconnect.errors import StoreError
 from amoconnect.relay import Done, Handler, Relay
 from amoconnect.store.base import Job, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
+from amoconnect.testing.stores import counts_are
 
 pytestmark = pytest.mark.anyio
 
@@ -71,15 +72,10 @@ async def test_a_finished_job_records_its_outcome_once_the_store_is_back(tmp_pat
         await tg.start(relay.run)
         await eventually(lambda: len(ran) == 2, within=10)
         # The follow-up ran; its own finish commits just after.
-        idle = {"queued": 0, "running": 0, "dead": 0}
-        await eventually(lambda: _counts_are(store, idle), within=10)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
     # The job ran once: its outcome waited for the store instead of running the work again.
     assert store.outage == 0 and ran == [b"first", b"follow-up"]
-
-
-async def _counts_are(store: Store, expected: dict[str, int]) -> bool:
-    return await store.counts() == expected
 
 
 def fail_finishes(store: Store, outage: int) -> None:
@@ -121,7 +117,7 @@ async def test_a_job_whose_outcome_cannot_be_recorded_is_abandoned_then_runs_aga
     async with anyio.create_task_group() as tg:
         await tg.start(Relay(store, {"test": Handler(run)}).run)
         await eventually(lambda: len(attempts) == 2, within=15)
-        await eventually(lambda: _counts_are(store, {"queued": 0, "running": 0, "dead": 0}), within=10)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
     assert len(abandoned) == 1
     assert attempts == [1, 2]  # the first run's outcome was lost: it ran again, at least once

@@ -28,7 +28,7 @@ from amoconnect.model import (
     Post,
 )
 from amoconnect.store.base import MessageRecord
-from amoconnect.testing.stores import table_rows
+from amoconnect.testing.stores import counts_are, table_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -657,19 +657,15 @@ async def test_a_duplicate_whose_history_fails_is_still_relayed_without_amocrm_s
     assert record.amocrm_id is None
     assert [q.status for q in r.amojo.requests if "/history" in q.path] == [400]
     assert len(r.amojo.messages_in("lb:c1")) == 1
-    await eventually(lambda: _counts_are(r, {"queued": 0, "running": 0, "dead": 0}))
+    await eventually(lambda: counts_are(r.runtime.store, queued=0, running=0, dead=0))
 
 
 async def test_a_duplicate_whose_history_is_down_for_now_looks_again_with_the_next_attempt(r: Rig) -> None:
     lose_the_first_outcome(r, "lb:c1:1")
     r.amojo.fail_next(503, path_contains="/history", times=2)  # both HTTP attempts of one lookup
     await r.inbound(message("c1", "1"))
-    await eventually(lambda: _counts_are(r, {"queued": 0, "running": 0, "dead": 0}))
+    await eventually(lambda: counts_are(r.runtime.store, queued=0, running=0, dead=0))
     record = await r.runtime.store.message(SCOPE, "lb:c1:1")
     (stored,) = r.amojo.messages_in("lb:c1")
     assert record is not None and record.amocrm_id == stored.id
     assert [q.status for q in r.amojo.requests if "/history" in q.path] == [503, 503, 200]
-
-
-async def _counts_are(r: Rig, expected: dict[str, int]) -> bool:
-    return await r.runtime.store.counts() == expected

@@ -47,7 +47,7 @@ from ..runtime import Runtime
 from ..store.base import ConversationRecord
 from ..urlguard import UrlGuard, parse_networks
 from .fake_amojo import EmitResult, FakeAmojo, StoredMessage
-from .stores import store_settings
+from .stores import counts_are, store_settings
 
 __all__ = [
     "ACCOUNT",
@@ -283,11 +283,7 @@ class ConnectorRig:
         writes the conversation it read, and a finish never moves ``last_client_at`` back.
         """
 
-        async def idle() -> bool:
-            counts = await self.runtime.store.counts()
-            return counts["queued"] == 0 and counts["running"] == 0
-
-        await self.eventually(idle)
+        await self.eventually(lambda: counts_are(self.runtime.store, queued=0, running=0))
 
         async def written() -> ConversationRecord | None:
             # The relay commits the conversation just after amoCRM has the message: wait for it.

@@ -18,8 +18,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from ..store.base import Store
+
 __all__ = [
     "POSTGRES_ENV",
+    "counts_are",
     "fresh_postgres_schema",
     "postgres_url",
     "run_sql",
@@ -116,3 +119,10 @@ def sql_session(store: Any) -> Iterator[Callable[[str], list[tuple[Any, ...]]]]:
     with contextlib.closing(sqlite3.connect(store.path, isolation_level=None)) as db:
         db.execute("PRAGMA busy_timeout=5000")
         yield lambda sql: db.execute(sql).fetchall()
+
+
+async def counts_are(store: Store, **expected: int) -> bool:
+    """Whether the store's jobs by state are as ``expected`` (``queued=0, running=0``: the relay is idle);
+    states not named are not compared."""
+    counts = await store.counts()
+    return all(counts[state] == n for state, n in expected.items())
