@@ -218,7 +218,7 @@ class AmocrmHandler:
         if isinstance(hook, wire.MessageHook):
             return await self._message(job.scope_id, hook, job.attempts, log.bind(amocrm_id=hook.amocrm_message_id))
         if isinstance(hook, wire.TypingHook):
-            return await self._typing(job.scope_id, hook.typing, log)
+            return await self._typing(job.scope_id, hook.typing, job.attempts, log)
         return await self._reaction(job.scope_id, hook.reaction, job.attempts, log)
 
     async def _conversation(self, scope_id: str, conversation: wire.Conversation) -> ConversationRecord | None:
@@ -432,12 +432,17 @@ class AmocrmHandler:
             scope_id, instance, conversation, m, instance.adapter.send_comment_reply(reply), log, chat=conversation.chat
         )
 
-    async def _typing(self, scope_id: str, typing: wire.TypingAction, log: FilteringBoundLogger) -> Done:
+    async def _typing(self, scope_id: str, typing: wire.TypingAction, attempt: int, log: FilteringBoundLogger) -> Done:
         if typing.expired_at <= time.time():
             return Done()
         conversation = await self._conversation(scope_id, typing.conversation)
-        instance = self.core.routing.get(conversation.instance) if conversation is not None else None
-        if conversation is None or instance is None or not instance.can(Capability.typing):
+        if conversation is None:
+            # The client's message that made the conversation may still be finishing its job.
+            wait_for_mapping(attempt, "the typing's conversation")
+            log.info("typing in a conversation amoconnect does not know; dropped")
+            return Done()
+        instance = self.core.routing.get(conversation.instance)
+        if instance is None or not instance.can(Capability.typing):
             return Done()
         try:
             await instance.adapter.send_typing(

@@ -543,6 +543,27 @@ async def test_manager_typing_in_a_comment_thread_names_the_post(r: Rig) -> None
     assert typing.post_id == "p7"
 
 
+async def test_manager_typing_waits_for_the_conversation_still_being_recorded(r: Rig) -> None:
+    """Typing right after a client's first message reaches the client while that message's job is finishing."""
+    store = r.runtime.store
+    recorded = anyio.Event()
+    finish = store.finish
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        await recorded.wait()
+        await finish(*args, **kwargs)
+
+    store.finish = held  # type: ignore[method-assign]
+    await r.inbound(message("c1", "1", "hello"))
+    await eventually(lambda: r.amojo.messages_in("lb:c1"))  # sent to amoCRM; the conversation is not recorded yet
+    await r.amojo.emit_typing(SCOPE, "lb:c1")
+    await anyio.sleep(0.2)  # the typing's job ran once and waits
+    assert r.adapter().sent == []
+    recorded.set()
+    (typing,) = await eventually(lambda: r.adapter().sent)
+    assert isinstance(typing, OutgoingTyping)
+
+
 async def test_a_manager_s_send_keeps_a_reply_window_moved_on_meanwhile(r: Rig) -> None:
     await _first_client_message(r)
     # The first answer teaches us amoCRM's chat id (written with the conversation); the next ones change nothing.
