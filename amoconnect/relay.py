@@ -2,10 +2,13 @@
 
 A handler per job kind does the work and tells the relay how it went: it returns
 :class:`Done` (with the mapping records to write and follow-up jobs, all committed together
-with the job's completion), or raises :class:`Retry` (try again later), :class:`GiveUp` (a
-dead letter right away) or any other exception (a bug or a surprise: retried like
-:class:`Retry`). After ``max_attempts`` a job becomes a dead letter; a handler's ``on_dead``
-may then enqueue follow-ups (e.g. tell the manager the message failed).
+with the job's completion), or raises :class:`Retry` (try again later) or :class:`GiveUp` (a
+dead letter right away). Any other exception is sorted by :func:`transient`: the network, the
+store or a remote's retryable error is retried like :class:`Retry`; anything else is a bug or
+a local surprise (a ``KeyError``, an invalid URL built from a messenger's answer), which no
+attempt would mend: the job becomes a dead letter at once, its traceback in the error, so it
+stops blocking its conversation. After ``max_attempts`` a job becomes a dead letter; a
+handler's ``on_dead`` may then enqueue follow-ups (e.g. tell the manager the message failed).
 
 Workers wake when a job is committed (no polling sleep); when nothing is due they sleep until
 the earliest retry is.
@@ -15,18 +18,20 @@ from __future__ import annotations
 
 import random
 import time
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import anyio
+import httpx
 import structlog
 
 from .crashpoints import crash_point
-from .errors import StoreError
+from .errors import MessengerError, RemoteError, StoreError
 from .metrics import Metrics
 from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 
-__all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry"]
+__all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry", "transient"]
 
 log = structlog.get_logger("amoconnect.relay")
 
@@ -55,6 +60,20 @@ class Retry(Exception):
 
 class GiveUp(Exception):
     """The job can never succeed: move it to the dead letters now."""
+
+
+def transient(exc: Exception) -> bool:
+    """Whether an exception a handler let through may pass on a later attempt.
+
+    The network (``httpx.TransportError`` but for errors in the request itself: an unsupported
+    scheme, an invalid header; ``OSError``, ``TimeoutError``), the store (:class:`StoreError`), and
+    remote and messenger errors that say so (``retryable``). Everything else is a local error.
+    """
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.LocalProtocolError):
+        return False
+    if isinstance(exc, RemoteError | MessengerError):
+        return exc.retryable
+    return isinstance(exc, httpx.TransportError | StoreError | OSError | TimeoutError)
 
 
 @dataclass
@@ -152,8 +171,12 @@ class Relay:
             except Retry as exc:
                 await self._retry(job, handler, str(exc), exc.delay, bound)
             except Exception as exc:
-                bound.exception("job failed unexpectedly")
-                await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
+                if transient(exc):
+                    await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
+                else:
+                    bound.exception("job failed on an unexpected error; not retried")
+                    trace = "".join(traceback.format_exception(exc)).rstrip()
+                    await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
             else:
                 crash_point("relay.done", job.kind)
                 await self._settle(

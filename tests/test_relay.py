@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import anyio
+import httpx
 import pytest
 import structlog
 from rig import eventually
 
 from amoconnect import relay as relay_module
-from amoconnect.errors import StoreError
-from amoconnect.relay import Done, Handler, Relay
+from amoconnect.errors import AmojoError, MessengerError, StoreError
+from amoconnect.relay import Done, Handler, Relay, transient
 from amoconnect.store.base import Job, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
 from amoconnect.testing.stores import counts_are
@@ -121,3 +122,71 @@ async def test_a_job_whose_outcome_cannot_be_recorded_is_abandoned_then_runs_aga
         tg.cancel_scope.cancel()
     assert len(abandoned) == 1
     assert attempts == [1, 2]  # the first run's outcome was lost: it ran again, at least once
+
+
+async def test_an_unexpected_local_error_is_a_dead_letter_at_once_with_its_traceback(store: Store) -> None:
+    """A bug (here an invalid URL built from a remote's answer) fails its job once, visibly, and
+    the conversation's next job runs at once instead of waiting behind ten attempts."""
+    ran: list[tuple[bytes, int]] = []
+
+    async def send_to_link_from_answer(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append((job.payload, job.attempts))
+        if job.payload == b"bad":
+            async with httpx.AsyncClient() as client:
+                await client.get("http://chat.example:not-a-port/photo")
+        return Done()
+
+    await store.enqueue([NewJob("test", "k", b"bad"), NewJob("test", "k", b"next")])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(send_to_link_from_answer)}, backoff=30.0).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=1), within=10)
+        tg.cancel_scope.cancel()
+    assert ran == [(b"bad", 1), (b"next", 1)]
+    (dead,) = await store.dead_letters()
+    assert dead.attempts == 1 and dead.payload == b"bad"
+    assert dead.error.startswith("unexpected error, not retried: Traceback")
+    assert "in send_to_link_from_answer" in dead.error and "httpx.InvalidURL: Invalid port" in dead.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        httpx.ConnectError("connection refused"),
+        httpx.ReadTimeout("timed out"),
+        StoreError("PostgreSQL store: read failed: connection lost"),
+        ConnectionResetError("reset by peer"),
+        MessengerError("the messenger is down", retryable=True),
+        AmojoError("amojo answered HTTP 503", status=503),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+async def test_a_network_store_or_retryable_remote_error_is_retried(store: Store, error: Exception) -> None:
+    attempts: list[int] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        attempts.append(job.attempts)
+        if len(attempts) == 1:
+            raise error
+        return Done()
+
+    await store.enqueue([NewJob("test", "k", b"x")])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}, backoff=0.01).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert attempts == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        KeyError("chat"),
+        httpx.InvalidURL("Invalid port"),
+        httpx.UnsupportedProtocol("Request URL has an unsupported protocol 'ftp://'."),
+        MessengerError("chat not found", retryable=False),
+        AmojoError("amojo answered HTTP 400", status=400),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_what_is_transient(error: Exception) -> None:
+    assert not transient(error)
