@@ -153,6 +153,8 @@ class Client:
     chat: int
     user: dict[str, Any]
     blocked: bool = False
+    started: bool = True
+    """Whether the user ever wrote to the bot: until then Telegram lets the bot not write first."""
     ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     messages: dict[int, dict[str, Any]] = field(default_factory=dict)
     reactions: dict[int, list[str]] = field(default_factory=dict)

@@ -9,7 +9,9 @@ Telegram                                               raised
 =====================================================  ==========================================
 429 (or any ``parameters.retry_after``)                :class:`~amoconnect.errors.RateLimited`
                                                        with ``retry_after`` exactly as given
-403 blocked / deactivated / kicked / can't initiate    ``reason="blocked"`` (amoCRM 901)
+403 blocked / deactivated / kicked                    ``reason="blocked"`` (amoCRM 901)
+403 bot can't initiate conversation with a user        ``reason="no_chat"`` (904): the client never
+                                                       started the bot, so there is no chat yet
 400 chat not found / user not found / PEER_ID_INVALID  ``reason="no_chat"`` (904)
 401 Unauthorized (token revoked)                       ``reason="disabled"`` (902)
 5xx, no answer, a body that is not the envelope        ``retryable=True``
@@ -30,7 +32,8 @@ from amoconnect.errors import MessengerError, RateLimited
 
 __all__ = ["BotApi", "BotApiError", "error_for"]
 
-_BLOCKED = ("blocked", "deactivated", "kicked", "can't initiate", "bot can't send messages to the user")
+_BLOCKED = ("blocked", "deactivated", "kicked", "bot can't send messages to the user")
+_NEVER_STARTED = "can't initiate conversation"
 _NO_CHAT = ("chat not found", "user not found", "peer_id_invalid")
 
 
@@ -62,6 +65,8 @@ def error_for(status: int, description: str, parameters: dict[str, Any] | None =
         wait = float(retry_after) if isinstance(retry_after, int | float) else 1.0
         return RateLimited(description or "Too Many Requests", retry_after=wait, code=status)
     text = description.lower()
+    if status == 403 and _NEVER_STARTED in text:
+        return BotApiError(description, code=status, reason="no_chat")
     if status == 403 and any(part in text for part in _BLOCKED):
         return BotApiError(description, code=status, reason="blocked")
     if status == 400 and any(part in text for part in _NO_CHAT):

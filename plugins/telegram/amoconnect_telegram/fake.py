@@ -303,7 +303,7 @@ class FakeTelegram:
     # -- bot side: helpers ------------------------------------------------------------------------
 
     def _chat(self, chat_id: int | str | None) -> Client:
-        """The chat a send goes to: 400 when unknown, 403 when its client blocked the bot."""
+        """The chat a send goes to: 400 when unknown, 403 when its client blocked or never started the bot."""
         if chat_id is None or chat_id == "":
             fail(400, "Bad Request: chat_id is empty")
         client: Client | None = None
@@ -315,9 +315,13 @@ class FakeTelegram:
             fail(400, "Bad Request: chat not found")
         if client.blocked:
             fail(403, "Forbidden: bot was blocked by the user")
+        if not client.started:
+            fail(403, "Forbidden: bot can't initiate conversation with a user")
         return client
 
     def _new_message(self, client: Client, sender: dict[str, Any], **content: Any) -> dict[str, Any]:
+        if sender is client.user:
+            client.started = True
         message = {
             "message_id": next(client.ids),
             "from": sender,
@@ -542,14 +546,18 @@ class FakeTelegram:
         username: str | None = None,
         language_code: str | None = "en",
         chat: int | None = None,
+        started: bool = True,
     ) -> int:
-        """A Telegram user who has started the bot; returns the private chat's id (the user's id)."""
+        """A Telegram user who has started the bot; returns the private chat's id (the user's id).
+
+        ``started=False``: a user who never wrote to the bot; sends to them are refused (403) until they write.
+        """
         chat = chat if chat is not None else next(self._chat_ids)
         user: dict[str, Any] = {"id": chat, "is_bot": False, "first_name": first_name}
         for key, value in (("last_name", last_name), ("username", username), ("language_code", language_code)):
             if value is not None:
                 user[key] = value
-        self._clients[chat] = Client(chat=chat, user=user)
+        self._clients[chat] = Client(chat=chat, user=user, started=started)
         return chat
 
     def _client(self, chat: int) -> Client:

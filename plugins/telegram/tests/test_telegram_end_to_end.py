@@ -275,6 +275,17 @@ async def test_blocked_bot_fails_as_901(world: World) -> None:
     assert world.telegram.sent_to(world.chat) == []
 
 
+async def test_a_client_who_never_started_the_bot_fails_as_904(world: World) -> None:
+    await world.client_message("hello")
+    description = "Forbidden: bot can't initiate conversation with a user"
+    world.telegram.fail_next(1, 403, method="sendMessage", description=description)
+    stored = await world.manager_sends(world.amojo.emit_text, "Hi there")
+    assert stored.delivery_status == -1
+    assert stored.statuses[-1].error_code == 904
+    sent = await world.manager_sends(world.amojo.emit_text, "still there?")
+    assert sent.delivery_status == 1, "no chat yet is not a block: the next message is tried"
+
+
 async def test_429_storm_then_success(world: World) -> None:
     await world.client_message("hello")
     world.telegram.fail_next(2, 429, retry_after=1, method="sendMessage")

@@ -229,6 +229,16 @@ async def test_blocked_client_answers_403(bot: httpx.AsyncClient, fake: FakeTele
     assert (body["error_code"], body["description"]) == (403, "Forbidden: bot was blocked by the user")
 
 
+async def test_a_user_who_never_started_the_bot_cannot_be_written_first(
+    bot: httpx.AsyncClient, fake: FakeTelegram
+) -> None:
+    chat = fake.add_client(started=False)
+    body = await call(bot, fake, "sendMessage", chat_id=chat, text="x")
+    assert (body["error_code"], body["description"]) == (403, "Forbidden: bot can't initiate conversation with a user")
+    await fake.client_writes(chat, "/start")
+    assert (await call(bot, fake, "sendMessage", chat_id=chat, text="x"))["ok"] is True
+
+
 async def test_fail_next_429_with_retry_after(bot: httpx.AsyncClient, fake: FakeTelegram) -> None:
     chat = fake.add_client()
     fake.fail_next(2, 429, retry_after=3, method="sendMessage")

@@ -76,6 +76,7 @@ def test_truncate_bytes_keeps_whole_characters() -> None:
     [
         (403, "Forbidden: bot was blocked by the user", "blocked", False),
         (403, "Forbidden: user is deactivated", "blocked", False),
+        (403, "Forbidden: bot can't initiate conversation with a user", "no_chat", False),
         (400, "Bad Request: chat not found", "no_chat", False),
         (401, "Unauthorized", "disabled", False),
         (500, "Internal Server Error", "other", True),
