@@ -66,6 +66,10 @@ ERRORS: Final[dict[int, tuple[str, str]]] = {
         "Re-engagement message",
         "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
     ),
+    470: (
+        "Message failed to send because more than 24 hours have passed since the customer last replied to this number",
+        "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+    ),
     131053: ("Media upload error", "Unable to download the media from the link."),
     131056: ("(Business Account, Consumer Account) pair rate limit hit", "Too many messages sent to this user."),
     130429: ("Rate limit hit", "Cloud API message throughput has been reached."),
@@ -379,8 +383,10 @@ def _interactive(content: Any) -> None:
             reply = _keys(button["reply"], f"{where}['reply']", {"id", "title"}, ("id", "title"))
             button_ids.add(_text(reply["id"], f"{where}['reply']['id']", BUTTON_ID_LIMIT))
             titles.add(_text(reply["title"], f"{where}['reply']['title']", BUTTON_TITLE_LIMIT))
-        if len(button_ids) != len(buttons) or len(titles) != len(buttons):
-            _invalid("button ids and titles must be unique")
+        if len(titles) != len(buttons):
+            _invalid("Buttons titles must be unique")
+        if len(button_ids) != len(buttons):
+            _invalid("Buttons ids must be unique")
         return
     _keys(action, "interactive['action']", {"button", "sections"}, ("button", "sections"))
     _text(action["button"], "interactive['action']['button']", LIST_BUTTON_LIMIT)

@@ -78,9 +78,13 @@ _RETRY_CODES: Final = frozenset({1, 2, 131000, 131016, 131057, 133004})
 _DISABLED_CODES: Final = frozenset({0, 3, 10, 190, 368, 131031, 131042, 133010})
 """The token, the permissions or the account stop every send: the integration is disabled (902)."""
 
+WINDOW_CODES: Final = frozenset({131047, 470})
+"""The 24-hour customer service window is closed: 131047 "Re-engagement message", and 470, its
+older form that some numbers still get; the same case, the same status and text for the manager."""
+
 ERROR_REASONS: Final[Mapping[str, FailureReason]] = {
     "131026": "no_chat",
-    "131047": "window_closed",
+    **{str(code): "window_closed" for code in sorted(WINDOW_CODES)},
     "130429": "rate_limited",
     "131056": "rate_limited",
     "4": "rate_limited",
@@ -128,7 +132,7 @@ def reason_for(code: int) -> FailureReason:
 
 
 def _text(error: GraphError) -> str:
-    if error.code == 131047:
+    if error.code in WINDOW_CODES:
         return WINDOW_CLOSED_TEXT
     if error.code == 131026:
         return f"WhatsApp cannot deliver to this number (not on WhatsApp, or an old app): {error.summary}"
@@ -163,7 +167,7 @@ def send_error(
     if code in RATE_WAITS or status == 429:
         wait = retry_after if retry_after is not None else waits.get(code, 5.0)
         return RateLimited(f"WhatsApp is throttling: {error.summary}", retry_after=wait, code=code)
-    if code == 131047:
+    if code in WINDOW_CODES:
         return WindowClosed(WINDOW_CLOSED_TEXT, code=code)
     if status >= 500 or code in _RETRY_CODES or error.is_transient:
         return MessengerError(f"WhatsApp is unavailable: {error.summary}", code=code, retryable=True)

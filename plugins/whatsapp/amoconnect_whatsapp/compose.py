@@ -223,6 +223,15 @@ def _list(lm: ListMessage) -> dict[str, Any]:
     return interactive
 
 
+def _first_repeated(values: list[str]) -> str | None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
 def _buttons(text: str, rows: tuple[tuple[Button, ...], ...], list_button: str) -> tuple[dict[str, Any] | None, str]:
     """The interactive object for the buttons (or ``None``), and the text with url buttons as links."""
     buttons = [b for row in rows for b in row]
@@ -237,8 +246,14 @@ def _buttons(text: str, rows: tuple[tuple[Button, ...], ...], list_button: str) 
             f"the message with buttons does not fit WhatsApp: its text has {len(body)} characters, at most {BODY_LIMIT}"
         )
     ids = [(b.callback_data or b.text) for b in choices]
-    if len(set(ids)) != len(ids):
-        raise MessengerError("the buttons do not fit WhatsApp: two buttons share the same text")
+    if same := _first_repeated(ids):
+        raise MessengerError(f"the buttons do not fit WhatsApp: two buttons send back the same data {same!r}")
+    # Meta refuses reply buttons whose titles repeat (131009 "Buttons titles must be unique"), and
+    # as list rows the client could not tell them apart either: the manager learns why instead.
+    if same := _first_repeated([b.text for b in choices]):
+        raise MessengerError(
+            f"the buttons do not fit WhatsApp: two buttons have the same text {same!r}; give each button its own text"
+        )
     fits_buttons = len(choices) <= REPLY_BUTTONS_LIMIT and all(
         len(b.text) <= BUTTON_TITLE_LIMIT and len(i) <= BUTTON_ID_LIMIT for b, i in zip(choices, ids, strict=True)
     )

@@ -214,6 +214,37 @@ async def test_fake_refuses_a_list_over_limits_with_131009(fake: FakeWhatsApp, h
     assert error["fbtrace_id"] and error["type"] == "OAuthException"
 
 
+async def test_buttons_with_the_same_text_fail_before_sending(make_adapter: Make, fake: FakeWhatsApp) -> None:
+    rig = make_adapter()
+    anna = fake.add_user("4915100000001")
+    await fake.client_writes(anna, "hi")
+    twins = ((Button(text="Yes", callback_data="yes-now"), Button(text="Yes", callback_data="yes-later")),)
+    with pytest.raises(MessengerError, match="two buttons have the same text 'Yes'") as caught:
+        await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", text="Sure?", buttons=twins))
+    assert caught.value.reason == "other" and not caught.value.retryable
+    assert fake.sent_to(anna) == []
+
+
+async def test_fake_refuses_reply_buttons_with_the_same_title(fake: FakeWhatsApp, http: httpx.AsyncClient) -> None:
+    anna = fake.add_user("4915100000001")
+    await fake.client_writes(anna, "hi")
+    buttons = [{"type": "reply", "reply": {"id": f"id{i}", "title": "Yes"}} for i in range(2)]
+    body = {
+        "messaging_product": "whatsapp",
+        "to": "4915100000001",
+        "type": "interactive",
+        "interactive": {"type": "button", "body": {"text": "Sure?"}, "action": {"buttons": buttons}},
+    }
+    answer = await http.post(
+        "http://graph.test/v23.0/1000000001/messages", json=body, headers={"Authorization": "Bearer token-one"}
+    )
+    error = answer.json()["error"]
+    assert answer.status_code == 400 and error["code"] == 131009
+    assert error["message"] == "(#131009) Parameter value is not valid"
+    assert error["error_data"]["details"] == "Buttons titles must be unique"
+    assert fake.sent_to(anna) == []
+
+
 async def test_media_by_link_and_upload_fallback(make_adapter: Make, fake: FakeWhatsApp, files: Files) -> None:
     fake.media_link_errors = "sync"
     rig = make_adapter()

@@ -150,6 +150,21 @@ async def test_late_window_failure_is_reported(w: World) -> None:
     assert statuses[0].error_code == 905 and statuses[0].error == "24-hour window closed, send a template"
 
 
+async def test_error_470_is_the_closed_window_too(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    late = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "late failure")
+    sent = await eventually(lambda: w.fake.sent_to(anna))
+    await w.fake.deliver_status(sent[0].wamid, "failed", error_code=470)
+    w.fake.fail_next(470)
+    refused = await w.amojo.emit_text(w.scope_id, w.conversation(anna.chat), "refused at once")
+    for emitted in (late, refused):
+        statuses = await eventually(
+            lambda e=emitted: [s for s in w.amojo.message(e.message_id or "").statuses if s.delivery_status == -1]
+        )
+        assert (statuses[0].error_code, statuses[0].error) == (905, "24-hour window closed, send a template")
+
+
 async def test_list_message_round_trip_to_callback_data(w: World) -> None:
     anna = w.fake.add_user("4915100000001")
     await _client_message(w, anna, "menu?")

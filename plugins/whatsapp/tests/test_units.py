@@ -44,6 +44,18 @@ def test_adapter_declarations_are_valid_and_the_entry_point_loads() -> None:
     assert {r.path for r in WhatsAppAdapter.routes} == {"", "template-review"}
 
 
+def test_buttons_must_differ_in_text_and_data() -> None:
+    same_text = ((Button(text="Yes", callback_data="a"), Button(text="Yes", callback_data="b")),)
+    with pytest.raises(MessengerError, match="same text 'Yes'"):
+        plan_message(OutgoingMessage(chat="4915100000001", text="?", buttons=same_text))
+    many = tuple((Button(text="Same", callback_data=f"d{i}"),) for i in range(5))  # as list rows too
+    with pytest.raises(MessengerError, match="same text 'Same'"):
+        plan_message(OutgoingMessage(chat="4915100000001", text="?", buttons=many))
+    same_data = ((Button(text="Yes", callback_data="x"), Button(text="No", callback_data="x")),)
+    with pytest.raises(MessengerError, match="same data 'x'"):
+        plan_message(OutgoingMessage(chat="4915100000001", text="?", buttons=same_data))
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -140,6 +152,9 @@ def test_parse_statuses_map_errors() -> None:
 
     assert (failed(131026).reason, failed(131047).reason) == ("no_chat", "window_closed")
     assert failed(131047).error == "24-hour window closed, send a template"
+    older = failed(470)  # the older form of the 24-hour rule: the same case for the manager
+    assert (older.reason, older.error_code) == ("window_closed", "470")
+    assert older.error == "24-hour window closed, send a template"
     assert failed(132001).error.startswith("WhatsApp refused the template: T: D")
     assert (failed(131056).reason, failed(130429).reason) == ("rate_limited", "rate_limited")
     other = failed(131053)
@@ -171,6 +186,8 @@ def test_send_errors() -> None:
         return send_error(status, json.dumps(body).encode())
 
     assert isinstance(error(131047), WindowClosed)
+    assert isinstance(error(470), WindowClosed)
+    assert error(470).description == error(131047).description == "24-hour window closed, send a template"
     rate = error(130429)
     assert isinstance(rate, RateLimited) and rate.retry_after == 1.0
     assert error(100, error_subcode=33).reason == "disabled"
