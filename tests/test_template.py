@@ -9,15 +9,18 @@ amoconnect's conformance suite among them.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
+import math
 import os
+import random
 import re
-import shutil
 import site
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
@@ -25,7 +28,8 @@ from click.testing import CliRunner
 import amoconnect
 from amoconnect.capabilities import Capability
 from amoconnect.errors import AmoconnectError
-from amoconnect.scaffold import new_plugin, render_plugin, template_dir
+from amoconnect.scaffold import CAPABILITY_PREFIX, new_plugin, render_plugin, template_dir
+from amoconnect.testing.conformance import MessengerConformance
 
 TEMPLATE = Path(__file__).parent.parent / "plugin_template"
 EVERYTHING = [str(capability) for capability in Capability]
@@ -88,6 +92,23 @@ def test_a_rendered_project_is_complete_and_has_no_loose_ends(tmp_path: Path) ->
     adapter = (project / "amoconnect_web_chat" / "adapter.py").read_text(encoding="utf-8")
     assert re.findall(r"Capability\.(\w+),", adapter) == ["media", "templates"]
     assert "${{ matrix.python-version }}" in (project / ".github/workflows/ci.yml").read_text(encoding="utf-8")
+    assert untracked_after_making(project, ".venv", ".venv-dir/.venv/bin/python", "build/x.whl") == []
+
+
+def untracked_after_making(repository: Path, *files: str) -> list[str]:
+    """Make ``files`` in a fresh git repository at ``repository``: those git would offer to commit."""
+    subprocess.run(["git", "init", "-q", str(repository)], check=True)
+    for name in files:
+        (repository / name).parent.mkdir(parents=True, exist_ok=True)
+        (repository / name).write_text(".tox/type\n", encoding="utf-8")  # a .venv file as some tools write
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=all", "--", *files],
+        cwd=repository,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return [line[3:] for line in status.stdout.splitlines()]
 
 
 def test_names_are_checked_before_anything_is_written(tmp_path: Path) -> None:
@@ -126,6 +147,50 @@ def test_new_plugin_without_cookiecutter_says_how_to_get_it(monkeypatch: pytest.
 
 
 # -- running what it generates -------------------------------------------------------------------
+#
+# 13 yes/no capabilities make 8,192 projects. Every pair of capabilities, in each of its four
+# yes/no combinations, changes the template together somewhere, so the full checks (install,
+# ruff check and format, mypy strict, the project's own tests with the conformance suite) run on
+# a covering array: 7 projects in which every pair of capabilities takes all four combinations
+# (the first is text-only), and beside them the project with every capability and the template's
+# defaults (what `amoconnect new-plugin NAME` renders). Lint alone is cheap: it runs on those and
+# on a fixed-seed random sample of 40 more combinations.
+
+
+def covering_array(factors: int) -> list[list[bool]]:
+    """Rows of yes/no values for ``factors`` columns in which every pair of columns shows all four
+    combinations (a strength-2 covering array; the first row is all no).
+
+    Column j is the j-th subset of size ceil(N/2) of rows 1..N-1, for the smallest N with enough
+    such subsets: two distinct subsets of one size each hold a row the other lacks, and two subsets
+    of more than half the rows share one, while row 0 is no everywhere.
+    """
+    rows = 2
+    while math.comb(rows - 1, math.ceil(rows / 2)) < factors:
+        rows += 1
+    columns = list(itertools.combinations(range(1, rows), math.ceil(rows / 2)))[:factors]
+    return [[row in column for column in columns] for row in range(rows)]
+
+
+def _chosen(row: list[bool]) -> list[str]:
+    return [capability for capability, yes in zip(EVERYTHING, row, strict=True) if yes]
+
+
+COVERING = [_chosen(row) for row in covering_array(len(EVERYTHING))]
+CHECKED: list[tuple[str, list[str] | None]] = [
+    *((f"Cover {i}", capabilities) for i, capabilities in enumerate(COVERING)),
+    ("Every Chat", EVERYTHING),
+    ("Default Chat", None),
+]
+"""The projects the full checks run on: (messenger name, capabilities; None for the defaults)."""
+
+
+def test_the_checked_projects_cover_every_pair_of_capabilities() -> None:
+    assert len(COVERING) == 7
+    assert COVERING[0] == []
+    for a, b in itertools.combinations(EVERYTHING, 2):
+        seen = {(a in chosen, b in chosen) for chosen in COVERING}
+        assert seen == {(False, False), (False, True), (True, False), (True, True)}, (a, b)
 
 
 def _venv(where: Path) -> Path:
@@ -146,47 +211,93 @@ def _venv(where: Path) -> Path:
     return python
 
 
-def _run(command: list[str | Path], cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+def _run(command: list[str | Path], cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environ.update(PIP_DISABLE_PIP_VERSION_CHECK="1", **env)
+    return subprocess.run(command, cwd=cwd, env=environ, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    ("name", "capabilities"),
-    [("Every Chat", EVERYTHING), ("Plain Chat", [])],
-    ids=["every-capability", "text-only"],
-)
-def test_a_generated_plugin_installs_and_passes_its_tests(tmp_path: Path, name: str, capabilities: list[str]) -> None:
-    project = render(tmp_path, name, capabilities)
-    python = _venv(tmp_path / "venv")
-    install = [python, "-m", "pip", "install", "--quiet", "--no-deps", "-e", project]
+def _checked(done: subprocess.CompletedProcess[str], what: str) -> None:
+    assert done.returncode == 0, f"{what}:\n{done.stdout}{done.stderr}"
+
+
+def _ruff(projects: list[Path], cwd: Path) -> None:
+    """ruff check and ruff format --check over the projects, each under its own pyproject's settings."""
+    for command in (["check"], ["format", "--check"]):
+        _checked(_run([sys.executable, "-m", "ruff", *command, *projects], cwd), f"ruff {' '.join(command)}")
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """The checked projects rendered, linted and installed (editable) into one throwaway venv:
+    its python, and each project by messenger name."""
+    for tool in ("ruff", "mypy"):
+        if importlib.util.find_spec(tool) is None:
+            pytest.fail(f"the template tests need {tool}: python -m pip install -e '.[test]'")
+    where = tmp_path_factory.mktemp("generated")
+    projects = {name: render(where / name.replace(" ", "-"), name, capabilities) for name, capabilities in CHECKED}
+    _ruff(list(projects.values()), where)
+    python = _venv(where / "venv")
+    install = [python, "-m", "pip", "install", "--quiet", "--no-deps"]
     if importlib.util.find_spec("hatchling") is not None:
-        install.insert(5, "--no-build-isolation")  # build with the hatchling at hand, offline
-    installed = _run(install, tmp_path)
-    assert installed.returncode == 0, installed.stdout + installed.stderr
-
-    tested = _run([python, "-m", "pytest", "-v", "-p", "no:cacheprovider", "-p", "no:randomly"], project)
-    output = tested.stdout + tested.stderr
-    assert tested.returncode == 0, output
-    assert "tests/test_plugin.py::test_the_entry_point_registers_the_messenger PASSED" in output
-    assert "tests/test_conformance.py::TestConformance::test_client_text_reaches_amocrm PASSED" in output
-    conformance = re.findall(r"tests/test_conformance\.py::TestConformance::(\w+) (PASSED|SKIPPED)", output)
-    skipped = [test for test, outcome in conformance if outcome == "SKIPPED"]
-    if capabilities == EVERYTHING:
-        assert not skipped, f"a plugin declaring everything skipped {skipped}"
-    else:
-        assert len(skipped) == len(conformance) - 3  # all but text both ways and the refused request
+        install.append("--no-build-isolation")  # build with the hatchling at hand, offline
+    for project in projects.values():
+        install += ["-e", project]
+    _checked(_run(install, where), "pip install")
+    return python, projects
 
 
 @pytest.mark.slow
-def test_generated_code_is_lint_and_type_clean(tmp_path: Path) -> None:
-    ruff = shutil.which("ruff")
-    if ruff is None or importlib.util.find_spec("mypy") is None:
-        pytest.skip("ruff and mypy are not installed (python -m pip install -e '.[dev]')")
-    for name, capabilities in (("Every Chat", EVERYTHING), ("The Longest Messenger Name There", [])):
-        project = render(tmp_path / name.replace(" ", "-"), name, capabilities)
-        for command in ([ruff, "check", "."], [ruff, "format", "--check", "."], [sys.executable, "-m", "mypy"]):
-            done = _run(command, project)
-            assert done.returncode == 0, f"{command} in {project.name}:\n{done.stdout}{done.stderr}"
+def test_a_random_sample_of_combinations_is_lint_clean(tmp_path: Path) -> None:
+    sample = random.Random(15).sample(range(2 ** len(EVERYTHING)), 40)
+    projects = [
+        render(tmp_path / str(bits), f"Sample {bits}", [c for i, c in enumerate(EVERYTHING) if bits >> i & 1])
+        for bits in sample
+    ]
+    _ruff(projects, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "capabilities"), CHECKED, ids=[name for name, _ in CHECKED])
+def test_a_generated_plugin_passes_its_types_and_tests(
+    generated: tuple[Path, dict[str, Path]], name: str, capabilities: list[str] | None
+) -> None:
+    python, projects = generated
+    project = projects[name]
+    cache = str(project.parent.parent / "mypy-cache")  # shared: amoconnect's own modules are checked once
+    _checked(_run([python, "-m", "mypy"], project, MYPY_CACHE_DIR=cache), f"mypy in {project.name}")
+
+    report = project / "report.xml"
+    tested = _run(
+        [python, "-m", "pytest", "-p", "no:cacheprovider", "-p", "no:randomly", f"--junitxml={report}"], project
+    )
+    _checked(tested, f"pytest in {project.name}")
+    outcomes = {}
+    for case in ElementTree.parse(report).iter("testcase"):
+        skipped = case.find("skipped")
+        outcomes[f"{case.get('classname')}.{case.get('name')}"] = (
+            "passed" if skipped is None else f"skipped: {skipped.get('message')}"
+        )
+    assert outcomes["tests.test_plugin.test_the_entry_point_registers_the_messenger"] == "passed"
+    declared = set(EVERYTHING if capabilities == EVERYTHING else capabilities or [])
+    if capabilities is None:
+        defaults = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
+        declared = {c for c in EVERYTHING if defaults[CAPABILITY_PREFIX + c]}
+    for test, needed in _conformance_needs().items():
+        outcome = outcomes[f"tests.test_conformance.TestConformance.{test}"]
+        missing = sorted(needed - declared)
+        if missing:
+            assert outcome.startswith("skipped:") and "does not declare capability" in outcome, (test, outcome)
+        elif capabilities == EVERYTHING:
+            assert outcome == "passed", (test, outcome)
+        else:  # a test may skip for what the messenger lacks beside capabilities, never for a declared one
+            assert "does not declare" not in outcome, (test, outcome)
+
+
+def _conformance_needs() -> dict[str, set[str]]:
+    """Each conformance test by name: the capabilities it needs."""
+    return {
+        name: {str(capability) for capability in getattr(test, "conformance_needs", ())}
+        for name, test in vars(MessengerConformance).items()
+        if name.startswith("test_")
+    }

@@ -9,9 +9,11 @@ faithfully as the real documentation allows (paths, parameters, the envelope, th
 the webhook's shape and signature), and the adapter with it.
 
 The API: JSON ``POST /v1/{method}`` with ``Authorization: Bearer <token>``, answering
-``{"result": ...}`` or ``{"error": {"code", "message", "retry_after"?}}`` with the HTTP status:
-``webhook/set``, ``messages/send``{% if c.with_reactions %}, ``reactions/set``{% endif %}{% if c.with_typing %}, ``typing/start``{% endif %}{% if c.with_comments %},
-``comments/reply``{% endif %}{% if c.with_media %}; ``GET /v1/files/{file_id}`` downloads a client's file{% endif %}.
+``{"result": ...}`` or ``{"error": {"code", "message", "retry_after"?}}`` with the HTTP status.
+The methods: ``webhook/set``, ``messages/send``{% if c.with_reactions %}, ``reactions/set``{% endif %}{% if c.with_typing %}, ``typing/start``{% endif %}{% if c.with_comments %}, ``comments/reply``{% endif %}.
+{% if c.with_media %}
+``GET /v1/files/{file_id}`` downloads a client's file.
+{% endif %}
 Webhooks are one event per POST, ``{"event_id", "type", ...}``, signed in the
 ``X-{{ P }}-Signature`` header (``sha256=<hex HMAC-SHA256 of the body>``). The client side is
 scriptable (``client_writes`` and the rest), and :meth:`{{ P }}Fake.received` and friends say
