@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "NOT_JSON",
     "AmoCRMError",
     "AmoconnectError",
     "AmojoError",
@@ -38,6 +39,12 @@ __all__ = [
     "WebhookError",
     "WindowClosed",
 ]
+
+
+NOT_JSON: tuple[type[RecursionError], type[UnicodeDecodeError]] = (RecursionError, UnicodeDecodeError)
+"""What JSON decoders (msgspec, ``json``) raise besides their own decode error for a body they cannot read:
+nesting deeper than Python's recursion limit, and bytes that are not UTF-8. A webhook parser catches them
+with the decoder's error and raises :class:`WebhookError` (the core answers 400 for them anyway)."""
 
 
 class AmoconnectError(Exception):

@@ -130,11 +130,11 @@ class MediaStore:
     ) -> tuple[str, int]:
         """Store bytes (refusing more than :attr:`max_bytes`); returns the new file id and the size."""
         file_id = _new_id()
-        await anyio.Path(self.directory).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(self.directory).mkdir(mode=0o700, parents=True, exist_ok=True)
         part = self.directory / f"{file_id}.part"
         size = 0
         try:
-            async with await anyio.open_file(part, "wb") as out:
+            async with await anyio.open_file(part, "wb", opener=_owner_only) as out:
                 chunks: AsyncIterable[bytes] = _once(content) if isinstance(content, bytes) else content
                 async for chunk in chunks:
                     size += len(chunk)
@@ -142,7 +142,8 @@ class MediaStore:
                         raise MediaTooLarge(f"media file is larger than the {self.max_bytes} byte cap")
                     await out.write(chunk)
             meta = msgspec.json.encode(_meta(content_type, file_name, size))
-            await anyio.Path(self.directory / f"{file_id}.json").write_bytes(meta)
+            async with await anyio.open_file(self.directory / f"{file_id}.json", "wb", opener=_owner_only) as out:
+                await out.write(meta)
             await anyio.Path(part).rename(self.directory / file_id)
         except BaseException:
             await anyio.Path(part).unlink(missing_ok=True)
@@ -208,6 +209,11 @@ class DatabaseMediaStore(MediaStore):
 
     async def prune(self) -> int:
         return await self.rows.prune_media(self.ttl)
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """Open a new media file readable by the connector's user alone, whatever the umask."""
+    return os.open(path, flags, 0o600)
 
 
 def _new_id() -> str:

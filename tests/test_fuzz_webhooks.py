@@ -72,6 +72,12 @@ def test_amocrm_webhooks_survive_fuzzing(tmp_path: Path) -> None:
 
         @FUZZ
         @example(body=json.dumps(AMOCRM_SAMPLES[0]).encode(), sign_it=True, headers={})
+        @example(
+            body=b'{"account_id": "a", "time": 1, "message": ' + b"[" * 1000 + b"]" * 1000 + b"}",
+            sign_it=True,
+            headers={},
+        )
+        @example(body=json.dumps(AMOCRM_SAMPLES[0]).encode().replace(b"Hello", b"He\xffllo"), sign_it=True, headers={})
         @given(body=st.one_of(*(webhook_bodies(s) for s in AMOCRM_SAMPLES)), sign_it=st.booleans(), headers=HEADERS)
         def fuzz(body: bytes, sign_it: bool, headers: dict[str, str]) -> None:
             if sign_it:
@@ -91,6 +97,7 @@ def test_messenger_webhooks_survive_fuzzing(tmp_path: Path) -> None:
 
         @FUZZ
         @example(body=json.dumps(sample).encode(), sign_it=True, headers={}, method="POST", path="/hooks/loopback/lb")
+        @example(body=b"[" * 1000 + b"]" * 1000, sign_it=True, headers={}, method="POST", path="/hooks/loopback/lb")
         @given(
             body=webhook_bodies(sample),
             sign_it=st.booleans(),

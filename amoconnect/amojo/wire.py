@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from ..errors import WebhookError
+from ..errors import NOT_JSON, WebhookError
 
 __all__ = [
     "Button",
@@ -758,7 +758,7 @@ def parse_webhook(body: bytes | str) -> Webhook:
         probe = _probe_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise WebhookError(f"webhook body has the wrong shape: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, *NOT_JSON) as exc:
         raise WebhookError(f"webhook body is not valid JSON: {exc}") from exc
     for name in ("hook_api_version", "version"):
         declared = getattr(probe, name)
@@ -774,6 +774,8 @@ def parse_webhook(body: bytes | str) -> Webhook:
         envelope = _envelope_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise WebhookError(f"webhook body has the wrong shape: {exc}") from exc
+    except NOT_JSON as exc:  # the probe skips what it does not keep: strings are checked only here
+        raise WebhookError(f"webhook body is not valid JSON: {exc}") from exc
     account_id, time = envelope.account_id, envelope.time
     if envelope.message is not None and envelope.action is not None:
         raise WebhookError("webhook body carries both 'message' and 'action'; expected exactly one")

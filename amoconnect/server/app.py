@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import anyio
 import httpx
@@ -32,7 +33,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..adapter import WebhookRequest, WebhookResponse
 from ..amojo import wire
 from ..core import AMOCRM, INBOUND, InboundJob
-from ..errors import SignatureError, StoreError, WebhookError
+from ..errors import NOT_JSON, SignatureError, StoreError, WebhookError
 from ..ids import job_key
 from ..model import InboundEvent
 from ..signing import verify_signature
@@ -152,6 +153,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
 
     accounts = {account.scope_id: account for account in config.accounts}
+    messengers = {instance.messenger for instance in runtime.routing}
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
     duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
 
@@ -198,7 +200,9 @@ def build_app(runtime: Runtime) -> ASGIApp:
         method: str = scope["method"]
         instance = runtime.routing.get(name)
         if instance is None or instance.messenger != messenger:
-            return refuse(messenger, 404, "unknown_instance", f"no {messenger} instance {name!r}")
+            # The path is anyone's to choose: only configured messengers become metric labels.
+            source = messenger if messenger in messengers else "unknown"
+            return refuse(source, 404, "unknown_instance", f"no {messenger} instance {name!r}")
         route = next((r for r in instance.adapter.routes if r.path == path), None)
         if route is None:
             return refuse(messenger, 404, "unknown_path", f"{messenger} serves no webhook at {path!r}")
@@ -228,6 +232,8 @@ def build_app(runtime: Runtime) -> ASGIApp:
             return refuse(messenger, 401, "bad_signature", str(exc), instance=instance.name)
         except WebhookError as exc:
             return refuse(messenger, 400, "bad_body", str(exc), instance=instance.name)
+        except NOT_JSON as exc:  # an adapter's JSON decoder let them through: still the sender's fault
+            return refuse(messenger, 400, "bad_body", f"not JSON: {exc}", instance=instance.name)
         try:
             await enqueue_inbound(runtime, instance, events)
         except StoreError as exc:
@@ -241,7 +247,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         stored = await runtime.media.get(file_id) if file_id else None
         if stored is None:
             return _json(404, {"error": "not_found", "detail": "no such media, or the link expired"})
-        headers = {"Content-Disposition": f"inline; filename*=UTF-8''{_quote(stored.file_name)}"}
+        headers = _media_headers(stored.content_type, stored.file_name)
         if stored.path is None:
             return Response(stored.content, media_type=stored.content_type, headers=headers)
         return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
@@ -276,10 +282,20 @@ def build_app(runtime: Runtime) -> ASGIApp:
     return _FastPaths(app, ingest_amocrm, ingest_messenger, too_large, config.server.max_body_bytes)
 
 
-def _quote(name: str) -> str:
-    from urllib.parse import quote
+def _media_headers(content_type: str, file_name: str) -> dict[str, str]:
+    """Headers that keep a client's file from running as a page of the connector's origin.
 
-    return quote(name, safe="")
+    Only plain images, audio and video are shown inline; anything else (HTML, SVG, PDF, ...)
+    is a download. ``nosniff`` stops browsers from guessing a type, and the sandboxing CSP
+    gives a file opened anyway no scripts, no origin and nothing to load.
+    """
+    kind, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    inline = kind in ("image", "audio", "video") and "xml" not in subtype
+    return {
+        "Content-Disposition": f"{'inline' if inline else 'attachment'}; filename*=UTF-8''{quote(file_name, safe='')}",
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "sandbox; default-src 'none'",
+    }
 
 
 class _FastPaths:

@@ -30,7 +30,17 @@ from hypothesis import strategies as st
 from ..runtime import Runtime
 from .security import StoreWrites
 
-__all__ = ["FUZZ", "check_webhook", "header_values", "json_values", "mutated", "running", "webhook_bodies"]
+__all__ = [
+    "FUZZ",
+    "check_webhook",
+    "header_values",
+    "json_values",
+    "misencoded_bodies",
+    "mutated",
+    "nested_bodies",
+    "running",
+    "webhook_bodies",
+]
 
 T = TypeVar("T")
 
@@ -68,7 +78,8 @@ def mutated(sample: Any) -> st.SearchStrategy[Any]:
 
 
 def webhook_bodies(sample: Mapping[str, Any] | list[Any]) -> st.SearchStrategy[bytes]:
-    """Bodies for a webhook route: mostly ``sample`` mutated, also junk bytes, broken and wrong-shaped JSON."""
+    """Bodies for a webhook route: mostly ``sample`` mutated, also junk bytes, broken and wrong-shaped JSON,
+    deep nesting and other encodings (:func:`nested_bodies`, :func:`misencoded_bodies`)."""
     valid = _encode(sample)
     return st.one_of(
         st.just(valid),
@@ -77,6 +88,49 @@ def webhook_bodies(sample: Mapping[str, Any] | list[Any]) -> st.SearchStrategy[b
         json_values().map(_encode),
         st.binary(max_size=200),
         st.integers(0, len(valid)).map(lambda n: valid[:n]),
+        nested_bodies(sample),
+        misencoded_bodies(sample),
+    )
+
+
+def nested_bodies(sample: Mapping[str, Any] | list[Any]) -> st.SearchStrategy[bytes]:
+    """``sample`` with one value, or the whole body, nested hundreds to thousands of arrays or objects deep."""
+    depths = st.sampled_from([200, 999, 1000, 1001, 1500, 5000, 50_000])
+
+    def deep(depth: int, objects: bool) -> bytes:
+        return b'{"a":' * depth + b"1" + b"}" * depth if objects else b"[" * depth + b"]" * depth
+
+    def inside(key: Any, depth: int, objects: bool) -> bytes:
+        marker = "\u0000nested\u0000"
+        shell = {**sample, key: marker} if isinstance(sample, Mapping) else [*sample, marker]
+        return _encode(shell).replace(json.dumps(marker).encode(), deep(depth, objects))
+
+    keys = st.sampled_from(sorted(sample)) if isinstance(sample, Mapping) and sample else st.just(0)
+    return st.one_of(
+        st.builds(deep, depths, st.booleans()),
+        st.builds(inside, keys, depths, st.booleans()),
+    )
+
+
+_BAD_UTF8 = [b"\xff", b"\xc3\x28", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xc0\xaf", b"\xe2\x82", b"\x80"]
+
+
+def misencoded_bodies(sample: Mapping[str, Any] | list[Any]) -> st.SearchStrategy[bytes]:
+    """``sample`` in another encoding (UTF-16, UTF-32, Latin-1, cp1251, with a BOM), or with bytes that are
+    not UTF-8 (a stray continuation byte, an overlong form, a surrogate) put inside one of its strings."""
+    text = json.dumps(sample, ensure_ascii=False)
+    valid = _encode(sample)
+    quotes = [i + 1 for i, byte in enumerate(valid) if byte == ord('"')] or [0]
+
+    def reencoded(encoding: str) -> bytes:
+        return text.encode(encoding, "replace")
+
+    def spliced(at: int, bad: bytes) -> bytes:
+        return valid[:at] + bad + valid[at:]
+
+    return st.one_of(
+        st.sampled_from(["utf-16", "utf-16-le", "utf-32", "latin-1", "cp1251", "utf-8-sig"]).map(reencoded),
+        st.builds(spliced, st.sampled_from(quotes), st.sampled_from(_BAD_UTF8)),
     )
 
 

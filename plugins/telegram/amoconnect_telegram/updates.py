@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
-from amoconnect.errors import WebhookError
+from amoconnect.errors import NOT_JSON, WebhookError
 from amoconnect.model import (
     Attachment,
     Contact,
@@ -214,7 +214,7 @@ def decode_update(body: bytes | str) -> Update:
     """Decode a JSON update; :class:`~amoconnect.errors.WebhookError` when it is not one."""
     try:
         return _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, *NOT_JSON) as exc:
         raise WebhookError(f"not a Telegram update: {exc}") from exc
 
 

@@ -90,6 +90,8 @@ def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
 
         @FUZZ
         @example(body=json.dumps({"update_id": 1, "message": sample["message"]}).encode(), secret=SECRET_TOKEN)
+        @example(body=b'{"update_id": 1, "message": ' + b"[" * 1000 + b"]" * 1000 + b"}", secret=SECRET_TOKEN)
+        @example(body=b'{"update_id": 1, "message": {"text": "\xff"}}', secret=SECRET_TOKEN)
         @given(body=webhook_bodies(sample), secret=st.one_of(st.just(SECRET_TOKEN), header_values()))
         def fuzz(body: bytes, secret: str) -> None:
             headers = {SECRET_TOKEN_HEADER: secret, "Content-Type": "application/json"}

@@ -35,7 +35,7 @@ import anyio
 import msgspec
 from amoconnect.adapter import AdapterContext, FetchedMedia, MessengerAdapter, Route, WebhookRequest, WebhookResponse
 from amoconnect.capabilities import Capability, RateLimit, ReactionSet
-from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
+from amoconnect.errors import NOT_JSON, ConfigError, MessengerError, RateLimited, SignatureError
 from amoconnect.media import MediaTooLarge, fetch_url
 from amoconnect.model import (
     Attachment,
@@ -225,7 +225,7 @@ class VKAdapter(MessengerAdapter):
             raise SignatureError(f"vk instance {self.context.instance!r} reads Bots Long Poll, not the Callback API")
         try:
             raw = msgspec.json.decode(request.body)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, *NOT_JSON):
             raise SignatureError("the body is not a VK Callback API event") from None
         if not isinstance(raw, dict) or raw.get("group_id") != self.config.group_id:
             group = raw.get("group_id") if isinstance(raw, dict) else None

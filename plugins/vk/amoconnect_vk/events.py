@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import msgspec
-from amoconnect.errors import WebhookError
+from amoconnect.errors import NOT_JSON, WebhookError
 from amoconnect.model import (
     Attachment,
     InboundComment,
@@ -231,7 +231,7 @@ def decode_event(body: bytes) -> Event:
     """The envelope of a Callback API request; :class:`WebhookError` when it is not one."""
     try:
         return _decode(body)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, *NOT_JSON) as exc:
         raise WebhookError(f"not a VK Callback API event: {exc}") from None
 
 

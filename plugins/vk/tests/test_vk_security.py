@@ -93,6 +93,8 @@ def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:
         @FUZZ
         @example(body=valid)
         @example(body=event(type="confirmation", object={}))
+        @example(body=b'{"type": "message_new", "object": ' + b"[" * 1000 + b"]" * 1000 + b"}")  # no secret
+        @example(body=b'{"type": "message_new", "group_id": 1, "object": {"text": "\xff"}}')
         @given(body=webhook_bodies({**sample, "secret": SECRET}))
         def fuzz(body: bytes) -> None:
             seen[check_webhook(portal, rig.runtime, "POST", HOOK, body).status_code] += 1

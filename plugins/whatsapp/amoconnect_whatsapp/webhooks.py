@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import msgspec
-from amoconnect.errors import WebhookError
+from amoconnect.errors import NOT_JSON, WebhookError
 from amoconnect.model import (
     Attachment,
     Contact,
@@ -212,7 +212,7 @@ def decode(body: bytes) -> Envelope:
     """The envelope of a webhook body; :class:`WebhookError` when it is not one."""
     try:
         envelope = msgspec.json.decode(body, type=Envelope)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, msgspec.ValidationError, *NOT_JSON) as exc:
         raise WebhookError(f"not a WhatsApp webhook: {exc}") from None
     if envelope.object != "whatsapp_business_account":
         raise WebhookError(f"not a WhatsApp webhook: object is {envelope.object!r}")

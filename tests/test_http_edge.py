@@ -1,0 +1,57 @@
+"""The HTTP edge against hostile input: media served safely, metric labels bounded, malformed bodies refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from rig import rig
+
+pytestmark = pytest.mark.anyio
+
+SVG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(document.domain)</script></svg>'
+HTML = b"<html><script>fetch('/metrics').then(r => r.text()).then(alert)</script></html>"
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "file_name", "disposition"),
+    [
+        (HTML, "text/html", "page.html", "attachment"),
+        (SVG, "image/svg+xml", "logo.svg", "attachment"),
+        (SVG, "IMAGE/SVG+XML; charset=utf-8", "logo.svg", "attachment"),
+        (b"%PDF-1.7", "application/pdf", "a.pdf", "attachment"),
+        (b"\x89PNG", "image/png", "photo.png", "inline"),
+        (b"ID3", "audio/mpeg", "voice.mp3", "inline"),
+        (b"\x00\x00\x00\x18ftyp", "video/mp4", "clip.mp4", "inline"),
+    ],
+)
+async def test_media_cannot_run_as_a_page_of_the_connector(
+    tmp_path: Path, content: bytes, content_type: str, file_name: str, disposition: str
+) -> None:
+    async with rig(tmp_path) as r:
+        media = r.runtime.media
+        file_id, _ = await media.put(content, content_type=content_type, file_name=file_name)
+        got = await r.client.get(f"/media/{media.token(file_id)}")
+    assert got.status_code == 200
+    assert got.content == content
+    assert got.headers["content-disposition"] == f"{disposition}; filename*=UTF-8''{file_name}"
+    assert got.headers["x-content-type-options"] == "nosniff"
+    assert got.headers["content-security-policy"] == "sandbox; default-src 'none'"
+
+
+async def test_unknown_paths_add_no_metric_series(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        for i in range(3):
+            assert (await r.client.post(f"/hooks/made-up-{i}/x", content=b"{}")).status_code == 404
+            assert (await r.client.post(f"/hooks/loopback/made-up-{i}", content=b"{}")).status_code == 404
+        before = (await r.client.get("/metrics")).text
+        for i in range(50):
+            assert (await r.client.post(f"/hooks/unique-{i}/x", content=b"{}")).status_code == 404
+            assert (await r.client.post(f"/hooks/loopback/unique-{i}", content=b"{}")).status_code == 404
+        after = (await r.client.get("/metrics")).text
+    series = [line.rpartition(" ")[0] for line in after.splitlines() if not line.startswith("#")]
+    assert series == [line.rpartition(" ")[0] for line in before.splitlines() if not line.startswith("#")]
+    assert "unique" not in after and "made-up" not in after
+    refused = 'amoconnect_webhooks_refused_total{reason="unknown_instance",source="unknown"} 53.0'
+    assert refused in after
+    assert 'amoconnect_webhooks_refused_total{reason="unknown_instance",source="loopback"} 53.0' in after
