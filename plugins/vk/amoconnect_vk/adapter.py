@@ -26,6 +26,7 @@ through VK's upload servers, buttons and list messages as keyboards, quotes as `
 
 from __future__ import annotations
 
+import math
 import mimetypes
 import time
 from collections.abc import Mapping, Sequence
@@ -190,6 +191,8 @@ class VKAdapter(MessengerAdapter):
     retry_pause: ClassVar[float] = 1.0
     """First pause after a failed long poll or setup; doubles up to :attr:`max_retry_pause`."""
     max_retry_pause: ClassVar[float] = 60.0
+    confirmation_retry: ClassVar[float] = 10.0
+    """Seconds after a failed ``groups.getCallbackConfirmationCode`` before the next confirmation asks again."""
 
     config: VKSettings
 
@@ -206,6 +209,8 @@ class VKAdapter(MessengerAdapter):
         """``groups.getById``'s answer, once known."""
         self._allowed: dict[int, bool] = {}
         self._confirmation = config.confirmation_code
+        self._confirming = anyio.Lock()
+        self._confirmation_retry_at = 0.0
         self._setup_pending = False
         self._version_warned = False
 
@@ -232,7 +237,8 @@ class VKAdapter(MessengerAdapter):
             raise SignatureError(f"an event for community {group!r}; this instance serves {self.config.group_id}")
         given = raw.get("secret")
         if raw.get("type") == "confirmation":
-            if given is not None and not self._secret_matches(given):
+            # VK sends the server's secret with the confirmation too: the code is for VK alone.
+            if not self._secret_matches(given):
                 raise SignatureError("the confirmation request's secret does not match the instance's secret")
             return await self._confirm()
         if not self._secret_matches(given):
@@ -241,13 +247,22 @@ class VKAdapter(MessengerAdapter):
         return None
 
     async def _confirm(self) -> WebhookResponse:
+        """The community's code: configured, or asked from VK once and kept (one lookup at a time, and
+        after a failed one none for :attr:`confirmation_retry` seconds)."""
+        async with self._confirming:
+            if not self._confirmation and time.monotonic() >= self._confirmation_retry_at:
+                try:
+                    answer = await self.api.call(
+                        "groups.getCallbackConfirmationCode", {"group_id": self.config.group_id}
+                    )
+                    self._confirmation = str(answer["code"])
+                except (MessengerError, KeyError, TypeError) as exc:
+                    self._confirmation_retry_at = time.monotonic() + self.confirmation_retry
+                    self.log.error(
+                        "cannot answer VK's confirmation: set confirmation_code in the settings", error=str(exc)
+                    )
         if not self._confirmation:
-            try:
-                answer = await self.api.call("groups.getCallbackConfirmationCode", {"group_id": self.config.group_id})
-                self._confirmation = str(answer["code"])
-            except (MessengerError, KeyError, TypeError) as exc:
-                self.log.error("cannot answer VK's confirmation: set confirmation_code in the settings", error=str(exc))
-                return WebhookResponse(status=503)
+            return WebhookResponse(status=503, headers={"Retry-After": str(math.ceil(self.confirmation_retry))})
         self.log.info("Callback API server confirmed")
         return WebhookResponse(body=self._confirmation.encode())
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 
+import anyio
 import httpx
 import pytest
 import structlog.testing
-from amoconnect.adapter import WebhookRequest
+from amoconnect.adapter import WebhookRequest, WebhookResponse
 from amoconnect.errors import ConfigError, MessengerError, RateLimited, SignatureError
 from amoconnect.model import (
     Attachment,
@@ -31,6 +32,7 @@ from amoconnect.testing.fakes import ClientMedia
 from amoconnect.testing.kit import eventually
 from vk_rig import FILES, PUBLIC, SECRET, MemoryState, Rig
 
+from amoconnect_vk.adapter import VKAdapter
 from amoconnect_vk.fake import FakeVK, link, video
 from amoconnect_vk.vkapi import random_id
 
@@ -59,7 +61,7 @@ async def test_confirmation_is_answered_with_the_communitys_code(
 
 async def test_configured_confirmation_code_needs_no_call(make_adapter: Callable[..., Rig], fake: FakeVK) -> None:
     rig = make_adapter(confirmation_code="abc123")
-    answer = await rig.adapter.verify(hook({"type": "confirmation", "group_id": fake.group_id}))
+    answer = await rig.adapter.verify(hook({"type": "confirmation", "group_id": fake.group_id, "secret": SECRET}))
     assert answer is not None
     assert answer.body == b"abc123"
     assert not fake.calls
@@ -74,6 +76,8 @@ async def test_configured_confirmation_code_needs_no_call(make_adapter: Callable
         {"type": "message_new", "group_id": "self", "event_id": "x", "secret": "wrong", "object": {}},
         {"type": "message_new", "group_id": "self", "event_id": "x", "object": {}},
         {"type": "confirmation", "group_id": "self", "secret": "wrong"},
+        {"type": "confirmation", "group_id": "self"},
+        {"type": "confirmation", "group_id": "self", "secret": None},
     ],
 )
 async def test_foreign_requests_are_refused(
@@ -84,6 +88,48 @@ async def test_foreign_requests_are_refused(
     rig = make_adapter()
     with pytest.raises(SignatureError):
         await rig.adapter.verify(hook(body))
+
+
+async def test_the_confirmation_code_is_for_vk_alone_and_costs_one_lookup(
+    make_adapter: Callable[..., Rig], fake: FakeVK, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(VKAdapter, "confirmation_retry", 0.3)
+    rig = make_adapter()
+    asked = fake.calls_to
+    anyone = hook({"type": "confirmation", "group_id": fake.group_id})
+    for _ in range(20):
+        with pytest.raises(SignatureError):
+            await rig.adapter.verify(anyone)
+    assert not asked("groups.getCallbackConfirmationCode")
+
+    vk = hook({"type": "confirmation", "group_id": fake.group_id, "secret": SECRET})
+    answers: list[WebhookResponse | None] = []
+
+    async def confirm_many(n: int) -> None:
+        async def one() -> None:
+            answers.append(await rig.adapter.verify(vk))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(n):
+                tasks.start_soon(one)
+
+    fake.fail_next(1, 15, method="groups.getCallbackConfirmationCode")  # a token without 'manage'
+    await confirm_many(30)
+    assert [(a.status, a.headers.get("Retry-After")) for a in answers if a] == [(503, "1")] * 30
+    assert len(asked("groups.getCallbackConfirmationCode")) == 1  # failed once: no new lookup for a while
+    answers.clear()
+    await confirm_many(30)
+    assert [a.status for a in answers if a] == [503] * 30
+    assert len(asked("groups.getCallbackConfirmationCode")) == 1
+
+    await anyio.sleep(0.35)
+    answers.clear()
+    await confirm_many(30)
+    assert [(a.status, a.body) for a in answers if a] == [(200, fake.confirmation_code.encode())] * 30
+    answers.clear()
+    await confirm_many(30)
+    assert [a.body for a in answers if a] == [fake.confirmation_code.encode()] * 30
+    assert len(asked("groups.getCallbackConfirmationCode")) == 2  # one failed, one kept
 
 
 async def test_longpoll_instance_takes_no_callbacks(make_adapter: Callable[..., Rig], fake: FakeVK) -> None:

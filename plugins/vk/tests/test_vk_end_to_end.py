@@ -252,6 +252,8 @@ async def test_foreign_requests_are_refused(world: World) -> None:
     response = await world.runtime.client.post("/hooks/vk/shop", json={"type": "message_new", "group_id": 1})
     assert response.status_code == 401
     confirmation = {"type": "confirmation", "group_id": world.vk.group_id, "secret": VK_SECRET}
+    anyone = await world.runtime.client.post("/hooks/vk/shop", json={**confirmation, "secret": None})
+    assert anyone.status_code == 401 and world.vk.confirmation_code not in anyone.text
     answered = await world.runtime.client.post("/hooks/vk/shop", json=confirmation)
     assert answered.text == world.vk.confirmation_code
 
