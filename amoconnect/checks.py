@@ -21,7 +21,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
     """Problems found, one readable line each (empty when all is well)."""
     problems: list[str] = []
     try:
-        messengers = collect_messengers(get_plugin_manager())
+        messengers = collect_messengers(get_plugin_manager(blocked=config.plugins.blocked))
     except AmoconnectError as exc:
         return [f"plugins: {exc}"]
     for source in config.sources:

@@ -10,10 +10,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import click
+import msgspec
 
 from . import __version__
 from .config import Config, load_config
 from .errors import AmoconnectError
+from .plugins import BLOCK_ENV
 from .scaffold import new_plugin
 
 if TYPE_CHECKING:
@@ -35,9 +37,16 @@ def _run(fn: Callable[[], Awaitable[T]], *, backend_options: dict[str, bool] | N
 
 def _config(path: str) -> Config:
     try:
-        return load_config(path)
+        config = load_config(path)
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
+    blocked = [*config.plugins.blocked, *_blocked()]
+    return msgspec.structs.replace(config, plugins=msgspec.structs.replace(config.plugins, blocked=blocked))
+
+
+def _blocked() -> tuple[str, ...]:
+    """The plugins ``amoconnect --block NAME`` keeps from loading."""
+    return tuple(click.get_current_context().find_root().params.get("blocked", ()))
 
 
 def _amojo(config: Config) -> AmojoClient:
@@ -65,7 +74,15 @@ config_option = click.option(
 
 @click.group()
 @click.version_option(__version__, prog_name="amoconnect")
-def main() -> None:
+@click.option(
+    "--block",
+    "blocked",
+    multiple=True,
+    metavar="NAME",
+    envvar=BLOCK_ENV,
+    help=f"Never load the installed plugin NAME (repeatable; also {BLOCK_ENV}, [plugins] blocked).",
+)
+def main(blocked: tuple[str, ...]) -> None:
     """Connect messengers to amoCRM / Kommo through the Chats API."""
 
 
@@ -103,7 +120,12 @@ def run(
         _configure_logging(None, log_level)
         _run(
             lambda: run_sandbox(
-                plugin or "fake", host=host or "127.0.0.1", port=port or 8080, rounds=rounds, plugin_dirs=plugin_dirs
+                plugin or "fake",
+                host=host or "127.0.0.1",
+                port=port or 8080,
+                rounds=rounds,
+                plugin_dirs=plugin_dirs,
+                blocked=_blocked(),
             )
         )
         return
@@ -128,7 +150,8 @@ def plugins(as_json: bool, plugin_dirs: tuple[str, ...], plugin_modules: tuple[s
     from .plugins import describe_plugins, get_plugin_manager
 
     try:
-        described = describe_plugins(get_plugin_manager(plugin_dirs=plugin_dirs, extra_modules=plugin_modules))
+        pm = get_plugin_manager(plugin_dirs=plugin_dirs, extra_modules=plugin_modules, blocked=_blocked())
+        described = describe_plugins(pm)
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
     if as_json:
@@ -331,7 +354,7 @@ def sources_sync(config_path: str, account_name: str | None) -> None:
     accounts = _rest_accounts(config, account_name)
 
     async def go() -> None:
-        messengers = collect_messengers(get_plugin_manager())
+        messengers = collect_messengers(get_plugin_manager(blocked=config.plugins.blocked))
         for account in accounts:
             async with AmoCRMClient(account.rest_url, tokens=account.token) as rest:
                 result = await sync_sources(rest, desired_sources(config, account, messengers))

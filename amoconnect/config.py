@@ -24,6 +24,7 @@ __all__ = [
     "ChannelConfig",
     "Config",
     "HttpConfig",
+    "PluginsConfig",
     "RelayConfig",
     "ServerConfig",
     "SourceConfig",
@@ -109,6 +110,13 @@ class HttpConfig(_Section):
     and other non-public addresses; cloud metadata addresses stay refused). Default none."""
 
 
+class PluginsConfig(_Section):
+    """``[plugins]``: which installed plugins load."""
+
+    blocked: list[str] = []
+    """Installed plugins that never load (by entry point name), as ``amoconnect --block NAME`` does."""
+
+
 class ChannelConfig(_Section):
     """``[channel]``: the channel amoCRM registered for this integration."""
 
@@ -163,6 +171,7 @@ class Config(_Section):
     store: StoreConfig = msgspec.field(default_factory=StoreConfig)
     relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
+    plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     log_level: str = "info"
 
     def account(self, name: str) -> AccountConfig:

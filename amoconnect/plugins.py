@@ -31,6 +31,7 @@ from .errors import PluginError
 from .model import Conversation, InboundMessage, OutgoingMessage
 
 __all__ = [
+    "BLOCK_ENV",
     "ENTRY_POINT_GROUP",
     "TRACE_ENV",
     "alter_inbound_message",
@@ -42,6 +43,9 @@ __all__ = [
 
 ENTRY_POINT_GROUP: Final = "amoconnect"
 """The entry point group plugins declare themselves in (the project's name)."""
+BLOCK_ENV: Final = "AMOCONNECT_BLOCK"
+"""Environment variable the command line reads plugins to block from (names separated by spaces),
+as it does ``--block NAME``."""
 TRACE_ENV: Final = "AMOCONNECT_TRACE_HOOKS"
 """Environment variable that turns hook-call tracing on (``1``, ``true``, ``yes`` or ``on``)."""
 
@@ -95,9 +99,10 @@ def get_plugin_manager(
         except pluggy.PluginValidationError as exc:
             raise PluginError(f"plugin {_plugin_label(pm, exc.plugin)} is invalid: {exc}") from exc
         except Exception as exc:
+            name, where = _failed_entry_point(pm, only)
             raise PluginError(
-                f"an installed amoconnect plugin failed to load: {type(exc).__name__}: {exc}; "
-                "block it with blocked=[name] (or --block) or reinstall it"
+                f"installed plugin {name!r} failed to load: {type(exc).__name__}: {exc} ({where}); "
+                f"{_block_advice(name)}, or fix or uninstall it"
             ) from exc
     if only is not None and pm.get_plugin(only) is None:
         state = "is blocked" if pm.is_blocked(only) else "is not installed"
@@ -156,6 +161,30 @@ def alter_outgoing_message(
 
 
 # -- loading -------------------------------------------------------------------------------------
+
+
+def _failed_entry_point(pm: pluggy.PluginManager, only: str | None) -> tuple[str, str]:
+    """The entry point pluggy's loader stopped at: its name, and where it comes from.
+
+    The loader goes through the distributions in order and skips what is registered or
+    blocked, so the one that failed is the first it would not skip (as it now stands).
+    """
+    for dist in importlib.metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group != ENTRY_POINT_GROUP or (only is not None and ep.name != only):
+                continue
+            if pm.get_plugin(ep.name) is None and not pm.is_blocked(ep.name):
+                return ep.name, (
+                    f"entry point {ep.name} = {ep.value!r} of distribution {dist.metadata['name']} {dist.version}"
+                )
+    return "?", "its entry point was not found again"
+
+
+def _block_advice(name: str) -> str:
+    return (
+        f"to run without it, block it: `amoconnect --block {name} COMMAND ...`, "
+        f'{BLOCK_ENV}={name} or `[plugins] blocked = ["{name}"]` in the configuration'
+    )
 
 
 def _plugin_label(pm: pluggy.PluginManager, plugin: object) -> str:
@@ -264,7 +293,15 @@ class _Registrar:
 def _registered_messengers(pm: pluggy.PluginManager) -> list[tuple[str, type[MessengerAdapter]]]:
     found: list[tuple[str, type[MessengerAdapter]]] = []
     for plugin_name, call in _each_plugin(pm, "register_messengers"):
-        call(register=_Registrar(plugin_name, found))
+        try:
+            call(register=_Registrar(plugin_name, found))
+        except PluginError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"plugin {plugin_name!r} failed in register_messengers: {type(exc).__name__}: {exc}; "
+                f"{_block_advice(plugin_name)}"
+            ) from exc
     return found
 
 

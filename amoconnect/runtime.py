@@ -98,7 +98,9 @@ class Runtime:
     ) -> None:
         self.config = config
         self.plugin = plugin
-        self.pm = plugin_manager or get_plugin_manager(plugin_dirs=plugin_dirs, extra_modules=extra_modules)
+        self.pm = plugin_manager or get_plugin_manager(
+            plugin_dirs=plugin_dirs, extra_modules=extra_modules, blocked=config.plugins.blocked
+        )
         self.messengers = collect_messengers(self.pm)
         if plugin is not None and plugin not in self.messengers:
             raise PluginError(

@@ -72,12 +72,16 @@ async def run_sandbox(
     rounds: int = 0,
     interval: float = 3.0,
     plugin_dirs: Iterable[str] = (),
+    blocked: Iterable[str] = (),
 ) -> None:
     """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted)."""
     plugin_dirs = tuple(plugin_dirs)
     # Load just the plugin under test (a local one from --plugin-dir, else its entry point).
     pm = get_plugin_manager(
-        plugin_dirs=plugin_dirs, load_entrypoints=not plugin_dirs, only=None if plugin_dirs else plugin
+        plugin_dirs=plugin_dirs,
+        load_entrypoints=not plugin_dirs,
+        only=None if plugin_dirs else plugin,
+        blocked=blocked,
     )
     messengers = collect_messengers(pm)
     cls = messengers.get(plugin)

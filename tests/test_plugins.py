@@ -400,9 +400,21 @@ def test_blocked_entry_points_do_not_load(installed: list[FakeDistribution]) -> 
     assert describe_plugins(pm) == []
 
 
-def test_entry_point_failures_are_plugin_errors(installed: list[FakeDistribution]) -> None:
-    installed.append(FakeDistribution("amoconnect-broken", "1.0", FakeEntryPoint("broken", ImportError("no lib"))))
-    with pytest.raises(PluginError, match="failed to load: ImportError: no lib; block it"):
+def test_entry_point_failures_name_the_entry_point_and_distribution(
+    installed: list[FakeDistribution], echo_module: ModuleType, shout_module: ModuleType
+) -> None:
+    installed.append(FakeDistribution("amoconnect-echo", "1.0", FakeEntryPoint("echo", echo_module)))
+    installed.append(
+        FakeDistribution(
+            "amoconnect-two", "2.0", FakeEntryPoint("shout", shout_module), FakeEntryPoint("broken", ImportError("no"))
+        )
+    )
+    with pytest.raises(
+        PluginError,
+        match=r"^installed plugin 'broken' failed to load: ImportError: no \(entry point broken = "
+        r"'broken_plugin:plugin' of distribution amoconnect-two 2.0\); to run without it, block it: "
+        r"`amoconnect --block broken COMMAND ...`",
+    ):
         get_plugin_manager()
 
 
