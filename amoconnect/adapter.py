@@ -149,7 +149,8 @@ class AdapterContext:
     submit: Callable[[Sequence[InboundEvent]], Awaitable[None]]
     """Hand inbound events to the core; returns once they are stored durably (for long polling)."""
     history: Callable[[str], AsyncIterator[HistoryMessage]] | None = None
-    """A chat's messages as amoCRM keeps them, newest first, by the messenger's chat id (context for an agent)."""
+    """A chat's messages as amoCRM keeps them, newest first, by the messenger's chat id (context for an agent);
+    empty until amoCRM's chat id of the conversation is known (its first message reached amoCRM)."""
     public_url: str | None = None
     """Public URL of the instance's webhook root (``.../hooks/{messenger}/{instance}``); ``None`` when not served."""
     exclusive: Callable[[str, Callable[[], Awaitable[None]]], Awaitable[None]] = _run_here

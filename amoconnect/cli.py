@@ -443,22 +443,48 @@ def import_(config_path: str, path: str) -> None:
 @main.command()
 @config_option
 @click.option("--account", "account_name", required=True, help="Account name from the config.")
-@click.option("--conversation", "conversation_id", required=True, help="Our conversation id (or amoCRM's chat id).")
+@click.option("--conversation", "conversation_id", default=None, help="Our conversation id (looked up in the store).")
+@click.option("--chat", "chat_id", default=None, help="amoCRM's chat id (conversation.id of its webhooks).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON lines, one message a line.")
-def history(config_path: str, account_name: str, conversation_id: str, as_json: bool) -> None:
-    """Print a chat's messages as amoCRM keeps them, newest first (every page)."""
+def history(
+    config_path: str, account_name: str, conversation_id: str | None, chat_id: str | None, as_json: bool
+) -> None:
+    """Print a chat's messages as amoCRM keeps them, newest first (every page).
+
+    amojo knows a chat by amoCRM's id of it only: ``--conversation`` finds that id in the store
+    (learnt from amojo's answer to the conversation's first message, or a manager's webhook).
+    """
     import msgspec
 
+    if (conversation_id is None) == (chat_id is None):
+        raise click.UsageError("name the chat with either --conversation (ours) or --chat (amoCRM's chat id)")
     config = _config(config_path)
     try:
         account = config.account(account_name)
     except AmoconnectError as exc:
         raise click.ClickException(str(exc)) from exc
 
+    async def amocrm_chat_id(conversation: str) -> str:
+        from .store import opened_store
+
+        async with opened_store(config.store) as store:
+            record = await store.conversation(account.scope_id, conversation)
+        if record is None:
+            raise click.ClickException(
+                f"no conversation {conversation!r} in account {account_name!r} (for amoCRM's chat id, use --chat)"
+            )
+        if record.amocrm_chat_id is None:
+            raise click.ClickException(
+                f"amoCRM's chat id of conversation {conversation!r} is not known yet: none of its messages has "
+                "reached amoCRM and no manager has written in it, so amoCRM has no history of it"
+            )
+        return record.amocrm_chat_id
+
     async def go() -> int:
         count = 0
+        chat = chat_id if chat_id is not None else await amocrm_chat_id(conversation_id or "")
         async with _amojo(config) as amojo:
-            async for message in amojo.iter_history(account.scope_id, conversation_id):
+            async for message in amojo.iter_history(account.scope_id, chat):
                 count += 1
                 if as_json:
                     click.echo(msgspec.json.encode(message).decode())
@@ -471,9 +497,9 @@ def history(config_path: str, account_name: str, conversation_id: str, as_json: 
         return count
 
     if _run(go) == 0:
+        named = f"conversation {conversation_id!r}" if chat_id is None else f"amoCRM chat {chat_id!r}"
         raise click.ClickException(
-            f"amoCRM has no messages in conversation {conversation_id!r} of account {account_name!r} "
-            "(no such chat, or it is empty)"
+            f"amoCRM has no messages in {named} of account {account_name!r} (no such chat, or it is empty)"
         )
 
 

@@ -251,14 +251,14 @@ def build_transport(
         inner = _Pools(max_in_flight_per_host)
     elif kind == "aiohttp":
         try:
-            from httpx_aiohttp import AiohttpTransport
+            from ._aiohttp import ExactAiohttpTransport
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise ConfigError("transport 'aiohttp' needs the httpx-aiohttp package: pip install httpx-aiohttp") from exc
         # The in-flight cap bounds connections per host.
         limits = httpx.Limits(
             max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host
         )
-        inner = AiohttpTransport(limits=limits, verify=tls_context())
+        inner = ExactAiohttpTransport(limits=limits, verify=tls_context())
         if whole_bodies:
             inner = _WholeBodies(inner, WHOLE_BODY_LIMIT)
     else:

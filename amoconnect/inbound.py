@@ -17,7 +17,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
-from .amojo.client import Sent, is_unknown_scope
+from .amojo.client import is_unknown_scope
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError, UnsafeURL
@@ -210,6 +210,7 @@ class InboundHandler:
         sender = _participant(event.sender, conversation.client_id)
         messages: list[MessageRecord] = []
         ref_id = conversation.amocrm_chat_id if conversation.ref_pending else None
+        chat_id = conversation.amocrm_chat_id
         for index, content in enumerate(contents):
             part_msgid = msgid if index == 0 else f"{msgid}#{index}"
             payload = wire.MessagePayload(
@@ -224,7 +225,11 @@ class InboundHandler:
                 reply_to=reply_to if index == 0 else None,
             )
             sent = await core.amojo.send_message(instance.scope_id, payload)
-            amocrm_id = await self._amocrm_id(instance.scope_id, conversation.conversation_id, sent, log)
+            if sent.duplicate:
+                chat_id = chat_id or await self._chat_id(instance, conversation, sender, log)
+                amocrm_id = await self._recovered_id(instance.scope_id, chat_id, sent.msgid, log)
+            else:
+                amocrm_id, chat_id = sent.amocrm_id, sent.conversation_id or chat_id
             log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=amocrm_id, duplicate=sent.duplicate)
             messages.append(
                 MessageRecord(
@@ -246,27 +251,59 @@ class InboundHandler:
                     messenger_id=messenger_id,
                 )
             )
-        updated = msgspec.structs.replace(conversation, last_client_at=event.timestamp, ref_pending=False)
+        updated = msgspec.structs.replace(
+            conversation, last_client_at=event.timestamp, ref_pending=False, amocrm_chat_id=chat_id
+        )
         return Done(conversations=[updated], messages=messages)
 
-    async def _amocrm_id(
-        self, scope_id: str, conversation_id: str, sent: Sent, log: FilteringBoundLogger
+    async def _chat_id(
+        self, instance: Instance, conversation: ConversationRecord, sender: wire.Participant, log: FilteringBoundLogger
     ) -> str | None:
-        """amoCRM's id of a sent message; for a duplicate (an earlier attempt went through, its
-        outcome unrecorded) found in the chat's history, or ``None`` when it is not there or the
-        history is refused. amojo down for now (no answer, 429, 5xx) fails the attempt: the job's
-        next one looks again."""
-        if not sent.duplicate:
-            return sent.amocrm_id
+        """amoCRM's id of a conversation's chat that none of our records holds yet: the send
+        whose answer carried it was lost. *create chat* with our conversation_id answers the
+        existing chat. ``None`` (the log says why) when amojo refuses; amojo down for now fails
+        the attempt."""
+        user = wire.ChatUser(
+            id=sender.id or conversation.conversation_id,
+            name=sender.name,
+            avatar=sender.avatar,
+            profile=sender.profile,
+            profile_link=sender.profile_link,
+        )
         try:
-            found = await self.core.amojo.find_message(scope_id, conversation_id, sent.msgid)
+            chat = await self.core.amojo.create_chat(
+                instance.scope_id, conversation.conversation_id, user, source_external_id=instance.source.external_id
+            )
+        except AmojoError as exc:
+            if exc.retryable:
+                raise
+            log.warning(
+                "duplicate msgid: amoCRM's chat id of the conversation is not known and amojo refused to give it; "
+                "amoCRM's id of the message is not recovered, its edits, statuses and quotes will be dropped",
+                error=str(exc),
+            )
+            return None
+        log.info("amoCRM's chat id of the conversation recovered", amocrm_chat_id=chat.id)
+        return chat.id
+
+    async def _recovered_id(
+        self, scope_id: str, chat_id: str | None, msgid: str, log: FilteringBoundLogger
+    ) -> str | None:
+        """amoCRM's id of a message refused as a duplicate (an earlier attempt went through, its
+        outcome unrecorded), found in the history of amoCRM's chat ``chat_id``; ``None`` when it
+        is not there or the history is refused. amojo down for now (no answer, 429, 5xx) fails
+        the attempt: the job's next one looks again."""
+        if chat_id is None:
+            return None  # _chat_id said why
+        try:
+            found = await self.core.amojo.find_message(scope_id, chat_id, msgid)
         except AmojoError as exc:
             if exc.retryable:  # amojo is down for now: look again with the job's next attempt
                 raise
             log.warning(
                 "duplicate msgid: amoCRM's id of it not recovered, the history failed; its edits, statuses "
                 "and quotes will be dropped",
-                msgid=sent.msgid,
+                msgid=msgid,
                 error=str(exc),
             )
             return None
@@ -274,7 +311,8 @@ class InboundHandler:
             log.warning(
                 "duplicate msgid: amoCRM's id of it is not in the chat's newest history; its edits, statuses "
                 "and quotes will be dropped",
-                msgid=sent.msgid,
+                msgid=msgid,
+                amocrm_chat_id=chat_id,
             )
         return found
 

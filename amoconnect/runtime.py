@@ -211,9 +211,25 @@ class Runtime:
 
         return history
 
-    def history(self, scope_id: str, conversation_id: str) -> AsyncIterator[HistoryMessage]:
-        """A conversation's messages as amoCRM keeps them, newest first, every page (the core's history service)."""
-        return self.amojo.iter_history(scope_id, conversation_id)
+    async def history(self, scope_id: str, conversation_id: str) -> AsyncIterator[HistoryMessage]:
+        """A conversation's messages as amoCRM keeps them, newest first, every page (the core's history service).
+
+        amojo finds a chat by amoCRM's id of it only, learnt from amojo's answer to the
+        conversation's first message or from a manager's webhook: until one came, there is no
+        history (a log line says so).
+        """
+        record = await self.store.conversation(scope_id, conversation_id)
+        chat_id = record.amocrm_chat_id if record is not None else None
+        if chat_id is None:
+            log.info(
+                "no history: amoCRM's chat id of the conversation is not known yet (none of its messages has "
+                "reached amoCRM, and no manager has written in it)",
+                scope_id=scope_id,
+                conversation_id=conversation_id,
+            )
+            return
+        async for message in self.amojo.iter_history(scope_id, chat_id):
+            yield message
 
     # -- lifecycle -----------------------------------------------------------------------
     async def __aenter__(self) -> Runtime:

@@ -171,7 +171,8 @@ class Sink:
                 return False
         except (TypeError, ValueError, IndexError):
             return False
-        expected = signature_for(self.secret, scope["method"], content_md5, content_type, date, scope["path"])
+        path = scope["raw_path"].decode("latin-1")  # as the request line carried it, as amojo signs
+        expected = signature_for(self.secret, scope["method"], content_md5, content_type, date, path)
         return hmac.compare_digest(expected, signature)
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:

@@ -104,3 +104,21 @@ async def rig(tmp_path: Path, **overrides: Any) -> AsyncIterator[Rig]:
         fake.connect(ACCOUNT, webhook_url="http://amoconnect/amocrm/:scope_id")
         yield Rig(runtime, fake)
     await amojo_http.aclose()
+
+
+def lose_the_first_outcome(r: Rig, msgid: str) -> list[int]:
+    """The first finish of the job that records ``msgid`` is lost, as in a crash just before it: the job
+    runs again. Returns the jobs whose outcome was lost."""
+    store = r.runtime.store
+    finish = store.finish
+    lost: list[int] = []
+
+    async def finish_unless_first(job_id: int, **records: Any) -> None:
+        if not lost and any(m.msgid == msgid for m in records.get("messages", ())):
+            lost.append(job_id)
+            await store.retry(job_id, delay=0, error="crashed before its outcome was recorded")
+            return
+        await finish(job_id, **records)
+
+    store.finish = finish_unless_first  # type: ignore[method-assign]
+    return lost

@@ -21,7 +21,7 @@ from amoconnect.amojo.client import AmojoClient, Sent, is_duplicate_msgid
 from amoconnect.errors import AmojoError
 from amoconnect.http import RetryPolicy
 from amoconnect.signing import format_date, signature_for
-from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.fake_amojo import Chat, FakeAmojo
 from amoconnect.testing.servers import serve_app
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +72,13 @@ async def scope(fake: FakeAmojo, amojo: AmojoClient) -> str:
     scope_id = (await amojo.connect(ACCOUNT)).scope_id
     fake.requests.clear()
     return scope_id
+
+
+def chat_id(fake: FakeAmojo, conversation_id: str) -> str:
+    """amoCRM's id of the chat of our ``conversation_id`` (the only id the history path takes)."""
+    chat = fake.find_chat(conversation_id)
+    assert chat is not None
+    return chat.id
 
 
 async def raises_amojo(awaitable: Any) -> AmojoError:
@@ -475,16 +482,17 @@ async def test_history_pages_newest_first(fake: FakeAmojo, amojo: AmojoClient, s
     for n in range(120):
         await amojo.send_message(scope, payload(f"h-{n:03}", text=f"message {n}"))
     fake.requests.clear()
-    first_page = await amojo.get_history(scope, "tg-100")
+    chat = chat_id(fake, "tg-100")
+    first_page = await amojo.get_history(scope, chat)
     assert [m.message.client_id for m in first_page] == [f"h-{n:03}" for n in range(119, 69, -1)]
-    second_page = await amojo.get_history(scope, "tg-100", offset=50, limit=10)
+    second_page = await amojo.get_history(scope, chat, offset=50, limit=10)
     assert [m.message.client_id for m in second_page] == [f"h-{n:03}" for n in range(69, 59, -1)]
     assert first_page[0].message.text == "message 119"
     assert first_page[0].sender is not None and first_page[0].sender.client_id == "tg-user-42"
     assert [r.query for r in fake.requests] == ["offset=0&limit=50", "offset=50&limit=10"]
 
     fake.requests.clear()
-    everything = [m async for m in amojo.iter_history(scope, "tg-100")]
+    everything = [m async for m in amojo.iter_history(scope, chat)]
     assert [m.message.client_id for m in everything] == [f"h-{n:03}" for n in range(119, -1, -1)]
     assert [r.query for r in fake.requests] == ["offset=0&limit=50", "offset=50&limit=50", "offset=100&limit=50"]
     assert all(r.method == "GET" and r.body == b"" for r in fake.requests)
@@ -494,7 +502,7 @@ async def test_iter_history_stops_on_an_empty_page(fake: FakeAmojo, amojo: Amojo
     for n in range(20):
         await amojo.send_message(scope, payload(f"h-{n}"))
     fake.requests.clear()
-    assert len([m async for m in amojo.iter_history(scope, "tg-100", page_size=10)]) == 20
+    assert len([m async for m in amojo.iter_history(scope, chat_id(fake, "tg-100"), page_size=10)]) == 20
     assert [r.status for r in fake.requests] == [200, 200, 204]
 
 
@@ -513,10 +521,11 @@ async def test_history_of_an_unknown_chat_is_empty(fake: FakeAmojo, amojo: Amojo
     assert [r.status for r in fake.requests] == [204, 204]
 
 
-async def test_history_of_a_conversation_id_that_needs_quoting(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
-    conversation = "wa/7900 123?x=1&y#z"
-    await amojo.send_message(scope, payload("q-1", conversation))
-    [entry] = await amojo.get_history(scope, conversation)
+async def test_history_of_a_chat_id_that_needs_quoting(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
+    odd = "chat/7900 ?x=1&y#z:%25ü"
+    fake.chats[odd] = Chat(odd, scope, "wa/7900 123?x=1&y#z", "user-1")
+    await amojo.send_message(scope, payload("q-1", "wa/7900 123?x=1&y#z"))
+    [entry] = await amojo.get_history(scope, odd)
     assert entry.message.client_id == "q-1"
 
 
@@ -528,10 +537,11 @@ async def test_history_of_an_unknown_scope_is_404(fake: FakeAmojo, amojo: AmojoC
 async def test_find_message_looks_in_the_newest_pages(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
     sent = [await amojo.send_message(scope, payload(f"h-{n:03}")) for n in range(120)]
     fake.requests.clear()
-    assert await amojo.find_message(scope, "tg-100", "h-119") == sent[119].amocrm_id
-    assert await amojo.find_message(scope, "tg-100", "h-030") == sent[30].amocrm_id  # on the second page
-    assert await amojo.find_message(scope, "tg-100", "h-010") is None  # on the third
-    assert await amojo.find_message(scope, "tg-100", "h-010", pages=3) == sent[10].amocrm_id
+    chat = chat_id(fake, "tg-100")
+    assert await amojo.find_message(scope, chat, "h-119") == sent[119].amocrm_id
+    assert await amojo.find_message(scope, chat, "h-030") == sent[30].amocrm_id  # on the second page
+    assert await amojo.find_message(scope, chat, "h-010") is None  # on the third
+    assert await amojo.find_message(scope, chat, "h-010", pages=3) == sent[10].amocrm_id
     assert [r.query for r in fake.requests] == [
         "offset=0&limit=50",
         *("offset=0&limit=50", "offset=50&limit=50") * 3,
@@ -542,9 +552,10 @@ async def test_find_message_looks_in_the_newest_pages(fake: FakeAmojo, amojo: Am
 async def test_find_message_in_a_short_or_unknown_chat(fake: FakeAmojo, amojo: AmojoClient, scope: str) -> None:
     await amojo.send_message(scope, payload("h-1"))
     fake.requests.clear()
-    assert await amojo.find_message(scope, "tg-100", "h-2") is None
+    assert await amojo.find_message(scope, chat_id(fake, "tg-100"), "h-2") is None
     assert await amojo.find_message(scope, "no-such-chat", "h-1") is None
-    assert [r.status for r in fake.requests] == [200, 204]  # a short page is the last one
+    assert await amojo.find_message(scope, "tg-100", "h-1") is None  # our conversation_id names no chat
+    assert [r.status for r in fake.requests] == [200, 204, 204]  # a short page is the last one
 
 
 # -- typing and reactions ---------------------------------------------------------------------------------------
@@ -903,10 +914,11 @@ async def test_every_method_over_a_real_port(fake: FakeAmojo, transport: Any) ->
         )
 
         await amojo.update_delivery_status(scope, sent.amocrm_id, 2)
-        history = await amojo.get_history(scope, "tg-100", limit=10)
+        history = await amojo.get_history(scope, chat.id, limit=10)
         assert [m.message.client_id for m in history] == ["m-2", "m-1"]
-        assert [m.message.client_id async for m in amojo.iter_history(scope, "tg-100", page_size=1)] == ["m-2", "m-1"]
+        assert [m.message.client_id async for m in amojo.iter_history(scope, chat.id, page_size=1)] == ["m-2", "m-1"]
         assert await amojo.get_history(scope, "no-such-chat") == []
+        assert await amojo.get_history(scope, "tg-100") == []  # amojo knows the chat by its own id only
 
         await amojo.typing(scope, "tg-100", "tg-user-42")
         await amojo.react(scope, user_id="tg-user-42", emoji="👍", conversation_id="tg-100", msgid="m-1")

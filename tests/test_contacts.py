@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 import structlog
 import tomli_w
@@ -174,18 +175,32 @@ async def test_history_and_link_commands(tmp_path: Path) -> None:
         data["accounts"][0].update(rest_url=rest_url, token=token)
         config = tmp_path / "amoconnect.toml"
         config.write_text(tomli_w.dumps(data))
-        missing = await cli("history", "--config", str(config), "--account", "main", "--conversation", "nope")
+        history = ("history", "--config", str(config), "--account", "main")
+        missing = await cli(*history, "--conversation", "nope")
         assert missing.exit_code == 1
-        assert "amoCRM has no messages in conversation 'nope'" in missing.output
+        assert "no conversation 'nope' in account 'main' (for amoCRM's chat id, use --chat)" in missing.output
         assert "Traceback" not in missing.output
+        no_chat = await cli(*history, "--chat", "nope")
+        assert no_chat.exit_code == 1
+        assert "amoCRM has no messages in amoCRM chat 'nope'" in no_chat.output
+        for both_or_neither in ((), ("--chat", "x", "--conversation", "y")):
+            usage = await cli(*history, *both_or_neither)
+            assert usage.exit_code == 2
+            assert "either --conversation (ours) or --chat (amoCRM's chat id)" in usage.output
         # A conversation the connector relayed: put it in the store and in amoCRM.
         from amoconnect.config import load_config
         from amoconnect.store import opened_store
         from amoconnect.store.base import ConversationRecord
 
+        record = ConversationRecord(SCOPE, "lb:c1", "lb", "c1", client_id="lb:c1")
         async with opened_store(load_config(config).store) as store:
-            await store.put_conversation(ConversationRecord(SCOPE, "lb:c1", "lb", "c1", client_id="lb:c1"))
+            await store.put_conversation(record)
         chat = amojo.add_chat(SCOPE, "lb:c1", client_id="lb:c1", name="Ann")
+        unknown_chat = await cli(*history, "--conversation", "lb:c1")
+        assert unknown_chat.exit_code == 1
+        assert "amoCRM's chat id of conversation 'lb:c1' is not known yet" in unknown_chat.output
+        async with opened_store(load_config(config).store) as store:
+            await store.put_conversation(msgspec.structs.replace(record, amocrm_chat_id=chat.id))
         from amoconnect.amojo import wire
         from amoconnect.amojo.client import AmojoClient
 
@@ -207,9 +222,7 @@ async def test_history_and_link_commands(tmp_path: Path) -> None:
         lines = shown.output.strip().splitlines()
         assert len(lines) == 55
         assert lines[0].endswith("line 54")
-        as_json = await cli(
-            "history", "--config", str(config), "--account", "main", "--conversation", "lb:c1", "--json"
-        )
+        as_json = await cli(*history, "--chat", chat.id, "--json")
         assert json.loads(as_json.output.splitlines()[-1])["message"]["text"] == "line 0"
         linked = await cli("link", "--config", str(config), "--conversation", "lb:c1", "--contact", str(contact))
         assert linked.exit_code == 0, linked.output

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import anyio
 import httpx
@@ -136,3 +137,64 @@ async def test_kill_9_while_sending_to_the_messenger_loses_no_manager_message(tm
         texts = [m.text for m in chat.sent_to(c)]
         numbers = [int(t.split()[1]) for t in texts]
         assert numbers == sorted(numbers), f"order kept in {c}"
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_after_a_kill_9_every_duplicate_gets_amocrm_s_id_back(tmp_path: Path, transport: str) -> None:
+    """amojo takes each send at once but answers 80 ms later; the connector dies with sends in
+    flight. Restarted, it sends those again: amojo refuses them as duplicates, and the history
+    lookup (signed over the request-target the transport really sends, by amoCRM's chat id)
+    recovers amoCRM's id of every one. Chat names need quoting in every path."""
+    from messengers.loopback import SIGNATURE_HEADER, sign
+
+    from amoconnect.testing.stores import table_rows
+
+    chats = [f"c{i} :/%ü?#" for i in range(10)]
+    total = 120
+    fake = FakeAmojo(CHANNEL, SECRET)
+    fake.connect(ACCOUNT)
+    slow = Slow(fake.app, 0.08, hold_answer=True)
+    port = free_port()
+    async with serve_app(slow) as amojo_url:
+        data = base_config(
+            tmp_path,
+            channel={"amojo_url": amojo_url},
+            relay={"concurrency": 8, "backoff": 0.05, "max_attempts": 20},
+            http={"transport": transport},
+        )
+        config = tmp_path / "amoconnect.toml"
+        config.write_text(tomli_w.dumps(data))
+        url = f"http://127.0.0.1:{port}/hooks/loopback/lb"
+        events = [message(chats[i % len(chats)], str(i), f"m{i}") for i in range(total)]
+        async with connector(config, port) as proc, httpx.AsyncClient(timeout=5) as client:
+            for event in events:
+                body = msgspec.json.encode([event])
+                response = await client.post(url, content=body, headers={SIGNATURE_HEADER: sign(body)})
+                assert response.status_code == 200
+            deadline = time.monotonic() + 10
+            while not (len(fake.messages) >= total // 4 and slow.in_flight) and time.monotonic() < deadline:
+                await anyio.sleep(0.005)
+            assert slow.in_flight, "the kill should land while sends are in flight"
+            os.kill(proc.pid, signal.SIGKILL)
+            await proc.wait()
+        store = SimpleNamespace(url=data["store"].get("url"), path=data["store"]["path"])
+        async with connector(config, port):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if len(fake.messages) >= total and table_rows(store, "queue")[0][0] == 0:
+                    break
+                await anyio.sleep(0.05)
+    msgids = [m.msgid for m in fake.messages]
+    assert len(msgids) == total == len(set(msgids)), "each message reaches amoCRM exactly once"
+    for chat in chats:
+        texts = [m.text for m in fake.messages if m.conversation_id == f"lb:{chat}"]
+        assert texts == [e.text for e in events if e.chat == chat], f"order in {chat!r}"
+    duplicates = [q for q in fake.requests if q.status == 400]
+    assert duplicates, "some send went through unanswered before the kill"
+    assert all(q.path == f"/v2/origin/custom/{SCOPE}" for q in duplicates), "only duplicate msgids are refused"
+    history = [q for q in fake.requests if q.path.endswith("/history")]
+    assert len(history) >= len(duplicates)
+    assert {q.status for q in history} == {200}, "no history lookup refused or empty"
+    assert not [q for q in fake.requests if q.status == 403], "every signature matched what was sent"
+    recorded = dict(table_rows(store, "messages WHERE direction = 'in'", "msgid, amocrm_id"))
+    assert recorded == {m.msgid: m.id for m in fake.messages}, "amoCRM's id of every message is recorded"

@@ -23,7 +23,7 @@ from amoconnect.amojo import wire
 from amoconnect.amojo.wire import MessageHook, ReactionHook, TypingHook, parse_webhook
 from amoconnect.http import RetryPolicy, send_with_retries
 from amoconnect.signing import EMPTY_MD5, format_date, sign_request, verify_signature
-from amoconnect.testing.fake_amojo import FakeAmojo
+from amoconnect.testing.fake_amojo import Chat, FakeAmojo
 from amoconnect.testing.servers import serve_app
 
 SECRET = "0123456789abcdef0123456789abcdef01234567"
@@ -270,10 +270,12 @@ async def test_delivery_status(client: httpx.AsyncClient, fake: FakeAmojo) -> No
 @pytest.mark.anyio
 async def test_history(client: httpx.AsyncClient, fake: FakeAmojo) -> None:
     await connect(client)
-    path = f"{BASE}/{SCOPE}/chats/tg-100/history"
-    assert (await call(client, "GET", path, query="?offset=0&limit=50")).status_code == 204  # no chat
-    for i in range(3):
+    assert (await call(client, "GET", f"{BASE}/{SCOPE}/chats/tg-100/history")).status_code == 204  # no chat
+    sent = [
         await send(client, client_message(f"tg-1-{i}", text=f"m{i}", msec_timestamp=1700000000000 + i))
+        for i in range(3)
+    ]
+    path = f"{BASE}/{SCOPE}/chats/{sent[0].conversation_id}/history"  # amoCRM's chat id
     response = await call(client, "GET", path, query="?offset=1&limit=2")
     assert response.status_code == 200
     history = wire.decode(response.content, wire.HistoryResponse)
@@ -291,13 +293,50 @@ async def test_history(client: httpx.AsyncClient, fake: FakeAmojo) -> None:
 
 
 @pytest.mark.anyio
-async def test_history_of_a_conversation_id_that_needs_quoting(client: httpx.AsyncClient) -> None:
+async def test_history_takes_amocrm_s_chat_id_never_our_conversation_id(client: httpx.AsyncClient) -> None:
     await connect(client)
-    conversation = "wa:+7 999/1"
-    await send(client, client_message("wa-1", conversation_id=conversation))
-    response = await call(client, "GET", f"{BASE}/{SCOPE}/chats/{quote(conversation, safe='')}/history")
+    sent = await send(client, client_message("tg-1", conversation_id="tg-100"))
+    ours = await call(client, "GET", f"{BASE}/{SCOPE}/chats/tg-100/history")
+    assert (ours.status_code, ours.content) == (204, b"")  # as amoCRM: no chat by that id
+    amocrm = await call(client, "GET", f"{BASE}/{SCOPE}/chats/{sent.conversation_id}/history")
+    assert amocrm.status_code == 200
+
+
+@pytest.mark.anyio
+async def test_history_of_a_chat_id_that_needs_quoting(client: httpx.AsyncClient, fake: FakeAmojo) -> None:
+    await connect(client)
+    odd = "chat:+7 999/1%ü"
+    fake.chats[odd] = Chat(odd, SCOPE, "wa-1", "user-1")
+    await send(client, client_message("wa-1", conversation_id="wa-1"))
+    response = await call(client, "GET", f"{BASE}/{SCOPE}/chats/{quote(odd, safe='')}/history")
     assert response.status_code == 200
     assert [m.message.client_id for m in wire.decode(response.content, wire.HistoryResponse).messages] == ["wa-1"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("sent", "signed"),
+    [
+        ("/chats/shop%3A1003/history", "/chats/shop:1003/history"),
+        ("/chats/shop:1003/history", "/chats/shop%3A1003/history"),
+        ("/chats/a%2Fb/history", "/chats/a/b/history"),
+        ("/chats/%C3%BC/history", "/chats/ü/history"),
+        ("/chats/%c3%bc/history", "/chats/%C3%BC/history"),
+    ],
+)
+async def test_the_signature_must_cover_the_path_exactly_as_sent(
+    client: httpx.AsyncClient, sent: str, signed: str
+) -> None:
+    await connect(client)
+    headers = sign_request(SECRET, "GET", f"{BASE}/{SCOPE}{signed}")
+    request = client.build_request("GET", f"http://amojo.test{BASE}/{SCOPE}{sent}", headers=headers)
+    assert request.url.raw_path == f"{BASE}/{SCOPE}{sent}".encode()
+    refused = await client.send(request)
+    assert refused.status_code == 403
+    assert refused.json()["code"] == "bad_signature"
+    headers = sign_request(SECRET, "GET", f"{BASE}/{SCOPE}{sent}")
+    accepted = await client.send(client.build_request("GET", f"http://amojo.test{BASE}/{SCOPE}{sent}", headers=headers))
+    assert accepted.status_code == 204
 
 
 @pytest.mark.anyio

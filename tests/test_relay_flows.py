@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import msgspec
 import pytest
-from rig import SCOPE, Rig, eventually, message, rig
+from rig import SCOPE, Rig, eventually, lose_the_first_outcome, message, rig
 
 from amoconnect.errors import MessengerError, RateLimited
 from amoconnect.model import (
@@ -610,24 +610,6 @@ async def test_a_manager_s_first_reply_learns_the_chat_id_and_keeps_a_reply_wind
 async def _last_client_at_is(r: Rig, expected: float) -> bool:
     record = await r.runtime.store.conversation_by_chat("lb", "c1")
     return record is not None and record.last_client_at == expected
-
-
-def lose_the_first_outcome(r: Rig, msgid: str) -> list[int]:
-    """The first finish of the job that records ``msgid`` is lost, as in a crash just before it: the job
-    runs again. Returns the jobs whose outcome was lost."""
-    store = r.runtime.store
-    finish = store.finish
-    lost: list[int] = []
-
-    async def finish_unless_first(job_id: int, **records: Any) -> None:
-        if not lost and any(m.msgid == msgid for m in records.get("messages", ())):
-            lost.append(job_id)
-            await store.retry(job_id, delay=0, error="crashed before its outcome was recorded")
-            return
-        await finish(job_id, **records)
-
-    store.finish = finish_unless_first  # type: ignore[method-assign]
-    return lost
 
 
 def _comment(chat: str = "c9", comment_id: str = "55") -> InboundComment:

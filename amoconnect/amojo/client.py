@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from collections.abc import AsyncIterator
 from typing import Any, Literal, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
@@ -109,6 +109,8 @@ class AmojoClient:
         self.channel_id = channel_id
         self._secret = secret
         self.base_url = base_url.rstrip("/")
+        self._prefix = len(httpx.URL(self.base_url).raw_path.rstrip(b"/"))
+        """Bytes of a path the base URL itself has (a proxy's prefix), which amojo never sees or signs."""
         self._owns_client = client is None
         self._client = client or new_client(
             transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host, direct=True
@@ -141,12 +143,16 @@ class AmojoClient:
         describe: str,
     ) -> httpx.Response:
         content = b"" if body is None else wire.encode(body)
-        url = _url(self.base_url + path)
+        query = "" if params is None else "?" + urlencode(params)
+        url = _url(self.base_url + path + query)
+        # The signature covers the path exactly as it goes on the wire: httpx's encoding of it,
+        # which both transports send unchanged (see amoconnect._aiohttp).
+        signed_path = url.raw_path.partition(b"?")[0][self._prefix :].decode("ascii")
 
         def build() -> httpx.Request:
             # A bare Request: the client's merging of base URL, cookies and defaults adds nothing here.
-            headers = sign_request(self._secret, method, path, content)
-            return httpx.Request(method, url, content=content, headers=headers, params=params)
+            headers = sign_request(self._secret, method, signed_path, content)
+            return httpx.Request(method, url, content=content, headers=headers)
 
         response = await send_with_retries(
             self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
@@ -174,6 +180,9 @@ class AmojoClient:
     def _scope(self, scope_id: str) -> str:
         return f"/v2/origin/custom/{quote(scope_id, safe='')}"
 
+    def _channel(self) -> str:
+        return f"/v2/origin/custom/{quote(self.channel_id, safe='')}"
+
     # -- connection ----------------------------------------------------------------------
     async def connect(
         self, account_id: str, *, title: str | None = None, time_window_disabled: bool | None = None
@@ -182,7 +191,7 @@ class AmojoClient:
         body = wire.ConnectRequest(
             account_id=account_id, title=title, hook_api_version="v2", is_time_window_disabled=time_window_disabled
         )
-        response = await self._request("POST", f"/v2/origin/custom/{self.channel_id}/connect", body, describe="connect")
+        response = await self._request("POST", f"{self._channel()}/connect", body, describe="connect")
         if response.status_code != 200:
             raise self._error(response, "connect")
         return self._decode(response, wire.ConnectResponse, "connect")
@@ -190,7 +199,7 @@ class AmojoClient:
     async def disconnect(self, account_id: str) -> None:
         """Disconnect the channel from an account (``DELETE``, as amojo requires)."""
         body = wire.DisconnectRequest(account_id=account_id)
-        path = f"/v2/origin/custom/{self.channel_id}/disconnect"
+        path = f"{self._channel()}/disconnect"
         response = await self._request("DELETE", path, body, describe="disconnect")
         if response.status_code != 200:
             raise self._error(response, "disconnect")
@@ -254,12 +263,16 @@ class AmojoClient:
             raise self._error(response, "delivery status")
 
     async def get_history(
-        self, scope_id: str, conversation_id: str, *, offset: int = 0, limit: int = HISTORY_PAGE_LIMIT
+        self, scope_id: str, chat_id: str, *, offset: int = 0, limit: int = HISTORY_PAGE_LIMIT
     ) -> list[wire.HistoryMessage]:
-        """One page of a chat's messages, newest first; empty when amoCRM knows no such chat (204)."""
+        """One page of a chat's messages, newest first; empty when amoCRM knows no such chat (204).
+
+        ``chat_id`` is amoCRM's id of the chat (``conversation.id`` of its webhooks, the ``id``
+        *create chat* answers), never our conversation_id: amojo knows no chat by that.
+        """
         if not 1 <= limit <= HISTORY_PAGE_LIMIT:
             raise ValueError(f"history limit must be 1..{HISTORY_PAGE_LIMIT}, got {limit}")
-        path = f"{self._scope(scope_id)}/chats/{quote(conversation_id, safe='')}/history"
+        path = f"{self._scope(scope_id)}/chats/{quote(chat_id, safe='')}/history"
         response = await self._request("GET", path, params={"offset": offset, "limit": limit}, describe="history")
         if response.status_code == 204:
             return []
@@ -267,26 +280,27 @@ class AmojoClient:
             raise self._error(response, "history")
         return self._decode(response, wire.HistoryResponse, "history").messages
 
-    async def find_message(self, scope_id: str, conversation_id: str, msgid: str, *, pages: int = 2) -> str | None:
+    async def find_message(self, scope_id: str, chat_id: str, msgid: str, *, pages: int = 2) -> str | None:
         """amoCRM's id of our message ``msgid``, looked up in the newest ``pages`` pages of the chat's history.
 
-        For a send refused as a duplicate, whose first attempt went through unrecorded moments
-        ago: the message is among the newest. ``None`` when it is not there.
+        ``chat_id`` is amoCRM's id of the chat (see :meth:`get_history`). For a send refused as a
+        duplicate, whose first attempt went through unrecorded moments ago: the message is among
+        the newest. ``None`` when it is not there.
         """
         for page_number in range(pages):
-            page = await self.get_history(scope_id, conversation_id, offset=page_number * HISTORY_PAGE_LIMIT)
+            page = await self.get_history(scope_id, chat_id, offset=page_number * HISTORY_PAGE_LIMIT)
             found = next((entry.message.id for entry in page if entry.message.client_id == msgid), None)
             if found is not None or len(page) < HISTORY_PAGE_LIMIT:
                 return found
         return None
 
     async def iter_history(
-        self, scope_id: str, conversation_id: str, *, page_size: int = HISTORY_PAGE_LIMIT
+        self, scope_id: str, chat_id: str, *, page_size: int = HISTORY_PAGE_LIMIT
     ) -> AsyncIterator[wire.HistoryMessage]:
-        """Every message of a chat, newest first, page by page."""
+        """Every message of a chat (amoCRM's ``chat_id``, see :meth:`get_history`), newest first, page by page."""
         offset = 0
         while True:
-            page = await self.get_history(scope_id, conversation_id, offset=offset, limit=page_size)
+            page = await self.get_history(scope_id, chat_id, offset=offset, limit=page_size)
             for message in page:
                 yield message
             if len(page) < page_size:

@@ -11,7 +11,8 @@ Refusals, all with a JSON body ``{"error": <what is wrong>, "code": <code>}``:
 
 - 403 ``bad_signature``: ``X-Signature`` missing or wrong, ``Content-MD5`` not the MD5 of the body,
   ``Date`` missing, unparseable or more than 15 minutes away from the fake's clock. The signature
-  is recomputed over METHOD, Content-MD5, Content-Type, Date and the path without query string.
+  is recomputed over METHOD, Content-MD5, Content-Type, Date and the path exactly as the request
+  line carried it (percent-encoding and all), without query string.
 - 400 ``bad_content_type``: ``Content-Type`` is not ``application/json``.
 - 400 ``invalid_json`` / ``invalid_body``: the body is not JSON, or does not fit the wire model
   (the message names the path, e.g. ``$.payload.sender``); ``invalid_message`` for a message
@@ -21,6 +22,8 @@ Refusals, all with a JSON body ``{"error": <what is wrong>, "code": <code>}``:
       {"error": "message with msgid 'X' already exists", "code": "duplicate_msgid", "msgid": "X"}
 
 - 400 ``bad_history_range``: ``offset``/``limit`` not integers, negative, or ``limit`` > 50.
+- 204 (no body) from history for a path that names no chat: the history path takes amoCRM's chat
+  id only, so the integration's own conversation_id there finds nothing, as on amoCRM.
 - 404 ``unknown_channel``, ``unknown_scope`` (never connected or disconnected: :meth:`FakeAmojo.disconnect`;
   a disconnected scope is sent no hooks either),
   ``unknown_message``, ``unknown_chat``; 405 ``method_not_allowed`` (e.g. POST to disconnect).
@@ -308,7 +311,7 @@ class FakeAmojo:
                 Route(_PREFIX + "/{scope_id}/typing", self._typing, methods=["POST"]),
                 Route(_PREFIX + "/{scope_id}/react", self._react, methods=["POST"]),
                 Route(_PREFIX + "/{scope_id}/{msgid}/delivery_status", self._delivery_status, methods=["POST"]),
-                Route(_PREFIX + "/{scope_id}/chats/{conversation_id:path}/history", self._history, methods=["GET"]),
+                Route(_PREFIX + "/{scope_id}/chats/{chat_id:path}/history", self._history, methods=["GET"]),
                 Route(_PREFIX + "/{scope_id}", self._send, methods=["POST"]),
             ],
             exception_handlers={_Refused: self._refused, HTTPException: self._http_error},
@@ -402,14 +405,13 @@ class FakeAmojo:
             _refuse(403, f"Date {date!r} is not an RFC 2822 date", "bad_signature")
         if abs(self.clock() - sent_at) > SIGNATURE_TTL:
             _refuse(403, f"Date {date!r} is more than 15 minutes from now", "bad_signature")
-        raw_path = request.scope.get("raw_path")
-        paths = {request.url.path} | ({raw_path.decode("latin-1")} if raw_path else set())
-        given = signature.strip().lower()
-        for path in paths:
-            expected = signature_for(self.secret, request.method, content_md5, content_type, date, path)
-            if same_secret(given, expected):
-                return body
-        _refuse(403, "X-Signature does not match the request", "bad_signature")
+        # The path exactly as it came in the request line, percent-encoding and all: amojo signs
+        # what it received, so a client that signs one encoding and sends another is refused.
+        path = request.scope["raw_path"].decode("latin-1")
+        expected = signature_for(self.secret, request.method, content_md5, content_type, date, path)
+        if not same_secret(signature.strip().lower(), expected):
+            _refuse(403, f"X-Signature does not match the request (path signed: {path!r})", "bad_signature")
+        return body
 
     @staticmethod
     def _decode(body: bytes, model: type[_M]) -> _M:
@@ -570,8 +572,9 @@ class FakeAmojo:
             _refuse(400, "offset and limit must be integers", "bad_history_range")
         if offset < 0 or not 1 <= limit <= MAX_HISTORY_LIMIT:
             _refuse(400, f"need offset >= 0 and 1 <= limit <= {MAX_HISTORY_LIMIT}", "bad_history_range")
-        chat = self.find_chat(request.path_params["conversation_id"], scope_id=scope_id)
-        if chat is None:
+        # amoCRM's chat id only: the integration's own conversation_id names no chat here.
+        chat = self.chats.get(request.path_params["chat_id"])
+        if chat is None or chat.scope_id != scope_id:
             return Response(status_code=204)
         newest_first = sorted(self.messages_in(chat.id), key=lambda m: m.msec_timestamp, reverse=True)
         page = newest_first[offset : offset + limit]
