@@ -71,6 +71,10 @@ class StoreError(AmoconnectError):
     """The durable store could not complete an operation."""
 
 
+_RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 423, 425, 429})
+"""4xx answers that do not say the request is wrong: timeout, conflict, locked, too early, too many requests."""
+
+
 class RemoteError(AmoconnectError):
     """A remote API answered with an error.
 
@@ -91,8 +95,14 @@ class RemoteError(AmoconnectError):
 
     @property
     def retryable(self) -> bool:
-        """True when the same request may succeed later (no answer, 429 or 5xx)."""
-        return self.status is None or self.status == 429 or self.status >= 500
+        """True unless the answer says the request itself is wrong (a 4xx but 408, 409, 423, 425, 429).
+
+        No answer, a 5xx, a timeout or conflict, and an answer the client did not expect (a 2xx
+        whose body is not what the API answers, a redirect) may all pass later: a proxy or a bad
+        deploy on the other side costs a delay, not a dead letter.
+        """
+        status = self.status
+        return status is None or not 400 <= status < 500 or status in _RETRYABLE_CLIENT_ERRORS
 
 
 class AmojoError(RemoteError):

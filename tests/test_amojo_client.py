@@ -657,13 +657,16 @@ async def test_the_attempt_count_follows_the_policy(fake: FakeAmojo, scope: str)
     assert len(fake.requests) == 6
 
 
-@pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])
-async def test_client_errors_are_never_retried(fake: FakeAmojo, amojo: AmojoClient, scope: str, status: int) -> None:
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 408, 409, 422])
+async def test_client_errors_are_never_repeated_within_the_call(
+    fake: FakeAmojo, amojo: AmojoClient, scope: str, status: int
+) -> None:
+    """A 4xx is the caller's to judge: the relay retries the job on a timeout or a conflict (retryable), no other."""
     fake.fail_next(status, times=5, body={"error": f"refused {status}", "code": f"code_{status}"})
     error = await raises_amojo(amojo.send_message(scope, payload("m-1")))
     assert error.status == status
     assert error.body == {"error": f"refused {status}", "code": f"code_{status}"}
-    assert not error.retryable
+    assert error.retryable is (status in (408, 409))
     assert f"HTTP {status}" in str(error)
     assert len(fake.requests) == 1
 
@@ -856,6 +859,7 @@ async def test_an_unexpected_success_body_is_a_typed_error(monkeypatch: pytest.M
     assert error.status == 200
     assert error.body == "<html>proxy</html>"
     assert "unexpected body" in str(error)
+    assert error.retryable  # a proxy or a bad deploy on amoCRM's side: a delay, not a dead letter
 
 
 # -- client construction ------------------------------------------------------------------------------------

@@ -261,6 +261,13 @@ class AmojoClient:
         response = await self._request("POST", path, body, describe="delivery status")
         if response.status_code != 200:
             raise self._error(response, "delivery status")
+        if response.content.strip():
+            # amojo answers a status it took with an empty 200: anything else came from elsewhere.
+            raise AmojoError(
+                f"amojo delivery status answered with an unexpected body: {error_body(response)!r}",
+                status=200,
+                body=error_body(response),
+            )
 
     async def get_history(
         self, scope_id: str, chat_id: str, *, offset: int = 0, limit: int = HISTORY_PAGE_LIMIT

@@ -206,7 +206,13 @@ class _Fault:
     remaining: int
     path_contains: str | None
     headers: dict[str, str]
-    body: dict[str, Any]
+    body: dict[str, Any] | bytes
+    acted: bool
+
+    def response(self) -> Response:
+        if isinstance(self.body, bytes):
+            return Response(self.body, self.status, headers=self.headers)
+        return JSONResponse(self.body, self.status, headers=self.headers)
 
 
 class _Refused(Exception):
@@ -329,8 +335,14 @@ class FakeAmojo:
         scope.setdefault("state", {})["fake_amojo_record"] = record
         fault = self._take_fault(scope["path"])
         if fault is not None:
+            if fault.acted:  # the request takes effect; its answer is lost and replaced
+
+                async def lose(message: Message) -> None:
+                    pass
+
+                await self._starlette(scope, receive, lose)
             record.status = fault.status
-            await JSONResponse(fault.body, fault.status, headers=fault.headers)(scope, receive, send)
+            await fault.response()(scope, receive, send)
             return
 
         async def send_recording(message: Message) -> None:
@@ -362,12 +374,18 @@ class FakeAmojo:
         times: int = 1,
         path_contains: str | None = None,
         retry_after: float | None = None,
-        body: dict[str, Any] | None = None,
+        body: dict[str, Any] | bytes | None = None,
+        acted: bool = False,
     ) -> None:
-        """Answer the next ``times`` requests (whose path contains ``path_contains``) with ``status``."""
+        """Answer the next ``times`` requests (whose path contains ``path_contains``) with ``status``.
+
+        ``body`` is the answer's JSON, or its raw bytes (``b""``, an HTML page: a proxy's answer);
+        by default the fake's refusal shape. With ``acted`` each request first takes effect as
+        usual, and only its answer is replaced (a proxy that mangles what amojo answered).
+        """
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
         body = body if body is not None else {"error": f"injected fault {status}", "code": "injected"}
-        self._faults.append(_Fault(status, times, path_contains, headers, body))
+        self._faults.append(_Fault(status, times, path_contains, headers, body, acted))
 
     def clear_faults(self) -> None:
         """Forget the faults :meth:`fail_next` injected that have not happened yet."""
