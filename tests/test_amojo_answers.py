@@ -97,6 +97,7 @@ async def test_a_delivery_status_answered_with_a_body_is_retried_not_counted_don
     await r.inbound(status)
     statuses = await eventually(lambda: r.amojo.message(amocrm_id).statuses)
     assert [s.delivery_status for s in statuses] == [2]
+    await eventually(lambda: counts_are(r.runtime.store, queued=0, running=0))
     assert _retried(r) == 1 and _dead(r) == []
     record = await r.runtime.store.message_by_amocrm(SCOPE, amocrm_id)
     assert record is not None and record.status == 2
