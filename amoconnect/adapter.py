@@ -27,6 +27,7 @@ import msgspec
 from structlog.typing import FilteringBoundLogger
 
 from .amojo.wire import HistoryMessage
+from .buttondata import ButtonData
 from .capabilities import CAPABILITY_METHODS, Capability, RateLimit, ReactionSet
 from .errors import PluginError
 from .model import (
@@ -167,6 +168,11 @@ class AdapterContext:
     instance; names are the instance's own (the store sees ``{messenger}:{instance}:{name}``).
     Outside a runtime the default is in-process.
     """
+    button_data: ButtonData = field(default_factory=ButtonData)
+    """Button data longer than the messenger holds (:mod:`amoconnect.buttondata`): put
+    ``await context.button_data.shorten(value, fits)`` on a button instead of cutting ``value``,
+    and relay ``await context.button_data.resolve(data)`` for a press (``None``: the button expired).
+    The runtime's keeps the values in its store, for every process; outside a runtime, in memory."""
     amocrm_limiter: Limiter = field(default_factory=_in_process_amocrm_limit)
     """amoCRM's REST rate limit (7 requests/s per account), the one the core's own calls take: pass it
     as ``limiter`` to an :class:`~amoconnect.amocrm.AmoCRMClient` the adapter makes, so that together
@@ -235,7 +241,8 @@ class MessengerAdapter(abc.ABC):
         """The neutral events in a verified request (often several, often none).
 
         Raise :class:`~amoconnect.errors.WebhookError` for a body of the wrong shape. No IO
-        here: the runtime stores the events and answers :attr:`webhook_ack` right after.
+        here but a press's :meth:`context.button_data.resolve <amoconnect.buttondata.ButtonData.resolve>`
+        (a read of the core's store): the runtime stores the events and answers :attr:`webhook_ack` right after.
         """
         raise NotImplementedError(f"{type(self).__qualname__} serves no webhooks")
 

@@ -30,6 +30,7 @@ from starlette.types import ASGIApp
 from .adapter import AdapterContext, MessengerAdapter
 from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
+from .buttondata import ButtonData
 from .config import Config
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
@@ -138,6 +139,7 @@ class Runtime:
     # -- building ------------------------------------------------------------------------
     def _instances(self, http: httpx.AsyncClient) -> list[Instance]:
         instances = []
+        button_data = ButtonData(self.store)  # keys are the values' hashes: one space for every instance
         public = self.config.server.public_url.rstrip("/")
         for index, source in enumerate(self.config.sources):
             if self.plugin is not None and source.plugin != self.plugin:
@@ -166,6 +168,7 @@ class Runtime:
                 url_guard=self.url_guard,
                 limiter=self._limiters_of(f"{cls.name}:{source.name}"),
                 amocrm_limiter=amocrm_limiter(self.store),
+                button_data=button_data,
             )
             adapter: MessengerAdapter = cls(settings, context)
             # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).

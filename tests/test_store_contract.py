@@ -151,6 +151,21 @@ async def test_state_and_prune(store: Store) -> None:
     assert (await store.prune(dedup_older_than=-1))["dedup keys"] == 1
 
 
+async def test_button_data_is_kept_until_its_time_runs_out_then_pruned(store: Store) -> None:
+    long = "row " + "é" * 300
+    assert await store.button_data("~b:one") is None
+    await store.put_button_data("~b:one", long, 3600)
+    await store.put_button_data("~b:two", "ran out", -1)
+    assert await store.button_data("~b:one") == long
+    assert await store.button_data("~b:two") is None  # expired reads as never kept, pruned or not
+    assert (await store.prune(dedup_older_than=3600))["button data"] == 1
+    assert (await store.prune(dedup_older_than=3600))["button data"] == 0
+    await store.put_button_data("~b:one", long, -1)
+    await store.put_button_data("~b:one", long, 3600)  # sent again: kept from now again
+    assert (await store.prune(dedup_older_than=3600))["button data"] == 0
+    assert await store.button_data("~b:one") == long
+
+
 async def test_wait_for_work_wakes_on_commit(store: Store) -> None:
     await store.wait_for_work(0)  # clear the wake from open
     woke_at: list[float] = []

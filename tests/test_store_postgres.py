@@ -22,7 +22,7 @@ from amoconnect.errors import StoreError
 from amoconnect.media import DatabaseMediaStore
 from amoconnect.store import build_store
 from amoconnect.store.base import MessageRecord, NewJob
-from amoconnect.store.postgres import SCHEMA_VERSION, PostgresStore
+from amoconnect.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
 
 pytestmark = pytest.mark.anyio
@@ -72,6 +72,26 @@ async def test_open_refuses_an_unmigrated_database_and_migrate_applies_every_ver
     assert await store.schema_version() == SCHEMA_VERSION
     async with store:
         assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
+
+
+async def test_migrate_adds_the_button_data_table_to_a_version_2_database(empty_url: str) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ)")
+        for version in (1, 2):
+            conn.execute(MIGRATIONS[version - 1].encode())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+    assert await PostgresStore(empty_url).migrate() == list(range(3, SCHEMA_VERSION + 1))
+    async with PostgresStore(empty_url) as store:
+        await store.put_button_data("~b:key", "x" * 100, 60)
+        assert await store.button_data("~b:key") == "x" * 100
+
+
+async def test_button_data_put_by_one_process_resolves_in_another(url: str) -> None:
+    from amoconnect.buttondata import ButtonData
+
+    async with opened(url) as a, opened(url) as b:
+        key = await ButtonData(a).shorten("row " * 40, lambda value: len(value) <= 64)
+        assert await ButtonData(b).resolve(key) == "row " * 40
 
 
 async def test_open_refuses_a_newer_schema(url: str) -> None:
@@ -263,7 +283,7 @@ async def test_finished_jobs_are_kept_for_their_retention(url: str) -> None:
         await store.finish(j.id)
         await anyio.sleep(0.01)  # past the idle key's theoretical arrival time
         pruned = await store.prune(dedup_older_than=3600)
-        assert pruned == {"dedup keys": 0, "idle rate limit rows": 1, "finished jobs": 0}
+        assert pruned == {"dedup keys": 0, "idle rate limit rows": 1, "button data": 0, "finished jobs": 0}
         assert await store.prune_finished(-1) == 1
     async with opened(url) as store:
         await store.enqueue([job("k")])

@@ -151,3 +151,15 @@ async def test_a_write_waits_for_another_process_lock_without_blocking_the_loop(
     assert waited >= 0.25
     assert ticks >= 10  # the loop kept running while the write waited for the lock
     assert (await store.counts())["queued"] == 1
+
+
+async def test_a_version_1_file_gains_the_button_data_table_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as conn:  # what version 1 created, in short
+        conn.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        conn.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+    async with SQLiteStore(path) as store:
+        await store.put_button_data("~b:key", "x" * 100, 60)
+        assert await store.button_data("~b:key") == "x" * 100
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)

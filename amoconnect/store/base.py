@@ -178,8 +178,9 @@ class Store(Protocol):
     async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
         """Age out what the store keeps for a while; how many of each kind went (``"dedup keys"``: 3).
 
-        Dedup keys seen more than ``dedup_older_than`` seconds ago, and what the engine keeps
-        of its own (PostgreSQL: finished jobs past ``finished_retention``, idle rate limit rows).
+        Dedup keys seen more than ``dedup_older_than`` seconds ago, button data whose time ran
+        out (``"button data"``), and what the engine keeps of its own (PostgreSQL: finished jobs
+        past ``finished_retention``, idle rate limit rows).
         """
 
     # -- mapping -------------------------------------------------------------------------
@@ -225,6 +226,14 @@ class Store(Protocol):
 
     async def delete_state(self, namespace: str, key: str) -> None:
         """Forget a value an adapter stored."""
+
+    # -- button data ---------------------------------------------------------------------
+    async def put_button_data(self, key: str, value: str, keep_for: float) -> None:
+        """Keep a button's long data ``value`` under ``key`` for ``keep_for`` seconds from now
+        (:mod:`amoconnect.buttondata`); putting it again extends it. :meth:`prune` drops it after."""
+
+    async def button_data(self, key: str) -> str | None:
+        """The button data kept under ``key``; ``None`` when never kept or its time ran out."""
 
     # -- rate limits ---------------------------------------------------------------------
     def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:

@@ -147,6 +147,11 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (name, key)
     );
     """,
+    # 3: long button data under short keys (amoconnect/buttondata.py), dropped by prune once expired
+    """
+    CREATE TABLE button_data (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
+    CREATE INDEX button_data_expires ON button_data (expires_at);
+    """,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
@@ -620,6 +625,7 @@ class PostgresStore(MappingLookups):
         pruned = {
             "dedup keys": await self._write(f"DELETE FROM dedup WHERE seen_at < {_NOW} - %s", (dedup_older_than,)),
             "idle rate limit rows": await self.prune_limits(),
+            "button data": await self._write(f"DELETE FROM button_data WHERE expires_at < {_NOW}"),
         }
         if self._finished_retention:
             pruned["finished jobs"] = await self.prune_finished(self._finished_retention)
@@ -673,6 +679,18 @@ class PostgresStore(MappingLookups):
 
     async def delete_state(self, namespace: str, key: str) -> None:
         await self._write("DELETE FROM state WHERE namespace = %s AND key = %s", (namespace, key))
+
+    # -- button data ---------------------------------------------------------------------
+    async def put_button_data(self, key: str, value: str, keep_for: float) -> None:
+        await self._write(
+            f"INSERT INTO button_data VALUES (%s, %s, {_NOW} + %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, expires_at = EXCLUDED.expires_at",
+            (key, value, keep_for),
+        )
+
+    async def button_data(self, key: str) -> str | None:
+        row = await self._one(f"SELECT value FROM button_data WHERE key = %s AND expires_at >= {_NOW}", (key,))
+        return None if row is None else str(row[0])
 
     # -- rate limits ---------------------------------------------------------------------
     def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:

@@ -35,7 +35,9 @@ __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""Each version only adds tables (``CREATE ... IF NOT EXISTS``), so opening a file migrates it:
+2 added ``button_data``."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -97,6 +99,8 @@ CREATE TABLE IF NOT EXISTS state (
     value BLOB NOT NULL,
     PRIMARY KEY (namespace, key)
 );
+CREATE TABLE IF NOT EXISTS button_data (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS button_data_expires ON button_data (expires_at);
 """
 
 # A job is its key's head when no earlier job of the key is left and none of the key is running: a
@@ -475,10 +479,14 @@ class SQLiteStore(MappingLookups):
         return self._read(run)
 
     async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
-        def run(conn: sqlite3.Connection) -> int:
-            return conn.execute("DELETE FROM dedup WHERE seen_at < ?", (time.time() - dedup_older_than,)).rowcount
+        def run(conn: sqlite3.Connection) -> dict[str, int]:
+            now = time.time()
+            return {
+                "dedup keys": conn.execute("DELETE FROM dedup WHERE seen_at < ?", (now - dedup_older_than,)).rowcount,
+                "button data": conn.execute("DELETE FROM button_data WHERE expires_at < ?", (now,)).rowcount,
+            }
 
-        return {"dedup keys": await self._call(run)}
+        return await self._call(run)
 
     # -- mapping -------------------------------------------------------------------------
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -512,6 +520,20 @@ class SQLiteStore(MappingLookups):
         await self._call(
             lambda conn: conn.execute("DELETE FROM state WHERE namespace = ? AND key = ?", (namespace, key))
         )
+
+    # -- button data ---------------------------------------------------------------------
+    async def put_button_data(self, key: str, value: str, keep_for: float) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                "INSERT INTO button_data VALUES (?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+                (key, value, time.time() + keep_for),
+            )
+        )
+
+    async def button_data(self, key: str) -> str | None:
+        row = await self._one("SELECT value FROM button_data WHERE key = ? AND expires_at >= ?", (key, time.time()))
+        return None if row is None else str(row[0])
 
     # -- rate limits ---------------------------------------------------------------------
     def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> RateLimiter:

@@ -7,8 +7,13 @@ loops over ``getUpdates`` and keeps the offset in the instance's state, moving i
 events are stored). :mod:`~amoconnect_telegram.updates` turns updates into neutral events and
 :mod:`~amoconnect_telegram.compose` sends into Bot API calls.
 
+Buttons: ``callback_data`` holds 1-64 bytes, so a longer value (a Salesbot row's data) goes on
+the button as a short key of ``context.button_data``, and a press of it is relayed with the
+value amoCRM sent, whole. A press whose key is no longer kept relays nothing: the client is
+told, in the press's answer, that the button expired (``expired_button_text``).
+
 Work an update asks for that is not an event runs in the background task :meth:`run` keeps,
-so that :meth:`~TelegramAdapter.parse` stays free of IO: button presses are answered
+so that :meth:`~TelegramAdapter.parse` stays free of other IO: button presses are answered
 (``answerCallbackQuery``) and a client who blocked the bot (``my_chat_member`` ``kicked``) is
 remembered in the state, so that later sends fail at once as ``blocked`` (amoCRM 901) without
 asking Telegram. A 403 "bot was blocked" on a send is remembered the same way.
@@ -40,6 +45,7 @@ from amoconnect.media import download
 from amoconnect.model import (
     Attachment,
     InboundEvent,
+    InboundMessage,
     OutgoingMessage,
     OutgoingReaction,
     OutgoingTyping,
@@ -51,6 +57,7 @@ from structlog.typing import FilteringBoundLogger
 from .botapi import (
     ALLOWED_UPDATES,
     DOWNLOAD_LIMIT,
+    MAX_CALLBACK_ANSWER_LENGTH,
     REACTION_EMOJI,
     SECRET_TOKEN_HEADER,
     SECRET_TOKEN_PATTERN,
@@ -59,8 +66,8 @@ from .botapi import (
     URL_FETCH_FAILURES,
 )
 from .client import BotApi, BotApiError
-from .compose import Call, chat_param, plan_message
-from .updates import AnswerCallback, ChatBlocked, Effect, Parsed, Update, decode_update, parse_update
+from .compose import Call, callback_values, chat_param, fits_callback_data, plan_message
+from .updates import PRESS_PREFIX, AnswerCallback, ChatBlocked, Effect, Parsed, Update, decode_update, parse_update
 
 __all__ = ["TelegramAdapter", "TelegramSettings"]
 
@@ -84,12 +91,16 @@ class TelegramSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
     """Seconds one ``getUpdates`` long poll waits for updates (0-50)."""
     drop_pending_updates: bool = False
     """Drop the updates Telegram queued while the connector was away, when registering the webhook."""
+    expired_button_text: str = "This button has expired. Please type your answer instead."
+    """What a client who presses a button whose long data is no longer kept reads (up to 200 characters)."""
 
     def __post_init__(self) -> None:
         if not TOKEN_PATTERN.match(self.token):
             raise ValueError("token must be a bot token from @BotFather, like '123456789:AAE...'")
         if self.secret_token and not SECRET_TOKEN_PATTERN.match(self.secret_token):
             raise ValueError("secret_token must be 1-256 characters of A-Z, a-z, 0-9, '_' and '-'")
+        if not 1 <= len(self.expired_button_text) <= MAX_CALLBACK_ANSWER_LENGTH:
+            raise ValueError(f"expired_button_text must be 1-{MAX_CALLBACK_ANSWER_LENGTH} characters")
         if not 0 <= self.polling_timeout <= 50:
             raise ValueError("polling_timeout must be between 0 and 50 seconds")
         if not self.api_url.startswith(("http://", "https://")):
@@ -181,7 +192,33 @@ class TelegramAdapter(MessengerAdapter):
 
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """The events of one webhook update; its other work is queued for the background task."""
-        return self._take(parse_update(decode_update(request.body), now=time.time()))
+        return self._take(await self._resolved(parse_update(decode_update(request.body), now=time.time())))
+
+    async def _resolved(self, parsed: Parsed) -> Parsed:
+        """``parsed`` with a press's ``callback_data`` as amoCRM sent it; a press of an expired key relays nothing."""
+        events: list[InboundEvent] = []
+        expired: set[str] = set()
+        for event in parsed.events:
+            if not isinstance(event, InboundMessage) or event.callback_data is None:
+                events.append(event)
+                continue
+            data = event.callback_data
+            value = await self.context.button_data.resolve(data)
+            if value is None:
+                self.log.info("a button whose data is no longer kept was pressed; the client is told", chat=event.chat)
+                expired.add(event.message_id.removeprefix(PRESS_PREFIX))
+            elif value == data:
+                events.append(event)
+            else:
+                text = value if event.text == data else event.text  # no button to take the text from
+                events.append(msgspec.structs.replace(event, callback_data=value, text=text))
+        effects = tuple(
+            AnswerCallback(effect.query_id, self.config.expired_button_text)
+            if isinstance(effect, AnswerCallback) and effect.query_id in expired
+            else effect
+            for effect in parsed.effects
+        )
+        return Parsed(events=tuple(events), effects=effects)
 
     def _take(self, parsed: Parsed) -> tuple[InboundEvent, ...]:
         for effect in parsed.effects:
@@ -197,7 +234,10 @@ class TelegramAdapter(MessengerAdapter):
     async def _apply(self, effect: Effect) -> None:
         try:
             if isinstance(effect, AnswerCallback):
-                await self.api.call("answerCallbackQuery", {"callback_query_id": effect.query_id})
+                answer: dict[str, Any] = {"callback_query_id": effect.query_id}
+                if effect.text is not None:
+                    answer.update(text=effect.text, show_alert=True)
+                await self.api.call("answerCallbackQuery", answer)
             elif effect.blocked:
                 await self.context.state.set(_BLOCKED_KEY + effect.chat, b"1")
                 self.log.info("client blocked the bot; sends to the chat now fail as blocked", chat=effect.chat)
@@ -340,7 +380,7 @@ class TelegramAdapter(MessengerAdapter):
             except msgspec.ValidationError as exc:
                 self.log.warning("update of an unexpected shape skipped", update_id=update_id, error=str(exc))
                 continue
-            parsed = parse_update(update, now=time.time())
+            parsed = await self._resolved(parse_update(update, now=time.time()))
             events.extend(parsed.events)
             effects.extend(parsed.effects)
         if events:
@@ -385,7 +425,10 @@ class TelegramAdapter(MessengerAdapter):
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
         """Send text, media, buttons or a list; a successful send counts as delivered."""
-        calls = plan_message(message)
+        shorten = self.context.button_data.shorten
+        calls = plan_message(
+            message, {value: await shorten(value, fits_callback_data) for value in callback_values(message)}
+        )
         assert message.chat is not None
         chat = message.chat
         await self._check_blocked(chat)

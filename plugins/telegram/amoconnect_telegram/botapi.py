@@ -13,6 +13,7 @@ from typing import Final
 __all__ = [
     "ALLOWED_UPDATES",
     "DOWNLOAD_LIMIT",
+    "MAX_CALLBACK_ANSWER_LENGTH",
     "MAX_CALLBACK_DATA_BYTES",
     "MAX_CAPTION_LENGTH",
     "MAX_TEXT_LENGTH",
@@ -33,6 +34,8 @@ MAX_CAPTION_LENGTH: Final = 1024
 """Longest ``caption`` of a media message."""
 MAX_CALLBACK_DATA_BYTES: Final = 64
 """Longest ``callback_data`` of an inline button, in UTF-8 bytes."""
+MAX_CALLBACK_ANSWER_LENGTH: Final = 200
+"""Longest ``text`` of ``answerCallbackQuery``, in characters."""
 DOWNLOAD_LIMIT: Final = 20 * 1024 * 1024
 """Largest file a bot can download through ``getFile``."""
 UPLOAD_LIMIT: Final = 50 * 1024 * 1024

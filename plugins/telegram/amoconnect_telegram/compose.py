@@ -9,23 +9,35 @@ of :class:`Call` s:
   first one as its caption when it fits 1,024 units, otherwise the caption holds the first part and
   the rest follows as text messages (a sticker takes no caption: its text follows);
 - buttons become an inline keyboard (``url`` buttons stay links, the others become callback
-  buttons whose ``callback_data`` is cut to 64 bytes), and a list message becomes its text plus
-  one callback button per row; the keyboard goes on the last message;
+  buttons), and a list message becomes its text plus one callback button per row; the keyboard
+  goes on the last message. A button's ``callback_data`` is what ``data`` maps its value to: the
+  adapter puts a value over Telegram's 64 bytes under a short key (:func:`callback_values` lists
+  the values);
 - a reply quotes through ``reply_parameters`` on the first message
   (``allow_sending_without_reply``, so a deleted original does not fail the send).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from amoconnect.errors import MessengerError
-from amoconnect.model import Attachment, Button, ListMessage, OutgoingMessage
+from amoconnect.model import Attachment, OutgoingMessage
 
-from .botapi import MAX_CALLBACK_DATA_BYTES, MAX_CAPTION_LENGTH, split_text, truncate_bytes, utf16_length
+from .botapi import MAX_CALLBACK_DATA_BYTES, MAX_CAPTION_LENGTH, split_text, utf16_length
 
-__all__ = ["MEDIA_METHODS", "Call", "chat_param", "inline_keyboard", "message_text", "plan_message"]
+__all__ = [
+    "MEDIA_METHODS",
+    "Call",
+    "callback_values",
+    "chat_param",
+    "fits_callback_data",
+    "inline_keyboard",
+    "message_text",
+    "plan_message",
+]
 
 MEDIA_METHODS: dict[str, tuple[str, str]] = {
     "picture": ("sendPhoto", "photo"),
@@ -56,28 +68,38 @@ def chat_param(chat: str) -> int | str:
         return chat
 
 
-def _button(button: Button) -> dict[str, str] | None:
-    if not button.text:
-        return None
-    if button.url:
-        return {"text": button.text, "url": button.url}
-    data = truncate_bytes(button.callback_data or button.text, MAX_CALLBACK_DATA_BYTES)
-    return {"text": button.text, "callback_data": data or "-"}
+def fits_callback_data(value: str) -> bool:
+    """Whether ``value`` can be a button's ``callback_data`` as it is: 1-64 bytes of UTF-8."""
+    return 1 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_CALLBACK_DATA_BYTES
 
 
-def inline_keyboard(buttons: tuple[tuple[Button, ...], ...], list_message: ListMessage | None) -> dict[str, Any] | None:
-    """The ``reply_markup`` of amoCRM buttons and a list message's rows, or ``None`` when there are none."""
-    rows: list[list[dict[str, str]]] = []
-    for row in buttons:
-        made = [b for b in map(_button, row) if b is not None]
-        if made:
-            rows.append(made)
-    if list_message is not None:
-        for section in list_message.sections:
-            for item in section.rows:
-                made_row = _button(Button(text=item.title, callback_data=item.callback_data))
-                if made_row is not None:
-                    rows.append([made_row])
+def _rows(message: OutgoingMessage) -> list[list[tuple[str, str | None, str]]]:
+    """The keyboard's rows of (text, url or ``None``, the value a press sends back)."""
+    rows = [[(b.text, b.url, b.callback_data or b.text) for b in row if b.text] for row in message.buttons]
+    if message.list_message is not None:
+        for section in message.list_message.sections:
+            rows.extend([(item.title, None, item.callback_data or item.title)] for item in section.rows if item.title)
+    return [row for row in rows if row]
+
+
+def callback_values(message: OutgoingMessage) -> set[str]:
+    """Every value a press on ``message``'s keyboard must send back."""
+    return {value for row in _rows(message) for _, url, value in row if not url}
+
+
+def inline_keyboard(message: OutgoingMessage, data: Mapping[str, str]) -> dict[str, Any] | None:
+    """The ``reply_markup`` of the message's buttons and list rows, or ``None`` when there are none.
+
+    ``data`` maps each of :func:`callback_values` to the ``callback_data`` that stands for it
+    (a value missing from it goes as it is).
+    """
+    rows = [
+        [
+            {"text": text, "url": url} if url else {"text": text, "callback_data": data.get(value, value)}
+            for text, url, value in row
+        ]
+        for row in _rows(message)
+    ]
     return {"inline_keyboard": rows} if rows else None
 
 
@@ -104,8 +126,11 @@ def _caption_and_rest(text: str, *, takes_caption: bool) -> tuple[str, list[str]
     return caption, split_text(rest)
 
 
-def plan_message(message: OutgoingMessage) -> list[Call]:
-    """The calls that send ``message``, in order; :class:`MessengerError` when there is nothing to send."""
+def plan_message(message: OutgoingMessage, data: Mapping[str, str] | None = None) -> list[Call]:
+    """The calls that send ``message``, in order; :class:`MessengerError` when there is nothing to send.
+
+    ``data``: the ``callback_data`` of each button value, as for :func:`inline_keyboard`.
+    """
     if message.chat is None:
         raise MessengerError(
             "Telegram bots cannot start a chat: the client has to write to the bot first", reason="no_chat"
@@ -132,7 +157,7 @@ def plan_message(message: OutgoingMessage) -> list[Call]:
     calls.extend(Call("sendMessage", {"chat_id": chat_id, "text": chunk}) for chunk in texts)
     if message.reply_to is not None and message.reply_to.isdigit():
         calls[0].params["reply_parameters"] = {"message_id": int(message.reply_to), "allow_sending_without_reply": True}
-    keyboard = inline_keyboard(message.buttons, message.list_message)
+    keyboard = inline_keyboard(message, data or {})
     if keyboard is not None:
         calls[-1].params["reply_markup"] = keyboard
     return calls

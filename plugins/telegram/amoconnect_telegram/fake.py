@@ -101,6 +101,7 @@ from ._fakeparts import (
 )
 from .botapi import (
     DOWNLOAD_LIMIT,
+    MAX_CALLBACK_ANSWER_LENGTH,
     MAX_CAPTION_LENGTH,
     MAX_TEXT_LENGTH,
     REACTION_EMOJI,
@@ -177,6 +178,8 @@ class FakeTelegram:
         self.reactions: list[BotReaction] = []
         self.chat_actions: list[ChatAction] = []
         self.answered_callbacks: list[str] = []
+        self.callback_answers: dict[str, str] = {}
+        """The text each press was answered with, when it had one."""
         self.last_error_message: str | None = None
         self._clients: dict[int, Client] = {}
         self._files = FileStore()
@@ -519,8 +522,12 @@ class FakeTelegram:
     def _answer_callback(self, params: AnswerCallbackParams, files: Any) -> bool:
         if self._callbacks.get(params.callback_query_id) is not False:
             fail(400, "Bad Request: query is too old and response timeout expired or query ID is invalid")
+        if params.text is not None and len(params.text) > MAX_CALLBACK_ANSWER_LENGTH:
+            fail(400, "Bad Request: MESSAGE_TOO_LONG")
         self._callbacks[params.callback_query_id] = True
         self.answered_callbacks.append(params.callback_query_id)
+        if params.text:
+            self.callback_answers[params.callback_query_id] = params.text
         return True
 
     def _get_file(self, params: GetFileParams, files: Any) -> dict[str, Any]:

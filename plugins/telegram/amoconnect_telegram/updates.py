@@ -41,7 +41,19 @@ from amoconnect.model import (
 
 from .botapi import DOWNLOAD_LIMIT
 
-__all__ = ["AnswerCallback", "ChatBlocked", "Effect", "Parsed", "Update", "decode_update", "parse_update"]
+__all__ = [
+    "PRESS_PREFIX",
+    "AnswerCallback",
+    "ChatBlocked",
+    "Effect",
+    "Parsed",
+    "Update",
+    "decode_update",
+    "parse_update",
+]
+
+PRESS_PREFIX = "cb"
+"""A button press's ``message_id`` is this and the ``callback_query`` id."""
 
 
 # -- the subset of Bot API types the relay reads ----------------------------------------------------
@@ -223,9 +235,13 @@ def decode_update(body: bytes | str) -> Update:
 
 @dataclass(frozen=True)
 class AnswerCallback:
-    """Answer button press ``query_id`` (``answerCallbackQuery``), so that the client's spinner stops."""
+    """Answer button press ``query_id`` (``answerCallbackQuery``), so that the client's spinner stops.
+
+    ``text``, when set, is shown to the client as an alert (a button that expired says so).
+    """
 
     query_id: str
+    text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -399,7 +415,7 @@ def _callback(update_id: int, query: _CallbackQuery, now: float) -> Parsed:
         timestamp=now,
         dedup_key=str(update_id),
         sender=_person(query.sender, query.message.chat if query.message is not None else _Chat(id=query.sender.id)),
-        message_id=f"cb{query.id}",
+        message_id=PRESS_PREFIX + query.id,
         text=_button_text(query.message, query.data),
         callback_data=query.data,
     )

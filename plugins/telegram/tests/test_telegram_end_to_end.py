@@ -248,6 +248,34 @@ async def test_manager_list_message(world: World) -> None:
     await eventually(lambda: getattr(world.amo_messages()[-1].content, "callback_data", None) == "size-s")
 
 
+async def test_long_row_data_comes_back_whole_and_an_expired_one_is_told(world: World) -> None:
+    await world.client_message("which slot?")
+    prefix = "slot:" + "x" * 59  # 64 bytes: the rows differ only after them
+    data = [prefix + "-2026-12-05T10:00-cabinet-1", prefix + "-2026-12-05T10:00-cabinet-12"]
+    assert [len(d.encode()) for d in data] == [91, 92]
+    rows = [wire.ListRow(callback_data=d, title=f"Cabinet {i}") for i, d in enumerate(data, 1)]
+    lm = wire.ListMessage(body="Pick a slot", button="Slots", sections=[wire.ListSection(title="All", rows=rows)])
+    stored = await world.manager_sends(world.amojo.emit_list_message, lm)
+    assert stored.delivery_status == 1
+    (sent,) = world.telegram.sent_to(world.chat)
+    keys = [row[0]["callback_data"] for row in sent.buttons]
+    assert len(set(keys)) == 2 and all(len(k.encode()) <= 64 for k in keys)
+    for key, expected in zip(reversed(keys), reversed(data), strict=True):
+        await world.telegram.client_presses(world.chat, sent.message_id, key)
+        await eventually(lambda e=expected: getattr(world.amo_messages()[-1].content, "callback_data", None) == e)
+    assert [m.text for m in world.amo_messages()[-2:]] == ["Cabinet 2", "Cabinet 1"]
+    # The second key's time runs out: a press is answered so, and amoCRM hears nothing of it.
+    await world.runtime.store.put_button_data(keys[1], data[1], -1)
+    before = len(world.amo_messages())
+    press = await world.telegram.client_presses(world.chat, sent.message_id, keys[1])
+    assert press is not None
+    query = press["callback_query"]["id"]
+    await eventually(lambda: query in world.telegram.callback_answers)
+    assert world.telegram.callback_answers[query] == "This button has expired. Please type your answer instead."
+    await world.client_message("ok, typing it")
+    assert len(world.amo_messages()) == before + 1
+
+
 async def test_manager_reply_quotes_the_client(world: World) -> None:
     question = await world.client_message("Is it in stock?")
     await world.manager_sends(world.amojo.emit_reply, question.id, "Yes, it is")

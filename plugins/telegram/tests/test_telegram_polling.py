@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import pytest
+from amoconnect.buttondata import MemoryButtonRows
 from amoconnect.model import Button, InboundEvent, InboundMessage, OutgoingMessage
 from amoconnect.testing.kit import eventually
 from structlog.testing import capture_logs
@@ -90,3 +91,27 @@ async def test_button_presses_are_answered_while_polling(make_adapter: MakeAdapt
         await fake.client_presses(chat, int(result.message_ids[0]), "5")
         await eventually(lambda: texts(rig.submitted) == ["5 stars"])
         await eventually(lambda: len(fake.answered_callbacks) == 1)
+
+
+async def test_long_button_data_comes_back_whole_while_polling_and_an_expired_key_is_told(
+    make_adapter: MakeAdapter, fake: FakeTelegram
+) -> None:
+    rig = polling(make_adapter, expired_button_text="Кнопка устарела")
+    chat = fake.add_client()
+    long = "Да, записаться на " + "понедельник " * 8
+    result = await rig.adapter.send_message(
+        OutgoingMessage(chat=str(chat), text="Когда?", buttons=((Button(text="Пн", callback_data=long),),))
+    )
+    (sent,) = fake.sent_to(chat)
+    key = sent.buttons[0][0]["callback_data"]
+    assert len(key.encode()) <= 64
+    async with running(rig.adapter):
+        await fake.client_presses(chat, int(result.message_ids[0]), key)
+        await eventually(lambda: [getattr(e, "callback_data", None) for e in rig.submitted] == [long])
+        rows = rig.adapter.context.button_data.rows
+        assert isinstance(rows, MemoryButtonRows)
+        rows.values.clear()  # the key's time ran out
+        press = await fake.client_presses(chat, int(result.message_ids[0]), key)
+        assert press is not None
+        await eventually(lambda: fake.callback_answers.get(press["callback_query"]["id"]) == "Кнопка устарела")
+        assert len(rig.submitted) == 1

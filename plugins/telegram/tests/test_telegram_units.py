@@ -26,7 +26,7 @@ from amoconnect.model import (
 from amoconnect_telegram.adapter import TelegramAdapter, TelegramSettings
 from amoconnect_telegram.botapi import REACTION_EMOJI, split_text, truncate_bytes, utf16_length
 from amoconnect_telegram.client import BotApiError, error_for
-from amoconnect_telegram.compose import plan_message
+from amoconnect_telegram.compose import callback_values, fits_callback_data, plan_message
 from amoconnect_telegram.updates import AnswerCallback, ChatBlocked, decode_update, parse_update
 
 
@@ -153,11 +153,22 @@ def test_plan_list_message_becomes_keyboard_of_rows() -> None:
     ]
 
 
-def test_plan_cuts_callback_data_to_64_bytes() -> None:
-    (call,) = plan_message(_message(text="x", buttons=((Button(text="Да" * 40),),)))
-    data = call.params["reply_markup"]["inline_keyboard"][0][0]["callback_data"]
-    assert len(data.encode()) <= 64
-    assert ("Да" * 40).startswith(data)
+def test_plan_puts_each_value_under_the_data_given_for_it_and_cuts_nothing() -> None:
+    long = "Да" * 40  # 160 bytes
+    lm = ListMessage(
+        body="b", button="m", sections=(ListSection(title="", rows=(ListRow(callback_data=long, title="R"),)),)
+    )
+    message = _message(
+        text="x", buttons=((Button(text=long), Button(text="Site", url="https://x.test")),), list_message=lm
+    )
+    assert callback_values(message) == {long}
+    (call,) = plan_message(message, {long: "~b:key"})
+    assert call.params["reply_markup"]["inline_keyboard"] == [
+        [{"text": long, "callback_data": "~b:key"}, {"text": "Site", "url": "https://x.test"}],
+        [{"text": "R", "callback_data": "~b:key"}],
+    ]
+    assert fits_callback_data("a" * 64) and fits_callback_data("Да" * 16)
+    assert not fits_callback_data("a" * 65) and not fits_callback_data("Да" * 16 + "a") and not fits_callback_data("")
 
 
 def test_plan_refuses_write_first_and_empty() -> None:
@@ -279,6 +290,8 @@ def test_decode_refuses_what_is_not_an_update() -> None:
         {"token": "1:abc", "polling_timeout": 99},
         {"token": "1:abc", "mode": "push"},
         {"token": "1:abc", "typo": 1},
+        {"token": "1:abc", "expired_button_text": ""},
+        {"token": "1:abc", "expired_button_text": "x" * 201},
     ],
 )
 def test_bad_settings_are_refused(settings: dict[str, Any]) -> None:
