@@ -5,6 +5,7 @@ Not a benchmark itself. Every loop here is bounded in count and in time.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -23,6 +24,9 @@ from typing import Any
 
 BENCH_DIR = Path(__file__).resolve().parent
 RESULTS_DIR = BENCH_DIR / "results"
+"""The committed figures README quotes: only a run with ``--save`` writes here."""
+SCRATCH_DIR = BENCH_DIR / "out"
+"""Where every other run writes its JSON (ignored by git)."""
 PYTHON = sys.executable
 
 # Identities shared by every benchmark (made up; any values work against the fakes).
@@ -116,9 +120,20 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def write_results(name: str, data: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def add_save_option(parser: argparse.ArgumentParser) -> None:
+    """``--save``: write the results over the committed ones in bench/results/ (else to bench/out/)."""
+    parser.add_argument(
+        "--save",
+        action="store_true",
+        help="write the JSON to bench/results/, over the committed figures (default: bench/out/)",
+    )
+
+
+def write_results(name: str, data: dict[str, Any], *, save: bool) -> Path:
+    """Write ``name``.json to bench/results/ when ``save``, else to bench/out/; its path."""
+    directory = RESULTS_DIR if save else SCRATCH_DIR
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.json"
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return path
 

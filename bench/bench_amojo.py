@@ -14,7 +14,8 @@
     python bench/bench_amojo.py            # about 2 minutes
     python bench/bench_amojo.py --quick    # about 1 minute
 
-Results are printed and written to bench/results/amojo.json (or amojo-quick.json).
+Results are printed and written to bench/out/amojo.json (or amojo-quick.json); ``--save`` writes
+them to bench/results/ instead, over the committed figures.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from _support import (
     CHANNEL_SECRET,
     PYTHON,
     Process,
+    add_save_option,
     children,
     fmt,
     free_port,
@@ -310,6 +312,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput cell")
     parser.add_argument("--servers", default="fake,sink", help="comma-separated: fake, sink")
     parser.add_argument("--clients", default="requests,httpx,aiohttp", help="comma-separated: requests, httpx, aiohttp")
+    add_save_option(parser)
     args = parser.parse_args()
     duration = args.duration or (1.5 if args.quick else 4.0)
     warmup = 0.3 if args.quick else 0.5
@@ -367,7 +370,7 @@ def main() -> None:
         },
         "targets": {"build_encode_sign_us": "<= 10", "amojoclient_rps_at_8": ">= 2000", "at_64": "no collapse"},
     }
-    path = write_results("amojo-quick" if args.quick else "amojo", output)
+    path = write_results("amojo-quick" if args.quick else "amojo", output, save=args.save)
     print(f"\nwritten to {path}")
 
 

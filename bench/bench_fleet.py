@@ -18,7 +18,8 @@ with durable settings (``fsync=on``, ``synchronous_commit=on``): an ack means th
     python bench/bench_fleet.py --quick         # about 2 minutes
     python bench/bench_fleet.py --processes 1,2
 
-Results are printed and written to bench/results/fleet.json (or fleet-quick.json).
+Results are printed and written to bench/out/fleet.json (or fleet-quick.json); ``--save`` writes
+them to bench/results/ instead, over the committed figures.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _support import RawPool, children, fmt, machine, machine_line, table, write_results
+from _support import RawPool, add_save_option, children, fmt, machine, machine_line, table, write_results
 from bench_relay import (
     HOST,
     RELAY_CONVERSATIONS,
@@ -237,6 +238,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--processes", default="1,2,4", help="comma-separated process counts")
     parser.add_argument("--transport", default="aiohttp", choices=["aiohttp", "httpx"])
+    add_save_option(parser)
     args = parser.parse_args()
     try:
         import uvloop
@@ -245,7 +247,7 @@ def main() -> None:
     else:
         output = uvloop.run(run(args))
     print("\n" + summary_table(output))
-    path = write_results("fleet-quick" if args.quick else "fleet", output)
+    path = write_results("fleet-quick" if args.quick else "fleet", output, save=args.save)
     print(f"\nwritten to {path}")
 
 

@@ -27,7 +27,8 @@ and measure latency from its scheduled time, so a slow server cannot hide behind
     python bench/bench_relay.py            # about 4 minutes
     python bench/bench_relay.py --quick    # about 3 minutes
 
-Results are printed and written to bench/results/relay.json (or relay-quick.json).
+Results are printed and written to bench/out/relay.json (or relay-quick.json); ``--save`` writes
+them to bench/results/ instead, over the committed figures.
 """
 
 from __future__ import annotations
@@ -61,6 +62,7 @@ from _support import (
     SCOPE_ID,
     Process,
     RawPool,
+    add_save_option,
     children,
     fmt,
     free_port,
@@ -988,6 +990,7 @@ def main() -> None:
     parser.add_argument("--amojo-delay-ms", type=float, default=50.0, help="amojo's answer time in the kill test")
     parser.add_argument("--workdir", default=None, help="where the SQLite files go (default: the temp dir)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (stores and logs)")
+    add_save_option(parser)
     args = parser.parse_args()
     try:
         import uvloop
@@ -1000,7 +1003,7 @@ def main() -> None:
     name = "relay-quick" if args.quick else "relay"
     if set(args.only.split(",")) != set(ALL_PARTS.split(",")):
         name += "-" + "-".join(sorted(args.only.split(",")))  # a partial run keeps the full results
-    path = write_results(name, output)
+    path = write_results(name, output, save=args.save)
     print(f"\nwritten to {path}")
 
 

@@ -24,6 +24,7 @@ from xml.etree import ElementTree
 
 import pytest
 from click.testing import CliRunner
+from gitfiles import untracked_after_making
 
 import amoconnect
 from amoconnect.capabilities import Capability
@@ -55,6 +56,8 @@ def test_the_template_is_found_and_names_this_amoconnect() -> None:
     assert template_dir() == TEMPLATE.resolve()
     defaults = json.loads((TEMPLATE / "cookiecutter.json").read_text(encoding="utf-8"))
     assert defaults["__amoconnect_version"] == amoconnect.__version__
+    pyproject = tomllib.loads((TEMPLATE.parent / "pyproject.toml").read_text(encoding="utf-8"))
+    assert defaults["__amoconnect_repository"] == pyproject["project"]["urls"]["Repository"]
     asked = {key.removeprefix("with_") for key in defaults if key.startswith("with_")}
     assert asked == set(EVERYTHING)
     assert set(defaults["__prompts__"]) == {key for key in defaults if not key.startswith("_")}
@@ -91,24 +94,13 @@ def test_a_rendered_project_is_complete_and_has_no_loose_ends(tmp_path: Path) ->
     assert meta["authors"] == [{"name": 'Ann "A." O\'Neil', "email": "you@example.com"}]
     adapter = (project / "amoconnect_web_chat" / "adapter.py").read_text(encoding="utf-8")
     assert re.findall(r"Capability\.(\w+),", adapter) == ["media", "templates"]
-    assert "${{ matrix.python-version }}" in (project / ".github/workflows/ci.yml").read_text(encoding="utf-8")
+    ci = (project / ".github/workflows/ci.yml").read_text(encoding="utf-8")
+    assert "${{ matrix.python-version }}" in ci
+    # until amoconnect is on PyPI, tox takes it from AMOCONNECT_SPEC (.ci/run runs a generated tox so)
+    assert 'AMOCONNECT_SPEC: "amoconnect @ git+https://github.com/amoconnect/amoconnect@main"' in ci
+    tox = (project / "tox.ini").read_text(encoding="utf-8")
+    assert tox.count("{env:AMOCONNECT_SPEC:}") == 2  # the tests' environment and mypy's
     assert untracked_after_making(project, ".venv", ".venv-dir/.venv/bin/python", "build/x.whl") == []
-
-
-def untracked_after_making(repository: Path, *files: str) -> list[str]:
-    """Make ``files`` in a fresh git repository at ``repository``: those git would offer to commit."""
-    subprocess.run(["git", "init", "-q", str(repository)], check=True)
-    for name in files:
-        (repository / name).parent.mkdir(parents=True, exist_ok=True)
-        (repository / name).write_text(".tox/type\n", encoding="utf-8")  # a .venv file as some tools write
-    status = subprocess.run(
-        ["git", "status", "--porcelain", "--untracked-files=all", "--", *files],
-        cwd=repository,
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return [line[3:] for line in status.stdout.splitlines()]
 
 
 def test_names_are_checked_before_anything_is_written(tmp_path: Path) -> None:
