@@ -21,7 +21,10 @@ says why and what to do, until the client writes or allows messages again.
 
 Sends go through :mod:`~amoconnect_vk.compose` (text split at 4,096 characters, media uploaded
 through VK's upload servers, buttons and list messages as keyboards, quotes as ``forward`` with
-``is_reply``); several parts of one message go in one ``execute``.
+``is_reply``); several parts of one message go in one ``execute``. A button's ``payload`` holds
+255 characters: data too long for it goes as a short key of ``context.button_data``, and a press
+is relayed with the data amoCRM sent; a press whose key is no longer kept is relayed as its
+label, plain text without ``callback_data``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from amoconnect.model import (
     Attachment,
     FailureReason,
     InboundEvent,
+    InboundMessage,
     OutgoingCommentReply,
     OutgoingMessage,
     OutgoingReaction,
@@ -53,7 +57,7 @@ from amoconnect.signing import same_secret
 from structlog.typing import FilteringBoundLogger
 
 from .client import EXECUTE_LIMIT, VkApi
-from .compose import plan_message
+from .compose import callback_values, plan_message
 from .events import (
     CommentDelete,
     CommentInfo,
@@ -81,6 +85,7 @@ from .vkapi import (
     VkApiError,
     comment_guid,
     error_for,
+    fits_payload,
     parse_post_key,
     post_key,
     split_text,
@@ -268,7 +273,24 @@ class VKAdapter(MessengerAdapter):
 
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """The neutral event of one Callback API request (none for events amoCRM has no use for)."""
-        return self._parse(decode_event(request.body))
+        return await self._resolved(self._parse(decode_event(request.body)))
+
+    async def _resolved(self, events: Sequence[InboundEvent]) -> tuple[InboundEvent, ...]:
+        """``events`` with a press's ``callback_data`` as amoCRM sent it.
+
+        A press of a key no longer kept is what the client visibly sent, the button's label: it
+        goes to amoCRM as plain text, without ``callback_data``.
+        """
+        resolved: list[InboundEvent] = []
+        for event in events:
+            if isinstance(event, InboundMessage) and event.callback_data is not None:
+                value = await self.context.button_data.resolve(event.callback_data)
+                if value is None:
+                    self.log.info("a button whose data is no longer kept was pressed; relayed as text", chat=event.chat)
+                if value != event.callback_data:
+                    event = msgspec.structs.replace(event, callback_data=value)
+            resolved.append(event)
+        return tuple(resolved)
 
     def _parse(self, event: Event) -> tuple[InboundEvent, ...]:
         if event.v and event.v != API_VERSION and not self._version_warned:
@@ -515,8 +537,8 @@ class VKAdapter(MessengerAdapter):
                     events.extend(self._parse(event))
                 except Exception as exc:
                     self.log.warning("long poll event skipped", type=event.type, error=str(exc))
-            if events:
-                await self.context.submit(events)
+            if events:  # a store that fails here fails the poll: the same ts is read again
+                await self.context.submit(await self._resolved(events))
             server = LongPollServer(server=server.server, key=server.key, ts=str(answer.get("ts", server.ts)))
         await self.context.state.set(_LONGPOLL, msgspec.json.encode(server))
         return server
@@ -564,7 +586,9 @@ class VKAdapter(MessengerAdapter):
         peer = self._peer(message.chat)
         await self._check_allowed(peer)
         uploaded = [await self._uploaded(message, index, a, peer) for index, a in enumerate(message.attachments)]
-        parts = plan_message(message, peer, uploaded)
+        shorten = self.context.button_data.shorten
+        data = {value: await shorten(value, fits_payload) for value in callback_values(message)}
+        parts = plan_message(message, peer, uploaded, data=data)
         try:
             ids = await self._send_parts(peer, parts)
         except VkApiError as exc:
@@ -572,7 +596,8 @@ class VKAdapter(MessengerAdapter):
                 raise
             self.log.info("VK found the text too long; sending it in shorter parts")  # nothing went out yet
             shorter = msgspec.structs.replace(message, dedup_key=f"{message.dedup_key}#short")
-            ids = await self._send_parts(peer, plan_message(shorter, peer, uploaded, limit=MAX_MESSAGE_LENGTH // 4))
+            shorter_parts = plan_message(shorter, peer, uploaded, limit=MAX_MESSAGE_LENGTH // 4, data=data)
+            ids = await self._send_parts(peer, shorter_parts)
         for index in range(len(message.attachments)):
             await self.context.state.delete(f"{_UPLOAD}{message.dedup_key}:{index}")
         return SendResult(message_ids=tuple(ids), status="delivered")

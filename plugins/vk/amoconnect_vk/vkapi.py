@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from amoconnect.errors import MessengerError, RateLimited
@@ -39,10 +39,12 @@ __all__ = [
     "REACTIONS",
     "VkApiError",
     "button_payload",
+    "button_value",
     "buttons_keyboard",
     "callback_data",
     "comment_guid",
     "error_for",
+    "fits_payload",
     "list_keyboard",
     "parse_post_key",
     "post_key",
@@ -216,12 +218,13 @@ def split_text(text: str, limit: int = MAX_MESSAGE_LENGTH) -> list[str]:
 
 
 def button_payload(data: str) -> str:
-    """The ``payload`` of a text button that sends ``data`` back: ``{"cb": data}``, cut to VK's 255 characters."""
-    payload = json.dumps({"cb": data}, ensure_ascii=False)
-    while len(payload) > MAX_PAYLOAD_LENGTH:
-        data = data[: len(data) - (len(payload) - MAX_PAYLOAD_LENGTH)]
-        payload = json.dumps({"cb": data}, ensure_ascii=False)
-    return payload
+    """The ``payload`` of a text button that sends ``data`` back: ``{"cb": data}``."""
+    return json.dumps({"cb": data}, ensure_ascii=False)
+
+
+def fits_payload(data: str) -> bool:
+    """Whether a button can send ``data`` back as it is: its payload within VK's 255 characters."""
+    return len(button_payload(data)) <= MAX_PAYLOAD_LENGTH
 
 
 def callback_data(payload: str | None) -> str | None:
@@ -242,27 +245,37 @@ def _label(text: str) -> str:
     return text if len(text) <= MAX_LABEL_LENGTH else text[: MAX_LABEL_LENGTH - 1] + "…"
 
 
-def _button(button: Button) -> dict[str, Any]:
+def button_value(button: Button) -> str:
+    """What pressing a (text) button must send back: its ``callback_data``, else its text."""
+    return button.callback_data if button.callback_data is not None else button.text
+
+
+def _button(button: Button, data: Mapping[str, str]) -> dict[str, Any]:
     if button.url:
         return {"action": {"type": "open_link", "link": button.url, "label": _label(button.text)}}
-    data = button.callback_data if button.callback_data is not None else button.text
-    return {"action": {"type": "text", "label": _label(button.text), "payload": button_payload(data)}}
+    value = button_value(button)
+    return {"action": {"type": "text", "label": _label(button.text), "payload": button_payload(data.get(value, value))}}
 
 
-def buttons_keyboard(rows: Sequence[Sequence[Button]]) -> str:
-    """An inline keyboard of amoCRM's buttons (JSON): rows kept, cut to VK's limits."""
+def buttons_keyboard(rows: Sequence[Sequence[Button]], data: Mapping[str, str]) -> str:
+    """An inline keyboard of amoCRM's buttons (JSON): rows kept, cut to VK's limits.
+
+    ``data`` maps a button's value to what its payload carries instead (a short key for a value
+    too long for the payload); a value missing from it goes as it is.
+    """
     kept: list[list[dict[str, Any]]] = []
     total = 0
     for row in rows[:INLINE_MAX_ROWS]:
-        buttons = [_button(b) for b in row[:MAX_BUTTONS_PER_ROW]][: INLINE_MAX_BUTTONS - total]
+        buttons = [_button(b, data) for b in row[:MAX_BUTTONS_PER_ROW]][: INLINE_MAX_BUTTONS - total]
         if buttons:
             kept.append(buttons)
             total += len(buttons)
     return json.dumps({"inline": True, "buttons": kept}, ensure_ascii=False)
 
 
-def list_keyboard(menu: ListMessage) -> tuple[str, str]:
-    """The text and keyboard of a list message: header, body and footer as text, one button per row.
+def list_keyboard(menu: ListMessage, data: Mapping[str, str]) -> tuple[str, str]:
+    """The text and keyboard of a list message: header, body and footer as text, one button per row
+    (``data`` as for :func:`buttons_keyboard`).
 
     Up to six rows fit an inline keyboard under the message; more go on a one-time keyboard
     below the input field (ten rows); rows beyond that are listed in the text.
@@ -272,8 +285,9 @@ def list_keyboard(menu: ListMessage) -> tuple[str, str]:
     kept = rows if inline else rows[:KEYBOARD_MAX_ROWS]
     lines = [menu.header, menu.body, *(f"- {row.title}" for row in rows[len(kept) :]), menu.footer]
     buttons = [
-        [{"action": {"type": "text", "label": _label(row.title), "payload": button_payload(row.callback_data)}}]
+        [{"action": {"type": "text", "label": _label(row.title), "payload": button_payload(data.get(value, value))}}]
         for row in kept
+        for value in (row.callback_data,)
     ]
     keyboard: dict[str, Any] = {"inline": True} if inline else {"one_time": True}
     keyboard["buttons"] = buttons

@@ -24,6 +24,7 @@ from vk_rig import API, FILES, Files
 
 from amoconnect_vk.adapter import VKAdapter
 from amoconnect_vk.fake import FakeVK
+from amoconnect_vk.vkapi import MAX_PAYLOAD_LENGTH, callback_data
 
 pytestmark = pytest.mark.anyio
 
@@ -160,6 +161,31 @@ async def test_client_edits_quotes_and_button_presses(world: World) -> None:
     _, _, press, quote = await world.arrived(4)
     assert getattr(press.content, "callback_data", None) == "Pickup"
     assert quote.payload is not None and quote.payload.reply_to is not None
+
+
+async def test_long_row_data_comes_back_whole_and_an_expired_key_as_the_label(world: World) -> None:
+    await world.vk.client_writes(world.user, "which slot?")
+    await world.arrived(1)
+    prefix = "slot:" + "ы" * 250  # 255 characters: the rows differ only after them
+    data = [prefix + "-cabinet-1", prefix + "-cabinet-12"]
+    rows = [wire.ListRow(callback_data=d, title=f"Cabinet {i}") for i, d in enumerate(data, 1)]
+    lm = wire.ListMessage(body="Pick a slot", button="Slots", sections=[wire.ListSection(title="All", rows=rows)])
+    assert (await world.manager(world.amojo.emit_list_message(SCOPE, world.conversation, lm))).delivery_status == 1
+    (sent,) = [m for m in world.vk.sent if m.keyboard]
+    payloads = [row[0]["action"]["payload"] for row in sent.keyboard["buttons"]]
+    keys = [callback_data(p) for p in payloads]
+    assert len(set(keys)) == 2 and all(len(p) <= MAX_PAYLOAD_LENGTH for p in payloads)
+    for key, expected in zip(reversed(keys), reversed(data), strict=True):
+        await world.vk.client_presses(world.user, key or "")
+        await eventually(lambda e=expected: getattr(world.amo_messages()[-1].content, "callback_data", None) == e)
+    assert [m.text for m in world.amo_messages()[-2:]] == ["Cabinet 2", "Cabinet 1"]
+    # The key's time runs out: the press is what the client visibly sent, the label, as plain text.
+    await world.runtime.store.put_button_data(keys[0] or "", data[0], -1)
+    before = len(world.amo_messages())
+    await world.vk.client_presses(world.user, keys[0] or "")
+    await eventually(lambda: len(world.amo_messages()) == before + 1)
+    late = world.amo_messages()[-1]
+    assert late.text == "Cabinet 1" and getattr(late.content, "callback_data", None) is None
 
 
 async def test_typing_both_ways(world: World) -> None:

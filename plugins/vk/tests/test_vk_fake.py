@@ -80,6 +80,9 @@ async def test_send_rules(api: httpx.AsyncClient, fake: FakeVK) -> None:
     assert error_code(await call(api, "messages.send", peer_id=5, random_id=1, message="x" * 4097)) == 914
     keyboard = json.dumps({"inline": True, "buttons": [[{"action": {"type": "text", "label": ""}}]]})
     assert error_code(await call(api, "messages.send", peer_id=5, random_id=1, message="x", keyboard=keyboard)) == 911
+    long = {"action": {"type": "text", "label": "a", "payload": button_payload("ы" * 246)}}  # 256 characters
+    keyboard = json.dumps({"inline": True, "buttons": [[long]]}, ensure_ascii=False)
+    assert error_code(await call(api, "messages.send", peer_id=5, random_id=1, message="x", keyboard=keyboard)) == 911
     assert error_code(await call(api, "messages.send", peer_id=5, random_id=1, attachment="photo1_2")) == 100
     forward = json.dumps({"peer_id": 5, "conversation_message_ids": [99], "is_reply": True})
     assert error_code(await call(api, "messages.send", peer_id=5, random_id=1, message="x", forward=forward)) == 100

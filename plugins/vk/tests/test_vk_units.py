@@ -35,6 +35,7 @@ from amoconnect_vk.vkapi import (
     callback_data,
     comment_guid,
     error_for,
+    fits_payload,
     list_keyboard,
     parse_post_key,
     post_url,
@@ -61,17 +62,30 @@ def test_payloads_round_trip_and_fit() -> None:
     assert callback_data('{"command":"start"}') == '{"command":"start"}'
     assert callback_data("not json") == "not json"
     assert callback_data(None) is None
-    long = button_payload("ы" * 400)
-    assert len(long) <= MAX_PAYLOAD_LENGTH and callback_data(long) == "ы" * (len(json.loads(long)["cb"]))
+    assert callback_data(button_payload("ы" * 400)) == "ы" * 400  # never cut: a longer one goes as a key
+    assert fits_payload("ы" * (MAX_PAYLOAD_LENGTH - 10))  # {"cb": ""} takes 10 characters
+    assert not fits_payload("ы" * (MAX_PAYLOAD_LENGTH - 9))
+    assert not fits_payload('"' * 123)  # each quote is escaped: 246 characters of data in the payload
+
+
+def test_keyboards_carry_the_data_given_for_each_value() -> None:
+    rows = [[Button(text="A", callback_data="a" * 300), Button(text="B"), Button(text="Site", url="https://x.test")]]
+    keyboard = check_keyboard(buttons_keyboard(rows, {"a" * 300: "~b:key"}))
+    assert [callback_data(b["action"].get("payload")) for b in keyboard["buttons"][0]] == ["~b:key", "B", None]
+    menu = ListMessage(
+        body="b", button="m", sections=(ListSection(title="", rows=(ListRow(callback_data="r" * 300, title="R"),)),)
+    )
+    _, raw = list_keyboard(menu, {"r" * 300: "~b:row"})
+    assert callback_data(check_keyboard(raw)["buttons"][0][0]["action"]["payload"]) == "~b:row"
 
 
 def test_buttons_keyboard_keeps_within_vks_limits() -> None:
     rows = [[Button(text=f"b{r}{c}" * 20) for c in range(7)] for r in range(8)]
-    keyboard = check_keyboard(buttons_keyboard(rows))
+    keyboard = check_keyboard(buttons_keyboard(rows, {}))
     assert keyboard["inline"] is True
     assert sum(len(row) for row in keyboard["buttons"]) == 10
     assert all(len(b["action"]["label"]) <= MAX_LABEL_LENGTH for row in keyboard["buttons"] for b in row)
-    link = json.loads(buttons_keyboard([[Button(text="Site", url="https://shop.example")]]))
+    link = json.loads(buttons_keyboard([[Button(text="Site", url="https://shop.example")]], {}))
     assert link["buttons"][0][0]["action"] == {"type": "open_link", "link": "https://shop.example", "label": "Site"}
 
 
@@ -86,7 +100,7 @@ def test_list_keyboard(rows: int, inline: bool, listed: int) -> None:
             ListSection(title="", rows=tuple(ListRow(callback_data=f"s{n}", title=f"Slot {n}") for n in range(rows))),
         ),
     )
-    text, raw = list_keyboard(menu)
+    text, raw = list_keyboard(menu, {})
     keyboard = check_keyboard(raw)
     assert bool(keyboard.get("inline")) is inline
     assert text.splitlines()[:2] == ["Delivery", "Choose a slot"] and text.endswith("Thank you")
