@@ -122,6 +122,96 @@ def test_migrate_command_on_sqlite(tmp_path: Path) -> None:
     assert (tmp_path / "s.sqlite3").exists()
 
 
+HEADS_VERSION = 4
+"""The migration that added the conversations' head records."""
+
+
+async def test_migrating_a_queue_gives_its_conversations_head_records(empty_url: str) -> None:
+    with psycopg.connect(empty_url, autocommit=True) as conn:
+        conn.execute(
+            "CREATE TABLE schema_migrations "
+            "(version INTEGER PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+        )
+        for version, script in enumerate(MIGRATIONS[: HEADS_VERSION - 1], 1):
+            conn.execute(script.encode())
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+        insert = (
+            "INSERT INTO queue (kind, key, payload, scope_id, state, next_run, created_at, lease_until) "
+            "VALUES ('t', %s, %s, 's', %s, %s, 0, 0)"
+        )
+        for key, payload, state, next_run in [
+            ("a", b"a1", "running", 0),  # its process died: its lease ran out
+            ("a", b"a2", "queued", 0),
+            ("b", b"b1", "queued", time.time() + 3600),
+            ("b", b"b2", "queued", 0),
+        ]:
+            conn.execute(insert, (key, payload, state, next_run))
+    assert await PostgresStore(empty_url).migrate() == list(range(HEADS_VERSION, SCHEMA_VERSION + 1))
+    assert table_rows_at(empty_url, "SELECT key, busy FROM heads ORDER BY key") == [("a", True), ("b", False)]
+    async with opened(empty_url) as store:
+        assert store.recovered == 1
+        (first,) = await store.claim(10)  # b waits for its first job, due in an hour
+        assert first.payload == b"a1"
+        await store.finish(first.id)
+        assert [j.payload for j in await store.claim(10)] == [b"a2"]
+
+
+def table_rows_at(url: str, sql: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        return [tuple(row) for row in conn.execute(sql).fetchall()]
+
+
+async def test_enqueues_and_finishes_of_one_conversation_in_two_processes_keep_its_head(url: str) -> None:
+    """A finish makes its conversation's head again from the jobs while another process enqueues
+    into it: the head must never miss a job the other committed (its conversation would stall)."""
+    total = 150
+    async with opened(url) as producer, opened(url) as consumer:
+        ran: list[int] = []
+
+        async def produce() -> None:
+            for i in range(total):
+                await producer.enqueue([job("k", b"%d" % i)])
+
+        async def consume() -> None:
+            deadline = time.monotonic() + 30
+            while len(ran) < total:
+                assert time.monotonic() < deadline, f"the conversation stalled after {ran[-3:]}"
+                claimed = await consumer.claim(10)
+                if not claimed:
+                    await consumer.wait_for_work(0.05)
+                    continue
+                assert len(claimed) == 1  # one job of the conversation at a time
+                ran.append(int(claimed[0].payload))
+                await consumer.finish(claimed[0].id)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(produce)
+            tg.start_soon(consume)
+        assert ran == list(range(total))
+        assert table_rows_at(url, "SELECT count(*) FROM heads") == [(0,)]
+
+
+async def test_a_finish_waits_for_a_job_another_transaction_adds_to_its_conversation(url: str) -> None:
+    """The other transaction holds the conversation's head row until it commits: the finish must
+    make the head again from what that one wrote, not from what it saw before."""
+    async with opened(url) as store:
+        await store.enqueue([job("k", b"first")])
+        (first,) = await store.claim(10)
+        with psycopg.connect(url) as other:  # a transaction, left open
+            other.execute(
+                "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
+                "VALUES ('t', 'k', 'next', 's', 0, 0)"
+            )
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(store.finish, first.id)
+                await anyio.sleep(0.2)
+                other.commit()
+        (then,) = await store.claim(10)
+        assert then.payload == b"next"
+        await store.finish(then.id)
+        assert table_rows_at(url, "SELECT count(*) FROM heads") == [(0,)]
+
+
 async def test_two_processes_never_run_one_conversation_at_once(url: str) -> None:
     async with opened(url) as a, opened(url) as b:
         await a.enqueue([job(f"k{i % 5}", str(i).encode()) for i in range(50)])

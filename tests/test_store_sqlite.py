@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -14,7 +15,8 @@ import pytest
 
 from amoconnect.errors import StoreError
 from amoconnect.store.base import NewJob
-from amoconnect.store.sqlite import SQLiteStore
+from amoconnect.store.sql import NEXT_DUE
+from amoconnect.store.sqlite import _CLAIM, _SCHEMA, SCHEMA_VERSION, SQLiteStore
 
 pytestmark = pytest.mark.anyio
 
@@ -162,4 +164,71 @@ async def test_a_version_1_file_gains_the_button_data_table_on_open(tmp_path: Pa
         await store.put_button_data("~b:key", "x" * 100, 60)
         assert await store.button_data("~b:key") == "x" * 100
     with sqlite3.connect(path) as conn:
-        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == ("2",)
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+
+
+def vm_steps(db: sqlite3.Connection, sql: str, params: tuple[object, ...] = ()) -> int:
+    """How many virtual machine instructions SQLite runs for ``sql``: its work, without a clock."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db.set_progress_handler(count, 1)
+    try:
+        db.execute(sql, params).fetchall()
+    finally:
+        db.set_progress_handler(None, 1)
+    return steps
+
+
+async def test_a_claim_does_the_same_work_whatever_the_backlog_behind_a_running_head(store: SQLiteStore) -> None:
+    """A conversation's backlog waits behind its running head; claims and the next-due lookup
+    must not walk it (they once visited every job of the conversation, and every queued job)."""
+    work: list[tuple[int, int]] = []
+    with contextlib.closing(sqlite3.connect(store.path)) as db:
+        db.execute(NEXT_DUE)  # reads the schema, which counts as work too
+        for backlog in (2, 3000):
+            busy, other = f"busy{backlog}", f"other{backlog}"
+            await store.enqueue([job(busy, b"head")])
+            (head,) = await store.claim(10)
+            await store.enqueue([job(busy, b"%d" % i) for i in range(backlog)] + [job(other), job("later", delay=60)])
+            work.append((vm_steps(db, _CLAIM, (time.time(), 64)), vm_steps(db, NEXT_DUE)))
+            assert [j.key for j in await store.claim(64)] == [other]
+            await store.finish(head.id)
+            for i in range(2):  # the backlog runs in order, one job at a time
+                (next_job,) = await store.claim(64)
+                assert next_job.payload == b"%d" % i
+                await store.finish(next_job.id)
+    (small_claim, small_due), (big_claim, big_due) = work
+    assert big_claim <= small_claim * 1.2 and big_due <= small_due * 1.2, work
+
+
+async def test_a_version_1_file_gets_head_records_for_the_jobs_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as db:
+        db.executescript(_SCHEMA)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
+        insert = (
+            "INSERT INTO queue (kind, key, payload, scope_id, state, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?, 0)"
+        )
+        db.executemany(
+            insert,
+            [
+                ("t", "a", b"a1", "s", "running", 0),  # left running by a crash
+                ("t", "a", b"a2", "s", "queued", 0),
+                ("t", "b", b"b1", "s", "queued", time.time() + 3600),
+                ("t", "b", b"b2", "s", "queued", 0),
+            ],
+        )
+    async with SQLiteStore(path) as store:
+        assert store.recovered == 1
+        (first,) = await store.claim(10)  # b waits for its first job, due in an hour
+        assert first.payload == b"a1"
+        await store.finish(first.id)
+        assert [j.payload for j in await store.claim(10)] == [b"a2"]
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert db.execute("SELECT key, busy FROM heads ORDER BY key").fetchall() == [("a", 1), ("b", 0)]

@@ -1,5 +1,5 @@
 """The queue of every store against a model, by hypothesis: random runs of enqueue, claim, finish,
-retry, bury, requeue, purge, restarts and (PostgreSQL) a process dying while it holds jobs.
+retry, bury, requeue, purge, abandon, restarts and (PostgreSQL) a process dying while it holds jobs.
 
 The stores are async; the state machine is not: each machine drives its stores on the event loop
 of a blocking portal. Time is not slept through. A job is due now (delay 0) or in an hour; rule
@@ -8,7 +8,8 @@ of a blocking portal. Time is not slept through. A job is due now (delay 0) or i
 if its lease had run out, before another process runs its lease upkeep.
 
 After every step: the counts, the dead letters and the payloads stored match the model (nothing
-lost, nothing duplicated, a refused enqueue stored nothing), and no key has two running jobs.
+lost, nothing duplicated, a refused enqueue stored nothing), no key has two running jobs, and the
+head records the claims read (``heads``) say what the queue's rows say.
 Claims are checked against the model's heads: the earliest job of each key (by enqueue order; a
 requeued dead letter keeps its place), due, with no job of its key running.
 """
@@ -78,6 +79,8 @@ class ModelJob:
     """The store (process) that claimed it."""
     id: int | None = None
     last_error: str | None = None
+    abandoned: bool = False
+    """Given up by its holder (SQLite: still running until the next claim queues it again)."""
 
 
 class QueueMachine(RuleBasedStateMachine):
@@ -152,6 +155,9 @@ class QueueMachine(RuleBasedStateMachine):
     @rule(limit=st.integers(1, 4), data=st.data())
     def claim(self, limit: int, data: st.DataObject) -> None:
         process = data.draw(st.integers(0, self.processes - 1), label="process")
+        for job in self.in_state("running"):
+            if job.abandoned:  # a claim queues the abandoned jobs again before it looks
+                job.state, job.holder, job.abandoned = "queued", None, False
         heads = {j.payload: j for j in self.heads() if j.due}
         claimed = self.call(self.stores[process].claim, limit)
         assert len(claimed) == min(limit, len(heads)), (claimed, heads)
@@ -161,10 +167,13 @@ class QueueMachine(RuleBasedStateMachine):
             model.attempts += 1
             assert (job.key, job.attempts, job.last_error) == (model.key, model.attempts, model.last_error)
 
-    def running(self, data: st.DataObject) -> ModelJob:
-        return data.draw(st.sampled_from(self.in_state("running")), label="job")
+    def held(self) -> list[ModelJob]:
+        return [j for j in self.in_state("running") if not j.abandoned]
 
-    @precondition(lambda self: self.in_state("running"))
+    def running(self, data: st.DataObject) -> ModelJob:
+        return data.draw(st.sampled_from(self.held()), label="job")
+
+    @precondition(lambda self: self.held())
     @rule(data=st.data(), then=new_jobs)
     def finish(self, data: st.DataObject, then: list[tuple[str, float]]) -> None:
         job = self.running(data)
@@ -172,7 +181,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.call(self.stores[job.holder].finish, job.id, then=self.add(then))
         del self.jobs[job.payload]
 
-    @precondition(lambda self: self.in_state("running"))
+    @precondition(lambda self: self.held())
     @rule(data=st.data(), delay=delays)
     def retry(self, data: st.DataObject, delay: float) -> None:
         job = self.running(data)
@@ -181,7 +190,7 @@ class QueueMachine(RuleBasedStateMachine):
         self.call(self.stores[job.holder].retry, job.id, delay=delay, error=error)
         job.state, job.holder, job.due, job.last_error = "queued", None, delay == 0, error
 
-    @precondition(lambda self: self.in_state("running"))
+    @precondition(lambda self: self.held())
     @rule(data=st.data(), then=new_jobs)
     def bury(self, data: st.DataObject, then: list[tuple[str, float]]) -> None:
         job = self.running(data)
@@ -211,6 +220,19 @@ class QueueMachine(RuleBasedStateMachine):
         for job in self.on_dead(data, self.stores[0].purge):
             del self.jobs[job.payload]
 
+    @precondition(lambda self: self.held())
+    @rule(data=st.data())
+    def abandon(self, data: st.DataObject) -> None:
+        """The holder cannot record a job's outcome and gives it up (the store was unavailable)."""
+        job = self.running(data)
+        assert job.holder is not None
+        self.stores[job.holder].abandon(job.id or 0)
+        job.abandoned = True
+        self.abandoned(job)
+
+    def abandoned(self, job: ModelJob) -> None:
+        """What the engine does next with an abandoned job (SQLite: the next claim queues it again)."""
+
     @rule()
     def time_passes(self) -> None:
         """Two hours go by for the queue: every queued job is due."""
@@ -229,7 +251,7 @@ class QueueMachine(RuleBasedStateMachine):
     def release(self, process: int) -> None:
         for job in self.in_state("running"):
             if job.holder == process:
-                job.state, job.holder = "queued", None
+                job.state, job.holder, job.abandoned = "queued", None, False
 
     # -- invariants ------------------------------------------------------------------------
     async def observe(self) -> tuple[dict[str, int], list[DeadLetter], float | None]:
@@ -259,6 +281,16 @@ class QueueMachine(RuleBasedStateMachine):
         assert stored == sorted((j.payload, j.state) for j in self.jobs.values())
         running = [self.jobs[payload].key for payload, state in stored if state == "running"]
         assert len(running) == len(set(running)), "a key has two running jobs"
+
+    @invariant()
+    def the_head_records_match_the_queue(self) -> None:
+        """Each key with jobs has one head record: its earliest job, that job's due time, whether one of it runs."""
+        expected: dict[str, tuple[int, float, bool]] = {}
+        for job_id, key, next_run, state in sorted(self.sql("SELECT id, key, next_run, state FROM queue")):
+            head_id, head_run, busy = expected.get(key, (job_id, next_run, False))
+            expected[key] = (head_id, head_run, busy or state == "running")
+        heads = {key: (job_id, next_run, bool(busy)) for key, job_id, next_run, busy in self.sql("SELECT * FROM heads")}
+        assert heads == expected
 
 
 class SQLiteQueue(QueueMachine):
@@ -309,6 +341,16 @@ class PostgresQueue(QueueMachine):
         self.release(holder)
         self.stores[holder] = self.call(self.open_store)  # it restarts under a new name
         self.call(dead.close)
+
+    def abandoned(self, job: ModelJob) -> None:
+        """Its lease is no longer extended; once it runs out, any process queues the job again."""
+        from amoconnect.store.postgres import PostgresStore
+
+        self.sql(f"UPDATE queue SET lease_until = 0 WHERE id = {job.id}")
+        other = self.stores[1 - (job.holder or 0)]
+        assert isinstance(other, PostgresStore)
+        assert self.call(other.release_expired) == 1
+        job.state, job.holder, job.abandoned = "queued", None, False
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,21 @@ pruning deletes such rows (:meth:`PostgresStore.prune <amoconnect.store.postgres
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import anyio
+import psycopg
+from psycopg.rows import TupleRow
 
 from ..ratelimit import Rate, Sleep
-from .postgres import _NOW, PostgresStore
+from .sql import PG_NOW as _NOW
 
-__all__ = ["PostgresLimiter"]
+__all__ = ["Connect", "PostgresLimiter"]
+
+Connect = Callable[[str], AbstractAsyncContextManager[psycopg.AsyncConnection[TupleRow]]]
+"""Lends a connection of the store's pool for one operation, named for its error messages."""
 
 _RESERVE = (
     "INSERT INTO rate_limits AS r (name, key, tat) "
@@ -44,10 +51,11 @@ _WAIT = f"SELECT GREATEST(tat - %(tolerance)s - {_NOW}, 0) FROM rate_limits WHER
 
 
 class PostgresLimiter:
-    """A :class:`~amoconnect.ratelimit.Limiter` called ``name`` whose state every process of ``store`` shares."""
+    """A :class:`~amoconnect.ratelimit.Limiter` called ``name`` whose state every process on the
+    database shares; ``connect`` is the store's (its pool, its errors)."""
 
-    def __init__(self, store: PostgresStore, name: str, rate: Rate, *, sleep: Sleep = anyio.sleep) -> None:
-        self.store = store
+    def __init__(self, connect: Connect, name: str, rate: Rate, *, sleep: Sleep = anyio.sleep) -> None:
+        self._connect = connect
         self.name = name
         self.rate = rate
         self._sleep = sleep
@@ -61,7 +69,7 @@ class PostgresLimiter:
 
     async def _run(self, sql: str, params: dict[str, Any], action: str) -> Any:
         """Run one statement on the store's pool; its first column of the one row it returns, if any."""
-        async with self.store._conn(action) as conn:
+        async with self._connect(action) as conn:
             cur = await conn.execute(sql, params)
             row = await cur.fetchone() if cur.description else None
         return None if row is None else row[0]

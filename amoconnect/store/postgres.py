@@ -42,14 +42,29 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes, message_params
+from .pglimits import PostgresLimiter
+from .sql import (
+    CLAIMABLE,
+    HEADS_TABLE,
+    MESSAGE_COLUMNS,
+    NEXT_DUE,
+    MappingLookups,
+    conversation_params,
+    conversation_writes,
+    head_added,
+    head_refreshed,
+    message_params,
+)
+from .sql import (
+    PG_NOW as _NOW,
+)
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
 log = structlog.get_logger("amoconnect.store")
 
 _CHANNEL = "amoconnect_jobs"
-_NOW = "extract(epoch from clock_timestamp())::float8"
+
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: queue, dead letters, dedup, mapping, adapter state, finished jobs, media, leases
@@ -152,13 +167,42 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE button_data (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires_at DOUBLE PRECISION NOT NULL);
     CREATE INDEX button_data_expires ON button_data (expires_at);
     """,
+    # 4: head records of the queue's keys (store/sql.py), kept by triggers. A refresh first locks
+    # the key's head row: it waits for a transaction that changes the key's jobs to commit, and
+    # its next statements see what that one wrote (READ COMMITTED: a fresh snapshot each).
+    HEADS_TABLE.format(id_type="BIGINT", time_type="DOUBLE PRECISION")
+    + """
+    CREATE FUNCTION queue_head_refresh(head_key TEXT) RETURNS void LANGUAGE plpgsql AS $$
+    BEGIN
+        PERFORM 1 FROM heads WHERE key = head_key FOR UPDATE;
+        {drop};
+        {make};
+    END $$;
+    CREATE FUNCTION queue_heads() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_OP = 'INSERT' THEN
+            {added};
+            RETURN NULL;
+        END IF;
+        PERFORM queue_head_refresh(OLD.key);
+        IF TG_OP = 'UPDATE' AND NEW.key <> OLD.key THEN
+            PERFORM queue_head_refresh(NEW.key);
+        END IF;
+        RETURN NULL;
+    END $$;
+    CREATE TRIGGER queue_added AFTER INSERT ON queue FOR EACH ROW EXECUTE FUNCTION queue_heads();
+    CREATE TRIGGER queue_changed AFTER UPDATE OF key, state, next_run ON queue FOR EACH ROW
+        WHEN (OLD.key <> NEW.key OR OLD.state <> NEW.state OR OLD.next_run <> NEW.next_run)
+        EXECUTE FUNCTION queue_heads();
+    CREATE TRIGGER queue_removed AFTER DELETE ON queue FOR EACH ROW EXECUTE FUNCTION queue_heads();
+    """.replace("{drop}", head_refreshed("head_key")[0])
+    .replace("{make}", head_refreshed("head_key")[1])
+    .replace("{added}", head_added("NEW.key", "NEW.id", "NEW.next_run")),
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
-# A job is its key's head when no earlier job of the key is left and none of the key is running: a
-# requeued dead letter keeps its old id (its place) but waits for a later job already running.
 _INSERT_JOB = (
     f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
     f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
@@ -176,6 +220,7 @@ _ENQUEUE = (
 )
 """The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
 the new keys back when only some were new)."""
+_CLAIMABLE = CLAIMABLE.format(now=_NOW, limit="%s")
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -502,10 +547,9 @@ class PostgresStore(MappingLookups):
     async def claim(self, limit: int) -> list[Job]:
         async with self._conn("claim") as conn:
             cur = await conn.execute(
-                f"WITH c AS (SELECT id FROM queue q WHERE state = 'queued' AND next_run <= {_NOW} AND {HEAD} "
-                "ORDER BY next_run, id LIMIT %s FOR UPDATE SKIP LOCKED) "
+                f"WITH c AS ({_CLAIMABLE} FOR UPDATE SKIP LOCKED) "
                 f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-                "FROM c WHERE queue.id = c.id "
+                "FROM c WHERE queue.id = c.id AND queue.state = 'queued' "
                 "RETURNING queue.id, kind, key, payload, scope_id, attempts, created_at, last_error",
                 (limit, self.owner, self._lease),
             )
@@ -578,7 +622,7 @@ class PostgresStore(MappingLookups):
         )
 
     async def next_due_in(self) -> float | None:
-        row = await self._one(f"SELECT MIN(next_run) - {_NOW} FROM queue q WHERE state = 'queued' AND {HEAD}")
+        row = await self._one(f"SELECT ({NEXT_DUE}) - {_NOW}")
         return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
     async def wait_for_work(self, max_wait: float) -> None:
@@ -695,9 +739,7 @@ class PostgresStore(MappingLookups):
     # -- rate limits ---------------------------------------------------------------------
     def limiter(self, name: str, rate: float, per: float = 1.0, burst: int | None = None) -> Limiter:
         """The limit called ``name``, held in the database for every process on it."""
-        from .pglimits import PostgresLimiter
-
-        return PostgresLimiter(self, name, Rate.of(rate, per, burst))
+        return PostgresLimiter(self._conn, name, Rate.of(rate, per, burst))
 
     async def prune_limits(self) -> int:
         """Forget the limiter keys whose bucket is full again (such a row says nothing); returns how many."""

@@ -1,4 +1,14 @@
-"""SQL both stores share: the queue's head rule, the mapping's columns, lookups and writes, rows → records."""
+"""SQL both stores share: the queue's head records, the mapping's columns, lookups and writes, rows → records.
+
+The queue's order rule: a queued job may run when no earlier job of its key (conversation) is
+left and none of its key is running (a re-queued dead letter keeps its old id, so it can be
+earlier than a running job). Rather than checking that against every job of the key on each
+claim, which grows with the backlog, each key with jobs has one row in ``heads``: its earliest
+job, that job's ``next_run``, and whether a job of the key runs (``busy``). Triggers on
+``queue`` keep it in the same transaction as every write to the queue, whoever writes it; a
+claim takes the earliest due rows of ``heads`` that are not busy, through a partial index, so
+its cost depends on the number of jobs it takes, not on the number queued.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +19,71 @@ import msgspec
 from .base import ConversationRecord, MessageRecord
 
 __all__ = [
+    "CLAIMABLE",
     "CONVERSATION_COLUMNS",
-    "HEAD",
+    "HEADS_TABLE",
     "MESSAGE_COLUMNS",
+    "NEXT_DUE",
+    "PG_NOW",
     "MappingLookups",
     "conversation",
     "conversation_params",
     "conversation_writes",
+    "head_added",
+    "head_refreshed",
     "message",
     "message_params",
 ]
 
-HEAD = "NOT EXISTS (SELECT 1 FROM queue p WHERE p.key = q.key AND (p.id < q.id OR p.state = 'running'))"
-"""A queued job ``q`` may run: no earlier job of its key exists and none of its key is running
-(a re-queued dead letter keeps its old id, so it can be earlier than a running job)."""
+PG_NOW = "extract(epoch from clock_timestamp())::float8"
+"""PostgreSQL's clock in Unix seconds: a PostgreSQL store's times are the database's, so the clocks
+of the processes sharing it need not agree."""
+HEADS_TABLE = """
+CREATE TABLE heads (
+    key TEXT PRIMARY KEY,
+    id {id_type} NOT NULL,
+    next_run {time_type} NOT NULL,
+    busy BOOLEAN NOT NULL
+);
+CREATE INDEX heads_due ON heads (next_run, id) WHERE NOT busy;
+CREATE INDEX queue_running ON queue (key) WHERE state = 'running';
+INSERT INTO heads (key, id, next_run, busy)
+    SELECT key, id, next_run, EXISTS (SELECT 1 FROM queue r WHERE r.key = q.key AND r.state = 'running')
+    FROM queue q WHERE id = (SELECT MIN(id) FROM queue p WHERE p.key = q.key);
+"""
+"""The head records, their indexes and the rows of the jobs already queued (the engine's id and time types)."""
+CLAIMABLE = "SELECT id FROM heads WHERE NOT busy AND next_run <= {now} ORDER BY next_run, id LIMIT {limit}"
+"""The ids of up to ``limit`` jobs a claim may take, earliest due first."""
+NEXT_DUE = "SELECT MIN(next_run) FROM heads WHERE NOT busy"
+"""When the earliest job a claim may take is due (NULL: none)."""
+
+
+def head_added(key: str, job_id: str, next_run: str) -> str:
+    """The statement that follows a job's insertion: it heads its key unless an earlier job does.
+
+    It reads nothing but the head row, so concurrent enqueues of one key meet only at that row
+    (PostgreSQL: its lock), and the earliest id wins whichever commits first. An inserted job is
+    queued, so it changes nobody's ``busy``.
+    """
+    return (
+        f"INSERT INTO heads (key, id, next_run, busy) VALUES ({key}, {job_id}, {next_run}, FALSE) "
+        "ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, next_run = EXCLUDED.next_run WHERE EXCLUDED.id < heads.id"
+    )
+
+
+def head_refreshed(key: str) -> tuple[str, str]:
+    """The statements that follow a job's update or deletion: the key's head record made again from
+    its jobs (two index lookups, whatever the backlog), or dropped when none is left."""
+    drop = f"DELETE FROM heads WHERE key = {key} AND NOT EXISTS (SELECT 1 FROM queue WHERE key = {key})"
+    make = (
+        "INSERT INTO heads (key, id, next_run, busy) SELECT key, id, next_run, "
+        f"EXISTS (SELECT 1 FROM queue r WHERE r.key = {key} AND r.state = 'running') "
+        f"FROM queue WHERE key = {key} ORDER BY id LIMIT 1 "
+        "ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, next_run = EXCLUDED.next_run, busy = EXCLUDED.busy"
+    )
+    return drop, make
+
+
 CONVERSATION_COLUMNS = (
     "scope_id, conversation_id, instance, chat, amocrm_chat_id, client_id, last_client_at, ref_pending"
 )

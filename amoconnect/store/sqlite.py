@@ -29,15 +29,22 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .sql import HEAD, MESSAGE_COLUMNS, MappingLookups, conversation_params, conversation_writes, message_params
+from .sql import (
+    CLAIMABLE,
+    HEADS_TABLE,
+    MESSAGE_COLUMNS,
+    NEXT_DUE,
+    MappingLookups,
+    conversation_params,
+    conversation_writes,
+    head_added,
+    head_refreshed,
+    message_params,
+)
 
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
-
-SCHEMA_VERSION = 2
-"""Each version only adds tables (``CREATE ... IF NOT EXISTS``), so opening a file migrates it:
-2 added ``button_data``."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -103,12 +110,36 @@ CREATE TABLE IF NOT EXISTS button_data (key TEXT PRIMARY KEY, value TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS button_data_expires ON button_data (expires_at);
 """
 
-# A job is its key's head when no earlier job of the key is left and none of the key is running: a
-# requeued dead letter keeps its old id (its place) but waits for a later job already running.
+_HEAD_TRIGGERS = """
+CREATE TRIGGER queue_added AFTER INSERT ON queue BEGIN {added}; END;
+CREATE TRIGGER queue_changed AFTER UPDATE OF key, state, next_run ON queue BEGIN {old}; {new}; END;
+CREATE TRIGGER queue_removed AFTER DELETE ON queue BEGIN {old}; END;
+""".format(
+    added=head_added("NEW.key", "NEW.id", "NEW.next_run"),
+    old="; ".join(head_refreshed("OLD.key")),
+    new="; ".join(head_refreshed("NEW.key")),
+)
+
+_SCHEMA_VERSION = 2
+"""Versions up to ``_SCHEMA``'s only added tables (``CREATE ... IF NOT EXISTS``), so running it brings
+any older file there: 2 added ``button_data``."""
+
+MIGRATIONS: tuple[str, ...] = (
+    # 3: head records of the queue's keys, kept by triggers (store/sql.py)
+    HEADS_TABLE.format(id_type="INTEGER", time_type="REAL") + _HEAD_TRIGGERS,
+)
+"""What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
+
+SCHEMA_VERSION = _SCHEMA_VERSION + len(MIGRATIONS)
 
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
 
+_CLAIM = (
+    "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue "
+    f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
+)
+"""The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
@@ -301,12 +332,16 @@ class SQLiteStore(MappingLookups):
                 if statement.strip():
                     c.execute(statement)
             row = c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-            version = int(row[0]) if row else SCHEMA_VERSION
+            # A new file is at _SCHEMA's version, as is an older one now (its statements only add tables).
+            version = max(int(row[0]), _SCHEMA_VERSION) if row else _SCHEMA_VERSION
             if version > SCHEMA_VERSION:
                 raise StoreError(
                     f"SQLite store {self.path} has schema version {version}, newer than this amoconnect "
                     f"({SCHEMA_VERSION}); upgrade amoconnect"
                 )
+            for script in MIGRATIONS[version - _SCHEMA_VERSION :]:
+                for statement in _statements(script):
+                    c.execute(statement)
             c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             # A crash left these mid-flight: run them again (the send may have happened: at-least-once).
             return c.execute("UPDATE queue SET state = 'queued' WHERE state = 'running'").rowcount
@@ -368,11 +403,7 @@ class SQLiteStore(MappingLookups):
             if back:
                 requeue = "UPDATE queue SET state = 'queued' WHERE id = ? AND state = 'running'"
                 conn.executemany(requeue, [(i,) for i in back])
-            rows = conn.execute(
-                "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue q "
-                f"WHERE state = 'queued' AND next_run <= ? AND {HEAD} ORDER BY next_run, id LIMIT ?",
-                (time.time(), limit),
-            ).fetchall()
+            rows = conn.execute(_CLAIM, (time.time(), limit)).fetchall()
             conn.executemany(
                 "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
             )
@@ -428,7 +459,7 @@ class SQLiteStore(MappingLookups):
 
     async def next_due_in(self) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
-            row = conn.execute(f"SELECT MIN(next_run) FROM queue q WHERE state = 'queued' AND {HEAD}").fetchone()
+            row = conn.execute(NEXT_DUE).fetchone()
             return None if row[0] is None else max(row[0] - time.time(), 0.0)
 
         return self._read(run)
@@ -551,6 +582,17 @@ def _begin_waiting(conn: sqlite3.Connection) -> None:
 
 class _OperationFailed(Exception):
     """An operation of a batch failed on the fast path; the batch is run again with savepoints."""
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of ``script`` (a trigger's body holds semicolons of its own)."""
+    statements, current = [], ""
+    for line in script.splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
