@@ -92,7 +92,7 @@ class RelayConfig(_Section):
     dedup_retention_days: float = 8.0
     """How long dedup keys are kept: at least 7 days, as WhatsApp re-sends a webhook for up to 7 days."""
     shutdown_timeout: float = 10.0
-    """Seconds to let in-flight jobs finish on SIGTERM before leaving them queued."""
+    """Seconds to let in-flight jobs finish on SIGTERM (none is claimed meanwhile) before cancelling them."""
 
 
 class HttpConfig(_Section):

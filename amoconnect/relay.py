@@ -101,6 +101,8 @@ class Relay:
     shutdown_timeout: float = 10.0
     _running: set[int] = field(default_factory=set, init=False)
     _slot_free: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _dispatching: anyio.CancelScope | None = field(default=None, init=False)
+    _stopped: anyio.Event = field(default_factory=anyio.Event, init=False)
 
     def backoff_delay(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: exponential with jitter, capped."""
@@ -108,15 +110,28 @@ class Relay:
         return random.uniform(ceiling / 2, ceiling)
 
     async def run(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Work the queue until cancelled; then give in-flight jobs ``shutdown_timeout`` to finish."""
-        async with anyio.create_task_group() as jobs:
-            task_status.started()
-            try:
-                await self._dispatch(jobs)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._drain()
+        """Work the queue until :meth:`stop` drains it, or until cancelled (in-flight jobs then stop
+        at once, left to the store: they run again)."""
+        self._stopped = anyio.Event()
+        try:
+            async with anyio.create_task_group() as jobs:
+                with anyio.CancelScope() as self._dispatching:
+                    task_status.started()
+                    await self._dispatch(jobs)
+                await self._drain()
                 jobs.cancel_scope.cancel()
+        finally:
+            self._dispatching = None
+            self._stopped.set()
+
+    async def stop(self) -> None:
+        """Drain: claim no more jobs, give those in flight ``shutdown_timeout`` seconds to finish and
+        record their outcome, then cancel the rest, which the store gives back to the queue (SQLite
+        at the next start, PostgreSQL when it closes). Returns once :meth:`run` has returned."""
+        if self._dispatching is None:
+            return
+        self._dispatching.cancel()
+        await self._stopped.wait()
 
     async def _dispatch(self, jobs: anyio.abc.TaskGroup) -> None:
         while True:
@@ -136,10 +151,11 @@ class Relay:
             self._slot_free = anyio.Event()
             await self._slot_free.wait()
             return 0.0
-        claimed = await self.store.claim(free)
-        for job in claimed:
-            self._running.add(job.id)
-            jobs.start_soon(self._work, job)
+        with anyio.CancelScope(shield=True):  # a job claimed is a job started: stop() never strands one
+            claimed = await self.store.claim(free)
+            for job in claimed:
+                self._running.add(job.id)
+                jobs.start_soon(self._work, job)
         if len(claimed) == free:
             return 0.0
         due = await self.store.next_due_in()
@@ -148,13 +164,16 @@ class Relay:
     async def _drain(self) -> None:
         if not self._running:
             return
-        log.info("draining", in_flight=len(self._running), timeout_s=self.shutdown_timeout)
+        in_flight = len(self._running)
+        log.info("draining", in_flight=in_flight, timeout_s=self.shutdown_timeout)
         with anyio.move_on_after(self.shutdown_timeout):
             while self._running:
                 self._slot_free = anyio.Event()
                 await self._slot_free.wait()
         if self._running:
             log.warning("left queued at shutdown", jobs=sorted(self._running))
+        else:
+            log.info("drained", finished=in_flight)
 
     async def _work(self, job: Job) -> None:
         bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)

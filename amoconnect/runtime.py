@@ -319,13 +319,18 @@ class Runtime:
         )
 
     async def stop(self) -> None:
-        """Stop the adapters, drain the relay (``relay.shutdown_timeout``), close everything."""
+        """Drain the relay (``relay.shutdown_timeout``: no job claimed, the ones in flight finish),
+        then stop the adapters and close everything."""
         stack, self._stack = self._stack, None
         if self._client is not None:
             await self._client.aclose()
             self._client = None
         if stack is not None:
-            await stack.aclose()
+            try:
+                with anyio.CancelScope(shield=True):  # bounded by relay.shutdown_timeout
+                    await self.relay.stop()
+            finally:
+                await stack.aclose()
             log.info("runtime stopped")
 
     async def _run_adapter(self, instance: Instance) -> None:

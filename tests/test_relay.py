@@ -190,3 +190,52 @@ async def test_a_network_store_or_retryable_remote_error_is_retried(store: Store
 )
 def test_what_is_transient(error: Exception) -> None:
     assert not transient(error)
+
+
+async def test_stop_lets_the_jobs_in_flight_finish_and_claims_no_more(store: Store) -> None:
+    started: list[bytes] = []
+    release = anyio.Event()
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        started.append(job.payload)
+        await release.wait()
+        return Done()
+
+    await store.enqueue([NewJob("test", f"k{i}", b"%d" % i) for i in range(5)])
+    relay = Relay(store, {"test": Handler(run)}, concurrency=2, shutdown_timeout=30.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(relay.run)
+        await eventually(lambda: len(started) == 2)
+        async with anyio.create_task_group() as stopping:
+            stopping.start_soon(relay.stop)
+            await anyio.sleep(0.2)
+            assert len(started) == 2, "no job is claimed once stopping"
+            release.set()  # the two in flight finish within shutdown_timeout
+    assert started == [b"0", b"1"]
+    assert await store.counts() == {"queued": 3, "running": 0, "dead": 0}
+
+
+async def test_stop_cancels_what_outlives_shutdown_timeout_and_leaves_it_to_the_store(tmp_path: Path) -> None:
+    attempts: list[int] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        attempts.append(job.attempts)
+        if len(attempts) == 1:
+            await anyio.sleep_forever()
+        return Done()
+
+    path = tmp_path / "store.sqlite3"
+    async with SQLiteStore(path) as store:
+        await store.enqueue([NewJob("test", "k", b"x")])
+        relay = Relay(store, {"test": Handler(run)}, shutdown_timeout=0.1)
+        async with anyio.create_task_group() as tg:
+            await tg.start(relay.run)
+            await eventually(lambda: attempts)
+            await relay.stop()
+        assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}
+    # The next start queues it again and it runs.
+    async with SQLiteStore(path) as store, anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0))
+        tg.cancel_scope.cancel()
+    assert attempts == [1, 2]
