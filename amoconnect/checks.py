@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import msgspec
-
 from .amocrm import AmoCRMClient
 from .amojo.client import AmojoClient
 from .config import Config
-from .errors import AmoconnectError, AmojoError
+from .errors import AmoconnectError, AmojoError, ConfigError
 from .http import RetryPolicy
 from .plugins import collect_messengers, get_plugin_manager
 from .store import opened_store
@@ -24,15 +22,15 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
         messengers = collect_messengers(get_plugin_manager(blocked=config.plugins.blocked))
     except AmoconnectError as exc:
         return [f"plugins: {exc}"]
-    for source in config.sources:
+    for index, source in enumerate(config.sources):
         cls = messengers.get(source.plugin)
         if cls is None:
             problems.append(f"source {source.name!r}: plugin {source.plugin!r} is not installed")
             continue
         try:
-            msgspec.convert(source.settings, cls.settings)
-        except msgspec.ValidationError as exc:
-            problems.append(f"source {source.name!r}: settings: {exc}")
+            config.plugin_settings(index, cls.settings)
+        except ConfigError as exc:
+            problems.extend(f"{config.origin}: source {source.name!r}: {p}" for p in exc.problems)
     if offline:
         return problems
     problems.extend(await _check_store(config))

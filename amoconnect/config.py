@@ -1,18 +1,21 @@
 """The configuration file (``amoconnect.toml``): schema, loading and validation.
 
 Any string value may be written as ``"env:NAME"`` to read it from the environment variable
-``NAME`` instead, so secrets need not sit in the file. Errors name the file, the key and
-what was expected. The full schema with an example is in README's "Configuration".
+``NAME`` instead, so secrets need not sit in the file. Every problem of a file is found before
+one :class:`~amoconnect.errors.ConfigError` lists them all, each naming the file, the key (as
+``sources[0].settings.mode``) and what is allowed. The keys are described in README's "Configuration".
 """
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 import tomllib
+import typing
 import urllib.parse
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
@@ -20,6 +23,7 @@ from .errors import ConfigError
 from .urlguard import parse_networks
 
 __all__ = [
+    "LOG_LEVELS",
     "AccountConfig",
     "ChannelConfig",
     "Config",
@@ -32,6 +36,10 @@ __all__ = [
     "load_config",
     "parse_config",
 ]
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+LogLevel = Literal["debug", "info", "warning", "error"]
+S = TypeVar("S", bound=msgspec.Struct)
 
 _EXTERNAL_ID = re.compile(r"^[\x20-\x7e]{1,40}$")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -172,7 +180,9 @@ class Config(_Section):
     relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
-    log_level: str = "info"
+    log_level: LogLevel = "info"
+    origin: str = "<config>"
+    """Where this configuration was read from (the file's path), for error messages; not a key of the file."""
 
     def account(self, name: str) -> AccountConfig:
         """The account called ``name``."""
@@ -187,6 +197,17 @@ class Config(_Section):
             if account.scope_id == scope_id:
                 return account
         return None
+
+    def plugin_settings(self, index: int, schema: type[S]) -> S:
+        """``sources[index].settings`` validated against a plugin's settings ``schema``.
+
+        Raises :class:`ConfigError` listing every problem, each with the file and the key path."""
+        source = self.sources[index]
+        problems: list[str] = []
+        settings = _validate(source.settings, schema, f"sources[{index}].settings", problems)
+        if problems:
+            raise _config_error(self.origin, problems, f"(source {source.name!r}, plugin {source.plugin!r})")
+        return typing.cast(S, settings)
 
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log redaction."""
@@ -213,36 +234,167 @@ def _url_password(url: str) -> list[str]:
     return [password, urllib.parse.unquote(password)] if password else []
 
 
-def _resolve_env(value: Any, where: str, origin: str) -> Any:
+def _config_error(origin: str, problems: list[str], context: str = "") -> ConfigError:
+    """One error listing every problem of ``origin``."""
+    where = f"{origin} {context}".rstrip()
+    if len(problems) == 1:
+        return ConfigError(f"{where}: {problems[0]}", problems=problems)
+    listed = "".join(f"\n  - {p}" for p in problems)
+    return ConfigError(f"{where}: {len(problems)} problems:{listed}", problems=problems)
+
+
+# -- "env:NAME" ---------------------------------------------------------------------------
+def _resolve_env(value: Any, where: str, problems: list[str]) -> Any:
     if isinstance(value, str) and value.startswith("env:"):
         name = value[4:]
         if name not in os.environ:
-            raise ConfigError(f"{origin}: {where} reads environment variable {name!r}, which is not set")
+            problems.append(f"{where} reads environment variable {name!r}, which is not set")
+            return value
         return os.environ[name]
     if isinstance(value, dict):
-        return {k: _resolve_env(v, f"{where}.{k}" if where else k, origin) for k, v in value.items()}
+        return {k: _resolve_env(v, _key(where, k), problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_resolve_env(v, f"{where}[{i}]", origin) for i, v in enumerate(value)]
+        return [_resolve_env(v, f"{where}[{i}]", problems) for i, v in enumerate(value)]
     return value
 
 
-def _check(config: Config, origin: str) -> Config:
-    def fail(message: str) -> ConfigError:
-        return ConfigError(f"{origin}: {message}")
+# -- types: every problem, with its key path ---------------------------------------------
+def _key(path: str, key: str) -> str:
+    name = key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else repr(key)
+    return f"{path}.{name}" if path else name
 
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _allowed(values: typing.Iterable[Any]) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+_MSGSPEC_PATH = re.compile(r" - at `\$(.*)`$")
+
+
+def _validate(value: Any, annotation: Any, path: str, problems: list[str]) -> Any:
+    """``value`` converted to ``annotation``; each problem found is appended to ``problems``
+    as ``"key.path: what is wrong and what is allowed"`` (the result is then meaningless)."""
+    origin = typing.get_origin(annotation)
+    if isinstance(annotation, type) and issubclass(annotation, msgspec.Struct):
+        return _validate_struct(value, annotation, path, problems)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed or type(value) not in {type(a) for a in allowed}:
+            problems.append(f"{path}: {_shown(value)} is not allowed; expected one of {_allowed(allowed)}")
+        return value
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        values = [m.value for m in annotation]
+        if value not in values:
+            problems.append(f"{path}: {_shown(value)} is not allowed; expected one of {_allowed(values)}")
+            return value
+        return annotation(value)
+    if origin is list and isinstance(value, list):
+        (item,) = typing.get_args(annotation) or (Any,)
+        return [_validate(v, item, f"{path}[{i}]", problems) for i, v in enumerate(value)]
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(annotation) or (str, Any)
+        return {k: _validate(v, item, _key(path, str(k)), problems) for k, v in value.items()}
+    try:
+        return msgspec.convert(value, annotation)
+    except msgspec.ValidationError as exc:
+        problems.append(_msgspec_problem(str(exc), path, value))
+        return value
+
+
+def _msgspec_problem(message: str, path: str, value: Any) -> str:
+    """msgspec's ``Expected `int`, got `str` - at `$.x``` as ``path.x: expected int, got 'eighty'``."""
+    match = _MSGSPEC_PATH.search(message)
+    if match:
+        message = message[: match.start()]
+        path = f"{path}{match.group(1)}".lstrip(".")
+    message = message.replace("`object`", "a table").replace("`array`", "a list").replace("`", "")
+    message = message[:1].lower() + message[1:]
+    if message.startswith("expected") and not isinstance(value, dict | list):
+        message = re.sub(r", got \w+$", f", got {_shown(value)}", message)
+    return f"{path}: {message}"
+
+
+def _validate_struct(value: Any, cls: type[S], path: str, problems: list[str]) -> S | None:
+    """``value`` as ``cls``, its problems appended; built from the keys that are right (defaults in place
+    of wrong ones) so that the checks across keys can still run, or ``None`` when it cannot be built."""
+    if not isinstance(value, dict):
+        problems.append(f"{path or 'the file'}: expected a table, got {_shown(value)}")
+        return None
+    fields = {f.encode_name: f for f in msgspec.structs.fields(cls)}
+    if cls is Config:
+        fields.pop("origin")
+    forbid = cls.__struct_config__.forbid_unknown_fields
+    before = len(problems)
+    right: dict[str, Any] = {}
+    buildable = True
+    for key, item in value.items():
+        if key in fields:
+            known = len(problems)
+            _validate(item, fields[key].type, _key(path, str(key)), problems)
+            if len(problems) == known:
+                right[key] = item
+            elif isinstance(item, list):
+                buildable = False  # an empty list in its place would make the checks across keys misread it
+        elif forbid:
+            problems.append(f"{_key(path, str(key))}: unknown key; expected one of {', '.join(fields)}")
+        else:
+            right[key] = item
+    for name, field in fields.items():
+        if field.required and name not in value:
+            problems.append(f"{_key(path, name)}: missing; it is required")
+    if not buildable:
+        return None
+    try:
+        return msgspec.convert(right, cls)  # also the struct's own checks (__post_init__), across fields
+    except msgspec.ValidationError as exc:
+        if len(problems) == before:
+            problems.append(_msgspec_problem(str(exc), path, value))
+        return None
+
+
+# -- what the types cannot say -------------------------------------------------------------
+def _check_url(url: str, where: str, example: str, problems: list[str], *, empty_ok: bool = False) -> None:
+    if not url and empty_ok:
+        return
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"{where}: {url!r} is not an http(s) URL; expected one like {example!r}")
+
+
+def _check(config: Config, problems: list[str]) -> Config:
+    """The rules across keys; appends a problem for each broken one."""
     if not config.channel.id or not config.channel.secret:
-        raise fail("channel.id and channel.secret are required (amoCRM issues them when it registers the channel)")
+        problems.append(
+            "channel.id and channel.secret: both are required (amoCRM issues them when it registers the channel)"
+        )
+    _check_url(config.channel.amojo_url, "channel.amojo_url", "https://amojo.amocrm.ru", problems)
+    _check_url(config.server.public_url, "server.public_url", "https://connector.example.com", problems, empty_ok=True)
     names: set[str] = set()
     scopes: set[str] = set()
     accounts = []
     for i, account in enumerate(config.accounts):
         if account.name in names:
-            raise fail(f"accounts[{i}].name {account.name!r} is used twice")
+            problems.append(f"accounts[{i}].name: {account.name!r} is used twice")
         names.add(account.name)
         scope_id = account.scope_id or f"{config.channel.id}_{account.amojo_id}"
         if scope_id in scopes:
-            raise fail(f"accounts[{i}].scope_id {scope_id!r} is used twice")
+            problems.append(f"accounts[{i}].scope_id: {scope_id!r} is used twice")
         scopes.add(scope_id)
+        if account.subdomain and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", account.subdomain):
+            problems.append(
+                f"accounts[{i}].subdomain: {account.subdomain!r} must be the bare subdomain (letters, digits, '-'), "
+                "e.g. 'mycompany' for https://mycompany.amocrm.ru; or set rest_url"
+            )
+        _check_url(account.rest_url, f"accounts[{i}].rest_url", "https://mycompany.amocrm.ru", problems, empty_ok=True)
         rest_url = account.rest_url or (f"https://{account.subdomain}.amocrm.ru" if account.subdomain else "")
         accounts.append(msgspec.structs.replace(account, scope_id=scope_id, rest_url=rest_url))
     sources = []
@@ -252,60 +404,71 @@ def _check(config: Config, origin: str) -> Config:
     for i, source in enumerate(config.sources):
         where = f"sources[{i}]"
         if not _NAME.match(source.name):
-            raise fail(
-                f"{where}.name {source.name!r} must be lower-case letters, digits, '-' or '_' (it is a URL part)"
+            problems.append(
+                f"{where}.name: {source.name!r} must be lower-case letters, digits, '-' or '_' (it is a URL part)"
             )
         if source.name in instance_names:
-            raise fail(f"{where}.name {source.name!r} is used twice")
+            problems.append(f"{where}.name: {source.name!r} is used twice")
         instance_names.add(source.name)
         if source.account not in names:
-            raise fail(f"{where}.account {source.account!r} is not one of the accounts {sorted(names)}")
+            problems.append(f"{where}.account: {source.account!r} is not one of the accounts {sorted(names)}")
         external_id = source.external_id or source.name
         if not _EXTERNAL_ID.match(external_id):
-            raise fail(f"{where}.external_id {external_id!r} must be 1-40 printable ASCII characters")
+            problems.append(f"{where}.external_id: {external_id!r} must be 1-40 printable ASCII characters")
         if (source.account, external_id) in external_ids:
-            raise fail(f"{where}.external_id {external_id!r} is used twice in account {source.account!r}")
+            problems.append(f"{where}.external_id: {external_id!r} is used twice in account {source.account!r}")
         external_ids.add((source.account, external_id))
         if source.default:
             if source.account in defaults:
-                raise fail(f"{where}: account {source.account!r} has more than one default source")
+                problems.append(f"{where}.default: account {source.account!r} has more than one default source")
             defaults.add(source.account)
         sources.append(msgspec.structs.replace(source, external_id=external_id))
     if config.store.url and not config.store.url.startswith(("postgresql://", "postgres://")):
-        raise fail("store.url must be a postgresql:// URL (or empty for the SQLite file at store.path)")
+        problems.append(
+            "store.url: expected a postgresql://user:password@host:5432/db URL (or none, for the SQLite file at "
+            "store.path)"
+        )
     if not config.store.url and (config.store.media == "database" or config.store.finished_retention_days):
-        raise fail("store.media = 'database' and store.finished_retention_days need the PostgreSQL store (store.url)")
+        problems.append(
+            "store.media = 'database' and store.finished_retention_days need the PostgreSQL store (store.url)"
+        )
     if not config.relay.dedup_retention_days >= 7:
-        raise fail(
-            f"relay.dedup_retention_days must be at least 7 (messengers re-send webhooks for up to 7 days), "
+        problems.append(
+            f"relay.dedup_retention_days: must be at least 7 (messengers re-send webhooks for up to 7 days), "
             f"got {config.relay.dedup_retention_days}"
         )
     if not config.store.lease > 0:
-        raise fail(f"store.lease must be a positive number of seconds, got {config.store.lease}")
+        problems.append(f"store.lease: must be a positive number of seconds, got {config.store.lease}")
+    if not 0 <= config.server.port <= 65535:
+        problems.append(f"server.port: must be 0-65535, got {config.server.port}")
     for field, value in (
-        ("server.port", config.server.port),
         ("store.pool_size", config.store.pool_size),
         ("relay.concurrency", config.relay.concurrency),
         ("relay.max_attempts", config.relay.max_attempts),
         ("http.attempts", config.http.attempts),
+        ("http.max_in_flight_per_host", config.http.max_in_flight_per_host),
     ):
-        if value < (0 if field == "server.port" else 1):
-            raise fail(f"{field} must be positive, got {value}")
+        if value < 1:
+            problems.append(f"{field}: must be positive, got {value}")
     try:
         parse_networks(config.http.media_allow_networks)
     except ConfigError as exc:
-        raise fail(str(exc)) from None
+        problems.append(str(exc))
     return msgspec.structs.replace(config, accounts=accounts, sources=sources)
 
 
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:
-    """Validate a configuration given as a dict (as read from TOML)."""
-    data = _resolve_env(data, "", origin)
-    try:
-        config = msgspec.convert(data, Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{origin}: {exc}".replace("`$.", "`")) from exc
-    return _check(config, origin)
+    """Validate a configuration given as a dict (as read from TOML); ``origin`` names it in errors.
+
+    Raises :class:`ConfigError` listing every problem found."""
+    problems: list[str] = []
+    data = _resolve_env(data, "", problems)
+    config = _validate_struct(data, Config, "", problems)
+    if config is not None:
+        config = _check(msgspec.structs.replace(config, origin=origin), problems)
+    if problems or config is None:
+        raise _config_error(origin, problems)
+    return config
 
 
 def load_config(path: str | Path) -> Config:
@@ -314,7 +477,9 @@ def load_config(path: str | Path) -> Config:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
-        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        raise ConfigError(
+            f"cannot read configuration file {path}: {exc.strerror} (amoconnect init writes a starter one)"
+        ) from exc
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -52,7 +52,13 @@ class AmoconnectError(Exception):
 
 
 class ConfigError(AmoconnectError):
-    """The configuration is invalid; the message names the file, the key and what was expected."""
+    """The configuration is invalid; the message names the file, the key and what was expected.
+
+    ``problems`` lists each problem on its own (``"key.path: what is wrong"``) when there were several."""
+
+    def __init__(self, message: str, *, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems if problems is not None else [message]
 
 
 class SignatureError(AmoconnectError):

@@ -21,7 +21,6 @@ from types import ModuleType
 
 import anyio
 import httpx
-import msgspec
 import pluggy
 import structlog
 import uvicorn
@@ -150,12 +149,7 @@ class Runtime:
                     f"sources[{index}] ({source.name!r}) uses plugin {source.plugin!r}, which is not installed; "
                     f"installed: {sorted(self.messengers) or 'none'}"
                 )
-            try:
-                settings = msgspec.convert(source.settings, cls.settings)
-            except msgspec.ValidationError as exc:
-                raise ConfigError(
-                    f"sources[{index}].settings ({source.name!r}, plugin {source.plugin!r}): {exc}"
-                ) from exc
+            settings = self.config.plugin_settings(index, cls.settings)
             context = AdapterContext(
                 instance=source.name,
                 http=http,

@@ -40,7 +40,7 @@ def test_config_error_is_a_clear_message(tmp_path: Path) -> None:
     bad.write_text('[channel]\nid = "x"\n')
     result = CliRunner().invoke(main, ["jobs", "list", "--config", str(bad)])
     assert result.exit_code == 1
-    assert "bad.toml: Object missing required field `secret` - at `channel`" in result.output
+    assert f"Error: {bad}: channel.secret: missing; it is required\n" == result.output
 
 
 def test_jobs_list_retry_purge(config_file: Path, tmp_path: Path) -> None:
