@@ -1,14 +1,22 @@
-"""``amoconnect check``: validate the configuration and reach every configured API."""
+"""``amoconnect check``: validate the configuration and reach every configured API.
+
+It changes nothing: the store is only read (a SQLite file that does not exist yet is not
+created), and amojo and the REST API get read requests.
+"""
 
 from __future__ import annotations
+
+import os
+import sqlite3
+from pathlib import Path
 
 from .amocrm import AmoCRMClient
 from .amojo.client import AmojoClient
 from .config import Config
-from .errors import AmoconnectError, AmojoError, ConfigError
+from .errors import AmoconnectError, ConfigError, RemoteError
 from .http import RetryPolicy
 from .plugins import collect_messengers, get_plugin_manager
-from .store import opened_store
+from .store import build_store
 
 __all__ = ["run_checks"]
 
@@ -30,7 +38,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
         try:
             config.plugin_settings(index, cls.settings)
         except ConfigError as exc:
-            problems.extend(f"{config.origin}: source {source.name!r}: {p}" for p in exc.problems)
+            problems.extend(f"{config.origin}: {problem}" for problem in exc.problems)
     if offline:
         return problems
     problems.extend(await _check_store(config))
@@ -42,23 +50,18 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
             # A signed read of a chat that does not exist: 204 proves the secret and the scope.
             try:
                 await amojo.get_history(account.scope_id, _PROBE_CHAT, limit=1)
-            except AmojoError as exc:
-                if exc.status == 403:
-                    problems.append(f"account {account.name!r}: amojo refused the signature: check channel.secret")
-                elif exc.status == 404:
-                    problems.append(
-                        f"account {account.name!r}: amojo does not know scope {account.scope_id!r}; "
-                        "run amoconnect connect"
-                    )
-                else:
-                    problems.append(f"account {account.name!r}: amojo: {exc}")
+            except RemoteError as exc:
+                problems.append(f"account {account.name!r}: {_amojo_problem(config, account.scope_id, exc)}")
             if not account.rest_url or not account.token:
                 continue
             async with AmoCRMClient(account.rest_url, tokens=account.token, retry=once) as rest:
                 try:
                     amojo_id = await rest.get_account_amojo_id()
+                except RemoteError as exc:
+                    problems.append(f"account {account.name!r}: {_rest_problem(account.rest_url, exc)}")
+                    continue
                 except AmoconnectError as exc:
-                    problems.append(f"account {account.name!r}: amoCRM REST API: {exc}")
+                    problems.append(f"account {account.name!r}: amoCRM's REST API at {account.rest_url}: {exc}")
                     continue
                 if amojo_id != account.amojo_id:
                     problems.append(
@@ -68,11 +71,70 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
     return problems
 
 
+def _unreachable(exc: RemoteError) -> str:
+    """Why no answer came: the transport error behind ``exc``."""
+    cause = exc.__cause__
+    if cause is None:
+        return str(exc)
+    return f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+
+
+def _amojo_problem(config: Config, scope_id: str, exc: RemoteError) -> str:
+    url = config.channel.amojo_url
+    what = "a signed request for a chat's history (it proves channel.secret and the account's scope)"
+    if exc.status is None:
+        return f"amojo at {url} did not answer {what}: {_unreachable(exc)}"
+    if exc.status == 403:
+        return f"amojo at {url} refused the signature of a signed request for a chat's history: check channel.secret"
+    if exc.status == 404:
+        return f"amojo at {url} does not know scope {scope_id!r}: run amoconnect connect"
+    return f"amojo at {url} answered {what} with HTTP {exc.status}: {exc.body}"
+
+
+def _rest_problem(url: str, exc: RemoteError) -> str:
+    what = "a request for the account's amojo_id"
+    if exc.status is None:
+        return f"amoCRM's REST API at {url} did not answer {what}: {_unreachable(exc)}"
+    if exc.status == 401:
+        return f"amoCRM's REST API at {url} refused the token (HTTP 401): check the account's token"
+    return f"amoCRM's REST API at {url} answered {what} with HTTP {exc.status}: {exc.body}"
+
+
 async def _check_store(config: Config) -> list[str]:
-    """The store opens (reachable, schema at this version) and answers."""
+    """The store is reachable and its schema is this version; nothing is created or changed."""
+    if not config.store.url:
+        return _check_sqlite(Path(config.store.path))
+    from .store.postgres import SCHEMA_VERSION, PostgresStore
+
+    store = build_store(config.store)
+    assert isinstance(store, PostgresStore)
     try:
-        async with opened_store(config.store) as store:
-            await store.counts()
+        version = await store.schema_version()
     except AmoconnectError as exc:
         return [f"store: {exc}"]
+    if version != SCHEMA_VERSION:
+        fix = "run amoconnect migrate" if version < SCHEMA_VERSION else "upgrade amoconnect"
+        return [f"store: {store.where} has schema version {version}, this amoconnect needs {SCHEMA_VERSION}: {fix}"]
+    return []
+
+
+def _check_sqlite(path: Path) -> list[str]:
+    from .store.sqlite import SCHEMA_VERSION
+
+    if not path.exists():
+        existing = next(p for p in path.absolute().parents if p.exists())
+        if not os.access(existing, os.W_OK):
+            return [f"store: {path} does not exist and cannot be created: {existing} is not writable"]
+        return []  # amoconnect run (or migrate) creates it
+    try:
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        return [f"store: {path} is not a readable amoconnect SQLite store: {exc}"]
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        return [f"store: {path} has schema version {version}, newer than this amoconnect ({SCHEMA_VERSION})"]
     return []

@@ -6,7 +6,7 @@ the messenger's ids, so an interrupted import simply runs again: what amojo alre
 refused as a duplicate and counted as done.
 
 The input is JSON lines, one :class:`HistoryEntry` a line, as an adapter or an export script
-produces them (README "History import").
+produces them (the format: docs/cli.md, "History import").
 """
 
 from __future__ import annotations

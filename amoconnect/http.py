@@ -341,8 +341,9 @@ async def send_with_retries(
     ``build`` is called again for every attempt, so each attempt carries fresh headers
     (a fresh ``Date`` and signature for amojo). Any other status is returned to the caller,
     which decides what a 4xx means. When the attempts run out, ``error`` is raised carrying
-    the last status and body (status ``None`` if no answer ever came) and the last ``Retry-After``
-    (capped like the waits), so that whoever retries the whole job later still honours it.
+    the last status and body (status ``None`` if no answer ever came, the transport error then its
+    ``__cause__``) and the last ``Retry-After`` (capped like the waits), so that whoever retries the
+    whole job later still honours it; its message names the method and the URL (without the query).
     """
     attempt = 0
     while True:
@@ -350,11 +351,13 @@ async def send_with_retries(
         request = build()
         status: int | None = None
         retry_after: float | None = None
+        cause: httpx.TransportError | None = None
         try:
             response = await client.send(request)
         except httpx.TransportError as exc:
             problem: str = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             body: object = None
+            cause = exc
         else:
             if response.status_code != 429 and response.status_code < 500:
                 return response
@@ -363,17 +366,19 @@ async def send_with_retries(
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
             problem = f"HTTP {status}"
         if attempt >= policy.attempts:
+            attempts = f"{attempt} attempt{'s' if attempt > 1 else ''}"
             raise error(
-                f"{error.service} {describe} failed after {attempt} attempts: {problem}",
+                f"{error.service} {describe} failed after {attempts}: {problem} "
+                f"({request.method} {request.url.copy_with(query=None)})",
                 status=status,
                 body=body,
                 retry_after=None if retry_after is None else policy.delay(attempt, retry_after),
-            )
+            ) from cause
         wait = policy.delay(attempt, retry_after)
         log.warning(
             "retrying",
-            service=error.service,
-            request=describe,
+            request=f"{error.service} {describe}",
+            host=request.url.netloc.decode("ascii"),
             attempt=attempt,
             problem=problem,
             wait_s=round(wait, 3),

@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines when the output is not a terminal, readable lines when it is.
+"""Logging set-up of every command: JSON lines when the output is not a terminal, readable lines when it is.
 
 Secrets never reach a log line: :func:`configure` takes the configured secrets, a processor
 replaces any occurrence of them in every rendered value (nested ones and exceptions included),
@@ -10,13 +10,15 @@ run time (a token derived from a configured one, or generated and stored) joins 
 from __future__ import annotations
 
 import logging
+import re
 import sys
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
+from types import MappingProxyType
 from typing import Any
 
 import structlog
 
-__all__ = ["RedactingFormatter", "configure", "redact", "redactor", "scrubber"]
+__all__ = ["RedactingFormatter", "compact", "configure", "redact", "redactor", "scrubber"]
 
 REDACTED = "[redacted]"
 
@@ -89,28 +91,88 @@ class RedactingFormatter(logging.Formatter):
         return self._scrub(super().format(record))
 
 
-def configure(*, level: str = "info", json: bool | None = None, secrets: Iterable[str] = ()) -> None:
-    """Configure structlog (and the standard library's root logger) for the running program."""
+_UUID = re.compile(r"(?<![0-9a-f])([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![0-9a-f])", re.I)
+
+
+def compact(accounts: Mapping[str, str] = MappingProxyType({})) -> structlog.types.Processor:
+    """A processor that keeps a console line short enough to read on a terminal of 80-120 columns.
+
+    ``scope_id`` (two joined UUIDs) becomes ``account=<name>`` (``accounts`` maps scope ids to
+    names), or goes when there is one account; a job's queue ``key`` (scope and conversation again)
+    goes; a job's ``job``, ``kind`` and ``attempt`` show only on warnings and errors, where they say
+    which job to look at; every other UUID is cut to its first 8 characters. JSON lines keep everything.
+    """
+
+    def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict.pop("key", None)
+        if event_dict.get("level") in ("debug", "info"):
+            for name in ("job", "kind", "attempt"):
+                event_dict.pop(name, None)
+        scope_id = event_dict.pop("scope_id", None)
+        if scope_id is not None and (len(accounts) > 1 or scope_id not in accounts):
+            event_dict["account"] = accounts.get(scope_id, scope_id)
+        for name, value in event_dict.items():
+            if isinstance(value, str) and name != "event":
+                event_dict[name] = _UUID.sub(r"\1…", value)
+        return event_dict
+
+    return process
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typeshed: StreamHandler[TextIO]
+    """Writes to whatever ``sys.stderr`` is when a line is written (a test may have replaced it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure(
+    *,
+    level: str = "info",
+    json: bool | None = None,
+    secrets: Iterable[str] = (),
+    accounts: Mapping[str, str] = MappingProxyType({}),
+) -> None:
+    """Configure structlog and the standard library's root logger for a command of the program.
+
+    ``json``: JSON lines when true, readable lines (:func:`compact`, coloured on a terminal) when
+    false, and when ``None`` JSON unless stderr is a terminal. The standard library's lines (uvicorn,
+    httpx) are rendered the same way from ``WARNING`` up. Every value is scrubbed of ``secrets``.
+    Calling it again replaces the previous set-up.
+    """
     secrets = list(secrets)
+    tty = sys.stderr.isatty()
     if json is None:
-        json = not sys.stderr.isatty()
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        json = not tty
+    numeric = logging.getLevelNamesMapping()[level.upper()]
+    shared: list[structlog.types.Processor] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso" if json else "%H:%M:%S", utc=json),
+        structlog.processors.format_exc_info,
+        redactor(secrets),
+    ]
+    rendering: list[structlog.types.Processor] = (
+        [structlog.processors.JSONRenderer()]
+        if json
+        else [compact(accounts), structlog.dev.ConsoleRenderer(colors=tty, pad_level=False, pad_event_to=20)]
     )
-    numeric = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            redactor(secrets),
-            renderer,
-        ],
+        processors=[structlog.contextvars.merge_contextvars, *shared, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(RedactingFormatter("%(name)s %(message)s", secrets))
-    logging.basicConfig(level=max(numeric, logging.WARNING), handlers=[handler])
+    handler = _StderrHandler()
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendering],
+        )
+    )
+    handler.setLevel(max(numeric, logging.WARNING))
+    root = logging.getLogger()
+    for previous in [h for h in root.handlers if isinstance(h, _StderrHandler)]:
+        root.removeHandler(previous)
+    root.addHandler(handler)
+    root.setLevel(max(numeric, logging.WARNING))

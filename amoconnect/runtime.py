@@ -8,9 +8,11 @@ leaving the block drains in-flight jobs and stops. :func:`serve` runs it behind 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib.util
 import signal
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -48,7 +50,7 @@ from .store import build_store
 from .store.base import Store
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
-__all__ = ["Runtime", "loop_options", "serve"]
+__all__ = ["Runtime", "listen", "loop_options", "serve"]
 
 log = structlog.get_logger("amoconnect.runtime")
 
@@ -382,16 +384,55 @@ def loop_options() -> dict[str, bool]:
     return {"use_uvloop": importlib.util.find_spec("uvloop") is not None}
 
 
-async def serve(runtime: Runtime, *, host: str, port: int, stop: anyio.Event | None = None) -> None:
+@contextlib.asynccontextmanager
+async def _closing(sock: socket.socket) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port`` (port 0: a free port the system picks).
+
+    Raises :class:`ConfigError` naming the address when it cannot be had (in use, not an address here).
+    """
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    except OSError as exc:
+        raise ConfigError(f"cannot listen on {host}:{port}: {host!r} is not an address of this machine") from exc
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: the port is in use by another program; "
+                "choose another with --port or [server] port"
+            ) from None
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.setblocking(False)
+    return sock
+
+
+async def serve(
+    runtime: Runtime, *, host: str, port: int, stop: anyio.Event | None = None, sock: socket.socket | None = None
+) -> None:
     """Run ``runtime`` behind uvicorn until SIGTERM/SIGINT (or ``stop`` is set), then drain and stop.
 
-    On a signal the server stops accepting and finishes the requests in progress, then the
-    relay gets ``relay.shutdown_timeout`` seconds to finish its jobs; what is left stays queued.
+    The port is taken (:func:`listen`, or the given listening ``sock``) before the runtime starts,
+    so a port in use is a :class:`ConfigError` and nothing else. On a signal the server stops
+    accepting and finishes the requests in progress, then the relay gets
+    ``relay.shutdown_timeout`` seconds to finish its jobs; what is left stays queued.
     """
     # The store's writer thread and the event loop share the GIL; a shorter switch interval keeps
     # commits from waiting behind request handling (measured: ack p50 halves at 4,500 webhooks/s).
     sys.setswitchinterval(0.0005)
-    async with runtime:
+    sock = sock if sock is not None else listen(host, port)
+    async with _closing(sock), runtime:
         assert runtime.app is not None
         server = _Server(
             uvicorn.Config(runtime.app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
@@ -413,6 +454,6 @@ async def serve(runtime: Runtime, *, host: str, port: int, stop: anyio.Event | N
             tg.start_soon(on_signal)
             if stop is not None:
                 tg.start_soon(on_stop, stop)
-            await server.serve()
+            await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
         log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))

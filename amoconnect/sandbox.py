@@ -10,6 +10,7 @@ builds a :class:`SandboxMessenger`.
 from __future__ import annotations
 
 import secrets
+import socket
 import tempfile
 import time
 import uuid
@@ -26,7 +27,7 @@ from .adapter import MessengerAdapter
 from .config import parse_config
 from .errors import PluginError
 from .plugins import collect_messengers, get_plugin_manager
-from .runtime import Runtime, serve
+from .runtime import Runtime, listen, serve
 from .testing.fake_amojo import FakeAmojo
 from .testing.servers import serve_app
 
@@ -68,13 +69,16 @@ async def run_sandbox(
     plugin: str,
     *,
     host: str = "127.0.0.1",
-    port: int = 8080,
+    port: int | None = None,
     rounds: int = 0,
     interval: float = 3.0,
     plugin_dirs: Iterable[str] = (),
     blocked: Iterable[str] = (),
 ) -> None:
-    """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted)."""
+    """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted).
+
+    The connector listens on ``port``, or on a free port when it is ``None`` (logged with the rest);
+    a port in use is a :class:`~amoconnect.errors.ConfigError`."""
     plugin_dirs = tuple(plugin_dirs)
     # Load just the plugin under test (a local one from --plugin-dir, else its entry point).
     pm = get_plugin_manager(
@@ -89,8 +93,12 @@ async def run_sandbox(
         raise PluginError(f"no messenger plugin named {plugin!r} is installed; installed: {sorted(messengers)}")
     if cls.sandbox_factory is None:
         raise PluginError(f"plugin {plugin!r} ships no fake messenger (sandbox_factory), so it has no sandbox")
-    with tempfile.TemporaryDirectory(prefix="amoconnect-sandbox-") as tmp:
-        await _sandbox(cls, pm, plugin, host, port, rounds, interval, Path(tmp))
+    sock = listen(host, port or 0)
+    try:
+        with tempfile.TemporaryDirectory(prefix="amoconnect-sandbox-") as tmp:
+            await _sandbox(cls, pm, plugin, host, sock, rounds, interval, Path(tmp))
+    finally:
+        sock.close()
 
 
 async def _sandbox(
@@ -98,12 +106,13 @@ async def _sandbox(
     pm: pluggy.PluginManager,
     plugin: str,
     host: str,
-    port: int,
+    sock: socket.socket,
     rounds: int,
     interval: float,
     workdir: Path,
 ) -> None:
     assert cls.sandbox_factory is not None
+    port = int(sock.getsockname()[1])
     channel_id, account_id = str(uuid.uuid4()), str(uuid.uuid4())
     secret = secrets.token_hex(20)
     public = f"http://{host}:{port}"
@@ -133,11 +142,17 @@ async def _sandbox(
                 },
                 "<sandbox>",
             )
-            log.info("sandbox", fake_amojo=amojo_url, fake_messenger=api_url, connector=public, store=str(workdir))
+            log.info(
+                "sandbox: the connector listens",
+                connector=public,
+                fake_amojo=amojo_url,
+                fake_messenger=api_url,
+                store=str(workdir),
+            )
             runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_serve_then_stop, runtime, host, port, stop, tg)
+                tg.start_soon(_serve_then_stop, runtime, host, sock, stop, tg)
                 if not await _wait_for(lambda: runtime.app is not None, 15):
                     raise PluginError("the connector did not start")
                 await anyio.sleep(0.5)
@@ -145,8 +160,10 @@ async def _sandbox(
                 stop.set()
 
 
-async def _serve_then_stop(runtime: Runtime, host: str, port: int, stop: anyio.Event, tg: anyio.abc.TaskGroup) -> None:
-    await serve(runtime, host=host, port=port, stop=stop)
+async def _serve_then_stop(
+    runtime: Runtime, host: str, sock: socket.socket, stop: anyio.Event, tg: anyio.abc.TaskGroup
+) -> None:
+    await serve(runtime, host=host, port=int(sock.getsockname()[1]), stop=stop, sock=sock)
     tg.cancel_scope.cancel()  # interrupted by a signal: end the conversation too
 
 
@@ -157,7 +174,8 @@ async def _conversation(
     while rounds == 0 or n < rounds:
         n += 1
         await _round(messenger, amojo, scope_id, n)
-        await anyio.sleep(interval)
+        if n != rounds:
+            await anyio.sleep(interval)
 
 
 async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n: int) -> None:

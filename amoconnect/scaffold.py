@@ -129,7 +129,12 @@ def new_plugin(
     interactive: bool,
     overwrite: bool,
 ) -> None:
-    """Create a plugin distribution for the messenger NAME ("Viber", "Web Chat") from amoconnect's template."""
+    """Create a plugin distribution for the messenger NAME ("Viber", "Web Chat") from amoconnect's template.
+
+    \b
+    Example:
+      amoconnect new-plugin viber -c media -c delivery_receipts -o ~/src
+    """
     context = {
         key: value
         for key, value in (("package_name", package), ("author_name", author), ("author_email", email))

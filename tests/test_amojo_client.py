@@ -643,7 +643,10 @@ async def test_a_storm_longer_than_the_policy_is_a_clear_error(
     assert error.status == status
     assert error.retryable
     assert error.body == {"error": f"injected fault {status}", "code": "injected"}
-    assert str(error) == f"amojo new message failed after 3 attempts: HTTP {status}"
+    assert (
+        str(error)
+        == f"amojo new message failed after 3 attempts: HTTP {status} (POST http://amojo.test/v2/origin/custom/{scope})"
+    )
     assert len(fake.requests) == FAST.attempts == 3
     assert fake.messages == []
 
@@ -692,7 +695,11 @@ async def test_transport_errors_are_retried_then_a_statusless_error() -> None:
     assert handler.calls == 3
     assert error.status is None and error.body is None
     assert error.retryable
-    assert str(error) == "amojo typing failed after 3 attempts: ConnectError: connection refused"
+    assert str(error) == (
+        "amojo typing failed after 3 attempts: ConnectError: connection refused "
+        f"(POST https://amojo.amocrm.ru/v2/origin/custom/{SCOPE}/typing)"
+    )
+    assert isinstance(error.__cause__, httpx.ConnectError)
 
 
 def _closed_port() -> int:
@@ -709,6 +716,7 @@ async def test_a_closed_port_is_retried_then_a_statusless_error(transport: Any) 
         error = await raises_amojo(amojo.connect(ACCOUNT))
     assert error.status is None
     assert "failed after 3 attempts" in str(error)
+    assert f"(POST {url}/v2/origin/custom/{CHANNEL}/connect)" in str(error)  # where it could not connect
 
 
 @pytest.mark.parametrize("transport", ["httpx", "aiohttp"])

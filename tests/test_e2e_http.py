@@ -175,4 +175,5 @@ async def test_connect_and_disconnect_commands(tmp_path: Path) -> None:
         config.write_text(tomli_w.dumps(bad))
         checked = await anyio.to_thread.run_sync(lambda: runner.invoke(main, ["check", "--config", str(config)]))
         assert checked.exit_code == 1
-        assert "amojo refused the signature" in checked.output
+        assert "amojo at http://127.0.0.1:" in checked.output
+        assert "refused the signature of a signed request for a chat's history: check channel.secret" in checked.output

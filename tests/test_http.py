@@ -364,7 +364,10 @@ async def test_a_storm_ends_in_a_typed_error_after_the_attempts(status: int) -> 
     assert error.status == status
     assert error.body == {"code": f"c{status}", "status": status}
     assert error.retryable
-    assert str(error) == f"amoCRM REST API list sources failed after 3 attempts: HTTP {status}"
+    assert (
+        str(error)
+        == f"amoCRM REST API list sources failed after 3 attempts: HTTP {status} (POST http://remote.test/send)"
+    )
 
 
 @pytest.mark.parametrize(("header", "expected"), [("7", 7.0), ("100000", 300.0), (None, None)])
@@ -385,7 +388,9 @@ async def test_transport_errors_are_retried_then_raise_with_no_status() -> None:
     assert caught.value.status is None
     assert caught.value.body is None
     assert caught.value.retryable
-    assert str(caught.value) == "amojo send failed after 3 attempts: ConnectError: no route to host"
+    assert str(caught.value) == (
+        "amojo send failed after 3 attempts: ConnectError: no route to host (POST http://remote.test/send)"
+    )
 
 
 async def test_read_timeouts_are_retried() -> None:
@@ -407,7 +412,7 @@ async def test_a_non_json_error_body_is_kept_as_text() -> None:
 async def test_one_attempt_means_no_retry() -> None:
     script = Script(503, 200)
     async with httpx.AsyncClient(transport=httpx.MockTransport(script)) as client:
-        with pytest.raises(RemoteError, match="after 1 attempts"):
+        with pytest.raises(RemoteError, match="after 1 attempt: HTTP 503"):
             await send_with_retries(client, Builder(client), policy=RetryPolicy(attempts=1))
     assert len(script.requests) == 1
 

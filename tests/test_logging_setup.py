@@ -1,0 +1,83 @@
+"""The logging set-up every command shares: console lines for a person, JSON lines for a collector."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+import structlog
+
+from amoconnect.logging import configure
+
+CHANNEL = "ef7f4798-c376-48fa-984b-c3835ecf0677"
+ACCOUNT = "e504e6cb-3a51-4e05-827f-01b42411fc07"
+SCOPE = f"{CHANNEL}_{ACCOUNT}"
+OTHER = "a1b2c3d4-0000-4000-8000-000000000000_b1b2c3d4-0000-4000-8000-000000000000"
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+@pytest.fixture(autouse=True)
+def _restore() -> object:
+    previous = structlog.get_config()
+    yield None
+    structlog.configure(**previous)
+
+
+def _relay_lines(accounts: dict[str, str], json_lines: bool, capsys: pytest.CaptureFixture[str]) -> list[str]:
+    configure(level="debug", json=json_lines, secrets=["a-secret-token"], accounts=accounts)
+    job = structlog.get_logger("amoconnect.relay").bind(
+        job=12, kind="amocrm", scope_id=SCOPE, key=f"{SCOPE}|b2ae2088-d949-4670-9297-e8cbae2a9084", attempt=1
+    )
+    job.info(
+        "relayed to messenger",
+        amocrm_id="7e9a9659-0d6d-444f-88ef-182963be719a",
+        chat="182736455",
+        instance="support-bot",
+        messenger_ids=["2"],
+    )
+    job.bind(attempt=3).warning("job will be retried", error="HTTP 503 for a-secret-token", retry_in_s=2.5)
+    logging.getLogger("a.library").warning("refused a-secret-token")
+    return capsys.readouterr().err.splitlines()
+
+
+def test_console_lines_are_short_and_keep_what_a_person_needs(capsys: pytest.CaptureFixture[str]) -> None:
+    info, warning, stdlib = _relay_lines({SCOPE: "main"}, False, capsys)
+    for line in (info, warning, stdlib):
+        assert len(line) <= 120, line
+        assert not UUID.search(line), line
+        assert "a-secret-token" not in line
+    assert "relayed to messenger" in info
+    assert "amocrm_id=7e9a9659…" in info
+    assert "job=" not in info and "attempt" not in info and "account=" not in info  # one account: no need
+    assert "job=12" in warning and "attempt=3" in warning and "kind=amocrm" in warning
+    assert "[redacted]" in warning
+    assert re.match(r"\d\d:\d\d:\d\d \[warning\] refused \[redacted\]", stdlib), stdlib
+
+
+def test_console_lines_name_the_account_when_there_are_several(capsys: pytest.CaptureFixture[str]) -> None:
+    info, *_ = _relay_lines({SCOPE: "main", OTHER: "second"}, False, capsys)
+    assert "account=main" in info
+
+
+def test_json_lines_keep_every_field(capsys: pytest.CaptureFixture[str]) -> None:
+    info, warning, stdlib = (json.loads(line) for line in _relay_lines({SCOPE: "main"}, True, capsys))
+    assert info["scope_id"] == SCOPE
+    assert info["key"].startswith(SCOPE)
+    assert (info["job"], info["attempt"], info["level"]) == (12, 1, "info")
+    assert info["timestamp"].endswith("Z")
+    assert warning["error"] == "HTTP 503 for [redacted]"
+    assert stdlib == {
+        "event": "refused [redacted]",
+        "logger": "a.library",
+        "level": "warning",
+        "timestamp": stdlib["timestamp"],
+    }
+
+
+def test_the_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
+    configure(level="warning", json=True)
+    structlog.get_logger("x").info("hidden")
+    structlog.get_logger("x").warning("shown")
+    assert [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()] == ["shown"]
