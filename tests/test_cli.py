@@ -212,7 +212,8 @@ def test_init_describes_each_installed_plugin_s_settings(tmp_path: Path, plugin:
     required = {f.encode_name for f in msgspec.structs.fields(schema) if f.required}
     assert set(data["sources"][0]["settings"]) == required
     assert all(str(v).startswith("env:") or v == 0 for v in data["sources"][0]["settings"].values())
-    assert all(len(line) <= 100 for line in target.read_text().splitlines())
+    # Comments keep to 100 columns; only a setting whose default is long is longer.
+    assert all(len(line) <= 100 or " # " not in line for line in target.read_text().splitlines())
 
 
 def test_init_names_the_installed_plugins_when_the_one_asked_for_is_not(tmp_path: Path) -> None:

@@ -109,10 +109,12 @@ def _toml(value: Any) -> str | None:
 
 
 def _commented(line: str, doc: str) -> str:
+    """``line`` with ``doc`` beside it (wrapped at 100 columns), or above it when the line is too long for that."""
     if not doc:
         return line + "\n"
-    width = 100 - 3 - max(len(line), _COLUMN - 1)
-    first, *rest = textwrap.wrap(doc, max(width, 30)) or [""]
+    if len(line) > _COLUMN + 10:
+        return "".join(f"# {part}\n" for part in textwrap.wrap(doc, 98)) + line + "\n"
+    first, *rest = textwrap.wrap(doc, 100 - 3 - max(len(line), _COLUMN - 1))
     out = f"{line.ljust(_COLUMN - 1)} # {first}\n"
     return out + "".join(f"{'':{_COLUMN - 1}} # {more}\n" for more in rest)
 
