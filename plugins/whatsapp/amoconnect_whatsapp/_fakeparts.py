@@ -255,13 +255,15 @@ class StoredTemplate:
     components: list[dict[str, Any]]
     status: str = "PENDING"
     reason: str = ""
+    parameter_format: str = "POSITIONAL"
+    """``NAMED`` (``{{first_name}}``, each sent with its ``parameter_name``) or ``POSITIONAL`` (``{{1}}``)."""
 
-    def variables(self, kind: str) -> int:
-        """How many ``{{n}}`` the template's ``kind`` (``BODY``, ``HEADER``) component has."""
+    def variables(self, kind: str) -> list[str]:
+        """The parameters of the template's ``kind`` (``BODY``, ``HEADER``) component, each once, in order."""
         for component in self.components:
             if str(component.get("type", "")).upper() == kind:
-                return len(set(re.findall(r"\{\{\s*(\w+)\s*\}\}", str(component.get("text", "")))))
-        return 0
+                return list(dict.fromkeys(re.findall(r"\{\{\s*(\w+)\s*\}\}", str(component.get("text", "")))))
+        return []
 
 
 @dataclass

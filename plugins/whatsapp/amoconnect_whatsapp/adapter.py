@@ -50,6 +50,7 @@ from amoconnect.model import (
     SendResult,
 )
 
+from .catalog import Catalog, named_ref
 from .cloudapi import DEFAULT_API_URL, DEFAULT_API_VERSION, ERROR_REASONS, GraphApi
 from .compose import MEDIA_TYPES, Part, TemplateRef, plan_message, template_ref
 from .review import ReviewDesk
@@ -185,6 +186,8 @@ class WhatsAppAdapter(MessengerAdapter):
         super().__init__(config, context)
         self.config = config
         self.api = GraphApi(context.http, config.api_url, config.api_version, config.token)
+        self.catalog = Catalog(self.api, config.waba_id)
+        """Meta's templates: which take named parameters."""
         # The per-number throughput is a setting: a runtime that takes the send limits from the
         # instance keeps to it; one that takes them from the class keeps to the class's 80 per second.
         vars(self)["rate_limits"] = (
@@ -390,12 +393,26 @@ class WhatsAppAdapter(MessengerAdapter):
             return None
         known = await self.review.known_ref(message.template.id) if self.review is not None else None
         try:
-            return template_ref(message.template, self.config.default_language, known)
+            ref = template_ref(message.template, self.config.default_language, known)
         except MessengerError:
             if message.text:  # inside the window the core also gave the filled-in text
                 self.log.info("template has no WhatsApp name; sending its text", template=message.template.id)
                 return None
             raise
+        if ref is known:  # the review made it from amoCRM's template: positional
+            return ref
+        try:
+            record = await self.catalog.record(ref.name, ref.language)
+        except MessengerError as exc:
+            if exc.retryable:
+                raise
+            self.log.warning(
+                "Meta's template list could not be read; sending the template's parameters by position",
+                template=ref.name,
+                error=str(exc),
+            )
+            return ref
+        return ref if record is None else named_ref(ref, record)
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
         """Send text, media, a list, buttons or a template; write first when ``phone`` is set."""

@@ -9,7 +9,9 @@ characters.
 Templates: the WhatsApp template's name and language come from the amoCRM template's
 ``external_id``, written ``name:language`` (``order_ready:en_US``) or ``name`` (the instance's
 ``default_language`` then), or from the template review's record of the template. Body
-parameters are the template's ``{{markers}}`` in the order they first appear in its content.
+parameters are the template's ``{{markers}}`` in the order they first appear in its content
+(a positional template's ``{{1}}``, ``{{2}}``…); for a template Meta lists as named, each goes
+with its ``parameter_name``, the amoCRM marker of the same name giving its value.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ class TemplateRef:
     language: str
     body: tuple[str, ...] = ()
     header: tuple[str, ...] = ()
+    named: bool = False
+    """Meta's template has named parameters: each goes with its ``parameter_name`` (``body``, ``header``
+    are then Meta's names); else positional: ``{{1}}``, ``{{2}}``… take amoCRM's markers in order."""
 
 
 def base(chat: str) -> dict[str, Any]:
@@ -145,7 +150,11 @@ def template_body(template: Template, ref: TemplateRef) -> dict[str, Any]:
         if missing:
             listed = ", ".join("{{" + m + "}}" for m in missing)
             raise MessengerError(f"template {template.id} has no value for {listed}")
-        components.append({"type": kind, "parameters": [{"type": "text", "text": values[n]} for n in names]})
+        if ref.named:
+            parameters = [{"type": "text", "parameter_name": n, "text": values[n]} for n in names]
+        else:
+            parameters = [{"type": "text", "text": values[n]} for n in names]
+        components.append({"type": kind, "parameters": parameters})
     body: dict[str, Any] = {"name": ref.name, "language": {"code": ref.language}}
     if components:
         body["components"] = components

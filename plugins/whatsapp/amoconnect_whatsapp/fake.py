@@ -20,7 +20,9 @@ What it does as Meta does:
   131009/131008/100); the 24-hour window (131047 when free text goes to a user who has not written
   to that number for 24 h — as a late ``failed`` status, or at once with ``window_errors="sync"``);
   templates must exist, be approved in that language (132001), not paused (132015) or disabled
-  (132016), and get as many parameters as they have variables (132000); an unknown recipient is
+  (132016), and get as many parameters as they have variables (132000); a named template's
+  parameters each carry their ``parameter_name`` (else 100 "Parameter name is missing or empty",
+  as Meta answers); an unknown recipient is
   accepted and fails later with 131026; throughput (``throughput`` per second → 130429) and pair
   rate (``pair_limit`` per 6 s to one user → 131056);
 - media: ``POST /{phone-number-id}/media`` (multipart), ``GET /{media-id}`` for a short-lived URL,
@@ -597,13 +599,15 @@ class FakeWhatsApp(FakeWorld):
         for kind in ("body", "header"):
             expected = stored.variables(kind.upper())
             parameters = given.get(kind, [])
-            if len(parameters) != expected:
+            if len(parameters) != len(expected):
                 fail(
                     132000,
                     "(#132000) Number of parameters does not match the expected number of params",
                     f"{kind}: number of localizable_params ({len(parameters)}) does not match "
-                    f"the expected number of params ({expected})",
+                    f"the expected number of params ({len(expected)})",
                 )
+            if stored.parameter_format == "NAMED":
+                self._check_named(kind, parameters, expected)
             for parameter in parameters:
                 if parameter.get("type") != "text" or not str(parameter.get("text", "")).strip():
                     fail(
@@ -611,6 +615,16 @@ class FakeWhatsApp(FakeWorld):
                         "(#132012) Parameter format does not match format in the created template",
                         f"{kind} parameter {parameter!r}",
                     )
+
+    @staticmethod
+    def _check_named(kind: str, parameters: list[Any], expected: list[str]) -> None:
+        """A named template's parameters each carry their ``parameter_name``, as Meta demands (module docstring)."""
+        names = [p.get("parameter_name") if isinstance(p, dict) else None for p in parameters]
+        if not all(isinstance(n, str) and n.strip() for n in names):
+            fail(100, "(#100) Invalid parameter", "Parameter name is missing or empty")
+        if sorted(str(n) for n in names) != sorted(expected):
+            unknown = sorted(set(map(str, names)) - set(expected)) or sorted(expected)
+            fail(100, "(#100) Invalid parameter", f"{kind}: parameter name {unknown[0]} does not match the template")
 
     def _mark_read(self, number: Number, body: dict[str, Any]) -> Response:
         for key in body:
@@ -638,6 +652,7 @@ class FakeWhatsApp(FakeWorld):
             "status": template.status,
             "category": template.category,
             "components": template.components,
+            "parameter_format": template.parameter_format,
         }
         if template.status == "REJECTED":
             data["rejected_reason"] = template.reason or "INVALID_FORMAT"
@@ -671,6 +686,7 @@ class FakeWhatsApp(FakeWorld):
             components=body["components"],
             waba_id=waba,
             status="PENDING",
+            parameter_format=str(body.get("parameter_format") or "POSITIONAL").upper(),
         )
         return JSONResponse({"id": template.id, "status": template.status, "category": template.category})
 
@@ -684,17 +700,21 @@ class FakeWhatsApp(FakeWorld):
         category: str = "UTILITY",
         components: list[dict[str, Any]] | None = None,
         status: str = "APPROVED",
+        parameter_format: str | None = None,
     ) -> StoredTemplate:
-        """A template of a WABA, approved unless said otherwise."""
+        """A template of a WABA, approved unless said otherwise.
+
+        ``parameter_format`` (``POSITIONAL`` or ``NAMED``) follows the body's parameters unless given:
+        ``{{1}}`` positional, ``{{first_name}}`` named.
+        """
+        components = components if components is not None else [{"type": "BODY", "text": body}]
         template = StoredTemplate(
-            str(800000000000 + next(self._ids)),
-            waba_id,
-            name,
-            language,
-            category,
-            components if components is not None else [{"type": "BODY", "text": body}],
-            status,
+            str(800000000000 + next(self._ids)), waba_id, name, language, category, components, status
         )
+        if parameter_format is None:
+            names = template.variables("BODY") + template.variables("HEADER")
+            parameter_format = "NAMED" if names and not all(n.isdigit() for n in names) else "POSITIONAL"
+        template.parameter_format = parameter_format
         self.templates[template.id] = template
         return template
 

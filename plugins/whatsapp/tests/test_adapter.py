@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import msgspec
@@ -26,6 +27,7 @@ from amoconnect.model import (
     TemplateParam,
 )
 from amoconnect.testing.kit import eventually
+from structlog.testing import capture_logs
 from whatsapp_rig import PUBLIC, VERIFY, Files, Rig, running
 
 from amoconnect_whatsapp.fake import FakeWhatsApp
@@ -289,6 +291,84 @@ async def test_templates_from_external_id(make_adapter: Make, fake: FakeWhatsApp
     nameless = msgspec.structs.replace(template, external_id=None)
     with pytest.raises(MessengerError, match="external_id"):
         await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=nameless))
+
+
+async def test_named_templates_go_with_parameter_names(make_adapter: Make, fake: FakeWhatsApp) -> None:
+    fake.add_template(
+        "order_named",
+        "en_US",
+        components=[
+            {"type": "HEADER", "format": "TEXT", "text": "Hi {{first_name}}"},
+            {"type": "BODY", "text": "Order {{order_id}} is ready, {{first_name}}"},
+        ],
+    )
+    fake.add_template("order_positional", "en_US", body="Order {{1}} is ready, {{2}}")
+    rig = make_adapter()
+    fake.add_user("4915100000001")
+    params = (TemplateParam(key="{{order_id}}", value="42"), TemplateParam(key="{{first_name}}", value="Anna"))
+    named = Template(
+        id="8", content="Order {{order_id}} is ready, {{first_name}}", external_id="order_named:en_US", params=params
+    )
+    result = await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=named))
+    header, body = fake.sent[result.message_ids[0]].body["template"]["components"]
+    assert header["parameters"] == [{"type": "text", "parameter_name": "first_name", "text": "Anna"}]
+    assert body["parameters"] == [
+        {"type": "text", "parameter_name": "order_id", "text": "42"},
+        {"type": "text", "parameter_name": "first_name", "text": "Anna"},
+    ]
+    positional = msgspec.structs.replace(named, external_id="order_positional:en_US")
+    result = await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=positional))
+    (body,) = fake.sent[result.message_ids[0]].body["template"]["components"]
+    assert body["parameters"] == [{"type": "text", "text": "42"}, {"type": "text", "text": "Anna"}]
+    lookups = [c for c in fake.calls if c.path.endswith("/message_templates")]
+    await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=named))
+    assert [c for c in fake.calls if c.path.endswith("/message_templates")] == lookups, "Meta's answer is kept"
+    unnamed = msgspec.structs.replace(named, id="9", params=params[:1])
+    with pytest.raises(MessengerError, match=r"template 9 has no value for \{\{first_name\}\}"):
+        await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=unnamed))
+
+
+async def test_template_list_unreadable_sends_by_position_and_says_so(make_adapter: Make, fake: FakeWhatsApp) -> None:
+    fake.add_template("order_positional", "en_US", body="Order {{1}}")
+    rig = make_adapter()
+    fake.add_user("4915100000001")
+    template = Template(
+        id="1",
+        content="Order {{order}}",
+        external_id="order_positional:en_US",
+        params=(TemplateParam(key="order", value="7"),),
+    )
+    fake.fail_next(10, status=403, message="Application does not have permission for this action")
+    with capture_logs() as logs:
+        result = await rig.adapter.send_message(OutgoingMessage(chat="4915100000001", template=template))
+    (body,) = fake.sent[result.message_ids[0]].body["template"]["components"]
+    assert body["parameters"] == [{"type": "text", "text": "7"}]
+    assert any("template list could not be read" in entry["event"] for entry in logs)
+    fake.fail_next(131000, status=500)  # Meta is down: the send waits for the relay's next attempt
+    with pytest.raises(MessengerError) as down:
+        await rig.adapter.catalog.record("order_other", "en_US")
+    assert down.value.retryable
+
+
+async def test_fake_refuses_a_named_template_sent_by_position(fake: FakeWhatsApp, http: httpx.AsyncClient) -> None:
+    fake.add_template("greeting", "en_US", body="Hello {{first_name}}")
+    anna = fake.add_user("4915100000001")
+    await fake.client_writes(anna, "hi")
+    template: dict[str, Any] = {"name": "greeting", "language": {"code": "en_US"}}
+    body = {"messaging_product": "whatsapp", "to": "4915100000001", "type": "template", "template": template}
+    url, auth = "http://graph.test/v23.0/1000000001/messages", {"Authorization": "Bearer token-one"}
+    template["components"] = [{"type": "body", "parameters": [{"type": "text", "text": "Anna"}]}]
+    answer = await http.post(url, json=body, headers=auth)
+    error = answer.json()["error"]
+    assert (answer.status_code, error["code"], error["message"]) == (400, 100, "(#100) Invalid parameter")
+    assert error["error_data"]["details"] == "Parameter name is missing or empty"
+    named = {"type": "text", "parameter_name": "first_name", "text": "Anna"}
+    template["components"] = [{"type": "body", "parameters": [named]}]
+    assert (await http.post(url, json=body, headers=auth)).status_code == 200
+    listed = await http.get(
+        "http://graph.test/v23.0/2000000001/message_templates", params={"name": "greeting"}, headers=auth
+    )
+    assert listed.json()["data"][0]["parameter_format"] == "NAMED"
 
 
 async def test_write_first_returns_the_wa_id(make_adapter: Make, fake: FakeWhatsApp) -> None:

@@ -139,6 +139,31 @@ async def test_window_closed_template_and_free_text(w: World) -> None:
     assert template.status == "APPROVED" and sent.status == 200
 
 
+async def test_a_named_template_chosen_by_external_id_is_delivered_outside_the_window(w: World) -> None:
+    w.fake.add_template("visit_reminder", "ru", body="{{client}}, ждём вас {{day}} в {{time}}")
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "hi")
+    record = await w.runtime.store.conversation_by_chat("wa1", anna.chat)
+    assert record is not None
+    await w.runtime.store.put_conversation(msgspec.structs.replace(record, last_client_at=1.0))
+    params = {"{{client}}": "Анна", "{{day}}": "в среду", "{{time}}": "10:00"}
+    sent = await w.amojo.emit_template(
+        w.scope_id,
+        w.conversation(anna.chat),
+        "{{client}}, ждём вас {{day}} в {{time}}",
+        params,
+        external_id="visit_reminder:ru",
+    )
+    statuses = await eventually(lambda: w.amojo.message(sent.message_id or "").statuses)
+    assert statuses[-1].delivery_status in (1, 2), statuses[-1].error
+    (out,) = [s for s in w.fake.sent_to(anna) if s.type == "template"]
+    assert out.body["template"]["components"][0]["parameters"] == [
+        {"type": "text", "parameter_name": "client", "text": "Анна"},
+        {"type": "text", "parameter_name": "day", "text": "в среду"},
+        {"type": "text", "parameter_name": "time", "text": "10:00"},
+    ]
+
+
 async def test_late_window_failure_is_reported(w: World) -> None:
     anna = w.fake.add_user("4915100000001")
     await _client_message(w, anna, "hi")

@@ -96,7 +96,15 @@ _BUTTONS = _obj(
     },
     ("type", "body", "action"),
 )
-_PARAMETER = _obj({"type": {"const": "text"}, "text": {"type": "string", "minLength": 1}}, ("type", "text"))
+# ``parameter_name``: a named template's parameter (Meta's "Send message templates" guide, named parameters).
+_PARAMETER = _obj(
+    {
+        "type": {"const": "text"},
+        "text": {"type": "string", "minLength": 1},
+        "parameter_name": {"type": "string", "pattern": "^[a-z_][a-z0-9_]*$"},
+    },
+    ("type", "text"),
+)
 _TEMPLATE = _obj(
     {
         "name": {"type": "string", "pattern": "^[a-z0-9_]{1,512}$"},
