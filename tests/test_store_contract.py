@@ -8,6 +8,7 @@ import anyio
 import msgspec
 import pytest
 
+from amoconnect.errors import StoreError
 from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
 
 pytestmark = pytest.mark.anyio
@@ -204,3 +205,11 @@ async def test_lease_can_be_taken_and_released(store: Store) -> None:
     assert await store.hold_lease("poll", 30)
     await store.release_lease("poll")
     assert await store.hold_lease("poll", 30)
+
+
+async def test_probe_writes_while_the_store_serves_and_fails_once_it_cannot(store: Store) -> None:
+    await store.probe()
+    await store.probe()  # again: one row, rewritten
+    await store.close()
+    with pytest.raises(StoreError):
+        await store.probe()

@@ -10,7 +10,8 @@ Routes (README "HTTP routes"):
 - ``POST /amocrm/{scope_id}``: amoCRM's Chats API webhooks (register ``{public_url}/amocrm/:scope_id``).
 - ``GET|POST /hooks/{messenger}/{instance}[/{path}]``: a messenger instance's webhooks.
 - ``GET /media/{token}``: re-hosted media at signed, expiring URLs.
-- ``GET /healthz``: liveness and queue depth. ``GET /metrics``: Prometheus text format.
+- ``GET /healthz``: whether the store takes writes (a probe, cached a second) and queue depth.
+- ``GET /metrics``: Prometheus text format.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ log = structlog.get_logger("amoconnect.server")
 
 _encode = msgspec.json.Encoder().encode
 RETRY_AFTER_SECONDS = 5
+PROBE_TTL = 1.0
+"""Seconds ``/healthz`` reuses the outcome of the store's write probe."""
 
 
 class _TooLarge(Exception):
@@ -149,7 +152,10 @@ def build_app(runtime: Runtime) -> ASGIApp:
     def overload(source: str, exc: StoreError) -> tuple[int, dict[str, Any]]:
         """Nothing was stored: say so, and when to come back (messengers retry; amoCRM does not)."""
         metrics.webhooks_refused.labels(source, "store_unavailable").inc()
-        log.error("webhook not stored", source=source, error=str(exc))
+        if source == "amocrm":
+            log.critical("amoCRM webhook not stored; amoCRM never retries: the manager must send again", error=str(exc))
+        else:
+            log.error("webhook not stored; the messenger will retry it", source=source, error=str(exc))
         return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
 
     accounts = {account.scope_id: account for account in config.accounts}
@@ -252,8 +258,11 @@ def build_app(runtime: Runtime) -> ASGIApp:
             return Response(stored.content, media_type=stored.content_type, headers=headers)
         return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
 
+    probe = _Probe(runtime.store.probe)
+
     async def healthz(request: Request) -> Response:
         try:
+            await probe()
             counts = await runtime.store.counts()
         except StoreError as exc:
             # A node that cannot reach its store must leave the load balancer's rotation.
@@ -280,6 +289,30 @@ def build_app(runtime: Runtime) -> ASGIApp:
 
     runtime.pm.hook.startup_routes(add_route=add_route)
     return _FastPaths(app, ingest_amocrm, ingest_messenger, too_large, config.server.max_body_bytes)
+
+
+class _Probe:
+    """The store's write probe (:meth:`~amoconnect.store.base.Store.probe`), its outcome kept for
+    :data:`PROBE_TTL` seconds: health checks, however many, cost at most one write a second."""
+
+    def __init__(self, probe: Callable[[], Awaitable[None]]) -> None:
+        self._probe = probe
+        self._lock = anyio.Lock()
+        self._until = 0.0
+        self._failure: StoreError | None = None
+
+    async def __call__(self) -> None:
+        async with self._lock:
+            if time.monotonic() >= self._until:
+                try:
+                    await self._probe()
+                except StoreError as exc:
+                    self._failure = exc
+                else:
+                    self._failure = None
+                self._until = time.monotonic() + PROBE_TTL
+        if self._failure is not None:
+            raise self._failure
 
 
 def _media_headers(content_type: str, file_name: str) -> dict[str, str]:

@@ -175,6 +175,10 @@ class Store(Protocol):
     async def counts(self) -> dict[str, int]:
         """Jobs by state: ``queued``, ``running``, ``dead``."""
 
+    async def probe(self) -> None:
+        """A cheap durable write (one row of ``meta`` or ``state``): ``StoreError`` when the store
+        cannot take new work now (unreachable, disk full, read-only, a SQLite file deleted or replaced)."""
+
     async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
         """Age out what the store keeps for a while; how many of each kind went (``"dedup keys"``: 3).
 

@@ -715,6 +715,9 @@ class PostgresStore(MappingLookups):
         await self._write("DELETE FROM leases WHERE name = %s AND owner = %s", (name, self.owner))
 
     # -- adapter state -------------------------------------------------------------------
+    async def probe(self) -> None:
+        await self.set_state("amoconnect", "probe", b"")
+
     async def set_state(self, namespace: str, key: str, value: bytes) -> None:
         await self._write(
             "INSERT INTO state VALUES (%s, %s, %s) ON CONFLICT (namespace, key) DO UPDATE SET value = EXCLUDED.value",

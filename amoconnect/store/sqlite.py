@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
+import structlog
 
 from ..crashpoints import crash_point
 from ..errors import StoreError
@@ -45,6 +46,8 @@ from .sql import (
 __all__ = ["SQLiteStore"]
 
 T = TypeVar("T")
+
+log = structlog.get_logger("amoconnect.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -195,6 +198,9 @@ class SQLiteStore(MappingLookups):
         self._wake = asyncio.Event()
         self._reader: sqlite3.Connection | None = None
         self._abandoned: list[int] = []
+        self._files: tuple[tuple[int, int] | None, ...] = ()
+        self._lost: str | None = None
+        """Why new work is refused: the files were deleted or replaced under the open connections."""
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
         self._limiters = LocalLimiters()
@@ -234,10 +240,51 @@ class SQLiteStore(MappingLookups):
                 # An operation failed: redo the batch with a savepoint around each, so it fails alone.
                 await self._begin(conn)
                 outcomes, wake = self._transaction(conn, batch, isolate=True)
+            if self._lost is None and self._files_changed():
+                # Redo the batch: the operations that take new work now fail alone.
+                conn.execute("ROLLBACK")
+                await self._begin(conn)
+                outcomes, wake = self._transaction(conn, batch, isolate=True)
             await self._off_loop(self._commit, conn)
         except sqlite3.Error as exc:
             return self._all_failed(conn, batch, exc), False
         return outcomes, wake
+
+    def _file_ids(self) -> tuple[tuple[int, int] | None, ...]:
+        """``(st_dev, st_ino)`` of the database file and of its WAL (None: missing)."""
+        ids: list[tuple[int, int] | None] = []
+        for path in (self.path, Path(f"{self.path}-wal")):
+            try:
+                status = os.stat(path)
+            except OSError:
+                ids.append(None)
+            else:
+                ids.append((status.st_dev, status.st_ino))
+        return tuple(ids)
+
+    def _files_changed(self) -> bool:
+        """Whether the files at the store's path are no longer the ones open (deleted or replaced).
+
+        Commits would then go to unlinked files and vanish with the process: from now on new work
+        is refused (:meth:`enqueue`, :meth:`probe`), while the jobs already stored are still
+        worked and settled in the open files, so that nothing acknowledged is lost meanwhile.
+        """
+        if not self._files or self._file_ids() == self._files:
+            return False
+        self._lost = (
+            f"SQLite store {self.path}: the database file was deleted or replaced while the connector ran; "
+            "new work is refused until the connector is restarted"
+        )
+        log.critical(
+            "store file deleted or replaced: refusing webhooks (503) from now on; the jobs already stored are "
+            "still relayed; restart the connector once they are (restore the file from a backup first if it is gone)",
+            path=str(self.path),
+        )
+        return True
+
+    def _refuse_if_lost(self) -> None:
+        if self._lost is not None:
+            raise StoreError(self._lost)
 
     async def _off_loop(self, fn: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection) -> None:
         assert self._loop is not None
@@ -347,6 +394,7 @@ class SQLiteStore(MappingLookups):
             return c.execute("UPDATE queue SET state = 'queued' WHERE state = 'running'").rowcount
 
         self.recovered = await self._call(migrate, wakes=True)
+        self._files, self._lost = self._file_ids(), None  # the WAL exists from the first write on
         # Reads run at once on the caller's thread on a second connection: WAL lets them see every
         # committed write without waiting behind the writer's batch (an indexed lookup takes microseconds).
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -385,6 +433,7 @@ class SQLiteStore(MappingLookups):
         seen_sql = f"SELECT 1 FROM dedup WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1"
 
         def run(conn: sqlite3.Connection) -> bool:
+            self._refuse_if_lost()
             now = time.time()
             if keys:
                 if conn.execute(seen_sql, keys).fetchone() is not None:
@@ -508,6 +557,13 @@ class SQLiteStore(MappingLookups):
             return counts
 
         return self._read(run)
+
+    async def probe(self) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            self._refuse_if_lost()
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('probe', '')")
+
+        await self._call(run)
 
     async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
