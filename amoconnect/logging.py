@@ -12,13 +12,12 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import Callable, Iterable, Mapping, MutableMapping
-from types import MappingProxyType
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
-__all__ = ["RedactingFormatter", "compact", "configure", "redact", "redactor", "scrubber"]
+__all__ = ["RedactingFormatter", "compact", "configure", "name_account", "redact", "redactor", "scrubber"]
 
 REDACTED = "[redacted]"
 
@@ -94,23 +93,34 @@ class RedactingFormatter(logging.Formatter):
 _UUID = re.compile(r"(?<![0-9a-f])([0-9a-f]{8})-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}(?![0-9a-f])", re.I)
 
 
-def compact(accounts: Mapping[str, str] = MappingProxyType({})) -> structlog.types.Processor:
+_account_names: dict[str, str] = {}
+"""Scope ids and the names of their accounts (:func:`name_account`), for console lines."""
+
+
+def name_account(scope_id: str, name: str) -> None:
+    """Show ``scope_id`` as ``account=name`` on console lines from now on (:func:`compact`)."""
+    _account_names[scope_id] = name
+
+
+def compact() -> structlog.types.Processor:
     """A processor that keeps a console line short enough to read on a terminal of 80-120 columns.
 
-    ``scope_id`` (two joined UUIDs) becomes ``account=<name>`` (``accounts`` maps scope ids to
-    names), or goes when there is one account; a job's queue ``key`` (scope and conversation again)
-    goes; a job's ``job``, ``kind`` and ``attempt`` show only on warnings and errors, where they say
-    which job to look at; every other UUID is cut to its first 8 characters. JSON lines keep everything.
+    ``scope_id`` (two joined UUIDs) becomes ``account=<name>`` (:func:`name_account`), or goes
+    when there is one account; a job's queue ``key`` (scope and
+    conversation again) goes; on info and debug lines a job's ``job``, ``kind`` and ``attempt`` go
+    (warnings and errors keep them: they say which job to look at), and so do fields that are
+    ``False``; every other UUID is cut to its first 8 characters. JSON lines keep everything.
     """
 
     def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        names = _account_names
         event_dict.pop("key", None)
         if event_dict.get("level") in ("debug", "info"):
-            for name in ("job", "kind", "attempt"):
+            for name in ("job", "kind", "attempt", *(k for k, v in event_dict.items() if v is False)):
                 event_dict.pop(name, None)
         scope_id = event_dict.pop("scope_id", None)
-        if scope_id is not None and (len(accounts) > 1 or scope_id not in accounts):
-            event_dict["account"] = accounts.get(scope_id, scope_id)
+        if scope_id is not None and (len(names) > 1 or scope_id not in names):
+            event_dict["account"] = names.get(scope_id, scope_id)
         for name, value in event_dict.items():
             if isinstance(value, str) and name != "event":
                 event_dict[name] = _UUID.sub(r"\1…", value)
@@ -132,7 +142,6 @@ def configure(
     level: str = "info",
     json: bool | None = None,
     secrets: Iterable[str] = (),
-    accounts: Mapping[str, str] = MappingProxyType({}),
 ) -> None:
     """Configure structlog and the standard library's root logger for a command of the program.
 
@@ -155,7 +164,7 @@ def configure(
     rendering: list[structlog.types.Processor] = (
         [structlog.processors.JSONRenderer()]
         if json
-        else [compact(accounts), structlog.dev.ConsoleRenderer(colors=tty, pad_level=False, pad_event_to=20)]
+        else [compact(), structlog.dev.ConsoleRenderer(colors=tty, pad_level=False, pad_event_to=20)]
     )
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, *rendering],

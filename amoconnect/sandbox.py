@@ -26,6 +26,7 @@ import structlog
 from .adapter import MessengerAdapter
 from .config import parse_config
 from .errors import PluginError
+from .logging import name_account
 from .plugins import collect_messengers, get_plugin_manager
 from .runtime import Runtime, listen, serve
 from .testing.fake_amojo import FakeAmojo
@@ -142,13 +143,9 @@ async def _sandbox(
                 },
                 "<sandbox>",
             )
-            log.info(
-                "sandbox: the connector listens",
-                connector=public,
-                fake_amojo=amojo_url,
-                fake_messenger=api_url,
-                store=str(workdir),
-            )
+            name_account(scope_id, "sandbox")
+            log.info("sandbox: the connector listens", connector=public)
+            log.info("sandbox: the fakes listen", amojo=amojo_url, messenger=api_url)
             runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
@@ -179,7 +176,7 @@ async def _conversation(
 
 
 async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n: int) -> None:
-    chat = "sandbox-client"
+    chat = "client"
     text = f"Hello from the client, message {n}"
     seen = len(amojo.messages)
     log.info("1. client writes in the messenger", chat=chat, text=text)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import json
+import re
 import socket
 import subprocess
 import sys
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import tomli_w
 from rig import base_config
+
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @contextlib.contextmanager
@@ -50,13 +52,20 @@ def test_run_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
 
 def test_the_sandbox_picks_a_free_port_and_says_which(tmp_path: Path) -> None:
     with busy_port(8080):
-        result = amoconnect("run", "--sandbox", "--rounds", "1", "--log-format", "json", cwd=tmp_path)
+        result = amoconnect("run", "--sandbox", "--rounds", "1", "--log-format", "console", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    lines = [json.loads(line) for line in result.stderr.splitlines()]
-    (ready,) = [line for line in lines if line["event"] == "sandbox: the connector listens"]
-    port = int(ready["connector"].rsplit(":", 1)[1])
-    assert port != 8080
-    assert "4. the client got the answer in the messenger" in [line["event"] for line in lines]
+    lines = result.stderr.splitlines()
+    (ready,) = [line for line in lines if "sandbox: the connector listens" in line]
+    port = re.fullmatch(
+        r"\d\d:\d\d:\d\d \[info\] sandbox: the connector listens connector=http://127.0.0.1:(\d+)", ready
+    )
+    assert port is not None, ready
+    assert int(port.group(1)) != 8080
+    assert any("4. the client got the answer in the messenger" in line for line in lines)
+    relayed = [line for line in lines if "relayed to" in line]
+    assert len(relayed) == 2
+    assert all(len(line) <= 120 for line in relayed), relayed
+    assert not [line for line in lines if UUID.search(line)]
 
 
 def test_the_sandbox_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ import re
 import pytest
 import structlog
 
-from amoconnect.logging import configure
+import amoconnect.logging
+from amoconnect.logging import configure, name_account
 
 CHANNEL = "ef7f4798-c376-48fa-984b-c3835ecf0677"
 ACCOUNT = "e504e6cb-3a51-4e05-827f-01b42411fc07"
@@ -19,14 +20,17 @@ UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}
 
 
 @pytest.fixture(autouse=True)
-def _restore() -> object:
+def _restore(monkeypatch: pytest.MonkeyPatch) -> object:
     previous = structlog.get_config()
+    monkeypatch.setattr(amoconnect.logging, "_account_names", {})
     yield None
     structlog.configure(**previous)
 
 
 def _relay_lines(accounts: dict[str, str], json_lines: bool, capsys: pytest.CaptureFixture[str]) -> list[str]:
-    configure(level="debug", json=json_lines, secrets=["a-secret-token"], accounts=accounts)
+    for scope_id, name in accounts.items():
+        name_account(scope_id, name)
+    configure(level="debug", json=json_lines, secrets=["a-secret-token"])
     job = structlog.get_logger("amoconnect.relay").bind(
         job=12, kind="amocrm", scope_id=SCOPE, key=f"{SCOPE}|b2ae2088-d949-4670-9297-e8cbae2a9084", attempt=1
     )
@@ -36,6 +40,7 @@ def _relay_lines(accounts: dict[str, str], json_lines: bool, capsys: pytest.Capt
         chat="182736455",
         instance="support-bot",
         messenger_ids=["2"],
+        duplicate=False,
     )
     job.bind(attempt=3).warning("job will be retried", error="HTTP 503 for a-secret-token", retry_in_s=2.5)
     logging.getLogger("a.library").warning("refused a-secret-token")
@@ -51,6 +56,7 @@ def test_console_lines_are_short_and_keep_what_a_person_needs(capsys: pytest.Cap
     assert "relayed to messenger" in info
     assert "amocrm_id=7e9a9659…" in info
     assert "job=" not in info and "attempt" not in info and "account=" not in info  # one account: no need
+    assert "duplicate" not in info  # False says nothing to a person
     assert "job=12" in warning and "attempt=3" in warning and "kind=amocrm" in warning
     assert "[redacted]" in warning
     assert re.match(r"\d\d:\d\d:\d\d \[warning\] refused \[redacted\]", stdlib), stdlib
@@ -65,7 +71,7 @@ def test_json_lines_keep_every_field(capsys: pytest.CaptureFixture[str]) -> None
     info, warning, stdlib = (json.loads(line) for line in _relay_lines({SCOPE: "main"}, True, capsys))
     assert info["scope_id"] == SCOPE
     assert info["key"].startswith(SCOPE)
-    assert (info["job"], info["attempt"], info["level"]) == (12, 1, "info")
+    assert (info["job"], info["attempt"], info["level"], info["duplicate"]) == (12, 1, "info", False)
     assert info["timestamp"].endswith("Z")
     assert warning["error"] == "HTTP 503 for [redacted]"
     assert stdlib == {

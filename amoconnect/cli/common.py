@@ -12,7 +12,7 @@ import msgspec
 
 from ..config import LOG_LEVELS, Config, load_config
 from ..errors import AmoconnectError
-from ..logging import configure, scrubber
+from ..logging import configure, name_account, scrubber
 
 __all__ = [
     "DEFAULT_CONFIG",
@@ -50,7 +50,7 @@ def _state() -> dict[str, Any]:
     """The logging choices of this invocation: from the command line, then from the configuration."""
     root = click.get_current_context().find_root()
     state: dict[str, Any] = root.meta.setdefault(
-        "amoconnect.logging", {"level": None, "format": None, "config_level": None, "secrets": [], "accounts": {}}
+        "amoconnect.logging", {"level": None, "format": None, "config_level": None, "secrets": []}
     )
     return state
 
@@ -63,7 +63,6 @@ def setup_logging() -> None:
         level=state["level"] or state["config_level"] or "info",
         json=None if fmt is None else fmt == "json",
         secrets=state["secrets"],
-        accounts=state["accounts"],
     )
 
 
@@ -102,7 +101,7 @@ def blocked() -> tuple[str, ...]:
 
 def load(path: str) -> Config:
     """The configuration at ``path``, with the plugins ``--block`` names among ``[plugins] blocked``;
-    its log level, secrets and accounts join the logging set-up."""
+    its log level, secrets and account names join the logging set-up."""
     try:
         config = load_config(path)
     except AmoconnectError as exc:
@@ -110,12 +109,9 @@ def load(path: str) -> Config:
     config = msgspec.structs.replace(
         config, plugins=msgspec.structs.replace(config.plugins, blocked=[*config.plugins.blocked, *blocked()])
     )
-    state = _state()
-    state.update(
-        config_level=config.log_level,
-        secrets=config.secrets(),
-        accounts={account.scope_id: account.name for account in config.accounts},
-    )
+    _state().update(config_level=config.log_level, secrets=config.secrets())
+    for account in config.accounts:
+        name_account(account.scope_id, account.name)
     setup_logging()
     return config
 
