@@ -18,6 +18,7 @@ from structlog.typing import FilteringBoundLogger
 
 from . import ids
 from .amojo import wire
+from .amojo.hooks import foreign_account
 from .capabilities import Capability
 from .core import Core, StatusJob, status_job
 from .errors import AmojoError, MessengerError, RateLimited, WebhookError
@@ -196,6 +197,7 @@ class AmocrmHandler:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self._accounts = {account.scope_id: account for account in core.config.accounts}
 
     def on_dead(self, job: Job, error: str) -> Sequence[NewJob]:
         """When a manager's message is given up on, tell the manager (status -1 / 903)."""
@@ -203,7 +205,8 @@ class AmocrmHandler:
             hook = wire.parse_webhook(job.payload)
         except WebhookError:
             return ()
-        if not isinstance(hook, wire.MessageHook):
+        account = self._accounts.get(job.scope_id)
+        if not isinstance(hook, wire.MessageHook) or account is None or account.amojo_id != hook.account_id:
             return ()
         status = StatusJob(
             hook.amocrm_message_id, FAILED, 903, f"amoconnect could not deliver the message: {error}"[:1000]
@@ -211,10 +214,18 @@ class AmocrmHandler:
         return [status_job(job.scope_id, status)]
 
     async def __call__(self, job: Job, log: FilteringBoundLogger) -> Done:
+        # A webhook the server kept without understanding it is decoded again here: after an
+        # upgrade, a re-queued dead letter may go through.
         try:
             hook = wire.parse_webhook(job.payload)
         except WebhookError as exc:
-            raise GiveUp(str(exc)) from exc
+            raise GiveUp(f"amoCRM webhook not understood: {exc}") from exc
+        account = self._accounts.get(job.scope_id)
+        if account is None:
+            raise GiveUp(f"no account is connected as scope {job.scope_id!r}")
+        problem = foreign_account(hook.account_id, job.scope_id, account.amojo_id)
+        if problem is not None:
+            raise GiveUp(problem)
         if isinstance(hook, wire.MessageHook):
             return await self._message(job.scope_id, hook, job.attempts, log.bind(amocrm_id=hook.amocrm_message_id))
         if isinstance(hook, wire.TypingHook):

@@ -83,9 +83,11 @@ def sign_request(
 
 
 def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
-    """True when ``signature`` is the HMAC-SHA1 of the raw webhook ``body`` (spec §3).
+    """True when ``signature`` is the HMAC-SHA1 of the raw webhook ``body`` (spec §3), or of the
+    body less exactly one trailing ``\n`` (as other amojo clients accept); nothing else.
 
-    Constant time; a missing or malformed header is simply ``False``. Hex case is ignored.
+    Constant time, both candidates always compared; a missing or malformed header is simply
+    ``False``. Hex case is ignored.
     """
     if not signature or not isinstance(signature, str) or len(signature) != 40:
         return False
@@ -93,8 +95,11 @@ def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
         given = bytes.fromhex(signature)
     except ValueError:
         return False
-    expected = hmac.new(secret.encode("ascii"), body, hashlib.sha1).digest()
-    return hmac.compare_digest(expected, given)
+    key = secret.encode("ascii")
+    whole = hmac.compare_digest(hmac.new(key, body, hashlib.sha1).digest(), given)
+    trimmed = body[:-1] if body.endswith(b"\n") else body
+    less_newline = hmac.compare_digest(hmac.new(key, trimmed, hashlib.sha1).digest(), given)
+    return whole | less_newline
 
 
 def same_secret(given: object, expected: str | bytes) -> bool:

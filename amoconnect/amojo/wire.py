@@ -6,7 +6,8 @@ never carries ``null``. Decoding ignores unknown fields and refuses wrong types.
 
 :func:`encode` serialises a model once; sign those bytes and send those bytes (spec §2).
 :func:`decode` reads a response body into a model. :func:`parse_webhook` reads a v2 webhook
-body into a :class:`MessageHook`, :class:`TypingHook` or :class:`ReactionHook`.
+body into a :class:`MessageHook`, :class:`TypingHook` or :class:`ReactionHook`, leniently
+(:mod:`amoconnect.amojo.hooks`).
 
 Webhook version rule: amoCRM's v2 hooks carry ``account_id`` and ``time`` at the top level
 next to ``message`` or ``action``. A body without both of them is taken for a deprecated v1
@@ -22,6 +23,7 @@ from typing import Annotated, Any, Literal, TypeVar
 import msgspec
 
 from ..errors import NOT_JSON, WebhookError
+from .hooks import convert_leniently
 
 __all__ = [
     "Button",
@@ -750,9 +752,10 @@ def decode(data: bytes | str, type: type[_T]) -> _T:
 def parse_webhook(body: bytes | str) -> Webhook:
     """Decode a raw v2 webhook body (verify its signature first).
 
-    Raises :class:`~amoconnect.errors.WebhookError` on malformed JSON, wrong types (the message
-    names the path, e.g. ``$.message.sender.id``), a body that is neither a message nor a typing
-    or reaction action, and v1 hooks (see the module docstring for the rule).
+    A type surprise is repaired where it decides nothing (:func:`~amoconnect.amojo.hooks.convert_leniently`).
+    Raises :class:`~amoconnect.errors.WebhookError` on malformed JSON, wrong types that cannot be
+    repaired (the message names the path, e.g. ``$.message.sender.id``), a body that is neither a
+    message nor a typing or reaction action, and v1 hooks (see the module docstring for the rule).
     """
     try:
         probe = _probe_decoder.decode(body)
@@ -772,8 +775,13 @@ def parse_webhook(body: bytes | str) -> Webhook:
         )
     try:
         envelope = _envelope_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise WebhookError(f"webhook body has the wrong shape: {exc}") from exc
+    except msgspec.ValidationError:
+        try:  # a type surprise: decoded again leniently (see amoconnect.amojo.hooks)
+            envelope = convert_leniently(msgspec.json.decode(body), _Envelope)
+        except msgspec.ValidationError as exc:
+            raise WebhookError(f"webhook body has the wrong shape: {exc}") from exc
+        except (msgspec.DecodeError, *NOT_JSON) as exc:
+            raise WebhookError(f"webhook body is not valid JSON: {exc}") from exc
     except NOT_JSON as exc:  # the probe skips what it does not keep: strings are checked only here
         raise WebhookError(f"webhook body is not valid JSON: {exc}") from exc
     account_id, time = envelope.account_id, envelope.time

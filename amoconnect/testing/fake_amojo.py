@@ -42,7 +42,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 
 import httpx
 import msgspec
@@ -275,7 +275,8 @@ class FakeAmojo:
     ``clock`` returns unix seconds (default :func:`time.time`); ``webhook_url`` is the channel's
     webhook URL template (``:scope_id`` is substituted), overridable per scope with
     :meth:`set_webhook_url`; ``webhook_client`` sends the hooks (a fresh client when None);
-    ``trailing_newline`` appends ``\\n`` to emitted hook bodies (it is signed like any byte).
+    ``trailing_newline`` appends ``\\n`` to emitted hook bodies: signed like any byte, or with
+    ``"unsigned"`` left out of the signature (both are accepted by other amojo clients).
     """
 
     def __init__(
@@ -287,7 +288,7 @@ class FakeAmojo:
         clock: Callable[[], float] | None = None,
         webhook_url: str | None = None,
         webhook_client: httpx.AsyncClient | None = None,
-        trailing_newline: bool = False,
+        trailing_newline: bool | Literal["unsigned"] = False,
     ) -> None:
         self.channel_id = channel_id
         self.secret = secret
@@ -725,8 +726,9 @@ class FakeAmojo:
         if template is None:
             raise LookupError(f"no webhook URL for scope {scope_id!r}: pass webhook_url= or call set_webhook_url()")
         url = template.replace(":scope_id", scope_id).replace("{scope_id}", scope_id)
-        body = wire.encode(hook) + (b"\n" if self.trailing_newline else b"")
-        signature = hmac.new(self.secret.encode("ascii"), body, hashlib.sha1).hexdigest()
+        signed = wire.encode(hook) + (b"\n" if self.trailing_newline is True else b"")
+        body = signed + (b"\n" if self.trailing_newline == "unsigned" else b"")
+        signature = hmac.new(self.secret.encode("ascii"), signed, hashlib.sha1).hexdigest()
         headers = {"Content-Type": CONTENT_TYPE, "X-Signature": signature}
         status: int | None
         try:
