@@ -221,6 +221,33 @@ async def test_list_message_round_trip_to_callback_data(w: World) -> None:
     assert statuses[-1].error_code == 905 and "11 rows" in (statuses[-1].error or "")
 
 
+async def test_long_row_data_comes_back_whole_and_an_expired_key_as_the_title(w: World) -> None:
+    anna = w.fake.add_user("4915100000001")
+    await _client_message(w, anna, "which slot?")
+    prefix = "slot:" + "x" * 195  # 200 characters, WhatsApp's longest row id: the rows differ only after them
+    data = [prefix + "-cabinet-1", prefix + "-cabinet-12"]
+    rows = [wire.ListRow(callback_data=d, title=f"Cabinet {i}") for i, d in enumerate(data, 1)]
+    lm = wire.ListMessage(body="Pick a slot", button="Slots", sections=[wire.ListSection(title="All", rows=rows)])
+    await w.amojo.emit_list_message(w.scope_id, w.conversation(anna.chat), lm)
+    (sent,) = await eventually(lambda: [s for s in w.fake.sent_to(anna) if s.type == "interactive"])
+    ids = [r["id"] for r in sent.body["interactive"]["action"]["sections"][0]["rows"]]
+    assert len(set(ids)) == 2 and all(len(i) <= 200 for i in ids)
+    conversation = w.conversation(anna.chat)
+
+    def last_data() -> object:
+        return getattr(w.amojo.messages_in(conversation)[-1].content, "callback_data", None)
+
+    for row_id, expected in zip(reversed(ids), reversed(data), strict=True):
+        await w.fake.client_picks(anna, sent.wamid, row_id)
+        await eventually(lambda e=expected: last_data() == e)
+    await w.runtime.store.put_button_data(ids[0], data[0], -1)  # its time ran out
+    before = len(w.amojo.messages_in(conversation))
+    await w.fake.client_picks(anna, sent.wamid, ids[0])
+    await eventually(lambda: len(w.amojo.messages_in(conversation)) == before + 1)
+    late = w.amojo.messages_in(conversation)[-1]
+    assert late.text == "Cabinet 1" and last_data() is None
+
+
 async def test_reactions_both_ways(w: World) -> None:
     anna = w.fake.add_user("4915100000001")
     first = await _client_message(w, anna, "react to me")
