@@ -33,7 +33,7 @@ async def run_checks(config: Config, *, offline: bool = False) -> list[str]:
     for index, source in enumerate(config.sources):
         cls = messengers.get(source.plugin)
         if cls is None:
-            problems.append(f"source {source.name!r}: plugin {source.plugin!r} is not installed")
+            problems.append(f"{config.origin}: sources[{index}].plugin: {source.plugin!r} is not installed")
             continue
         try:
             config.plugin_settings(index, cls.settings)

@@ -148,8 +148,8 @@ class Runtime:
             cls = self.messengers.get(source.plugin)
             if cls is None:
                 raise ConfigError(
-                    f"sources[{index}] ({source.name!r}) uses plugin {source.plugin!r}, which is not installed; "
-                    f"installed: {sorted(self.messengers) or 'none'}"
+                    f"{self.config.origin}: sources[{index}].plugin: {source.plugin!r} is not installed; "
+                    f"installed: {', '.join(sorted(self.messengers)) or 'none'}"
                 )
             settings = self.config.plugin_settings(index, cls.settings)
             context = AdapterContext(

@@ -104,7 +104,7 @@ def test_jobs_purge_all_asks_first(config_file: Path) -> None:
 def test_check_offline_reports_unknown_plugins(config_file: Path) -> None:
     result = CliRunner().invoke(main, ["check", "--offline", "--config", str(config_file)])
     assert result.exit_code == 1
-    assert "plugin 'loopback' is not installed" in result.output
+    assert f"problem: {config_file}: sources[0].plugin: 'loopback' is not installed" in result.output
 
 
 def test_run_refuses_an_unknown_plugin(config_file: Path) -> None:
@@ -262,3 +262,9 @@ def test_migrate_json(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["migrate", "--config", str(config_file), "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.output) == {"store": str(path), "applied": []}
+
+
+def test_run_names_the_file_and_key_of_a_source_whose_plugin_is_not_installed(config_file: Path) -> None:
+    result = CliRunner().invoke(main, ["run", "--config", str(config_file), "--port", "0"])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {config_file}: sources[0].plugin: 'loopback' is not installed; installed:")
