@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import secrets
 import tomllib
+import urllib.parse
 from pathlib import Path
 
 import anyio
@@ -18,6 +20,7 @@ from amoconnect.cli import main
 from amoconnect.config import load_config
 from amoconnect.store import opened_store
 from amoconnect.store.base import NewJob
+from amoconnect.testing.stores import postgres_url
 
 ROOT = Path(__file__).parent.parent
 
@@ -268,3 +271,31 @@ def test_run_names_the_file_and_key_of_a_source_whose_plugin_is_not_installed(co
     result = CliRunner().invoke(main, ["run", "--config", str(config_file), "--port", "0"])
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {config_file}: sources[0].plugin: 'loopback' is not installed; installed:")
+
+
+def test_check_on_postgresql_reads_the_schema_version_and_changes_nothing(tmp_path: Path) -> None:
+    url = postgres_url()
+    if url is None:
+        pytest.skip("needs PostgreSQL (--postgres)")
+    import psycopg
+
+    from amoconnect.store.postgres import SCHEMA_VERSION
+
+    schema = f"test_{secrets.token_hex(6)}"
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    scoped = f"{url}{'&' if '?' in url else '?'}options={urllib.parse.quote(f'-csearch_path={schema}')}"
+    config_file = tmp_path / "pg.toml"
+    config_file.write_text(tomli_w.dumps({**base_config(tmp_path), "sources": [], "store": {"url": scoped}}))
+    result = CliRunner().invoke(main, ["check", "--config", str(config_file), "--json"])
+    store_problems = [p for p in json.loads(result.output)["problems"] if p.startswith("store")]
+    assert len(store_problems) == 1
+    assert store_problems[0].endswith(
+        f"has schema version 0, this amoconnect needs {SCHEMA_VERSION}: run amoconnect migrate"
+    )
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables = conn.execute("SELECT count(*) FROM pg_tables WHERE schemaname = %s", (schema,)).fetchone()
+    assert tables == (0,)
+    assert CliRunner().invoke(main, ["migrate", "--config", str(config_file)]).exit_code == 0
+    result = CliRunner().invoke(main, ["check", "--config", str(config_file), "--json"])
+    assert not [p for p in json.loads(result.output)["problems"] if p.startswith("store")]
