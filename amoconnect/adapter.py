@@ -4,8 +4,9 @@ An adapter translates its messenger ↔ the neutral model (:mod:`amoconnect.mode
 what the messenger can do as class attributes. The runtime builds one adapter per configured
 instance (one bot, one phone number, one community) and calls:
 
-- :meth:`~MessengerAdapter.verify` then :meth:`~MessengerAdapter.parse` for each webhook request
-  on one of its :attr:`~MessengerAdapter.routes` under ``/hooks/{messenger}/{instance}``;
+- :meth:`~MessengerAdapter.verify_headers` before reading the body, then :meth:`~MessengerAdapter.verify`
+  and :meth:`~MessengerAdapter.parse` for each webhook request on one of its
+  :attr:`~MessengerAdapter.routes` under ``/hooks/{messenger}/{instance}``;
 - :meth:`~MessengerAdapter.send_message` and, only for declared capabilities, the other sends;
 - :meth:`~MessengerAdapter.startup`, :meth:`~MessengerAdapter.run` and
   :meth:`~MessengerAdapter.shutdown` around the instance's life.
@@ -226,6 +227,17 @@ class MessengerAdapter(abc.ABC):
         self.context = context
 
     # -- webhooks ---------------------------------------------------------------------------
+
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        """Refuse a request from its method, path, headers and query alone, before its body is read.
+
+        ``request.body`` is empty here. Raise :class:`~amoconnect.errors.SignatureError` when these
+        already show the request is not the messenger's (a secret header missing or wrong, a
+        signature header missing or malformed): the runtime answers 401 and never reads the body,
+        so a flood of unsigned requests costs no memory. The default accepts everything;
+        :meth:`verify` still sees the whole request.
+        """
+        return
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Check that ``request`` comes from the messenger.

@@ -62,6 +62,21 @@ class ServerConfig(_Section):
     """Largest messenger webhook accepted (Meta sends up to a few MiB)."""
     media_secret: str = ""
     """Key of the signed ``/media`` links; defaults to a key derived from the channel secret."""
+    max_connections: int = 1000
+    """Open connections at most. At the cap a new connection takes the place of the one that has waited
+    longest without a request in progress (idle, or still sending its headers); with none such it gets 503.
+    Lowered at start to fit the process's open-file limit."""
+    header_timeout: float = 10.0
+    """Seconds a connection may take to send a request's line and headers (from its first byte, or from
+    connecting); a slower one is closed."""
+    max_header_bytes: int = 64 * 1024
+    """Largest request line + headers; a larger one is answered 431 and closed."""
+    keepalive_timeout: float = 5.0
+    """Seconds an idle keep-alive connection stays open."""
+    body_timeout: float = 10.0
+    """Seconds a webhook's body may take to arrive once its headers have; a slower one gets 408."""
+    max_body_memory: int = 64 * 1024 * 1024
+    """Bytes the webhook bodies being read or handled may take together; past it a webhook gets 503."""
 
 
 class StoreConfig(_Section):
@@ -450,11 +465,32 @@ def _check(config: Config, problems: list[str]) -> Config:
     ):
         if value < 1:
             problems.append(f"{field}: must be positive, got {value}")
+    _check_server(config.server, problems)
     try:
         parse_networks(config.http.media_allow_networks)
     except ConfigError as exc:
         problems.append(str(exc))
     return msgspec.structs.replace(config, accounts=accounts, sources=sources)
+
+
+def _check_server(server: ServerConfig, problems: list[str]) -> None:
+    """``[server]``'s limits; appends a problem for each broken one."""
+    for name in (
+        "max_connections",
+        "max_header_bytes",
+        "max_body_memory",
+        "max_body_bytes",
+        "max_messenger_body_bytes",
+    ):
+        if getattr(server, name) < 1:
+            problems.append(f"server.{name}: must be positive, got {getattr(server, name)}")
+    for name in ("header_timeout", "keepalive_timeout", "body_timeout"):
+        if not getattr(server, name) > 0:
+            problems.append(f"server.{name}: must be a positive number of seconds, got {getattr(server, name)}")
+    if server.max_body_memory < max(server.max_body_bytes, server.max_messenger_body_bytes):
+        problems.append(
+            "server.max_body_memory: must hold at least one webhook of max_body_bytes and max_messenger_body_bytes"
+        )
 
 
 def parse_config(data: dict[str, Any], origin: str = "<config>") -> Config:

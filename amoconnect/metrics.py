@@ -27,6 +27,16 @@ class Metrics:
             ["source"],
             registry=r,
         )
+        self.connections_refused = Counter(
+            "amoconnect_connections_refused",
+            "HTTP connections refused or closed by a guard (max_connections, evicted, header_timeout, ...)",
+            ["reason"],
+            registry=r,
+        )
+        self.connections_open = Gauge("amoconnect_connections_open", "HTTP connections open", registry=r)
+        self.body_memory = Gauge(
+            "amoconnect_body_memory_bytes", "Bytes of webhook bodies being read or handled", registry=r
+        )
         self.jobs_queued = Counter("amoconnect_jobs_queued", "Jobs enqueued", ["kind"], registry=r)
         self.jobs_succeeded = Counter("amoconnect_jobs_succeeded", "Jobs finished", ["kind"], registry=r)
         self.jobs_retried = Counter(

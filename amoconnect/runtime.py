@@ -46,6 +46,7 @@ from .plugins import collect_messengers, get_plugin_manager
 from .ratelimit import Limiter, LimiterFactory
 from .relay import Handler, Relay
 from .routing import Instance, Routing
+from .server.guard import fit_descriptors, guarded_protocol
 from .store import build_store
 from .store.base import Store
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
@@ -434,8 +435,12 @@ async def serve(
     sock = sock if sock is not None else listen(host, port)
     async with _closing(sock), runtime:
         assert runtime.app is not None
+        settings = runtime.config.server
+        protocol = guarded_protocol(settings, runtime.metrics, fit_descriptors(settings.max_connections))
         server = _Server(
-            uvicorn.Config(runtime.app, host=host, port=port, lifespan="off", access_log=False, log_config=None)
+            uvicorn.Config(
+                runtime.app, host=host, port=port, http=protocol, lifespan="off", access_log=False, log_config=None
+            )
         )
         started = time.monotonic()
         async with anyio.create_task_group() as tg:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -165,3 +166,31 @@ def test_secrets_are_collected_for_redaction(tmp_path: Path) -> None:
     data["sources"][0]["settings"]["secret"] = "hook-secret-123456"
     secrets = parse_config(data).secrets()
     assert {"rest-token-123456", "hook-secret-123456", data["channel"]["secret"]} <= set(secrets)
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"max_connections": 0}, "server.max_connections: must be positive, got 0"),
+        ({"max_header_bytes": -1}, "server.max_header_bytes: must be positive"),
+        ({"header_timeout": 0}, "server.header_timeout: must be a positive number of seconds, got 0"),
+        ({"keepalive_timeout": -1.0}, "server.keepalive_timeout: must be a positive number of seconds"),
+        ({"body_timeout": float("nan")}, "server.body_timeout: must be a positive number of seconds, got nan"),
+        ({"max_body_memory": 1024}, "server.max_body_memory: must hold at least one webhook"),
+        ({"max_connections": "many"}, "server.max_connections"),
+    ],
+)
+def test_server_limits_are_checked(tmp_path: Path, server: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config(base_config(tmp_path, server=server), "x.toml")
+
+
+def test_server_limits_have_sane_defaults(tmp_path: Path) -> None:
+    server = parse_config(base_config(tmp_path)).server
+    assert (server.max_connections, server.header_timeout, server.keepalive_timeout, server.body_timeout) == (
+        1000,
+        10.0,
+        5.0,
+        10.0,
+    )
+    assert (server.max_header_bytes, server.max_body_memory) == (64 * 1024, 64 * 1024 * 1024)

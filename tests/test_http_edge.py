@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import structlog.testing
 from rig import rig
+
+from amoconnect.server import guard
 
 pytestmark = pytest.mark.anyio
 
@@ -55,3 +58,21 @@ async def test_unknown_paths_add_no_metric_series(tmp_path: Path) -> None:
     refused = 'amoconnect_webhooks_refused_total{reason="unknown_instance",source="unknown"} 53.0'
     assert refused in after
     assert 'amoconnect_webhooks_refused_total{reason="unknown_instance",source="loopback"} 53.0' in after
+
+
+def test_connections_fit_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    limits = {"soft": 1024, "hard": 4096}
+
+    def setrlimit(kind: int, value: tuple[int, int]) -> None:
+        if value[0] > limits["hard"]:
+            raise ValueError("not allowed")
+        limits["soft"] = value[0]
+
+    monkeypatch.setattr(guard.resource, "getrlimit", lambda kind: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(guard.resource, "setrlimit", setrlimit)
+    assert guard.fit_descriptors(1000) == 1000  # the soft limit is raised to what it needs
+    assert limits["soft"] == 1000 + guard.RESERVED_DESCRIPTORS
+    limits.update(soft=1024, hard=1024)  # systemd's default hard limit in older units
+    with structlog.testing.capture_logs() as logs:
+        assert guard.fit_descriptors(1000) == 1024 - guard.RESERVED_DESCRIPTORS
+    assert logs[0]["effective"] == 768 and "lowered" in logs[0]["event"]

@@ -16,9 +16,12 @@ Routes (README "HTTP routes"):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -41,6 +44,7 @@ from ..ids import job_key
 from ..model import InboundEvent
 from ..signing import verify_signature
 from ..store.base import NewJob
+from .guard import BodyMemory
 
 if TYPE_CHECKING:
     from ..routing import Instance
@@ -56,8 +60,16 @@ PROBE_TTL = 1.0
 """Seconds ``/healthz`` reuses the outcome of the store's write probe."""
 
 
-class _TooLarge(Exception):
-    pass
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{40}")
+"""amoCRM's ``X-Signature``: a hex HMAC-SHA1."""
+
+
+class _Unread(Exception):
+    """The body was not read: answer ``status`` for ``reason`` (and close the connection)."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status, self.reason, self.detail = status, reason, detail
 
 
 def _json(status: int, body: dict[str, Any]) -> Response:
@@ -68,24 +80,59 @@ class _Disconnected(Exception):
     pass
 
 
-async def _read_body(scope: Scope, receive: Receive, cap: int) -> bytes:
-    """The request body, at most ``cap`` bytes (else :class:`_TooLarge`); :class:`_Disconnected` if the sender left."""
-    for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit() and int(value) > cap:
-            raise _TooLarge
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise _Disconnected
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > cap:
-            raise _TooLarge
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+class _BodyReader:
+    """Reads webhook bodies within ``timeout`` seconds; what they take past :attr:`allowance` bytes each
+    comes out of ``memory``, shared by all. A small webhook thus never waits for big ones, and all bodies
+    together hold at most ``max_connections`` × the allowance + ``max_body_memory`` bytes."""
+
+    allowance = 64 * 1024
+    """Bytes of each body outside the shared memory (uvicorn buffers as much per connection anyway)."""
+
+    def __init__(self, memory: BodyMemory, timeout: float) -> None:
+        self.memory, self.timeout = memory, timeout
+
+    @asynccontextmanager
+    async def read(self, scope: Scope, receive: Receive, cap: int) -> AsyncIterator[bytes]:
+        """The request body, counted against the memory until the block ends.
+
+        Raises :class:`_Unread` for a body over ``cap`` bytes (413), one that does not arrive within
+        the timeout (408) or that the memory cannot hold now (503); :class:`_Disconnected` if the sender left.
+        """
+        taken = 0
+        try:
+            for name, value in scope["headers"]:
+                if name == b"content-length" and value.isdigit():
+                    if int(value) > cap:
+                        raise _Unread(413, "too_large", f"body over {cap} bytes")
+                    taken = self._take(max(0, int(value) - self.allowance))
+            chunks: list[bytes] = []
+            size = 0
+            with anyio.move_on_after(self.timeout) as deadline:
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _Disconnected
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > cap:
+                        raise _Unread(413, "too_large", f"body over {cap} bytes")
+                    if size - self.allowance > taken:
+                        taken += self._take(size - self.allowance - taken)
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+            if deadline.cancelled_caught:
+                raise _Unread(408, "body_timeout", f"body not received within {self.timeout:g} s")
+            body = b"".join(chunks)
+            del chunks
+            yield body
+        finally:
+            self.memory.give_back(taken)
+
+    def _take(self, size: int) -> int:
+        if not self.memory.take(size):
+            raise _Unread(503, "body_memory", "the connector is reading too many webhook bodies at once")
+        return size
 
 
 def _headers(raw: list[tuple[bytes, bytes]]) -> httpx.Headers:
@@ -211,17 +258,36 @@ def build_app(runtime: Runtime) -> ASGIApp:
             return 200, {"ok": True, "dead_letter": problem, **({} if fresh else {"duplicate": True})}
         return 200, {"ok": True} if fresh else {"ok": True, "duplicate": True}
 
-    def too_large(scope_id: str) -> tuple[int, dict[str, Any]]:
-        cap = config.server.max_body_bytes
-        return refusal("amocrm", 413, "too_large", f"body over {cap} bytes", scope_id=scope_id)
+    reader = _BodyReader(BodyMemory(config.server.max_body_memory, metrics), config.server.body_timeout)
 
-    def refuse(source: str, status: int, reason: str, detail: str, **context: Any) -> WebhookResponse:
-        return _json_answer(*refusal(source, status, reason, detail, **context))
+    def refuse(
+        source: str, status: int, reason: str, detail: str, *, close: bool = False, **context: Any
+    ) -> WebhookResponse:
+        return _json_answer(*refusal(source, status, reason, detail, **context), close=close)
+
+    async def amocrm_webhook(scope: Scope, receive: Receive, scope_id: str) -> WebhookResponse | None:
+        """Check the signature's form, read the body, then :func:`ingest_amocrm`; None: the sender left."""
+        signature = None
+        for name, value in scope["headers"]:
+            if name == b"x-signature":
+                signature = value.decode("latin-1")
+        if signature is None or not _SIGNATURE.fullmatch(signature):
+            # Refused before the body is read: an unsigned request costs no memory.
+            detail = "X-Signature missing or not a hex HMAC-SHA1"
+            return refuse("amocrm", 401, "bad_signature", detail, close=True, scope_id=scope_id)
+        try:
+            async with reader.read(scope, receive, config.server.max_body_bytes) as body:
+                return _json_answer(*await ingest_amocrm(scope_id, body, signature))
+        except _Unread as exc:
+            return refuse("amocrm", exc.status, exc.reason, exc.detail, close=True, scope_id=scope_id)
+        except _Disconnected:
+            return None  # the sender is gone: nothing stored, nobody to answer
 
     async def ingest_messenger(
         scope: Scope, receive: Receive, messenger: str, name: str, path: str
     ) -> WebhookResponse | None:
-        """Route, read, verify, parse and store one messenger webhook; what to answer (None: the sender left)."""
+        """Route, check the headers, read, verify, parse and store one messenger webhook; what to answer
+        (None: the sender left)."""
         started = time.perf_counter()
         method: str = scope["method"]
         instance = runtime.routing.get(name)
@@ -234,21 +300,27 @@ def build_app(runtime: Runtime) -> ASGIApp:
             return refuse(messenger, 404, "unknown_path", f"{messenger} serves no webhook at {path!r}")
         if method not in route.methods:
             return refuse(messenger, 405, "bad_method", f"{method} is not accepted here")
-        cap = config.server.max_messenger_body_bytes
-        try:
-            body = await _read_body(scope, receive, cap)
-        except _TooLarge:
-            return refuse(messenger, 413, "too_large", f"body over {cap} bytes", instance=instance.name)
-        except _Disconnected:
-            return None
-        hook_request = WebhookRequest(
+        head = WebhookRequest(
             method=method,
             path=path,
             headers=_headers(scope["headers"]),
             query=httpx.QueryParams(scope["query_string"].decode("latin-1")),
-            body=body,
         )
-        adapter = instance.adapter
+        try:
+            await instance.adapter.verify_headers(head)
+        except SignatureError as exc:  # refused before the body is read: it costs no memory
+            return refuse(messenger, 401, "bad_signature", str(exc), close=True, instance=instance.name)
+        try:
+            async with reader.read(scope, receive, config.server.max_messenger_body_bytes) as body:
+                return await handle_messenger(instance, dataclasses.replace(head, body=body), started)
+        except _Unread as exc:
+            return refuse(messenger, exc.status, exc.reason, exc.detail, close=True, instance=instance.name)
+        except _Disconnected:
+            return None
+
+    async def handle_messenger(instance: Instance, hook_request: WebhookRequest, started: float) -> WebhookResponse:
+        """Verify, parse and store one messenger webhook read in full."""
+        messenger, adapter = instance.messenger, instance.adapter
         try:
             early = await adapter.verify(hook_request)
             if early is not None:
@@ -308,7 +380,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 
     runtime.pm.hook.startup_routes(add_route=add_route)
-    return _FastPaths(app, ingest_amocrm, ingest_messenger, too_large, config.server.max_body_bytes)
+    return _FastPaths(app, amocrm_webhook, ingest_messenger)
 
 
 class _Probe:
@@ -362,13 +434,10 @@ class _FastPaths:
     def __init__(
         self,
         app: Starlette,
-        ingest_amocrm: Callable[[str, bytes, str | None], Awaitable[tuple[int, dict[str, Any]]]],
-        ingest_messenger: Callable[[Scope, Receive, str, str, str], Awaitable[WebhookResponse | None]],
-        too_large: Callable[[str], tuple[int, dict[str, Any]]],
-        cap: int,
+        amocrm: Callable[[Scope, Receive, str], Awaitable[WebhookResponse | None]],
+        messenger: Callable[[Scope, Receive, str, str, str], Awaitable[WebhookResponse | None]],
     ) -> None:
-        self.app, self._amocrm, self._messenger = app, ingest_amocrm, ingest_messenger
-        self._too_large, self._cap = too_large, cap
+        self.app, self._amocrm, self._messenger = app, amocrm, messenger
         self.router = app.router
         """The app's router, where ``startup_routes`` adds routes."""
 
@@ -378,11 +447,11 @@ class _FastPaths:
             if path.startswith("/amocrm/"):
                 scope_id = path[len("/amocrm/") :]
                 if scope_id and "/" not in scope_id:
-                    if scope["method"] == "POST":
-                        await self._handle_amocrm(scope, receive, send, scope_id)
-                    else:
+                    if scope["method"] != "POST":
                         only_post = {"error": "bad_method", "detail": "only POST"}
                         await _respond(send, _json_answer(405, only_post, allow="POST"))
+                    elif (answer := await self._amocrm(scope, receive, scope_id)) is not None:
+                        await _respond(send, answer)
                     return
             elif path.startswith("/hooks/"):
                 messenger, _, rest = path[len("/hooks/") :].partition("/")
@@ -394,23 +463,14 @@ class _FastPaths:
                     return
         await self.app(scope, receive, send)
 
-    async def _handle_amocrm(self, scope: Scope, receive: Receive, send: Send, scope_id: str) -> None:
-        signature = None
-        for name, value in scope["headers"]:
-            if name == b"x-signature":
-                signature = value.decode("latin-1")
-        try:
-            body = await _read_body(scope, receive, self._cap)
-        except _TooLarge:
-            await _respond(send, _json_answer(*self._too_large(scope_id)))
-            return
-        except _Disconnected:
-            return  # the sender is gone: nothing stored, nobody to answer
-        await _respond(send, _json_answer(*await self._amocrm(scope_id, body, signature)))
 
-
-def _json_answer(status: int, body: dict[str, Any], *, allow: str | None = None) -> WebhookResponse:
+def _json_answer(
+    status: int, body: dict[str, Any], *, allow: str | None = None, close: bool = False
+) -> WebhookResponse:
+    """A JSON answer; ``close`` when the body was left unread (the server closes the connection after it)."""
     headers = {"Allow": allow} if allow is not None else {}
+    if close:
+        headers["Connection"] = "close"
     if status == 503:
         headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     return WebhookResponse(status=status, body=_encode(body), content_type="application/json", headers=headers)

@@ -35,6 +35,7 @@ from ..model import Button, ListMessage, ListRow, ListSection, Template, Templat
 from .fake_amojo import EmitResult, StoredMessage
 from .fakes import DRIVER_METHODS, ClientMedia, ReceivedMessage, ReceivedReaction
 from .kit import PUBLIC_URL, ConnectorRig, connector, load_plugin
+from .security import check_refused_unread
 
 __all__ = ["PICTURE", "MessengerConformance", "needs"]
 
@@ -195,6 +196,14 @@ class MessengerConformance:
                 "verify() must raise SignatureError for a request the messenger did not sign"
             )
         assert not rig.amojo.messages
+
+    async def test_a_request_without_credentials_is_refused_before_its_body(self, rig: ConnectorRig) -> None:
+        if type(rig.adapter).verify_headers is MessengerAdapter.verify_headers:
+            pytest.skip(f"{rig.messenger} checks requests from their bodies alone (no verify_headers)")
+        route = next(route for route in type(rig.adapter).routes if "POST" in route.methods)  # the main webhook
+        url = f"/hooks/{rig.messenger}/{rig.instance}" + (f"/{route.path}" if route.path else "")
+        headers = {"Content-Type": "application/json"}
+        await check_refused_unread(rig.client, url, rig.runtime.store, headers=headers)
 
     # -- media -----------------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@
   when it says yes, the right one fails when it says no);
 - :func:`secret_comparisons` scans source files for ``==``, ``!=``, ``in`` on secrets;
 - :class:`StoreWrites` records queue jobs and dedup keys written while a request runs;
-  :func:`check_body_cap` proves a webhook route refuses bodies over its cap, streaming;
+  :func:`check_body_cap` proves a webhook route refuses bodies over its cap, streaming, and
+  :func:`check_refused_unread` that it refuses a request without credentials before reading its body;
 - :func:`leaks` finds configured secrets in captured text; :func:`captured_logs` renders every
   log line through the connector's own processors (redaction included); :class:`ResponseRecorder`
   keeps every answer the app gives; :func:`secret_rig` configures distinctive core secrets,
@@ -47,6 +48,7 @@ __all__ = [
     "StoreWrites",
     "captured_logs",
     "check_body_cap",
+    "check_refused_unread",
     "core_failures",
     "digest_verdict",
     "everything_said",
@@ -186,6 +188,30 @@ async def check_body_cap(
             assert pulled <= cap + 2 * CHUNK, f"{url}: {pulled} bytes of a {name} body read past the {cap} cap"
     assert not writes, f"{url}: a refused body stored {writes.jobs} {writes.dedup}"
     assert await store.counts() == before
+
+
+async def check_refused_unread(
+    client: httpx.AsyncClient, url: str, store: Store, *, headers: Mapping[str, str] | None = None
+) -> httpx.Response:
+    """POST an endless body to ``url`` with ``headers`` that lack the messenger's credentials: the answer must be
+    401 or 403 before a byte of the body is read (the headers alone condemn it), and nothing stored."""
+    pulled = 0
+
+    async def endless() -> AsyncIterator[bytes]:
+        nonlocal pulled
+        while pulled < 64 * 1024 * 1024:  # a broken guard still ends
+            pulled += CHUNK
+            yield b"{" * CHUNK
+
+    before = await store.counts()
+    with StoreWrites(store).watching() as writes:
+        response = await client.post(url, content=endless(), headers=dict(headers or {}))
+    assert response.status_code in (401, 403), f"{url}: a request without credentials got {response.status_code}"
+    assert pulled == 0, f"{url}: {pulled} bytes of the body of a request without credentials were read"
+    assert response.headers.get("connection") == "close", f"{url}: the unread body's connection stays open"
+    assert not writes, f"{url}: a request without credentials stored {writes.jobs} {writes.dedup}"
+    assert await store.counts() == before
+    return response
 
 
 class ResponseRecorder:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,6 +83,10 @@ class LoopbackAdapter(MessengerAdapter):
 
     async def startup(self) -> None:
         self.started = True
+
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        if not re.fullmatch(r"[0-9a-f]{64}", request.headers.get(SIGNATURE_HEADER, "")):
+            raise SignatureError("X-Loopback-Signature missing or not a hex HMAC-SHA256")
 
     async def verify(self, request: WebhookRequest) -> None:
         given = request.headers.get(SIGNATURE_HEADER, "")

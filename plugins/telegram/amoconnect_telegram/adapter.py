@@ -179,8 +179,8 @@ class TelegramAdapter(MessengerAdapter):
 
     # -- webhooks -------------------------------------------------------------------------------
 
-    async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
-        """Check ``X-Telegram-Bot-Api-Secret-Token`` against the secret given to ``setWebhook``."""
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        """Check ``X-Telegram-Bot-Api-Secret-Token`` against the secret given to ``setWebhook``, before the body."""
         if self.config.mode != "webhook":
             raise SignatureError(f"telegram instance {self.context.instance!r} uses long polling and takes no webhooks")
         given = request.headers.get(SECRET_TOKEN_HEADER)
@@ -188,6 +188,10 @@ class TelegramAdapter(MessengerAdapter):
             raise SignatureError(f"{SECRET_TOKEN_HEADER} header missing: the request does not come from Telegram")
         if not same_secret(given, self.secret_token):
             raise SignatureError(f"{SECRET_TOKEN_HEADER} does not match the webhook's secret_token")
+
+    async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
+        """The secret token header, as :meth:`verify_headers` checks it; the body carries no signature."""
+        await self.verify_headers(request)
         return None
 
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:

@@ -64,6 +64,8 @@ async def test_webhooks_over_the_cap_are_refused_while_streaming(tmp_path: Path)
         await security.check_body_cap(
             rig.client, HOOK, CAP, rig.runtime.store, headers={SECRET_TOKEN_HEADER: SECRET_TOKEN}
         )
+        for wrong in ({}, {SECRET_TOKEN_HEADER: "guessed"}, {SECRET_TOKEN_HEADER: SECRET_TOKEN[:-1]}):
+            await security.check_refused_unread(rig.client, HOOK, rig.runtime.store, headers=wrong)
 
 
 def test_webhooks_survive_fuzzing(tmp_path: Path) -> None:

@@ -55,7 +55,16 @@ from .catalog import Catalog, named_ref
 from .cloudapi import DEFAULT_API_URL, DEFAULT_API_VERSION, ERROR_REASONS, ROW_ID_LIMIT, GraphApi
 from .compose import MEDIA_TYPES, Part, TemplateRef, plan_message, template_ref
 from .review import ReviewDesk
-from .webhooks import SIGNATURE_HEADER, Parsed, TemplateUpdate, check_signature, decode, handshake, parse
+from .webhooks import (
+    SIGNATURE_HEADER,
+    Parsed,
+    TemplateUpdate,
+    check_signature,
+    decode,
+    handshake,
+    parse,
+    well_formed_signature,
+)
 
 __all__ = ["MEDIA_LIMIT", "REVIEW_ROUTE", "ReviewSettings", "WhatsAppAdapter", "WhatsAppSettings"]
 
@@ -214,6 +223,12 @@ class WhatsAppAdapter(MessengerAdapter):
         return self.context.log
 
     # -- webhooks -------------------------------------------------------------------------------
+
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        """Refuse a POST to the webhook whose ``X-Hub-Signature-256`` is missing or malformed, before its body."""
+        signed = request.method != "POST" or request.path == REVIEW_ROUTE  # a handshake; amoCRM's review hook
+        if not signed and not well_formed_signature(request.headers.get(SIGNATURE_HEADER)):
+            raise SignatureError(f"{SIGNATURE_HEADER} missing or not 'sha256=' and a hex HMAC-SHA256")
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Answer the handshake, take amoCRM's review hook, or check ``X-Hub-Signature-256``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -47,6 +48,7 @@ __all__ = [
     "decode",
     "handshake",
     "parse",
+    "well_formed_signature",
 ]
 
 SIGNATURE_HEADER: Final = "X-Hub-Signature-256"
@@ -183,6 +185,11 @@ class Parsed:
 
 
 # -- signature and handshake --------------------------------------------------------------------
+
+
+def well_formed_signature(header: str | None) -> bool:
+    """True when ``header`` looks like ``X-Hub-Signature-256``: ``sha256=`` and 64 hex digits."""
+    return header is not None and re.fullmatch(r"sha256=[0-9a-fA-F]{64}", header.strip()) is not None
 
 
 def check_signature(app_secret: str, body: bytes, header: str | None) -> bool:

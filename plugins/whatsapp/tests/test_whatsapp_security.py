@@ -80,7 +80,12 @@ async def test_every_route_refuses_bodies_over_the_cap_while_streaming(tmp_path:
         w.runtime.relay.concurrency = 0
         cap = w.runtime.config.server.max_messenger_body_bytes
         assert cap == 4 * 2**20
-        await security.check_body_cap(w.runtime.client, "/hooks/whatsapp/wa1", cap, w.runtime.store)
+        signed = {SIGNATURE_HEADER: "sha256=" + "0" * 64}  # of the right form: the body is refused before the check
+        await security.check_body_cap(w.runtime.client, "/hooks/whatsapp/wa1", cap, w.runtime.store, headers=signed)
+        for unsigned in ({}, {SIGNATURE_HEADER: "sha1=" + "0" * 40}, {SIGNATURE_HEADER: "sha256=" + "0" * 63}):
+            await security.check_refused_unread(
+                w.runtime.client, "/hooks/whatsapp/wa1", w.runtime.store, headers=unsigned
+            )
         review = w.adapter().review
         assert review is not None and review.token
         url = f"/hooks/whatsapp/wa1/{REVIEW_ROUTE}?token={review.token}"
