@@ -233,13 +233,16 @@ class Config(_Section):
         return [s for s in found if s]
 
 
+_SECRET_WORDS = ("token", "secret", "password", "key", "confirmation")
+"""A setting whose name holds one of these is a secret: redacted in logs, never shown in errors."""
+
+
 def _secret_like(settings: dict[str, Any]) -> list[str]:
-    words = ("token", "secret", "password", "key", "confirmation")
     found = []
     for key, value in settings.items():
         if isinstance(value, dict):
             found.extend(_secret_like(value))
-        elif isinstance(value, str) and any(word in key.lower() for word in words):
+        elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_WORDS):
             found.append(value)
     return found
 
@@ -333,7 +336,8 @@ def _msgspec_problem(message: str, path: str, value: Any) -> str:
         path = f"{path}{match.group(1)}".lstrip(".")
     message = message.replace("`object`", "a table").replace("`array`", "a list").replace("`", "")
     message = message[:1].lower() + message[1:]
-    if message.startswith("expected") and not isinstance(value, dict | list):
+    secret = any(word in path.rsplit(".", 1)[-1].lower() for word in _SECRET_WORDS)
+    if message.startswith("expected") and not isinstance(value, dict | list) and not secret:
         message = re.sub(r", got \w+$", f", got {_shown(value)}", message)
     return f"{path}: {message}"
 
