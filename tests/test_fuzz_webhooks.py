@@ -66,6 +66,58 @@ AMOCRM_SAMPLES = [
         "action": {"typing": {"conversation": CONVERSATION, "user": {"id": "76fc2bea"}, "expired_at": 1639572299}},
     },
 ]
+MORE_SAMPLES = [
+    {  # a Salesbot list with a template and a quote, written first to a phone
+        "account_id": ACCOUNT,
+        "time": 1639572264,
+        "message": {
+            "conversation": {"id": "9f5e5cbb"},
+            "source": {"external_id": "lb"},
+            "sender": {"id": "76fc2bea", "name": "Salesbot"},
+            "receiver": {"id": "2ed64e27", "phone": "+10000000001", "email": "a@b.c", "avatar": "http://a/b.png"},
+            "timestamp": 1639572263,
+            "msec_timestamp": 1639572263000,
+            "message": {
+                "id": "0371a0fe",
+                "type": "text",
+                "text": "Pick one",
+                "tag": "",
+                "media_group_id": "g1",
+                "reply_to": {"message": {"id": "0371a0ff", "msgid": "lb:c1:1", "text": "hi", "file_size": 3}},
+                "template": {
+                    "id": 7,
+                    "external_id": "t7",
+                    "content": "Hi {{name}}",
+                    "params": [{"key": "name", "value": "Ann"}],
+                },
+                "markup": {
+                    "list_message": {
+                        "header": "H",
+                        "body": "B",
+                        "footer": "F",
+                        "button": "Open",
+                        "sections": [
+                            {"title": "S", "rows": [{"callback_data": "r1", "title": "R", "description": "D"}]}
+                        ],
+                    }
+                },
+            },
+        },
+    },
+    {  # a reaction in the flat shape
+        "account_id": ACCOUNT,
+        "time": 1639572265,
+        "action": {
+            "reaction": {
+                "msgid": "0371a0ff",
+                "conversation": CONVERSATION,
+                "user": {"id": "76fc2bea"},
+                "type": "unreact",
+            }
+        },
+    },
+]
+"""More webhook kinds for the field-by-field test: write first, a list, a template, a quote, a flat reaction."""
 HEADERS = st.dictionaries(st.sampled_from(["X-Signature", "Content-Type", "Date", "X-Other"]), header_values())
 
 
@@ -99,8 +151,8 @@ def test_amocrm_webhooks_survive_fuzzing(tmp_path: Path) -> None:
     assert seen[200] and seen[400] and seen[401], seen  # signed garbage got past the signature check
 
 
-WRONG_VALUES = [0, 42, -1, 1.5, 1639572260980.5, 1e300, "", "42", "twelve", True, False, None, [], [1], {}, {"x": 1}]
-"""Values of every JSON type, each of which is the wrong type somewhere."""
+WRONG_VALUES = [42, 1639572260980.5, "42", "twelve", True, None, [1], {"x": 1}]
+"""A value of every JSON type (numbers and numeric text included), each the wrong type somewhere."""
 
 
 def paths(value: Any, path: tuple[str | int, ...] = ()) -> Iterator[tuple[str | int, ...]]:
@@ -127,7 +179,7 @@ def test_a_wrong_type_in_any_field_of_any_amocrm_webhook_is_kept(tmp_path: Path)
     outcomes: collections.Counter[str] = collections.Counter()
     with running(rig(tmp_path)) as (r, portal):
         r.runtime.relay.concurrency = 0  # park the relay: what ingest stores stays visible
-        for sample in AMOCRM_SAMPLES:
+        for sample in AMOCRM_SAMPLES + MORE_SAMPLES:
             for path in paths(sample):
                 for value in WRONG_VALUES:
                     body = replaced(sample, path, value)
