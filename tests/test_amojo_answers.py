@@ -110,3 +110,23 @@ async def test_a_delivery_status_answered_with_amojo_s_empty_200_is_done_at_once
     statuses = await eventually(lambda: r.amojo.message(amocrm_id).statuses)
     assert [s.delivery_status for s in statuses] == [2]
     assert _retried(r) == 0
+
+
+@pytest.mark.parametrize("step", [-20 * 60, 20 * 60], ids=["back-20-min", "forward-20-min"])
+async def test_a_step_of_our_wall_clock_past_amojo_s_date_window_buries_nothing(
+    r: Rig, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    """The connector's wall clock steps by more than amojo's 15-minute Date window (amojo keeps the
+    right time): one request is refused, the client signs with amojo's time, nothing is buried."""
+    assert (await r.inbound(message("c1", "1", "before the step"))).status_code == 200
+    await eventually(lambda: counts_are(r.runtime.store, queued=0, running=0))
+    wall = time.time
+    monkeypatch.setattr(time, "time", lambda: wall() + step)
+    for i in range(2, 6):
+        assert (await r.inbound(message("c1", str(i), f"after the step {i}"))).status_code == 200
+    await eventually(lambda: counts_are(r.runtime.store, queued=0, running=0))
+    assert [m.text for m in r.amojo.messages_in("lb:c1")] == ["before the step"] + [
+        f"after the step {i}" for i in range(2, 6)
+    ]
+    assert _dead(r) == []
+    assert sum(1 for q in r.amojo.requests if q.status == 403) == 1

@@ -833,19 +833,24 @@ async def test_a_long_storm_outlasting_the_signature_ttl_would_still_be_signed_f
     assert (second - first).total_seconds() == 20 * 60
 
 
-async def test_a_stale_date_is_refused_403_and_not_retried() -> None:
-    """The client's clock is 20 minutes behind amojo's: the signature has expired on arrival."""
-    fake = FakeAmojo(CHANNEL, SECRET, clock=lambda: time.time() + 20 * 60)
+@pytest.mark.parametrize("step", [-20 * 60, 20 * 60, 3 * 3600], ids=["20-min-behind", "20-min-ahead", "3-h-ahead"])
+async def test_our_clock_off_amojo_s_costs_one_request_not_the_message(step: float) -> None:
+    """Our clock is off amojo's by more than its 15-minute Date window: amojo refuses the signature
+    (403, its own Date in the answer); the client signs with amojo's time from then on."""
+    ours = [time.time() + step]
+    fake = FakeAmojo(CHANNEL, SECRET)  # amojo keeps the right time
     fake.connect(ACCOUNT)
-    http, amojo = in_process(fake.app)
+    http, amojo = in_process(fake.app, clock=lambda: ours[0])
     async with http, amojo:
-        error = await raises_amojo(amojo.send_message(SCOPE, payload("m-1")))
-    assert error.status == 403
-    assert error.body["code"] == "bad_signature"
-    assert "15 minutes" in error.body["error"]
-    assert not error.retryable
-    assert len(fake.requests) == 1
-    assert fake.messages == []
+        sent = await amojo.send_message(SCOPE, payload("m-1"))
+        assert [r.status for r in fake.requests] == [403, 200]
+        await amojo.send_message(SCOPE, payload("m-2"))  # signed right at once
+        assert [r.status for r in fake.requests] == [403, 200, 200]
+        ours[0] = time.time()  # our clock is set right again
+        await amojo.send_message(SCOPE, payload("m-3"))
+    assert [r.status for r in fake.requests] == [403, 200, 200, 403, 200]
+    assert sent.amocrm_id is not None
+    assert [m.msgid for m in fake.messages] == ["m-1", "m-2", "m-3"]
 
 
 async def test_a_wrong_secret_is_refused_403(fake: FakeAmojo) -> None:
@@ -855,7 +860,8 @@ async def test_a_wrong_secret_is_refused_403(fake: FakeAmojo) -> None:
         error = await raises_amojo(amojo.typing(SCOPE, "tg-100", "tg-user-42"))
     assert (error.status, error.body["code"]) == (403, "bad_signature")
     assert "X-Signature" in error.body["error"]
-    assert len(fake.requests) == 1
+    assert len(fake.requests) == 1  # amojo's Date agrees with ours: our clock is not the cause
+    assert not error.retryable
 
 
 async def test_an_unexpected_success_body_is_a_typed_error(monkeypatch: pytest.MonkeyPatch) -> None:

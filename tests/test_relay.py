@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
@@ -11,8 +12,9 @@ import structlog
 from rig import eventually
 
 from amoconnect import relay as relay_module
+from amoconnect.clock import SteadyClock
 from amoconnect.errors import AmojoError, MessengerError, StoreError
-from amoconnect.relay import Done, Handler, Relay, transient
+from amoconnect.relay import Done, Handler, Relay, Retry, transient
 from amoconnect.store.base import Job, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
 from amoconnect.testing.stores import counts_are
@@ -239,3 +241,39 @@ async def test_stop_cancels_what_outlives_shutdown_timeout_and_leaves_it_to_the_
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0))
         tg.cancel_scope.cancel()
     assert attempts == [1, 2]
+
+
+@pytest.mark.parametrize("step", [-600.0, -3600.0])
+async def test_a_backward_step_of_the_wall_clock_does_not_stall_a_retry(
+    store: Store, monkeypatch: pytest.MonkeyPatch, step: float
+) -> None:
+    """The process's wall clock steps back (NTP, an operator): a retry still runs after the backoff it
+    asked for, not after the step too (SQLite's times are a steady clock's, PostgreSQL's the database's)."""
+    attempts: list[int] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        attempts.append(job.attempts)
+        if len(attempts) == 1:
+            raise Retry("not yet", delay=0.3)
+        return Done()
+
+    await store.enqueue([NewJob("test", "k", b"x")])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await eventually(lambda: counts_are(store, queued=1, running=0))  # the retry is scheduled
+        wall = time.time
+        monkeypatch.setattr(time, "time", lambda: wall() + step)
+        await eventually(lambda: len(attempts) == 2, within=5)
+        tg.cancel_scope.cancel()
+
+
+def test_a_steady_clock_keeps_time_through_wall_clock_steps() -> None:
+    wall, monotonic = [1_000_000.0], [50.0]
+    clock = SteadyClock(wall=lambda: wall[0], monotonic=lambda: monotonic[0])
+    assert clock() == 1_000_000.0
+    wall[0] -= 600  # stepped back
+    monotonic[0] += 2
+    assert clock() == 1_000_002.0
+    wall[0] += 3600  # and forward
+    monotonic[0] += 1
+    assert clock() == 1_000_003.0

@@ -4,6 +4,10 @@ Every request is serialised once, signed over those bytes and sent as those byte
 retry builds the request again with a fresh ``Date`` and signature (amojo accepts one for
 15 minutes). Retries, backoff and the per-host in-flight cap come from :mod:`amoconnect.http`.
 
+amojo answers 403 to a ``Date`` more than 15 minutes off its clock. When a 403's own ``Date``
+shows that our clock is off amojo's (a wall-clock step here), the client signs with amojo's time
+from then on and sends the request once more, so a clock step costs a request, not the messages.
+
 amojo refuses a second message with a msgid it already has. The client treats that refusal
 as success (:attr:`Sent.duplicate` is then true), so a send that is retried after a crash or a
 lost answer never shows twice in amoCRM; :meth:`AmojoClient.find_message` then recovers
@@ -13,12 +17,16 @@ amoCRM's id of it from the chat's history.
 from __future__ import annotations
 
 import functools
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal, TypeVar
 from urllib.parse import quote, urlencode
 
 import httpx
 import msgspec
+import structlog
 
 from ..crashpoints import crash_point
 from ..errors import AmojoError
@@ -26,17 +34,30 @@ from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, 
 from ..signing import sign_request
 from . import wire
 
-__all__ = ["DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid", "is_unknown_scope"]
+__all__ = ["CLOCK_TOLERANCE", "DEFAULT_BASE_URL", "AmojoClient", "Sent", "is_duplicate_msgid", "is_unknown_scope"]
 
 DEFAULT_BASE_URL = "https://amojo.amocrm.ru"
 HISTORY_PAGE_LIMIT = 50
 
 T = TypeVar("T")
+log = structlog.get_logger("amoconnect.amojo")
 _RECONNECT = "connect the channel to the account again (amoconnect connect), then re-queue (amoconnect jobs retry)"
 _ADVICE = {
     403: f" — check [channel] secret; if the account turned the channel off, {_RECONNECT}",
     404: f" — the channel is not connected to this account: {_RECONNECT}",
 }
+
+
+CLOCK_TOLERANCE = 60.0
+"""Seconds our signing ``Date`` may differ from amojo's clock before a 403 is taken for our clock being off."""
+
+
+def _date_of(values: list[str]) -> float | None:
+    """Unix seconds of an HTTP ``Date`` header's last value; None if absent or not a date."""
+    try:
+        return parsedate_to_datetime(values[0]).timestamp() if values else None
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,7 +111,8 @@ class AmojoClient:
     ``base_url`` is ``https://amojo.amocrm.ru`` (accounts on amocrm.ru), ``https://amojo.amocrm.com``,
     ``https://amojo.kommo.com`` or a local fake. Pass ``client`` to share or inject an
     ``httpx.AsyncClient`` (its base URL is ignored); otherwise one is built on ``transport``.
-    ``on_retry(attempt, wait, status)`` is called before each repeat of a failed call.
+    ``on_retry(attempt, wait, status)`` is called before each repeat of a failed call;
+    ``clock`` (unix seconds, the wall clock by default) is what requests are signed with.
     """
 
     def __init__(
@@ -105,6 +127,7 @@ class AmojoClient:
         timeout: float = 10.0,
         max_in_flight_per_host: int = 32,
         on_retry: OnRetry | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.channel_id = channel_id
         self._secret = secret
@@ -117,6 +140,9 @@ class AmojoClient:
         )
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
+        self._clock = clock
+        self._skew = 0.0
+        """amojo's clock minus ours, learned when amojo refused a Date too far from its own."""
 
     def __repr__(self) -> str:
         return f"AmojoClient(channel_id={self.channel_id!r}, base_url={self.base_url!r})"
@@ -151,14 +177,45 @@ class AmojoClient:
 
         def build() -> httpx.Request:
             # A bare Request: the client's merging of base URL, cookies and defaults adds nothing here.
-            headers = sign_request(self._secret, method, signed_path, content)
+            headers = sign_request(self._secret, method, signed_path, content, date=self._date())
             return httpx.Request(method, url, content=content, headers=headers)
 
         response = await send_with_retries(
             self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
         )
+        if response.status_code == 403 and self._learn_skew(response):
+            response = await send_with_retries(
+                self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
+            )
         crash_point("amojo.answer")
         return response
+
+    def _date(self) -> datetime | None:
+        """The ``Date`` to sign with: now by our clock corrected by amojo's (None: the wall clock as is)."""
+        if self._skew == 0.0 and self._clock is None:
+            return None  # signing's own per-second cache of the current date
+        return datetime.fromtimestamp(self._now() + self._skew, UTC)
+
+    def _now(self) -> float:
+        return time.time() if self._clock is None else self._clock()
+
+    def _learn_skew(self, refused: httpx.Response) -> bool:
+        """Whether a 403 came because our clock is off amojo's by more than :data:`CLOCK_TOLERANCE`
+        seconds (its ``Date`` against the one we signed); if so, sign with amojo's time from now on.
+
+        amojo takes a signature for 15 minutes after its ``Date``: a step of our wall clock must
+        cost one more request, not a dead letter per message.
+        """
+        theirs = _date_of(refused.headers.get_list("date")[-1:])
+        ours = _date_of(refused.request.headers.get_list("date")[-1:])
+        if theirs is None or ours is None or abs(theirs - ours) <= CLOCK_TOLERANCE:
+            return False
+        self._skew = theirs - self._now()
+        log.warning(
+            "our clock is off amojo's: signing with amojo's time from now on (check the host's NTP)",
+            amojo_ahead_by_s=round(self._skew),
+        )
+        return True
 
     @staticmethod
     def _error(response: httpx.Response, describe: str) -> AmojoError:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any, TypeVar
 import anyio
 import structlog
 
+from ..clock import SteadyClock
 from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
@@ -178,16 +178,28 @@ class SQLiteStore(MappingLookups):
 
     ``synchronous`` is SQLite's pragma: ``FULL`` (the default) makes every acknowledged write
     survive power loss; grouped commits keep it fast. One process owns the file.
+
+    Its times (when a job is due, when a key was seen) are ``clock()``'s, by default a
+    :class:`~amoconnect.clock.SteadyClock`: a step of the wall clock neither stalls a retry nor
+    runs it early.
     """
 
     placeholder = "?"
 
-    def __init__(self, path: str | Path, *, synchronous: str = "FULL", batch_limit: int = 1024) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        synchronous: str = "FULL",
+        batch_limit: int = 1024,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.path = Path(path)
         self.where = str(self.path)
         self._synchronous = synchronous.upper()
+        self._now = clock or SteadyClock()
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
         self._more = asyncio.Event()
@@ -434,7 +446,7 @@ class SQLiteStore(MappingLookups):
 
         def run(conn: sqlite3.Connection) -> bool:
             self._refuse_if_lost()
-            now = time.time()
+            now = self._now()
             if keys:
                 if conn.execute(seen_sql, keys).fetchone() is not None:
                     return False
@@ -452,7 +464,7 @@ class SQLiteStore(MappingLookups):
             if back:
                 requeue = "UPDATE queue SET state = 'queued' WHERE id = ? AND state = 'running'"
                 conn.executemany(requeue, [(i,) for i in back])
-            rows = conn.execute(_CLAIM, (time.time(), limit)).fetchall()
+            rows = conn.execute(_CLAIM, (self._now(), limit)).fetchall()
             conn.executemany(
                 "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
             )
@@ -476,7 +488,7 @@ class SQLiteStore(MappingLookups):
             conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
             _upsert_conversations(conn, conversations, merge=True)
             _upsert_messages(conn, messages)
-            _insert_jobs(conn, then, time.time())
+            _insert_jobs(conn, then, self._now())
 
         await self._call(run, wakes=True)
 
@@ -484,7 +496,7 @@ class SQLiteStore(MappingLookups):
         def run(conn: sqlite3.Connection) -> None:
             conn.execute(
                 "UPDATE queue SET state = 'queued', next_run = ?, last_error = ? WHERE id = ?",
-                (time.time() + delay, error, job_id),
+                (self._now() + delay, error, job_id),
             )
 
         await self._call(run, wakes=True)
@@ -494,10 +506,10 @@ class SQLiteStore(MappingLookups):
             conn.execute(
                 "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
                 "FROM queue WHERE id = ?",
-                (time.time(), error, job_id),
+                (self._now(), error, job_id),
             )
             conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
-            _insert_jobs(conn, then, time.time())
+            _insert_jobs(conn, then, self._now())
 
         await self._call(run, wakes=True)
 
@@ -509,7 +521,7 @@ class SQLiteStore(MappingLookups):
     async def next_due_in(self) -> float | None:
         def run(conn: sqlite3.Connection) -> float | None:
             row = conn.execute(NEXT_DUE).fetchone()
-            return None if row[0] is None else max(row[0] - time.time(), 0.0)
+            return None if row[0] is None else max(row[0] - self._now(), 0.0)
 
         return self._read(run)
 
@@ -532,7 +544,7 @@ class SQLiteStore(MappingLookups):
     async def requeue(self, ids: Sequence[int] | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
             where, params = _id_filter(ids)
-            now = time.time()
+            now = self._now()
             conn.execute(
                 "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
                 f"SELECT id, kind, key, payload, scope_id, 0, ?, created_at, error FROM dead {where}",
@@ -567,7 +579,7 @@ class SQLiteStore(MappingLookups):
 
     async def prune(self, *, dedup_older_than: float) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
-            now = time.time()
+            now = self._now()
             return {
                 "dedup keys": conn.execute("DELETE FROM dedup WHERE seen_at < ?", (now - dedup_older_than,)).rowcount,
                 "button data": conn.execute("DELETE FROM button_data WHERE expires_at < ?", (now,)).rowcount,
@@ -614,12 +626,12 @@ class SQLiteStore(MappingLookups):
             lambda conn: conn.execute(
                 "INSERT INTO button_data VALUES (?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
-                (key, value, time.time() + keep_for),
+                (key, value, self._now() + keep_for),
             )
         )
 
     async def button_data(self, key: str) -> str | None:
-        row = await self._one("SELECT value FROM button_data WHERE key = ? AND expires_at >= ?", (key, time.time()))
+        row = await self._one("SELECT value FROM button_data WHERE key = ? AND expires_at >= ?", (key, self._now()))
         return None if row is None else str(row[0])
 
     # -- rate limits ---------------------------------------------------------------------

@@ -40,7 +40,8 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any, Literal, NoReturn, TypeVar
 
@@ -334,6 +335,7 @@ class FakeAmojo:
         record = RequestRecord(scope["method"], scope["path"], scope.get("query_string", b"").decode("latin-1"))
         self.requests.append(record)
         scope.setdefault("state", {})["fake_amojo_record"] = record
+        send = self._dated(send)
         fault = self._take_fault(scope["path"])
         if fault is not None:
             if fault.acted:  # the request takes effect; its answer is lost and replaced
@@ -352,6 +354,17 @@ class FakeAmojo:
             await send(message)
 
         await self._starlette(scope, receive, send_recording)
+
+    def _dated(self, send: Send) -> Send:
+        """``send`` with a ``Date`` header by the fake's clock on every answer, as any HTTP server's."""
+
+        async def dated(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                date = format_datetime(datetime.fromtimestamp(int(self.clock()), UTC), usegmt=True)
+                message = {**message, "headers": [*message.get("headers", []), (b"date", date.encode())]}
+            await send(message)
+
+        return dated
 
     async def _refused(self, request: Request, exc: Exception) -> Response:
         assert isinstance(exc, _Refused)
