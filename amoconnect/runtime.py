@@ -46,6 +46,7 @@ from .plugins import collect_messengers, get_plugin_manager
 from .ratelimit import Limiter, LimiterFactory
 from .relay import Handler, Relay
 from .routing import Instance, Routing
+from .server.app import AppParts, build_app, enqueue_inbound
 from .server.guard import fit_descriptors, guarded_protocol
 from .store import build_store
 from .store.base import Store
@@ -186,12 +187,10 @@ class Runtime:
 
     def _submitter(self, instance_name: str) -> Callable[[Sequence[InboundEvent]], Awaitable[None]]:
         async def submit(events: Sequence[InboundEvent]) -> None:
-            from .server.app import enqueue_inbound
-
             instance = self.routing.get(instance_name)
             if instance is None:
                 raise PluginError(f"instance {instance_name!r} is not running")
-            await enqueue_inbound(self, instance, tuple(events))
+            await enqueue_inbound(self.store, self.metrics, instance, tuple(events))
 
         return submit
 
@@ -241,8 +240,6 @@ class Runtime:
 
     async def start(self) -> None:
         """Open the store, build clients, adapters and the app, start the relay and the adapters."""
-        from .server.app import build_app
-
         stack = AsyncExitStack()
         await stack.__aenter__()
         try:
@@ -273,7 +270,7 @@ class Runtime:
             if self._messenger_http is None:
                 stack.push_async_callback(messenger_http.aclose)
             self.routing = Routing(self._instances(messenger_http))
-            self.app = build_app(self)
+            self.app = build_app(AppParts(self.config, self.store, self.routing, self.media, self.metrics, self.pm))
             core = self.core = Core(
                 self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics
             )

@@ -22,12 +22,13 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 import anyio
 import httpx
 import msgspec
+import pluggy
 import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -38,19 +39,19 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..adapter import WebhookRequest, WebhookResponse
 from ..amojo import wire
 from ..amojo.hooks import foreign_account, not_json
+from ..config import Config
 from ..core import AMOCRM, INBOUND, InboundJob
 from ..errors import NOT_JSON, SignatureError, StoreError, WebhookError
 from ..ids import job_key
+from ..media import MediaStore
+from ..metrics import Metrics
 from ..model import InboundEvent
+from ..routing import Instance, Routing
 from ..signing import verify_signature
-from ..store.base import NewJob
+from ..store.base import NewJob, Store
 from .guard import BodyMemory
 
-if TYPE_CHECKING:
-    from ..routing import Instance
-    from ..runtime import Runtime
-
-__all__ = ["build_app", "enqueue_inbound"]
+__all__ = ["AppParts", "build_app", "enqueue_inbound"]
 
 log = structlog.get_logger("amoconnect.server")
 
@@ -167,8 +168,20 @@ def _undecoded_key(scope_id: str, body: bytes) -> str:
     return f"amocrm:{scope_id}:undecoded:{hashlib.sha256(body).hexdigest()}"
 
 
+@dataclasses.dataclass(frozen=True)
+class AppParts:
+    """What the app serves from, handed over by whoever runs it."""
+
+    config: Config
+    store: Store
+    routing: Routing
+    media: MediaStore
+    metrics: Metrics
+    pm: pluggy.PluginManager
+
+
 async def enqueue_inbound(
-    runtime: Runtime, instance: Instance, events: list[InboundEvent] | tuple[InboundEvent, ...]
+    store: Store, metrics: Metrics, instance: Instance, events: list[InboundEvent] | tuple[InboundEvent, ...]
 ) -> int:
     """Store a messenger instance's events durably, each once; returns how many were new."""
     new = 0
@@ -181,7 +194,7 @@ async def enqueue_inbound(
             msgspec.json.encode(InboundJob(instance.name, event)),
             instance.scope_id,
         )
-        if await runtime.store.enqueue([job], dedup=[f"{instance.name}:{event.dedup_key}"]):
+        if await store.enqueue([job], dedup=[f"{instance.name}:{event.dedup_key}"]):
             new += 1
 
     if len(events) == 1:
@@ -190,17 +203,16 @@ async def enqueue_inbound(
         async with anyio.create_task_group() as tg:  # concurrent writes share one commit
             for event in events:
                 tg.start_soon(one, event)
-    metrics = runtime.metrics
     metrics.jobs_queued.labels(INBOUND).inc(new)
     if len(events) > new:
         metrics.webhooks_duplicate.labels(instance.messenger).inc(len(events) - new)
     return new
 
 
-def build_app(runtime: Runtime) -> ASGIApp:
-    """The connector's ASGI app, bound to ``runtime``."""
-    config = runtime.config
-    metrics = runtime.metrics
+def build_app(parts: AppParts) -> ASGIApp:
+    """The connector's ASGI app, serving from ``parts``."""
+    config = parts.config
+    metrics = parts.metrics
     secret = config.channel.secret
 
     def refusal(source: str, status: int, reason: str, detail: str, **context: Any) -> tuple[int, dict[str, Any]]:
@@ -218,7 +230,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
 
     accounts = {account.scope_id: account for account in config.accounts}
-    messengers = {instance.messenger for instance in runtime.routing}
+    messengers = {instance.messenger for instance in parts.routing}
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
     duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
 
@@ -244,7 +256,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
             job, dedup = _hook_job(scope_id, hook, body)
             problem = foreign_account(hook.account_id, scope_id, account.amojo_id)
         try:
-            fresh = await runtime.store.enqueue([job], dedup=[dedup])
+            fresh = await parts.store.enqueue([job], dedup=[dedup])
         except StoreError as exc:
             return overload("amocrm", exc)
         if fresh:
@@ -290,7 +302,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         (None: the sender left)."""
         started = time.perf_counter()
         method: str = scope["method"]
-        instance = runtime.routing.get(name)
+        instance = parts.routing.get(name)
         if instance is None or instance.messenger != messenger:
             # The path is anyone's to choose: only configured messengers become metric labels.
             source = messenger if messenger in messengers else "unknown"
@@ -333,7 +345,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         except NOT_JSON as exc:  # an adapter's JSON decoder let them through: still the sender's fault
             return refuse(messenger, 400, "bad_body", f"not JSON: {exc}", instance=instance.name)
         try:
-            await enqueue_inbound(runtime, instance, events)
+            await enqueue_inbound(parts.store, metrics, instance, events)
         except StoreError as exc:
             return _json_answer(*overload(messenger, exc))
         metrics.webhooks_received.labels(messenger).inc()
@@ -341,8 +353,8 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return adapter.webhook_ack
 
     async def media(request: Request) -> Response:
-        file_id = runtime.media.resolve(request.path_params["token"])
-        stored = await runtime.media.get(file_id) if file_id else None
+        file_id = parts.media.resolve(request.path_params["token"])
+        stored = await parts.media.get(file_id) if file_id else None
         if stored is None:
             return _json(404, {"error": "not_found", "detail": "no such media, or the link expired"})
         headers = _media_headers(stored.content_type, stored.file_name)
@@ -350,12 +362,12 @@ def build_app(runtime: Runtime) -> ASGIApp:
             return Response(stored.content, media_type=stored.content_type, headers=headers)
         return FileResponse(stored.path, media_type=stored.content_type, headers=headers)
 
-    probe = _Probe(runtime.store.probe)
+    probe = _Probe(parts.store.probe)
 
     async def healthz(request: Request) -> Response:
         try:
             await probe()
-            counts = await runtime.store.counts()
+            counts = await parts.store.counts()
         except StoreError as exc:
             # A node that cannot reach its store must leave the load balancer's rotation.
             log.error("health check: store unavailable", error=str(exc))
@@ -363,7 +375,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
         return _json(200, {"status": "ok", "queue": counts})
 
     async def metrics_endpoint(request: Request) -> Response:
-        for state, count in (await runtime.store.counts()).items():
+        for state, count in (await parts.store.counts()).items():
             metrics.queue_depth.labels(state).set(count)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
@@ -379,7 +391,7 @@ def build_app(runtime: Runtime) -> ASGIApp:
             raise ValueError(f"route {path!r} belongs to the core")
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 
-    runtime.pm.hook.startup_routes(add_route=add_route)
+    parts.pm.hook.startup_routes(add_route=add_route)
     return _FastPaths(app, amocrm_webhook, ingest_messenger)
 
 
