@@ -45,6 +45,7 @@ from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .pglimits import PostgresLimiter
 from .sql import (
     CLAIMABLE,
+    HEAD_CLAIMED,
     HEADS_TABLE,
     MESSAGE_COLUMNS,
     NEXT_DUE,
@@ -52,6 +53,7 @@ from .sql import (
     conversation_params,
     conversation_writes,
     head_added,
+    head_claimed,
     head_refreshed,
     message_params,
 )
@@ -183,6 +185,9 @@ MIGRATIONS: tuple[str, ...] = (
         IF TG_OP = 'INSERT' THEN
             {added};
             RETURN NULL;
+        ELSIF TG_OP = 'UPDATE' AND {claim} THEN
+            {claimed};
+            RETURN NULL;
         END IF;
         PERFORM queue_head_refresh(OLD.key);
         IF TG_OP = 'UPDATE' AND NEW.key <> OLD.key THEN
@@ -197,7 +202,9 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER queue_removed AFTER DELETE ON queue FOR EACH ROW EXECUTE FUNCTION queue_heads();
     """.replace("{drop}", head_refreshed("head_key")[0])
     .replace("{make}", head_refreshed("head_key")[1])
-    .replace("{added}", head_added("NEW.key", "NEW.id", "NEW.next_run")),
+    .replace("{added}", head_added("NEW.key", "NEW.id", "NEW.next_run"))
+    .replace("{claim}", HEAD_CLAIMED)
+    .replace("{claimed}", head_claimed("NEW.key")),
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
@@ -220,7 +227,14 @@ _ENQUEUE = (
 )
 """The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
 the new keys back when only some were new)."""
-_CLAIMABLE = CLAIMABLE.format(now=_NOW, limit="%s")
+_CLAIM = (
+    f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED) "
+    f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
+    "WHERE id = ANY (ARRAY (SELECT id FROM c)) "
+    "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
+)
+"""Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
+``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -546,13 +560,7 @@ class PostgresStore(MappingLookups):
 
     async def claim(self, limit: int) -> list[Job]:
         async with self._conn("claim") as conn:
-            cur = await conn.execute(
-                f"WITH c AS ({_CLAIMABLE} FOR UPDATE SKIP LOCKED) "
-                f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-                "FROM c WHERE queue.id = c.id AND queue.state = 'queued' "
-                "RETURNING queue.id, kind, key, payload, scope_id, attempts, created_at, last_error",
-                (limit, self.owner, self._lease),
-            )
+            cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
             rows = await cur.fetchall()
         jobs = [Job(*row) for row in rows]
         jobs.sort(key=lambda job: job.id)

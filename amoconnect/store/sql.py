@@ -22,6 +22,7 @@ __all__ = [
     "CLAIMABLE",
     "CONVERSATION_COLUMNS",
     "HEADS_TABLE",
+    "HEAD_CLAIMED",
     "MESSAGE_COLUMNS",
     "NEXT_DUE",
     "PG_NOW",
@@ -30,6 +31,7 @@ __all__ = [
     "conversation_params",
     "conversation_writes",
     "head_added",
+    "head_claimed",
     "head_refreshed",
     "message",
     "message_params",
@@ -69,6 +71,16 @@ def head_added(key: str, job_id: str, next_run: str) -> str:
         f"INSERT INTO heads (key, id, next_run, busy) VALUES ({key}, {job_id}, {next_run}, FALSE) "
         "ON CONFLICT (key) DO UPDATE SET id = EXCLUDED.id, next_run = EXCLUDED.next_run WHERE EXCLUDED.id < heads.id"
     )
+
+
+HEAD_CLAIMED = "OLD.state = 'queued' AND NEW.state = 'running' AND OLD.key = NEW.key AND OLD.next_run = NEW.next_run"
+"""A trigger's test that an update claimed a job (and changed nothing else that a head record holds)."""
+
+
+def head_claimed(key: str) -> str:
+    """The statement that follows a claim: the key has a running job now. Its earliest job is
+    the same (a claim changes no id), so the record needs no reading of the key's jobs."""
+    return f"UPDATE heads SET busy = TRUE WHERE key = {key}"
 
 
 def head_refreshed(key: str) -> tuple[str, str]:

@@ -32,6 +32,7 @@ from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .sql import (
     CLAIMABLE,
+    HEAD_CLAIMED,
     HEADS_TABLE,
     MESSAGE_COLUMNS,
     NEXT_DUE,
@@ -39,6 +40,7 @@ from .sql import (
     conversation_params,
     conversation_writes,
     head_added,
+    head_claimed,
     head_refreshed,
     message_params,
 )
@@ -115,10 +117,13 @@ CREATE INDEX IF NOT EXISTS button_data_expires ON button_data (expires_at);
 
 _HEAD_TRIGGERS = """
 CREATE TRIGGER queue_added AFTER INSERT ON queue BEGIN {added}; END;
-CREATE TRIGGER queue_changed AFTER UPDATE OF key, state, next_run ON queue BEGIN {old}; {new}; END;
+CREATE TRIGGER queue_claimed AFTER UPDATE OF state ON queue WHEN {claim} BEGIN {claimed}; END;
+CREATE TRIGGER queue_changed AFTER UPDATE OF key, state, next_run ON queue WHEN NOT ({claim}) BEGIN {old}; {new}; END;
 CREATE TRIGGER queue_removed AFTER DELETE ON queue BEGIN {old}; END;
 """.format(
     added=head_added("NEW.key", "NEW.id", "NEW.next_run"),
+    claim=HEAD_CLAIMED,
+    claimed=head_claimed("NEW.key"),
     old="; ".join(head_refreshed("OLD.key")),
     new="; ".join(head_refreshed("NEW.key")),
 )
