@@ -232,3 +232,20 @@ async def test_a_version_1_file_gets_head_records_for_the_jobs_it_holds(tmp_path
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert db.execute("SELECT key, busy FROM heads ORDER BY key").fetchall() == [("a", 1), ("b", 0)]
+
+
+async def test_a_claim_that_finds_nothing_commits_nothing_and_claims_commit_without_an_fsync(
+    store: SQLiteStore,
+) -> None:
+    before = store.commits
+    assert await store.claim(10) == []  # an empty queue
+    await store.enqueue([job("a"), job("a")])
+    after_enqueue = store.commits
+    (first,) = await store.claim(10)
+    assert store._level == "NORMAL"  # the claim's batch alone: no fsync
+    assert await store.claim(10) == []  # "a" is busy: nothing to take
+    assert (before + 1, after_enqueue + 1) == (after_enqueue, store.commits)
+    await store.finish(first.id)
+    assert store._level == "FULL"  # what a caller hears of is on disk again
+    (second,) = await store.claim(10)
+    assert second.payload == b"x" and second.id != first.id

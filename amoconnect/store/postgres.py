@@ -230,11 +230,13 @@ the new keys back when only some were new)."""
 _CLAIM = (
     f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED) "
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-    "WHERE id = ANY (ARRAY (SELECT id FROM c)) "
+    "WHERE id = ANY (ARRAY (SELECT id FROM c)) AND set_config('synchronous_commit', 'off', true) = 'off' "
     "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
 )
 """Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
-``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs)."""
+``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs).
+Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
+running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "

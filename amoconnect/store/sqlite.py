@@ -10,6 +10,11 @@ back and forth with the loop for every statement, and each hand-over waits for t
 switch interval: measured, that made a batch of a dozen operations take 7 ms instead of 2.
 If an operation fails, the transaction is rolled back and the batch runs again with a
 savepoint around each operation, so that only the failing one fails.
+
+A batch of claims alone commits without an fsync (``synchronous=NORMAL`` for it): a claim lost
+to a power cut only marks jobs running that opening the store queues again anyway, and the next
+synced commit writes it down with everything before it. A claim that finds nothing due (asked of
+the reading connection first) does not reach the writer at all.
 """
 
 from __future__ import annotations
@@ -148,11 +153,14 @@ _CLAIM = (
     f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
 )
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
+_ANY_DUE = CLAIMABLE.format(now="?", limit="1")
+"""Whether a claim would find a job (parameter: now)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
-_Op = tuple[Operation, "asyncio.Future[Any]", bool]
-"""An operation, the future its caller awaits, and whether its commit wakes the workers."""
+_Op = tuple[Operation, "asyncio.Future[Any]", bool, bool]
+"""An operation, the future its caller awaits, whether its commit wakes the workers and whether it
+must be on disk when its caller hears back (an fsync'd commit)."""
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -205,6 +213,8 @@ class SQLiteStore(MappingLookups):
         self.where = str(self.path)
         self._synchronous = synchronous.upper()
         self._now = clock or SteadyClock()
+        self._level = self._synchronous
+        """The writer connection's ``synchronous`` now (claims commit with ``NORMAL``)."""
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
         self._more = asyncio.Event()
@@ -250,6 +260,7 @@ class SQLiteStore(MappingLookups):
 
     async def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
         try:
+            self._sync(conn, durable=any(durable for *_, durable in batch))
             await self._begin(conn)
             try:
                 outcomes, wake = self._transaction(conn, batch, isolate=False)
@@ -303,6 +314,13 @@ class SQLiteStore(MappingLookups):
         if self._lost is not None:
             raise StoreError(self._lost)
 
+    def _sync(self, conn: sqlite3.Connection, *, durable: bool) -> None:
+        """Commit the next transaction with the store's ``synchronous``, or without an fsync."""
+        level = self._synchronous if durable else "NORMAL"
+        if level != self._level:
+            conn.execute(f"PRAGMA synchronous={level}")
+            self._level = level
+
     async def _off_loop(self, fn: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection) -> None:
         assert self._loop is not None
         assert self._committer is not None
@@ -326,7 +344,7 @@ class SQLiteStore(MappingLookups):
         """Run the batch in the open transaction (the fast path has no savepoints)."""
         outcomes: list[_Outcome] = []
         wake = False
-        for operation, future, wakes in batch:
+        for operation, future, wakes, _ in batch:
             if isolate:
                 conn.execute("SAVEPOINT op")
             try:
@@ -349,7 +367,7 @@ class SQLiteStore(MappingLookups):
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         error = StoreError(f"SQLite store {self.path}: commit failed: {exc}")
-        return [(future, None, error) for _, future, _ in batch]
+        return [(future, None, error) for _, future, *_ in batch]
 
     def _deliver(self, outcomes: list[_Outcome], wake: bool) -> None:
         for future, result, error in outcomes:
@@ -362,11 +380,13 @@ class SQLiteStore(MappingLookups):
         if wake:
             self._wake.set()
 
-    async def _call(self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False) -> T:
+    async def _call(
+        self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False, durable: bool = True
+    ) -> T:
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         future: asyncio.Future[T] = self._loop.create_future()
-        self._pending.append((operation, future, wakes))
+        self._pending.append((operation, future, wakes, durable))
         self._more.set()
         return await future
 
@@ -463,6 +483,8 @@ class SQLiteStore(MappingLookups):
         return await self._call(run, wakes=True)
 
     async def claim(self, limit: int) -> list[Job]:
+        if not self._abandoned and self._read(lambda conn: conn.execute(_ANY_DUE, (self._now(),)).fetchone()) is None:
+            return []
         back, self._abandoned = self._abandoned, []
 
         def run(conn: sqlite3.Connection) -> list[Job]:
@@ -476,7 +498,7 @@ class SQLiteStore(MappingLookups):
             return [Job(*r) for r in rows]
 
         try:
-            return await self._call(run)
+            return await self._call(run, durable=False)
         except StoreError:
             self._abandoned.extend(back)  # still running: queue them with a claim that commits
             raise
