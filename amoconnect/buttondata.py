@@ -8,7 +8,9 @@ under which the store keeps the value for :data:`RETENTION` (a later send of the
 extends it; the store's hourly prune drops what ran out). On a press the adapter asks
 :meth:`ButtonData.resolve` for the value: the data itself, the value kept under a key, or
 ``None`` when the key is no longer kept (the adapter tells the client the button expired and
-relays nothing).
+relays nothing, or relays what the client visibly sent without ``callback_data``).
+:meth:`ButtonData.keyed` and :meth:`ButtonData.resolved` do both for a whole message and for
+parsed events.
 
 A value that fits but starts like a key (``~b:``) is kept under a key too, so a pressed button's
 data is never mistaken for what it is not.
@@ -18,8 +20,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Final, Protocol
+
+import msgspec
+
+from .model import InboundEvent, InboundMessage, OutgoingMessage
 
 __all__ = ["KEY_LENGTH", "KEY_PREFIX", "RETENTION", "ButtonData", "ButtonDataRows", "MemoryButtonRows", "key_of"]
 
@@ -88,3 +94,49 @@ class ButtonData:
         if not data.startswith(KEY_PREFIX):
             return data
         return await self.rows.button_data(data)
+
+    async def keyed(self, message: OutgoingMessage, fits: Callable[[str], bool]) -> OutgoingMessage:
+        """``message`` with each button's and list row's ``callback_data`` :meth:`shorten` ed.
+
+        A button without ``callback_data`` sends its text back: a text that does not fit gets a key
+        as its ``callback_data``. An empty ``callback_data`` is left alone (a messenger sends the
+        text for it).
+        """
+
+        async def short(value: str) -> str:
+            return await self.shorten(value, fits) if value else value
+
+        buttons = []
+        for row in message.buttons:
+            kept = []
+            for button in row:
+                data = button.callback_data if button.callback_data is not None else button.text
+                if not button.url and (key := await short(data)) != data:
+                    button = msgspec.structs.replace(button, callback_data=key)
+                kept.append(button)
+            buttons.append(tuple(kept))
+        menu = message.list_message
+        if menu is not None:
+            sections = []
+            for section in menu.sections:
+                rows = [
+                    r
+                    if (key := await short(r.callback_data)) == r.callback_data
+                    else msgspec.structs.replace(r, callback_data=key)
+                    for r in section.rows
+                ]
+                sections.append(msgspec.structs.replace(section, rows=tuple(rows)))
+            menu = msgspec.structs.replace(menu, sections=tuple(sections))
+        return msgspec.structs.replace(message, buttons=tuple(buttons), list_message=menu)
+
+    async def resolved(self, events: Sequence[InboundEvent]) -> list[InboundEvent]:
+        """``events`` with each press's ``callback_data`` :meth:`resolve` d; a press of a key no longer
+        kept stays what the client visibly sent (its text), without ``callback_data``."""
+        out: list[InboundEvent] = []
+        for event in events:
+            if isinstance(event, InboundMessage) and event.callback_data is not None:
+                value = await self.resolve(event.callback_data)
+                if value != event.callback_data:
+                    event = msgspec.structs.replace(event, callback_data=value)
+            out.append(event)
+        return out

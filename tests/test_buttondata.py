@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from amoconnect.buttondata import KEY_LENGTH, KEY_PREFIX, RETENTION, ButtonData, MemoryButtonRows, key_of
+from amoconnect.model import Button, InboundMessage, ListMessage, ListRow, ListSection, OutgoingMessage, Person
 from amoconnect.store.base import Store
 from amoconnect.store.sqlite import SQLiteStore
 
@@ -63,3 +64,51 @@ async def test_an_unknown_or_expired_key_resolves_to_none(tmp_path: Path) -> Non
         assert await data.resolve(key) is None
         kept = await ButtonData(store).shorten("é" * 40, fits_64_bytes)
         assert kept == key and await ButtonData(store).resolve(key) == "é" * 40
+
+
+async def test_keyed_puts_long_button_text_and_row_data_under_keys_and_leaves_the_rest() -> None:
+    data = ButtonData()
+    long_text = "Записаться на приём " * 4
+    message = OutgoingMessage(
+        chat="1",
+        buttons=(
+            (
+                Button(text=long_text),
+                Button(text="Yes"),
+                Button(text="Empty", callback_data=""),
+                Button(text="Site" * 30, url="https://x.test"),
+            ),
+        ),
+        list_message=ListMessage(
+            body="b", button="m", sections=(ListSection(title="", rows=(ListRow(callback_data="r" * 70, title="R"),)),)
+        ),
+    )
+    keyed = await data.keyed(message, fits_64_bytes)
+    long_button, yes, empty, site = keyed.buttons[0]
+    assert long_button.callback_data == key_of(long_text) and long_button.text == long_text
+    assert (yes, empty, site) == message.buttons[0][1:]
+    assert keyed.list_message is not None
+    assert keyed.list_message.sections[0].rows[0].callback_data == key_of("r" * 70)
+    assert await data.keyed(OutgoingMessage(chat="1", text="no buttons"), fits_64_bytes) == OutgoingMessage(
+        chat="1", text="no buttons"
+    )
+
+
+async def test_resolved_gives_presses_their_data_and_an_expired_key_none() -> None:
+    data = ButtonData()
+    key = await data.shorten("v" * 70, fits_64_bytes)
+
+    def press(callback_data: str | None) -> InboundMessage:
+        sender = Person(id="u")
+        return InboundMessage(
+            chat="1",
+            timestamp=1.0,
+            dedup_key=callback_data or "-",
+            sender=sender,
+            message_id="m",
+            text="Pick",
+            callback_data=callback_data,
+        )
+
+    events = [press(key), press("plain"), press(None), press(KEY_PREFIX + "gone" * 5)]
+    assert [getattr(e, "callback_data", None) for e in await data.resolved(events)] == ["v" * 70, "plain", None, None]

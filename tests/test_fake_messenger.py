@@ -503,6 +503,27 @@ async def test_send_text_buttons_list_template_reply(world: World) -> None:
     assert templated.kind == "template" and templated.template == {"name": "greeting", "params": ["Ann"]}
 
 
+async def test_long_row_data_goes_as_keys_and_comes_back_whole(world: World) -> None:
+    fake, adapter = world.fake, world.adapter
+    await fake.client_writes("c1", "slot?")
+    data = ["x" * 64 + "-1", "x" * 64 + "-12"]  # they differ only after the 64 bytes fakechat holds
+    rows = tuple(ListRow(callback_data=d, title=f"Slot {i}") for i, d in enumerate(data, 1))
+    await adapter.send_message(
+        OutgoingMessage(
+            chat="c1",
+            list_message=ListMessage(body="Pick", button="Open", sections=(ListSection(title="", rows=rows),)),
+        )
+    )
+    (listed,) = fake.sent_to("c1")
+    assert listed.list_menu is not None
+    keys = [row["callback_data"] for row in listed.list_menu["sections"][0]["rows"]]
+    assert len(set(keys)) == 2 and all(len(k.encode()) <= 64 for k in keys)
+    for key in keys:
+        await fake.client_presses("c1", key)
+    presses = [e for e in world.connector.events if isinstance(e, InboundMessage) and e.callback_data]
+    assert [(p.text, p.callback_data) for p in presses] == [("Slot 1", data[0]), ("Slot 2", data[1])]
+
+
 async def test_send_media_with_caption_on_the_first(world: World) -> None:
     await world.fake.client_writes("c1", "hi")
     attachments = (

@@ -9,10 +9,13 @@ It is the messenger the core's end-to-end tests drive, what ``amoconnect run --p
    :meth:`~FakeChatAdapter.parse` decodes the update with typed msgspec Structs and turns it
    into neutral events, using the messenger's ``update_id`` as the dedup key. Media arrive as
    ``fetch`` handles because fakechat's file URLs carry the bot token; the core re-hosts them
-   through :meth:`~FakeChatAdapter.fetch_media`.
-3. **Send**: every Bot API call goes through :meth:`~FakeChatAdapter._call`, the one place that
-   maps the API's errors to :class:`~amoconnect.errors.MessengerError` reasons the core
-   understands (``blocked``, ``no_chat``, :class:`~amoconnect.errors.RateLimited`, retryable).
+   through :meth:`~FakeChatAdapter.fetch_media`. A press's ``callback_data`` goes through
+   ``context.button_data.resolved``: long data a send put under a key comes back whole.
+3. **Send**: button and row data over fakechat's 64 bytes goes under a short key
+   (``context.button_data.keyed``) rather than being cut; every Bot API call goes through
+   :meth:`~FakeChatAdapter._call`, the one place that maps the API's errors to
+   :class:`~amoconnect.errors.MessengerError` reasons the core understands (``blocked``,
+   ``no_chat``, :class:`~amoconnect.errors.RateLimited`, retryable).
 4. **Register**: the module-level :func:`register_messengers` hook is what the entry point
    ``fake = "amoconnect.testing.fake_messenger"`` loads.
 """
@@ -51,7 +54,7 @@ from ..model import (
     SendResult,
 )
 from ..signing import same_secret
-from .fakechat_api import REACTIONS, SIGNATURE_HEADER, FakeChat, signature_of
+from .fakechat_api import MAX_CALLBACK_DATA, REACTIONS, SIGNATURE_HEADER, FakeChat, signature_of
 
 __all__ = ["FakeChatAdapter", "FakeChatSettings", "register_messengers"]
 
@@ -223,6 +226,10 @@ def _content(message: _Message) -> dict[str, Any]:
     }
 
 
+def _fits_callback_data(value: str) -> bool:
+    return 1 <= len(value.encode()) <= MAX_CALLBACK_DATA
+
+
 def _failure_reason(code: int) -> FailureReason:
     return "blocked" if code == 403 else "other"
 
@@ -345,7 +352,8 @@ class FakeChatAdapter(MessengerAdapter):
             update = msgspec.json.decode(request.body, type=_Update)
         except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
             raise WebhookError(f"fakechat update is malformed: {exc}") from exc
-        return _events(update)
+        # A press hands amoCRM back the long data a key stood for; a key no longer kept, its text.
+        return await self.context.button_data.resolved(_events(update))
 
     # -- the Bot API ------------------------------------------------------------------------
 
@@ -390,6 +398,8 @@ class FakeChatAdapter(MessengerAdapter):
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
         """Send text, a list, a template or media (text as the first caption); write first by phone via ``openChat``."""
+        # fakechat's callback_data holds 64 bytes, like Telegram's: longer data goes under a short key.
+        message = await self.context.button_data.keyed(message, _fits_callback_data)
         opened: str | None = None
         chat = message.chat
         if chat is None:

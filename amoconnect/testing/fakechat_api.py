@@ -61,6 +61,7 @@ from ..model import Button, ListMessage
 from ..signing import same_secret
 from . import _fakechat_wire as wire
 from ._fakechat_wire import (
+    MAX_CALLBACK_DATA,
     MAX_CAPTION_LENGTH,
     MAX_TEXT_LENGTH,
     REACTIONS,
@@ -75,6 +76,7 @@ from .fakes import ConformanceMessenger, ReceivedMessage, ReceivedReaction
 
 __all__ = [
     "DEFAULT_TOKEN",
+    "MAX_CALLBACK_DATA",
     "MAX_CAPTION_LENGTH",
     "MAX_TEXT_LENGTH",
     "REACTIONS",

@@ -66,7 +66,7 @@ from .botapi import (
     URL_FETCH_FAILURES,
 )
 from .client import BotApi, BotApiError
-from .compose import Call, callback_values, chat_param, fits_callback_data, plan_message
+from .compose import Call, chat_param, fits_callback_data, plan_message
 from .updates import PRESS_PREFIX, AnswerCallback, ChatBlocked, Effect, Parsed, Update, decode_update, parse_update
 
 __all__ = ["TelegramAdapter", "TelegramSettings"]
@@ -429,10 +429,7 @@ class TelegramAdapter(MessengerAdapter):
 
     async def send_message(self, message: OutgoingMessage) -> SendResult:
         """Send text, media, buttons or a list; a successful send counts as delivered."""
-        shorten = self.context.button_data.shorten
-        calls = plan_message(
-            message, {value: await shorten(value, fits_callback_data) for value in callback_values(message)}
-        )
+        calls = plan_message(await self.context.button_data.keyed(message, fits_callback_data))
         assert message.chat is not None
         chat = message.chat
         await self._check_blocked(chat)

@@ -10,16 +10,14 @@ of :class:`Call` s:
   the rest follows as text messages (a sticker takes no caption: its text follows);
 - buttons become an inline keyboard (``url`` buttons stay links, the others become callback
   buttons), and a list message becomes its text plus one callback button per row; the keyboard
-  goes on the last message. A button's ``callback_data`` is what ``data`` maps its value to: the
-  adapter puts a value over Telegram's 64 bytes under a short key (:func:`callback_values` lists
-  the values);
+  goes on the last message. ``callback_data`` goes as it is: the adapter first puts a value over
+  Telegram's 64 bytes under a short key (:func:`fits_callback_data`);
 - a reply quotes through ``reply_parameters`` on the first message
   (``allow_sending_without_reply``, so a deleted original does not fail the send).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +29,6 @@ from .botapi import MAX_CALLBACK_DATA_BYTES, MAX_CAPTION_LENGTH, split_text, utf
 __all__ = [
     "MEDIA_METHODS",
     "Call",
-    "callback_values",
     "chat_param",
     "fits_callback_data",
     "inline_keyboard",
@@ -73,33 +70,20 @@ def fits_callback_data(value: str) -> bool:
     return 1 <= len(value.encode("utf-8", "surrogatepass")) <= MAX_CALLBACK_DATA_BYTES
 
 
-def _rows(message: OutgoingMessage) -> list[list[tuple[str, str | None, str]]]:
-    """The keyboard's rows of (text, url or ``None``, the value a press sends back)."""
-    rows = [[(b.text, b.url, b.callback_data or b.text) for b in row if b.text] for row in message.buttons]
-    if message.list_message is not None:
-        for section in message.list_message.sections:
-            rows.extend([(item.title, None, item.callback_data or item.title)] for item in section.rows if item.title)
-    return [row for row in rows if row]
+def _button(text: str, url: str | None, data: str) -> dict[str, str]:
+    return {"text": text, "url": url} if url else {"text": text, "callback_data": data}
 
 
-def callback_values(message: OutgoingMessage) -> set[str]:
-    """Every value a press on ``message``'s keyboard must send back."""
-    return {value for row in _rows(message) for _, url, value in row if not url}
-
-
-def inline_keyboard(message: OutgoingMessage, data: Mapping[str, str]) -> dict[str, Any] | None:
+def inline_keyboard(message: OutgoingMessage) -> dict[str, Any] | None:
     """The ``reply_markup`` of the message's buttons and list rows, or ``None`` when there are none.
 
-    ``data`` maps each of :func:`callback_values` to the ``callback_data`` that stands for it
-    (a value missing from it goes as it is).
+    A button sends back its ``callback_data``, else its text; a row its ``callback_data``, else its title.
     """
-    rows = [
-        [
-            {"text": text, "url": url} if url else {"text": text, "callback_data": data.get(value, value)}
-            for text, url, value in row
-        ]
-        for row in _rows(message)
-    ]
+    rows = [[_button(b.text, b.url, b.callback_data or b.text) for b in row if b.text] for row in message.buttons]
+    if message.list_message is not None:
+        for section in message.list_message.sections:
+            rows.extend([_button(r.title, None, r.callback_data or r.title)] for r in section.rows if r.title)
+    rows = [row for row in rows if row]
     return {"inline_keyboard": rows} if rows else None
 
 
@@ -126,11 +110,8 @@ def _caption_and_rest(text: str, *, takes_caption: bool) -> tuple[str, list[str]
     return caption, split_text(rest)
 
 
-def plan_message(message: OutgoingMessage, data: Mapping[str, str] | None = None) -> list[Call]:
-    """The calls that send ``message``, in order; :class:`MessengerError` when there is nothing to send.
-
-    ``data``: the ``callback_data`` of each button value, as for :func:`inline_keyboard`.
-    """
+def plan_message(message: OutgoingMessage) -> list[Call]:
+    """The calls that send ``message``, in order; :class:`MessengerError` when there is nothing to send."""
     if message.chat is None:
         raise MessengerError(
             "Telegram bots cannot start a chat: the client has to write to the bot first", reason="no_chat"
@@ -157,7 +138,7 @@ def plan_message(message: OutgoingMessage, data: Mapping[str, str] | None = None
     calls.extend(Call("sendMessage", {"chat_id": chat_id, "text": chunk}) for chunk in texts)
     if message.reply_to is not None and message.reply_to.isdigit():
         calls[0].params["reply_parameters"] = {"message_id": int(message.reply_to), "allow_sending_without_reply": True}
-    keyboard = inline_keyboard(message, data or {})
+    keyboard = inline_keyboard(message)
     if keyboard is not None:
         calls[-1].params["reply_markup"] = keyboard
     return calls

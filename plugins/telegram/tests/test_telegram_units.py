@@ -10,6 +10,7 @@ import aiogram.types.reaction_type_emoji
 import msgspec
 import pytest
 from amoconnect.adapter import validate_adapter
+from amoconnect.buttondata import ButtonData
 from amoconnect.errors import MessengerError, RateLimited, WebhookError
 from amoconnect.model import (
     Attachment,
@@ -26,7 +27,7 @@ from amoconnect.model import (
 from amoconnect_telegram.adapter import TelegramAdapter, TelegramSettings
 from amoconnect_telegram.botapi import REACTION_EMOJI, split_text, truncate_bytes, utf16_length
 from amoconnect_telegram.client import BotApiError, error_for
-from amoconnect_telegram.compose import callback_values, fits_callback_data, plan_message
+from amoconnect_telegram.compose import fits_callback_data, plan_message
 from amoconnect_telegram.updates import AnswerCallback, ChatBlocked, decode_update, parse_update
 
 
@@ -153,20 +154,20 @@ def test_plan_list_message_becomes_keyboard_of_rows() -> None:
     ]
 
 
-def test_plan_puts_each_value_under_the_data_given_for_it_and_cuts_nothing() -> None:
+@pytest.mark.anyio
+async def test_long_button_and_row_data_go_as_keys_that_give_them_back() -> None:
     long = "Да" * 40  # 160 bytes
     lm = ListMessage(
         body="b", button="m", sections=(ListSection(title="", rows=(ListRow(callback_data=long, title="R"),)),)
     )
-    message = _message(
-        text="x", buttons=((Button(text=long), Button(text="Site", url="https://x.test")),), list_message=lm
-    )
-    assert callback_values(message) == {long}
-    (call,) = plan_message(message, {long: "~b:key"})
-    assert call.params["reply_markup"]["inline_keyboard"] == [
-        [{"text": long, "callback_data": "~b:key"}, {"text": "Site", "url": "https://x.test"}],
-        [{"text": "R", "callback_data": "~b:key"}],
-    ]
+    buttons = ((Button(text=long), Button(text="Site", url="https://x.test"), Button(text="Ok", callback_data="ok")),)
+    button_data = ButtonData()
+    keyed = await button_data.keyed(_message(text="x", buttons=buttons, list_message=lm), fits_callback_data)
+    (call,) = plan_message(keyed)
+    (first, site, ok), (row,) = call.params["reply_markup"]["inline_keyboard"]
+    assert first["callback_data"] == row["callback_data"] and len(first["callback_data"].encode()) <= 64
+    assert await button_data.resolve(first["callback_data"]) == long
+    assert (site, ok) == ({"text": "Site", "url": "https://x.test"}, {"text": "Ok", "callback_data": "ok"})
     assert fits_callback_data("a" * 64) and fits_callback_data("Да" * 16)
     assert not fits_callback_data("a" * 65) and not fits_callback_data("Да" * 16 + "a") and not fits_callback_data("")
 

@@ -45,7 +45,6 @@ from amoconnect.model import (
     Attachment,
     FailureReason,
     InboundEvent,
-    InboundMessage,
     OutgoingCommentReply,
     OutgoingMessage,
     OutgoingReaction,
@@ -57,7 +56,7 @@ from amoconnect.signing import same_secret
 from structlog.typing import FilteringBoundLogger
 
 from .client import EXECUTE_LIMIT, VkApi
-from .compose import callback_values, plan_message
+from .compose import plan_message
 from .events import (
     CommentDelete,
     CommentInfo,
@@ -273,24 +272,8 @@ class VKAdapter(MessengerAdapter):
 
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """The neutral event of one Callback API request (none for events amoCRM has no use for)."""
-        return await self._resolved(self._parse(decode_event(request.body)))
-
-    async def _resolved(self, events: Sequence[InboundEvent]) -> tuple[InboundEvent, ...]:
-        """``events`` with a press's ``callback_data`` as amoCRM sent it.
-
-        A press of a key no longer kept is what the client visibly sent, the button's label: it
-        goes to amoCRM as plain text, without ``callback_data``.
-        """
-        resolved: list[InboundEvent] = []
-        for event in events:
-            if isinstance(event, InboundMessage) and event.callback_data is not None:
-                value = await self.context.button_data.resolve(event.callback_data)
-                if value is None:
-                    self.log.info("a button whose data is no longer kept was pressed; relayed as text", chat=event.chat)
-                if value != event.callback_data:
-                    event = msgspec.structs.replace(event, callback_data=value)
-            resolved.append(event)
-        return tuple(resolved)
+        # A press of a button whose long data is no longer kept goes as its label, without callback_data.
+        return await self.context.button_data.resolved(self._parse(decode_event(request.body)))
 
     def _parse(self, event: Event) -> tuple[InboundEvent, ...]:
         if event.v and event.v != API_VERSION and not self._version_warned:
@@ -538,7 +521,7 @@ class VKAdapter(MessengerAdapter):
                 except Exception as exc:
                     self.log.warning("long poll event skipped", type=event.type, error=str(exc))
             if events:  # a store that fails here fails the poll: the same ts is read again
-                await self.context.submit(await self._resolved(events))
+                await self.context.submit(await self.context.button_data.resolved(events))
             server = LongPollServer(server=server.server, key=server.key, ts=str(answer.get("ts", server.ts)))
         await self.context.state.set(_LONGPOLL, msgspec.json.encode(server))
         return server
@@ -586,9 +569,8 @@ class VKAdapter(MessengerAdapter):
         peer = self._peer(message.chat)
         await self._check_allowed(peer)
         uploaded = [await self._uploaded(message, index, a, peer) for index, a in enumerate(message.attachments)]
-        shorten = self.context.button_data.shorten
-        data = {value: await shorten(value, fits_payload) for value in callback_values(message)}
-        parts = plan_message(message, peer, uploaded, data=data)
+        message = await self.context.button_data.keyed(message, fits_payload)
+        parts = plan_message(message, peer, uploaded)
         try:
             ids = await self._send_parts(peer, parts)
         except VkApiError as exc:
@@ -596,8 +578,7 @@ class VKAdapter(MessengerAdapter):
                 raise
             self.log.info("VK found the text too long; sending it in shorter parts")  # nothing went out yet
             shorter = msgspec.structs.replace(message, dedup_key=f"{message.dedup_key}#short")
-            shorter_parts = plan_message(shorter, peer, uploaded, limit=MAX_MESSAGE_LENGTH // 4, data=data)
-            ids = await self._send_parts(peer, shorter_parts)
+            ids = await self._send_parts(peer, plan_message(shorter, peer, uploaded, limit=MAX_MESSAGE_LENGTH // 4))
         for index in range(len(message.attachments)):
             await self.context.state.delete(f"{_UPLOAD}{message.dedup_key}:{index}")
         return SendResult(message_ids=tuple(ids), status="delivered")

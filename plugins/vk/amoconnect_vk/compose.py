@@ -10,7 +10,7 @@ number, so a retried send is recognised by VK part by part.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from amoconnect.errors import MessengerError
@@ -19,14 +19,13 @@ from amoconnect.model import OutgoingMessage
 from .vkapi import (
     MAX_ATTACHMENTS,
     MAX_MESSAGE_LENGTH,
-    button_value,
     buttons_keyboard,
     list_keyboard,
     random_id,
     split_text,
 )
 
-__all__ = ["callback_values", "message_text", "plan_message", "reply_forward"]
+__all__ = ["message_text", "plan_message", "reply_forward"]
 
 
 def reply_forward(peer_id: int, conversation_message_id: int) -> str:
@@ -34,24 +33,13 @@ def reply_forward(peer_id: int, conversation_message_id: int) -> str:
     return json.dumps({"peer_id": peer_id, "conversation_message_ids": [conversation_message_id], "is_reply": True})
 
 
-def callback_values(message: OutgoingMessage) -> set[str]:
-    """Every value a press on ``message``'s keyboard must send back."""
+def message_text(message: OutgoingMessage) -> tuple[str, str | None]:
+    """The text of a send and its keyboard (JSON), if it has buttons or is a list message."""
     if message.list_message is not None:
-        return {row.callback_data for section in message.list_message.sections for row in section.rows}
-    return {button_value(b) for row in message.buttons for b in row if not b.url}
-
-
-def message_text(message: OutgoingMessage, data: Mapping[str, str] | None = None) -> tuple[str, str | None]:
-    """The text of a send and its keyboard (JSON), if it has buttons or is a list message.
-
-    ``data`` maps each of :func:`callback_values` to what the button's payload carries instead of
-    it (a short key for a value over VK's 255 characters); a value missing from it goes as it is.
-    """
-    if message.list_message is not None:
-        text, keyboard = list_keyboard(message.list_message, data or {})
+        text, keyboard = list_keyboard(message.list_message)
         return "\n".join(part for part in (message.text, text) if part), keyboard
     if message.buttons:
-        return message.text, buttons_keyboard(message.buttons, data or {})
+        return message.text, buttons_keyboard(message.buttons)
     return message.text, None
 
 
@@ -61,14 +49,13 @@ def plan_message(
     attachments: Sequence[str],
     *,
     limit: int = MAX_MESSAGE_LENGTH,
-    data: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """The ``messages.send`` parameters of each part of ``message``, in order.
 
     ``attachments`` are the uploaded media as VK names them (``photo-1_2``, ``doc-1_3``); text
-    is split into chunks of at most ``limit`` characters; ``data`` as for :func:`message_text`.
+    is split into chunks of at most ``limit`` characters.
     """
-    text, keyboard = message_text(message, data)
+    text, keyboard = message_text(message)
     chunks = split_text(text, limit)
     groups = [list(attachments[i : i + MAX_ATTACHMENTS]) for i in range(0, len(attachments), MAX_ATTACHMENTS)]
     if not chunks and not groups:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final
 
 from amoconnect.errors import MessengerError, RateLimited
@@ -39,7 +39,6 @@ __all__ = [
     "REACTIONS",
     "VkApiError",
     "button_payload",
-    "button_value",
     "buttons_keyboard",
     "callback_data",
     "comment_guid",
@@ -245,37 +244,30 @@ def _label(text: str) -> str:
     return text if len(text) <= MAX_LABEL_LENGTH else text[: MAX_LABEL_LENGTH - 1] + "…"
 
 
-def button_value(button: Button) -> str:
-    """What pressing a (text) button must send back: its ``callback_data``, else its text."""
-    return button.callback_data if button.callback_data is not None else button.text
-
-
-def _button(button: Button, data: Mapping[str, str]) -> dict[str, Any]:
+def _button(button: Button) -> dict[str, Any]:
     if button.url:
         return {"action": {"type": "open_link", "link": button.url, "label": _label(button.text)}}
-    value = button_value(button)
-    return {"action": {"type": "text", "label": _label(button.text), "payload": button_payload(data.get(value, value))}}
+    data = button.callback_data if button.callback_data is not None else button.text
+    return {"action": {"type": "text", "label": _label(button.text), "payload": button_payload(data)}}
 
 
-def buttons_keyboard(rows: Sequence[Sequence[Button]], data: Mapping[str, str]) -> str:
+def buttons_keyboard(rows: Sequence[Sequence[Button]]) -> str:
     """An inline keyboard of amoCRM's buttons (JSON): rows kept, cut to VK's limits.
 
-    ``data`` maps a button's value to what its payload carries instead (a short key for a value
-    too long for the payload); a value missing from it goes as it is.
+    Data goes as it is: the adapter first puts data that does not :func:`fits_payload` under a short key.
     """
     kept: list[list[dict[str, Any]]] = []
     total = 0
     for row in rows[:INLINE_MAX_ROWS]:
-        buttons = [_button(b, data) for b in row[:MAX_BUTTONS_PER_ROW]][: INLINE_MAX_BUTTONS - total]
+        buttons = [_button(b) for b in row[:MAX_BUTTONS_PER_ROW]][: INLINE_MAX_BUTTONS - total]
         if buttons:
             kept.append(buttons)
             total += len(buttons)
     return json.dumps({"inline": True, "buttons": kept}, ensure_ascii=False)
 
 
-def list_keyboard(menu: ListMessage, data: Mapping[str, str]) -> tuple[str, str]:
-    """The text and keyboard of a list message: header, body and footer as text, one button per row
-    (``data`` as for :func:`buttons_keyboard`).
+def list_keyboard(menu: ListMessage) -> tuple[str, str]:
+    """The text and keyboard of a list message: header, body and footer as text, one button per row.
 
     Up to six rows fit an inline keyboard under the message; more go on a one-time keyboard
     below the input field (ten rows); rows beyond that are listed in the text.
@@ -285,9 +277,8 @@ def list_keyboard(menu: ListMessage, data: Mapping[str, str]) -> tuple[str, str]
     kept = rows if inline else rows[:KEYBOARD_MAX_ROWS]
     lines = [menu.header, menu.body, *(f"- {row.title}" for row in rows[len(kept) :]), menu.footer]
     buttons = [
-        [{"action": {"type": "text", "label": _label(row.title), "payload": button_payload(data.get(value, value))}}]
+        [{"action": {"type": "text", "label": _label(row.title), "payload": button_payload(row.callback_data)}}]
         for row in kept
-        for value in (row.callback_data,)
     ]
     keyboard: dict[str, Any] = {"inline": True} if inline else {"one_time": True}
     keyboard["buttons"] = buttons

@@ -7,6 +7,7 @@ from typing import Any
 
 import msgspec
 import pytest
+from amoconnect.buttondata import ButtonData
 from amoconnect.errors import MessengerError, RateLimited, WebhookError
 from amoconnect.model import (
     Attachment,
@@ -68,24 +69,31 @@ def test_payloads_round_trip_and_fit() -> None:
     assert not fits_payload('"' * 123)  # each quote is escaped: 246 characters of data in the payload
 
 
-def test_keyboards_carry_the_data_given_for_each_value() -> None:
-    rows = [[Button(text="A", callback_data="a" * 300), Button(text="B"), Button(text="Site", url="https://x.test")]]
-    keyboard = check_keyboard(buttons_keyboard(rows, {"a" * 300: "~b:key"}))
-    assert [callback_data(b["action"].get("payload")) for b in keyboard["buttons"][0]] == ["~b:key", "B", None]
+@pytest.mark.anyio
+async def test_long_button_and_row_data_go_as_keys_that_give_them_back() -> None:
+    button_data = ButtonData()
+    rows = ((Button(text="A", callback_data="a" * 300), Button(text="B"), Button(text="Site", url="https://x.test")),)
+    keyed = await button_data.keyed(OutgoingMessage(chat="1", text="?", buttons=rows), fits_payload)
+    keyboard = check_keyboard(buttons_keyboard(keyed.buttons))
+    a, b, site = (callback_data(button["action"].get("payload")) for button in keyboard["buttons"][0])
+    assert a is not None and await button_data.resolve(a) == "a" * 300 and (b, site) == ("B", None)
     menu = ListMessage(
         body="b", button="m", sections=(ListSection(title="", rows=(ListRow(callback_data="r" * 300, title="R"),)),)
     )
-    _, raw = list_keyboard(menu, {"r" * 300: "~b:row"})
-    assert callback_data(check_keyboard(raw)["buttons"][0][0]["action"]["payload"]) == "~b:row"
+    keyed = await button_data.keyed(OutgoingMessage(chat="1", list_message=menu), fits_payload)
+    assert keyed.list_message is not None
+    _, raw = list_keyboard(keyed.list_message)
+    row = callback_data(check_keyboard(raw)["buttons"][0][0]["action"]["payload"])
+    assert row is not None and await button_data.resolve(row) == "r" * 300
 
 
 def test_buttons_keyboard_keeps_within_vks_limits() -> None:
     rows = [[Button(text=f"b{r}{c}" * 20) for c in range(7)] for r in range(8)]
-    keyboard = check_keyboard(buttons_keyboard(rows, {}))
+    keyboard = check_keyboard(buttons_keyboard(rows))
     assert keyboard["inline"] is True
     assert sum(len(row) for row in keyboard["buttons"]) == 10
     assert all(len(b["action"]["label"]) <= MAX_LABEL_LENGTH for row in keyboard["buttons"] for b in row)
-    link = json.loads(buttons_keyboard([[Button(text="Site", url="https://shop.example")]], {}))
+    link = json.loads(buttons_keyboard([[Button(text="Site", url="https://shop.example")]]))
     assert link["buttons"][0][0]["action"] == {"type": "open_link", "link": "https://shop.example", "label": "Site"}
 
 
@@ -100,7 +108,7 @@ def test_list_keyboard(rows: int, inline: bool, listed: int) -> None:
             ListSection(title="", rows=tuple(ListRow(callback_data=f"s{n}", title=f"Slot {n}") for n in range(rows))),
         ),
     )
-    text, raw = list_keyboard(menu, {})
+    text, raw = list_keyboard(menu)
     keyboard = check_keyboard(raw)
     assert bool(keyboard.get("inline")) is inline
     assert text.splitlines()[:2] == ["Delivery", "Choose a slot"] and text.endswith("Thank you")

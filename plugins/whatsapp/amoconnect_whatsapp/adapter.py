@@ -43,7 +43,6 @@ from amoconnect.media import download
 from amoconnect.model import (
     Attachment,
     InboundEvent,
-    InboundMessage,
     InboundStatus,
     OutgoingMessage,
     OutgoingReaction,
@@ -135,6 +134,11 @@ class WhatsAppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown
             raise ValueError("messages_per_second must be between 1 and 1000")
         if not 0 < len(self.list_button) <= 20:
             raise ValueError("list_button must be 1 to 20 characters")
+
+
+def _fits_row_id(value: str) -> bool:
+    """Button and row data longer than a row's id (200 characters) goes under a key of ``context.button_data``."""
+    return len(value) <= ROW_ID_LIMIT
 
 
 def _sandbox(*, http: httpx.AsyncClient | None = None) -> Any:
@@ -248,47 +252,8 @@ class WhatsAppAdapter(MessengerAdapter):
     async def parse(self, request: WebhookRequest) -> Sequence[InboundEvent]:
         """The events for this number; the rest of the webhook's work is queued for :meth:`run`."""
         parsed = parse(decode(request.body), self.config.phone_number_id, self.config.waba_id)
-        return await self._resolved(self._take(parsed))
-
-    async def _resolved(self, events: list[InboundEvent]) -> list[InboundEvent]:
-        """``events`` with a choice's ``callback_data`` as amoCRM sent it (a key of ours looked up).
-
-        A choice of a key no longer kept is what the client visibly picked, the row's title: it
-        goes to amoCRM as plain text, without ``callback_data``.
-        """
-        for index, event in enumerate(events):
-            if isinstance(event, InboundMessage) and event.callback_data is not None:
-                value = await self.context.button_data.resolve(event.callback_data)
-                if value is None:
-                    self.log.info("a row whose data is no longer kept was picked; relayed as text", chat=event.chat)
-                if value != event.callback_data:
-                    events[index] = msgspec.structs.replace(event, callback_data=value)
-        return events
-
-    async def _keyed(self, message: OutgoingMessage) -> OutgoingMessage:
-        """``message`` with button and row data over WhatsApp's 200-character ids under short keys
-        (``context.button_data``), so that the choice hands amoCRM back exactly what it sent."""
-
-        async def short(value: str) -> str:
-            if not value:  # an empty one stands for the title, as before
-                return value
-            return await self.context.button_data.shorten(value, lambda v: len(v) <= ROW_ID_LIMIT)
-
-        buttons = []
-        for row in message.buttons:
-            kept = []
-            for b in row:
-                data = b.callback_data
-                kept.append(b if data is None or b.url else msgspec.structs.replace(b, callback_data=await short(data)))
-            buttons.append(tuple(kept))
-        lm = message.list_message
-        if lm is not None:
-            sections = []
-            for section in lm.sections:
-                rows = [msgspec.structs.replace(r, callback_data=await short(r.callback_data)) for r in section.rows]
-                sections.append(msgspec.structs.replace(section, rows=tuple(rows)))
-            lm = msgspec.structs.replace(lm, sections=tuple(sections))
-        return msgspec.structs.replace(message, buttons=tuple(buttons), list_message=lm)
+        # A choice of a row whose long data is no longer kept goes as its title, without callback_data.
+        return await self.context.button_data.resolved(self._take(parsed))
 
     def _take(self, parsed: Parsed) -> list[InboundEvent]:
         if parsed.foreign:
@@ -476,7 +441,7 @@ class WhatsAppAdapter(MessengerAdapter):
         if message.template is not None and ref is None:
             message = msgspec.structs.replace(message, template=None)
         parts = plan_message(
-            await self._keyed(message),
+            await self.context.button_data.keyed(message, _fits_row_id),
             template=ref,
             link_previews=self.config.link_previews,
             list_button=self.config.list_button,
