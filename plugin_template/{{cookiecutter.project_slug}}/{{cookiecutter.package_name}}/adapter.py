@@ -304,7 +304,7 @@ def _event(key: str, event: Any) -> InboundEvent:
             sender=_person(event.user),
             message_id=event.press_id,
             text=event.label,
-            callback_data=event.data,
+            callback_data=event.data,  # with keyed sends: resolved by context.button_data.resolved(events)
         )
 {% endif %}
 {% if c.with_reactions %}
@@ -473,6 +473,8 @@ class {{ P }}Adapter(MessengerAdapter):
             extras["reply_to"] = message.reply_to
 {% endif %}
 {% if c.with_buttons %}
+        # A messenger that holds less button data than amoCRM sends: first
+        # message = await self.context.button_data.keyed(message, fits), never cut (docs/plugins.md).
         if message.buttons:
             extras["buttons"] = [
                 [{"text": b.text, "url": b.url} if b.url else {"text": b.text, "data": b.callback_data} for b in row]
