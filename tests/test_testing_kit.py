@@ -379,7 +379,7 @@ def test_the_suite_skips_what_is_not_declared_and_says_why(pytester: pytest.Pyte
     )
     result = pytester.runpytest("-rs")
     outcomes = result.parseoutcomes()
-    assert outcomes["passed"] == 5  # text both ways, the refused request, media both ways
+    assert outcomes["passed"] == 6  # text both ways, the two refused requests (at the headers, at the body), media
     result.stdout.fnmatch_lines(["*plain does not declare capability 'reactions'*"])
 
 

@@ -1,7 +1,8 @@
 """The ASGI app: webhook ingest from amoCRM and messengers, health, metrics and media.
 
-Ingest does only this inside a request: read the body (capped), verify the signature,
-decode, one durable write, answer. The two webhook routes are bare ASGI handlers in front of
+Ingest does only this inside a request: check what the headers can tell of the sender, read
+the body (capped, within a deadline, in memory all bodies share: :mod:`.guard`), verify the
+signature, decode, one durable write, answer. The two webhook routes are bare ASGI handlers in front of
 the Starlette app (:class:`_FastPaths`); the rest are Starlette routes. amoCRM never retries
 a webhook, so ``200`` means "on disk".
 

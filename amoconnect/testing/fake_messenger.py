@@ -22,6 +22,7 @@ It is the messenger the core's end-to-end tests drive, what ``amoconnect run --p
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -335,6 +336,11 @@ class FakeChatAdapter(MessengerAdapter):
     config: FakeChatSettings
 
     # -- webhooks ---------------------------------------------------------------------------
+
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        """Refuse a request without an ``X-Fakechat-Signature`` of the right form, before its body is read."""
+        if not re.fullmatch(r"sha256=[0-9a-f]{64}", request.headers.get(SIGNATURE_HEADER, "")):
+            raise SignatureError(f"{SIGNATURE_HEADER} is missing or not 'sha256=' and a hex HMAC-SHA256")
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Check ``X-Fakechat-Signature`` against the HMAC-SHA256 of the raw body, in constant time."""
