@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -56,16 +56,23 @@ class Slow:
 
 
 async def start_connector(
-    config: Path, port: int, env: Mapping[str, str] | None = None, *, log: Path | None = None
+    config: Path,
+    port: int,
+    env: Mapping[str, str] | None = None,
+    *,
+    log: Path | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Process:
     """Start ``amoconnect run`` on ``port`` (``env`` added to the environment); returns once it serves.
 
-    Its output goes to ``log`` (by default a new file beside ``config``).
+    Its output goes to ``log`` (by default a new file beside ``config``). ``wrapper`` runs it through a
+    command that then executes it (``["prlimit", "--nofile=400:400", "--"]``).
     """
     log_path = log or config.with_suffix(f".{port}.{time.monotonic_ns()}.log")
     with open(log_path, "wb") as output:
         proc = await anyio.open_process(
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "amoconnect",
@@ -120,9 +127,11 @@ async def stop_connector(proc: Process) -> None:
 
 
 @asynccontextmanager
-async def connector(config: Path, port: int, env: Mapping[str, str] | None = None) -> AsyncIterator[Process]:
+async def connector(
+    config: Path, port: int, env: Mapping[str, str] | None = None, *, wrapper: Sequence[str] = ()
+) -> AsyncIterator[Process]:
     """A connector process for the block, stopped gracefully at its end unless it died."""
-    proc = await start_connector(config, port, env)
+    proc = await start_connector(config, port, env, wrapper=wrapper)
     try:
         yield proc
     finally:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import AsyncIterator
+import shutil
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from messengers.loopback import SIGNATURE_HEADER, sign
 from processes import connector, free_port
 from rig import ACCOUNT, CHANNEL, SECRET, base_config, message
 
+from amoconnect.server.guard import RESERVED_DESCRIPTORS
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.servers import serve_app
 
@@ -46,8 +48,8 @@ class Connector:
 
 
 @asynccontextmanager
-async def running(tmp_path: Path, **server: Any) -> AsyncIterator[Connector]:
-    """A connector process with these ``[server]`` settings."""
+async def running(tmp_path: Path, *, wrapper: Sequence[str] = (), **server: Any) -> AsyncIterator[Connector]:
+    """A connector process with these ``[server]`` settings (run through ``wrapper``)."""
     fake = FakeAmojo(CHANNEL, SECRET)
     fake.connect(ACCOUNT)
     port = free_port()
@@ -55,7 +57,7 @@ async def running(tmp_path: Path, **server: Any) -> AsyncIterator[Connector]:
         data = base_config(tmp_path, channel={"amojo_url": amojo_url}, server=server)
         config = tmp_path / "amoconnect.toml"
         config.write_text(tomli_w.dumps(data))
-        async with connector(config, port) as proc:
+        async with connector(config, port, wrapper=wrapper) as proc:
             c = Connector(port, proc)
             try:
                 yield c
@@ -166,6 +168,21 @@ async def test_connections_are_bounded(tmp_path: Path) -> None:
         assert await webhook(port, 2) == 200
 
 
+@pytest.mark.skipif(shutil.which("prlimit") is None, reason="needs util-linux's prlimit")
+async def test_more_idle_connections_than_file_descriptors(tmp_path: Path) -> None:
+    """systemd gives a service 1,024 descriptors; here 400. 600 idle connections used to take them all,
+    and every request after failed. The cap is lowered to fit, and a new connection displaces an idle one."""
+    async with running(tmp_path, wrapper=["prlimit", "--nofile=400:400", "--"]) as c:
+        idle = [await c.connect() for _ in range(600)]
+        assert await webhook(c.port, 1) == 200
+        assert await closed_by_server(idle[0]) == b""
+        counts = await refused(c.port)
+        assert counts["evicted"] >= 600 - (400 - RESERVED_DESCRIPTORS)
+    log = output_of(tmp_path)
+    assert "server.max_connections lowered to fit the open-file limit" in log
+    assert f'"effective": {400 - RESERVED_DESCRIPTORS}' in log
+
+
 async def test_oversized_headers_and_slow_bodies_are_refused(tmp_path: Path) -> None:
     async with running(tmp_path, max_header_bytes=8192, body_timeout=0.5) as c:
         port = c.port
@@ -188,6 +205,11 @@ async def refused_webhooks(port: int) -> dict[str, float]:
         text = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
     found = re.findall(r'amoconnect_webhooks_refused_total\{reason="(\w+)",source="loopback"\} (\S+)', text)
     return {reason: float(count) for reason, count in found}
+
+
+def output_of(tmp_path: Path) -> str:
+    """What the connector process wrote (processes.start_connector keeps it beside the config)."""
+    return "".join(path.read_text() for path in tmp_path.glob("amoconnect.*.log"))
 
 
 def rss_mib(pid: int) -> float:
