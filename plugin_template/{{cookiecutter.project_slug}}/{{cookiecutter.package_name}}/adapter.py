@@ -8,7 +8,8 @@ Read it top to bottom:
 
 1. **Declare**: the settings class is one instance's configuration; the adapter's class
    attributes say what the messenger can do, and amoconnect holds the code to them.
-2. **Receive**: ``verify`` checks a webhook's signature in constant time; ``parse`` decodes it
+2. **Receive**: ``verify_headers`` refuses a request without a signature before its body is
+   read; ``verify`` checks the signature in constant time; ``parse`` decodes it
    strictly and turns it into neutral events, with the messenger's event id as the dedup key.
 3. **Send**: every API call goes through ``_call``, the one place that maps the API's errors to
    :class:`~amoconnect.MessengerError` reasons amoconnect understands.
@@ -418,6 +419,11 @@ class {{ P }}Adapter(MessengerAdapter):
     config: {{ P }}Settings
 
     # -- webhooks ---------------------------------------------------------------------------
+
+    async def verify_headers(self, request: WebhookRequest) -> None:
+        """Refuse a request without the signature header before its body is read (it costs no memory)."""
+        if not request.headers.get(SIGNATURE_HEADER):
+            raise SignatureError(f"{SIGNATURE_HEADER} header is missing")
 
     async def verify(self, request: WebhookRequest) -> WebhookResponse | None:
         """Check the signature header against the HMAC-SHA256 of the raw body, in constant time."""
