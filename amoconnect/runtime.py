@@ -47,7 +47,7 @@ from .ratelimit import Limiter, LimiterFactory
 from .relay import Handler, Relay
 from .routing import Instance, Routing
 from .server.app import AppParts, build_app, enqueue_inbound
-from .server.guard import fit_descriptors, guarded_protocol
+from .server.guard import Refusals, fit_descriptors, guarded_protocol
 from .store import build_store
 from .store.base import Store
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
@@ -433,7 +433,8 @@ async def serve(
     async with _closing(sock), runtime:
         assert runtime.app is not None
         settings = runtime.config.server
-        protocol = guarded_protocol(settings, runtime.metrics, fit_descriptors(settings.max_connections))
+        refusals = Refusals(runtime.metrics)
+        protocol = guarded_protocol(settings, runtime.metrics, refusals, fit_descriptors(settings.max_connections))
         server = _Server(
             uvicorn.Config(
                 runtime.app, host=host, port=port, http=protocol, lifespan="off", access_log=False, log_config=None
@@ -458,4 +459,5 @@ async def serve(
                 tg.start_soon(on_stop, stop)
             await server.serve(sockets=[sock])
             tg.cancel_scope.cancel()
+        refusals.flush()
         log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))

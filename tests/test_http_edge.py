@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import anyio
 import pytest
 import structlog.testing
 from rig import rig
 
+from amoconnect.metrics import Metrics
 from amoconnect.server import guard
 
 pytestmark = pytest.mark.anyio
@@ -76,3 +78,18 @@ def test_connections_fit_the_open_file_limit(monkeypatch: pytest.MonkeyPatch) ->
     with structlog.testing.capture_logs() as logs:
         assert guard.fit_descriptors(1000) == 1024 - guard.RESERVED_DESCRIPTORS
     assert logs[0]["effective"] == 768 and "lowered" in logs[0]["event"]
+
+
+async def test_refusals_are_logged_once_per_interval_with_their_count() -> None:
+    metrics = Metrics()
+    refusals = guard.Refusals(metrics, log_every=0.2)
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(5):
+            refusals.note("header_timeout", client="127.0.0.1:1")
+        refusals.note("max_connections")
+        assert [(line["reason"], line["count"]) for line in logs] == [("header_timeout", 1), ("max_connections", 1)]
+        await anyio.sleep(0.3)  # the interval is over: what was counted meanwhile gets its line
+        assert [(line["reason"], line["count"]) for line in logs[2:]] == [("header_timeout", 4)]
+        refusals.flush()  # nothing more to say
+    assert len(logs) == 3
+    assert 'amoconnect_connections_refused_total{reason="header_timeout"} 5.0' in metrics.render().decode()

@@ -142,6 +142,11 @@ async def test_idle_and_slow_header_connections_are_closed(tmp_path: Path) -> No
         counts = await refused(port)
         assert counts["header_timeout"] == 60
         assert await webhook(port, 2) == 200
+    lines = [line for line in output_of(tmp_path).splitlines() if "connections refused" in line]
+    # 60 refusals within a second: the first logged at once, the other 59 in one line when the server stopped
+    assert len(lines) == 2, lines
+    assert all('"reason": "header_timeout"' in line for line in lines)
+    assert ['"count": 1' in lines[0], '"count": 59' in lines[1]] == [True, True]
 
 
 async def test_connections_are_bounded(tmp_path: Path) -> None:

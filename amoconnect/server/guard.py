@@ -56,23 +56,38 @@ _HEADERS_TOO_LARGE = (
 
 
 class Refusals:
-    """Counts refusals by reason and logs them, one line per reason per :data:`LOG_EVERY` seconds at most."""
+    """Counts refusals by reason and logs them, one line per reason per :data:`LOG_EVERY` seconds at most:
+    the first at once, the ones after it in a line with their count when the interval is over."""
 
     def __init__(self, metrics: Metrics, *, log_every: float = LOG_EVERY) -> None:
         self.metrics = metrics
         self.log_every = log_every
         self._unlogged: Counter[str] = Counter()
         self._logged_at: dict[str, float] = {}
+        self._later: asyncio.TimerHandle | None = None
 
     def note(self, reason: str, **context: Any) -> None:
         """Count one refusal; log it unless a line about ``reason`` went out within :attr:`log_every` seconds."""
         self.metrics.connections_refused.labels(reason).inc()
         self._unlogged[reason] += 1
         now = time.monotonic()
-        if now - self._logged_at.get(reason, -self.log_every) >= self.log_every:
+        last = self._logged_at.get(reason, -self.log_every)
+        if now - last >= self.log_every:
             self._logged_at[reason] = now
-            count = self._unlogged.pop(reason)
-            log.warning("connections refused", reason=reason, count=count, **context)
+            log.warning("connections refused", reason=reason, count=self._unlogged.pop(reason), **context)
+        elif self._later is None:
+            self._later = asyncio.get_running_loop().call_later(last + self.log_every - now, self.flush)
+
+    def flush(self) -> None:
+        """Log what was counted since each reason's last line (also when the server stops)."""
+        if self._later is not None:
+            self._later.cancel()
+            self._later = None
+        now = time.monotonic()
+        for reason, count in sorted(self._unlogged.items()):
+            self._logged_at[reason] = now
+            log.warning("connections refused", reason=reason, count=count)
+        self._unlogged.clear()
 
 
 class BodyMemory:
@@ -121,9 +136,11 @@ def fit_descriptors(max_connections: int) -> int:
     return max_connections
 
 
-def guarded_protocol(server: ServerConfig, metrics: Metrics, max_connections: int) -> type[asyncio.Protocol]:
-    """uvicorn's httptools protocol with the connection guards of ``server`` (see the module docstring)."""
-    refusals = Refusals(metrics)
+def guarded_protocol(
+    server: ServerConfig, metrics: Metrics, refusals: Refusals, max_connections: int
+) -> type[HttpToolsProtocol]:
+    """uvicorn's httptools protocol with the connection guards of ``server`` (see the module docstring),
+    noting what it refuses in ``refusals``."""
     header_timeout, max_header_bytes = server.header_timeout, server.max_header_bytes
     waiting: dict[Guarded, None] = {}
     """Open connections without a request in progress, the longest waiting first."""
