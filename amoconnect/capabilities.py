@@ -48,6 +48,10 @@ class Capability(StrEnum):
     """The messenger reports reading (``InboundStatus`` ``read``)."""
     time_window = "time_window"
     """Free text may only be sent within ``reply_window`` seconds of the client's last message."""
+    echoes = "echoes"
+    """Messages the business sends outside amoCRM (in the messenger's own app) come in as
+    ``InboundEcho`` and show in amoCRM as the channel bot's; echoes of amoconnect's own sends are
+    dropped. Needs ``channel.bot_id``."""
 
 
 CAPABILITY_METHODS: Final[Mapping[Capability, tuple[str, ...]]] = MappingProxyType(
@@ -65,6 +69,7 @@ CAPABILITY_METHODS: Final[Mapping[Capability, tuple[str, ...]]] = MappingProxyTy
         Capability.delivery_receipts: (),
         Capability.read_receipts: (),
         Capability.time_window: (),
+        Capability.echoes: (),
     }
 )
 """The adapter methods each capability requires beyond ``send_message``; empty when the

@@ -182,6 +182,10 @@ class SourceConfig(_Section):
     default: bool = False
     settings: dict[str, Any] = {}
     """The plugin's own settings, validated against its schema."""
+    authors: dict[str, str] = {}
+    """Who of the business is who in amoCRM: the messenger's id of a person who writes in the
+    messenger's own app (a VK community admin) → that amoCRM user's amojo_id. Their messages show
+    in amoCRM as that user's; everyone else's as the channel bot's (capability ``echoes``)."""
 
 
 class Config(_Section):

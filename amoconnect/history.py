@@ -21,6 +21,7 @@ import msgspec
 from . import ids
 from .amojo import wire
 from .amojo.client import AmojoClient
+from .business import business_payload
 from .config import Config
 from .errors import ConfigError
 from .model import Person
@@ -95,21 +96,26 @@ def _payload(config: Config, entry: HistoryEntry, external_id: str, silent: bool
         )
     else:
         content = wire.MessageContent(type="text", text=entry.text)
-    if entry.direction == "in":
-        msgid, sender, receiver = ids.inbound_msgid(entry.instance, entry.chat, entry.message_id), client, None
-    else:
-        msgid = ids.inbound_msgid(entry.instance, entry.chat, f"out:{entry.message_id}")
-        sender = wire.Participant(ref_id=entry.author_amojo_id or config.channel.bot_id, name="")
-        receiver = client
+    conversation_id = ids.conversation_id(entry.instance, entry.chat)
+    if entry.direction == "out":
+        return business_payload(
+            msgid=ids.business_msgid(entry.instance, entry.chat, entry.message_id),
+            conversation_id=conversation_id,
+            timestamp=entry.timestamp,
+            author=entry.author_amojo_id or config.channel.bot_id,
+            client=client,
+            content=content,
+            external_id=external_id,
+            silent=silent,
+        )
     return wire.MessagePayload(
         timestamp=int(entry.timestamp),
         msec_timestamp=int(entry.timestamp * 1000),
-        msgid=msgid,
-        conversation_id=ids.conversation_id(entry.instance, entry.chat),
+        msgid=ids.inbound_msgid(entry.instance, entry.chat, entry.message_id),
+        conversation_id=conversation_id,
         silent=silent,
         source=wire.Source(external_id=external_id),
-        sender=sender,
-        receiver=receiver,
+        sender=client,
         message=content,
     )
 

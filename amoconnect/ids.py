@@ -8,7 +8,15 @@ from __future__ import annotations
 
 import hashlib
 
-__all__ = ["client_id", "comment_msgid", "conversation_id", "edit_msgid", "inbound_msgid", "job_key"]
+__all__ = [
+    "business_msgid",
+    "client_id",
+    "comment_msgid",
+    "conversation_id",
+    "edit_msgid",
+    "inbound_msgid",
+    "job_key",
+]
 
 _MAX = 128
 
@@ -33,6 +41,11 @@ def client_id(instance: str, user: str) -> str:
 def inbound_msgid(instance: str, chat: str, message_id: str) -> str:
     """Our msgid of a client's message."""
     return _compact(f"{instance}:{chat}:{message_id}")
+
+
+def business_msgid(instance: str, chat: str, message_id: str) -> str:
+    """Our msgid of a message the business wrote outside amoCRM (imported history, a live echo)."""
+    return inbound_msgid(instance, chat, f"out:{message_id}")
 
 
 def edit_msgid(instance: str, chat: str, message_id: str, dedup_key: str) -> str:

@@ -1,15 +1,18 @@
 """Messenger → amoCRM: the handler of ``inbound`` jobs.
 
 Each neutral event becomes amojo calls: a message or comment becomes ``new_message`` (media
-re-hosted first), an edit ``edit_message``, a status ``delivery_status`` (forward only), a
-reaction ``react``/``unreact``, typing ``typing`` (at most one per 5 s per conversation).
-Every msgid is derived from the messenger's ids, so a retried job cannot duplicate; when amojo
-refuses a msgid as a duplicate, amoCRM's id of the message is looked up in the chat's history.
+re-hosted first), a business message written outside amoCRM (an echo) a silent ``new_message``
+from the channel bot unless it is one of our own sends, an edit ``edit_message``, a status
+``delivery_status`` (forward only), a reaction ``react``/``unreact``, typing ``typing`` (at most
+one per 5 s per conversation). Every msgid is derived from the messenger's ids, so a retried job
+cannot duplicate; when amojo refuses a msgid as a duplicate, amoCRM's id of the message is looked
+up in the chat's history.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Literal
 
 import msgspec
@@ -18,6 +21,8 @@ from structlog.typing import FilteringBoundLogger
 from . import ids
 from .amojo import wire
 from .amojo.client import is_unknown_scope
+from .business import author_ref, business_payload
+from .capabilities import Capability
 from .contacts import link_new_conversation
 from .core import Core, InboundJob
 from .errors import AmojoError, MessengerError, UnsafeURL
@@ -25,6 +30,7 @@ from .media import MediaTooLarge
 from .model import (
     Attachment,
     InboundComment,
+    InboundEcho,
     InboundEdit,
     InboundMessage,
     InboundReaction,
@@ -83,6 +89,8 @@ class InboundHandler:
                 return await self._status(instance, event, job, log)
             if isinstance(event, InboundReaction):
                 return await self._reaction(instance, event, job, log)
+            if isinstance(event, InboundEcho):
+                return await self._echo(instance, event, job, log)
             return await self._typing(instance, event, log)
         except AmojoError as exc:
             raise amojo_failure(exc) from exc
@@ -134,7 +142,10 @@ class InboundHandler:
         return url, size, stored.file_name
 
     async def _contents(
-        self, instance: Instance, event: InboundMessage | InboundComment | InboundEdit, log: FilteringBoundLogger
+        self,
+        instance: Instance,
+        event: InboundMessage | InboundComment | InboundEdit | InboundEcho,
+        log: FilteringBoundLogger,
     ) -> list[wire.MessageContent]:
         """One amojo message per attachment (the text rides on the first), or one text/location/contact message."""
         contents: list[wire.MessageContent] = []
@@ -184,18 +195,9 @@ class InboundHandler:
             msgid = ids.comment_msgid(instance.name, event.post.id, event.comment_id)
             messenger_id = f"comment:{event.post.id}:{event.comment_id}"
         contents = await self._contents(instance, event, log)
-        reply_to = None
-        if isinstance(event, InboundMessage) and event.reply_to:
-            quoted = await core.store.message_by_messenger(
-                instance.scope_id, conversation.conversation_id, event.reply_to
-            )
-            if quoted is not None:
-                ref = (
-                    wire.EmbeddedMessage(msgid=quoted.msgid)
-                    if quoted.direction == "in"
-                    else wire.EmbeddedMessage(id=quoted.amocrm_id)
-                )
-                reply_to = wire.ReplyTo(message=ref)
+        reply_to = (
+            await self._quoted(instance, conversation, event.reply_to) if isinstance(event, InboundMessage) else None
+        )
         if isinstance(event, InboundMessage) and event.callback_data:
             contents[0] = msgspec.structs.replace(contents[0], callback_data=event.callback_data)
         if isinstance(event, InboundComment):
@@ -208,12 +210,10 @@ class InboundHandler:
             )
             contents = [msgspec.structs.replace(c, post=post) for c in contents]
         sender = _participant(event.sender, conversation.client_id)
-        messages: list[MessageRecord] = []
         ref_id = conversation.amocrm_chat_id if conversation.ref_pending else None
-        chat_id = conversation.amocrm_chat_id
-        for index, content in enumerate(contents):
-            part_msgid = msgid if index == 0 else f"{msgid}#{index}"
-            payload = wire.MessagePayload(
+
+        def payload(part_msgid: str, content: wire.MessageContent, quote: wire.ReplyTo | None) -> wire.MessagePayload:
+            return wire.MessagePayload(
                 timestamp=int(event.timestamp),
                 msec_timestamp=int(event.timestamp * 1000),
                 msgid=part_msgid,
@@ -222,25 +222,12 @@ class InboundHandler:
                 source=wire.Source(external_id=instance.source.external_id),
                 sender=sender,
                 message=content,
-                reply_to=reply_to if index == 0 else None,
+                reply_to=quote,
             )
-            sent = await core.amojo.send_message(instance.scope_id, payload)
-            if sent.duplicate:
-                chat_id = chat_id or await self._chat_id(instance, conversation, sender, log)
-                amocrm_id = await self._recovered_id(instance.scope_id, chat_id, sent.msgid, log)
-            else:
-                amocrm_id, chat_id = sent.amocrm_id, sent.conversation_id or chat_id
-            log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=amocrm_id, duplicate=sent.duplicate)
-            messages.append(
-                MessageRecord(
-                    instance.scope_id,
-                    part_msgid,
-                    conversation.conversation_id,
-                    "in",
-                    amocrm_id=amocrm_id,
-                    messenger_id=messenger_id,
-                )
-            )
+
+        messages, chat_id = await self._send_parts(
+            instance, conversation, msgid, contents, reply_to, payload, sender, "in", messenger_id, log
+        )
         if isinstance(event, InboundComment):
             messages.append(
                 MessageRecord(
@@ -255,6 +242,113 @@ class InboundHandler:
             conversation, last_client_at=event.timestamp, ref_pending=False, amocrm_chat_id=chat_id
         )
         return Done(conversations=[updated], messages=messages)
+
+    async def _quoted(
+        self, instance: Instance, conversation: ConversationRecord, reply_to: str | None
+    ) -> wire.ReplyTo | None:
+        """amojo's ``reply_to`` for the messenger's id of a quoted message, when amoconnect knows it."""
+        if not reply_to:
+            return None
+        quoted = await self.core.store.message_by_messenger(instance.scope_id, conversation.conversation_id, reply_to)
+        if quoted is None:
+            return None
+        if quoted.direction == "in":
+            return wire.ReplyTo(message=wire.EmbeddedMessage(msgid=quoted.msgid))
+        return wire.ReplyTo(message=wire.EmbeddedMessage(id=quoted.amocrm_id))
+
+    async def _send_parts(
+        self,
+        instance: Instance,
+        conversation: ConversationRecord,
+        msgid: str,
+        contents: list[wire.MessageContent],
+        reply_to: wire.ReplyTo | None,
+        payload: Callable[[str, wire.MessageContent, wire.ReplyTo | None], wire.MessagePayload],
+        client: wire.Participant,
+        direction: Literal["in", "out"],
+        messenger_id: str,
+        log: FilteringBoundLogger,
+    ) -> tuple[list[MessageRecord], str | None]:
+        """Send one amojo message per content (``{msgid}#{n}`` after the first, which carries the quote);
+        the records of what amoCRM has and amoCRM's chat id. A msgid amojo already has is a retry whose
+        answer was lost: amoCRM's id of it is looked up."""
+        messages: list[MessageRecord] = []
+        chat_id = conversation.amocrm_chat_id
+        for index, content in enumerate(contents):
+            part_msgid = msgid if index == 0 else f"{msgid}#{index}"
+            sent = await self.core.amojo.send_message(
+                instance.scope_id, payload(part_msgid, content, reply_to if index == 0 else None)
+            )
+            if sent.duplicate:
+                chat_id = chat_id or await self._chat_id(instance, conversation, client, log)
+                amocrm_id = await self._recovered_id(instance.scope_id, chat_id, sent.msgid, log)
+            else:
+                amocrm_id, chat_id = sent.amocrm_id, sent.conversation_id or chat_id
+            log.info("relayed to amoCRM", msgid=part_msgid, amocrm_id=amocrm_id, duplicate=sent.duplicate)
+            messages.append(
+                MessageRecord(
+                    instance.scope_id,
+                    part_msgid,
+                    conversation.conversation_id,
+                    direction,
+                    amocrm_id=amocrm_id,
+                    messenger_id=messenger_id,
+                )
+            )
+        return messages, chat_id
+
+    async def _echo(self, instance: Instance, event: InboundEcho, job: Job, log: FilteringBoundLogger) -> Done:
+        """A message the business wrote outside amoCRM: into the amoCRM chat as the channel bot's,
+        silently; an echo of one of our own sends (or of a message already imported) is dropped."""
+        core = self.core
+        log = log.bind(message_id=event.message_id)
+        if not instance.can(Capability.echoes):
+            log.warning("business message from an adapter that does not declare capability 'echoes'; dropped")
+            return Done()
+        if event.ours:
+            log.info("echo of amoconnect's own send; dropped")
+            return Done()
+        conversation = await self._known(instance, event.chat)
+        if conversation is None:
+            log.info("business message in a chat amoCRM has not seen; not imported (the chat starts with the client)")
+            return Done()
+        known = await core.store.message_by_messenger(instance.scope_id, conversation.conversation_id, event.message_id)
+        if known is not None:
+            log.info("echo of a message amoCRM already has; dropped", direction=known.direction)
+            return Done()
+        # Our own send may have reached the messenger and still be recording its id: wait briefly.
+        wait_for_mapping(job.attempts, f"message {event.message_id!r} of the echo")
+        known_conversation = conversation
+        conversation = self._conversation(instance, event.chat, event.client, conversation)
+        assert conversation.client_id is not None
+        client = _participant(event.client, conversation.client_id)
+        author = author_ref(
+            core.config.channel.bot_id, instance.source.authors, event.author.id if event.author else None
+        )
+        ref_id = conversation.amocrm_chat_id if conversation.ref_pending else None
+
+        def payload(part_msgid: str, content: wire.MessageContent, quote: wire.ReplyTo | None) -> wire.MessagePayload:
+            return business_payload(
+                msgid=part_msgid,
+                conversation_id=conversation.conversation_id,
+                conversation_ref_id=ref_id,
+                timestamp=event.timestamp,
+                author=author,
+                client=client,
+                content=content,
+                external_id=instance.source.external_id,
+                silent=True,
+                reply_to=quote,
+            )
+
+        msgid = ids.business_msgid(instance.name, event.chat, event.message_id)
+        contents = await self._contents(instance, event, log)
+        reply_to = await self._quoted(instance, conversation, event.reply_to)
+        messages, chat_id = await self._send_parts(
+            instance, conversation, msgid, contents, reply_to, payload, client, "out", event.message_id, log
+        )
+        updated = msgspec.structs.replace(conversation, ref_pending=False, amocrm_chat_id=chat_id)
+        return Done(conversations=[updated] if updated != known_conversation else [], messages=messages)
 
     async def _chat_id(
         self, instance: Instance, conversation: ConversationRecord, sender: wire.Participant, log: FilteringBoundLogger
@@ -329,16 +423,34 @@ class InboundHandler:
             return Done()
         assert conversation.client_id is not None
         (content, *_) = await self._contents(instance, event, log)
-        payload = wire.MessagePayload(
-            timestamp=int(event.timestamp),
-            msec_timestamp=int(event.timestamp * 1000),
-            msgid=original.msgid,
-            id=original.amocrm_id,
-            conversation_id=conversation.conversation_id,
-            source=wire.Source(external_id=instance.source.external_id),
-            sender=_participant(event.sender, conversation.client_id),
-            message=content,
-        )
+        if original.direction == "in":
+            payload = wire.MessagePayload(
+                timestamp=int(event.timestamp),
+                msec_timestamp=int(event.timestamp * 1000),
+                msgid=original.msgid,
+                id=original.amocrm_id,
+                conversation_id=conversation.conversation_id,
+                source=wire.Source(external_id=instance.source.external_id),
+                sender=_participant(event.sender, conversation.client_id),
+                message=content,
+            )
+        elif original.msgid == ids.business_msgid(instance.name, event.chat, event.message_id):
+            # The business edited a message it wrote in the messenger's app (``sender`` is its author).
+            author = author_ref(core.config.channel.bot_id, instance.source.authors, event.sender.id)
+            payload = business_payload(
+                msgid=original.msgid,
+                conversation_id=conversation.conversation_id,
+                timestamp=event.timestamp,
+                author=author,
+                client=wire.Participant(id=conversation.client_id),
+                content=content,
+                external_id=instance.source.external_id,
+                silent=True,
+                amocrm_id=original.amocrm_id,
+            )
+        else:
+            log.info("a manager's message edited in the messenger; amoCRM keeps what the manager wrote")
+            return Done()
         await core.amojo.send_message(instance.scope_id, payload, event="edit_message")
         log.info("edit relayed to amoCRM", amocrm_id=original.amocrm_id)
         return Done()

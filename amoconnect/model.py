@@ -16,7 +16,8 @@ Conventions:
   second event with the same key.
 
 Inbound events (messenger → core) form the tagged union :data:`InboundEvent`, sends (core →
-messenger) the tagged union :data:`OutgoingEvent`; the tag is the ``"type"`` field.
+messenger) the tagged union :data:`OutgoingEvent`; the tag is the ``"type"`` field. One inbound
+event goes the other way: :class:`InboundEcho`, a message the business wrote outside amoCRM.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "DeliveryStatus",
     "FailureReason",
     "InboundComment",
+    "InboundEcho",
     "InboundEdit",
     "InboundEvent",
     "InboundMessage",
@@ -325,7 +327,41 @@ class InboundComment(_Inbound, frozen=True, tag="comment"):
     """Media in the comment."""
 
 
-InboundEvent = InboundMessage | InboundEdit | InboundStatus | InboundReaction | InboundTyping | InboundComment
+class InboundEcho(_Inbound, frozen=True, tag="echo"):
+    """A message the business sent to the client outside amoCRM (capability ``echoes``).
+
+    A community admin answering in VK's own interface, the owner answering from the WhatsApp
+    Business app: the messenger reports the message, and the core imports it into the amoCRM chat
+    as the channel bot's (or as the amoCRM user the source's ``authors`` maps :attr:`author` to),
+    without notifying managers. Messengers report amoconnect's own sends the same way: the core
+    drops an echo whose :attr:`message_id` it has recorded for a send (waiting briefly for a send
+    still recording its result), and one the adapter marks :attr:`ours`.
+    """
+
+    client: Person
+    """The client the message went to (the chat's person)."""
+    message_id: str
+    """The messenger's id of the message."""
+    text: str = ""
+    """Text, or the caption of the attachments."""
+    attachments: tuple[Attachment, ...] = ()
+    """Media, in order."""
+    location: Location | None = None
+    """A shared location."""
+    contact: Contact | None = None
+    """A shared contact card."""
+    reply_to: str | None = None
+    """The messenger's id of the message this one quotes."""
+    author: Person | None = None
+    """Who of the business wrote it, when the messenger says (VK's ``admin_author_id``)."""
+    ours: bool = False
+    """True when the adapter recognises one of amoconnect's own sends by the idempotency key it
+    sent (VK's ``random_id``): the core drops it without waiting for the id mapping."""
+
+
+InboundEvent = (
+    InboundMessage | InboundEdit | InboundStatus | InboundReaction | InboundTyping | InboundComment | InboundEcho
+)
 """Anything an adapter reports (tagged by ``"type"``)."""
 
 

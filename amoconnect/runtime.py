@@ -32,6 +32,7 @@ from .adapter import AdapterContext, MessengerAdapter
 from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
+from .capabilities import Capability
 from .config import Config
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
@@ -152,6 +153,13 @@ class Runtime:
                 raise ConfigError(
                     f"{self.config.origin}: sources[{index}].plugin: {source.plugin!r} is not installed; "
                     f"installed: {', '.join(sorted(self.messengers)) or 'none'}"
+                )
+            if Capability.echoes in cls.capabilities and not self.config.channel.bot_id:
+                raise ConfigError(
+                    f"{self.config.origin}: channel.bot_id: not set, and sources[{index}] ({source.name!r}) uses "
+                    f"{cls.name}, which brings what the business writes in the messenger's own app into amoCRM as "
+                    "the channel bot's messages (capability 'echoes'); set it to the bot id amoCRM gave with the "
+                    "channel"
                 )
             settings = self.config.plugin_settings(index, cls.settings)
             context = AdapterContext(

@@ -20,6 +20,7 @@ from amoconnect.model import (
     Contact,
     Conversation,
     InboundComment,
+    InboundEcho,
     InboundEdit,
     InboundEvent,
     InboundMessage,
@@ -93,6 +94,17 @@ INBOUND: list[InboundEvent] = [
         text="price?",
         attachments=(PHOTO,),
     ),
+    InboundEcho(
+        **COMMON,
+        dedup_key="e7",
+        client=ANN,
+        message_id="12",
+        text="Your order is ready",
+        attachments=(PHOTO,),
+        reply_to="11",
+        author=Person(id="77", name="Olga"),
+    ),
+    InboundEcho(**COMMON, dedup_key="e8", client=ANN, message_id="13", text="sent by us", ours=True),
 ]
 
 OUTGOING: list[OutgoingEvent] = [
@@ -235,6 +247,7 @@ def test_capability_vocabulary() -> None:
         "delivery_receipts",
         "read_receipts",
         "time_window",
+        "echoes",
     }
     assert set(CAPABILITY_METHODS) == set(Capability)
     for methods in CAPABILITY_METHODS.values():
