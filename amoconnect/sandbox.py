@@ -126,7 +126,7 @@ async def _sandbox(
         async with serve_app(amojo.app, host=host) as amojo_url, serve_app(messenger.app, host=host) as api_url:
             config = parse_config(
                 {
-                    "channel": {"id": channel_id, "secret": secret, "amojo_url": amojo_url},
+                    "channel": {"id": channel_id, "secret": secret, "amojo_url": amojo_url, "bot_id": amojo.bot_id},
                     "accounts": [{"name": "sandbox", "amojo_id": account_id, "scope_id": scope_id}],
                     "sources": [
                         {

@@ -1,7 +1,8 @@
 """The conformance suite passes for the reference messenger ``fake`` (fakechat), as every plugin's must.
 
-Two variants cover what fakechat itself does not declare: one with a reply window (WhatsApp's
-case: templates once it closes), one with no capabilities at all (text only: the rest skips).
+Three variants cover what fakechat itself does not declare: one with a reply window (WhatsApp's
+case: templates once it closes), one that brings in what the business writes in fakechat's own
+app (echoes), one with no capabilities at all (text only: the rest skips).
 """
 
 from __future__ import annotations
@@ -19,6 +20,13 @@ class WindowedFakeChat(FakeChatAdapter):
     reply_window = 24 * 3600.0
 
 
+class EchoingFakeChat(FakeChatAdapter):
+    """fakechat whose business also writes from the messenger's own app."""
+
+    name = "fake_echoing"
+    capabilities = FakeChatAdapter.capabilities | {Capability.echoes}
+
+
 class PlainFakeChat(FakeChatAdapter):
     """fakechat declaring nothing but text."""
 
@@ -33,6 +41,10 @@ class TestConformance(MessengerConformance):
 
 class TestWindowedConformance(MessengerConformance):
     plugin = WindowedFakeChat
+
+
+class TestEchoingConformance(MessengerConformance):
+    plugin = EchoingFakeChat
 
 
 class TestPlainConformance(MessengerConformance):

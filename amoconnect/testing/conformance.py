@@ -12,7 +12,9 @@ pytest runs every check against the real runtime, the fake amojo and the plugin'
 Each test exercises one promise both ways (a client in the messenger, a manager in amoCRM):
 text, media, delivery and read receipts, reactions within the declared set and refusal outside
 it, typing, edits, replies, buttons and list messages (a press comes back as
-``callback_data``), templates, the reply window, writing first, comments. A test whose
+``callback_data``), templates, the reply window, writing first, comments, what the business
+writes in the messenger's own app (echoes: in as the channel bot, silently; the manager's own
+replies never come back as echoes). A test whose
 capability the adapter does not declare is skipped, saying so. The fake is driven through
 :class:`~amoconnect.testing.fakes.ConformanceMessenger`; :data:`~amoconnect.testing.fakes.DRIVER_METHODS`
 says which of its methods each capability needs. docs/plugins.md walks through it.
@@ -470,3 +472,49 @@ class MessengerConformance:
         if isinstance(answered, wire.DeliveryStatusRequest):
             pytest.fail(f"the answer failed: error {answered.error_code}: {answered.error}")
         assert answered == ["10 USD"]
+
+    # -- echoes: the business writes outside amoCRM ------------------------------------------------
+
+    async def business_says(self, rig: ConnectorRig, text: str, reply_to: str | None = None) -> StoredMessage:
+        """The business answers in the messenger's own app; amoCRM's record of it."""
+        before = len(rig.amojo.messages_in(rig.conversation(self.chat)))
+        await rig.fake.business_writes(self.chat, text, reply_to=reply_to)
+        found: list[StoredMessage] = await rig.eventually(
+            lambda: len(got := rig.amojo.messages_in(rig.conversation(self.chat))) > before and got
+        )
+        return found[-1]
+
+    @needs(Capability.echoes)
+    async def test_business_messages_reach_amocrm_as_the_channel_bot(self, rig: ConnectorRig) -> None:
+        question = await self.client_says(rig, "Do you deliver on Sundays?")
+        answer = await self.business_says(rig, "Yes, from 10 to 18")
+        assert answer.text == "Yes, from 10 to 18"
+        assert answer.sender_id == rig.amojo.bot_id, "the business's own message goes as the channel bot"
+        assert not answer.from_client
+        assert answer.receiver_id == question.sender_id
+        assert answer.chat_id == question.chat_id
+        assert answer.silent, "an imported business message must not notify managers"
+        assert await rig.messenger_id(answer.id), "the id mapping is recorded (quotes, edits and statuses need it)"
+
+    @needs(Capability.echoes, Capability.replies)
+    async def test_a_client_quoting_a_business_message_quotes_it_in_amocrm(self, rig: ConnectorRig) -> None:
+        await self.client_says(rig)
+        answer = await self.business_says(rig, "Our address: 1 Main St")
+        await rig.fake.client_writes(self.chat, "On my way", reply_to=await rig.messenger_id(answer.id))
+        quote = (await rig.arrived(self.chat, 2))[-1]
+        assert quote.payload is not None
+        assert quote.payload.reply_to is not None, "the quote did not reach amoCRM"
+        assert quote.payload.reply_to.message.id == answer.id
+
+    @needs(Capability.echoes)
+    async def test_manager_replies_do_not_come_back_as_business_messages(self, rig: ConnectorRig) -> None:
+        await self.client_says(rig)
+        await self.reaches_client(rig, rig.manager_writes(self.chat, "Hello from amoCRM"))
+        # Inbound events of a chat run in order: once this one is in, any echo of the reply was handled.
+        await self.business_says(rig, "A marker from the app")
+        texts = [(m.text, m.from_manager) for m in rig.amojo.messages_in(rig.conversation(self.chat))]
+        assert texts == [
+            ("Hello, is anyone there?", False),
+            ("Hello from amoCRM", True),
+            ("A marker from the app", False),
+        ], "the manager's reply came back from the messenger as a business message"

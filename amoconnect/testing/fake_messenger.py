@@ -38,6 +38,7 @@ from ..model import (
     Contact,
     FailureReason,
     InboundComment,
+    InboundEcho,
     InboundEdit,
     InboundEvent,
     InboundMessage,
@@ -120,6 +121,16 @@ class _Message(_Wire, frozen=True):
     edit_date: int | None = None
 
 
+class _BusinessMessage(_Wire, frozen=True):
+    message_id: str
+    chat: _Chat
+    sender: _From = msgspec.field(name="from")
+    to: _From
+    date: int
+    text: str = ""
+    reply_to: str | None = None
+
+
 class _Callback(_Wire, frozen=True):
     id: str
     chat: _Chat
@@ -183,6 +194,7 @@ class _Update(_Wire, frozen=True):
     typing: _Typing | None = None
     status: _Status | None = None
     comment: _Comment | None = None
+    business_message: _BusinessMessage | None = None
 
 
 class _Parameters(_Wire, frozen=True):
@@ -301,6 +313,19 @@ def _events(update: _Update) -> list[InboundEvent]:
                 text=n.text,
             )
         ]
+    if update.business_message is not None:
+        b = update.business_message
+        echo = InboundEcho(
+            chat=b.chat.id,
+            timestamp=float(b.date),
+            dedup_key=key,
+            client=_person(b.to),
+            message_id=b.message_id,
+            text=b.text,
+            reply_to=b.reply_to,
+            author=_person(b.sender),
+        )
+        return [echo]
     return []  # an update kind this adapter does not know yet: acknowledge and ignore it
 
 

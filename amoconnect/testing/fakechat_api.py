@@ -535,6 +535,28 @@ class FakeChat:
         user.messages.append(message)
         return await self._deliver("message", content)
 
+    async def business_writes(self, chat: str, text: str, *, reply_to: str | None = None) -> int | None:
+        """The business answers the client of ``chat`` from fakechat's own app: a ``business_message``
+        update (fakechat reports what its app sends; the bot's own API sends make none)."""
+        user = self._world.known(chat)
+        if reply_to is not None and self._world.message_in(user, reply_to) is None:
+            raise LookupError(f"fakechat chat {chat!r} has no message {reply_to!r} to reply to")
+        message = BotMessage(
+            message_id=self._world.next_id(), chat=chat, from_bot=True, date=int(self.clock()), text=text
+        )
+        user.messages.append(message)
+        content: dict[str, Any] = {
+            "message_id": message.message_id,
+            "chat": {"id": chat},
+            "from": {"id": "owner", "name": "The owner"},
+            "to": user.as_from(),
+            "date": message.date,
+            "text": text,
+        }
+        if reply_to is not None:
+            content["reply_to"] = reply_to
+        return await self._deliver("business_message", content)
+
     async def client_edits(
         self,
         chat: str,

@@ -188,6 +188,10 @@ class ConformanceMessenger(Protocol):
         """A person with ``phone`` joins; returns the chat id that writing to the phone opens (``write_first``)."""
         ...
 
+    async def business_writes(self, chat: str, text: str, *, reply_to: str | None = None) -> object:
+        """The business answers the client of ``chat`` in the messenger's own app, quoting ``reply_to`` (``echoes``)."""
+        ...
+
 
 DRIVER_METHODS: Final[Mapping[Capability | None, tuple[str, ...]]] = MappingProxyType(
     {
@@ -201,6 +205,7 @@ DRIVER_METHODS: Final[Mapping[Capability | None, tuple[str, ...]]] = MappingProx
         Capability.delivery_receipts: ("deliver_status",),
         Capability.read_receipts: ("deliver_status",),
         Capability.write_first: ("register_phone",),
+        Capability.echoes: ("business_writes",),
     }
 )
 """The :class:`ConformanceMessenger` members a fake needs: ``None`` lists those every fake needs,

@@ -52,6 +52,7 @@ from .stores import counts_are, store_settings
 __all__ = [
     "ACCOUNT",
     "AMOJO_URL",
+    "BOT",
     "CHANNEL",
     "FILES_URL",
     "LOOPBACK_NETWORKS",
@@ -77,6 +78,8 @@ SECRET: Final = "0123456789abcdef0123456789abcdef01234567"
 """The channel secret the rig's webhooks are signed with."""
 ACCOUNT: Final = "66666666-7777-8888-9999-000000000000"
 """The amojo id of the rig's one amoCRM account."""
+BOT: Final = "b0770000-0000-4000-8000-000000000b07"
+"""The channel bot's id (``channel.bot_id``): sender of what the business writes outside amoCRM."""
 SCOPE: Final = f"{CHANNEL}_{ACCOUNT}"
 """The account's scope id."""
 PUBLIC_URL: Final = "http://amoconnect"
@@ -419,7 +422,7 @@ def rig_config(
 ) -> dict[str, Any]:
     """The rig's configuration as a dict: one account, one source, fast retries; ``overrides`` merge per section."""
     data: dict[str, Any] = {
-        "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": AMOJO_URL},
+        "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": AMOJO_URL, "bot_id": BOT},
         "accounts": [{"name": "main", "amojo_id": ACCOUNT}],
         "sources": [
             {"name": instance, "plugin": messenger, "account": "main", "default": True, "settings": dict(settings)}
@@ -516,7 +519,7 @@ async def connector(
         }
         router = HostRouter(routes, default=fake.app if fake is not None else None)
         http = await stack.enter_async_context(httpx.AsyncClient(transport=router))
-        amojo = amojo or FakeAmojo(CHANNEL, SECRET)
+        amojo = amojo or FakeAmojo(CHANNEL, SECRET, bot_id=BOT)
         amojo.webhook_client = hooks
         amojo.connect(ACCOUNT, webhook_url=f"{PUBLIC_URL}/amocrm/:scope_id")
         amojo_http = await stack.enter_async_context(

@@ -96,9 +96,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def fake_amojo() -> FakeAmojo:
     """The fake amojo of the kit's channel, the kit's account connected (in-process: ``fake_amojo.app``)."""
     from .fake_amojo import FakeAmojo
-    from .kit import ACCOUNT, CHANNEL, PUBLIC_URL, SECRET
+    from .kit import ACCOUNT, BOT, CHANNEL, PUBLIC_URL, SECRET
 
-    amojo = FakeAmojo(CHANNEL, SECRET)
+    amojo = FakeAmojo(CHANNEL, SECRET, bot_id=BOT)
     amojo.connect(ACCOUNT, webhook_url=f"{PUBLIC_URL}/amocrm/:scope_id")
     return amojo
 

@@ -302,7 +302,7 @@ def secret_rig(messenger: str, settings: Mapping[str, Any], workdir: Path) -> tu
     secrets the connector's configuration redacts (:meth:`~amoconnect.config.Config.secrets`)."""
     from ..config import parse_config
     from .fake_amojo import FakeAmojo
-    from .kit import ACCOUNT, CHANNEL, PUBLIC_URL, rig_config
+    from .kit import ACCOUNT, BOT, CHANNEL, PUBLIC_URL, rig_config
 
     config: dict[str, Any] = {
         "channel": {"secret": CHANNEL_SECRET},
@@ -310,7 +310,8 @@ def secret_rig(messenger: str, settings: Mapping[str, Any], workdir: Path) -> tu
         "server": {"public_url": PUBLIC_URL, "media_secret": MEDIA_SECRET},
     }
     redacted = parse_config(rig_config(workdir, messenger, settings, **config), "<rig>").secrets()
-    options = {"settings": settings, "workdir": workdir, "amojo": FakeAmojo(CHANNEL, CHANNEL_SECRET), "config": config}
+    amojo = FakeAmojo(CHANNEL, CHANNEL_SECRET, bot_id=BOT)
+    options = {"settings": settings, "workdir": workdir, "amojo": amojo, "config": config}
     return options, redacted
 
 

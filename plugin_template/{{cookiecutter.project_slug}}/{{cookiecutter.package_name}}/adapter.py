@@ -44,6 +44,9 @@ from amoconnect import (
 {% if c.with_comments %}
     InboundComment,
 {% endif %}
+{% if c.with_echoes %}
+    InboundEcho,
+{% endif %}
 {% if c.with_edits %}
     InboundEdit,
 {% endif %}
@@ -245,6 +248,20 @@ class _Comment(_Wire, frozen=True):
 
 
 {% endif %}
+{% if c.with_echoes %}
+class _Echo(_Wire, frozen=True):
+    """What the business wrote to the client in the messenger's own app."""
+
+    chat_id: str
+    user: _User
+    message_id: str
+    timestamp: float
+    text: str = ""
+    reply_to: str | None = None
+    author: _User | None = None
+
+
+{% endif %}
 class _Reply(_Wire, frozen=True):
     result: Any = None
     error: _Error | None = None
@@ -274,6 +291,9 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
 {% endif %}
 {% if c.with_comments %}
     "comment": msgspec.json.Decoder(_Comment),
+{% endif %}
+{% if c.with_echoes %}
+    "echo": msgspec.json.Decoder(_Echo),
 {% endif %}
 }
 """Decoders of the event kinds this adapter handles, by the event's ``type``."""
@@ -350,6 +370,21 @@ def _event(key: str, event: Any) -> InboundEvent:
             text=event.text,
         )
 {% endif %}
+{% if c.with_echoes %}
+    if isinstance(event, _Echo):
+        # PLACEHOLDER: if the real API reports your own sends too, mark them (``ours=True``) by the
+        # idempotency key you sent, or leave it to amoconnect, which drops an echo of a message id it sent.
+        return InboundEcho(
+            chat=event.chat_id,
+            timestamp=event.timestamp,
+            dedup_key=key,
+            client=_person(event.user),
+            message_id=event.message_id,
+            text=event.text,
+            reply_to=event.reply_to,
+            author=_person(event.author) if event.author is not None else None,
+        )
+{% endif %}
     assert isinstance(event, _Message)
 {% if c.with_media %}
     media = event.media
@@ -387,7 +422,7 @@ class {{ P }}Adapter(MessengerAdapter):
     name = "{{ c.messenger_slug }}"
     settings = {{ P }}Settings
 {% set caps = [] %}
-{% for capability in ["media", "buttons", "replies", "edits", "reactions", "typing", "delivery_receipts", "read_receipts", "list_messages", "templates", "time_window", "write_first", "comments"] %}
+{% for capability in ["media", "buttons", "replies", "edits", "reactions", "typing", "delivery_receipts", "read_receipts", "list_messages", "templates", "time_window", "write_first", "comments", "echoes"] %}
 {% if c["with_" + capability] %}{% set _ = caps.append(capability) %}{% endif %}
 {% endfor %}
 {% if caps %}

@@ -16,7 +16,8 @@ The methods: ``webhook/set``, ``messages/send``{% if c.with_reactions %}, ``reac
 {% endif %}
 Webhooks are one event per POST, ``{"event_id", "type", ...}``, signed in the
 ``X-{{ P }}-Signature`` header (``sha256=<hex HMAC-SHA256 of the body>``). The client side is
-scriptable (``client_writes`` and the rest), and :meth:`{{ P }}Fake.received` and friends say
+scriptable (``client_writes`` and the rest{% if c.with_echoes %}; ``business_writes`` is the business
+answering in the messenger's own app, an ``echo`` webhook{% endif %}), and :meth:`{{ P }}Fake.received` and friends say
 what the connector did, as :class:`amoconnect.testing.fakes.ConformanceMessenger` asks.
 """
 
@@ -497,6 +498,19 @@ class {{ P }}Fake(FakeAPI):
 {% endif %}
         client.messages[message_id] = False
         return await self.webhooks.send(self._event("message", client, **fields))
+{% if c.with_echoes %}
+
+    async def business_writes(self, chat: str, text: str, *, reply_to: str | None = None) -> int | None:
+        """The business answers in the messenger's own app: an ``echo`` webhook (API sends make none)."""
+        client = self.join(chat)
+        if reply_to is not None and reply_to not in client.messages:
+            raise LookupError(f"chat {chat!r} has no message {reply_to!r} to reply to")
+        message_id = self.next_id("m")
+        client.messages[message_id] = True
+        author = {"id": "owner", "name": "The owner"}
+        fields = {"message_id": message_id, "text": text, "reply_to": reply_to, "author": author}
+        return await self.webhooks.send(self._event("echo", client, **fields))
+{% endif %}
 {% if c.with_edits %}
 
     async def client_edits(self, chat: str, message_id: str, text: str) -> int | None:

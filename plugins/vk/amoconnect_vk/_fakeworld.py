@@ -255,6 +255,8 @@ class DialogMessage:
     update_time: int | None = None
     reaction: int | None = None
     """The client's reaction on a community message."""
+    admin_author_id: int | None = None
+    """The admin who wrote a community message in VK's interface."""
 
     @property
     def out(self) -> bool:

@@ -76,6 +76,7 @@ from .vkapi import (
     API_VERSION,
     BLOCKED_CODES,
     CALLBACK_EVENTS,
+    CHATS_FROM,
     DOWNLOAD_LIMIT,
     EMOJI_REACTIONS,
     MAX_COMMENT_LENGTH,
@@ -98,8 +99,6 @@ _POST = "post:"
 _COMMENT = "comment:"
 _UPLOAD = "upload:"
 _LONGPOLL = "longpoll"
-_CHATS_FROM = 2_000_000_000
-"""Peer ids from here on are group chats, not private dialogs."""
 _PHOTO_TYPES = frozenset({"image/jpeg", "image/png", "image/gif"})
 
 
@@ -173,6 +172,7 @@ class VKAdapter(MessengerAdapter):
             Capability.replies,
             Capability.delivery_receipts,
             Capability.read_receipts,
+            Capability.echoes,
         }
     )
     reactions = ReactionSet.of(*REACTIONS.values())
@@ -296,8 +296,10 @@ class VKAdapter(MessengerAdapter):
                     if message.peer_id == message.from_id:
                         await self._set_allowed(message.from_id, True)
                     await self._people([message.from_id])
-            elif kind == "message_edit":
-                await self._people([msgspec.convert(body, Message).from_id])
+            elif kind in ("message_edit", "message_reply"):
+                message = msgspec.convert(body, Message)
+                peer = message.peer_id if message.peer_id < CHATS_FROM else 0
+                await self._people([message.from_id, peer, message.admin_author_id or 0])
             elif kind in ("message_allow", "message_deny"):
                 await self._set_allowed(int((body or {})["user_id"]), kind == "message_allow")
             elif kind == "wall_post_new":
@@ -535,7 +537,7 @@ class VKAdapter(MessengerAdapter):
             raise MessengerError(f"{chat!r} is not a VK peer id", reason="no_chat") from None
 
     async def _check_allowed(self, peer: int) -> None:
-        if 0 < peer < _CHATS_FROM and await self._is_allowed(peer) is False:
+        if 0 < peer < CHATS_FROM and await self._is_allowed(peer) is False:
             raise error_for(901, "Can't send messages for users without permission")
 
     async def _call(self, peer: int | None, method: str, params: dict[str, Any]) -> Any:
@@ -546,7 +548,7 @@ class VKAdapter(MessengerAdapter):
             raise
 
     async def _refused(self, peer: int | None, exc: MessengerError) -> None:
-        if isinstance(exc, VkApiError) and exc.code in BLOCKED_CODES and peer is not None and 0 < peer < _CHATS_FROM:
+        if isinstance(exc, VkApiError) and exc.code in BLOCKED_CODES and peer is not None and 0 < peer < CHATS_FROM:
             await self._set_allowed(peer, False)
         if exc.reason == "disabled":
             self.log.error("VK refuses the community token: nothing reaches clients until it is replaced", exc=str(exc))
@@ -584,6 +586,8 @@ class VKAdapter(MessengerAdapter):
         return SendResult(message_ids=tuple(ids), status="delivered")
 
     async def _send_parts(self, peer: int, parts: list[dict[str, Any]]) -> list[str]:
+        for params in parts:  # before the call: VK's message_reply may come before its answer
+            self.memory.sent[int(params["random_id"])] = True
         if len(parts) == 1:
             result = await self._call(peer, "messages.send", parts[0])
             try:
@@ -712,7 +716,7 @@ class VKAdapter(MessengerAdapter):
         if typing.post_id is not None:
             return  # VK shows no typing under posts; the private dialog is not where the manager types
         peer = self._peer(typing.chat)
-        if 0 < peer < _CHATS_FROM and await self._is_allowed(peer) is False:
+        if 0 < peer < CHATS_FROM and await self._is_allowed(peer) is False:
             return
         params = {"peer_id": peer, "type": "typing", "group_id": self.config.group_id}
         await self._call(peer, "messages.setActivity", params)

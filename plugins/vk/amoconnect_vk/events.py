@@ -12,6 +12,15 @@ retried delivery (``X-Retry-Counter``) or a duplicate is dropped by the core. Id
 VK's events name people only by id; names, posts and comment authors come from a
 :class:`Memory` the adapter fills before it parses (``users.get``, earlier ``wall_post_new``
 and ``wall_reply_new`` events kept in the instance's state).
+
+``message_reply`` reports every outgoing message of the community, "a new outcoming message"
+(VK API schema, ``groups.setCallbackSettings``): an admin's answer written in VK's own interface,
+and each of our own ``messages.send``. Both become :class:`~amoconnect.model.InboundEcho`; ours
+are marked by the ``random_id`` we sent ("ID used for sending messages. It returned only for
+outgoing messages", ``messages_message``), kept in :attr:`Memory.sent`, and the core drops any
+echo whose ``conversation_message_id`` it recorded for a send. ``admin_author_id`` ("Only for
+messages from community. Contains user ID of community admin, who sent this message") names the
+admin.
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from amoconnect.errors import NOT_JSON, WebhookError
 from amoconnect.model import (
     Attachment,
     InboundComment,
+    InboundEcho,
     InboundEdit,
     InboundEvent,
     InboundMessage,
@@ -37,7 +47,7 @@ from amoconnect.model import (
     Post,
 )
 
-from .vkapi import REACTIONS, callback_data, post_key, post_url
+from .vkapi import CHATS_FROM, REACTIONS, callback_data, post_key, post_url
 
 __all__ = [
     "CommentDelete",
@@ -95,6 +105,8 @@ class Message(Foreign, kw_only=True):
     payload: str | None = None
     reply_message: Foreign | None = None
     update_time: int | None = None
+    random_id: int = 0
+    admin_author_id: int | None = None
 
 
 class _MessageNew(msgspec.Struct, kw_only=True):
@@ -205,11 +217,14 @@ class Memory:
     people: _Lru[int, Person] = field(init=False)
     posts: _Lru[str, PostInfo] = field(init=False)
     comments: _Lru[str, CommentInfo] = field(init=False)
+    sent: _Lru[int, bool] = field(init=False)
+    """The ``random_id`` of each ``messages.send`` of this process, recorded before the call."""
 
     def __post_init__(self) -> None:
         self.people = _Lru(self.limit)
         self.posts = _Lru(self.limit)
         self.comments = _Lru(self.limit)
+        self.sent = _Lru(self.limit)
 
     def person(self, user_id: int) -> Person:
         """The person ``user_id``, with a name once ``users.get`` told it."""
@@ -418,10 +433,40 @@ def _message(event: Event, memory: Memory, now: float) -> Parsed:
     )
 
 
+def _reply(event: Event, memory: Memory, now: float) -> Parsed:
+    """``message_reply``: the community wrote to a client, in VK's interface or through the API."""
+    message = msgspec.convert(event.object, Message)
+    if not 0 < message.peer_id < CHATS_FROM:
+        return Parsed(skipped="the community's message in a group chat")
+    text, media = _content(message)
+    reply = message.reply_message
+    return Parsed(
+        events=(
+            InboundEcho(
+                chat=str(message.peer_id),
+                timestamp=float(message.date or now),
+                dedup_key=event.event_id,
+                client=memory.person(message.peer_id),
+                message_id=str(message.conversation_message_id),
+                text=text,
+                attachments=tuple(media),
+                location=_location(message.geo),
+                reply_to=str(reply.conversation_message_id) if reply and reply.conversation_message_id else None,
+                author=memory.person(message.admin_author_id) if message.admin_author_id else None,
+                ours=bool(message.random_id) and message.random_id in memory.sent,
+            ),
+        )
+    )
+
+
 def _edit(event: Event, memory: Memory, now: float) -> Parsed:
     message = msgspec.convert(event.object, Message)
     if message.out or message.from_id <= 0:
-        return Parsed(skipped="an edit of the community's own message")
+        # The community's own message: the core relays an edit of a business message it imported.
+        author = message.admin_author_id
+        sender = memory.person(author) if author else Person(id=str(message.from_id))
+    else:
+        sender = memory.person(message.from_id)
     text, media = _content(message)
     return Parsed(
         events=(
@@ -429,7 +474,7 @@ def _edit(event: Event, memory: Memory, now: float) -> Parsed:
                 chat=str(message.peer_id),
                 timestamp=float(message.update_time or now),
                 dedup_key=event.event_id,
-                sender=memory.person(message.from_id),
+                sender=sender,
                 message_id=str(message.conversation_message_id),
                 text=text,
                 attachments=tuple(media),
@@ -554,6 +599,7 @@ def _read(event: Event, memory: Memory, now: float) -> Parsed:
 
 _PARSERS = {
     "message_new": _message,
+    "message_reply": _reply,
     "message_edit": _edit,
     "message_typing_state": _typing,
     "message_reaction_event": _reaction,

@@ -8,6 +8,7 @@ scriptable client side::
     fake.add_callback_server("http://connector/hooks/vk/main", secret="s3cret")   # as on the settings page
     await fake.client_writes(101, "Hello")                     # message_new, confirmed and delivered
     await fake.client_comments(101, 501, "How much?")          # wall_post_new (new post), wall_reply_new
+    await fake.admin_writes(101, "Ready tomorrow")             # an admin in VK's interface: message_reply
     fake.received(101)                                         # what the community sent there
 
 What it does as VK does:
@@ -33,6 +34,9 @@ What it does as VK does:
   each event carries the server's ``secret`` and is retried with ``X-Retry-Counter`` until the
   answer is ``ok``, waiting what ``Retry-After`` asks on 410/429/503; duplicates and lost
   answers on demand;
+- ``message_reply`` for every message the community sends: an admin's in VK's interface (with
+  ``admin_author_id`` and a ``random_id`` of VK's client) and each ``messages.send`` (with the
+  caller's ``random_id``), after the API's answer, or before it with ``echo_before_answer``;
 - Bots Long Poll (``groups.setLongPollSettings``, ``getLongPollServer``, ``a_check`` with
   ``failed`` 1, 2 and 3 on demand);
 - error codes on demand (:meth:`FakeVK.fail_next`) and, optionally, VK's 20 requests a second.
@@ -57,6 +61,7 @@ from amoconnect.model import Button, ListMessage, ListRow, ListSection
 from amoconnect.signing import same_secret
 from amoconnect.testing.fakes import ClientMedia, ReceivedMessage, ReceivedReaction
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -167,6 +172,11 @@ class FakeVK(VkWorld):
         self._lock: anyio.Lock | None = None
         self._new_event: anyio.Event | None = None
         self._sandbox_users: dict[str, int] = {}
+        self.admins: list[int] = []
+        """Users who write as the community in VK's interface (:meth:`admin_writes`)."""
+        self._admin_random_ids = itertools.count(1_900_000_001, 7919)
+        self.echo_before_answer = False
+        """True: the ``message_reply`` of a ``messages.send`` goes out before the API answers (VK promises no order)."""
         self._sandbox_turn = 0
         self._app = Starlette(
             routes=[
@@ -286,18 +296,28 @@ class FakeVK(VkWorld):
                 raise ApiError(5)
             if not same_secret(token, self.token):
                 raise ApiError(5)
+            before = len(self.sent)
             result = self.dispatch(method, raw)
         except ApiError as exc:
             params = [{"key": "method", "value": method}, {"key": "oauth", "value": "1"}]
             params += [{"key": k, "value": v} for k, v in raw.items() if k != "access_token"]
             error = {"error_code": exc.code, "error_msg": exc.message, "request_params": params}
             return JSONResponse({"error": error})
+        # Every message the community sends comes back as message_reply, ours through the API too.
+        echoes = [self._message_object(message) for message in self.sent[before:]]
+        if echoes and self.echo_before_answer:
+            await self._echo(echoes)
+        background = BackgroundTask(self._echo, echoes) if echoes and not self.echo_before_answer else None
         if isinstance(result, Executed):
             body: dict[str, Any] = {"response": result.response}
             if result.errors:
                 body["execute_errors"] = result.errors
-            return JSONResponse(body)
-        return JSONResponse({"response": result})
+            return JSONResponse(body, background=background)
+        return JSONResponse({"response": result}, background=background)
+
+    async def _echo(self, messages: list[dict[str, Any]]) -> None:
+        for message in messages:
+            await self._emit("message_reply", message)
 
     async def _upload(self, request: Request) -> Response:
         kind = request.path_params["kind"]
@@ -525,6 +545,8 @@ class FakeVK(VkWorld):
             found["geo"] = message.geo
         if message.update_time is not None:
             found["update_time"] = message.update_time
+        if message.admin_author_id is not None:
+            found["admin_author_id"] = message.admin_author_id
         return found
 
     async def client_writes(
@@ -558,6 +580,46 @@ class FakeVK(VkWorld):
             geo=geo,
         )
         return await self._emit("message_new", {"message": self._message_object(message), "client_info": _CLIENT_INFO})
+
+    # -- the community's admins, in VK's own interface -------------------------------------------
+
+    async def admin_writes(
+        self,
+        chat: str | int,
+        text: str = "",
+        *,
+        admin: int | None = None,
+        media: ClientMedia | None = None,
+        reply_to: str | int | None = None,
+    ) -> dict[str, Any]:
+        """An admin answers the client in VK's interface: a ``message_reply`` with ``admin_author_id``."""
+        peer = self._peer(chat)
+        if admin is None:
+            admin = self.admins[0] if self.admins else self.add_user("Olga", "Admin", domain="olga_admin")
+            if admin not in self.admins:
+                self.admins.append(admin)
+        message = self.add_message(
+            peer,
+            -self.group_id,
+            text=text,
+            attachments=[self._media(-self.group_id, media)] if media is not None else [],
+            reply_to=int(reply_to) if reply_to is not None else None,
+            random_id=next(self._admin_random_ids),
+            admin_author_id=admin,
+        )
+        return await self._emit("message_reply", self._message_object(message))
+
+    async def admin_edits(self, chat: str | int, message_id: str | int, text: str) -> dict[str, Any]:
+        """An admin edits a community message ``message_id`` in VK's interface: ``message_edit``."""
+        message = self.message(self._peer(chat), int(message_id))
+        if not message.out:
+            raise LookupError(f"message {message_id} is the client's; an admin edits the community's")
+        message.text, message.update_time = text, self.now()
+        return await self._emit("message_edit", self._message_object(message))
+
+    async def business_writes(self, chat: str, text: str, *, reply_to: str | None = None) -> object:
+        """The conformance suite's name for :meth:`admin_writes`."""
+        return await self.admin_writes(chat, text, reply_to=reply_to)
 
     async def client_presses(self, chat: str | int, callback_data_: str) -> dict[str, Any]:
         """The client presses the newest keyboard button that sends ``callback_data_``: a message with its label."""

@@ -24,6 +24,7 @@ __all__ = [
     "API_VERSION",
     "BLOCKED_CODES",
     "CALLBACK_EVENTS",
+    "CHATS_FROM",
     "DOWNLOAD_LIMIT",
     "EMOJI_REACTIONS",
     "INLINE_MAX_BUTTONS",
@@ -80,6 +81,7 @@ DOWNLOAD_LIMIT: Final = 200 * 1024 * 1024
 
 CALLBACK_EVENTS: Final = (
     "message_new",
+    "message_reply",  # "a new outcoming message" (VK API schema): capability echoes
     "message_edit",
     "message_allow",
     "message_deny",
@@ -93,6 +95,9 @@ CALLBACK_EVENTS: Final = (
     "wall_reply_restore",
 )
 """The event types the adapter subscribes to (Callback API server or Bots Long Poll)."""
+
+CHATS_FROM: Final = 2_000_000_000
+"""Peer ids from here on are group chats; below, a user's private dialog."""
 
 REACTIONS: Final[dict[int, str]] = {
     1: "❤️",

@@ -15,6 +15,7 @@ from amoconnect.model import (
     Attachment,
     Button,
     InboundComment,
+    InboundEcho,
     InboundEdit,
     InboundMessage,
     InboundReaction,
@@ -220,12 +221,36 @@ async def test_edits_typing_reactions_and_reads(make_adapter: Callable[..., Rig]
     await fake.client_reacts(9, sent.message_ids[0], "👍")
     await fake.client_reacts(9, sent.message_ids[0], "", removed=True)
     await fake.client_reads(9)
-    _, edit, typing, reacted, unreacted, read = rig.events
+    _, edit, typing, echo, reacted, unreacted, read = rig.events
     assert isinstance(edit, InboundEdit) and (edit.message_id, edit.text) == ("1", "hello")
     assert isinstance(typing, InboundTyping) and typing.chat == "9"
+    assert isinstance(echo, InboundEcho) and echo.ours and echo.message_id == sent.message_ids[0]
     assert isinstance(reacted, InboundReaction) and (reacted.message_id, reacted.emoji) == ("2", "👍")
     assert isinstance(unreacted, InboundReaction) and unreacted.removed
     assert isinstance(read, InboundStatus) and (read.message_id, read.status) == ("2", "read")
+
+
+@pytest.mark.parametrize("before_answer", [False, True])
+async def test_the_community_s_messages_come_back_as_echoes(
+    make_adapter: Callable[..., Rig], fake: FakeVK, before_answer: bool
+) -> None:
+    rig = make_adapter()
+    await fake.client_writes(9, "When is it ready?")
+    fake.echo_before_answer = before_answer
+    sent = await rig.adapter.send_message(OutgoingMessage(chat="9", text="Checking", dedup_key="amo-7"))
+    admin = fake.add_user("Olga", "Admin")
+    await fake.admin_writes(9, "Tomorrow at noon", admin=admin, reply_to="1")
+    await fake.admin_edits(9, rig.events[-1].message_id, "Tomorrow at 1 pm")  # type: ignore[union-attr]
+    ours, theirs, edit = rig.events[1:]
+    assert isinstance(ours, InboundEcho) and ours.ours
+    assert ours.message_id == sent.message_ids[0] and ours.text == "Checking"
+    assert isinstance(theirs, InboundEcho) and not theirs.ours
+    assert (theirs.chat, theirs.text, theirs.reply_to) == ("9", "Tomorrow at noon", "1")
+    assert theirs.client.id == "9" and theirs.client.name
+    assert theirs.author is not None and (theirs.author.id, theirs.author.name) == (str(admin), "Olga Admin")
+    assert isinstance(edit, InboundEdit) and (edit.message_id, edit.text) == (theirs.message_id, "Tomorrow at 1 pm")
+    assert edit.sender.id == str(admin)
+    assert {"message_reply", "message_edit"} <= {e["type"] for e in fake.events}
 
 
 async def test_button_press_comes_back_as_callback_data(make_adapter: Callable[..., Rig], fake: FakeVK) -> None:
@@ -458,7 +483,7 @@ async def test_startup_sets_up_the_callback_server(make_adapter: Callable[..., R
     (server,) = fake.servers.values()
     assert (server.url, server.secret_key, server.title) == (PUBLIC, SECRET, "amoconnect")
     assert {"message_new", "wall_reply_new", "message_reaction_event", "message_read"} <= server.events
-    assert "message_reply" not in server.events
+    assert "message_reply" in server.events  # capability echoes
     await fake.client_writes(51, "hello")
     assert [e.text for e in rig.events if isinstance(e, InboundMessage)] == ["hello"]
     rig2 = make_adapter(configure=True, server=False)  # a restart updates the same server

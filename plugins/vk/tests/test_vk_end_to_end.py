@@ -32,6 +32,7 @@ CHANNEL = str(uuid.uuid4())
 SECRET = "channel-secret"
 ACCOUNT = str(uuid.uuid4())
 SCOPE = f"{CHANNEL}_{ACCOUNT}"
+BOT = str(uuid.uuid4())
 PUBLIC = "http://amoconnect"
 VK_SECRET = "vk-callback-secret"
 PICTURE = ClientMedia(kind="picture", content=b"\xff\xd8\xff a client's photo", file_name="photo.jpg")
@@ -70,7 +71,7 @@ def build_runtime(tmp_path: Path, vk: FakeVK, amojo: FakeAmojo, files: Files, **
     options = {"secret": VK_SECRET, "configure": True, **settings}
     config = parse_config(
         {
-            "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": "http://amojo.test"},
+            "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": "http://amojo.test", "bot_id": BOT},
             "accounts": [{"name": "acme", "amojo_id": ACCOUNT}],
             "sources": [{"name": "shop", "plugin": "vk", "account": "acme", "settings": vk.settings(API, **options)}],
             "store": store_settings(tmp_path),
@@ -91,7 +92,7 @@ def build_runtime(tmp_path: Path, vk: FakeVK, amojo: FakeAmojo, files: Files, **
 
 @pytest.fixture
 def amojo() -> FakeAmojo:
-    fake = FakeAmojo(CHANNEL, SECRET)
+    fake = FakeAmojo(CHANNEL, SECRET, bot_id=BOT)
     fake.connect(ACCOUNT, webhook_url=f"{PUBLIC}/amocrm/:scope_id")
     return fake
 
