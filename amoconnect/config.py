@@ -35,6 +35,7 @@ __all__ = [
     "StoreConfig",
     "load_config",
     "parse_config",
+    "validate_settings",
 ]
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -263,6 +264,17 @@ def _config_error(origin: str, problems: list[str], context: str = "") -> Config
         return ConfigError(f"{where}: {problems[0]}", problems=problems)
     listed = "".join(f"\n  - {p}" for p in problems)
     return ConfigError(f"{where}: {len(problems)} problems:{listed}", problems=problems)
+
+
+def validate_settings(settings: Any, schema: type[S], where: str) -> S:
+    """A plugin's ``settings`` (of a source kept in the store) validated against its ``schema``.
+
+    Raises :class:`ConfigError` listing every problem (``"settings.key: what is wrong"``), after ``where``."""
+    problems: list[str] = []
+    converted = _validate(settings, schema, "settings", problems)
+    if problems:
+        raise _config_error(where, problems)
+    return typing.cast(S, converted)
 
 
 # -- "env:NAME" ---------------------------------------------------------------------------

@@ -9,14 +9,16 @@ import pluggy
 
 from .amocrm import DEFAULT_RATE, AmoCRMClient
 from .amojo.client import AmojoClient
-from .config import AccountConfig, Config
+from .config import Config
 from .http import RetryPolicy
 from .media import MediaStore
 from .metrics import Metrics
 from .model import InboundEvent
 from .ratelimit import Limiter
+from .registry import Registry
 from .routing import Routing
 from .store.base import NewJob, Store
+from .store.registry import AccountRecord
 
 __all__ = [
     "AMOCRM",
@@ -77,11 +79,12 @@ class Core:
     pm: pluggy.PluginManager
     media: MediaStore
     metrics: Metrics
+    registry: Registry
     _rest: dict[str, AmoCRMClient] = field(default_factory=dict)
     rest_refused_until: dict[str, float] = field(default_factory=dict)
     """Account name → monotonic time until which its REST token counts as refused (see :mod:`.contacts`)."""
 
-    def rest(self, account: AccountConfig) -> AmoCRMClient:
+    def rest(self, account: AccountRecord) -> AmoCRMClient:
         """The REST API client of ``account`` (one per account; the rate limit is the store's, for the fleet)."""
         client = self._rest.get(account.name)
         if client is None:

@@ -8,6 +8,7 @@
      ├── WebhookError           a webhook body is malformed, of the wrong shape, or v1
      ├── PluginError            a plugin cannot be loaded or breaks its declarations
      ├── StoreError             the durable store refused an operation
+     ├── RegistryError          an account or source cannot be added or changed as asked
      ├── RemoteError            a remote API answered with an error (status, body)
      │    ├── AmojoError        ... the amoCRM Chats API (amojo)
      │    └── AmoCRMError       ... the amoCRM REST API
@@ -32,6 +33,7 @@ __all__ = [
     "MessengerError",
     "PluginError",
     "RateLimited",
+    "RegistryError",
     "RemoteError",
     "SignatureError",
     "StoreError",
@@ -75,6 +77,10 @@ class PluginError(AmoconnectError):
 
 class StoreError(AmoconnectError):
     """The durable store could not complete an operation."""
+
+
+class RegistryError(AmoconnectError):
+    """An account or source cannot be added or changed as asked (unknown, fixed by the file, taken)."""
 
 
 _RETRYABLE_CLIENT_ERRORS = frozenset({408, 409, 423, 425, 429})

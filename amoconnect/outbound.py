@@ -259,9 +259,9 @@ class AmocrmHandler:
         core = self.core
         m = hook.message
         amocrm_id = m.message.id
-        account = core.config.account_by_scope(scope_id)
-        if account is None:
-            raise GiveUp(f"scope {scope_id!r} is no longer configured")
+        account = core.registry.account_by_scope(scope_id)
+        if account is None or not account.active:
+            raise GiveUp(f"scope {scope_id!r} is no longer connected")
         existing = await core.store.message_by_amocrm(scope_id, amocrm_id)
         if existing is not None and existing.messenger_id is not None:
             log.info("already sent; nothing to do")

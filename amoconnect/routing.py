@@ -1,4 +1,7 @@
-"""Which adapter instance serves what: sources ↔ accounts ↔ instances. Pure lookups, no IO."""
+"""Which adapter instance serves what: sources ↔ accounts ↔ instances. Dictionary lookups, no IO.
+
+The registry's changes reach it at run time (:mod:`amoconnect.instances` adds, replaces and
+removes instances, and hands instances their account's new record)."""
 
 from __future__ import annotations
 
@@ -7,26 +10,26 @@ from dataclasses import dataclass, field
 
 from .adapter import MessengerAdapter
 from .capabilities import Capability, RateLimit
-from .config import AccountConfig, SourceConfig
 from .model import Conversation
 from .ratelimit import Limiter
 from .store.base import ConversationRecord
+from .store.registry import AccountRecord, SourceRecord
 
 __all__ = ["Instance", "Routing"]
 
 
 @dataclass
 class Instance:
-    """One configured messenger instance (a bot, a number, a community) and its adapter."""
+    """One messenger instance (a bot, a number, a community) and its adapter."""
 
-    source: SourceConfig
-    account: AccountConfig
+    source: SourceRecord
+    account: AccountRecord
     adapter: MessengerAdapter
     limiters: list[tuple[RateLimit, Limiter]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        """The instance name (``[[sources]] name``)."""
+        """The instance name (the source's)."""
         return self.source.name
 
     @property
@@ -69,18 +72,46 @@ class Routing:
     """Finds instances by name and by amoCRM source."""
 
     def __init__(self, instances: Iterable[Instance]) -> None:
-        self.instances = {instance.name: instance for instance in instances}
+        self.instances: dict[str, Instance] = {}
+        self._by_scope: dict[str, dict[str, Instance]] = {}
+        for instance in instances:
+            self.add(instance)
 
     def __iter__(self) -> Iterator[Instance]:
-        return iter(self.instances.values())
+        return iter(list(self.instances.values()))
 
     def get(self, name: str) -> Instance | None:
         """The instance called ``name``."""
         return self.instances.get(name)
 
+    def add(self, instance: Instance) -> None:
+        """Route to ``instance`` (replacing one of its name)."""
+        self.remove(instance.name)
+        self.instances[instance.name] = instance
+        self._by_scope.setdefault(instance.scope_id, {})[instance.name] = instance
+
+    def remove(self, name: str) -> Instance | None:
+        """Stop routing to the instance called ``name``; the instance, if there was one."""
+        instance = self.instances.pop(name, None)
+        if instance is not None:
+            of_scope = self._by_scope.get(instance.scope_id, {})
+            of_scope.pop(name, None)
+            if not of_scope:
+                self._by_scope.pop(instance.scope_id, None)
+        return instance
+
+    def of_scope(self, scope_id: str) -> list[Instance]:
+        """The instances of the account connected under ``scope_id``."""
+        return list(self._by_scope.get(scope_id, {}).values())
+
+    def set_account(self, account: AccountRecord) -> None:
+        """Hand the account's instances its new record (state, tokens); its scope is the same."""
+        for instance in self.of_scope(account.scope_id):
+            instance.account = account
+
     def for_source(self, scope_id: str, external_id: str | None) -> Instance | None:
         """The instance that sends for ``external_id`` in a connection; its default source when absent or unknown."""
-        candidates = [i for i in self.instances.values() if i.scope_id == scope_id]
+        candidates = list(self._by_scope.get(scope_id, {}).values())
         if external_id:
             for instance in candidates:
                 if instance.source.external_id == external_id:

@@ -33,11 +33,12 @@ from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
 from .capabilities import Capability
-from .config import Config
+from .config import Config, validate_settings
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
+from .instances import Instances
 from .leases import run_exclusive
 from .media import DatabaseMediaStore, MediaRows, MediaStore
 from .metrics import Metrics
@@ -45,12 +46,14 @@ from .model import InboundEvent
 from .outbound import AmocrmHandler, StatusHandler
 from .plugins import collect_messengers, get_plugin_manager
 from .ratelimit import Limiter, LimiterFactory
+from .registry import Registry
 from .relay import Handler, Relay
 from .routing import Instance, Routing
 from .server.app import AppParts, build_app, enqueue_inbound
 from .server.guard import Refusals, fit_descriptors, guarded_protocol
 from .store import build_store
 from .store.base import Store
+from .store.registry import AccountRecord, SourceRecord
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
 __all__ = ["Runtime", "listen", "loop_options", "serve"]
@@ -119,12 +122,16 @@ class Runtime:
             parse_networks(config.http.media_allow_networks), resolver=resolver or system_resolver
         )
         self.media = self._media_store()
+        self.registry = Registry(config, self.store)
+        """Accounts and sources: the file's fixed ones and the store's, followed at run time."""
         self.routing = Routing(())
         self.amojo: AmojoClient
         self.app: ASGIApp | None = None
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._client: httpx.AsyncClient | None = None
+        self._instance_http: httpx.AsyncClient | None = None
+        self._button_data = ButtonData(self.store)
 
     def _media_store(self) -> MediaStore:
         if self.config.store.media == "files":
@@ -141,49 +148,52 @@ class Runtime:
         return hashlib.sha256(b"amoconnect-media-key\0" + self.config.channel.secret.encode()).hexdigest()
 
     # -- building ------------------------------------------------------------------------
-    def _instances(self, http: httpx.AsyncClient) -> list[Instance]:
-        instances = []
-        button_data = ButtonData(self.store)  # keys are the values' hashes: one space for every instance
-        public = self.config.server.public_url.rstrip("/")
-        for index, source in enumerate(self.config.sources):
-            if self.plugin is not None and source.plugin != self.plugin:
-                continue
-            cls = self.messengers.get(source.plugin)
-            if cls is None:
-                raise ConfigError(
-                    f"{self.config.origin}: sources[{index}].plugin: {source.plugin!r} is not installed; "
-                    f"installed: {', '.join(sorted(self.messengers)) or 'none'}"
-                )
-            if Capability.echoes in cls.capabilities and not self.config.channel.bot_id:
-                raise ConfigError(
-                    f"{self.config.origin}: channel.bot_id: not set, and sources[{index}] ({source.name!r}) uses "
-                    f"{cls.name}, which brings what the business writes in the messenger's own app into amoCRM as "
-                    "the channel bot's messages (capability 'echoes'); set it to the bot id amoCRM gave with the "
-                    "channel"
-                )
-            settings = self.config.plugin_settings(index, cls.settings)
-            context = AdapterContext(
-                instance=source.name,
-                http=http,
-                log=structlog.get_logger(f"amoconnect.{cls.name}").bind(instance=source.name),
-                state=_InstanceState(self.store, f"{cls.name}:{source.name}"),
-                submit=self._submitter(source.name),
-                history=self._history_of(source.name),
-                public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
-                exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
-                url_guard=self.url_guard,
-                limiter=self._limiters_of(f"{cls.name}:{source.name}"),
-                amocrm_limiter=amocrm_limiter(self.store),
-                button_data=button_data,
+    def _instance(self, source: SourceRecord, account: AccountRecord) -> Instance:
+        """The instance of ``source``, its adapter built with its settings (not started).
+
+        A fixed source's errors name the configuration file's key, a stored one's the source."""
+        index = next((i for i, s in enumerate(self.config.sources) if s.name == source.name), -1)
+        cls = self.messengers.get(source.plugin)
+        if cls is None:
+            where = f"{self.config.origin}: sources[{index}].plugin:" if source.fixed else f"source {source.name!r}:"
+            raise ConfigError(
+                f"{where} {source.plugin!r} is not installed; installed: {', '.join(sorted(self.messengers)) or 'none'}"
             )
-            adapter: MessengerAdapter = cls(settings, context)
-            # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).
-            limiters = [
-                (limit, context.limiter(f"{limit.scope}:{limit.count}/{limit.per:g}s", limit.count, limit.per))
-                for limit in adapter.rate_limits
-            ]
-            instances.append(Instance(source, self.config.account(source.account), adapter, limiters))
-        return instances
+        if Capability.echoes in cls.capabilities and not self.config.channel.bot_id:
+            where = f"sources[{index}] ({source.name!r})" if source.fixed else f"source {source.name!r}"
+            raise ConfigError(
+                f"{self.config.origin}: channel.bot_id: not set, and {where} uses "
+                f"{cls.name}, which brings what the business writes in the messenger's own app into amoCRM as "
+                "the channel bot's messages (capability 'echoes'); set it to the bot id amoCRM gave with the "
+                "channel"
+            )
+        if source.fixed:
+            settings = self.config.plugin_settings(index, cls.settings)
+        else:
+            settings = validate_settings(source.settings, cls.settings, f"source {source.name!r}")
+        assert self._instance_http is not None
+        public = self.config.server.public_url.rstrip("/")
+        context = AdapterContext(
+            instance=source.name,
+            http=self._instance_http,
+            log=structlog.get_logger(f"amoconnect.{cls.name}").bind(instance=source.name),
+            state=_InstanceState(self.store, f"{cls.name}:{source.name}"),
+            submit=self._submitter(source.name),
+            history=self._history_of(source.name),
+            public_url=f"{public}/hooks/{cls.name}/{source.name}" if public else None,
+            exclusive=self._exclusive_of(f"{cls.name}:{source.name}"),
+            url_guard=self.url_guard,
+            limiter=self._limiters_of(f"{cls.name}:{source.name}"),
+            amocrm_limiter=amocrm_limiter(self.store),
+            button_data=self._button_data,  # keys are the values' hashes: one space for every instance
+        )
+        adapter: MessengerAdapter = cls(settings, context)
+        # Read from the instance: an adapter may set its limits from its settings (e.g. a number's tier).
+        limiters = [
+            (limit, context.limiter(f"{limit.scope}:{limit.count}/{limit.per:g}s", limit.count, limit.per))
+            for limit in adapter.rate_limits
+        ]
+        return Instance(source, account, adapter, limiters)
 
     def _limiters_of(self, namespace: str) -> LimiterFactory:
         """The store's limiters under ``namespace`` (``telegram:bot1``), for an instance's context."""
@@ -277,10 +287,23 @@ class Runtime:
             )
             if self._messenger_http is None:
                 stack.push_async_callback(messenger_http.aclose)
-            self.routing = Routing(self._instances(messenger_http))
-            self.app = build_app(AppParts(self.config, self.store, self.routing, self.media, self.metrics, self.pm))
+            await self.registry.load()
+            self._instance_http = messenger_http
+            self.routing = Routing(())
+            self.app = build_app(
+                AppParts(
+                    self.config,
+                    self.store,
+                    self.routing,
+                    self.media,
+                    self.metrics,
+                    self.pm,
+                    self.registry,
+                    frozenset(cls.name for cls in self.messengers.values()),
+                )
+            )
             core = self.core = Core(
-                self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics
+                self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics, self.registry
             )
             stack.push_async_callback(core.aclose)
             amocrm = AmocrmHandler(core)
@@ -299,15 +322,16 @@ class Runtime:
                 max_backoff=relay_config.max_backoff,
                 shutdown_timeout=relay_config.shutdown_timeout,
             )
-            for instance in self.routing:
-                await instance.adapter.startup()
-                stack.push_async_callback(instance.adapter.shutdown)
+            instances = Instances(self.registry, self.routing, self._instance, self._run_adapter, plugin=self.plugin)
+            await instances.start()
+            stack.push_async_callback(instances.shutdown)
             tasks = anyio.create_task_group()
             await stack.enter_async_context(tasks)
             stack.callback(tasks.cancel_scope.cancel)
             await tasks.start(self.relay.run)
-            for instance in self.routing:
-                tasks.start_soon(self._run_adapter, instance)
+            instances.run(tasks)
+            self.registry.subscribe(instances.apply)
+            tasks.start_soon(self.registry.follow)
             tasks.start_soon(self._prune)
         except BaseException:
             await stack.aclose()
@@ -316,7 +340,7 @@ class Runtime:
         log.info(
             "runtime started",
             instances=[f"{i.messenger}/{i.name}" for i in self.routing],
-            accounts=[a.name for a in self.config.accounts],
+            accounts=sum(1 for _ in self.registry.accounts()),
             store=self.store.where,
         )
 

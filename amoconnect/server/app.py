@@ -47,6 +47,7 @@ from ..ids import job_key
 from ..media import MediaStore
 from ..metrics import Metrics
 from ..model import InboundEvent
+from ..registry import Registry
 from ..routing import Instance, Routing
 from ..signing import verify_signature
 from ..store.base import NewJob, Store
@@ -179,6 +180,9 @@ class AppParts:
     media: MediaStore
     metrics: Metrics
     pm: pluggy.PluginManager
+    registry: Registry
+    messengers: frozenset[str] = frozenset()
+    """The installed messengers: the only names that become metric labels."""
 
 
 async def enqueue_inbound(
@@ -230,8 +234,8 @@ def build_app(parts: AppParts) -> ASGIApp:
             log.error("webhook not stored; the messenger will retry it", source=source, error=str(exc))
         return 503, {"error": "store_unavailable", "detail": "the connector could not store the webhook"}
 
-    accounts = {account.scope_id: account for account in config.accounts}
-    messengers = {instance.messenger for instance in parts.routing}
+    account_by_scope = parts.registry.account_by_scope
+    messengers = parts.messengers
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
     duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
 
@@ -240,9 +244,12 @@ def build_app(parts: AppParts) -> ASGIApp:
         started = time.perf_counter()
         if not verify_signature(secret, body, signature):
             return refusal("amocrm", 401, "bad_signature", "X-Signature does not match the body", scope_id=scope_id)
-        account = accounts.get(scope_id)
+        account = account_by_scope(scope_id)
         if account is None:
             return refusal("amocrm", 404, "unknown_scope", f"no account is connected as scope {scope_id!r}")
+        if not account.active:
+            detail = f"account {account.name!r} disconnected the integration"
+            return refusal("amocrm", 410, "disconnected", detail, scope_id=scope_id)
         # amoCRM sends a webhook once: a signed JSON body is kept whatever it holds. One the
         # worker cannot deliver (not understood, another account's) becomes a dead letter with the
         # reason, for a person to see and re-queue after an upgrade (amoconnect jobs list / retry).
@@ -305,7 +312,7 @@ def build_app(parts: AppParts) -> ASGIApp:
         method: str = scope["method"]
         instance = parts.routing.get(name)
         if instance is None or instance.messenger != messenger:
-            # The path is anyone's to choose: only configured messengers become metric labels.
+            # The path is anyone's to choose: only installed messengers become metric labels.
             source = messenger if messenger in messengers else "unknown"
             return refuse(source, 404, "unknown_instance", f"no {messenger} instance {name!r}")
         route = next((r for r in instance.adapter.routes if r.path == path), None)

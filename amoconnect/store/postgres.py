@@ -43,6 +43,8 @@ from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .pglimits import PostgresLimiter
+from .pgregistry import PostgresRegistryRows
+from .registry import registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -205,6 +207,8 @@ MIGRATIONS: tuple[str, ...] = (
     .replace("{added}", head_added("NEW.key", "NEW.id", "NEW.next_run"))
     .replace("{claim}", HEAD_CLAIMED)
     .replace("{claimed}", head_claimed("NEW.key")),
+    # 5: accounts and sources (store/registry.py)
+    registry_schema(time_type="DOUBLE PRECISION", id_type="BIGINT"),
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
@@ -297,7 +301,7 @@ def _redacted(url: str) -> str:
     return f"postgresql://{host}{':' + str(port) if port else ''}/{dbname}"
 
 
-class PostgresStore(MappingLookups):
+class PostgresStore(PostgresRegistryRows, MappingLookups):
     """:class:`~amoconnect.store.base.Store` on a PostgreSQL database shared by many processes.
 
     ``url`` is a libpq connection string or ``postgresql://`` URL. ``pool_size`` caps this

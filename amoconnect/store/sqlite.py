@@ -35,6 +35,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+from .registry import SQLiteRegistryRows, registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -140,6 +141,8 @@ any older file there: 2 added ``button_data``."""
 MIGRATIONS: tuple[str, ...] = (
     # 3: head records of the queue's keys, kept by triggers (store/sql.py)
     HEADS_TABLE.format(id_type="INTEGER", time_type="REAL") + _HEAD_TRIGGERS,
+    # 4: accounts and sources (store/registry.py)
+    registry_schema(time_type="REAL", id_type="INTEGER"),
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
@@ -186,7 +189,7 @@ def _upsert_messages(conn: sqlite3.Connection, records: Sequence[MessageRecord])
     )
 
 
-class SQLiteStore(MappingLookups):
+class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     """:class:`~amoconnect.store.base.Store` on one SQLite file.
 
     ``synchronous`` is SQLite's pragma: ``FULL`` (the default) makes every acknowledged write
