@@ -197,7 +197,6 @@ class AmocrmHandler:
 
     def __init__(self, core: Core) -> None:
         self.core = core
-        self._accounts = {account.scope_id: account for account in core.config.accounts}
 
     def on_dead(self, job: Job, error: str) -> Sequence[NewJob]:
         """When a manager's message is given up on, tell the manager (status -1 / 903)."""
@@ -205,7 +204,7 @@ class AmocrmHandler:
             hook = wire.parse_webhook(job.payload)
         except WebhookError:
             return ()
-        account = self._accounts.get(job.scope_id)
+        account = self.core.registry.account_by_scope(job.scope_id)
         if not isinstance(hook, wire.MessageHook) or account is None or account.amojo_id != hook.account_id:
             return ()
         status = StatusJob(
@@ -220,9 +219,11 @@ class AmocrmHandler:
             hook = wire.parse_webhook(job.payload)
         except WebhookError as exc:
             raise GiveUp(f"amoCRM webhook not understood: {exc}") from exc
-        account = self._accounts.get(job.scope_id)
+        account = self.core.registry.account_by_scope(job.scope_id)
         if account is None:
             raise GiveUp(f"no account is connected as scope {job.scope_id!r}")
+        if not account.active:
+            raise GiveUp(f"account {account.name!r} disconnected the integration")
         problem = foreign_account(hook.account_id, job.scope_id, account.amojo_id)
         if problem is not None:
             raise GiveUp(problem)
@@ -260,8 +261,7 @@ class AmocrmHandler:
         m = hook.message
         amocrm_id = m.message.id
         account = core.registry.account_by_scope(scope_id)
-        if account is None or not account.active:
-            raise GiveUp(f"scope {scope_id!r} is no longer connected")
+        assert account is not None  # checked by __call__
         existing = await core.store.message_by_amocrm(scope_id, amocrm_id)
         if existing is not None and existing.messenger_id is not None:
             log.info("already sent; nothing to do")
