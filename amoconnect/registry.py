@@ -66,6 +66,7 @@ def fixed_source(source: SourceConfig) -> SourceRecord:
         title=source.title,
         default=source.default,
         settings=source.settings,
+        authors=source.authors,
         fixed=True,
     )
 

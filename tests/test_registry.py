@@ -272,7 +272,7 @@ async def test_a_write_behind_the_connector_s_back_is_followed_without_a_notific
             )
             run("UPDATE registry_revision SET revision = revision + 1")
             run(
-                "INSERT INTO sources VALUES ('quietbot', 'quiet', 'loopback', 'qb', '', FALSE, '{}', NULL, "
+                "INSERT INTO sources VALUES ('quietbot', 'quiet', 'loopback', 'qb', '', FALSE, '{}', '{}', NULL, "
                 f"'active', NULL, {revision + 2})"
             )
         instance = await eventually(lambda: r.runtime.routing.get("quietbot"))

@@ -96,6 +96,8 @@ class SourceRecord(msgspec.Struct, frozen=True, kw_only=True):
     default: bool = False
     settings: dict[str, Any] = {}
     """The plugin's settings, validated against its schema."""
+    authors: dict[str, str] = {}
+    """The messenger's id of a person of the business → that amoCRM user's amojo_id (capability ``echoes``)."""
     amocrm_source_id: int | None = None
     state: SourceState = "active"
     last_error: str | None = None
@@ -159,6 +161,7 @@ def registry_schema(time_type: str, id_type: str) -> str:
         title TEXT NOT NULL,
         is_default BOOLEAN NOT NULL,
         settings TEXT NOT NULL,
+        authors TEXT NOT NULL,
         amocrm_source_id {id_type},
         state TEXT NOT NULL CHECK (state IN ('active', 'failing', 'removed')),
         last_error TEXT,
@@ -174,7 +177,7 @@ _ACCOUNT_COLUMNS = (
     "name, amojo_id, scope_id, subdomain, domain, rest_url, access_token, refresh_token, token_expires_at, "
     "state, installed_at, time_window_disabled, chat_policy"
 )
-_SOURCE_COLUMNS = "name, account, plugin, external_id, title, is_default, settings, amocrm_source_id, state, last_error"
+_SOURCE_COLUMNS = "name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error"
 _BUMP = "UPDATE registry_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision"
 _REVISION = "SELECT revision FROM registry_revision WHERE id = 1"
 
@@ -235,6 +238,7 @@ def source_params(r: SourceRecord, revision: int) -> tuple[Any, ...]:
         r.title,
         r.default,
         settings,
+        _encode(r.authors).decode(),
         r.amocrm_source_id,
         r.state,
         r.last_error,
@@ -264,7 +268,7 @@ def account_of(row: tuple[Any, ...]) -> AccountRecord:
 
 def source_of(row: tuple[Any, ...]) -> SourceRecord:
     """A row of the sources table as a record."""
-    name, account, plugin, external_id, title, is_default, settings, amocrm_source_id, state, last_error = row
+    name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error = row
     return SourceRecord(
         name=name,
         account=account,
@@ -273,6 +277,7 @@ def source_of(row: tuple[Any, ...]) -> SourceRecord:
         title=title,
         default=bool(is_default),
         settings=msgspec.json.decode(settings),
+        authors=msgspec.json.decode(authors),
         amocrm_source_id=amocrm_source_id,
         state=state,
         last_error=last_error,
