@@ -11,7 +11,8 @@ stops blocking its conversation. After ``max_attempts`` a job becomes a dead let
 handler's ``on_dead`` may then enqueue follow-ups (e.g. tell the manager the message failed).
 
 Workers wake when a job is committed (no polling sleep); when nothing is due they sleep until
-the earliest retry is.
+the earliest retry is. A finished job's slot takes its conversation's next job in the finish's
+own transaction, so a backlog of one conversation runs at the pace of its jobs, not of claims.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import anyio
 import httpx
@@ -34,6 +36,8 @@ from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry", "transient"]
 
 log = structlog.get_logger("amoconnect.relay")
+
+T = TypeVar("T")
 
 _IDLE_WAIT = 5.0
 _SETTLE_FOR = 60.0
@@ -176,13 +180,26 @@ class Relay:
             log.info("drained", finished=in_flight)
 
     async def _work(self, job: Job) -> None:
+        """Run ``job`` and then, in the same slot, each next job of its conversation that its finish
+        took (a conversation's backlog runs without a claim between its jobs)."""
+        current: Job | None = job
+        try:
+            while current is not None:
+                current = await self._run_one(current)
+                if current is not None:
+                    self._running.add(current.id)
+        finally:
+            self._slot_free.set()
+
+    async def _run_one(self, job: Job) -> Job | None:
+        """Run one job and record its outcome; the next job of its conversation if its finish took one."""
         bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
         handler = self.handlers.get(job.kind)
         try:
             crash_point("relay.running", job.kind)
             if handler is None:
                 await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
-                return
+                return None
             try:
                 done = await handler.run(job, bound)
             except GiveUp as exc:
@@ -198,10 +215,16 @@ class Relay:
                     await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
             else:
                 crash_point("relay.done", job.kind)
-                await self._settle(
+                # While the relay dispatches, the finish takes the conversation's next job too.
+                taking = self._dispatching is not None and not self._dispatching.cancel_called
+                following = await self._settle(
                     job,
                     lambda: self.store.finish(
-                        job.id, conversations=done.conversations, messages=done.messages, then=done.then
+                        job.id,
+                        conversations=done.conversations,
+                        messages=done.messages,
+                        then=done.then,
+                        take_next=taking,
                     ),
                     bound,
                 )
@@ -209,9 +232,10 @@ class Relay:
                 self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
                 for follow in done.then:
                     self.metrics.jobs_queued.labels(follow.kind).inc()
+                return following
         finally:
             self._running.discard(job.id)
-            self._slot_free.set()
+        return None
 
     async def _retry(
         self, job: Job, handler: Handler, error: str, delay: float | None, bound: structlog.typing.FilteringBoundLogger
@@ -234,8 +258,8 @@ class Relay:
         self.metrics.jobs_dead.labels(job.kind).inc()
 
     async def _settle(
-        self, job: Job, write: Callable[[], Awaitable[None]], bound: structlog.typing.FilteringBoundLogger
-    ) -> None:
+        self, job: Job, write: Callable[[], Awaitable[T]], bound: structlog.typing.FilteringBoundLogger
+    ) -> T | None:
         """Record a job's outcome, through a store outage of up to ``_SETTLE_FOR`` seconds.
 
         The work is done (a message may have gone out), so giving up at the first store error
@@ -247,13 +271,12 @@ class Relay:
         deadline = anyio.current_time() + _SETTLE_FOR
         while True:
             try:
-                await write()
-                return
+                return await write()
             except StoreError as exc:
                 if anyio.current_time() + pause > deadline:
                     bound.error("store unavailable; the job's outcome is not recorded", error=str(exc))
                     self.store.abandon(job.id)
-                    return
+                    return None
                 bound.warning("store unavailable; recording the job's outcome again shortly", error=str(exc))
                 await anyio.sleep(pause)
                 pause = min(pause * 2, _STORE_RETRY * 5)

@@ -16,6 +16,7 @@ from amoconnect.config import parse_config
 from amoconnect.model import InboundEvent, InboundMessage, Person
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
+from amoconnect.store.base import Job
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.kit import eventually as eventually
 from amoconnect.testing.stores import store_settings
@@ -113,12 +114,12 @@ def lose_the_first_outcome(r: Rig, msgid: str) -> list[int]:
     finish = store.finish
     lost: list[int] = []
 
-    async def finish_unless_first(job_id: int, **records: Any) -> None:
+    async def finish_unless_first(job_id: int, **records: Any) -> Job | None:
         if not lost and any(m.msgid == msgid for m in records.get("messages", ())):
             lost.append(job_id)
             await store.retry(job_id, delay=0, error="crashed before its outcome was recorded")
-            return
-        await finish(job_id, **records)
+            return None
+        return await finish(job_id, **records)
 
     store.finish = finish_unless_first  # type: ignore[method-assign]
     return lost

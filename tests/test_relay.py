@@ -55,11 +55,11 @@ class FinishFails(SQLiteStore):
 
     outage = 2
 
-    async def finish(self, job_id: int, **records: object) -> None:  # type: ignore[override]
+    async def finish(self, job_id: int, **records: object) -> Job | None:  # type: ignore[override]
         if self.outage:
             self.outage -= 1
             raise StoreError("PostgreSQL store: finish failed: connection lost")
-        await super().finish(job_id, **records)  # type: ignore[arg-type]
+        return await super().finish(job_id, **records)  # type: ignore[arg-type]
 
 
 async def test_a_finished_job_records_its_outcome_once_the_store_is_back(tmp_path: Path) -> None:
@@ -277,3 +277,38 @@ def test_a_steady_clock_keeps_time_through_wall_clock_steps() -> None:
     wall[0] += 3600  # and forward
     monotonic[0] += 1
     assert clock() == 1_000_003.0
+
+
+async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_its_jobs(store: Store) -> None:
+    """Each finish takes the conversation's next job in its own transaction: claims stay few
+    however long the backlog, and stopping ends the chain after the job in flight."""
+    ran: list[bytes] = []
+    claimed: list[int] = []
+    release = anyio.Event()
+    claim = store.claim
+
+    async def counted(limit: int) -> list[Job]:
+        jobs = await claim(limit)
+        claimed.extend(job.id for job in jobs)
+        return jobs
+
+    store.claim = counted  # type: ignore[method-assign]
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        if job.payload == b"20":
+            await release.wait()
+        return Done()
+
+    await store.enqueue([NewJob("test", "chat", b"%d" % i) for i in range(30)])
+    relay = Relay(store, {"test": Handler(run)}, shutdown_timeout=30.0)
+    async with anyio.create_task_group() as tg:
+        await tg.start(relay.run)
+        await eventually(lambda: len(ran) == 21)
+        async with anyio.create_task_group() as stopping:
+            stopping.start_soon(relay.stop)
+            await anyio.sleep(0.1)
+            release.set()
+    assert ran == [b"%d" % i for i in range(21)]
+    assert len(claimed) == 1
+    assert await store.counts() == {"queued": 9, "running": 0, "dead": 0}

@@ -213,3 +213,31 @@ async def test_probe_writes_while_the_store_serves_and_fails_once_it_cannot(stor
     await store.close()
     with pytest.raises(StoreError):
         await store.probe()
+
+
+async def test_a_finish_takes_the_next_job_of_its_conversation_when_asked(store: Store) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("b", b"3"), job("a", b"4", delay=60)])
+    one, three = await store.claim(10)
+    two = await store.finish(one.id, take_next=True)
+    assert two is not None and (two.key, two.payload, two.attempts) == ("a", b"2", 1)
+    assert await store.claim(10) == []  # taken: running, as a claim would have left it
+    assert await store.counts() == {"queued": 1, "running": 2, "dead": 0}
+    assert await store.finish(two.id, take_next=True) is None  # the next of "a" is not due yet
+    assert await store.finish(three.id) is None  # not asked
+    assert await store.finish(three.id, take_next=True) is None  # already finished: nothing to take
+    assert await store.next_due_in() is not None
+
+
+async def test_a_finish_takes_its_follow_up_or_an_earlier_requeued_dead_letter(store: Store) -> None:
+    await store.enqueue([job("a", b"old"), job("a", b"running")])
+    (old,) = await store.claim(10)
+    await store.bury(old.id, error="x")
+    (running,) = await store.claim(10)
+    await store.requeue()
+    # The dead letter kept its place: it goes before the follow-up the finish adds.
+    back = await store.finish(running.id, then=[job("a", b"follow-up")], take_next=True)
+    assert back is not None and back.payload == b"old"
+    follow = await store.finish(back.id, take_next=True)
+    assert follow is not None and follow.payload == b"follow-up"
+    assert await store.finish(follow.id, take_next=True) is None
+    assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}

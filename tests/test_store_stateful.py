@@ -174,12 +174,22 @@ class QueueMachine(RuleBasedStateMachine):
         return data.draw(st.sampled_from(self.held()), label="job")
 
     @precondition(lambda self: self.held())
-    @rule(data=st.data(), then=new_jobs)
-    def finish(self, data: st.DataObject, then: list[tuple[str, float]]) -> None:
+    @rule(data=st.data(), then=new_jobs, take_next=st.booleans())
+    def finish(self, data: st.DataObject, then: list[tuple[str, float]], take_next: bool) -> None:
         job = self.running(data)
-        assert job.holder is not None and job.id is not None
-        self.call(self.stores[job.holder].finish, job.id, then=self.add(then))
+        holder = job.holder
+        assert holder is not None and job.id is not None
+        taken = self.call(self.stores[holder].finish, job.id, then=self.add(then), take_next=take_next)
         del self.jobs[job.payload]
+        following = [j for j in self.heads() if j.key == job.key and j.due]
+        if not take_next or not following:
+            assert taken is None, taken
+            return
+        (model,) = following
+        assert taken is not None and taken.payload == model.payload, (taken, model)
+        model.state, model.holder, model.id = "running", holder, taken.id
+        model.attempts += 1
+        assert (taken.attempts, taken.last_error) == (model.attempts, model.last_error)
 
     @precondition(lambda self: self.held())
     @rule(data=st.data(), delay=delays)

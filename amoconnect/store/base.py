@@ -134,12 +134,17 @@ class Store(Protocol):
         conversations: Sequence[ConversationRecord] = (),
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
-    ) -> None:
+        take_next: bool = False,
+    ) -> Job | None:
         """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups.
 
         A conversation is merged into the stored one, which may be newer than the record the job
         read: ``last_client_at`` never moves back, and a known ``amocrm_chat_id`` or ``client_id``
         stays when the record has none. Messages replace theirs.
+
+        With ``take_next``, the same transaction also claims the next job of the job's key when it
+        is due, and returns it (else None): a conversation's backlog runs without a claim between
+        its jobs.
         """
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:

@@ -51,6 +51,7 @@ from .sql import (
     HEADS_TABLE,
     MESSAGE_COLUMNS,
     NEXT_DUE,
+    NEXT_OF_KEY,
     MappingLookups,
     conversation_params,
     conversation_writes,
@@ -231,16 +232,21 @@ _ENQUEUE = (
 )
 """The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
 the new keys back when only some were new)."""
-_CLAIM = (
-    f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED) "
+_TAKE = (
+    "WITH c AS ({claimable} FOR UPDATE SKIP LOCKED) "
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-    "WHERE id = ANY (ARRAY (SELECT id FROM c)) AND set_config('synchronous_commit', 'off', true) = 'off' "
+    "WHERE id = ANY (ARRAY (SELECT id FROM c)){more} "
     "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
+)
+_CLAIM = _TAKE.format(
+    claimable=CLAIMABLE.format(now=_NOW, limit="%s"), more=" AND set_config('synchronous_commit', 'off', true) = 'off'"
 )
 """Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
 ``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs).
 Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
+_NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
+"""Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -334,7 +340,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._wake = asyncio.Event()
         self._listening = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._held: set[int] = set()
+        self._held: dict[int, str] = {}
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
 
@@ -551,7 +557,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                         [j.key for j in jobs],
                         [j.payload for j in jobs],
                         [j.scope_id for j in jobs],
-                        [j.delay for j in jobs],
+                        [float(j.delay) for j in jobs],
                         len(keys),
                     ),
                 )
@@ -570,7 +576,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             rows = await cur.fetchall()
         jobs = [Job(*row) for row in rows]
         jobs.sort(key=lambda job: job.id)
-        self._held.update(job.id for job in jobs)
+        self._held.update((job.id, job.key) for job in jobs)
         return jobs
 
     async def finish(
@@ -580,7 +586,10 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         conversations: Sequence[ConversationRecord] = (),
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
-    ) -> None:
+        take_next: bool = False,
+    ) -> Job | None:
+        key = self._held.get(job_id) if take_next else None
+        taken: list[tuple[Any, ...]] = []
         try:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 await conn.execute(self._finish_sql, (job_id, self.owner))
@@ -589,9 +598,18 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await _insert_jobs(conn, then)
                 # The next job of the conversation (or a follow-up) may now be claimed, by any process.
                 await conn.execute(f"NOTIFY {_CHANNEL}")
+                if key is not None:
+                    cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
+                    taken = list(await cur.fetchall())
         except StoreError as exc:
-            return self._lost(job_id, "finish", exc)
+            self._lost(job_id, "finish", exc)
+            return None
         self._settled(job_id)
+        if not taken:
+            return None
+        job = Job(*taken[0])
+        self._held[job.id] = job.key
+        return job
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         if not await self._write(
@@ -616,18 +634,18 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     def abandon(self, job_id: int) -> None:
         """Stop extending the lease of a job whose outcome could not be recorded: once it runs out, the
         job is queued again (by :meth:`release_expired` of any process) and run again."""
-        self._held.discard(job_id)
+        self._held.pop(job_id, None)
 
     def _settled(self, job_id: int) -> None:
         """A held job's outcome is recorded: its lease needs no more extending, and the workers may look again."""
-        self._held.discard(job_id)
+        self._held.pop(job_id, None)
         self._wake.set()
 
     def _lost(self, job_id: int, action: str, error: StoreError | None = None) -> None:
         """A job this process no longer holds: its lease ran out and another process may have taken it over."""
         if error is not None and _NOT_HELD not in str(error):
             raise error
-        self._held.discard(job_id)
+        self._held.pop(job_id, None)
         log.warning(
             "job taken over by another process after this one's lease ran out; its outcome here is dropped",
             job=job_id,

@@ -25,6 +25,7 @@ __all__ = [
     "HEAD_CLAIMED",
     "MESSAGE_COLUMNS",
     "NEXT_DUE",
+    "NEXT_OF_KEY",
     "PG_NOW",
     "MappingLookups",
     "conversation",
@@ -56,6 +57,8 @@ INSERT INTO heads (key, id, next_run, busy)
 """The head records, their indexes and the rows of the jobs already queued (the engine's id and time types)."""
 CLAIMABLE = "SELECT id FROM heads WHERE NOT busy AND next_run <= {now} ORDER BY next_run, id LIMIT {limit}"
 """The ids of up to ``limit`` jobs a claim may take, earliest due first."""
+NEXT_OF_KEY = "SELECT id FROM heads WHERE key = {key} AND NOT busy AND next_run <= {now}"
+"""The id of the job of ``key`` a claim may take now, if any."""
 NEXT_DUE = "SELECT MIN(next_run) FROM heads WHERE NOT busy"
 """When the earliest job a claim may take is due (NULL: none)."""
 

@@ -42,6 +42,7 @@ from .sql import (
     HEADS_TABLE,
     MESSAGE_COLUMNS,
     NEXT_DUE,
+    NEXT_OF_KEY,
     MappingLookups,
     conversation_params,
     conversation_writes,
@@ -151,13 +152,13 @@ SCHEMA_VERSION = _SCHEMA_VERSION + len(MIGRATIONS)
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
 
-_CLAIM = (
-    "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue "
-    f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
-)
+_TAKEN = "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue "
+_CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 """Whether a claim would find a job (parameter: now)."""
+_NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
+"""The job of a key a claim may take now (parameters: key, now)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
@@ -172,6 +173,14 @@ def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -
         "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)",
         [(j.kind, j.key, j.payload, j.scope_id, now + j.delay, now) for j in jobs],
     )
+
+
+def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
+    """Mark the jobs of ``rows`` (of :data:`_CLAIM`'s columns) running."""
+    conn.executemany(
+        "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
+    )
+    return [Job(*r) for r in rows]
 
 
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
@@ -494,11 +503,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             if back:
                 requeue = "UPDATE queue SET state = 'queued' WHERE id = ? AND state = 'running'"
                 conn.executemany(requeue, [(i,) for i in back])
-            rows = conn.execute(_CLAIM, (self._now(), limit)).fetchall()
-            conn.executemany(
-                "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
-            )
-            return [Job(*r) for r in rows]
+            return _take(conn, conn.execute(_CLAIM, (self._now(), limit)).fetchall())
 
         try:
             return await self._call(run, durable=False)
@@ -513,14 +518,20 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         conversations: Sequence[ConversationRecord] = (),
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
-    ) -> None:
-        def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+        take_next: bool = False,
+    ) -> Job | None:
+        def run(conn: sqlite3.Connection) -> Job | None:
+            done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
             _upsert_conversations(conn, conversations, merge=True)
             _upsert_messages(conn, messages)
-            _insert_jobs(conn, then, self._now())
+            now = self._now()
+            _insert_jobs(conn, then, now)
+            if not (take_next and done):
+                return None
+            taken = _take(conn, conn.execute(_NEXT_OF_KEY, (done[0], now)).fetchall())
+            return taken[0] if taken else None
 
-        await self._call(run, wakes=True)
+        return await self._call(run, wakes=True)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
