@@ -298,6 +298,12 @@ class MessengerAdapter(abc.ABC):
         """Release what :meth:`startup` took."""
         return
 
+    async def unregister(self) -> None:
+        """The source is being removed for good (or its account uninstalled the integration): undo what
+        :meth:`startup` registered with the messenger, such as its webhook. Called once, in one process,
+        while the instance is started; :meth:`shutdown` follows. The default does nothing."""
+        return
+
 
 _NAME = re.compile(r"[a-z][a-z0-9_-]{0,39}\Z")
 _ROUTE_PATH = re.compile(r"(?:[A-Za-z0-9._~-]+(?:/[A-Za-z0-9._~-]+)*)?\Z")

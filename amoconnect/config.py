@@ -25,6 +25,7 @@ from .urlguard import parse_networks
 __all__ = [
     "LOG_LEVELS",
     "AccountConfig",
+    "AdminConfig",
     "ChannelConfig",
     "Config",
     "HttpConfig",
@@ -141,6 +142,13 @@ class PluginsConfig(_Section):
     """Installed plugins that never load (by entry point name), as ``amoconnect --block NAME`` does."""
 
 
+class AdminConfig(_Section):
+    """``[admin]``: the operator's HTTP API under ``/admin/api/`` (accounts and sources at run time)."""
+
+    token: str = ""
+    """Bearer token of the admin API (write ``"env:NAME"``); empty: the API is off. At least 32 characters."""
+
+
 class ChannelConfig(_Section):
     """``[channel]``: the channel amoCRM registered for this integration."""
 
@@ -200,6 +208,7 @@ class Config(_Section):
     relay: RelayConfig = msgspec.field(default_factory=RelayConfig)
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
+    admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     log_level: LogLevel = "info"
     origin: str = "<config>"
     """Where this configuration was read from (the file's path), for error messages; not a key of the file."""
@@ -231,7 +240,7 @@ class Config(_Section):
 
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log redaction."""
-        found = [self.channel.secret, self.server.media_secret, *(a.token for a in self.accounts)]
+        found = [self.channel.secret, self.server.media_secret, self.admin.token, *(a.token for a in self.accounts)]
         found.extend(_url_password(self.store.url))
         for source in self.sources:
             found.extend(_secret_like(source.settings))
@@ -413,6 +422,8 @@ def _check(config: Config, problems: list[str]) -> Config:
         )
     _check_url(config.channel.amojo_url, "channel.amojo_url", "https://amojo.amocrm.ru", problems)
     _check_url(config.server.public_url, "server.public_url", "https://connector.example.com", problems, empty_ok=True)
+    if config.admin.token and len(config.admin.token) < 32:
+        problems.append("admin.token: too short to guard the admin API; use at least 32 random characters")
     names: set[str] = set()
     scopes: set[str] = set()
     accounts = []

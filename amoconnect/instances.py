@@ -1,11 +1,13 @@
 """The running adapter instances, kept in step with the registry's sources.
 
-At start every source of an active account gets its adapter (a fixed source that cannot be
+At start every active source of an active account gets its adapter (a fixed source that cannot be
 built stops the start, as a wrong configuration file does). While the connector runs, each
 change the registry reports is applied here: a new source is built, started and routed to; a
 changed one is stopped and started again with its new settings; a removed one, or one whose
-account was disconnected, is stopped and no longer routed to. A stored source that cannot be
-built or started is logged and left out; the others are not affected.
+account was disconnected, is stopped and no longer routed to; so is a source marked ``failing``
+(its messenger refused it) until it is tested again. A stored source that cannot be built or
+started is logged and left out, and why is kept for :meth:`Instances.start_failure`; the others
+are not affected.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from .errors import AmoconnectError
 from .registry import Changes, Registry
 from .routing import Instance, Routing
 from .store.registry import AccountRecord, SourceRecord
+from .tenants import Step
 
 __all__ = ["Instances"]
 
@@ -48,10 +51,11 @@ class Instances:
         self._started: dict[str, Instance] = {}
         self._scopes: dict[str, anyio.CancelScope] = {}
         self._tasks: TaskGroup | None = None
+        self._failures: dict[str, str] = {}
 
     def _wanted(self, source: SourceRecord) -> AccountRecord | None:
         """The source's account when the source should run here, else None."""
-        if source.state == "removed" or (self._plugin is not None and source.plugin != self._plugin):
+        if source.state != "active" or (self._plugin is not None and source.plugin != self._plugin):
             return None
         account = self.registry.account(source.account)
         return account if account is not None and account.active else None
@@ -91,6 +95,27 @@ class Instances:
             if owner is not None:
                 await self._try_start(source, owner)
 
+    def start_outcome(self, name: str) -> Step:
+        """Whether the source called ``name`` runs here (step ``messenger`` of :mod:`amoconnect.tenants`)."""
+        if name in self._started:
+            return Step("messenger", "done", "started")
+        source = self.registry.source(name)
+        if source is not None and self._plugin is not None and source.plugin != self._plugin:
+            return Step("messenger", "skipped", f"this process runs plugin {self._plugin!r} only")
+        return Step("messenger", "failed", self._failures.get(name, "not started"))
+
+    async def unregister(self, name: str) -> Step:
+        """The running adapter of ``name`` undoes what it registered with the messenger (its webhook)."""
+        instance = self._started.get(name)
+        if instance is None:
+            return Step("messenger", "skipped", "not running in this process: nothing to unregister")
+        try:
+            await instance.adapter.unregister()
+        except Exception as exc:
+            log.warning("adapter unregister failed", source=name, error=str(exc))
+            return Step("messenger", "failed", f"{type(exc).__name__}: {exc}")
+        return Step("messenger", "done", "unregistered")
+
     async def shutdown(self) -> None:
         """Stop every instance (the runtime's stop), the last started first."""
         for name in reversed(list(self._started)):
@@ -103,10 +128,13 @@ class Instances:
             await self._startup(instance)
         except AmoconnectError as exc:
             log.error("source not started", source=source.name, plugin=source.plugin, error=str(exc))
+            self._failures[source.name] = str(exc)
             return
-        except Exception:
+        except Exception as exc:
             log.exception("source not started: its adapter failed to start", source=source.name)
+            self._failures[source.name] = f"{type(exc).__name__}: {exc}"
             return
+        self._failures.pop(source.name, None)
         if self._tasks is not None:
             self._launch(instance)
         log.info("source started", source=source.name, plugin=source.plugin, account=account.name)

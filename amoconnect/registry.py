@@ -17,21 +17,41 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import msgspec
 import structlog
 
-from .config import AccountConfig, Config, SourceConfig
+from .config import _SECRET_WORDS, AccountConfig, Config, SourceConfig
 from .errors import RegistryError
+from .logging import redact
 from .store.registry import AccountRecord, AccountState, RegistryChanges, RegistryRows, SourceRecord
 
-__all__ = ["CHECK_INTERVAL", "Changes", "Registry", "fixed_account", "fixed_source"]
+__all__ = ["CHECK_INTERVAL", "SECRET_WORDS", "Changes", "Registry", "fixed_account", "fixed_source", "secrets_of"]
 
 log = structlog.get_logger("amoconnect.registry")
 
 _R = TypeVar("_R", AccountRecord, SourceRecord)
+
+SECRET_WORDS = _SECRET_WORDS
+"""A setting whose name holds one of these is a secret: never logged, never shown in full (the
+configuration's rule)."""
+
+
+def secrets_of(record: AccountRecord | SourceRecord | dict[str, Any]) -> list[str]:
+    """The secrets a record (or a plugin's settings) holds: tokens and secret-like settings."""
+    if isinstance(record, AccountRecord):
+        return [s for s in (record.token, record.refresh_token) if s]
+    found: list[str] = []
+    settings = record.settings if isinstance(record, SourceRecord) else record
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            found.extend(secrets_of(value))
+        elif isinstance(value, str) and value and any(word in key.lower() for word in SECRET_WORDS):
+            found.append(value)
+    return found
+
 
 CHECK_INTERVAL = 0.5
 """Seconds between two checks for writes this process was not told about (well inside the 1 s a
@@ -161,6 +181,8 @@ class Registry:
             if held is not None and held.fixed:
                 self._shadow(f"scope {account.scope_id!r}")
                 continue
+            for secret in secrets_of(account):
+                redact(secret)
             self._accounts[account.name] = self._by_scope[account.scope_id] = account
             changes.accounts.append(account)
         for source in found.sources:
@@ -171,6 +193,8 @@ class Registry:
                 if self._drop(source.name) is None:
                     continue
             else:
+                for secret in secrets_of(source):
+                    redact(secret)
                 self._put(source)
             changes.sources.append(source)
         self.revision = max(self.revision, found.revision)

@@ -29,6 +29,7 @@ import uvicorn
 from starlette.types import ASGIApp
 
 from .adapter import AdapterContext, MessengerAdapter
+from .amocrm import AmoCRMClient
 from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
@@ -49,11 +50,13 @@ from .ratelimit import Limiter, LimiterFactory
 from .registry import Registry
 from .relay import Handler, Relay
 from .routing import Instance, Routing
+from .server.admin import admin_routes
 from .server.app import AppParts, build_app, enqueue_inbound
 from .server.guard import Refusals, fit_descriptors, guarded_protocol
 from .store import build_store
 from .store.base import Store
 from .store.registry import AccountRecord, SourceRecord
+from .tenants import Tenants
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
 __all__ = ["Runtime", "listen", "loop_options", "serve"]
@@ -195,6 +198,10 @@ class Runtime:
         ]
         return Instance(source, account, adapter, limiters)
 
+    def _rest_of(self, account: AccountRecord) -> AmoCRMClient | None:
+        """The REST client of ``account``, None when it has no token."""
+        return self.core.rest(account) if account.token and account.rest_url else None
+
     def _limiters_of(self, namespace: str) -> LimiterFactory:
         """The store's limiters under ``namespace`` (``telegram:bot1``), for an instance's context."""
 
@@ -290,6 +297,8 @@ class Runtime:
             await self.registry.load()
             self._instance_http = messenger_http
             self.routing = Routing(())
+            instances = Instances(self.registry, self.routing, self._instance, self._run_adapter, plugin=self.plugin)
+            self.tenants = Tenants(self.registry, self.messengers, instances, self._rest_of)
             self.app = build_app(
                 AppParts(
                     self.config,
@@ -300,6 +309,7 @@ class Runtime:
                     self.pm,
                     self.registry,
                     frozenset(cls.name for cls in self.messengers.values()),
+                    admin_routes(self.tenants, self.config.admin.token),
                 )
             )
             core = self.core = Core(
@@ -322,7 +332,6 @@ class Runtime:
                 max_backoff=relay_config.max_backoff,
                 shutdown_timeout=relay_config.shutdown_timeout,
             )
-            instances = Instances(self.registry, self.routing, self._instance, self._run_adapter, plugin=self.plugin)
             await instances.start()
             stack.push_async_callback(instances.shutdown)
             tasks = anyio.create_task_group()

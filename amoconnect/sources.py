@@ -8,15 +8,16 @@ declared with ``waba`` and ``is_supports_list_message`` taken from the adapter's
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import msgspec
 
 from .adapter import MessengerAdapter
 from .amocrm import AmoCRMClient, Source, SourceService, SourceServiceParams
 from .capabilities import Capability
-from .config import AccountConfig, Config, SourceConfig
+from .config import AccountConfig, Config
 
-__all__ = ["SyncResult", "desired_sources", "sync_sources"]
+__all__ = ["SourceLike", "SyncResult", "amocrm_source", "desired_sources", "sync_sources"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +29,21 @@ class SyncResult:
     unchanged: list[str]
 
 
-def _source(source: SourceConfig, adapter: type[MessengerAdapter] | None) -> Source:
+class SourceLike(Protocol):
+    """What makes an amoCRM source: a ``[[sources]]`` entry or a stored source."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def title(self) -> str: ...
+    @property
+    def external_id(self) -> str: ...
+    @property
+    def default(self) -> bool: ...
+
+
+def amocrm_source(source: SourceLike, adapter: type[MessengerAdapter] | None) -> Source:
+    """The amoCRM source of ``source`` (``waba`` and ``is_supports_list_message`` from ``adapter``'s capabilities)."""
     services = None
     if adapter is not None and adapter.amocrm_service:
         params = SourceServiceParams(
@@ -48,7 +63,7 @@ def desired_sources(
     config: Config, account: AccountConfig, messengers: dict[str, type[MessengerAdapter]]
 ) -> list[Source]:
     """The amoCRM sources the configuration asks for in ``account``."""
-    return [_source(s, messengers.get(s.plugin)) for s in config.sources if s.account == account.name]
+    return [amocrm_source(s, messengers.get(s.plugin)) for s in config.sources if s.account == account.name]
 
 
 def _same(current: Source, wanted: Source) -> bool:

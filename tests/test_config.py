@@ -80,6 +80,8 @@ def test_secret_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
         (lambda d: d["http"].update(media_allow_networks=["10/x"]), "http.media_allow_networks[0] '10/x'"),
         (lambda d: d.update(origin="x.toml"), "origin: unknown key"),
         (lambda d: d["accounts"][0].update(token=918273645), "accounts[0].token: expected str, got int"),
+        (lambda d: d.update(admin={"token": "short"}), "admin.token: too short to guard the admin API"),
+        (lambda d: d.update(admin={"tokens": "x"}), "admin.tokens: unknown key"),
     ],
 )
 def test_errors_name_file_key_and_expectation(tmp_path: Path, change, message: str) -> None:  # type: ignore[no-untyped-def]

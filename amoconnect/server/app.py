@@ -13,6 +13,7 @@ Routes (README "HTTP routes"):
 - ``GET /media/{token}``: re-hosted media at signed, expiring URLs.
 - ``GET /healthz``: whether the store takes writes (a probe, cached a second) and queue depth.
 - ``GET /metrics``: Prometheus text format.
+- ``/admin/api/...``: the operator's API (:mod:`.admin`), handed in as ``AppParts.routes``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import dataclasses
 import hashlib
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -34,7 +35,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..adapter import WebhookRequest, WebhookResponse
@@ -183,6 +184,8 @@ class AppParts:
     registry: Registry
     messengers: frozenset[str] = frozenset()
     """The installed messengers: the only names that become metric labels."""
+    routes: Sequence[BaseRoute] = ()
+    """More of the core's routes (the admin API)."""
 
 
 async def enqueue_inbound(
@@ -392,10 +395,10 @@ def build_app(parts: AppParts) -> ASGIApp:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=[*routes, *parts.routes])
 
     def add_route(path: str, endpoint: Any, *, methods: Any = ("GET",)) -> None:
-        if path.startswith(("/hooks/", "/amocrm/", "/media/")) or path in ("/healthz", "/metrics"):
+        if path.startswith(("/hooks/", "/amocrm/", "/media/", "/admin/")) or path in ("/healthz", "/metrics"):
             raise ValueError(f"route {path!r} belongs to the core")
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 

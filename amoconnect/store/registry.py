@@ -177,7 +177,9 @@ _ACCOUNT_COLUMNS = (
     "name, amojo_id, scope_id, subdomain, domain, rest_url, access_token, refresh_token, token_expires_at, "
     "state, installed_at, time_window_disabled, chat_policy"
 )
-_SOURCE_COLUMNS = "name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error"
+_SOURCE_COLUMNS = (
+    "name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error"
+)
 _BUMP = "UPDATE registry_revision SET revision = revision + 1 WHERE id = 1 RETURNING revision"
 _REVISION = "SELECT revision FROM registry_revision WHERE id = 1"
 

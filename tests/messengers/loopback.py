@@ -16,6 +16,7 @@ import msgspec
 
 from amoconnect import (
     Capability,
+    ConfigError,
     FetchedMedia,
     InboundEvent,
     MessengerAdapter,
@@ -34,6 +35,7 @@ from amoconnect import (
 from amoconnect.signing import same_secret
 
 SIGNATURE_HEADER = "X-Loopback-Signature"
+
 _events = msgspec.json.Decoder(list[InboundEvent])
 
 
@@ -42,6 +44,8 @@ class LoopbackSettings(msgspec.Struct, forbid_unknown_fields=True):
     """Key of the webhook signature (HMAC-SHA256 hex of the body)."""
     files: dict[str, str] = {}
     """fetch handle → file content, for media the core must re-host."""
+    refused: str = ""
+    """When set, startup fails as a messenger refusing the token does, with this reason."""
 
 
 def sign(body: bytes, secret: str = "loopback-secret") -> str:
@@ -75,6 +79,7 @@ class LoopbackAdapter(MessengerAdapter):
         self.sent: list[Any] = []
         self.failures: list[Exception] = []
         self.started = False
+        self.unregistered = False
 
     @property
     def secret(self) -> str:
@@ -82,7 +87,16 @@ class LoopbackAdapter(MessengerAdapter):
         return self.config.secret
 
     async def startup(self) -> None:
+        assert isinstance(self.config, LoopbackSettings)
+        if self.config.refused:
+            raise ConfigError(
+                f"loopback instance {self.context.instance!r}: the messenger refuses the token "
+                f"{self.config.secret}: {self.config.refused}"
+            )
         self.started = True
+
+    async def unregister(self) -> None:
+        self.unregistered = True  # its webhook would be gone
 
     async def verify_headers(self, request: WebhookRequest) -> None:
         if not re.fullmatch(r"[0-9a-f]{64}", request.headers.get(SIGNATURE_HEADER, "")):

@@ -311,6 +311,12 @@ class TelegramAdapter(MessengerAdapter):
         )
         self.log.info("webhook registered", url=self.context.public_url)
 
+    async def unregister(self) -> None:
+        """The bot's source is removed: Telegram stops sending its updates here (``deleteWebhook``)."""
+        if self.config.mode == "webhook":
+            await self.api.call("deleteWebhook", {"drop_pending_updates": False})
+            self.log.info("webhook removed")
+
     async def run(self) -> None:
         """Answer button presses, persist blocks and repeat typing; in polling mode, poll."""
         try:

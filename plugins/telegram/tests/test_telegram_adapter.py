@@ -59,6 +59,19 @@ async def test_startup_registers_the_webhook_with_secret_and_update_kinds(
     assert scrubber([])(f"secret_token={rig.adapter.secret_token}") == "secret_token=[redacted]"
 
 
+async def test_unregister_removes_the_webhook_of_a_removed_source(
+    make_adapter: MakeAdapter, fake: FakeTelegram
+) -> None:
+    rig = await started(make_adapter)
+    assert fake.webhook_url == PUBLIC
+    await rig.adapter.unregister()
+    assert fake.webhook_url == ""
+    assert len(fake.calls_to("deleteWebhook")) == 1
+    polling = await started(make_adapter, mode="polling")
+    await polling.adapter.unregister()  # no webhook to remove: nothing more is asked
+    assert len(fake.calls_to("deleteWebhook")) == 2
+
+
 async def test_explicit_secret_token_is_used(make_adapter: MakeAdapter, fake: FakeTelegram) -> None:
     await started(make_adapter, secret_token="my-Secret_1")
     assert fake.webhook_secret == "my-Secret_1"
