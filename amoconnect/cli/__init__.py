@@ -20,6 +20,7 @@ from .common import blocked, config_option, echo_json, json_option, load, loggin
 from .jobs import jobs
 from .remote import connect, disconnect, history, import_, link, sources
 from .setup import check, init, migrate
+from .tenants import accounts, sources_add, sources_remove
 
 __all__ = ["main"]
 
@@ -171,8 +172,10 @@ def plugins(as_json: bool, plugin_dirs: tuple[str, ...], plugin_modules: tuple[s
             click.echo(f"  hooks: {', '.join(hooks)}")
 
 
-for command in (init, check, migrate, connect, disconnect, sources, import_, history, link, jobs, new_plugin):
+for command in (init, check, migrate, connect, disconnect, sources, accounts, import_, history, link, jobs, new_plugin):
     main.add_command(command)
+sources.add_command(sources_add)
+sources.add_command(sources_remove)
 
 
 def _share_logging_options(command: click.Command) -> None:
