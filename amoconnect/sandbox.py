@@ -24,6 +24,8 @@ import pluggy
 import structlog
 
 from .adapter import MessengerAdapter
+from .amojo import wire
+from .capabilities import Capability
 from .config import parse_config
 from .errors import PluginError
 from .logging import name_account
@@ -55,6 +57,12 @@ class SandboxMessenger(Protocol):
     def sandbox_received(self, chat: str) -> list[str]:
         """The texts the connector sent to ``chat``, oldest first."""
         ...
+
+
+# The fake of a messenger that reports receipts may also have ``async def sandbox_client_reads(chat)``:
+# the client's device reports what the connector sent to ``chat`` delivered (and read, when the
+# messenger reports reading), as the messenger would. The sandbox calls it after each answer, so
+# that the answer's status shows; without it, only a status the adapter's send returns shows.
 
 
 async def _wait_for(condition: Any, limit: float) -> bool:
@@ -153,7 +161,7 @@ async def _sandbox(
                 if not await _wait_for(lambda: runtime.app is not None, 15):
                     raise PluginError("the connector did not start")
                 await anyio.sleep(0.5)
-                await _conversation(messenger, amojo, scope_id, rounds, interval)
+                await _conversation(messenger, amojo, scope_id, rounds, interval, cls.capabilities)
                 stop.set()
 
 
@@ -165,17 +173,26 @@ async def _serve_then_stop(
 
 
 async def _conversation(
-    messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, rounds: int, interval: float
+    messenger: SandboxMessenger,
+    amojo: FakeAmojo,
+    scope_id: str,
+    rounds: int,
+    interval: float,
+    capabilities: frozenset[Capability],
 ) -> None:
     n = 0
     while rounds == 0 or n < rounds:
         n += 1
-        await _round(messenger, amojo, scope_id, n)
+        await _round(messenger, amojo, scope_id, n, capabilities)
         if n != rounds:
             await anyio.sleep(interval)
 
 
-async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n: int) -> None:
+async def _round(
+    messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n: int, capabilities: frozenset[Capability]
+) -> None:
+    """One conversation: the client writes, a manager answers, and the answer's status comes back as
+    the messenger reports it (receipts, or a send that counts as delivered)."""
     chat = "client"
     text = f"Hello from the client, message {n}"
     seen = len(amojo.messages)
@@ -201,6 +218,24 @@ async def _round(messenger: SandboxMessenger, amojo: FakeAmojo, scope_id: str, n
         log.error("the manager's answer did not reach the messenger")
         return
     message_id = emitted.message_id or ""
-    if await _wait_for(lambda: amojo.message(message_id).statuses, 1):
-        status = amojo.message(message_id).statuses[-1]
-        log.info("5. amoCRM shows the delivery status", delivery_status=status.delivery_status)
+    client_reads = getattr(messenger, "sandbox_client_reads", None)
+    if client_reads is not None:  # the messenger reports receipts: the client's device sends them
+        await client_reads(chat)
+        log.info("the client's messenger reports the answer received", chat=chat)
+    reads = client_reads is not None and Capability.read_receipts in capabilities
+    last = wire.DeliveryStatusCode.READ if reads else wire.DeliveryStatusCode.DELIVERED
+    final = {last, wire.DeliveryStatusCode.ERROR}
+    receipts = bool({Capability.delivery_receipts, Capability.read_receipts} & capabilities)
+    # without receipts, a status comes only from a send that counts as delivered (Telegram's), at once
+    if await _wait_for(lambda: _shown(amojo, message_id) in final, 5 if receipts else 1):
+        log.info("5. amoCRM shows the delivery status", delivery_status=_shown(amojo, message_id))
+    elif receipts:
+        log.warning("amoCRM shows no delivery status for the answer", delivery_status=_shown(amojo, message_id))
+    else:
+        log.info("5. amoCRM shows no delivery status: the messenger reports none")
+
+
+def _shown(amojo: FakeAmojo, message_id: str) -> int:
+    """The delivery status amoCRM shows for ``message_id`` (0: none yet)."""
+    statuses = amojo.message(message_id).statuses
+    return int(statuses[-1].delivery_status) if statuses else 0

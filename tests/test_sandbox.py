@@ -23,7 +23,11 @@ async def test_sandbox_shows_a_conversation_crossing_both_ways() -> None:
     events = [entry["event"] for entry in logs]
     assert events.count("2. amoCRM received it") == 2
     assert events.count("4. the client got the answer in the messenger") == 2
-    assert not [entry for entry in logs if entry["log_level"] == "error"]
+    # fakechat reports receipts, as README's quick start shows for Telegram: the client's messenger
+    # reports each answer delivered and read, and amoCRM shows it read (delivery_status 2)
+    shown = [entry["delivery_status"] for entry in logs if entry["event"] == "5. amoCRM shows the delivery status"]
+    assert shown == [2, 2]
+    assert not [entry for entry in logs if entry["log_level"] in ("error", "warning")]
 
 
 async def test_sandbox_needs_a_plugin_with_a_fake() -> None:

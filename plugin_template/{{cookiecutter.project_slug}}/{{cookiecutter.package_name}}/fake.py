@@ -217,6 +217,10 @@ class {{ P }}Fake(FakeAPI):
         self.webhook_secret = ""
         self.sandbox_secret = secrets.token_hex(16)
         self.chats: dict[str, _Chat] = {}
+{% if receipts %}
+        self.sandbox_reported: dict[str, int] = {}
+        """Per chat, how many of the connector's messages the sandbox's client has reported."""
+{% endif %}
 {% if c.with_write_first %}
         self.phones: dict[str, str] = {}
 {% endif %}
@@ -447,6 +451,20 @@ class {{ P }}Fake(FakeAPI):
     def sandbox_received(self, chat: str) -> list[str]:
         """The texts the connector sent to ``chat``."""
         return [message.text for message in self.received(chat)]
+{% if receipts %}
+
+    async def sandbox_client_reads(self, chat: str) -> None:
+        """The client's device reports what the connector sent to ``chat`` since the last call
+        {{ "delivered and read" if c.with_delivery_receipts and c.with_read_receipts else ("read" if c.with_read_receipts else "delivered") }}."""
+        for message in self.received(chat)[self.sandbox_reported.get(chat, 0) :]:
+{% if c.with_delivery_receipts %}
+            await self.deliver_status(chat, message.message_id, "delivered")
+{% endif %}
+{% if c.with_read_receipts %}
+            await self.deliver_status(chat, message.message_id, "read")
+{% endif %}
+        self.sandbox_reported[chat] = len(self.received(chat))
+{% endif %}
 
     # -- the clients ------------------------------------------------------------------------
 
