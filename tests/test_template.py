@@ -28,8 +28,9 @@ from gitfiles import untracked_after_making
 
 import amoconnect
 from amoconnect.capabilities import Capability
+from amoconnect.cli import main
 from amoconnect.errors import AmoconnectError
-from amoconnect.scaffold import CAPABILITY_PREFIX, new_plugin, render_plugin, template_dir
+from amoconnect.scaffold import CAPABILITY_PREFIX, render_plugin, template_dir
 from amoconnect.testing.conformance import MessengerConformance
 
 TEMPLATE = Path(__file__).parent.parent / "plugin_template"
@@ -117,23 +118,23 @@ def test_new_plugin_renders_and_says_what_next(tmp_path: Path, monkeypatch: pyte
     monkeypatch.setenv("HOME", str(tmp_path))  # cookiecutter keeps its replay files there
     runner = CliRunner()
     args = ["Viber", "-o", str(tmp_path), "-c", "media", "-c", "reactions", "--author", "Ann", "--package", "viberkit"]
-    result = runner.invoke(new_plugin, args)
+    result = runner.invoke(main, ["new-plugin", *args])
     assert result.exit_code == 0, result.output
     assert f"Created {tmp_path / 'amoconnect-viber'}" in result.output
     assert "python -m pytest" in result.output
     assert (tmp_path / "amoconnect-viber" / "viberkit" / "adapter.py").is_file()
-    again = runner.invoke(new_plugin, ["Viber", "-o", str(tmp_path)])
+    again = runner.invoke(main, ["new-plugin", "Viber", "-o", str(tmp_path)])
     assert again.exit_code == 1
     assert "already exists; choose another --output-dir, or pass --overwrite" in again.output
-    assert runner.invoke(new_plugin, ["Viber", "-o", str(tmp_path), "--overwrite"]).exit_code == 0
-    unknown = runner.invoke(new_plugin, ["Viber", "-c", "telepathy"])
+    assert runner.invoke(main, ["new-plugin", "Viber", "-o", str(tmp_path), "--overwrite"]).exit_code == 0
+    unknown = runner.invoke(main, ["new-plugin", "Viber", "-c", "telepathy"])
     assert unknown.exit_code == 2
     assert "'telepathy' is not one of" in unknown.output
 
 
 def test_new_plugin_without_cookiecutter_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cookiecutter.main", None)
-    result = CliRunner().invoke(new_plugin, ["Viber"])
+    result = CliRunner().invoke(main, ["new-plugin", "Viber"])
     assert result.exit_code == 1
     assert "needs cookiecutter: python -m pip install 'cookiecutter>=2.6'" in result.output
 
