@@ -118,12 +118,11 @@ async def measure(store: Store, conversations: int, backlog: int, tag: str) -> d
             into.extend(await store.claim(CLAIM_LIMIT))
 
         taking.append(await timed(claim))
-        # Backlog jobs taken go back to the queue's end; probes are done.
+        # Backlog jobs taken are queued again at the end (the backlog keeps its size), then finished.
         again = [j for j in claimed if not j.key.startswith(f"{tag}-p")]
-        finishing += await finish_all(store, [j for j in claimed if j.key.startswith(f"{tag}-p")])
         if again:
             await store.enqueue(jobs([j.key for j in again]))
-            await finish_all(store, again)
+        finishing += await finish_all(store, claimed)
     cpu_per_claim = (time.process_time() - cpu_before) / ROUNDS
     blocked: list[float] = []
     due: list[float] = []
@@ -196,11 +195,13 @@ async def opened(kind: str, work: Path, pg_url: str | None) -> AsyncIterator[Sto
         await store.close()
 
 
-async def bench_claims(kind: str, work: Path, pg_url: str | None, levels: Sequence[int]) -> dict[str, Any]:
+async def bench_claims(
+    kind: str, work: Path, pg_url: str | None, levels: Sequence[int], spreads: Sequence[int]
+) -> dict[str, Any]:
     rows = []
     plans: dict[str, list[str]] = {}
     fills: dict[str, float] = {}
-    for conversations in (1, 10, 10_000):
+    for conversations in spreads:
         async with opened(kind, work, pg_url) as store:
             queued = 0
             for level in (0, *levels):
@@ -411,7 +412,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             for kind in stores:
                 if "claims" in parts:
                     print(f"1. claim cost against the backlog ({kind})", flush=True)
-                    output["claims"][kind] = await bench_claims(kind, work, pg_url, levels)
+                    output["claims"][kind] = await bench_claims(
+                        kind, work, pg_url, levels, [int(n) for n in args.conversations.split(",")]
+                    )
                 if "drain" in parts:
                     print(f"2–3. draining one conversation, acks meanwhile ({kind})", flush=True)
                     output["drain"][kind] = await bench_drain(
@@ -448,6 +451,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="up to 100,000 jobs, a 30,000-job drain")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--only", default="claims,drain", help="comma-separated parts: claims, drain")
+    parser.add_argument("--conversations", default="1,10,10000", help="part 1: the backlog spread over these")
     parser.add_argument("--max-backlog", type=int, default=1_000_000, help="largest queue of part 1")
     parser.add_argument("--drain-backlog", type=int, default=100_000, help="the one conversation's backlog")
     parser.add_argument("--transport", default="aiohttp", choices=["aiohttp", "httpx"])
