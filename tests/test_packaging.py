@@ -18,10 +18,12 @@ import zipfile
 from email.parser import HeaderParser
 from pathlib import Path
 
+import msgspec
 import pytest
 from gitfiles import untracked_after_making
 
 import amoconnect
+from amoconnect.config import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = sorted(path for path in (ROOT / "plugins").glob("*") if (path / "pyproject.toml").is_file())
@@ -121,3 +123,41 @@ def test_docs_speak_of_the_project_only() -> None:
         for match in re.finditer(r"\b[Ii]ssues? #?\d+\b", path.read_text(encoding="utf-8", errors="replace"))
     ]
     assert found == []
+
+
+def test_readme_lists_every_configuration_key() -> None:
+    """README's configuration table has a row per section, naming each of its keys."""
+    rows = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    for section in msgspec.structs.fields(Config):
+        kind, many = section.type, False
+        if getattr(kind, "__origin__", None) is list:
+            kind, many = kind.__args__[0], True
+        if not (isinstance(kind, type) and issubclass(kind, msgspec.Struct)):
+            continue
+        head = f"| `[[{section.name}]]` |" if many else f"| `[{section.name}]` |"
+        (row,) = [line for line in rows if line.startswith(head)]
+        for key in msgspec.structs.fields(kind):
+            named = f"`{key.name}`" in row or f"`[{section.name}.{key.name}]`" in row
+            assert named, f"README's {head} row leaves out {key.name}"
+
+
+def test_benchmarks_keep_the_committed_results_unless_asked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("_bench_support", ROOT / "bench" / "_support.py")
+    if spec is None or spec.loader is None or not (ROOT / "bench").is_dir():
+        pytest.skip("the benchmarks are not in this tree (an sdist)")
+    support = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(support)
+    monkeypatch.setattr(support, "RESULTS_DIR", tmp_path / "results")
+    monkeypatch.setattr(support, "SCRATCH_DIR", tmp_path / "out")
+    assert support.write_results("relay", {"a": 1}, save=False) == tmp_path / "out" / "relay.json"
+    assert not (tmp_path / "results").exists()
+    assert support.write_results("relay", {"a": 1}, save=True) == tmp_path / "results" / "relay.json"
+    assert support.SCRATCH_DIR != support.RESULTS_DIR
+    scripts = sorted((ROOT / "bench").glob("bench_*.py"))
+    readme = (ROOT / "bench" / "README.md").read_text(encoding="utf-8")
+    count = ["One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"][len(scripts) - 1]
+    assert f"{count} scripts, run from the repository root" in readme
+    for script in scripts:
+        source = script.read_text(encoding="utf-8")
+        assert "add_save_option(parser)" in source and "save=args.save" in source, script.name
+        assert f"`{script.name}`" in readme, script.name
