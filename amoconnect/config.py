@@ -29,6 +29,7 @@ __all__ = [
     "ChannelConfig",
     "Config",
     "HttpConfig",
+    "OAuthConfig",
     "PluginsConfig",
     "RelayConfig",
     "ServerConfig",
@@ -149,6 +150,15 @@ class AdminConfig(_Section):
     """Bearer token of the admin API (write ``"env:NAME"``); empty: the API is off. At least 32 characters."""
 
 
+class OAuthConfig(_Section):
+    """``[oauth]``: the amoCRM integration (amoМаркет) that accounts install: its keys."""
+
+    client_id: str = ""
+    """The integration's id (amoCRM's ``client_uuid`` in its disconnect hook)."""
+    client_secret: str = ""
+    """The integration's secret (write ``"env:NAME"``): it signs the disconnect hook."""
+
+
 class ChannelConfig(_Section):
     """``[channel]``: the channel amoCRM registered for this integration."""
 
@@ -209,6 +219,7 @@ class Config(_Section):
     http: HttpConfig = msgspec.field(default_factory=HttpConfig)
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
+    oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
     log_level: LogLevel = "info"
     origin: str = "<config>"
     """Where this configuration was read from (the file's path), for error messages; not a key of the file."""
@@ -240,7 +251,13 @@ class Config(_Section):
 
     def secrets(self) -> list[str]:
         """Every secret value in the configuration, for log redaction."""
-        found = [self.channel.secret, self.server.media_secret, self.admin.token, *(a.token for a in self.accounts)]
+        found = [
+            self.channel.secret,
+            self.server.media_secret,
+            self.admin.token,
+            self.oauth.client_secret,
+            *(a.token for a in self.accounts),
+        ]
         found.extend(_url_password(self.store.url))
         for source in self.sources:
             found.extend(_secret_like(source.settings))

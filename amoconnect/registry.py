@@ -134,6 +134,14 @@ class Registry:
         """The account connected under ``scope_id``."""
         return self._by_scope.get(scope_id)
 
+    def account_by_amocrm_id(self, amocrm_id: int) -> AccountRecord | None:
+        """The account amoCRM knows by the numeric id ``amocrm_id`` (a scan: for rare hooks, not the hot path)."""
+        return next((a for a in self._accounts.values() if a.amocrm_id == amocrm_id), None)
+
+    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
+        """Move the queued jobs of ``scope_id`` to the dead letters with ``error``; how many."""
+        return 0 if self._rows is None else await self._rows.bury_jobs_of(scope_id, error)
+
     def accounts(self) -> Iterator[AccountRecord]:
         """Every account, fixed ones first."""
         return iter(self._accounts.values())

@@ -53,6 +53,7 @@ from .routing import Instance, Routing
 from .server.admin import admin_routes
 from .server.app import AppParts, build_app, enqueue_inbound
 from .server.guard import Refusals, fit_descriptors, guarded_protocol
+from .server.oauth import oauth_routes
 from .store import build_store
 from .store.base import Store
 from .store.registry import AccountRecord, SourceRecord
@@ -198,6 +199,10 @@ class Runtime:
         ]
         return Instance(source, account, adapter, limiters)
 
+    async def _disconnect_channel(self, account: AccountRecord) -> None:
+        """Disconnect the channel from a disconnected account in amojo."""
+        await self.amojo.disconnect(account.amojo_id)
+
     def _rest_of(self, account: AccountRecord) -> AmoCRMClient | None:
         """The REST client of ``account``, None when it has no token."""
         return self.core.rest(account) if account.token and account.rest_url else None
@@ -298,7 +303,9 @@ class Runtime:
             self._instance_http = messenger_http
             self.routing = Routing(())
             instances = Instances(self.registry, self.routing, self._instance, self._run_adapter, plugin=self.plugin)
-            self.tenants = Tenants(self.registry, self.messengers, instances, self._rest_of)
+            self.tenants = Tenants(
+                self.registry, self.messengers, instances, self._rest_of, on_disconnect=self._disconnect_channel
+            )
             self.app = build_app(
                 AppParts(
                     self.config,
@@ -309,7 +316,10 @@ class Runtime:
                     self.pm,
                     self.registry,
                     frozenset(cls.name for cls in self.messengers.values()),
-                    admin_routes(self.tenants, self.config.admin.token),
+                    [
+                        *admin_routes(self.tenants, self.config.admin.token),
+                        *oauth_routes(self.tenants, self.config.oauth),
+                    ],
                 )
             )
             core = self.core = Core(

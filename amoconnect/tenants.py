@@ -182,15 +182,28 @@ class Tenants:
             raise Refused(f"no account named {name!r}", status=404)
         return account
 
-    async def disconnect_account(self, name: str) -> AccountRecord:
-        """Mark a stored account disconnected: its sources stop in every process and its webhooks are refused."""
+    async def disconnect_account(self, name: str, *, reason: str = "disconnected by the operator") -> Outcome:
+        """Disconnect a stored account: its sources' webhooks unregistered, the account marked
+        disconnected (its sources stop in every process, its webhooks are refused), its queued jobs
+        made dead letters with ``reason``, the channel disconnected from it in amojo. Again: nothing more."""
         account = self.account(name)
         if account.fixed:
             raise Refused(f"account {name!r} is fixed by the configuration file: remove it there", status=409)
+        if account.state == "disconnected":
+            return Outcome(True, [Step("account", "skipped", "already disconnected")])
+        steps = [await self.adapters.unregister(source.name) for source in self.registry.sources(name)]
         await self.registry.set_account_state(name, "disconnected")
+        steps.append(Step("account", "done", "disconnected"))
+        buried = await self.registry.bury_jobs_of(account.scope_id, f"account {name!r} {reason}")
+        steps.append(Step("jobs", "done", f"{buried} queued job(s) made dead letters"))
         if self._on_disconnect is not None:
-            await self._on_disconnect(account)
-        return self.account(name)
+            try:
+                await self._on_disconnect(account)
+            except AmoconnectError as exc:
+                steps.append(Step("amojo", "failed", _scrub(str(exc))))
+            else:
+                steps.append(Step("amojo", "done", "channel disconnected"))
+        return Outcome(all(s.outcome != "failed" for s in steps), steps)
 
     # -- sources ---------------------------------------------------------------------------
     def source(self, name: str, *, account: str | None = None) -> SourceRecord:

@@ -112,9 +112,10 @@ def admin_routes(tenants: Tenants, token: str) -> list[BaseRoute]:
         return _json(200, {"account": shown_account(found), "sources": sources})
 
     async def disconnect(request: Request) -> Response:
-        found = await tenants.disconnect_account(account_name(request))
-        log.info("account disconnected by the operator", account=found.name)
-        return _json(200, {"account": shown_account(found)})
+        outcome = await tenants.disconnect_account(account_name(request))
+        log.info("account disconnected by the operator", account=account_name(request), steps=_steps(outcome.steps))
+        found = tenants.account(account_name(request))
+        return _json(200, {"account": shown_account(found), "ok": outcome.ok, "steps": outcome.steps})
 
     async def sources(request: Request) -> Response:
         found = tenants.account(account_name(request))

@@ -185,7 +185,7 @@ class AppParts:
     messengers: frozenset[str] = frozenset()
     """The installed messengers: the only names that become metric labels."""
     routes: Sequence[BaseRoute] = ()
-    """More of the core's routes (the admin API)."""
+    """More of the core's routes (the admin API, the integration's hooks)."""
 
 
 async def enqueue_inbound(
@@ -398,7 +398,10 @@ def build_app(parts: AppParts) -> ASGIApp:
     app = Starlette(routes=[*routes, *parts.routes])
 
     def add_route(path: str, endpoint: Any, *, methods: Any = ("GET",)) -> None:
-        if path.startswith(("/hooks/", "/amocrm/", "/media/", "/admin/")) or path in ("/healthz", "/metrics"):
+        if path.startswith(("/hooks/", "/amocrm/", "/media/", "/admin/", "/oauth/")) or path in (
+            "/healthz",
+            "/metrics",
+        ):
             raise ValueError(f"route {path!r} belongs to the core")
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 

@@ -22,6 +22,7 @@ from .registry import (
     source_of,
     source_params,
 )
+from .sql import PG_NOW
 
 __all__ = ["PostgresRegistryRows"]
 
@@ -71,6 +72,17 @@ class PostgresRegistryRows:
 
     async def put_source(self, record: SourceRecord) -> int:
         return await self._registry_write("put_source", lambda revision: source_params(record, revision))
+
+    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
+        async with self._conn("bury the jobs of a scope") as conn:
+            cur = await conn.execute(
+                "WITH gone AS (DELETE FROM queue WHERE scope_id = %s AND state = 'queued' "
+                "RETURNING id, kind, key, payload, scope_id, attempts, created_at) "
+                f"INSERT INTO dead SELECT *, {PG_NOW}, %s FROM gone ON CONFLICT (id) DO UPDATE SET "
+                "attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, error = EXCLUDED.error",
+                (scope_id, error),
+            )
+            return cur.rowcount
 
     async def watch_registry(self, changed: Callable[[], None]) -> None:
         delay = 0.5

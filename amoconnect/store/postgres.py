@@ -44,7 +44,7 @@ from ..ratelimit import Limiter, Rate
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .pglimits import PostgresLimiter
 from .pgregistry import PostgresRegistryRows
-from .registry import registry_schema
+from .registry import ACCOUNT_IDS, registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -214,6 +214,8 @@ MIGRATIONS: tuple[str, ...] = (
     # for any key scanned the queue once one conversation held most of it (measured: 213 ms a
     # finish with a million jobs queued in one conversation).
     "ALTER FUNCTION queue_head_refresh(TEXT) SET plan_cache_mode = force_custom_plan;",
+    # 7: amoCRM's numeric id of an account
+    ACCOUNT_IDS.format(id_type="BIGINT"),
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 

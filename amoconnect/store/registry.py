@@ -25,6 +25,7 @@ import msgspec
 from ..errors import StoreError
 
 __all__ = [
+    "ACCOUNT_IDS",
     "ACCOUNT_STATES",
     "REGISTRY_CHANNEL",
     "SOURCE_STATES",
@@ -73,6 +74,8 @@ class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
     installed_at: float = 0.0
     time_window_disabled: bool = False
     chat_policy: Literal["create_lead", "link_existing"] = "create_lead"
+    amocrm_id: int | None = None
+    """amoCRM's numeric id of the account (its OAuth tokens and disconnect hook name it)."""
     fixed: bool = False
     """Declared in the configuration file: not editable at run time."""
 
@@ -126,6 +129,10 @@ class RegistryRows(Protocol):
     async def put_source(self, record: SourceRecord) -> int:
         """Insert or replace a source (``state="removed"`` removes it); returns the write's revision."""
 
+    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
+        """Move the queued jobs of ``scope_id`` to the dead letters with ``error``; returns how many.
+        Running ones are left to finish (their handlers give up on a disconnected account)."""
+
     async def watch_registry(self, changed: Callable[[], None]) -> None:
         """Call ``changed`` whenever another process may have written (PostgreSQL's notifications);
         runs until cancelled. Without notifications (SQLite) it only waits."""
@@ -175,7 +182,7 @@ def registry_schema(time_type: str, id_type: str) -> str:
 
 _ACCOUNT_COLUMNS = (
     "name, amojo_id, scope_id, subdomain, domain, rest_url, access_token, refresh_token, token_expires_at, "
-    "state, installed_at, time_window_disabled, chat_policy"
+    "state, installed_at, time_window_disabled, chat_policy, amocrm_id"
 )
 _SOURCE_COLUMNS = (
     "name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error"
@@ -191,6 +198,10 @@ def _upsert(table: str, columns: str, p: str) -> str:
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join([p] * len(names))}) "
         f"ON CONFLICT (name) DO UPDATE SET {updates}"
     )
+
+
+ACCOUNT_IDS = "ALTER TABLE accounts ADD COLUMN amocrm_id {id_type};"
+"""Migration: amoCRM's numeric id of an account (the disconnect hook names it)."""
 
 
 def registry_sql(p: str) -> dict[str, str]:
@@ -225,6 +236,7 @@ def account_params(r: AccountRecord, revision: int) -> tuple[Any, ...]:
         r.installed_at or time.time(),
         r.time_window_disabled,
         r.chat_policy,
+        r.amocrm_id,
         revision,
     )
 
@@ -250,7 +262,22 @@ def source_params(r: SourceRecord, revision: int) -> tuple[Any, ...]:
 
 def account_of(row: tuple[Any, ...]) -> AccountRecord:
     """A row of the accounts table as a record."""
-    (name, amojo_id, scope_id, subdomain, domain, rest_url, token, refresh, expires, state, installed, tw, policy) = row
+    (
+        name,
+        amojo_id,
+        scope_id,
+        subdomain,
+        domain,
+        rest_url,
+        token,
+        refresh,
+        expires,
+        state,
+        installed,
+        tw,
+        policy,
+        aid,
+    ) = row
     return AccountRecord(
         name=name,
         amojo_id=amojo_id,
@@ -265,6 +292,7 @@ def account_of(row: tuple[Any, ...]) -> AccountRecord:
         installed_at=installed,
         time_window_disabled=bool(tw),
         chat_policy=policy,
+        amocrm_id=aid,
     )
 
 
@@ -316,6 +344,17 @@ class SQLiteRegistryRows:
 
     async def put_source(self, record: SourceRecord) -> int:
         return await self._call(lambda conn: _sqlite_write(conn, "put_source", source_params, record))
+
+    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            conn.execute(
+                "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
+                "FROM queue WHERE scope_id = ? AND state = 'queued'",
+                (time.time(), error, scope_id),
+            )
+            return int(conn.execute("DELETE FROM queue WHERE scope_id = ? AND state = 'queued'", (scope_id,)).rowcount)
+
+        return await self._call(run)
 
     async def watch_registry(self, changed: Callable[[], None]) -> None:
         await anyio.sleep_forever()

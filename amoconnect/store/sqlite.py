@@ -35,7 +35,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .registry import SQLiteRegistryRows, registry_schema
+from .registry import ACCOUNT_IDS, SQLiteRegistryRows, registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -144,6 +144,8 @@ MIGRATIONS: tuple[str, ...] = (
     HEADS_TABLE.format(id_type="INTEGER", time_type="REAL") + _HEAD_TRIGGERS,
     # 4: accounts and sources (store/registry.py)
     registry_schema(time_type="REAL", id_type="INTEGER"),
+    # 5: amoCRM's numeric id of an account
+    ACCOUNT_IDS.format(id_type="INTEGER"),
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
