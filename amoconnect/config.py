@@ -156,7 +156,9 @@ class OAuthConfig(_Section):
     client_id: str = ""
     """The integration's id (amoCRM's ``client_uuid`` in its disconnect hook)."""
     client_secret: str = ""
-    """The integration's secret (write ``"env:NAME"``): it signs the disconnect hook."""
+    """The integration's secret (write ``"env:NAME"``): it signs the disconnect hook and goes with code exchanges."""
+    redirect_uri: str = ""
+    """The integration's redirect URI, as registered with amoCRM: ``{public_url}/oauth/callback``."""
 
 
 class ChannelConfig(_Section):

@@ -53,7 +53,7 @@ from .routing import Instance, Routing
 from .server.admin import admin_routes
 from .server.app import AppParts, build_app, enqueue_inbound
 from .server.guard import Refusals, fit_descriptors, guarded_protocol
-from .server.oauth import oauth_routes
+from .server.oauth import Installer, oauth_routes
 from .store import build_store
 from .store.base import Store
 from .store.registry import AccountRecord, SourceRecord
@@ -90,9 +90,9 @@ class Runtime:
     """One running connector.
 
     ``plugin`` limits the messenger instances to one plugin (``amoconnect run --plugin``);
-    ``plugin_manager`` replaces plugin discovery; ``amojo_http`` and ``messenger_http`` inject
-    HTTP clients (tests point them at fakes in-process); ``resolver`` replaces DNS for the media
-    SSRF guard (the test kit's fake hosts all live on loopback).
+    ``plugin_manager`` replaces plugin discovery; ``amojo_http``, ``messenger_http`` and ``amocrm_http``
+    (installing accounts' REST API) inject HTTP clients (tests point them at fakes in-process);
+    ``resolver`` replaces DNS for the media SSRF guard (the test kit's fake hosts all live on loopback).
     """
 
     def __init__(
@@ -106,6 +106,7 @@ class Runtime:
         store: Store | None = None,
         amojo_http: httpx.AsyncClient | None = None,
         messenger_http: httpx.AsyncClient | None = None,
+        amocrm_http: httpx.AsyncClient | None = None,
         resolver: Resolver | None = None,
     ) -> None:
         self.config = config
@@ -122,6 +123,7 @@ class Runtime:
         self.store: Store = store or build_store(config.store)
         self._amojo_http = amojo_http
         self._messenger_http = messenger_http
+        self._amocrm_http = amocrm_http
         self.url_guard = UrlGuard(
             parse_networks(config.http.media_allow_networks), resolver=resolver or system_resolver
         )
@@ -198,6 +200,10 @@ class Runtime:
             for limit in adapter.rate_limits
         ]
         return Instance(source, account, adapter, limiters)
+
+    async def _connect_channel(self, amojo_id: str) -> str:
+        """Connect the channel to an installing account in amojo; its scope id."""
+        return (await self.amojo.connect(amojo_id, title=self.config.channel.title)).scope_id
 
     async def _disconnect_channel(self, account: AccountRecord) -> None:
         """Disconnect the channel from a disconnected account in amojo."""
@@ -318,7 +324,11 @@ class Runtime:
                     frozenset(cls.name for cls in self.messengers.values()),
                     [
                         *admin_routes(self.tenants, self.config.admin.token),
-                        *oauth_routes(self.tenants, self.config.oauth),
+                        *oauth_routes(
+                            self.tenants,
+                            self.config.oauth,
+                            Installer(self.tenants, self.config.oauth, self._connect_channel, self._amocrm_http),
+                        ),
                     ],
                 )
             )

@@ -1,4 +1,13 @@
-"""amoCRM's hooks for the integration an account installs: ``GET /oauth/disconnect``.
+"""amoCRM's hooks for the integration an account installs: ``GET /oauth/callback`` and ``GET /oauth/disconnect``.
+
+**Install.** When an account's admin allows the integration, amoCRM sends the browser to the
+redirect URI with ``code`` and ``referer`` (the account's host, ``shop.amocrm.ru``). ``referer`` is
+the sender's to choose while the exchange carries the client secret, so only a host of
+:data:`ACCOUNT_HOST` (one label under ``amocrm.ru``, ``amocrm.com`` or ``kommo.com``: no user
+info, port, path, IP literal or look-alike) is ever contacted. The code is exchanged there, the
+account read (``GET /api/v4/account?with=amojo_id``), the channel connected to it (its scope id)
+and the account recorded with its tokens, active (a re-install brings a disconnected account back).
+A code amoCRM refuses (forged, used, expired) records nothing.
 
 When an account's admin turns the integration off, amoCRM calls the integration's disconnect
 hook with ``account_id`` (amoCRM's numeric id of the account), ``client_uuid`` (the
@@ -18,17 +27,47 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable
 
+import httpx
 import msgspec
 import structlog
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from ..amocrm import Account, AmoCRMClient, OAuthApp, Tokens
 from ..config import OAuthConfig
+from ..errors import AmoconnectError
+from ..store.registry import AccountRecord
 from ..tenants import Tenants
 
-__all__ = ["disconnect_signature", "oauth_routes"]
+__all__ = ["ACCOUNT_HOST", "Installer", "account_host", "disconnect_signature", "oauth_routes"]
+
+ACCOUNT_HOST = re.compile(r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\.(amocrm\.ru|amocrm\.com|kommo\.com)")
+"""An amoCRM or Kommo account's host: one label (the subdomain) under one of the three domains."""
+
+Connect = Callable[[str], Awaitable[str]]
+"""Connect the channel to an amojo account id; the scope id."""
+
+
+def account_host(referer: str) -> tuple[str, str] | None:
+    """The (subdomain, domain) of ``referer`` when it is exactly an account's host (optionally as an
+    ``https://`` origin), else None."""
+    text = referer.strip().lower()
+    if "://" in text:
+        parts = urllib.parse.urlsplit(text)
+        if parts.scheme != "https" or parts.username or parts.password or parts.port or parts.path not in ("", "/"):
+            return None
+        if parts.query or parts.fragment:
+            return None
+        text = parts.netloc
+    match = ACCOUNT_HOST.fullmatch(text)
+    return (match.group(1), match.group(2)) if match else None
+
 
 log = structlog.get_logger("amoconnect.oauth")
 
@@ -45,8 +84,74 @@ def _json(status: int, body: dict[str, object]) -> Response:
     return Response(_encode(body), status_code=status, media_type="application/json")
 
 
-def oauth_routes(tenants: Tenants, oauth: OAuthConfig) -> list[BaseRoute]:
+class Installer:
+    """Installs an account from an authorisation code: exchange, read the account, connect, record.
+
+    ``http`` is the HTTP client toward amoCRM (tests point it at the fake); ``connect`` connects the channel.
+    """
+
+    def __init__(
+        self, tenants: Tenants, oauth: OAuthConfig, connect: Connect, http: httpx.AsyncClient | None = None
+    ) -> None:
+        self.tenants = tenants
+        self.oauth = oauth
+        self._connect = connect
+        self._http = http
+
+    async def install(self, code: str, referer: str) -> AccountRecord:
+        """The account recorded from ``code`` issued by the account at ``referer``; :class:`AmoconnectError` if not."""
+        host = account_host(referer)
+        if host is None:
+            raise AmoconnectError(f"referer {referer[:100]!r} is not an amoCRM or Kommo account's host")
+        subdomain, domain = host
+        app = OAuthApp(
+            client_id=self.oauth.client_id, client_secret=self.oauth.client_secret, redirect_uri=self.oauth.redirect_uri
+        )
+        url = f"https://{subdomain}.{domain}"
+        async with AmoCRMClient(url, oauth=app, client=self._http) as rest:
+            tokens: Tokens = await rest.exchange_code(code)
+            account: Account = await rest.get_account()
+        if not account.amojo_id:
+            raise AmoconnectError(f"amoCRM gave no amojo_id for {url}")
+        scope_id = await self._connect(account.amojo_id)
+        registry = self.tenants.registry
+        existing = registry.account_by_scope(scope_id)
+        name = existing.name if existing is not None else subdomain
+        if existing is None and registry.account(name) is not None:
+            name = f"{subdomain}-{domain.split('.')[0]}-{account.id}"
+        record = AccountRecord(
+            name=name,
+            amojo_id=account.amojo_id,
+            scope_id=scope_id,
+            subdomain=subdomain,
+            domain=domain,
+            rest_url=url,
+            token=tokens.access_token,
+            refresh_token=tokens.refresh_token or "",
+            token_expires_at=tokens.expires_at,
+            installed_at=time.time(),
+            amocrm_id=account.id,
+        )
+        await registry.put_account(record)
+        return record
+
+
+def oauth_routes(tenants: Tenants, oauth: OAuthConfig, installer: Installer | None = None) -> list[BaseRoute]:
     """The integration's hooks (none answer without ``[oauth] client_id`` and ``client_secret``)."""
+
+    async def callback(request: Request) -> Response:
+        if installer is None or not (oauth.client_id and oauth.client_secret and oauth.redirect_uri):
+            return _json(404, {"error": "not_found", "detail": "no integration is set up: set [oauth]"})
+        code, referer = request.query_params.get("code", ""), request.query_params.get("referer", "")
+        if not code or not referer:
+            return _json(400, {"error": "bad_request", "detail": "code and referer are required"})
+        try:
+            account = await installer.install(code, referer)
+        except AmoconnectError as exc:
+            log.warning("install refused", referer=referer[:100], error=str(exc))
+            return _json(400, {"error": "install_failed", "detail": str(exc)})
+        log.info("account installed the integration", account=account.name, scope_id=account.scope_id)
+        return Response(f"{account.subdomain}.{account.domain} is connected.", media_type="text/plain; charset=utf-8")
 
     async def disconnect(request: Request) -> Response:
         if not (oauth.client_id and oauth.client_secret):
@@ -71,4 +176,7 @@ def oauth_routes(tenants: Tenants, oauth: OAuthConfig) -> list[BaseRoute]:
         )
         return _json(200, {"ok": True, "known": True, "steps": msgspec.to_builtins(outcome.steps)})
 
-    return [Route("/oauth/disconnect", disconnect, methods=["GET"])]
+    return [
+        Route("/oauth/callback", callback, methods=["GET"]),
+        Route("/oauth/disconnect", disconnect, methods=["GET"]),
+    ]

@@ -17,7 +17,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
 import msgspec
@@ -296,7 +296,10 @@ class FakeAmoCRM:
             ("/api/v4/chats/templates/{template_id:int}/review/{review_id:int}", "POST", self._set_review),
             ("/api/v4/webhooks", "POST", self._subscribe_webhook),
         ]
-        routes = [Route("/oauth2/access_token", self._guard(self._token, auth=False), methods=["POST"])]
+        routes = [
+            Route("/oauth2/access_token", self._guard(self._token, auth=False), methods=["POST"]),
+            Route("/oauth", self._authorize, methods=["GET"]),
+        ]
         by_path: dict[str, dict[str, Handler]] = {}
         for path, method, handler in api:
             by_path.setdefault(path, {})[method] = handler
@@ -369,6 +372,18 @@ class FakeAmoCRM:
             return _problem(400, "Bad Request", "Request body is not valid JSON")
 
     # -- OAuth ---------------------------------------------------------------------------
+    async def _authorize(self, request: Request) -> Response:
+        """The account's admin allows the integration: amoCRM sends the browser to the redirect URI
+        with a fresh code, the account's host as ``referer`` and the ``state`` it was given."""
+        query = request.query_params
+        if query.get("client_id") != self.client_id:
+            return _problem(400, "Bad Request", "Unknown client_id")
+        params = {"code": self.issue_code(), "referer": self.base_url.removeprefix("https://")}
+        if "state" in query:
+            params["state"] = query["state"]
+        params["platform"] = "1"
+        return Response(status_code=302, headers={"Location": f"{self.redirect_uri}?{urlencode(params)}"})
+
     async def _token(self, request: Request) -> Response:
         body = await _body(request)
         if not isinstance(body, dict):
