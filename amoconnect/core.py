@@ -86,10 +86,11 @@ class Core:
 
     def rest(self, account: AccountRecord) -> AmoCRMClient:
         """The REST API client of ``account`` (one per account; the rate limit is the store's, for the fleet)."""
-        client = self._rest.get(account.name)
+        key = f"{account.name}\0{account.token}"  # a refreshed token makes a new client
+        client = self._rest.get(key)
         if client is None:
             # Lookups sit in front of a client's message: fail fast and fall back rather than wait long.
-            client = self._rest[account.name] = AmoCRMClient(
+            client = self._rest[key] = AmoCRMClient(
                 account.rest_url,
                 tokens=account.token or None,
                 retry=RetryPolicy(attempts=2, backoff=0.2),

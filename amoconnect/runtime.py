@@ -58,6 +58,7 @@ from .store import build_store
 from .store.base import Store
 from .store.registry import AccountRecord, SourceRecord
 from .tenants import Tenants
+from .tokens import TokenKeeper
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
 __all__ = ["Runtime", "listen", "loop_options", "serve"]
@@ -361,6 +362,9 @@ class Runtime:
             instances.run(tasks)
             self.registry.subscribe(instances.apply)
             tasks.start_soon(self.registry.follow)
+            if self.config.oauth.client_id and self.config.oauth.client_secret:
+                keeper = TokenKeeper(self.registry, self.store, self.config.oauth, http=self._amocrm_http)
+                tasks.start_soon(keeper.run)
             tasks.start_soon(self._prune)
         except BaseException:
             await stack.aclose()

@@ -1,0 +1,161 @@
+"""Installed accounts' OAuth tokens: refreshed before they expire, once across processes, the new pair stored
+before use, a refused refresh token marking the account for re-authorisation."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import anyio
+import httpx
+import pytest
+from rig import CHANNEL, base_config
+
+from amoconnect.config import OAuthConfig, parse_config
+from amoconnect.registry import Registry
+from amoconnect.store import build_store
+from amoconnect.store.base import Store
+from amoconnect.store.registry import AccountRecord
+from amoconnect.testing.fake_amocrm import FakeAmoCRM
+from amoconnect.testing.stores import postgres_url
+from amoconnect.tokens import REFRESH_BEFORE, TokenKeeper
+
+pytestmark = pytest.mark.anyio
+
+OAUTH = OAuthConfig(client_id="client-1", client_secret="secret-" + "x" * 30, redirect_uri="http://c/oauth/callback")
+SHOP = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+
+
+def fake() -> FakeAmoCRM:
+    return FakeAmoCRM(
+        subdomain="shop", client_id=OAUTH.client_id, client_secret=OAUTH.client_secret, redirect_uri=OAUTH.redirect_uri
+    )
+
+
+async def install(registry: Registry, amocrm: FakeAmoCRM, ttl: int) -> AccountRecord:
+    tokens = amocrm.issue_tokens(ttl=ttl)
+    record = AccountRecord(
+        name="shop",
+        amojo_id=SHOP,
+        scope_id=f"{CHANNEL}_{SHOP}",
+        subdomain="shop",
+        rest_url="https://shop.amocrm.ru",
+        token=tokens.access_token,
+        refresh_token=tokens.refresh_token or "",
+        token_expires_at=time.time() + ttl,
+    )
+    await registry.put_account(record)
+    return record
+
+
+async def stores(tmp_path: Path, count: int) -> list[Store]:
+    """``count`` stores on one database: processes of a fleet (PostgreSQL), or one process's (SQLite)."""
+    config = parse_config(base_config(tmp_path))
+    opened = []
+    for _ in range(count):
+        store = build_store(config.store)
+        await store.open()
+        opened.append(store)
+    return opened
+
+
+async def test_a_token_due_is_refreshed_and_the_new_pair_stored(tmp_path: Path) -> None:
+    amocrm = fake()
+    (store,) = await stores(tmp_path, 1)
+    try:
+        config = parse_config(base_config(tmp_path))
+        registry = Registry(config, store)
+        await registry.load()
+        old = await install(registry, amocrm, ttl=int(REFRESH_BEFORE) + 600)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+            keeper = TokenKeeper(registry, store, OAUTH, http=http)
+            assert await keeper.refresh_due() == []  # not due yet
+            await install(registry, amocrm, ttl=60)
+            old = registry.account("shop")  # type: ignore[assignment]
+            assert await keeper.refresh_due() == ["shop"]
+        new = registry.account("shop")
+        assert new is not None and old is not None
+        assert new.token != old.token and new.refresh_token != old.refresh_token
+        assert new.token in amocrm.access_tokens and new.refresh_token in amocrm.refresh_tokens
+        assert old.refresh_token not in amocrm.refresh_tokens  # rotated: the old one is gone
+        assert new.token_expires_at is not None and new.token_expires_at > time.time() + REFRESH_BEFORE
+        # Another reader of the store has the stored pair.
+        other = Registry(config, store)
+        await other.load()
+        assert other.account("shop") == new
+    finally:
+        await store.close()
+
+
+@pytest.mark.skipif(postgres_url() is None, reason="processes of a fleet share a PostgreSQL store (--postgres)")
+async def test_three_processes_racing_refresh_once_and_all_use_the_winner_s_pair(tmp_path: Path) -> None:
+    amocrm = fake()
+    opened = await stores(tmp_path, 3)
+    try:
+        config = parse_config(base_config(tmp_path))
+        registries = [Registry(config, s) for s in opened]
+        for registry in registries:
+            await registry.load()
+        await install(registries[0], amocrm, ttl=60)
+        for registry in registries:
+            await registry.refresh()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+            keepers = [TokenKeeper(r, s, OAUTH, http=http) for r, s in zip(registries, opened, strict=True)]
+            async with anyio.create_task_group() as tg:
+                for keeper in keepers:
+                    tg.start_soon(keeper.refresh_due)
+                    tg.start_soon(keeper.refresh_due)
+        assert amocrm.grants == ["refresh_token"]  # one refresh, whoever won
+        for registry in registries:
+            await registry.refresh()
+        pairs = {(r.account("shop").token, r.account("shop").refresh_token) for r in registries}  # type: ignore[union-attr]
+        assert len(pairs) == 1
+        ((token, refresh),) = pairs
+        assert token in amocrm.access_tokens and refresh in amocrm.refresh_tokens
+    finally:
+        for store in opened:
+            await store.close()
+
+
+async def test_a_refresh_that_loses_the_race_uses_the_winner_s_pair(tmp_path: Path) -> None:
+    """A keeper whose refresh token was just rotated by another (it read the store before the winner
+    wrote) is refused by amoCRM: it takes the winner's pair instead of marking the account."""
+    amocrm = fake()
+    (store,) = await stores(tmp_path, 1)
+    try:
+        config = parse_config(base_config(tmp_path))
+        loser, winner = Registry(config, store), Registry(config, store)
+        await loser.load()
+        await install(loser, amocrm, ttl=60)
+        await winner.load()
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+            assert await TokenKeeper(winner, store, OAUTH, http=http).refresh_due() == ["shop"]
+            slow = TokenKeeper(loser, store, OAUTH, http=http)
+            stale = loser.account("shop")
+            assert stale is not None
+            assert await slow._refresh(stale) is False  # as if it had read the store just before the winner wrote
+        account = loser.account("shop")
+        assert account is not None and account.state == "active"
+        assert account.refresh_token in amocrm.refresh_tokens and account == winner.account("shop")
+    finally:
+        await store.close()
+
+
+async def test_a_revoked_refresh_token_marks_the_account_for_re_authorisation_once(tmp_path: Path) -> None:
+    amocrm = fake()
+    (store,) = await stores(tmp_path, 1)
+    try:
+        registry = Registry(parse_config(base_config(tmp_path)), store)
+        await registry.load()
+        await install(registry, amocrm, ttl=60)
+        amocrm.refresh_tokens.clear()  # revoked (the admin turned the integration off, or a lost pair)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+            keeper = TokenKeeper(registry, store, OAUTH, http=http)
+            assert await keeper.refresh_due() == []
+            account = registry.account("shop")
+            assert account is not None and account.state == "needs_reauth" and account.active
+            requests = len(amocrm.requests)
+            assert await keeper.refresh_due() == []  # no retrying forever
+            assert len(amocrm.requests) == requests
+    finally:
+        await store.close()
