@@ -12,7 +12,8 @@ handler's ``on_dead`` may then enqueue follow-ups (e.g. tell the manager the mes
 
 Workers wake when a job is committed (no polling sleep); when nothing is due they sleep until
 the earliest retry is. A finished job's slot takes its conversation's next job in the finish's
-own transaction, so a backlog of one conversation runs at the pace of its jobs, not of claims.
+own transaction while another slot is free, so a backlog of one conversation runs at the pace of
+its jobs, not of claims.
 """
 
 from __future__ import annotations
@@ -215,8 +216,14 @@ class Relay:
                     await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
             else:
                 crash_point("relay.done", job.kind)
-                # While the relay dispatches, the finish takes the conversation's next job too.
-                taking = self._dispatching is not None and not self._dispatching.cancel_called
+                # The finish takes the conversation's next job too while the relay dispatches and a
+                # slot is free for other work (all slots busy: the slot goes back to the claims,
+                # which serve every conversation's head in turn).
+                taking = (
+                    self._dispatching is not None
+                    and not self._dispatching.cancel_called
+                    and len(self._running) < self.concurrency
+                )
                 following = await self._settle(
                     job,
                     lambda: self.store.finish(

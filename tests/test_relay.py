@@ -312,3 +312,30 @@ async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_it
     assert ran == [b"%d" % i for i in range(21)]
     assert len(claimed) == 1
     assert await store.counts() == {"queued": 9, "running": 0, "dead": 0}
+
+
+@pytest.mark.parametrize(("concurrency", "claims"), [(1, 10), (3, 2)])
+async def test_a_finish_takes_the_next_job_only_while_a_slot_is_free_for_other_work(
+    store: Store, concurrency: int, claims: int
+) -> None:
+    """With every slot busy, a finished job's slot goes back to the claims (each conversation's
+    head in turn, as before), so conversations with backlogs cannot hold every slot for good."""
+    claimed: list[int] = []
+    claim = store.claim
+
+    async def counted(limit: int) -> list[Job]:
+        jobs = await claim(limit)
+        claimed.extend(job.id for job in jobs)
+        return jobs
+
+    store.claim = counted  # type: ignore[method-assign]
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        return Done()
+
+    await store.enqueue([NewJob("test", key, b"%d" % i) for i in range(5) for key in ("a", "b")])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}, concurrency=concurrency).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0))
+        tg.cancel_scope.cancel()
+    assert len(claimed) == claims
