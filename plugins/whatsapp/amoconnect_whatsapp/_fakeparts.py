@@ -177,6 +177,8 @@ class Number:
     """Where this number's webhooks go (its override, else its WABA's URL)."""
     registered: bool = True
     """False: the number is not registered with the Cloud API, and sends fail with 133010."""
+    business_app: bool = False
+    """True: the number is on the WhatsApp Business app too (coexistence), whose sends make ``smb_message_echoes``."""
 
 
 @dataclass

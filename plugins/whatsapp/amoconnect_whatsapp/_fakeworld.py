@@ -35,6 +35,7 @@ class FakeWorld:
     users: dict[str, User]
     sent: dict[str, Sent]
     inbound: dict[str, tuple[str, User, dict[str, Any]]]
+    app_sent: dict[str, tuple[str, User, dict[str, Any]]]
     media: dict[str, MediaFile]
     templates: dict[str, StoredTemplate]
     deliveries: list[Delivery]
@@ -168,6 +169,45 @@ class FakeWorld:
         self.inbound[message["id"]] = (number.phone_number_id, user, message)
         await self._emit(number, self._envelope(number, {"contacts": [self._contact(user)], "messages": [message]}))
         return message
+
+    # -- the business in the WhatsApp Business app (coexistence) --------------------------------------
+
+    async def _app_echo(self, user: User, content: dict[str, Any], to: str | None) -> dict[str, Any]:
+        number = self._number_for(to)
+        if not number.business_app:
+            raise LookupError(f"number {number.phone_number_id} is not on the WhatsApp Business app")
+        if user.wa_id is None:
+            raise LookupError(f"user {user.key!r} shares no phone number to write to from the app")
+        echo = {
+            "from": number.display_phone_number,
+            "to": user.wa_id,
+            "id": f"wamid.{secrets.token_urlsafe(18)}",
+            "timestamp": str(int(self.clock())),
+            **content,
+        }
+        self.app_sent[echo["id"]] = (number.phone_number_id, user, echo)
+        metadata = {"display_phone_number": number.display_phone_number, "phone_number_id": number.phone_number_id}
+        value = {
+            "messaging_product": "whatsapp",
+            "metadata": metadata,
+            "contacts": [self._contact(user)],
+            "message_echoes": [echo],
+        }
+        change = {"field": "smb_message_echoes", "value": value}
+        await self._emit(
+            number, {"object": "whatsapp_business_account", "entry": [{"id": number.waba_id, "changes": [change]}]}
+        )
+        return echo
+
+    async def business_app_writes(self, user: User, text: str, *, to: str | None = None) -> dict[str, Any]:
+        """The business writes ``user`` from the WhatsApp Business app: an ``smb_message_echoes`` webhook."""
+        return await self._app_echo(user, {"type": "text", "text": {"body": text}}, to)
+
+    async def business_app_edits(self, user: User, wamid: str, text: str) -> dict[str, Any]:
+        """The business edits, in the app, its message ``wamid``: an echo of type ``edit``."""
+        phone_number_id = self.app_sent[wamid][0]
+        edit = {"original_message_id": wamid, "message": {"type": "text", "text": {"body": text}}}
+        return await self._app_echo(user, {"type": "edit", "edit": edit}, phone_number_id)
 
     def _context(self, number: Number, quoted: str | None) -> dict[str, Any] | None:
         if quoted is None:

@@ -173,6 +173,7 @@ class WhatsAppAdapter(MessengerAdapter):
             Capability.delivery_receipts,
             Capability.read_receipts,
             Capability.time_window,
+            Capability.echoes,
         }
     )
     reactions = ReactionSet.any()

@@ -36,6 +36,10 @@ What it does as Meta does:
   retried on a non-2xx answer; ``hold()`` and ``release(shuffle=..., duplicate=...)`` deliver out
   of order and twice on demand; the ``hub.challenge`` handshake when a callback URL is set
   through the API (``POST /{phone-number-id}`` ``webhook_configuration``, or ``/{waba-id}/subscribed_apps``);
+- coexistence: a number with ``business_app`` set is on the WhatsApp Business app too; what the
+  business writes there (:meth:`~FakeWhatsApp.business_app_writes`, ``business_app_edits``) comes
+  as an ``smb_message_echoes`` change (``message_echoes``: from, to, id, timestamp, the message);
+  the API's own sends make none, as Meta documents;
 - :meth:`~FakeWhatsApp.fail_next` injects errors (429 storms, 131056, 5xx...).
 
 Statuses of accepted messages (``auto_statuses``, and late failures) are delivered after the
@@ -146,6 +150,8 @@ class FakeWhatsApp(FakeWorld):
         """wamid → a message the business sent."""
         self.inbound: dict[str, tuple[str, User, dict[str, Any]]] = {}
         """wamid → (phone_number_id, user, message) of what users wrote."""
+        self.app_sent: dict[str, tuple[str, User, dict[str, Any]]] = {}
+        """wamid → (phone_number_id, user, echo) of what the business wrote from the WhatsApp Business app."""
         self.media: dict[str, MediaFile] = {}
         self.templates: dict[str, StoredTemplate] = {}
         self.calls: list[ApiCall] = []
@@ -498,11 +504,11 @@ class FakeWhatsApp(FakeWorld):
             late = (131026, "")
         else:
             late = await self._check_content(number, user, kind, body, now)
-        if "context" in body and body["context"]["message_id"] not in self.sent | self.inbound:
+        if "context" in body and body["context"]["message_id"] not in self.sent | self.inbound | self.app_sent:
             fail(131009, "(#131009) Parameter value is not valid", "context.message_id is not a message of this chat")
         if kind == "reaction" and user is not None:
             target = body["reaction"]["message_id"]
-            if target not in self.sent and target not in self.inbound:
+            if target not in self.sent and target not in self.inbound and target not in self.app_sent:
                 fail(131009, "(#131009) Parameter value is not valid", "reaction.message_id is not a message here")
         self.sent[wamid] = sent
         self._sends.setdefault(number.phone_number_id, []).append(now)

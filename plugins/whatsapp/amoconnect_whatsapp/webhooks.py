@@ -7,9 +7,21 @@ shapes are understood: the 2026 one with a business-scoped ``user_id`` (and poss
 and no phone number) and the older phone-only one. The chat of a user is their phone number
 (``wa_id``) when WhatsApp shares it, else their ``user_id``, so a chat keeps its id across both.
 
-Dedup keys: ``msg:{wamid}`` for messages and reactions, ``status:{wamid}:{status}`` for statuses.
-``message_template_status_update`` changes become :class:`TemplateUpdate` records for the
-template review (:mod:`amoconnect_whatsapp.review`).
+Dedup keys: ``msg:{wamid}`` for messages and reactions, ``status:{wamid}:{status}`` for statuses,
+``echo:{wamid}`` for echoes. ``message_template_status_update`` changes become
+:class:`TemplateUpdate` records for the template review (:mod:`amoconnect_whatsapp.review`).
+
+``smb_message_echoes`` changes (capability ``echoes``) report "messages sent via the WhatsApp
+Business app or a companion (linked) device by a business customer who has been onboarded to
+Cloud API" (coexistence): ``{"metadata", "message_echoes": [{"from": <business number>, "to":
+<user's phone number>, "id", "timestamp", "type", <type>: {...}}]}`` (Meta's smb_message_echoes
+webhook reference; a copy: support.chatarchitect.com/books/meta-whatsapp/page/
+smb-message-echoes-webhook-reference-developer-documentation). Cloud API sends make none. Each
+becomes an :class:`~amoconnect.model.InboundEcho` of the recipient's chat, named as in
+``messages`` by the change's ``contacts`` (as pywa reads an echo), else by the digits of ``to``
+("the same value returned by the API as the input value when sending", which may differ from
+the user's ``wa_id``); an ``edit`` an :class:`~amoconnect.model.InboundEdit` of the original
+message; a ``revoke`` nothing (amoCRM cannot delete a message), as for the client's own.
 """
 
 from __future__ import annotations
@@ -25,6 +37,7 @@ from amoconnect.errors import NOT_JSON, WebhookError
 from amoconnect.model import (
     Attachment,
     Contact,
+    InboundEcho,
     InboundEdit,
     InboundEvent,
     InboundMessage,
@@ -120,6 +133,16 @@ class _Message(msgspec.Struct, kw_only=True):
     referral: dict[str, Any] | None = None
     edit: dict[str, Any] | None = None
     errors: list[GraphError] | None = None
+
+
+class _Echo(_Message, kw_only=True):
+    to: str = ""
+
+
+class _Echoes(msgspec.Struct, kw_only=True):
+    metadata: _Metadata = msgspec.field(default_factory=_Metadata)
+    contacts: list[_Contact] = []
+    message_echoes: list[_Echo] = []
 
 
 class _Status(msgspec.Struct, kw_only=True):
@@ -241,6 +264,19 @@ def parse(envelope: Envelope, phone_number_id: str, waba_id: str) -> Parsed:
                 if update is not None and entry.id == waba_id:
                     parsed.templates.append(update)
                 continue
+            if change.field == "smb_message_echoes":
+                try:
+                    echoes = msgspec.convert(change.value, _Echoes)
+                except msgspec.ValidationError as exc:
+                    raise WebhookError(f"an 'smb_message_echoes' change of an unexpected shape: {exc}") from None
+                if echoes.metadata.phone_number_id != phone_number_id:
+                    parsed.foreign.add(echoes.metadata.phone_number_id)
+                    continue
+                for echo in echoes.message_echoes:
+                    event = _echo(echo, echoes)
+                    if event is not None:
+                        parsed.events.append(event)
+                continue
             if change.field != "messages":
                 continue
             try:
@@ -356,6 +392,35 @@ def _message(message: _Message, chat: str, sender: Person) -> InboundEvent:
         common["reply_to"] = context.id if context.id and message.type not in ("interactive", "button") else None
         common["forwarded"] = context.forwarded or context.frequently_forwarded
     return InboundMessage(**common, **_content(message))
+
+
+def _echo(echo: _Echo, value: _Echoes) -> InboundEvent | None:
+    """One message the business sent from the WhatsApp Business app; ``None`` for a revocation."""
+    to = re.sub(r"\D", "", echo.to)
+    contact = next((c for c in value.contacts if c.wa_id and c.wa_id == to), None)
+    if contact is None and len(value.contacts) == 1:
+        contact = value.contacts[0]
+    chat = chat_of(contact.wa_id, contact.user_id) if contact is not None else to or None
+    if chat is None:
+        raise WebhookError(f"message echo {echo.id!r} names no recipient (neither 'to' nor a contact)")
+    if echo.type == "revoke":
+        return None  # amoCRM has nothing to delete a message with
+    business = Person(id=re.sub(r"\D", "", echo.from_ or value.metadata.display_phone_number) or "business")
+    common: dict[str, Any] = {"chat": chat, "timestamp": _timestamp(echo.timestamp), "dedup_key": f"echo:{echo.id}"}
+    if echo.type == "edit" and echo.edit is not None:
+        return _edit(echo, {**common, "sender": business, "message_id": echo.id})
+    profile = contact.profile if contact is not None else _Profile()
+    wa_id = contact.wa_id if contact is not None else to
+    client = Person(
+        id=chat,
+        name=profile.name,
+        username=profile.username,
+        phone=f"+{wa_id}" if wa_id and wa_id.isdigit() else None,
+    )
+    context = echo.context
+    reply_to = context.id if context is not None and context.id else None
+    content = {k: v for k, v in _content(echo).items() if k != "callback_data"}
+    return InboundEcho(**common, client=client, message_id=echo.id, reply_to=reply_to, **content)
 
 
 def _edit(message: _Message, common: dict[str, Any]) -> InboundEvent:

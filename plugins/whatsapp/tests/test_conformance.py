@@ -32,10 +32,15 @@ class WhatsAppDriver:
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self.fake = FakeWhatsApp.sandbox(http=http)
+        next(iter(self.fake.numbers.values())).business_app = True  # coexistence: the app's sends echo
         self.fake.auto_statuses = ()
         self.fake.fetch_http = httpx.AsyncClient(transport=httpx.MockTransport(_samples))
         self.fake.add_template("order_ready", "en_US", body="Hello, {{1}}! Your order {{2}} is ready.")
         self.app = self.fake.app
+
+    async def business_writes(self, chat: str, text: str, *, reply_to: str | None = None) -> object:
+        # The WhatsApp Business app's echoes carry no quote (Meta's reference shows none).
+        return await self.fake.business_app_writes(self._user(chat), text)
 
     def _user(self, chat: str) -> User:
         return self.fake.user(chat) or self.fake.add_user(chat, name="Conformance Client")

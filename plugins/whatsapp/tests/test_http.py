@@ -15,7 +15,7 @@ from amoconnect.testing.kit import eventually
 from amoconnect.testing.servers import serve_app
 from amoconnect.testing.stores import store_settings
 from whatsapp_peer import peer_check
-from whatsapp_rig import ACCOUNT, APP_SECRET, CHANNEL, SCOPE, SECRET, VERIFY
+from whatsapp_rig import ACCOUNT, APP_SECRET, BOT, CHANNEL, SCOPE, SECRET, VERIFY
 
 from amoconnect_whatsapp.fake import FakeWhatsApp
 
@@ -35,7 +35,7 @@ async def test_both_directions_with_media_and_statuses_over_http(tmp_path: Path)
     async with httpx.AsyncClient(timeout=10) as http:
         fake = FakeWhatsApp(http=http, app_secret=APP_SECRET, auto_statuses=("sent", "delivered", "read"))
         number = fake.add_number("1000000001", waba_id="2000000001", token="token-one")
-        amojo = FakeAmojo(CHANNEL, SECRET, webhook_client=http)
+        amojo = FakeAmojo(CHANNEL, SECRET, bot_id=BOT, webhook_client=http)
         amojo.connect(ACCOUNT, webhook_url=f"{public}/amocrm/:scope_id")
         async with serve_app(amojo.app) as amojo_url, serve_app(fake.app) as api_url:
             settings = {
@@ -49,7 +49,7 @@ async def test_both_directions_with_media_and_statuses_over_http(tmp_path: Path)
             }
             config = parse_config(
                 {
-                    "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": amojo_url},
+                    "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": amojo_url, "bot_id": BOT},
                     "accounts": [{"name": "main", "amojo_id": ACCOUNT}],
                     "sources": [{"name": "wa", "plugin": "whatsapp", "account": "main", "settings": settings}],
                     "server": {"public_url": public},

@@ -32,6 +32,7 @@ FILES = "http://files.test"
 PUBLIC = "http://connector.test/hooks/whatsapp/main"
 CHANNEL = "11111111-2222-3333-4444-555555555555"
 SECRET = "0123456789abcdef0123456789abcdef01234567"
+BOT = "b0770000-0000-4000-8000-000000000b07"
 ACCOUNT = "66666666-7777-8888-9999-000000000000"
 SCOPE = f"{CHANNEL}_{ACCOUNT}"
 APP_SECRET = "test-app-secret"
@@ -202,7 +203,7 @@ async def world(
         )
         fake.add_number("1000000001", waba_id="2000000001", token="token-one")
         fake.add_number("1000000002", waba_id="2000000001", token="token-two")
-    amojo = again.amojo if again is not None else FakeAmojo(CHANNEL, SECRET)
+    amojo = again.amojo if again is not None else FakeAmojo(CHANNEL, SECRET, bot_id=BOT)
     runtime_holder: list[Runtime] = []
     connector = HostRouter({"amoconnect": lambda: runtime_holder[0].app})
     fake.http = connector_client = httpx.AsyncClient(transport=connector)
@@ -223,7 +224,7 @@ async def world(
         first["template_review"] = review
     config = parse_config(
         {
-            "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": "http://amojo.test"},
+            "channel": {"id": CHANNEL, "secret": SECRET, "amojo_url": "http://amojo.test", "bot_id": BOT},
             "accounts": [{"name": "main", "amojo_id": ACCOUNT}],
             "sources": [
                 {"name": "wa1", "plugin": "whatsapp", "account": "main", "default": True, "settings": first},
