@@ -103,6 +103,9 @@ class StoreConfig(_Section):
     """Directory of re-hosted media files."""
     finished_retention_days: float = 0.0
     """PostgreSQL: keep finished jobs this long in the ``finished`` table (0: delete them at once)."""
+    secret_keys: str = ""
+    """Fernet keys (comma-separated, write ``"env:NAME"``) that encrypt the secrets of the accounts and
+    sources kept in the store: the first encrypts, all decrypt. Empty: kept unencrypted."""
 
 
 class RelayConfig(_Section):
@@ -261,6 +264,7 @@ class Config(_Section):
             *(a.token for a in self.accounts),
         ]
         found.extend(_url_password(self.store.url))
+        found.extend(k.strip() for k in self.store.secret_keys.split(","))
         for source in self.sources:
             found.extend(_secret_like(source.settings))
         return [s for s in found if s]
@@ -441,6 +445,13 @@ def _check(config: Config, problems: list[str]) -> Config:
         )
     _check_url(config.channel.amojo_url, "channel.amojo_url", "https://amojo.amocrm.ru", problems)
     _check_url(config.server.public_url, "server.public_url", "https://connector.example.com", problems, empty_ok=True)
+    if config.store.secret_keys:
+        from .secretbox import SecretBox
+
+        try:
+            SecretBox(config.store.secret_keys)
+        except ConfigError as exc:
+            problems.append(str(exc))
     if config.admin.token and len(config.admin.token) < 32:
         problems.append("admin.token: too short to guard the admin API; use at least 32 random characters")
     names: set[str] = set()

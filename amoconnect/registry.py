@@ -26,6 +26,7 @@ import structlog
 from .config import _SECRET_WORDS, AccountConfig, Config, SourceConfig
 from .errors import RegistryError
 from .logging import redact
+from .secretbox import SecretBox
 from .store.registry import AccountRecord, AccountState, RegistryChanges, RegistryRows, SourceRecord
 
 __all__ = ["CHECK_INTERVAL", "SECRET_WORDS", "Changes", "Registry", "fixed_account", "fixed_source", "secrets_of"]
@@ -111,6 +112,7 @@ class Registry:
 
     def __init__(self, config: Config, store: object | None) -> None:
         self._rows = store if isinstance(store, RegistryRows) else None
+        self._box = SecretBox(config.store.secret_keys)
         self._fixed_accounts = {a.name: fixed_account(a) for a in config.accounts}
         self._fixed_sources = {s.name: fixed_source(s) for s in config.sources}
         self._accounts: dict[str, AccountRecord] = dict(self._fixed_accounts)
@@ -170,7 +172,13 @@ class Registry:
         if self._rows is None:
             return Changes()
         async with self._refreshing:  # one at a time: listeners see changes in order
-            changes = self._apply(await self._rows.registry_changes(self.revision))
+            found = await self._rows.registry_changes(self.revision)
+            found = RegistryChanges(
+                found.revision,
+                [self._box.open_account(a) for a in found.accounts],
+                [self._box.open_source(s) for s in found.sources],
+            )
+            changes = self._apply(found)
             if changes:
                 for listener in self._listeners:
                     await listener(changes)
@@ -264,7 +272,7 @@ class Registry:
         if held is not None and held.name != record.name:
             raise RegistryError(f"scope {record.scope_id!r} is already account {held.name!r}'s")
         installed_at = record.installed_at or time.time()
-        await rows.put_account(_replace(record, installed_at=installed_at, fixed=False))
+        await rows.put_account(self._box.seal_account(_replace(record, installed_at=installed_at, fixed=False)))
         return await self.refresh()
 
     async def set_account_state(self, name: str, state: AccountState) -> Changes:
@@ -284,7 +292,7 @@ class Registry:
                 raise RegistryError(
                     f"external_id {record.external_id!r} is source {other.name!r}'s in account {record.account!r}"
                 )
-        await rows.put_source(_replace(record, fixed=False))
+        await rows.put_source(self._box.seal_source(_replace(record, fixed=False)))
         return await self.refresh()
 
     async def remove_source(self, name: str) -> Changes:
@@ -295,8 +303,24 @@ class Registry:
             raise RegistryError(f"no source named {name!r}")
         if source.fixed:
             raise RegistryError(f"source {name!r} is fixed by the configuration file: remove it there")
-        await rows.put_source(_replace(source, state="removed"))
+        # A removed source keeps no secrets: none lingers at rest, and a retired key is never needed for it.
+        await rows.put_source(_replace(source, state="removed", settings={}))
         return await self.refresh()
+
+    async def reseal(self) -> int:
+        """Write every stored account and source again, its secrets sealed with the first of
+        ``store.secret_keys`` (after a new key was put first); how many records."""
+        rows = self._writable()
+        await self.refresh()
+        count = 0
+        for account in [a for a in self._accounts.values() if not a.fixed]:
+            await rows.put_account(self._box.seal_account(account))
+            count += 1
+        for source in [s for s in self._sources.values() if not s.fixed]:
+            await rows.put_source(self._box.seal_source(source))
+            count += 1
+        await self.refresh()
+        return count
 
     def _stored_account(self, name: str) -> AccountRecord:
         account = self._accounts.get(name)

@@ -72,6 +72,7 @@ def accounts() -> None:
       amoconnect accounts list
       amoconnect accounts show shop --json
       amoconnect accounts disconnect shop
+      amoconnect accounts reseal
     """
 
 
@@ -146,6 +147,25 @@ def accounts_disconnect(name: str, config_path: str) -> None:
 
     _with_tenants(config_path, go)
     click.echo(f"{name}: disconnected")
+
+
+@accounts.command("reseal")
+@config_option
+def accounts_reseal(config_path: str) -> None:
+    """Encrypt every stored account's and source's secrets again with the first of [store] secret_keys.
+
+    To rotate: put a new key first in secret_keys (keep the old one after it), restart, run this,
+    then drop the old key.
+
+    \b
+    Example:
+      amoconnect accounts reseal
+    """
+
+    async def go(tenants: Tenants) -> int:
+        return await tenants.registry.reseal()
+
+    click.echo(f"{_with_tenants(config_path, go)} records sealed with the first key")
 
 
 @click.command("add")
