@@ -25,6 +25,7 @@ from amoconnect.testing.kit import LOOPBACK_NETWORKS, eventually
 from amoconnect.testing.servers import serve_app
 from amoconnect.testing.stores import store_settings
 
+from amoconnect_vk.adapter import VKAdapter
 from amoconnect_vk.fake import FakeVK
 
 pytestmark = pytest.mark.anyio
@@ -164,10 +165,22 @@ async def test_a_named_admin_writes_as_the_amocrm_user_the_source_maps_them_to(t
         assert answer.sender_id == "a0000000-0000-4000-8000-0000000000a1"
 
 
-@pytest.mark.parametrize("before_answer", [False, True], ids=["echo-after-answer", "echo-before-answer"])
-async def test_a_manager_s_reply_is_never_imported_back(tmp_path: Path, before_answer: bool) -> None:
+@pytest.mark.parametrize(
+    ("before_answer", "random_id_known"),
+    [(False, True), (True, True), (True, False)],
+    ids=["echo-after-answer", "echo-before-answer", "echo-before-record-by-id-mapping"],
+)
+async def test_a_manager_s_reply_is_never_imported_back(
+    tmp_path: Path, before_answer: bool, random_id_known: bool
+) -> None:
     async with world(tmp_path) as w:
         w.vk.echo_before_answer = before_answer  # the echo may race the send's result being recorded
+        if not random_id_known:  # as when another process of the fleet sent it: only the id mapping tells
+            instance = w.runtime.routing.get("shop")
+            assert instance is not None
+            adapter = instance.adapter
+            assert isinstance(adapter, VKAdapter)
+            adapter.memory.sent.limit = 0
         await w.vk.client_writes(w.user, "Hello")
         await w.arrived(1)
         emitted, sent = await w.manager_writes("Hello, how can we help?")
@@ -180,9 +193,14 @@ async def test_a_manager_s_reply_is_never_imported_back(tmp_path: Path, before_a
             ("Hello, how can we help?", True),
             ("(admin) a marker", False),
         ]
+        # An admin edits the manager's message in VK: amoCRM keeps what the manager wrote.
+        await w.vk.admin_edits(w.user, str(sent), "edited in VK")
+        await w.vk.admin_writes(w.user, "(admin) a second marker")
+        await w.arrived(4)
+        assert not w.amojo.message(emitted.message_id or "").edits
         # The manager's message keeps its mapping: the client's quote of it reaches amoCRM.
         await w.vk.client_writes(w.user, "Delivery, please", reply_to=str(sent))
-        quote = (await w.arrived(4))[-1]
+        quote = (await w.arrived(5))[-1]
         assert quote.payload is not None and quote.payload.reply_to is not None
         assert quote.payload.reply_to.message.id == emitted.message_id
 

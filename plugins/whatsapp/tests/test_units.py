@@ -12,6 +12,8 @@ from amoconnect.errors import MessengerError, RateLimited, WebhookError, WindowC
 from amoconnect.model import (
     Attachment,
     Button,
+    InboundEcho,
+    InboundEdit,
     InboundMessage,
     InboundStatus,
     ListMessage,
@@ -135,6 +137,49 @@ def test_parse_batches_both_shapes_and_unknown_types() -> None:
     assert events[1].sender.username == "bee" and "order of 2 item(s)" in events[1].text
     assert events[2].callback_data == "P" and events[2].text == "Yes"
     assert "request_welcome" in events[3].text
+
+
+def test_parse_business_app_echoes_new_edited_and_revoked() -> None:
+    anna = {"profile": {"name": "Anna"}, "wa_id": "4915100000001", "user_id": "DE.1"}
+    base = {"from": "1555", "to": "+49 151 00000001", "timestamp": "1700000000"}
+    echoes = [
+        {
+            **base,
+            "id": "wamid.A",
+            "type": "image",
+            "image": {"id": "m1", "mime_type": "image/jpeg", "sha256": "00", "caption": "A"},
+        },
+        {
+            **base,
+            "id": "wamid.B",
+            "type": "edit",
+            "edit": {"original_message_id": "wamid.A", "message": {"type": "text", "text": {"body": "B"}}},
+        },
+        {**base, "id": "wamid.C", "type": "revoke", "revoke": {"original_message_id": "wamid.A"}},
+    ]
+    new, edit = _parse(_envelope({"contacts": [anna], "message_echoes": echoes}, field="smb_message_echoes"))
+    assert isinstance(new, InboundEcho)
+    assert (new.chat, new.message_id, new.text, new.dedup_key) == ("4915100000001", "wamid.A", "A", "echo:wamid.A")
+    assert (new.client.name, new.client.phone) == ("Anna", "+4915100000001")
+    assert new.attachments[0].fetch == "m1"
+    assert isinstance(edit, InboundEdit)
+    assert (edit.message_id, edit.text, edit.sender.id) == ("wamid.A", "B", "1555")
+    # Without contacts, the chat is the digits of "to".
+    (bare,) = _parse(
+        _envelope(
+            {"message_echoes": [{**base, "id": "wamid.D", "type": "text", "text": {"body": "x"}}]},
+            field="smb_message_echoes",
+        )
+    )
+    assert bare.chat == "4915100000001"
+    with pytest.raises(WebhookError, match="names no recipient"):
+        _parse(_envelope({"message_echoes": [{"id": "wamid.E", "type": "text"}]}, field="smb_message_echoes"))
+    # Another number's echoes are left out.
+    other = _envelope({"message_echoes": echoes[:1]}, field="smb_message_echoes")
+    other["entry"][0]["changes"][0]["value"]["metadata"]["phone_number_id"] = "9"
+    assert _parse(other) == []
+    for payload in (_envelope({"contacts": [anna], "message_echoes": [e]}, field="smb_message_echoes") for e in echoes):
+        check_webhook(payload)  # pywa reads each the same way
 
 
 def test_parse_statuses_map_errors() -> None:
