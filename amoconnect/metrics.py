@@ -50,6 +50,9 @@ class Metrics:
         )
         self.jobs_dead = Counter("amoconnect_jobs_dead", "Jobs moved to the dead letters", ["kind"], registry=r)
         self.queue_depth = Gauge("amoconnect_queue_depth", "Jobs in the store, by state", ["state"], registry=r)
+        self.accounts = Gauge(
+            "amoconnect_accounts", "Accounts by state (active, needs_reauth, disconnected)", ["state"], registry=r
+        )
         self.ack_latency = Histogram(
             "amoconnect_ack_seconds",
             "Webhook receipt to durable acknowledgement",

@@ -174,7 +174,11 @@ async def test_metrics_and_health(r: Rig) -> None:
     assert 'amoconnect_queue_depth{state="queued"} 1.0' in text
     assert "amoconnect_ack_seconds_bucket" in text
     health = (await r.client.get("/healthz")).json()
-    assert health == {"status": "ok", "queue": {"queued": 1, "running": 0, "dead": 0}}
+    assert health == {
+        "status": "ok",
+        "queue": {"queued": 1, "running": 0, "dead": 0},
+        "accounts": {"active": 1, "needs_reauth": 0, "disconnected": 0},
+    }
 
 
 async def test_refusals_are_logged_without_the_secret(r: Rig) -> None:

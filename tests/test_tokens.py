@@ -9,7 +9,7 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from rig import CHANNEL, base_config
+from rig import CHANNEL, base_config, rig
 
 from amoconnect.config import OAuthConfig, parse_config
 from amoconnect.registry import Registry
@@ -159,3 +159,14 @@ async def test_a_revoked_refresh_token_marks_the_account_for_re_authorisation_on
             assert len(amocrm.requests) == requests
     finally:
         await store.close()
+
+
+async def test_an_account_needing_re_authorisation_shows_in_healthz_and_metrics(tmp_path: Path) -> None:
+    async with rig(tmp_path) as r:
+        await install(r.runtime.registry, fake(), ttl=60)
+        await r.runtime.registry.set_account_state("shop", "needs_reauth")
+        health = (await r.client.get("/healthz")).json()
+        assert health["accounts"] == {"active": 1, "needs_reauth": 1, "disconnected": 0}
+        text = (await r.client.get("/metrics")).text
+        assert 'amoconnect_accounts{state="needs_reauth"} 1.0' in text
+        assert 'amoconnect_accounts{state="active"} 1.0' in text

@@ -383,11 +383,13 @@ def build_app(parts: AppParts) -> ASGIApp:
             # A node that cannot reach its store must leave the load balancer's rotation.
             log.error("health check: store unavailable", error=str(exc))
             return _json(503, {"status": "store_unavailable", "detail": str(exc)})
-        return _json(200, {"status": "ok", "queue": counts})
+        return _json(200, {"status": "ok", "queue": counts, "accounts": _account_states(parts.registry)})
 
     async def metrics_endpoint(request: Request) -> Response:
         for state, count in (await parts.store.counts()).items():
             metrics.queue_depth.labels(state).set(count)
+        for state, count in _account_states(parts.registry).items():
+            metrics.accounts.labels(state).set(count)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     routes = [
@@ -431,6 +433,14 @@ class _Probe:
                 self._until = time.monotonic() + PROBE_TTL
         if self._failure is not None:
             raise self._failure
+
+
+def _account_states(registry: Registry) -> dict[str, int]:
+    """How many accounts are in each state (``needs_reauth``: their OAuth refresh token was refused)."""
+    states = dict.fromkeys(("active", "needs_reauth", "disconnected"), 0)
+    for account in registry.accounts():
+        states[account.state] += 1
+    return states
 
 
 def _media_headers(content_type: str, file_name: str) -> dict[str, str]:
