@@ -142,6 +142,9 @@ async def test_an_admin_s_answer_in_vk_reaches_amocrm_as_the_bot_silently(tmp_pa
         edits = await eventually(lambda: list(answer.edits))
         assert edits[-1].message.text == "Yes, three left"
         assert edits[-1].sender.ref_id == BOT
+        # The client reads it: amoCRM's copy is marked read.
+        await w.vk.client_reads(w.user, "2")
+        await eventually(lambda: [s for s in answer.statuses if s.delivery_status == 2])
         # VK delivers the same event twice: one message in amoCRM.
         w.vk.duplicate_next()
         await w.vk.admin_writes(w.user, "See you")
