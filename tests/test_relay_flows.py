@@ -40,9 +40,14 @@ async def r(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 async def _first_client_message(r: Rig, chat: str = "c1", text: str = "hello") -> str:
-    """A client message reaches amoCRM; returns amoCRM's id of it."""
+    """A client message reaches amoCRM and its job records the conversation; returns amoCRM's id of it.
+
+    A manager's answer sent before that record commits waits for it (a test of its own), and each
+    such wait is one of the job's attempts: a test of retries must not spend them on it.
+    """
     assert (await r.inbound(message(chat, "1", text))).status_code == 200
     stored = await eventually(lambda: r.amojo.message_by_msgid(f"lb:{chat}:1", scope_id=SCOPE))
+    await eventually(lambda: r.runtime.store.conversation(SCOPE, f"lb:{chat}"))
     return stored.id
 
 
