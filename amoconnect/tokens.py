@@ -24,6 +24,7 @@ from .amocrm import AmoCRMClient, OAuthApp, Tokens
 from .config import OAuthConfig
 from .errors import AmoconnectError, AmoCRMError
 from .registry import Registry
+from .signing import same_secret
 from .store.base import Store
 from .store.registry import AccountRecord
 
@@ -129,7 +130,7 @@ class TokenKeeper:
                     raise
                 await self.registry.refresh()
                 now = self.registry.account(account.name)
-                if now is not None and now.refresh_token != account.refresh_token:
+                if now is not None and not same_secret(now.refresh_token, account.refresh_token):
                     log.info(
                         "another process refreshed the account's tokens first; using its pair", account=account.name
                     )
