@@ -63,7 +63,7 @@ def test_the_sandbox_picks_a_free_port_and_says_which(tmp_path: Path) -> None:
     assert int(port.group(1)) != 8080
     assert any("4. the client got the answer in the messenger" in line for line in lines)
     relayed = [line for line in lines if "relayed to" in line]
-    assert len(relayed) == 2
+    assert len(relayed) >= 2  # the message, the answer (and the answer's statuses)
     assert all(len(line) <= 120 for line in relayed), relayed
     assert not [line for line in lines if UUID.search(line)]
 
