@@ -13,7 +13,7 @@ from rig import CHANNEL, MESSENGERS, SECRET, base_config, message
 from amoconnect.config import parse_config
 from amoconnect.plugins import get_plugin_manager
 from amoconnect.runtime import Runtime
-from amoconnect.server.oauth import account_host
+from amoconnect.server.oauth import account_host, disconnect_signature
 from amoconnect.store.registry import SourceRecord
 from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.fake_amojo import FakeAmojo
@@ -88,7 +88,7 @@ async def allow(amocrm_http: httpx.AsyncClient, state: str = "s1") -> str:
     return location.removeprefix("http://amoconnect")
 
 
-async def test_install_then_a_bot_then_the_first_message(tmp_path: Path) -> None:
+async def test_install_then_a_bot_then_the_first_message_then_uninstall_then_install_again(tmp_path: Path) -> None:
     async with installing(tmp_path) as (runtime, amocrm, amojo, amocrm_http):
         callback = await allow(amocrm_http)
         answer = await runtime.client.get(callback)
@@ -114,6 +114,23 @@ async def test_install_then_a_bot_then_the_first_message(tmp_path: Path) -> None
         )
         assert sent.status_code == 200
         await eventually(lambda: amojo.messages_in("shopbot:c1", scope_id=account.scope_id))
+        # The admin turns the integration off: amoCRM calls the disconnect hook.
+        amocrm_id = str(account.amocrm_id)
+        signature = disconnect_signature(CLIENT_SECRET, CLIENT_ID, amocrm_id)
+        params = {"account_id": amocrm_id, "client_uuid": CLIENT_ID, "signature": signature}
+        gone = await runtime.client.get("/oauth/disconnect", params=params)
+        assert (gone.status_code, gone.json()["known"]) == (200, True)
+        assert runtime.routing.get("shopbot") is None
+        assert not amojo.connections[account.scope_id].connected
+        after = await runtime.client.post(
+            "/hooks/loopback/shopbot", content=body, headers={SIGNATURE_HEADER: sign(body)}
+        )
+        assert after.status_code == 404
+        # Installing again brings the account back, with its bot.
+        assert (await runtime.client.get(await allow(amocrm_http))).status_code == 200
+        back = runtime.registry.account("shop")
+        assert back is not None and back.state == "active"
+        assert runtime.routing.get("shopbot") is not None
 
 
 async def test_forged_replayed_or_foreign_codes_record_nothing(tmp_path: Path) -> None:
