@@ -409,13 +409,13 @@ async def test_database_media_served_by_any_node(url: str) -> None:
 def test_store_settings_are_validated(tmp_path: Path) -> None:
     from amoconnect.errors import ConfigError
 
-    with pytest.raises(ConfigError, match=r"store\.url must be a postgresql:// URL"):
+    with pytest.raises(ConfigError, match=r"store\.url: expected a postgresql://"):
         parse_config(base_config(tmp_path, store={"url": "mysql://x"}))
     with pytest.raises(ConfigError, match="need the PostgreSQL store"):
         parse_config(base_config(tmp_path, store={"url": "", "media": "database"}))
-    with pytest.raises(ConfigError, match=r"relay\.dedup_retention_days must be at least 7"):
+    with pytest.raises(ConfigError, match=r"relay\.dedup_retention_days: must be at least 7"):
         parse_config(base_config(tmp_path, relay={"dedup_retention_days": 1}))
-    with pytest.raises(ConfigError, match=r"store\.lease must be a positive"):
+    with pytest.raises(ConfigError, match=r"store\.lease: must be a positive"):
         parse_config(base_config(tmp_path, store={"url": "postgresql://h/db", "lease": 0}))
     config = parse_config(base_config(tmp_path, store={"url": "postgresql://u:s3cret-pw@h:5/db"}))
     assert "s3cret-pw" in config.secrets()  # redacted from logs like every other secret
@@ -449,7 +449,8 @@ async def test_check_and_healthz_report_a_store_that_cannot_serve(empty_url: str
     from amoconnect.checks import _check_store
 
     (problem,) = await _check_store(parse_config(base_config(tmp_path, store={"url": empty_url})))
-    assert problem.startswith("store: PostgreSQL store") and "run `amoconnect migrate`" in problem
+    assert problem.startswith("store: postgresql://") and "schema version 0" in problem
+    assert "run amoconnect migrate" in problem
     assert await _check_store(parse_config(base_config(tmp_path, store={"url": url}))) == []
     async with rig(tmp_path, store={"url": url}) as r:
         assert (await r.client.get("/healthz")).status_code == 200
