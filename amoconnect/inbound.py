@@ -39,7 +39,7 @@ from .model import (
     MessageRef,
     Person,
 )
-from .outbound import amojo_failure, latest_comment_key, messenger_retry, wait_for_mapping
+from .outbound import amojo_failure, latest_comment_key, messenger_retry, wait_for_mapping, write_first_pending
 from .plugins import alter_inbound_message
 from .relay import Done, GiveUp
 from .routing import Instance
@@ -82,7 +82,7 @@ class InboundHandler:
         log = log.bind(instance=instance.name, chat=event.chat, event=type(event).__name__)
         try:
             if isinstance(event, InboundMessage | InboundComment):
-                return await self._message(instance, event, log)
+                return await self._message(instance, event, job, log)
             if isinstance(event, InboundEdit):
                 return await self._edit(instance, event, log)
             if isinstance(event, InboundStatus):
@@ -179,10 +179,14 @@ class InboundHandler:
 
     # -- events --------------------------------------------------------------------------
     async def _message(
-        self, instance: Instance, event: InboundMessage | InboundComment, log: FilteringBoundLogger
+        self, instance: Instance, event: InboundMessage | InboundComment, job: Job, log: FilteringBoundLogger
     ) -> Done:
         core = self.core
         known = await self._known(instance, event.chat)
+        if known is None and await write_first_pending(core.store, instance.name):
+            # Possibly the answer to a write first whose job is still recording the chat: with that
+            # record it carries amoCRM's chat id (conversation_ref_id) and joins the chat the manager started.
+            wait_for_mapping(job.attempts, f"chat {event.chat!r} (a write first may be recording it)")
         conversation = self._conversation(instance, event.chat, event.sender, known)
         if known is None:
             conversation = await link_new_conversation(core, instance, conversation, event.sender, log)

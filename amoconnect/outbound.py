@@ -41,7 +41,7 @@ from .plugins import alter_outgoing_message
 from .relay import Done, GiveUp, Retry
 from .routing import Instance
 from .statuses import DELIVERED, FAILED
-from .store.base import ConversationRecord, Job, MessageRecord, NewJob
+from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
 from .windows import failure_for, window_closed_at, window_closed_text
 
 __all__ = [
@@ -52,9 +52,14 @@ __all__ = [
     "messenger_retry",
     "outgoing_from_hook",
     "wait_for_mapping",
+    "write_first_pending",
 ]
 
 MAPPING_WAITS = 3
+WRITE_FIRST_MARK = "write-first"
+"""State namespace: per instance, when a write first last started there (the client's first answer waits)."""
+WRITE_FIRST_RECENT = 60.0
+"""Seconds after a write first during which a new chat's first message waits for that chat's record."""
 """Attempts a job waits for a mapping another job may still be recording before it goes on without."""
 _MARKER = re.compile(r"\{\{\s*([^{}]+?)\s*\}\}")
 _MEDIA_KINDS = {"picture", "video", "file", "voice", "audio", "sticker"}
@@ -141,6 +146,12 @@ def wait_for_mapping(attempt: int, what: str) -> None:
     Returns on the last attempt; the caller then goes on without the mapping."""
     if attempt < MAPPING_WAITS:
         raise Retry(f"{what} not mapped yet", delay=0.5 * attempt)
+
+
+async def write_first_pending(store: Store, instance: str) -> bool:
+    """Whether a write first started on ``instance`` lately, so a new chat's first message may be its answer."""
+    mark = await store.get_state(WRITE_FIRST_MARK, instance)
+    return mark is not None and abs(time.time() - float(mark)) < WRITE_FIRST_RECENT
 
 
 def latest_comment_key(conversation_id: str, post_id: str) -> str:
@@ -295,6 +306,8 @@ class AmocrmHandler:
                 )
             if not m.receiver.phone:
                 return self._fail(scope_id, amocrm_id, "no_chat", "write first needs the client's phone number", log)
+            # The client's answer may outrun this job's record of the chat: it waits while this mark is fresh.
+            await core.store.set_state(WRITE_FIRST_MARK, instance.name, str(time.time()).encode())
         log = log.bind(instance=instance.name)
         if m.message.post is not None:
             return await self._comment_reply(scope_id, instance, conversation, m, log)

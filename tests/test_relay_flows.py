@@ -360,6 +360,29 @@ async def test_write_first_then_client_answer_ties_the_chats(r: Rig) -> None:
     assert stored.chat_id == emitted.chat_id
 
 
+async def test_a_client_answer_that_outruns_the_write_first_record_joins_its_chat(r: Rig) -> None:
+    """The client answers while the write first's job is still recording the chat: the answer waits for it."""
+    store = r.runtime.store
+    recorded = anyio.Event()
+    finish = store.finish
+
+    async def held(*args: Any, **kwargs: Any) -> None:
+        await recorded.wait()
+        await finish(*args, **kwargs)
+
+    store.finish = held  # type: ignore[method-assign]
+    emitted = await r.amojo.emit_write_first(SCOPE, "+79990001133", "we write first", source_external_id="lb")
+    await eventually(lambda: r.adapter().sent)  # sent to the client; the chat is not recorded yet
+    chat = "phone:+79990001133"
+    await r.inbound(message(chat, "9", "answer"))
+    await anyio.sleep(0.3)  # the answer's job ran once and waits
+    assert r.amojo.messages_in(f"lb:{chat}") == []
+    recorded.set()
+    stored = await eventually(lambda: r.amojo.message_by_msgid(f"lb:{chat}:9", scope_id=SCOPE))
+    assert stored.payload.conversation_ref_id == emitted.chat_id
+    assert stored.chat_id == emitted.chat_id
+
+
 async def test_write_first_refused_by_a_messenger_that_cannot(r: Rig) -> None:
     emitted = await r.amojo.emit_write_first(SCOPE, "+70000000000", "hi", source_external_id="pl")
     statuses = await eventually(lambda: r.amojo.message(emitted.message_id or "").statuses)
