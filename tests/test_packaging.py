@@ -40,7 +40,10 @@ def _build(project: Path, out: Path) -> tuple[Path, Path]:
     subprocess.run([*hatchling, "-t", "sdist"], cwd=project, check=True, capture_output=True)
     (sdist,) = out.glob("*.tar.gz")
     with tarfile.open(sdist) as archive:
-        archive.extractall(out / "unpacked", filter="data")
+        if hasattr(tarfile, "data_filter"):  # Python 3.11.4 and later; Debian 12's 3.11.2 has no filters
+            archive.extractall(out / "unpacked", filter="data")
+        else:  # our own freshly built sdist
+            archive.extractall(out / "unpacked")
     (unpacked,) = (out / "unpacked").iterdir()
     subprocess.run([*hatchling, "-t", "wheel"], cwd=unpacked, check=True, capture_output=True)
     (wheel,) = out.glob("*.whl")
