@@ -360,8 +360,8 @@ async def test_write_first_then_client_answer_ties_the_chats(r: Rig) -> None:
     assert stored.chat_id == emitted.chat_id
 
 
-async def test_a_client_answer_that_outruns_the_write_first_record_joins_its_chat(r: Rig) -> None:
-    """The client answers while the write first's job is still recording the chat: the answer waits for it."""
+def _hold_finishes(r: Rig) -> anyio.Event:
+    """Hold every job's finish (its record) until the returned event is set."""
     store = r.runtime.store
     recorded = anyio.Event()
     finish = store.finish
@@ -371,6 +371,12 @@ async def test_a_client_answer_that_outruns_the_write_first_record_joins_its_cha
         await finish(*args, **kwargs)
 
     store.finish = held  # type: ignore[method-assign]
+    return recorded
+
+
+async def test_a_client_answer_that_outruns_the_write_first_record_joins_its_chat(r: Rig) -> None:
+    """The client answers while the write first's job is still recording the chat: the answer waits for it."""
+    recorded = _hold_finishes(r)
     emitted = await r.amojo.emit_write_first(SCOPE, "+79990001133", "we write first", source_external_id="lb")
     await eventually(lambda: r.adapter().sent)  # sent to the client; the chat is not recorded yet
     chat = "phone:+79990001133"
@@ -573,15 +579,7 @@ async def test_manager_typing_in_a_comment_thread_names_the_post(r: Rig) -> None
 
 async def test_manager_typing_waits_for_the_conversation_still_being_recorded(r: Rig) -> None:
     """Typing right after a client's first message reaches the client while that message's job is finishing."""
-    store = r.runtime.store
-    recorded = anyio.Event()
-    finish = store.finish
-
-    async def held(*args: Any, **kwargs: Any) -> None:
-        await recorded.wait()
-        await finish(*args, **kwargs)
-
-    store.finish = held  # type: ignore[method-assign]
+    recorded = _hold_finishes(r)
     await r.inbound(message("c1", "1", "hello"))
     await eventually(lambda: r.amojo.messages_in("lb:c1"))  # sent to amoCRM; the conversation is not recorded yet
     await r.amojo.emit_typing(SCOPE, "lb:c1")
