@@ -27,7 +27,8 @@ log_level = "info"                      # debug | info | warning | error
 [channel]                               # issued by amoCRM when it registers the channel
 id = "env:AMOCONNECT_CHANNEL_ID"
 secret = "env:AMOCONNECT_CHANNEL_SECRET"
-# bot_id = ""                           # the channel bot's id: sender of imported business messages
+# bot_id = ""                           # the channel bot's id: sender of business messages written
+                                        # outside amoCRM; required with VK or WhatsApp (echoes)
 # title = "amoconnect"
 amojo_url = "https://amojo.amocrm.ru"   # or https://amojo.amocrm.com, https://amojo.kommo.com
 
