@@ -9,6 +9,7 @@ faithful fake of the Graph API for tests and ``amoconnect run --plugin whatsapp 
 
 from __future__ import annotations
 
-from .adapter import ReviewSettings, WhatsAppAdapter, WhatsAppSettings
+from .adapter import WhatsAppAdapter, WhatsAppSettings
+from .review import ReviewSettings
 
 __all__ = ["ReviewSettings", "WhatsAppAdapter", "WhatsAppSettings"]

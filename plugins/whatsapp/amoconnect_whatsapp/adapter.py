@@ -53,7 +53,7 @@ from amoconnect.model import (
 from .catalog import Catalog, named_ref
 from .cloudapi import DEFAULT_API_URL, DEFAULT_API_VERSION, ERROR_REASONS, ROW_ID_LIMIT, GraphApi
 from .compose import MEDIA_TYPES, Part, TemplateRef, plan_message, template_ref
-from .review import ReviewDesk
+from .review import ReviewDesk, ReviewSettings
 from .webhooks import (
     SIGNATURE_HEADER,
     Parsed,
@@ -65,7 +65,7 @@ from .webhooks import (
     well_formed_signature,
 )
 
-__all__ = ["MEDIA_LIMIT", "REVIEW_ROUTE", "ReviewSettings", "WhatsAppAdapter", "WhatsAppSettings"]
+__all__ = ["MEDIA_LIMIT", "REVIEW_ROUTE", "WhatsAppAdapter", "WhatsAppSettings"]
 
 REVIEW_ROUTE = "template-review"
 """Path (below the instance's webhook URL) of amoCRM's ``add_chat_template_review`` account webhook."""
@@ -75,17 +75,6 @@ _PARTS_KEY = "parts:"
 _LAST_KEY = "last:"
 _RATE_STATUS_CODES = frozenset({"130429", "131056"})
 _MEDIA_LINK_CODES = frozenset({131052, 131053, 100})
-
-
-class ReviewSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """``settings.template_review``: answer amoCRM's template reviews with Meta's verdicts."""
-
-    amocrm_url: str
-    """The account's REST API, ``https://{subdomain}.amocrm.ru`` (or ``.kommo.com``)."""
-    amocrm_token: str
-    """A long-lived token of the account (admin rights: it subscribes an account webhook)."""
-    poll_interval: float = 300.0
-    """Seconds between polls of Meta for templates still in review (the webhook's fallback)."""
 
 
 class WhatsAppSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -220,7 +209,14 @@ class WhatsAppAdapter(MessengerAdapter):
         self.review: ReviewDesk | None = None
         """The template review desk, when ``template_review`` is set."""
         if config.template_review is not None:
-            self.review = ReviewDesk(self)
+            self.review = ReviewDesk(
+                config.template_review,
+                api=self.api,
+                context=context,
+                source=config.source_external_id or context.instance,
+                waba_id=config.waba_id,
+                pauses=(self.retry_pause, self.max_retry_pause),
+            )
 
     @property
     def log(self) -> Any:

@@ -27,28 +27,27 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
 import msgspec
-from amoconnect.adapter import WebhookRequest, WebhookResponse
+from amoconnect.adapter import AdapterContext, WebhookRequest, WebhookResponse
 from amoconnect.amocrm import AmoCRMClient, ChatTemplate, ReviewStatus
 from amoconnect.errors import AmoCRMError, MessengerError
 from amoconnect.logging import redact
 from amoconnect.signing import same_secret
 
+from .cloudapi import GraphApi
 from .compose import MARKER, TemplateRef, markers
 from .webhooks import TemplateUpdate
-
-if TYPE_CHECKING:
-    from .adapter import WhatsAppAdapter
 
 __all__ = [
     "REVIEW_STATUS",
     "KnownTemplate",
     "ReviewDesk",
     "ReviewRequest",
+    "ReviewSettings",
     "encode_review_hook",
     "meta_name",
     "meta_template",
@@ -242,26 +241,48 @@ def meta_template(template: ChatTemplate) -> tuple[dict[str, Any], TemplateRef]:
     return request, TemplateRef(name, language, body_names, header_names)
 
 
+class ReviewSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """``settings.template_review``: answer amoCRM's template reviews with Meta's verdicts."""
+
+    amocrm_url: str
+    """The account's REST API, ``https://{subdomain}.amocrm.ru`` (or ``.kommo.com``)."""
+    amocrm_token: str
+    """A long-lived token of the account (admin rights: it subscribes an account webhook)."""
+    poll_interval: float = 300.0
+    """Seconds between polls of Meta for templates still in review (the webhook's fallback)."""
+
+
 # -- the desk ---------------------------------------------------------------------------------------
 
 
 class ReviewDesk:
     """One number's side of the template review: receives amoCRM's hooks, talks to Meta, answers amoCRM."""
 
-    def __init__(self, adapter: WhatsAppAdapter) -> None:
-        settings = adapter.config.template_review
-        assert settings is not None
-        self.adapter = adapter
+    def __init__(
+        self,
+        settings: ReviewSettings,
+        *,
+        api: GraphApi,
+        context: AdapterContext,
+        source: str,
+        waba_id: str,
+        pauses: tuple[float, float],
+    ) -> None:
+        """``source``: the amoCRM source's external_id; ``pauses``: the first and the longest pause
+        after a failed round."""
         self.settings = settings
-        self.api = adapter.api
-        self.state = adapter.context.state
-        self.log = adapter.context.log
-        self.source = adapter.config.source_external_id or adapter.context.instance
+        self.api = api
+        self.context = context
+        self.state = context.state
+        self.log = context.log
+        self.source = source
+        self.waba_id = waba_id
+        self.pauses = pauses
         self.amocrm = AmoCRMClient(
             settings.amocrm_url,
             tokens=settings.amocrm_token,
-            client=adapter.context.http,
-            limiter=adapter.context.amocrm_limiter,  # the account's limit, shared with the core's calls
+            client=context.http,
+            limiter=context.amocrm_limiter,  # the account's limit, shared with the core's calls
         )
         self.token: str | None = None
         self._locked: anyio.Lock | None = None
@@ -304,7 +325,7 @@ class ReviewDesk:
     @property
     def destination(self) -> str | None:
         """The URL amoCRM's account webhook posts to, with the token."""
-        public = self.adapter.context.public_url
+        public = self.context.public_url
         if public is None or self.token is None:
             return None
         return f"{public}/template-review?token={self.token}"
@@ -356,7 +377,8 @@ class ReviewDesk:
 
     async def run(self) -> None:
         """Work the inbox, and poll Meta for pending templates every ``poll_interval`` seconds."""
-        pause = self.adapter.retry_pause
+        first, longest = self.pauses
+        pause = first
         while True:
             try:
                 await self.work_inbox()
@@ -364,9 +386,9 @@ class ReviewDesk:
             except (MessengerError, AmoCRMError) as exc:
                 self.log.warning("template review: will try again", error=str(exc), retry_in_s=pause)
                 await anyio.sleep(pause)
-                pause = min(pause * 2, self.adapter.max_retry_pause)
+                pause = min(pause * 2, longest)
                 continue
-            pause = self.adapter.retry_pause
+            pause = first
             with anyio.move_on_after(self.settings.poll_interval):
                 await self._wake.wait()
             self._woken = None
@@ -434,7 +456,7 @@ class ReviewDesk:
                 self.log.warning("could not set the template's external_id in amoCRM", error=str(exc))
 
     async def _post_or_find(self, body: dict[str, Any]) -> dict[str, Any]:
-        waba = self.adapter.config.waba_id
+        waba = self.waba_id
         try:
             answer: dict[str, Any] = await self.api.request("POST", f"{waba}/message_templates", json=body)
             return answer
