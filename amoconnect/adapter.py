@@ -27,12 +27,12 @@ import httpx
 import msgspec
 from structlog.typing import FilteringBoundLogger
 
-from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
 from .capabilities import CAPABILITY_METHODS, Capability, RateLimit, ReactionSet
 from .errors import PluginError
 from .model import (
     FailureReason,
+    HistoryEntry,
     InboundEvent,
     OutgoingCommentReply,
     OutgoingMessage,
@@ -150,7 +150,7 @@ class AdapterContext:
     """The instance's key-value store."""
     submit: Callable[[Sequence[InboundEvent]], Awaitable[None]]
     """Hand inbound events to the core; returns once they are stored durably (for long polling)."""
-    history: Callable[[str], AsyncIterator[HistoryMessage]] | None = None
+    history: Callable[[str], AsyncIterator[HistoryEntry]] | None = None
     """A chat's messages as amoCRM keeps them, newest first, by the messenger's chat id (context for an agent);
     empty until amoCRM's chat id of the conversation is known (its first message reached amoCRM)."""
     public_url: str | None = None

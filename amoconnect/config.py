@@ -20,6 +20,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from .errors import ConfigError
+from .secretnames import is_secret, secret_values
 from .urlguard import parse_networks
 
 __all__ = [
@@ -266,22 +267,8 @@ class Config(_Section):
         found.extend(_url_password(self.store.url))
         found.extend(k.strip() for k in self.store.secret_keys.split(","))
         for source in self.sources:
-            found.extend(_secret_like(source.settings))
+            found.extend(secret_values(source.settings))
         return [s for s in found if s]
-
-
-_SECRET_WORDS = ("token", "secret", "password", "key", "confirmation")
-"""A setting whose name holds one of these is a secret: redacted in logs, never shown in errors."""
-
-
-def _secret_like(settings: dict[str, Any]) -> list[str]:
-    found = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            found.extend(_secret_like(value))
-        elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_WORDS):
-            found.append(value)
-    return found
 
 
 def _url_password(url: str) -> list[str]:
@@ -384,7 +371,7 @@ def _msgspec_problem(message: str, path: str, value: Any) -> str:
         path = f"{path}{match.group(1)}".lstrip(".")
     message = message.replace("`object`", "a table").replace("`array`", "a list").replace("`", "")
     message = message[:1].lower() + message[1:]
-    secret = any(word in path.rsplit(".", 1)[-1].lower() for word in _SECRET_WORDS)
+    secret = is_secret(path.rsplit(".", 1)[-1])
     if message.startswith("expected") and not isinstance(value, dict | list) and not secret:
         message = re.sub(r", got \w+$", f", got {_shown(value)}", message)
     return f"{path}: {message}"

@@ -34,6 +34,7 @@ __all__ = [
     "Conversation",
     "DeliveryStatus",
     "FailureReason",
+    "HistoryEntry",
     "InboundComment",
     "InboundEcho",
     "InboundEdit",
@@ -493,3 +494,26 @@ class MessageRef(_Data, frozen=True):
     """amoCRM's id of the message, once known."""
     messenger_id: str | None = None
     """The messenger's id of the message, once known."""
+
+
+class HistoryEntry(_Data, frozen=True):
+    """One message of a chat as amoCRM keeps it (``AdapterContext.history``, newest first)."""
+
+    amocrm_id: str | None = None
+    """amoCRM's id of the message."""
+    msgid: str | None = None
+    """Our id of the message (amojo's ``msgid``), when it crossed through an integration."""
+    kind: str = "text"
+    """amojo's message type: ``text``, ``picture``, ``video``, ``file``, ``voice``, ``audio``, ``sticker``, ..."""
+    text: str = ""
+    """The text or the media's caption."""
+    media_url: str | None = None
+    """Where amoCRM keeps the media, for media messages."""
+    file_name: str | None = None
+    """The file's name, for files."""
+    at_ms: int | None = None
+    """When it was written, in milliseconds since the epoch."""
+    from_client: bool = False
+    """Written by the client (else by a manager, a bot or the business)."""
+    sender_name: str | None = None
+    """The writer's name as amoCRM shows it, when it says."""

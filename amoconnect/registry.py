@@ -23,35 +23,25 @@ import anyio
 import msgspec
 import structlog
 
-from .config import _SECRET_WORDS, AccountConfig, Config, SourceConfig
+from .config import AccountConfig, Config, SourceConfig
 from .errors import RegistryError
 from .logging import redact
 from .secretbox import SecretBox
+from .secretnames import secret_values
 from .store.registry import AccountRecord, AccountState, RegistryChanges, RegistryRows, SourceRecord
 
-__all__ = ["CHECK_INTERVAL", "SECRET_WORDS", "Changes", "Registry", "fixed_account", "fixed_source", "secrets_of"]
+__all__ = ["CHECK_INTERVAL", "Changes", "Registry", "fixed_account", "fixed_source", "secrets_of"]
 
 log = structlog.get_logger("amoconnect.registry")
 
 _R = TypeVar("_R", AccountRecord, SourceRecord)
-
-SECRET_WORDS = _SECRET_WORDS
-"""A setting whose name holds one of these is a secret: never logged, never shown in full (the
-configuration's rule)."""
 
 
 def secrets_of(record: AccountRecord | SourceRecord | dict[str, Any]) -> list[str]:
     """The secrets a record (or a plugin's settings) holds: tokens and secret-like settings."""
     if isinstance(record, AccountRecord):
         return [s for s in (record.token, record.refresh_token) if s]
-    found: list[str] = []
-    settings = record.settings if isinstance(record, SourceRecord) else record
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            found.extend(secrets_of(value))
-        elif isinstance(value, str) and value and any(word in key.lower() for word in SECRET_WORDS):
-            found.append(value)
-    return found
+    return secret_values(record.settings if isinstance(record, SourceRecord) else record)
 
 
 CHECK_INTERVAL = 0.5

@@ -43,7 +43,7 @@ from .instances import Instances
 from .leases import run_exclusive
 from .media import DatabaseMediaStore, MediaRows, MediaStore
 from .metrics import Metrics
-from .model import InboundEvent
+from .model import HistoryEntry, InboundEvent
 from .outbound import AmocrmHandler, StatusHandler
 from .plugins import collect_messengers, get_plugin_manager
 from .ratelimit import Limiter, LimiterFactory
@@ -237,13 +237,13 @@ class Runtime:
 
         return exclusive
 
-    def _history_of(self, instance_name: str) -> Callable[[str], AsyncIterator[HistoryMessage]]:
-        async def history(chat: str) -> AsyncIterator[HistoryMessage]:
+    def _history_of(self, instance_name: str) -> Callable[[str], AsyncIterator[HistoryEntry]]:
+        async def history(chat: str) -> AsyncIterator[HistoryEntry]:
             record = await self.store.conversation_by_chat(instance_name, chat)
             if record is None:
                 return
             async for message in self.history(record.scope_id, record.conversation_id):
-                yield message
+                yield _history_entry(message)
 
         return history
 
@@ -526,3 +526,20 @@ async def serve(
             tg.cancel_scope.cancel()
         refusals.flush()
         log.info("server stopped; draining", uptime_s=round(time.monotonic() - started, 1))
+
+
+def _history_entry(message: HistoryMessage) -> HistoryEntry:
+    """An amojo history entry in the neutral model adapters see."""
+    body, sender = message.message, message.sender
+    at_ms = message.msec_timestamp or (message.timestamp * 1000 if message.timestamp else None)
+    return HistoryEntry(
+        amocrm_id=body.id,
+        msgid=body.client_id,
+        kind=body.type or "text",
+        text=body.text or "",
+        media_url=body.media or None,
+        file_name=body.file_name or None,
+        at_ms=at_ms,
+        from_client=sender is not None and sender.client_id is not None,
+        sender_name=sender.name if sender is not None else None,
+    )

@@ -10,13 +10,11 @@ met without its key is an error naming the fix.
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
-from .config import _SECRET_WORDS
 from .errors import ConfigError, StoreError
+from .secretnames import replace_secrets
 from .store.registry import AccountRecord, SourceRecord
 
 __all__ = ["PREFIX", "SecretBox", "new_key"]
@@ -78,20 +76,8 @@ class SecretBox:
 
     def seal_source(self, source: SourceRecord) -> SourceRecord:
         """``source`` with its secret-like settings sealed."""
-        return msgspec.structs.replace(source, settings=_each_secret(source.settings, self.seal))
+        return msgspec.structs.replace(source, settings=replace_secrets(source.settings, self.seal))
 
     def open_source(self, source: SourceRecord) -> SourceRecord:
         """``source`` with its secret-like settings opened."""
-        return msgspec.structs.replace(source, settings=_each_secret(source.settings, self.open))
-
-
-def _each_secret(settings: dict[str, Any], change: Any) -> dict[str, Any]:
-    changed: dict[str, Any] = {}
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            changed[key] = _each_secret(value, change)
-        elif isinstance(value, str) and any(word in key.lower() for word in _SECRET_WORDS):
-            changed[key] = change(value)
-        else:
-            changed[key] = value
-    return changed
+        return msgspec.structs.replace(source, settings=replace_secrets(source.settings, self.open))

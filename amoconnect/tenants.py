@@ -31,7 +31,8 @@ from .amocrm import AmoCRMClient
 from .config import validate_settings
 from .errors import AmoconnectError, ConfigError, RegistryError
 from .logging import redact, scrubber
-from .registry import SECRET_WORDS, Registry, secrets_of
+from .registry import Registry, secrets_of
+from .secretnames import is_secret
 from .sources import amocrm_source
 from .store.registry import AccountRecord, SourceRecord
 
@@ -130,7 +131,7 @@ def redacted(value: Any, key: str = "") -> Any:
         return {k: redacted(v, k) for k, v in value.items()}
     if isinstance(value, list):
         return [redacted(v, key) for v in value]
-    if isinstance(value, str) and any(word in key.lower() for word in SECRET_WORDS) and value:
+    if isinstance(value, str) and is_secret(key) and value:
         return f"…{value[-4:]}" if len(value) >= 12 else "…"
     return value
 

@@ -94,6 +94,9 @@ async def test_context_history_reads_amocrm_s_chat(r: Rig) -> None:
         message("c1", "1", "hello", timestamp=1_700_000_000), message("c1", "2", "again", timestamp=1_700_000_001)
     )
     await settled(r)
-    assert [m.message.text async for m in history("c1")] == ["again", "hello"]
+    entries = [m async for m in history("c1")]
+    assert [m.text for m in entries] == ["again", "hello"]
+    assert all(m.from_client and m.kind == "text" and m.amocrm_id and m.msgid for m in entries)
+    assert entries[0].at_ms == 1_700_000_001_000
     paths = [q.path for q in r.amojo.requests if q.path.endswith("/history")]
     assert paths and all(f"/chats/{chat_of(r, 'lb:c1')}/history" in p for p in paths)
