@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = sorted(path for path in (ROOT / "plugins").glob("*") if (path / "pyproject.toml").is_file())
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 REPOSITORY = PROJECT["urls"]["Repository"]
-SDIST_TOP = {"PKG-INFO", "pyproject.toml", ".gitignore", "README.md", "CONTRIBUTING.md"}
+SDIST_TOP = {"PKG-INFO", "pyproject.toml", ".gitignore", "README.md", "CONTRIBUTING.md", "LICENSE"}
 SDIST_TOP |= {"amoconnect", "plugin_template", "docs", "tests"}
 
 
@@ -74,6 +74,7 @@ def test_every_distribution_builds_from_its_sdist_and_passes_twine_check(tmp_pat
     assert not [name for name in names if re.search(r"(^|/)(\.venv|\.ci|bench|__pycache__)(/|$)", name)]
     with zipfile.ZipFile(wheel) as archive:
         assert "amoconnect/_plugin_template/cookiecutter.json" in archive.namelist()  # new-plugin from a wheel
+        assert any(name.endswith(".dist-info/licenses/LICENSE") for name in archive.namelist())
     urls = dict(value.split(", ", 1) for value in _metadata(wheel).get_all("Project-URL"))
     assert urls == PROJECT["urls"]
     for (plugin_sdist, plugin_wheel), project in zip(built[1:], PLUGINS, strict=True):
@@ -82,6 +83,8 @@ def test_every_distribution_builds_from_its_sdist_and_passes_twine_check(tmp_pat
         assert {value.split(", ", 1)[0] for value in meta.get_all("Project-URL")} >= {"Homepage", "Repository"}
         with tarfile.open(plugin_sdist) as archive:
             assert any("/tests/" in name for name in archive.getnames()), project.name
+        with zipfile.ZipFile(plugin_wheel) as archive:
+            assert any(name.endswith(".dist-info/licenses/LICENSE") for name in archive.namelist()), project.name
 
 
 def test_first_party_plugins_allow_this_minor_version_of_amoconnect_only() -> None:
