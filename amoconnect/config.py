@@ -29,6 +29,7 @@ __all__ = [
     "AdminConfig",
     "ChannelConfig",
     "Config",
+    "ConsoleConfig",
     "HttpConfig",
     "OAuthConfig",
     "PluginsConfig",
@@ -165,6 +166,23 @@ class OAuthConfig(_Section):
     """The integration's redirect URI, as registered with amoCRM: ``{public_url}/oauth/callback``."""
 
 
+class ConsoleConfig(_Section):
+    """``[console]``: the web pages under ``/console/`` for accounts' admins and the operator."""
+
+    session_key: str = ""
+    """Key that signs the console's session cookies (write ``"env:NAME"``, at least 32 characters);
+    defaults to a key derived from the channel secret. Changing it signs everyone out."""
+    session_hours: float = 12.0
+    """Hours a console session lasts from sign-in."""
+    trust_proxy: bool = False
+    """Believe ``X-Forwarded-Proto`` (set it only behind a proxy that overwrites the header): a request
+    it says came over HTTPS gets ``Secure`` cookies. Cookies are always ``Secure`` when ``server.public_url``
+    is ``https://``."""
+    authorize_url: str = ""
+    """amoCRM's authorisation page that "sign in with amoCRM" sends the browser to; empty: amoCRM's own
+    (``https://www.amocrm.ru/oauth``, or ``https://www.kommo.com/oauth`` for Kommo accounts)."""
+
+
 class ChannelConfig(_Section):
     """``[channel]``: the channel amoCRM registered for this integration."""
 
@@ -226,6 +244,7 @@ class Config(_Section):
     plugins: PluginsConfig = msgspec.field(default_factory=PluginsConfig)
     admin: AdminConfig = msgspec.field(default_factory=AdminConfig)
     oauth: OAuthConfig = msgspec.field(default_factory=OAuthConfig)
+    console: ConsoleConfig = msgspec.field(default_factory=ConsoleConfig)
     log_level: LogLevel = "info"
     origin: str = "<config>"
     """Where this configuration was read from (the file's path), for error messages; not a key of the file."""
@@ -260,6 +279,7 @@ class Config(_Section):
         found = [
             self.channel.secret,
             self.server.media_secret,
+            self.console.session_key,
             self.admin.token,
             self.oauth.client_secret,
             *(a.token for a in self.accounts),
@@ -441,6 +461,13 @@ def _check(config: Config, problems: list[str]) -> Config:
             problems.append(str(exc))
     if config.admin.token and len(config.admin.token) < 32:
         problems.append("admin.token: too short to guard the admin API; use at least 32 random characters")
+    if config.console.session_key and len(config.console.session_key) < 32:
+        problems.append("console.session_key: too short to sign sessions; use at least 32 random characters")
+    if config.console.session_hours <= 0:
+        problems.append("console.session_hours: must be more than 0")
+    _check_url(
+        config.console.authorize_url, "console.authorize_url", "https://www.amocrm.ru/oauth", problems, empty_ok=True
+    )
     names: set[str] = set()
     scopes: set[str] = set()
     accounts = []

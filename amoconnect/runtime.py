@@ -35,6 +35,7 @@ from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
 from .capabilities import Capability
 from .config import Config, validate_settings
+from .console import ConsoleParts, SessionCodec, console_routes
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
@@ -134,6 +135,13 @@ class Runtime:
         self.routing = Routing(())
         self.amojo: AmojoClient
         self.app: ASGIApp | None = None
+        self.console_codec = SessionCodec(
+            self._console_key(),
+            config.console.session_hours * 3600,
+            trust_proxy=config.console.trust_proxy,
+            public_https=config.server.public_url.startswith("https://"),
+        )
+        """Signs the console's session cookies."""
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._client: httpx.AsyncClient | None = None
@@ -153,6 +161,11 @@ class Runtime:
         if self.config.server.media_secret:
             return self.config.server.media_secret
         return hashlib.sha256(b"amoconnect-media-key\0" + self.config.channel.secret.encode()).hexdigest()
+
+    def _console_key(self) -> str:
+        if self.config.console.session_key:
+            return self.config.console.session_key
+        return hashlib.sha256(b"amoconnect-console-key\0" + self.config.channel.secret.encode()).hexdigest()
 
     # -- building ------------------------------------------------------------------------
     def _instance(self, source: SourceRecord, account: AccountRecord) -> Instance:
@@ -313,6 +326,16 @@ class Runtime:
             self.tenants = Tenants(
                 self.registry, self.messengers, instances, self._rest_of, on_disconnect=self._disconnect_channel
             )
+            console, sign_in = console_routes(
+                ConsoleParts(
+                    self.tenants,
+                    self.store,
+                    self.console_codec,
+                    admin_token=self.config.admin.token,
+                    client_id=self.config.oauth.client_id if self.config.oauth.client_secret else "",
+                    authorize_url=self.config.console.authorize_url,
+                )
+            )
             self.app = build_app(
                 AppParts(
                     self.config,
@@ -329,7 +352,9 @@ class Runtime:
                             self.tenants,
                             self.config.oauth,
                             Installer(self.tenants, self.config.oauth, self._connect_channel, self._amocrm_http),
+                            sign_in,
                         ),
+                        *console,
                     ],
                 )
             )

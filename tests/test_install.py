@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -63,11 +64,13 @@ def test_only_an_amocrm_or_kommo_account_host_is_accepted(referer: str, expected
 
 
 @asynccontextmanager
-async def installing(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAmoCRM, FakeAmojo, httpx.AsyncClient]]:
+async def installing(
+    tmp_path: Path, **overrides: Any
+) -> AsyncIterator[tuple[Runtime, FakeAmoCRM, FakeAmojo, httpx.AsyncClient]]:
     amocrm = FakeAmoCRM(subdomain="shop", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
     amojo = FakeAmojo(CHANNEL, SECRET)
     oauth = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT}
-    config = parse_config(base_config(tmp_path, oauth=oauth))
+    config = parse_config(base_config(tmp_path, oauth=oauth, **overrides))
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo.app), base_url="http://amojo.test") as amojo_http,
         httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as amocrm_http,
@@ -79,9 +82,10 @@ async def installing(tmp_path: Path) -> AsyncIterator[tuple[Runtime, FakeAmoCRM,
             yield runtime, amocrm, amojo, amocrm_http
 
 
-async def allow(amocrm_http: httpx.AsyncClient, state: str = "s1") -> str:
-    """The admin presses "allow" on amoCRM's page: where the browser is sent."""
-    page = await amocrm_http.get("https://shop.amocrm.ru/oauth", params={"client_id": CLIENT_ID, "state": state})
+async def allow(amocrm_http: httpx.AsyncClient, state: str | None = None) -> str:
+    """The admin presses "allow" on amoCRM's page (from the marketplace: no ``state``): where the browser is sent."""
+    params = {"client_id": CLIENT_ID, **({"state": state} if state is not None else {})}
+    page = await amocrm_http.get("https://shop.amocrm.ru/oauth", params=params)
     assert page.status_code == 302
     location = page.headers["location"]
     assert location.startswith(REDIRECT + "?")
@@ -92,8 +96,8 @@ async def test_install_then_a_bot_then_the_first_message_then_uninstall_then_ins
     async with installing(tmp_path) as (runtime, amocrm, amojo, amocrm_http):
         callback = await allow(amocrm_http)
         answer = await runtime.client.get(callback)
-        assert answer.status_code == 200, answer.text
-        assert "shop.amocrm.ru is connected" in answer.text
+        assert answer.status_code == 303, answer.text
+        assert answer.headers["location"] == "/console/accounts/shop"  # signed in to the console
         account = runtime.registry.account("shop")
         assert account is not None and account.state == "active" and not account.fixed
         assert (account.amojo_id, account.amocrm_id, account.domain) == (amocrm.amojo_id, 30000001, "amocrm.ru")
@@ -127,7 +131,7 @@ async def test_install_then_a_bot_then_the_first_message_then_uninstall_then_ins
         )
         assert after.status_code == 404
         # Installing again brings the account back, with its bot.
-        assert (await runtime.client.get(await allow(amocrm_http))).status_code == 200
+        assert (await runtime.client.get(await allow(amocrm_http))).status_code == 303
         back = runtime.registry.account("shop")
         assert back is not None and back.state == "active"
         assert runtime.routing.get("shopbot") is not None
@@ -138,7 +142,7 @@ async def test_forged_replayed_or_foreign_codes_record_nothing(tmp_path: Path) -
         forged = await runtime.client.get("/oauth/callback", params={"code": "made-up", "referer": "shop.amocrm.ru"})
         assert (forged.status_code, forged.json()["error"]) == (400, "install_failed")
         callback = await allow(amocrm_http)
-        assert (await runtime.client.get(callback)).status_code == 200
+        assert (await runtime.client.get(callback)).status_code == 303
         replayed = await runtime.client.get(callback)  # a code works once
         assert replayed.status_code == 400
         code = amocrm.issue_code()

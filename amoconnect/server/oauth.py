@@ -7,7 +7,9 @@ the sender's to choose while the exchange carries the client secret, so only a h
 info, port, path, IP literal or look-alike) is ever contacted. The code is exchanged there, the
 account read (``GET /api/v4/account?with=amojo_id``), the channel connected to it (its scope id)
 and the account recorded with its tokens, active (a re-install brings a disconnected account back).
-A code amoCRM refuses (forged, used, expired) records nothing.
+A code amoCRM refuses (forged, used, expired) records nothing. With the console, ``state`` is
+checked first where this browser started the flow (:mod:`amoconnect.console.amocrm_sign_in`), and a
+successful install signs the admin in and sends the browser to the account's console page.
 
 When an account's admin turns the integration off, amoCRM calls the integration's disconnect
 hook with ``account_id`` (amoCRM's numeric id of the account), ``client_uuid`` (the
@@ -31,6 +33,7 @@ import re
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import httpx
 import msgspec
@@ -45,7 +48,7 @@ from ..errors import AmoconnectError
 from ..store.registry import AccountRecord
 from ..tenants import Tenants
 
-__all__ = ["ACCOUNT_HOST", "Installer", "account_host", "disconnect_signature", "oauth_routes"]
+__all__ = ["ACCOUNT_HOST", "Installer", "SignIn", "account_host", "disconnect_signature", "oauth_routes"]
 
 ACCOUNT_HOST = re.compile(r"([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)\.(amocrm\.ru|amocrm\.com|kommo\.com)")
 """An amoCRM or Kommo account's host: one label (the subdomain) under one of the three domains."""
@@ -136,8 +139,21 @@ class Installer:
         return record
 
 
-def oauth_routes(tenants: Tenants, oauth: OAuthConfig, installer: Installer | None = None) -> list[BaseRoute]:
-    """The integration's hooks (none answer without ``[oauth] client_id`` and ``client_secret``)."""
+class SignIn(Protocol):
+    """The console's side of the callback: the ``state`` check and where the browser goes after."""
+
+    def state_ok(self, request: Request, state: str) -> bool:
+        """Whether ``state`` is what this browser's flow expects (a flow started here must bring its own back)."""
+
+    def installed(self, request: Request, account: AccountRecord) -> Response:
+        """The answer after ``account`` installed: its admin signed in, sent to its page."""
+
+
+def oauth_routes(
+    tenants: Tenants, oauth: OAuthConfig, installer: Installer | None = None, sign_in: SignIn | None = None
+) -> list[BaseRoute]:
+    """The integration's hooks (none answer without ``[oauth] client_id`` and ``client_secret``);
+    ``sign_in`` checks ``state`` and signs the installing admin in to the console."""
 
     async def callback(request: Request) -> Response:
         if installer is None or not (oauth.client_id and oauth.client_secret and oauth.redirect_uri):
@@ -145,12 +161,19 @@ def oauth_routes(tenants: Tenants, oauth: OAuthConfig, installer: Installer | No
         code, referer = request.query_params.get("code", ""), request.query_params.get("referer", "")
         if not code or not referer:
             return _json(400, {"error": "bad_request", "detail": "code and referer are required"})
+        state = request.query_params.get("state", "")
+        if sign_in is not None and not sign_in.state_ok(request, state):
+            log.warning("install refused: state is not the one this browser's sign-in expects", referer=referer[:100])
+            detail = "state is missing, forged or already used: start the sign-in again"
+            return _json(400, {"error": "bad_state", "detail": detail})
         try:
             account = await installer.install(code, referer)
         except AmoconnectError as exc:
             log.warning("install refused", referer=referer[:100], error=str(exc))
             return _json(400, {"error": "install_failed", "detail": str(exc)})
         log.info("account installed the integration", account=account.name, scope_id=account.scope_id)
+        if sign_in is not None:
+            return sign_in.installed(request, account)
         return Response(f"{account.subdomain}.{account.domain} is connected.", media_type="text/plain; charset=utf-8")
 
     async def disconnect(request: Request) -> Response:

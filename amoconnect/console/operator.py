@@ -1,0 +1,100 @@
+"""The operator's pages: sign-in with the admin API's token, and every account with its state, paginated."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import structlog
+from starlette.responses import Response
+
+from ..signing import same_secret
+from ..store.registry import AccountRecord
+from .parts import ConsoleParts
+from .web import Forbidden, Page
+
+__all__ = ["PAGE_SIZE", "OperatorPages", "page_of"]
+
+log = structlog.get_logger("amoconnect.console")
+
+PAGE_SIZE = 50
+"""Accounts on one page of the overview."""
+STATES = ("active", "needs_reauth", "disconnected")
+
+
+def page_of(items: list[AccountRecord], number: int, size: int = PAGE_SIZE) -> tuple[list[AccountRecord], int]:
+    """Page ``number`` (from 1, clamped) of ``items`` and how many pages there are."""
+    pages = max(1, math.ceil(len(items) / size))
+    number = min(max(1, number), pages)
+    return items[(number - 1) * size : number * size], pages
+
+
+def _number(text: str) -> int:
+    return int(text) if text.isdigit() and len(text) < 9 else 1
+
+
+class OperatorPages:
+    """Handlers of the operator's pages (wrapped by :meth:`.web.Pages.route`)."""
+
+    def __init__(self, parts: ConsoleParts) -> None:
+        self.parts = parts
+
+    def _operator(self, page: Page) -> None:
+        if page.session.role != "operator":
+            raise Forbidden("only the operator sees this page")
+
+    async def sign_in_form(self, page: Page) -> Response:
+        return page.render(
+            "sign_in.html",
+            operator=bool(self.parts.admin_token),
+            amocrm=self.parts.can_authorize,
+            problem="",
+        )
+
+    async def sign_in(self, page: Page) -> Response:
+        token = page.request.state.form.get("token", "").strip()
+        if not self.parts.admin_token or not same_secret(token, self.parts.admin_token):
+            log.warning("console sign-in refused", reason="bad_token")
+            return page.render(
+                "sign_in.html",
+                401,
+                operator=bool(self.parts.admin_token),
+                amocrm=self.parts.can_authorize,
+                problem=page.t("sign_in.wrong_token"),
+            )
+        page.session = self.parts.codec.signed_in("operator", "", page.session)
+        log.info("operator signed in to the console")
+        return page.redirect("/console/operator/accounts")
+
+    async def sign_out(self, page: Page) -> Response:
+        page.session = self.parts.codec.fresh()  # signed out: a visitor again, with a new CSRF token
+        return page.redirect("/console/sign-in")
+
+    async def accounts(self, page: Page) -> Response:
+        self._operator(page)
+        query = page.request.query_params
+        state = query.get("state", "")
+        registry = self.parts.tenants.registry
+        every = sorted(registry.accounts(), key=lambda a: a.name)
+        counts = dict.fromkeys(STATES, 0)
+        for account in every:
+            counts[account.state] += 1
+        chosen = [a for a in every if a.state == state] if state in STATES else every
+        shown, pages = page_of(chosen, _number(query.get("page", "1")))
+        number = min(max(1, _number(query.get("page", "1"))), pages)
+        rows = [(a, len(registry.sources(a.name))) for a in shown]
+        failing = [s for s in registry.sources() if s.state == "failing"]
+        failing.sort(key=lambda s: (s.account, s.name))
+        return page.render(
+            "operator_accounts.html",
+            rows=rows,
+            counts=counts,
+            state=state if state in STATES else "",
+            states=STATES,
+            number=number,
+            pages=pages,
+            total=len(chosen),
+            failing=failing[:PAGE_SIZE],
+            failing_count=len(failing),
+            now=time.time(),
+        )

@@ -1,0 +1,77 @@
+"""The console's routes under ``/console/`` (README "Console").
+
+- ``GET /console/``: to the signed-in person's first page, or to sign-in.
+- ``GET|POST /console/sign-in``: the operator's token form; ``POST /console/sign-in/amocrm``: "sign in with amoCRM".
+- ``POST /console/sign-out``, ``POST /console/language``: sign out; switch the language.
+- ``GET /console/operator/accounts``: every account with its state, paginated (``?page=&state=``).
+- ``GET /console/accounts/{account}``: an account's sources.
+- ``GET /console/static/{file}``: the stylesheet and script shipped in the package.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from importlib import resources
+
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .account import AccountPages
+from .amocrm_sign_in import AmoCRMSignIn
+from .i18n import LANGUAGES
+from .operator import OperatorPages
+from .parts import ConsoleParts
+from .web import Page, Pages
+
+__all__ = ["Console", "console_routes"]
+
+
+class Console:
+    """The console's routes and its side of the OAuth callback (:attr:`sign_in`)."""
+
+    def __init__(self, parts: ConsoleParts) -> None:
+        self.parts = parts
+        self.pages = Pages(parts.codec)
+        self.sign_in = AmoCRMSignIn(parts, self.pages)
+
+    def routes(self) -> list[BaseRoute]:
+        pages, operator, account = self.pages, OperatorPages(self.parts), AccountPages(self.parts)
+        static = StaticFiles(directory=str(resources.files(__package__).joinpath("static")))
+        return [
+            Route("/console/", pages.route(_home), methods=["GET"]),
+            Route("/console/sign-in", pages.route(operator.sign_in_form), methods=["GET"]),
+            Route("/console/sign-in", pages.route(operator.sign_in), methods=["POST"]),
+            Route("/console/sign-in/amocrm", pages.route(self.sign_in.start), methods=["POST"]),
+            Route("/console/sign-out", pages.route(operator.sign_out), methods=["POST"]),
+            Route("/console/language", pages.route(_language), methods=["POST"]),
+            Route("/console/operator/accounts", pages.route(operator.accounts, signed_in=True), methods=["GET"]),
+            Route("/console/accounts/{account}", pages.route(account.overview, signed_in=True), methods=["GET"]),
+            Mount("/console/static", static, name="console-static"),
+        ]
+
+
+def console_routes(parts: ConsoleParts) -> tuple[list[BaseRoute], AmoCRMSignIn]:
+    """The console's routes, and what the OAuth callback asks it."""
+    console = Console(parts)
+    return console.routes(), console.sign_in
+
+
+async def _home(page: Page) -> Response:
+    session = page.session
+    if session.role == "operator":
+        return page.redirect("/console/operator/accounts")
+    if session.role == "account":
+        return page.redirect(f"/console/accounts/{urllib.parse.quote(session.account)}")
+    return page.redirect("/console/sign-in")
+
+
+async def _language(page: Page) -> Response:
+    form = page.request.state.form
+    if form.get("lang") in LANGUAGES:
+        page.session.lang = form["lang"]
+    back = form.get("back", "")
+    # Only a page of the console: never a redirect elsewhere.
+    return page.redirect(
+        back if back.startswith("/console/") and "//" not in back and "\\" not in back else "/console/"
+    )
