@@ -152,10 +152,11 @@ def connector_config(
     concurrency: int = 64,
     http_timeout: float = 10.0,
     store_url: str = "",
+    log_level: str = "warning",
 ) -> Path:
     """One account, one fakechat instance, SQLite with synchronous=FULL in ``directory`` (or ``store_url``)."""
     config = f"""\
-log_level = "warning"
+log_level = "{log_level}"
 
 [channel]
 id = "{CHANNEL_ID}"
