@@ -15,6 +15,7 @@ import sys
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
 
+import msgspec
 import structlog
 
 __all__ = ["RedactingFormatter", "compact", "configure", "name_account", "redact", "redactor", "scrubber"]
@@ -37,16 +38,10 @@ def redact(secret: str) -> None:
 
 def scrubber(secrets: Iterable[str]) -> Callable[[str], str]:
     """A function that replaces every configured secret (≥ 6 characters), and those :func:`redact` learns, in a text."""
-    configured = {s for s in secrets if s and len(s) >= 6}
-    needles: list[str] = []
-    learned = -1
+    needles = _needles(secrets)
 
     def scrub(text: str) -> str:
-        nonlocal needles, learned
-        if learned != len(_learned):  # a secret was learned since: sort the needles again
-            learned = len(_learned)
-            needles = sorted(configured | _learned, key=len, reverse=True)
-        for needle in needles:
+        for needle in needles():
             if needle in text:
                 text = text.replace(needle, REDACTED)
         return text
@@ -54,8 +49,29 @@ def scrubber(secrets: Iterable[str]) -> Callable[[str], str]:
     return scrub
 
 
+def _needles(secrets: Iterable[str]) -> Callable[[], list[str]]:
+    """The secrets to scrub, longest first: the configured ones and those :func:`redact` has learned so far."""
+    configured = {s for s in secrets if s and len(s) >= 6}
+    needles: list[str] = []
+    learned = -1
+
+    def current() -> list[str]:
+        nonlocal needles, learned
+        if learned != len(_learned):  # a secret was learned since: sort the needles again
+            learned = len(_learned)
+            needles = sorted(configured | _learned, key=len, reverse=True)
+        return needles
+
+    return current
+
+
 def redactor(secrets: Iterable[str]) -> structlog.types.Processor:
-    """A processor that scrubs every configured secret from an event's values, nested ones too."""
+    """A processor that scrubs every configured secret from an event's values, nested ones too.
+
+    A line whose values are plain strings and numbers without a secret (nearly every line) is
+    checked with one search per secret over its strings joined, and left as it is.
+    """
+    needles = _needles(secrets)
     scrub = scrubber(secrets)
 
     def clean(value: Any) -> Any:
@@ -67,16 +83,35 @@ def redactor(secrets: Iterable[str]) -> structlog.types.Processor:
             return {clean(k): clean(v) for k, v in value.items()}
         if isinstance(value, list | tuple | set | frozenset):
             return [clean(v) for v in value]
-        if isinstance(value, bytes | int | float | bool) or value is None:
+        if isinstance(value, int | float | bool) or value is None:
             return value
-        return scrub(repr(value))  # anything else renders as its repr (as JSONRenderer does): scrub that
+        return scrub(repr(value))  # anything else (bytes too) renders as its repr, as JSONRenderer did: scrub that
 
     def process(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        texts = []
+        for value in event_dict.values():
+            kind = type(value)
+            if kind is str:
+                texts.append(value)
+            elif kind is not int and kind is not bool and kind is not float and value is not None:
+                break  # a container, an exception or an object: clean each value
+        else:
+            joined = "\0".join(texts)
+            if not any(needle in joined for needle in needles()):
+                return event_dict
         for key, value in event_dict.items():
             event_dict[key] = clean(value)
         return event_dict
 
     return process
+
+
+_json_line = msgspec.json.Encoder().encode
+
+
+def _render_json(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> str:
+    """One JSON line (after :func:`redactor`, whose values are all JSON types)."""
+    return _json_line(event_dict).decode()
 
 
 class RedactingFormatter(logging.Formatter):
@@ -162,7 +197,7 @@ def configure(
         redactor(secrets),
     ]
     rendering: list[structlog.types.Processor] = (
-        [structlog.processors.JSONRenderer()]
+        [_render_json]
         if json
         else [compact(), structlog.dev.ConsoleRenderer(colors=tty, pad_level=False, pad_event_to=20)]
     )

@@ -87,3 +87,26 @@ def test_the_level_filters(capsys: pytest.CaptureFixture[str]) -> None:
     structlog.get_logger("x").info("hidden")
     structlog.get_logger("x").warning("shown")
     assert [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()] == ["shown"]
+
+
+def test_json_lines_scrub_secrets_wherever_they_are_and_keep_types(capsys: pytest.CaptureFixture[str]) -> None:
+    configure(level="info", json=True, secrets=["a-secret-token"])
+    log = structlog.get_logger("x")
+    log.info("plain", n=3, ratio=0.5, ok=True, nothing=None, text="Здравствуйте")
+    log.info("in a string", url="https://api.test/bota-secret-token/send")
+    log.info("in bytes", body=b"token=a-secret-token")
+    log.info("nested", answer={"errors": [{"detail": "a-secret-token refused"}]}, error=ValueError("a-secret-token"))
+    err = capsys.readouterr().err
+    assert "a-secret-token" not in err
+    plain, in_string, in_bytes, nested = (json.loads(line) for line in err.splitlines())
+    assert (plain["n"], plain["ratio"], plain["ok"], plain["nothing"], plain["text"]) == (
+        3,
+        0.5,
+        True,
+        None,
+        "Здравствуйте",
+    )
+    assert in_string["url"] == "https://api.test/bot[redacted]/send"
+    assert in_bytes["body"] == "b'token=[redacted]'"
+    assert nested["answer"] == {"errors": [{"detail": "[redacted] refused"}]}
+    assert nested["error"] == "ValueError: [redacted]"
