@@ -71,6 +71,24 @@ async def test_dead_letters_requeue_and_purge(store: Store) -> None:
     assert await store.dead_letters() == []
 
 
+async def test_dead_letters_of_one_account_are_listed_requeued_and_purged_alone(store: Store) -> None:
+    await store.enqueue([NewJob("inbound", "a", b"1", "mine"), NewJob("inbound", "b", b"2", "theirs")])
+    for j in await store.claim(10):
+        await store.bury(j.id, error="failed")
+    mine, theirs = await store.dead_letters()
+    assert [d.payload for d in await store.dead_letters(scope_id="mine")] == [b"1"]
+    assert await store.dead_letters(scope_id="nobody") == []
+    # Another account's id changes nothing.
+    assert await store.requeue([theirs.id], scope_id="mine") == 0
+    assert await store.purge([theirs.id], scope_id="mine") == 0
+    assert await store.purge(scope_id="nobody") == 0
+    assert [d.id for d in await store.dead_letters()] == [mine.id, theirs.id]
+    assert await store.requeue([mine.id, theirs.id], scope_id="mine") == 1
+    assert [d.id for d in await store.dead_letters()] == [theirs.id]
+    assert await store.purge(scope_id="theirs") == 1
+    assert await store.dead_letters() == []
+
+
 async def test_requeued_dead_letter_runs_before_later_jobs_of_its_conversation(store: Store) -> None:
     await store.enqueue([job("a", b"old")])
     (old,) = await store.claim(1)

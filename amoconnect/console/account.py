@@ -1,4 +1,5 @@
-"""An account's pages: its sources with their state and the 50-source limit.
+"""An account's pages: its sources with their state and the 50-source limit, and its dead letters
+(jobs that ran out of attempts) with a retry button.
 
 The operator sees every account's; an account's admin only their own: another account's page (and
 everything under it) is refused with 403 before anything is read or changed.
@@ -6,6 +7,9 @@ everything under it) is refused with 403 before anything is read or changed.
 
 from __future__ import annotations
 
+import urllib.parse
+
+import structlog
 from starlette.responses import Response
 
 from ..store.registry import AccountRecord
@@ -13,7 +17,12 @@ from ..tenants import MAX_SOURCES, Refused
 from .parts import ConsoleParts
 from .web import Forbidden, Page
 
-__all__ = ["AccountPages"]
+__all__ = ["DEAD_SHOWN", "AccountPages"]
+
+log = structlog.get_logger("amoconnect.console")
+
+DEAD_SHOWN = 100
+"""Dead letters of an account shown on its page (oldest first)."""
 
 
 class AccountPages:
@@ -37,10 +46,24 @@ class AccountPages:
     async def overview(self, page: Page) -> Response:
         account = self.account_of(page)
         sources = sorted(self.parts.tenants.registry.sources(account.name), key=lambda s: s.name)
+        dead = await self.parts.store.dead_letters(DEAD_SHOWN, scope_id=account.scope_id)
         return page.render(
             "account.html",
             account=account,
             sources=sources,
             limit=MAX_SOURCES,
             plugins=sorted(self.parts.tenants.messengers),
+            dead=dead,
+            dead_shown=DEAD_SHOWN,
+            retried=page.request.query_params.get("retried", ""),
         )
+
+    async def retry(self, page: Page) -> Response:
+        """POST: one of the account's dead letters back to the queue (another account's id: 404, nothing changed)."""
+        account = self.account_of(page)
+        text = str(page.request.path_params["dead"])
+        moved = await self.parts.store.requeue([int(text)], scope_id=account.scope_id) if text.isdigit() else 0
+        if not moved:
+            return page.render("error.html", 404, message=page.t("dead.not_found"), detail="")
+        log.info("dead letter retried in the console", account=account.name, id=int(text))
+        return page.redirect(f"/console/accounts/{urllib.parse.quote(account.name)}?retried={text}")

@@ -4,7 +4,14 @@
 - ``GET|POST /console/sign-in``: the operator's token form; ``POST /console/sign-in/amocrm``: "sign in with amoCRM".
 - ``POST /console/sign-out``, ``POST /console/language``: sign out; switch the language.
 - ``GET /console/operator/accounts``: every account with its state, paginated (``?page=&state=``).
-- ``GET /console/accounts/{account}``: an account's sources.
+- ``GET /console/operator/dead?account=``, ``POST /console/operator/dead/retry|purge``: dead letters
+  across accounts (purge asks for a confirmation first); ``GET /console/operator/plugins``.
+- ``GET /console/accounts/{account}``: an account's sources and dead letters;
+  ``POST /console/accounts/{account}/dead/{id}/retry``.
+- ``GET /console/accounts/{account}/sources/new?plugin=``, ``POST /console/accounts/{account}/sources``:
+  the form its plugin's settings schema makes, and adding the source.
+- ``GET|POST /console/accounts/{account}/sources/{source}``, ``POST .../test``, ``POST .../remove``
+  (which asks for a confirmation first).
 - ``GET /console/static/{file}``: the stylesheet and script shipped in the package.
 """
 
@@ -17,11 +24,12 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from .account import AccountPages
 from .amocrm_sign_in import AmoCRMSignIn
 from .i18n import LANGUAGES
-from .operator import OperatorPages
+from .operator_jobs import OperatorJobs
+from .operator_pages import OperatorPages
 from .parts import ConsoleParts
+from .source_pages import SourcePages
 from .web import Page, Pages
 
 __all__ = ["Console", "console_routes"]
@@ -36,7 +44,8 @@ class Console:
         self.sign_in = AmoCRMSignIn(parts, self.pages)
 
     def routes(self) -> list[BaseRoute]:
-        pages, operator, account = self.pages, OperatorPages(self.parts), AccountPages(self.parts)
+        pages, operator, jobs = self.pages, OperatorPages(self.parts), OperatorJobs(self.parts)
+        sources = SourcePages(self.parts)
         static = StaticFiles(directory=str(resources.files(__package__).joinpath("static")))
         return [
             Route("/console/", pages.route(_home), methods=["GET"]),
@@ -46,7 +55,38 @@ class Console:
             Route("/console/sign-out", pages.route(operator.sign_out), methods=["POST"]),
             Route("/console/language", pages.route(_language), methods=["POST"]),
             Route("/console/operator/accounts", pages.route(operator.accounts, signed_in=True), methods=["GET"]),
-            Route("/console/accounts/{account}", pages.route(account.overview, signed_in=True), methods=["GET"]),
+            Route("/console/operator/dead", pages.route(jobs.dead, signed_in=True), methods=["GET"]),
+            Route("/console/operator/dead/retry", pages.route(jobs.retry, signed_in=True), methods=["POST"]),
+            Route("/console/operator/dead/purge", pages.route(jobs.purge, signed_in=True), methods=["POST"]),
+            Route("/console/operator/plugins", pages.route(jobs.plugins, signed_in=True), methods=["GET"]),
+            Route("/console/accounts/{account}", pages.route(sources.overview, signed_in=True), methods=["GET"]),
+            Route(
+                "/console/accounts/{account}/dead/{dead}/retry",
+                pages.route(sources.retry, signed_in=True),
+                methods=["POST"],
+            ),
+            Route("/console/accounts/{account}/sources/new", pages.route(sources.new, signed_in=True), methods=["GET"]),
+            Route("/console/accounts/{account}/sources", pages.route(sources.add, signed_in=True), methods=["POST"]),
+            Route(
+                "/console/accounts/{account}/sources/{source}",
+                pages.route(sources.show, signed_in=True),
+                methods=["GET"],
+            ),
+            Route(
+                "/console/accounts/{account}/sources/{source}",
+                pages.route(sources.change, signed_in=True),
+                methods=["POST"],
+            ),
+            Route(
+                "/console/accounts/{account}/sources/{source}/test",
+                pages.route(sources.test, signed_in=True),
+                methods=["POST"],
+            ),
+            Route(
+                "/console/accounts/{account}/sources/{source}/remove",
+                pages.route(sources.remove, signed_in=True),
+                methods=["POST"],
+            ),
             Mount("/console/static", static, name="console-static"),
         ]
 

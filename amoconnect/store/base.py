@@ -168,14 +168,15 @@ class Store(Protocol):
     async def wait_for_work(self, max_wait: float) -> None:
         """Return when new work was committed, or after ``max_wait`` seconds."""
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
-        """Dead letters, oldest first."""
+    async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
+        """Dead letters (of one account's ``scope_id`` when given), oldest first."""
 
-    async def requeue(self, ids: Sequence[int] | None = None) -> int:
-        """Move dead letters (all when ``ids`` is None) back to the queue; returns how many."""
+    async def requeue(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
+        """Move dead letters (all when ``ids`` is None; only ``scope_id``'s when given) back to the queue;
+        returns how many."""
 
-    async def purge(self, ids: Sequence[int] | None = None) -> int:
-        """Delete dead letters (all when ``ids`` is None); returns how many."""
+    async def purge(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
+        """Delete dead letters (all when ``ids`` is None; only ``scope_id``'s when given); returns how many."""
 
     async def counts(self) -> dict[str, int]:
         """Jobs by state: ``queued``, ``running``, ``dead``."""

@@ -669,16 +669,17 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             await self._wake.wait()
         self._wake.clear()
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
+        where, params = _id_filter(None, scope_id)
         rows = await self._fetchall(
             "SELECT id, kind, key, payload, scope_id, attempts, created_at, failed_at, error FROM dead "
-            "ORDER BY id LIMIT %s",
-            (limit,),
+            f"{where} ORDER BY id LIMIT %s",
+            (*params, limit),
         )
         return [DeadLetter(*row) for row in rows]
 
-    async def requeue(self, ids: Sequence[int] | None = None) -> int:
-        where, params = _id_filter(ids)
+    async def requeue(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
+        where, params = _id_filter(ids, scope_id)
         async with self._conn("requeue", transaction=True) as conn:
             await conn.execute(
                 "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
@@ -690,8 +691,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._wake.set()
         return cur.rowcount
 
-    async def purge(self, ids: Sequence[int] | None = None) -> int:
-        where, params = _id_filter(ids)
+    async def purge(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
+        where, params = _id_filter(ids, scope_id)
         return await self._write(f"DELETE FROM dead {where}", params)
 
     async def counts(self) -> dict[str, int]:
@@ -791,7 +792,14 @@ class _Seen(Exception):
     """A dedup key was seen before: roll the enqueue back."""
 
 
-def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[Any, ...]]:
-    if ids is None:
-        return "", ()
-    return "WHERE id = ANY(%s)", (list(ids),)
+def _id_filter(ids: Sequence[int] | None, scope_id: str | None = None) -> tuple[str, tuple[Any, ...]]:
+    """The ``WHERE`` of dead letters with these ``ids`` (all: None) of ``scope_id`` (any: None)."""
+    clauses: list[str] = []
+    params: tuple[Any, ...] = ()
+    if ids is not None:
+        clauses.append("id = ANY(%s)")
+        params = (list(ids),)
+    if scope_id is not None:
+        clauses.append("scope_id = %s")
+        params = (*params, scope_id)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params

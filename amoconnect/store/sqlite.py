@@ -573,20 +573,22 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             await self._wake.wait()
         self._wake.clear()
 
-    async def dead_letters(self, limit: int = 100) -> list[DeadLetter]:
+    async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
+        where, params = _id_filter(None, scope_id)
+
         def run(conn: sqlite3.Connection) -> list[DeadLetter]:
             rows = conn.execute(
                 "SELECT id, kind, key, payload, scope_id, attempts, created_at, failed_at, error FROM dead "
-                "ORDER BY id LIMIT ?",
-                (limit,),
+                f"{where} ORDER BY id LIMIT ?",
+                (*params, limit),
             ).fetchall()
             return [DeadLetter(*r) for r in rows]
 
         return self._read(run)
 
-    async def requeue(self, ids: Sequence[int] | None = None) -> int:
+    async def requeue(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            where, params = _id_filter(ids)
+            where, params = _id_filter(ids, scope_id)
             now = self._now()
             conn.execute(
                 "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
@@ -597,9 +599,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
         return await self._call(run, wakes=True)
 
-    async def purge(self, ids: Sequence[int] | None = None) -> int:
+    async def purge(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
         def run(conn: sqlite3.Connection) -> int:
-            where, params = _id_filter(ids)
+            where, params = _id_filter(ids, scope_id)
             return conn.execute(f"DELETE FROM dead {where}", params).rowcount
 
         return await self._call(run)
@@ -706,10 +708,15 @@ def _statements(script: str) -> list[str]:
     return statements
 
 
-def _id_filter(ids: Sequence[int] | None) -> tuple[str, tuple[int, ...]]:
-    if ids is None:
-        return "", ()
-    ids = tuple(ids)
-    if not ids:
-        return "WHERE 0", ()
-    return f"WHERE id IN ({', '.join('?' * len(ids))})", ids
+def _id_filter(ids: Sequence[int] | None, scope_id: str | None = None) -> tuple[str, tuple[object, ...]]:
+    """The ``WHERE`` of dead letters with these ``ids`` (all: None) of ``scope_id`` (any: None)."""
+    clauses: list[str] = []
+    params: tuple[object, ...] = ()
+    if ids is not None:
+        ids = tuple(ids)
+        clauses.append(f"id IN ({', '.join('?' * len(ids))})" if ids else "0")
+        params = ids
+    if scope_id is not None:
+        clauses.append("scope_id = ?")
+        params = (*params, scope_id)
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), params
