@@ -27,6 +27,7 @@ from typing import Any, ClassVar, TypeVar
 
 import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
+from heads import assert_heads_match_queue
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -295,12 +296,7 @@ class QueueMachine(RuleBasedStateMachine):
     @invariant()
     def the_head_records_match_the_queue(self) -> None:
         """Each key with jobs has one head record: its earliest job, that job's due time, whether one of it runs."""
-        expected: dict[str, tuple[int, float, bool]] = {}
-        for job_id, key, next_run, state in sorted(self.sql("SELECT id, key, next_run, state FROM queue")):
-            head_id, head_run, busy = expected.get(key, (job_id, next_run, False))
-            expected[key] = (head_id, head_run, busy or state == "running")
-        heads = {key: (job_id, next_run, bool(busy)) for key, job_id, next_run, busy in self.sql("SELECT * FROM heads")}
-        assert heads == expected
+        assert_heads_match_queue(self.sql)
 
 
 class SQLiteQueue(QueueMachine):
