@@ -35,7 +35,7 @@ from .amojo.wire import HistoryMessage
 from .buttondata import ButtonData
 from .capabilities import Capability
 from .config import Config, validate_settings
-from .console import ConsoleParts, SessionCodec, console_routes
+from .console import ConsoleParts, Samples, SessionCodec, console_routes
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, StoreError
 from .http import RetryPolicy, new_client
@@ -142,6 +142,8 @@ class Runtime:
             public_https=config.server.public_url.startswith("https://"),
         )
         """Signs the console's session cookies."""
+        self.queue_samples = Samples(self.store.counts, self._finished_jobs)
+        """The queue over the last hour, a sample a minute (the console's chart)."""
         self._stack: AsyncExitStack | None = None
         self._http: httpx.AsyncClient | None = None
         self._client: httpx.AsyncClient | None = None
@@ -161,6 +163,11 @@ class Runtime:
         if self.config.server.media_secret:
             return self.config.server.media_secret
         return hashlib.sha256(b"amoconnect-media-key\0" + self.config.channel.secret.encode()).hexdigest()
+
+    def _finished_jobs(self) -> float:
+        return sum(
+            s.value for m in self.metrics.jobs_succeeded.collect() for s in m.samples if s.name.endswith("_total")
+        )
 
     def _console_key(self) -> str:
         if self.config.console.session_key:
@@ -334,6 +341,7 @@ class Runtime:
                     admin_token=self.config.admin.token,
                     client_id=self.config.oauth.client_id if self.config.oauth.client_secret else "",
                     authorize_url=self.config.console.authorize_url,
+                    samples=self.queue_samples,
                 )
             )
             self.app = build_app(
@@ -391,6 +399,7 @@ class Runtime:
                 keeper = TokenKeeper(self.registry, self.store, self.config.oauth, http=self._amocrm_http)
                 tasks.start_soon(keeper.run)
             tasks.start_soon(self._prune)
+            tasks.start_soon(self.queue_samples.run)
         except BaseException:
             await stack.aclose()
             raise

@@ -206,3 +206,36 @@ async def test_names_and_errors_the_pages_show_are_escaped(tmp_path: Path) -> No
         for lang in LANGUAGES:
             assert not any("<" in text for text in catalog(lang).values())
         json.dumps(catalog("ru"))
+
+
+async def test_the_queue_chart_draws_the_last_hour_of_samples() -> None:
+    from amoconnect.console.samples import Samples, chart
+    from amoconnect.errors import StoreError
+
+    depth, finished, clock = [5], [0.0], [0.0]
+
+    async def counts() -> dict[str, int]:
+        if depth[0] < 0:
+            raise StoreError("down")
+        return {"queued": depth[0], "running": 1, "dead": 3}
+
+    samples = Samples(counts, lambda: finished[0], size=3, clock=lambda: clock[0])
+    assert chart(samples.recent()).minutes == 0
+    for d, f in ((5, 10.0), (9, 40.0), (-1, 50.0), (1, 70.0), (0, 70.0)):
+        depth[0], finished[0] = d, f
+        clock[0] += 60
+        await samples.take()
+    # The ring keeps the last 3; a store that did not answer skipped its minute, the count carried on.
+    assert [(s.depth, s.finished) for s in samples.recent()] == [(10, 30), (2, 30), (1, 0)]
+    drawn = chart(samples.recent(), width=100, height=50)
+    assert (drawn.max_depth, drawn.max_finished, drawn.minutes) == (10, 30, 3)
+    assert drawn.depth.split()[0] == "0.0,2.0" and drawn.depth.split()[-1].startswith("100.0,")
+    assert drawn.finished.split()[-1] == "100.0,48.0"
+
+
+async def test_the_operator_s_overview_shows_the_chart_as_an_svg_of_our_own(tmp_path: Path) -> None:
+    async with console_rig(tmp_path) as r, browser(r) as client:
+        await r.runtime.queue_samples.take()
+        await sign_in_operator(client)
+        page = await client.get("/console/operator/accounts")
+        assert '<svg viewBox="0 0 600 120"' in page.text and 'class="chart-depth" points="' in page.text

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .parts import ConsoleParts
 from .routes import console_routes
+from .samples import Samples
 from .session import SessionCodec
 
-__all__ = ["ConsoleParts", "SessionCodec", "console_routes"]
+__all__ = ["ConsoleParts", "Samples", "SessionCodec", "console_routes"]

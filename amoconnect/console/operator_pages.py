@@ -11,6 +11,7 @@ from starlette.responses import Response
 from ..signing import same_secret
 from ..store.registry import AccountRecord
 from .parts import ConsoleParts
+from .samples import chart
 from .web import Forbidden, Page
 
 __all__ = ["PAGE_SIZE", "OperatorPages", "page_of"]
@@ -97,4 +98,5 @@ class OperatorPages:
             failing=failing[:PAGE_SIZE],
             failing_count=len(failing),
             now=time.time(),
+            chart=chart(self.parts.samples.recent()) if self.parts.samples is not None else None,
         )

@@ -6,6 +6,7 @@ import dataclasses
 
 from ..store.base import Store
 from ..tenants import Tenants
+from .samples import Samples
 from .session import SessionCodec
 
 __all__ = ["ConsoleParts"]
@@ -24,6 +25,8 @@ class ConsoleParts:
     """The integration's OAuth client id; empty: no "sign in with amoCRM"."""
     authorize_url: str = ""
     """amoCRM's authorisation page; empty: amoCRM's own for the chosen domain."""
+    samples: Samples | None = None
+    """The queue over the last hour (the operator's chart); None: no chart."""
 
     @property
     def can_authorize(self) -> bool:
