@@ -190,40 +190,6 @@ class _Releasing(httpx.AsyncByteStream):
                 release()
 
 
-class _WholeBodies(httpx.AsyncBaseTransport):
-    """``httpx-aiohttp``'s transport for an API of short answers: each body is read whole, up to a cap.
-
-    The body reaches httpx as bytes in memory instead of a stream of chunks through httpx's and
-    the transport's stream wrappers, a fifth of the client's CPU per amojo call. A body over
-    ``max_bytes`` is a :class:`httpx.ReadError`.
-    """
-
-    def __init__(self, inner: httpx.AsyncBaseTransport, max_bytes: int) -> None:
-        self._inner = inner
-        self._max_bytes = max_bytes
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        response = await self._inner.handle_async_request(request)
-        try:
-            body = bytearray()
-            async for chunk in response.stream:  # type: ignore[union-attr]
-                body += chunk
-                if len(body) > self._max_bytes:
-                    raise httpx.ReadError(f"answer of {request.url.host} over {self._max_bytes} bytes", request=request)
-        finally:
-            await response.aclose()
-        return httpx.Response(
-            response.status_code,
-            headers=response.headers,
-            content=bytes(body),
-            request=request,
-            extensions=response.extensions,
-        )
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
 WHOLE_BODY_LIMIT = 16 * 1024 * 1024
 """The largest answer a client of short answers (``whole_bodies``) reads."""
 
@@ -258,9 +224,9 @@ def build_transport(
         limits = httpx.Limits(
             max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host
         )
-        inner = ExactAiohttpTransport(limits=limits, verify=tls_context())
-        if whole_bodies:
-            inner = _WholeBodies(inner, WHOLE_BODY_LIMIT)
+        inner = ExactAiohttpTransport(
+            limits=limits, verify=tls_context(), max_body=WHOLE_BODY_LIMIT if whole_bodies else None
+        )
     else:
         raise ConfigError(f"unknown HTTP transport {kind!r}; expected 'httpx' or 'aiohttp'")
     return HostLimiter(inner, max_in_flight_per_host)

@@ -501,15 +501,19 @@ async def test_a_direct_client_sends_straight_to_its_transport() -> None:
 
 
 class BigAnswer:
-    """An ASGI app answering ``size`` bytes in 64 KiB chunks."""
+    """An ASGI app answering ``size`` bytes in 64 KiB chunks (saying how many in ``Content-Length`` if ``length``)."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, *, length: bool = False) -> None:
         self.size = size
+        self.length = length
 
     async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
         if scope["type"] != "http":
             return
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        headers = [(b"content-type", b"text/plain")]
+        if self.length:
+            headers.append((b"content-length", str(self.size).encode()))
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         left = self.size
         while left > 0:
             chunk = min(left, 65536)
@@ -517,16 +521,27 @@ class BigAnswer:
             await send({"type": "http.response.body", "body": b"x" * chunk, "more_body": left > 0})
 
 
-async def test_a_direct_aiohttp_client_reads_whole_answers_up_to_its_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("length", [False, True], ids=["chunked", "content-length"])
+async def test_a_direct_aiohttp_client_reads_whole_answers_up_to_its_cap(
+    monkeypatch: pytest.MonkeyPatch, length: bool
+) -> None:
     import amoconnect.http as http
 
     monkeypatch.setattr(http, "WHOLE_BODY_LIMIT", 300_000)
-    async with serve_app(BigAnswer(300_000)) as url, new_client(url, transport="aiohttp", direct=True) as client:
+    async with (
+        serve_app(BigAnswer(300_000, length=length)) as url,
+        new_client(url, transport="aiohttp", direct=True) as client,
+    ):
         response = await client.send(httpx.Request("GET", f"{url}/x"))
         # In memory at once: the in-flight slot is free before the caller reads anything.
         assert isinstance(response.stream, httpx.ByteStream)
         assert (response.status_code, len(response.content)) == (200, 300_000)
-    async with serve_app(BigAnswer(300_001)) as url, new_client(url, transport="aiohttp", direct=True) as client:
+        again = await client.send(httpx.Request("GET", f"{url}/x"))  # the connection went back to the pool
+        assert len(again.content) == 300_000
+    async with (
+        serve_app(BigAnswer(300_001, length=length)) as url,
+        new_client(url, transport="aiohttp", direct=True) as client,
+    ):
         with pytest.raises(httpx.ReadError, match="over 300000 bytes"):
             await client.send(httpx.Request("GET", f"{url}/x"))
         limiter = client._transport
