@@ -96,8 +96,9 @@ class StoreConfig(_Section):
     pool_size: int = 10
     """PostgreSQL: connections of this process (one more listens for new work)."""
     lease: float = 30.0
-    """PostgreSQL: seconds a claimed job stays a process's without a heartbeat; after a crash its
-    conversation waits that long before another process takes it over."""
+    """PostgreSQL: seconds a claimed job (or an account's token refresh) stays a process's without a
+    heartbeat; after a crash its conversation (or refresh) waits that long before another process
+    takes it over."""
     media: Literal["files", "database"] = "files"
     """Where re-hosted media live: ``files`` in ``media_dir`` (on several nodes, a directory they
     all mount) or ``database``, the PostgreSQL store's ``media`` table."""

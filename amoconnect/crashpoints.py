@@ -11,7 +11,8 @@ is all production pays. The points:
 - ``store.enqueue``: an ingest is decoded and written, its transaction not yet committed;
 - ``amojo.answer``: amojo answered a request, the connector has not read the answer yet;
 - ``relay.running``: a job is claimed and running (its conversation's lease is held);
-- ``relay.done``: a job's work is done (amojo or the messenger answered), ``finish`` not yet committed.
+- ``relay.done``: a job's work is done (amojo or the messenger answered), ``finish`` not yet committed;
+- ``oauth.answer``: amoCRM answered a token refresh with a new pair, the pair is not stored yet.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import threading
 __all__ = ["ENV", "POINTS", "crash_point", "parse"]
 
 ENV = "AMOCONNECT_CRASH_AT"
-POINTS = frozenset({"store.enqueue", "amojo.answer", "relay.running", "relay.done"})
+POINTS = frozenset({"store.enqueue", "amojo.answer", "relay.running", "relay.done", "oauth.answer"})
 
 
 def parse(spec: str) -> dict[str, int]:

@@ -265,10 +265,10 @@ class Registry:
         await rows.put_account(self._box.seal_account(_replace(record, installed_at=installed_at, fixed=False)))
         return await self.refresh()
 
-    async def set_account_state(self, name: str, state: AccountState) -> Changes:
-        """Mark a stored account ``active``, ``needs_reauth`` or ``disconnected``."""
+    async def set_account_state(self, name: str, state: AccountState, reason: str | None = None) -> Changes:
+        """Mark a stored account ``active``, ``needs_reauth`` or ``disconnected``, saying why."""
         account = self._stored_account(name)
-        return await self.put_account(_replace(account, state=state))
+        return await self.put_account(_replace(account, state=state, state_reason=reason))
 
     async def put_source(self, record: SourceRecord) -> Changes:
         """Add or replace a stored source of a known account; what changed."""

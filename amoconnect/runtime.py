@@ -396,7 +396,9 @@ class Runtime:
             self.registry.subscribe(instances.apply)
             tasks.start_soon(self.registry.follow)
             if self.config.oauth.client_id and self.config.oauth.client_secret:
-                keeper = TokenKeeper(self.registry, self.store, self.config.oauth, http=self._amocrm_http)
+                keeper = TokenKeeper(
+                    self.registry, self.store, self.config.oauth, http=self._amocrm_http, lease=self.config.store.lease
+                )
                 tasks.start_soon(keeper.run)
             tasks.start_soon(self._prune)
             tasks.start_soon(self.queue_samples.run)

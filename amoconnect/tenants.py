@@ -193,7 +193,7 @@ class Tenants:
         if account.state == "disconnected":
             return Outcome(True, [Step("account", "skipped", "already disconnected")])
         steps = [await self.adapters.unregister(source.name) for source in self.registry.sources(name)]
-        await self.registry.set_account_state(name, "disconnected")
+        await self.registry.set_account_state(name, "disconnected", reason)
         steps.append(Step("account", "done", "disconnected"))
         buried = await self.registry.bury_jobs_of(account.scope_id, f"account {name!r} {reason}")
         steps.append(Step("jobs", "done", f"{buried} queued job(s) made dead letters"))

@@ -401,8 +401,9 @@ async def test_expired_token_is_refreshed_before_the_request(
     assert [r.status for r in fake.requests] == [200, 200]  # the refresh, then the call: no 401
     assert saved == [client.tokens] and saved[0].access_token != old.access_token
     assert old.refresh_token not in fake.refresh_tokens  # rotated
-    with pytest.raises(AmoCRMError, match="Token has been revoked"):
+    with pytest.raises(AmoCRMError, match="Token has been revoked") as info:
         await make_client(tokens=old, oauth=oauth).refresh()
+    assert info.value.status == 401  # a used refresh token, as amoCRM answers it
 
 
 async def test_401_refreshes_once_and_retries(fake: FakeAmoCRM, make_client: MakeClient, oauth: OAuthApp) -> None:

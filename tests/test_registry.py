@@ -268,7 +268,8 @@ async def test_a_write_behind_the_connector_s_back_is_followed_without_a_notific
             run("UPDATE registry_revision SET revision = revision + 1")
             run(
                 "INSERT INTO accounts VALUES ('quiet', 'q-id', 'q-scope', 'quiet', 'amocrm.ru', "
-                f"'https://quiet.amocrm.ru', '', '', NULL, 'active', 1.0, FALSE, 'create_lead', {revision + 1}, NULL)"
+                f"'https://quiet.amocrm.ru', '', '', NULL, 'active', 1.0, FALSE, 'create_lead', {revision + 1}, "
+                "NULL, NULL)"
             )
             run("UPDATE registry_revision SET revision = revision + 1")
             run(

@@ -154,6 +154,8 @@ async def test_a_revoked_refresh_token_marks_the_account_for_re_authorisation_on
             assert await keeper.refresh_due() == []
             account = registry.account("shop")
             assert account is not None and account.state == "needs_reauth" and account.active
+            assert "Token has been revoked" in (account.state_reason or "")  # amoCRM's words, and what to do
+            assert "install the integration again" in (account.state_reason or "")
             requests = len(amocrm.requests)
             assert await keeper.refresh_due() == []  # no retrying forever
             assert len(amocrm.requests) == requests

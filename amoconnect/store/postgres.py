@@ -44,7 +44,7 @@ from ..ratelimit import Limiter, Rate
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
 from .pglimits import PostgresLimiter
 from .pgregistry import PostgresRegistryRows
-from .registry import ACCOUNT_IDS, registry_schema
+from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -216,6 +216,8 @@ MIGRATIONS: tuple[str, ...] = (
     "ALTER FUNCTION queue_head_refresh(TEXT) SET plan_cache_mode = force_custom_plan;",
     # 7: amoCRM's numeric id of an account
     ACCOUNT_IDS.format(id_type="BIGINT"),
+    # 8: why an account needs re-authorisation or was disconnected
+    ACCOUNT_STATE_REASONS,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 

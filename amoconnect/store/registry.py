@@ -27,6 +27,7 @@ from ..errors import StoreError
 __all__ = [
     "ACCOUNT_IDS",
     "ACCOUNT_STATES",
+    "ACCOUNT_STATE_REASONS",
     "REGISTRY_CHANNEL",
     "SOURCE_STATES",
     "AccountRecord",
@@ -71,6 +72,8 @@ class AccountRecord(msgspec.Struct, frozen=True, kw_only=True):
     refresh_token: str = ""
     token_expires_at: float | None = None
     state: AccountState = "active"
+    state_reason: str | None = None
+    """Why the account needs re-authorisation or was disconnected (``None`` while active)."""
     installed_at: float = 0.0
     time_window_disabled: bool = False
     chat_policy: Literal["create_lead", "link_existing"] = "create_lead"
@@ -182,7 +185,7 @@ def registry_schema(time_type: str, id_type: str) -> str:
 
 _ACCOUNT_COLUMNS = (
     "name, amojo_id, scope_id, subdomain, domain, rest_url, access_token, refresh_token, token_expires_at, "
-    "state, installed_at, time_window_disabled, chat_policy, amocrm_id"
+    "state, installed_at, time_window_disabled, chat_policy, amocrm_id, state_reason"
 )
 _SOURCE_COLUMNS = (
     "name, account, plugin, external_id, title, is_default, settings, authors, amocrm_source_id, state, last_error"
@@ -202,6 +205,8 @@ def _upsert(table: str, columns: str, p: str) -> str:
 
 ACCOUNT_IDS = "ALTER TABLE accounts ADD COLUMN amocrm_id {id_type};"
 """Migration: amoCRM's numeric id of an account (the disconnect hook names it)."""
+ACCOUNT_STATE_REASONS = "ALTER TABLE accounts ADD COLUMN state_reason TEXT;"
+"""Migration: why an account needs re-authorisation or was disconnected."""
 
 
 def registry_sql(p: str) -> dict[str, str]:
@@ -237,6 +242,7 @@ def account_params(r: AccountRecord, revision: int) -> tuple[Any, ...]:
         r.time_window_disabled,
         r.chat_policy,
         r.amocrm_id,
+        r.state_reason,
         revision,
     )
 
@@ -277,6 +283,7 @@ def account_of(row: tuple[Any, ...]) -> AccountRecord:
         tw,
         policy,
         aid,
+        reason,
     ) = row
     return AccountRecord(
         name=name,
@@ -293,6 +300,7 @@ def account_of(row: tuple[Any, ...]) -> AccountRecord:
         time_window_disabled=bool(tw),
         chat_policy=policy,
         amocrm_id=aid,
+        state_reason=reason,
     )
 
 

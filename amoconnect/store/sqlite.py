@@ -35,7 +35,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
 from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
-from .registry import ACCOUNT_IDS, SQLiteRegistryRows, registry_schema
+from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, SQLiteRegistryRows, registry_schema
 from .sql import (
     CLAIMABLE,
     HEAD_CLAIMED,
@@ -146,6 +146,8 @@ MIGRATIONS: tuple[str, ...] = (
     registry_schema(time_type="REAL", id_type="INTEGER"),
     # 5: amoCRM's numeric id of an account
     ACCOUNT_IDS.format(id_type="INTEGER"),
+    # 6: why an account needs re-authorisation or was disconnected
+    ACCOUNT_STATE_REASONS,
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 

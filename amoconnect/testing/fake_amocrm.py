@@ -389,11 +389,11 @@ class FakeAmoCRM:
         if not isinstance(body, dict):
             body = dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
 
-        def oauth_error(hint: str, title: str = "Bad Request") -> Response:
+        def oauth_error(hint: str, title: str = "Bad Request", status: int = 400) -> Response:
             detail = "The request is missing parameters or they are invalid"
             return _json(
-                {"hint": hint, "title": title, "type": _OAUTH_PROBLEM, "status": 400, "detail": detail},
-                400,
+                {"hint": hint, "title": title, "type": _OAUTH_PROBLEM, "status": status, "detail": detail},
+                status,
                 _PROBLEM,
             )
 
@@ -408,9 +408,14 @@ class FakeAmoCRM:
                 return oauth_error("Authorization code has expired or been used")
             self.codes.discard(code)
         elif grant == "refresh_token":
+            # A refresh token works once: the answer's pair replaces it at once, with no grace period,
+            # and a used (or revoked) one is answered 401 "Token has been revoked", as amoCRM's
+            # maintainers describe it in https://github.com/amocrm/amocrm-api-php/issues/123 (the
+            # answer quoted there: status 401, hint "Token has been revoked"). The access tokens
+            # issued before keep working until they expire.
             refresh = matching_secret(body.get("refresh_token"), self.refresh_tokens)
             if refresh is None:
-                return oauth_error("Token has been revoked")
+                return oauth_error("Token has been revoked", status=401)
             self.refresh_tokens.discard(refresh)
         else:
             return oauth_error(f"Unsupported grant type {grant!r}")
