@@ -60,7 +60,9 @@ class ExactAiohttpTransport(AiohttpTransport):
             response = await self.client.request(
                 method=request.method,
                 url=URL(str(request.url), encoded=True),
-                headers=request.headers,
+                # Pairs of text, not httpx's Headers: aiohttp reads a mapping key by key, and each
+                # lookup in Headers decodes its raw bytes again.
+                headers=[(key.decode("latin-1"), value.decode("latin-1")) for key, value in request.headers.raw],
                 data=data,
                 allow_redirects=False,
                 auto_decompress=False,
