@@ -1,19 +1,24 @@
 """``amoconnect run --sandbox``: the whole connector with no credentials.
 
 It starts the fake amojo and the plugin's own fake messenger on loopback ports, a temporary
-SQLite store, and the real runtime between them; then, round after round, a client writes in
-the messenger, the message reaches "amoCRM", a manager answers, and the answer reaches the
-client, each hop logged. A plugin takes part by giving its adapter a ``sandbox_factory`` that
-builds a :class:`SandboxMessenger`.
+SQLite store, and the real runtime between them, and serves a page, ``/console/sandbox``
+(:mod:`amoconnect.console.sandbox_page`), showing both sides of the conversation live: a person
+writes as the client and answers as the manager there (its URL is logged, and opened in a
+browser when one can be). With ``rounds``, a scripted client writes that many times instead, a
+manager answers each, and every hop is logged. A plugin takes part by giving its adapter a
+``sandbox_factory`` that builds a :class:`SandboxMessenger`.
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import socket
+import sys
 import tempfile
 import time
 import uuid
+import webbrowser
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -27,14 +32,18 @@ from .adapter import MessengerAdapter
 from .amojo import wire
 from .capabilities import Capability
 from .config import parse_config
+from .console.sandbox_page import sandbox_routes
+from .console.web import Pages
 from .errors import PluginError
+from .hookspecs import AddRoute, hookimpl
 from .logging import name_account
 from .plugins import collect_messengers, get_plugin_manager
 from .runtime import Runtime, listen, serve
+from .sandbox_chat import SandboxChat
 from .testing.fake_amojo import FakeAmojo
 from .testing.servers import serve_app
 
-__all__ = ["SandboxMessenger", "run_sandbox"]
+__all__ = ["SandboxMessenger", "can_open_browser", "run_sandbox"]
 
 log = structlog.get_logger("amoconnect.sandbox")
 
@@ -62,7 +71,9 @@ class SandboxMessenger(Protocol):
 # The fake of a messenger that reports receipts may also have ``async def sandbox_client_reads(chat)``:
 # the client's device reports what the connector sent to ``chat`` delivered (and read, when the
 # messenger reports reading), as the messenger would. The sandbox calls it after each answer, so
-# that the answer's status shows; without it, only a status the adapter's send returns shows.
+# that the answer's status shows; without it, only a status the adapter's send returns shows. On the
+# page, ``async def sandbox_client_gets(chat)`` reports what reached ``chat`` delivered only (the client
+# reads it a moment later): :meth:`amoconnect.sandbox_chat.SandboxChat.client_device`.
 
 
 async def _wait_for(condition: Any, limit: float) -> bool:
@@ -83,11 +94,13 @@ async def run_sandbox(
     interval: float = 3.0,
     plugin_dirs: Iterable[str] = (),
     blocked: Iterable[str] = (),
+    open_browser: bool = True,
 ) -> None:
-    """Run the sandbox for ``plugin``; ``rounds`` conversations (0: until interrupted).
+    """Run the sandbox for ``plugin``: ``rounds`` scripted conversations, or (0) the page alone until interrupted.
 
     The connector listens on ``port``, or on a free port when it is ``None`` (logged with the rest);
-    a port in use is a :class:`~amoconnect.errors.ConfigError`."""
+    a port in use is a :class:`~amoconnect.errors.ConfigError`. ``open_browser``: open the page in
+    a browser when there is one to open (:func:`can_open_browser`)."""
     plugin_dirs = tuple(plugin_dirs)
     # Load just the plugin under test (a local one from --plugin-dir, else its entry point).
     pm = get_plugin_manager(
@@ -105,7 +118,7 @@ async def run_sandbox(
     sock = listen(host, port or 0)
     try:
         with tempfile.TemporaryDirectory(prefix="amoconnect-sandbox-") as tmp:
-            await _sandbox(cls, pm, plugin, host, sock, rounds, interval, Path(tmp))
+            await _sandbox(cls, pm, plugin, host, sock, rounds, interval, Path(tmp), open_browser)
     finally:
         sock.close()
 
@@ -119,6 +132,7 @@ async def _sandbox(
     rounds: int,
     interval: float,
     workdir: Path,
+    open_browser: bool,
 ) -> None:
     assert cls.sandbox_factory is not None
     port = int(sock.getsockname()[1])
@@ -155,14 +169,56 @@ async def _sandbox(
             log.info("sandbox: the connector listens", connector=public)
             log.info("sandbox: the fakes listen", amojo=amojo_url, messenger=api_url)
             runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
+            chat = SandboxChat(messenger, amojo, scope_id)
+            pm.register(_SandboxPage(sandbox_routes(Pages(runtime.console_codec), chat, plugin)), "amoconnect-sandbox")
+            page = f"{public}/console/sandbox"
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_serve_then_stop, runtime, host, sock, stop, tg)
                 if not await _wait_for(lambda: runtime.app is not None, 15):
                     raise PluginError("the connector did not start")
+                log.info("sandbox: the page shows both sides of the conversation", page=page)
                 await anyio.sleep(0.5)
-                await _conversation(messenger, amojo, scope_id, rounds, interval, cls.capabilities)
-                stop.set()
+                if rounds:
+                    await _conversation(messenger, amojo, scope_id, rounds, interval, cls.capabilities)
+                    stop.set()
+                    return
+                if open_browser and can_open_browser():
+                    tg.start_soon(_open, page)
+                log.info("sandbox: write as the client and answer as the manager there; Ctrl+C stops")
+                await chat.client_device()
+
+
+class _SandboxPage:
+    """Adds the sandbox's page to the connector's app."""
+
+    def __init__(self, routes: list[tuple[str, Any, tuple[str, ...]]]) -> None:
+        self.routes = routes
+
+    @hookimpl
+    def startup_routes(self, add_route: AddRoute) -> None:
+        for path, endpoint, methods in self.routes:
+            add_route(path, endpoint, methods=methods)
+
+
+def can_open_browser() -> bool:
+    """Whether a person is there to see a browser: a terminal, and a display on Linux and the BSDs."""
+    if not sys.stdin.isatty() or not sys.stdout.isatty():
+        return False
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+async def _open(url: str) -> None:
+    """Open ``url`` in the person's browser, in a thread: a browser that takes its time blocks nothing."""
+    try:
+        opened = await anyio.to_thread.run_sync(webbrowser.open, url, abandon_on_cancel=True)
+    except Exception as exc:  # a broken browser setting must not stop the sandbox
+        opened = False
+        log.info("sandbox: could not open a browser", error=str(exc))
+    if not opened:
+        log.info("sandbox: open the page in a browser yourself", page=url)
 
 
 async def _serve_then_stop(

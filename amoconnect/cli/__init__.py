@@ -91,7 +91,13 @@ def main(blocked: tuple[str, ...]) -> None:
     help="Load every *.py in this directory as a plugin (repeatable).",
 )
 @click.option("--plugin-module", "plugin_modules", multiple=True, help="Load this module (pkg.mod) as a plugin.")
-@click.option("--rounds", default=0, show_default=True, help="Sandbox: stop after this many conversations (0: never).")
+@click.option(
+    "--rounds",
+    default=0,
+    show_default=True,
+    help="Sandbox: run this many scripted conversations, then stop (0: none; serve the page until interrupted).",
+)
+@click.option("--no-browser", is_flag=True, help="Sandbox: do not open the page in a browser.")
 def run(
     plugin: str | None,
     config_path: str,
@@ -101,6 +107,7 @@ def run(
     plugin_dirs: tuple[str, ...],
     plugin_modules: tuple[str, ...],
     rounds: int,
+    no_browser: bool,
 ) -> None:
     """Serve webhooks and relay messages until SIGTERM/SIGINT.
 
@@ -122,6 +129,7 @@ def run(
                 rounds=rounds,
                 plugin_dirs=plugin_dirs,
                 blocked=blocked(),
+                open_browser=not no_browser,
             )
         )
         return

@@ -459,12 +459,20 @@ class FakeChat:
         """The texts (and captions) the bot sent to ``chat``, oldest first."""
         return [message.text for message in self.sent_to(chat)]
 
+    async def sandbox_client_gets(self, chat: str) -> None:
+        """The client's device gets what the bot sent to ``chat``: each message not yet delivered is
+        reported delivered."""
+        for message in self.sent_to(chat):
+            if message.status == "sent":
+                await self.deliver_status(chat, message.message_id, "delivered")
+
     async def sandbox_client_reads(self, chat: str) -> None:
         """The client's device gets and opens what the bot sent to ``chat``: each message not yet
-        read is reported delivered, then read."""
+        read is reported delivered (unless it was), then read."""
         for message in self.sent_to(chat):
-            if message.status != "read":
+            if message.status == "sent":
                 await self.deliver_status(chat, message.message_id, "delivered")
+            if message.status != "read":
                 await self.deliver_status(chat, message.message_id, "read")
 
     def sent_to(self, chat: str) -> list[BotMessage]:
