@@ -301,7 +301,9 @@ class MessengerAdapter(abc.ABC):
     async def unregister(self) -> None:
         """The source is being removed for good (or its account uninstalled the integration): undo what
         :meth:`startup` registered with the messenger, such as its webhook. Called once, in one process,
-        while the instance is started; :meth:`shutdown` follows. The default does nothing."""
+        while the instance is started (:meth:`shutdown` follows), or by a command run beside the
+        connector on an instance built but never started: use only what ``__init__`` set up. The
+        default does nothing."""
         return
 
 

@@ -37,7 +37,7 @@ from .capabilities import Capability
 from .config import Config, validate_settings
 from .console import ConsoleParts, Samples, SessionCodec, console_routes
 from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
-from .errors import ConfigError, PluginError, StoreError
+from .errors import ConfigError, PluginError, RegistryError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
 from .instances import Instances
@@ -58,7 +58,7 @@ from .server.oauth import Installer, oauth_routes
 from .store import build_store
 from .store.base import Store
 from .store.registry import AccountRecord, SourceRecord
-from .tenants import Tenants
+from .tenants import CommandLineMessengers, Tenants
 from .tokens import TokenKeeper
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
@@ -221,6 +221,33 @@ class Runtime:
             for limit in adapter.rate_limits
         ]
         return Instance(source, account, adapter, limiters)
+
+    @contextlib.asynccontextmanager
+    async def beside(self, rest: Callable[[AccountRecord], AmoCRMClient | None]) -> AsyncIterator[Tenants]:
+        """The operations for a command run beside the connector (``amoconnect sources remove``, ...):
+        the store open and the registry loaded, nothing served or started; a removal builds the source's
+        adapter with its settings, without starting it, to unregister its webhook."""
+        async with AsyncExitStack() as stack:
+            await self.store.open()
+            stack.push_async_callback(self.store.close)
+            http = self._messenger_http or new_client(
+                transport=self.config.http.transport,
+                timeout=self.config.http.timeout,
+                max_in_flight_per_host=self.config.http.max_in_flight_per_host,
+            )
+            if self._messenger_http is None:
+                stack.push_async_callback(http.aclose)
+            self._instance_http = http
+            await self.registry.load()
+
+            async def unregister(name: str) -> None:
+                source = self.registry.source(name)
+                account = self.registry.account(source.account) if source is not None else None
+                if source is None or account is None:
+                    raise RegistryError(f"no source named {name!r}")
+                await self._instance(source, account).adapter.unregister()
+
+            yield Tenants(self.registry, self.messengers, CommandLineMessengers(unregister), rest)
 
     async def _connect_channel(self, amojo_id: str) -> str:
         """Connect the channel to an installing account in amojo; its scope id."""

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 import msgspec
+import structlog
 
 from .adapter import MessengerAdapter
 from .amocrm import AmoCRMClient
@@ -50,6 +51,8 @@ __all__ = [
     "shown_account",
     "shown_source",
 ]
+
+log = structlog.get_logger("amoconnect.tenants")
 
 MAX_SOURCES = 50
 """Sources amoCRM allows one account of an integration."""
@@ -106,13 +109,22 @@ class Refused(RegistryError):
 
 class CommandLineMessengers:
     """:class:`Messengers` of a command run beside the connector: the running processes start and
-    stop the adapters, so their steps are left to them."""
+    stop the adapters; a removal unregisters the source's webhook through ``unregister`` (the
+    source's adapter, built here with its settings but not started)."""
+
+    def __init__(self, unregister: Callable[[str], Awaitable[None]]) -> None:
+        self._unregister = unregister
 
     def start_outcome(self, name: str) -> Step:
         return Step("messenger", "skipped", "the running connector starts it; `sources list` shows its state")
 
     async def unregister(self, name: str) -> Step:
-        return Step("messenger", "skipped", "the running connector stops it; its messenger webhook stays registered")
+        try:
+            await self._unregister(name)
+        except Exception as exc:
+            log.warning("adapter unregister failed", source=name, error=_scrub(str(exc)))
+            return Step("messenger", "failed", _scrub(f"{type(exc).__name__}: {exc}"))
+        return Step("messenger", "done", "unregistered")
 
 
 class Messengers(Protocol):

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable
 from pathlib import Path
 
 import anyio
 import pytest
 import tomli_w
+from amoconnect_telegram.fake import FakeTelegram
 from click.testing import CliRunner
 from rig import CHANNEL, base_config
 
@@ -16,6 +18,7 @@ from amoconnect.config import load_config
 from amoconnect.registry import Registry
 from amoconnect.store import opened_store
 from amoconnect.store.registry import AccountRecord
+from amoconnect.testing.servers import serve_app
 
 SHOP = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
 BOT_TOKEN = "123456:secret-bot-token-never-shown"
@@ -46,24 +49,55 @@ def cli(config_file: Path, *args: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
-def test_a_source_is_added_shown_and_removed_step_by_step(config_file: Path) -> None:
-    settings = json.dumps({"token": BOT_TOKEN})
-    code, out = cli(config_file, "sources", "add", "--account", "shop", "--name", "shop-bot", "--plugin", "telegram",
-                    "--settings", settings, "--json")  # fmt: skip
-    assert code == 0, out
-    steps = [(s["step"], s["outcome"]) for s in json.loads(out)["steps"]]
-    assert steps == [("settings", "done"), ("amocrm", "skipped"), ("record", "done"), ("messenger", "skipped")]
-    assert BOT_TOKEN not in out
-    code, out = cli(config_file, "accounts", "show", "shop", "--json")
-    shown = json.loads(out)
-    assert [(s["name"], s["state"]) for s in shown["sources"]] == [("shop-bot", "active")]
-    assert shown["sources"][0]["settings"]["token"].startswith("…") and BOT_TOKEN not in out
-    assert shown["account"]["token"] == "…tttt"
-    code, out = cli(config_file, "accounts", "list")
-    assert "main (fixed): active" in out and "shop: active" in out
-    code, out = cli(config_file, "sources", "remove", "shop-bot", "--account", "shop")
-    assert code == 0 and "record: done" in out
-    code, out = cli(config_file, "accounts", "show", "shop", "--json")
+@pytest.mark.anyio
+async def test_a_source_is_added_shown_and_removed_step_by_step(config_file: Path) -> None:
+    """The removal unregisters the bot's webhook as the admin API's does, though no connector runs here."""
+    telegram = FakeTelegram(BOT_TOKEN)
+    async with serve_app(telegram.app) as api_url:
+
+        def run(*args: str) -> Awaitable[tuple[int, str]]:
+            return anyio.to_thread.run_sync(lambda: cli(config_file, *args))
+
+        settings = json.dumps(telegram.settings(api_url))
+        code, out = await run("sources", "add", "--account", "shop", "--name", "shop-bot", "--plugin", "telegram",
+                              "--settings", settings, "--json")  # fmt: skip
+        assert code == 0, out
+        steps = [(s["step"], s["outcome"]) for s in json.loads(out)["steps"]]
+        assert steps == [("settings", "done"), ("amocrm", "skipped"), ("record", "done"), ("messenger", "skipped")]
+        assert BOT_TOKEN not in out
+        code, out = await run("accounts", "show", "shop", "--json")
+        shown = json.loads(out)
+        assert [(s["name"], s["state"]) for s in shown["sources"]] == [("shop-bot", "active")]
+        assert shown["sources"][0]["settings"]["token"].startswith("…") and BOT_TOKEN not in out
+        assert shown["account"]["token"] == "…tttt"
+        code, out = await run("accounts", "list")
+        assert "main (fixed): active" in out and "shop: active" in out
+        telegram.webhook_url = "https://amoconnect/hooks/telegram/shop-bot"  # as the running connector set it
+        code, out = await run("sources", "remove", "shop-bot", "--account", "shop")
+        assert code == 0, out
+        assert "messenger: done: unregistered" in out and "record: done" in out
+        assert telegram.webhook_url == ""  # Telegram sends the bot's updates nowhere now
+        code, out = await run("accounts", "show", "shop", "--json")
+        assert json.loads(out)["sources"] == []
+
+
+@pytest.mark.anyio
+async def test_a_webhook_the_messenger_will_not_remove_is_reported_and_the_source_still_goes(
+    config_file: Path,
+) -> None:
+    def run(*args: str) -> Awaitable[tuple[int, str]]:
+        return anyio.to_thread.run_sync(lambda: cli(config_file, *args))
+
+    telegram = FakeTelegram(BOT_TOKEN)
+    async with serve_app(telegram.app) as api_url:
+        settings = json.dumps(telegram.settings(api_url, token="999:" + "x" * 30))  # a token Telegram refuses
+        add = ["sources", "add", "--account", "shop", "--name", "gone-bot", "--plugin", "telegram"]
+        code, out = await run(*add, "--settings", settings)
+        assert code == 0, out
+        code, out = await run("sources", "remove", "gone-bot", "--account", "shop")
+    assert code == 1 and "messenger: failed" in out and "record: done" in out, out
+    assert "x" * 30 not in out  # the token is not quoted back
+    code, out = await run("accounts", "show", "shop", "--json")
     assert json.loads(out)["sources"] == []
 
 

@@ -2,7 +2,8 @@
 sources kept in the store, through the same operations as the admin API (:mod:`amoconnect.tenants`).
 
 A command runs beside the connector: it writes the store, and the running processes start and
-stop the adapters within a second (their outcome shows in ``accounts show``).
+stop the adapters within a second (their outcome shows in ``accounts show``). A removal (and a
+disconnect) builds the source's adapter here, not started, to unregister its messenger webhook.
 """
 
 from __future__ import annotations
@@ -28,15 +29,10 @@ def _with_tenants(config_path: str, fn: Callable[[Tenants], Awaitable[T]]) -> T:
 
     async def go() -> T:
         from ..amocrm import AmoCRMClient
-        from ..plugins import collect_messengers, get_plugin_manager
-        from ..registry import Registry
-        from ..store import opened_store
+        from ..runtime import Runtime
         from ..store.registry import AccountRecord
-        from ..tenants import CommandLineMessengers
 
-        async with opened_store(config.store) as store, AsyncExitStack() as stack:
-            registry = Registry(config, store)
-            await registry.load()
+        async with AsyncExitStack() as stack:
             clients: dict[str, AmoCRMClient] = {}
 
             def rest(account: AccountRecord) -> AmoCRMClient | None:
@@ -47,8 +43,8 @@ def _with_tenants(config_path: str, fn: Callable[[Tenants], Awaitable[T]]) -> T:
                     stack.push_async_callback(clients[account.name].aclose)
                 return clients[account.name]
 
-            messengers = collect_messengers(get_plugin_manager(blocked=config.plugins.blocked))
-            return await fn(Tenants(registry, messengers, CommandLineMessengers(), rest))
+            tenants = await stack.enter_async_context(Runtime(config).beside(rest))
+            return await fn(tenants)
 
     return run_async(go)
 
