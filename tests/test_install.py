@@ -86,8 +86,10 @@ async def allow(amocrm_http: httpx.AsyncClient, state: str | None = None) -> str
     """The admin presses "allow" on amoCRM's page (from the marketplace: no ``state``): where the browser is sent."""
     params = {"client_id": CLIENT_ID, **({"state": state} if state is not None else {})}
     page = await amocrm_http.get("https://shop.amocrm.ru/oauth", params=params)
-    assert page.status_code == 302
-    location = page.headers["location"]
+    assert page.status_code == 200 and 'value="allow"' in page.text
+    allowed = await amocrm_http.post("https://shop.amocrm.ru/oauth", data={**params, "decision": "allow"})
+    assert allowed.status_code == 302
+    location = allowed.headers["location"]
     assert location.startswith(REDIRECT + "?")
     return location.removeprefix("http://amoconnect")
 

@@ -2,7 +2,11 @@
 
 ``FakeAmoCRM().app`` is an ASGI (Starlette) app; drive it through
 ``httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app), base_url=fake.base_url)``.
-It behaves like amoCRM where amoconnect depends on it: bearer tokens (401 problem+json for a
+It behaves like amoCRM where amoconnect depends on it: the authorisation page an account's admin
+allows the integration on (``GET /oauth?client_id=&state=&mode=``; "allow" sends the browser to the
+redirect URI with ``code``, ``referer``, ``state``, ``platform`` and ``client_id``, "deny" with
+``error=access_denied``; an unknown client_id, a redirect_uri other than the registered one or a
+wrong mode is refused), bearer tokens (401 problem+json for a
 missing, unknown or expired one), the OAuth token endpoint with rotating refresh tokens,
 HAL answers (``_embedded``, ``_links``, ``_page``), 204 for empty lists, 400 with
 ``validation-errors``, a per-token rate limit answering 429 (and, optionally, the IP ban: 403),
@@ -11,11 +15,12 @@ and fault injection. All state is plain attributes, for tests to read and set.
 
 from __future__ import annotations
 
+import html
 import math
 import re
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -40,6 +45,25 @@ _PROBLEM = "application/problem+json"
 _OAUTH_PROBLEM = "https://developers.amocrm.ru/v3/errors/OAuthProblemJson"
 
 Handler = Callable[[Request], Awaitable[Response]]
+
+_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action *; base-uri 'none'"
+_ALLOW_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Allow access · amoCRM (fake)</title>
+<link rel="icon" href="data:,">
+<style>body{{font:16px/1.5 system-ui,sans-serif;background:#f2f4f7;margin:0}}
+main{{max-width:30rem;margin:4rem auto;background:#fff;border:1px solid #d0d5dd;border-radius:8px;padding:1.5rem 2rem}}
+button{{font:inherit;padding:.4rem 1.2rem;border-radius:4px;border:1px solid #1570ef;cursor:pointer}}
+.allow{{background:#1570ef;color:#fff}}.deny{{background:#fff;color:#1570ef}}.meta{{color:#667085;font-size:.9em}}</style>
+</head><body><main>
+<p class="meta">amoCRM (the sandbox's fake)</p>
+<h1>Allow access</h1>
+<p>The integration <strong>{integration}</strong> asks for access to the account <strong>{account}</strong>:
+its data, and sending and receiving chat messages.</p>
+<form method="post" action="/oauth">{fields}
+<button class="allow" type="submit" name="decision" value="allow">Allow</button>
+<button class="deny" type="submit" name="decision" value="deny">Deny</button>
+</form></main></body></html>
+"""
 
 
 class ManualClock:
@@ -124,6 +148,7 @@ class FakeAmoCRM:
         client_id: str = "fake-client-id",
         client_secret: str = "fake-client-secret",
         redirect_uri: str = "https://connector.example/oauth",
+        integration_name: str = "amoconnect",
         access_token_ttl: int = 86400,
         rate_limit: float | None = 7.0,
         rate_window: float = 1.0,
@@ -138,6 +163,7 @@ class FakeAmoCRM:
         self.client_id = client_id
         self.client_secret = client_secret
         self.redirect_uri = redirect_uri
+        self.integration_name = integration_name
         self.access_token_ttl = access_token_ttl
         self.ban_after = ban_after
         self.max_sources = max_sources
@@ -299,6 +325,7 @@ class FakeAmoCRM:
         routes = [
             Route("/oauth2/access_token", self._guard(self._token, auth=False), methods=["POST"]),
             Route("/oauth", self._authorize, methods=["GET"]),
+            Route("/oauth", self._decide, methods=["POST"]),
         ]
         by_path: dict[str, dict[str, Handler]] = {}
         for path, method, handler in api:
@@ -373,16 +400,64 @@ class FakeAmoCRM:
 
     # -- OAuth ---------------------------------------------------------------------------
     async def _authorize(self, request: Request) -> Response:
-        """The account's admin allows the integration: amoCRM sends the browser to the redirect URI
-        with a fresh code, the account's host as ``referer`` and the ``state`` it was given."""
+        """amoCRM's authorisation page (``GET /oauth?client_id=&state=&mode=``): the account's admin
+        is asked to allow the integration; the page's form posts the answer back (:meth:`_decide`)."""
+        refused = self._authorize_refusal(request.query_params)
+        if refused is not None:
+            return refused
         query = request.query_params
-        if query.get("client_id") != self.client_id:
-            return _problem(400, "Bad Request", "Unknown client_id")
+        fields = "".join(
+            f'<input type="hidden" name="{name}" value="{html.escape(query[name])}">'
+            for name in ("client_id", "state", "mode", "redirect_uri")
+            if name in query
+        )
+        page = _ALLOW_PAGE.format(
+            integration=html.escape(self.integration_name),
+            account=html.escape(self.base_url.removeprefix("https://")),
+            fields=fields,
+        )
+        return Response(page, media_type="text/html; charset=utf-8", headers={"Content-Security-Policy": _PAGE_CSP})
+
+    async def _decide(self, request: Request) -> Response:
+        """The admin's answer on the authorisation page: "allow" sends the browser to the
+        integration's redirect URI with a fresh ``code``, ``referer`` (the account's host), the
+        ``state`` it was given, ``platform`` (1: amocrm.ru, 2: amocrm.com and Kommo) and
+        ``client_id``; "deny" sends it there with ``error=access_denied`` (RFC 6749, 4.1.2.1)."""
+        form = dict(parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True))
+        refused = self._authorize_refusal(form)
+        if refused is not None:
+            return refused
+        decision = form.get("decision")
+        if decision == "allow":
+            return Response(status_code=302, headers={"Location": self.authorize(form.get("state"))})
+        if decision == "deny":
+            params = {"error": "access_denied", **({"state": form["state"]} if "state" in form else {})}
+            params["client_id"] = self.client_id
+            return Response(status_code=302, headers={"Location": f"{self.redirect_uri}?{urlencode(params)}"})
+        return _problem(400, "Bad Request", "decision must be 'allow' or 'deny'")
+
+    def _authorize_refusal(self, query: Mapping[str, str]) -> Response | None:
+        """The error page for a request amoCRM's authorisation page refuses, or None."""
+        if not query.get("client_id"):
+            return _problem(400, "Bad Request", "client_id is required")
+        if query["client_id"] != self.client_id:
+            return _problem(404, "Not Found", "Integration not found: unknown client_id")
+        if "redirect_uri" in query and query["redirect_uri"] != self.redirect_uri:
+            # never redirect to a URI the integration did not register (RFC 6749, 4.1.2.1)
+            return _problem(400, "Bad Request", "redirect_uri does not match the integration's one")
+        if "mode" in query and query["mode"] not in ("popup", "post_message"):
+            return _problem(400, "Bad Request", "mode must be 'popup' or 'post_message'")
+        return None
+
+    def authorize(self, state: str | None = None) -> str:
+        """Where "allow" on the authorisation page sends the browser: the redirect URI with a fresh
+        code, the account's host, ``state`` (when the flow had one), the platform and the client id."""
         params = {"code": self.issue_code(), "referer": self.base_url.removeprefix("https://")}
-        if "state" in query:
-            params["state"] = query["state"]
-        params["platform"] = "1"
-        return Response(status_code=302, headers={"Location": f"{self.redirect_uri}?{urlencode(params)}"})
+        if state is not None:
+            params["state"] = state
+        params["platform"] = "1" if self.base_url.endswith(".amocrm.ru") else "2"
+        params["client_id"] = self.client_id
+        return f"{self.redirect_uri}?{urlencode(params)}"
 
     async def _token(self, request: Request) -> Response:
         body = await _body(request)
