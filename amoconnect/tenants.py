@@ -188,6 +188,10 @@ class Tenants:
         self._on_disconnect = on_disconnect
 
     # -- accounts --------------------------------------------------------------------------
+    def rest(self, account: AccountRecord) -> AmoCRMClient | None:
+        """The REST API client of ``account``; None when it has no token."""
+        return self._rest(account)
+
     def account(self, name: str) -> AccountRecord:
         """The account called ``name`` (:class:`Refused` with 404 when there is none)."""
         account = self.registry.account(name)

@@ -20,7 +20,7 @@ from .common import blocked, config_option, echo_json, json_option, load, loggin
 from .jobs import jobs
 from .remote import connect, disconnect, history, import_, link, sources
 from .setup import check, init, migrate
-from .tenants import accounts, sources_add, sources_remove
+from .tenants import accounts, sources_add, sources_list, sources_remove
 
 __all__ = ["main"]
 
@@ -184,6 +184,7 @@ for command in (init, check, migrate, connect, disconnect, sources, accounts, im
     main.add_command(command)
 sources.add_command(sources_add)
 sources.add_command(sources_remove)
+sources.add_command(sources_list)
 
 
 def _share_logging_options(command: click.Command) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
@@ -111,7 +111,7 @@ def disconnect(config_path: str, account_name: str | None) -> None:
 
 @click.group()
 def sources() -> None:
-    """The amoCRM sources of the configured messenger instances.
+    """The messenger instances (sources): the file's and the store's, and amoCRM's of each account.
 
     \b
     Example:
@@ -156,53 +156,6 @@ def sources_sync(config_path: str, account_name: str | None) -> None:
             )
 
     run_async(go)
-
-
-@sources.command("list")
-@config_option
-@account_option
-@json_option("a list of {account, external_id, amocrm_id, name, default, instance, plugin, state}")
-def sources_list(config_path: str, account_name: str | None, as_json: bool) -> None:
-    """Show amoCRM's sources of each account beside the configured ones.
-
-    \b
-    Example:
-      amoconnect sources list --account main
-    """
-    from ..amocrm import AmoCRMClient
-
-    config = load(config_path)
-    accounts = _rest_accounts(config, account_name)
-
-    async def go() -> list[dict[str, Any]]:
-        report = []
-        for account in accounts:
-            async with AmoCRMClient(account.rest_url, tokens=account.token) as rest:
-                found = {s.external_id: s for s in await rest.list_sources()}
-            configured = {s.external_id: s for s in config.sources if s.account == account.name}
-            for external_id in sorted(set(found) | set(configured)):
-                remote, local = found.get(external_id), configured.get(external_id)
-                report.append(
-                    {
-                        "account": account.name,
-                        "external_id": external_id,
-                        "amocrm_id": remote.id if remote else None,
-                        "name": remote.name if remote else None,
-                        "default": bool(remote.default) if remote else None,
-                        "instance": local.name if local else None,
-                        "plugin": local.plugin if local else None,
-                        "state": "synced" if remote and local else "not in amoCRM" if local else "not configured",
-                    }
-                )
-        return report
-
-    report = run_async(go)
-    if as_json:
-        echo_json(report)
-        return
-    for row in report:
-        where = f"{row['plugin']}/{row['instance']}" if row["instance"] else "-"
-        click.echo(f"{row['account']}: {row['external_id']!r} amoCRM id {row['amocrm_id']} {where} ({row['state']})")
 
 
 @click.command("import")

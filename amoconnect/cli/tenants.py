@@ -1,4 +1,4 @@
-"""``amoconnect accounts list|show|disconnect`` and ``amoconnect sources add|remove``: the accounts and
+"""``amoconnect accounts list|show|disconnect`` and ``amoconnect sources add|remove|list``: the accounts and
 sources kept in the store, through the same operations as the admin API (:mod:`amoconnect.tenants`).
 
 A command runs beside the connector: it writes the store, and the running processes start and
@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import msgspec
@@ -19,7 +19,11 @@ import msgspec
 from ..tenants import Outcome, Tenants
 from .common import config_option, echo_json, json_option, load, run_async
 
-__all__ = ["accounts", "sources_add", "sources_remove"]
+__all__ = ["accounts", "sources_add", "sources_list", "sources_remove"]
+
+if TYPE_CHECKING:
+    from ..amocrm import Source
+    from ..store.registry import AccountRecord
 
 T = TypeVar("T")
 
@@ -30,7 +34,6 @@ def _with_tenants(config_path: str, fn: Callable[[Tenants], Awaitable[T]]) -> T:
     async def go() -> T:
         from ..amocrm import AmoCRMClient
         from ..runtime import Runtime
-        from ..store.registry import AccountRecord
 
         async with AsyncExitStack() as stack:
             clients: dict[str, AmoCRMClient] = {}
@@ -233,3 +236,73 @@ def sources_remove(name: str, account_name: str, config_path: str, as_json: bool
         return await tenants.remove_source(name, account=account_name)
 
     _report(_with_tenants(config_path, go), as_json)
+
+
+@click.command("list")
+@config_option
+@click.option("--account", "account_name", default=None, help="Only this account's sources.")
+@json_option(
+    "a list of {account, instance, plugin, kind, source_state, last_error, "
+    "external_id, amocrm_id, name, default, state}"
+)
+def sources_list(config_path: str, account_name: str | None, as_json: bool) -> None:
+    """Every source, the configuration file's (fixed) and the store's (run-time), beside amoCRM's sources.
+
+    \b
+    Example:
+      amoconnect sources list --account shop
+    """
+
+    async def go(tenants: Tenants) -> list[dict[str, Any]]:
+        accounts = [a for a in tenants.registry.accounts() if account_name in (None, a.name)]
+        if account_name and not accounts:
+            raise click.ClickException(f"no account named {account_name!r}")
+        return [row for account in accounts for row in await _compared(tenants, account)]
+
+    report = _with_tenants(config_path, go)
+    if as_json:
+        echo_json(report)
+        return
+    for row in report:
+        where = f"{row['plugin']}/{row['instance']} ({row['kind']}, {row['source_state']})" if row["instance"] else "-"
+        error = f": {row['last_error']}" if row["last_error"] else ""
+        click.echo(
+            f"{row['account']}: {row['external_id']!r} amoCRM id {row['amocrm_id']} {where} ({row['state']}){error}"
+        )
+
+
+async def _compared(tenants: Tenants, account: AccountRecord) -> list[dict[str, Any]]:
+    """``account``'s sources here and in amoCRM, one row per external id."""
+    from ..errors import AmoconnectError
+
+    here = {s.external_id: s for s in tenants.registry.sources(account.name)}
+    found: dict[str, Source] = {}
+    rest = tenants.rest(account)
+    asked = ""
+    if rest is None:
+        asked = "amoCRM not asked: no REST token"
+    else:
+        try:
+            found = {s.external_id: s for s in await rest.list_sources()}
+        except AmoconnectError as exc:
+            asked = f"amoCRM not read: {exc}"
+    rows = []
+    for external_id in sorted(set(found) | set(here)):
+        remote, local = found.get(external_id), here.get(external_id)
+        state = asked or ("synced" if remote and local else "not in amoCRM" if local else "not configured")
+        rows.append(
+            {
+                "account": account.name,
+                "instance": local.name if local else None,
+                "plugin": local.plugin if local else None,
+                "kind": None if local is None else "fixed" if local.fixed else "run-time",
+                "source_state": local.state if local else None,
+                "last_error": local.last_error if local else None,
+                "external_id": external_id,
+                "amocrm_id": remote.id if remote else None,
+                "name": remote.name if remote else None,
+                "default": bool(remote.default) if remote else None,
+                "state": state,
+            }
+        )
+    return rows
