@@ -11,7 +11,8 @@ stops blocking its conversation. After ``max_attempts`` a job becomes a dead let
 handler's ``on_dead`` may then enqueue follow-ups (e.g. tell the manager the message failed).
 
 Workers wake when a job is committed (no polling sleep); when nothing is due they sleep until
-the earliest retry is. A finished job's slot takes its conversation's next job in the finish's
+the earliest retry is. A finish that took its conversation's next job wakes nobody, so a drain
+of one conversation costs no claims. A finished job's slot takes its conversation's next job in the finish's
 own transaction while another slot is free, so a backlog of one conversation runs at the pace of
 its jobs, not of claims.
 """

@@ -314,6 +314,38 @@ async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_it
     assert await store.counts() == {"queued": 9, "running": 0, "dead": 0}
 
 
+async def test_a_finish_that_takes_the_next_job_wakes_no_worker_to_claim(store: Store) -> None:
+    """A conversation's backlog drains without a claim (and a look for the next due job) after each
+    job: its finishes make nothing new claimable; the last one, which takes nothing, wakes the workers."""
+    looks: list[str] = []
+    claim, next_due_in = store.claim, store.next_due_in
+
+    async def counted_claim(limit: int) -> list[Job]:
+        looks.append("claim")
+        return await claim(limit)
+
+    async def counted_next_due_in() -> float | None:
+        looks.append("next_due_in")
+        return await next_due_in()
+
+    store.claim = counted_claim  # type: ignore[method-assign]
+    store.next_due_in = counted_next_due_in  # type: ignore[method-assign]
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        return Done()
+
+    await store.enqueue([NewJob("test", "chat", b"%d" % i) for i in range(30)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0))
+        await eventually(lambda: looks.count("claim") >= 2)  # the last finish woke the workers
+        tg.cancel_scope.cancel()
+    # The first claim, those of the wakes at the start (the enqueue; PostgreSQL's listener connecting)
+    # and one after the last finish: a few, not one a job.
+    assert looks.count("claim") <= 5, looks
+    assert looks.count("next_due_in") <= 5, looks
+
+
 @pytest.mark.parametrize(("concurrency", "claims"), [(1, 10), (3, 2)])
 async def test_a_finish_takes_the_next_job_only_while_a_slot_is_free_for_other_work(
     store: Store, concurrency: int, claims: int

@@ -144,7 +144,8 @@ class Store(Protocol):
 
         With ``take_next``, the same transaction also claims the next job of the job's key when it
         is due, and returns it (else None): a conversation's backlog runs without a claim between
-        its jobs.
+        its jobs. A finish that took the next job and enqueued nothing made nothing new claimable:
+        it wakes no :meth:`wait_for_work`, in this process or another.
         """
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:

@@ -255,6 +255,11 @@ Its commit waits for no flush to disk: a claim lost with the server's last momen
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
+_NOTIFY_UNLESS_BUSY = (
+    f"SELECT pg_notify('{_CHANNEL}', '') WHERE NOT EXISTS (SELECT 1 FROM heads WHERE key = %s AND busy)"
+)
+"""Wakes the workers of every process unless a job of the key runs (parameter: key): a finish that took
+its conversation's next job made nothing new claimable."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -604,15 +609,19 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await _upsert_conversations(conn, conversations, merge=True)
                 await _upsert_messages(conn, messages)
                 await _insert_jobs(conn, then)
-                # The next job of the conversation (or a follow-up) may now be claimed, by any process.
-                await conn.execute(f"NOTIFY {_CHANNEL}")
                 if key is not None:
                     cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
                     taken = list(await cur.fetchall())
+                # The next job of the conversation (unless this finish took it) or a follow-up may now be
+                # claimed, by any process: tell them (a drain of one conversation wakes nobody).
+                if then or key is None:
+                    await conn.execute(f"NOTIFY {_CHANNEL}")
+                else:
+                    await conn.execute(_NOTIFY_UNLESS_BUSY, (key,))
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
-        self._settled(job_id)
+        self._settled(job_id, wake=bool(then) or not taken)
         if not taken:
             return None
         job = Job(*taken[0])
@@ -644,10 +653,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         job is queued again (by :meth:`release_expired` of any process) and run again."""
         self._held.pop(job_id, None)
 
-    def _settled(self, job_id: int) -> None:
-        """A held job's outcome is recorded: its lease needs no more extending, and the workers may look again."""
+    def _settled(self, job_id: int, *, wake: bool = True) -> None:
+        """A held job's outcome is recorded: its lease needs no more extending, and (``wake``) the workers
+        may look again."""
         self._held.pop(job_id, None)
-        self._wake.set()
+        if wake:
+            self._wake.set()
 
     def _lost(self, job_id: int, action: str, error: StoreError | None = None) -> None:
         """A job this process no longer holds: its lease ran out and another process may have taken it over."""

@@ -535,7 +535,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             taken = _take(conn, conn.execute(_NEXT_OF_KEY, (done[0], now)).fetchall())
             return taken[0] if taken else None
 
-        return await self._call(run, wakes=True)
+        taken = await self._call(run, wakes=bool(then))
+        if taken is None:
+            self._wake.set()  # the conversation's next job, if any, is the claims' now
+        return taken  # its follow-up taken: nothing new to claim, the workers need not look
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
