@@ -10,6 +10,10 @@ would spread them:
 2. End-to-end relay: fakechat webhooks from 200 conversations, relayed to amojo by whichever
    process claims them; throughput (closed loop, one message in flight per conversation),
    checked on amojo's records for loss, duplicates and per-conversation order.
+3. A source added at run time: three processes; a source is added through one process's admin API
+   (``POST /admin/api/accounts/{account}/sources``, what ``amoconnect sources add`` does) and a
+   messenger webhook for it is sent to another process every 5 ms until one is accepted: the time
+   from the add to that first acceptance (the registry's ``LISTEN/NOTIFY``), over ``--adds`` sources.
 
 The PostgreSQL server is a throwaway one started here (``initdb`` in a temporary directory)
 with durable settings (``fsync=on``, ``synchronous_commit=on``): an ack means the row is on disk.
@@ -17,6 +21,7 @@ with durable settings (``fsync=on``, ``synchronous_commit=on``): an ack means th
     python bench/bench_fleet.py                 # about 4 minutes
     python bench/bench_fleet.py --quick         # about 2 minutes
     python bench/bench_fleet.py --processes 1,2
+    python bench/bench_fleet.py --only add      # part 3 alone, a few seconds
 
 Results are printed and written to bench/out/fleet.json (or fleet-quick.json); ``--save`` writes
 them to bench/results/ instead, over the committed figures.
@@ -26,18 +31,31 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import shutil
 import socket
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from _support import RawPool, add_save_option, children, fmt, machine, machine_line, table, write_results
+from _support import (
+    RawPool,
+    add_save_option,
+    children,
+    fmt,
+    machine,
+    machine_line,
+    post_bytes,
+    table,
+    write_results,
+)
 from bench_relay import (
     HOST,
     RELAY_CONVERSATIONS,
+    WEBHOOK_SECRET,
     Server,
     amocrm_hook,
     check_delivery,
@@ -52,6 +70,7 @@ from bench_relay import (
 )
 
 from amoconnect.store.postgres import PostgresStore
+from amoconnect.testing.fakechat_api import SIGNATURE_HEADER, signature_of
 from amoconnect.testing.pgserver import TemporaryPostgres
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
 
@@ -198,6 +217,93 @@ async def relay(n: int, base_url: str, work: Path, logs: Path, quick: bool, tran
     return result
 
 
+ADMIN_TOKEN = "bench-admin-token-0123456789abcdef0123"
+
+
+def _webhook(port: int, instance: str, n: int) -> bytes:
+    """A signed fakechat webhook: a client's message to ``instance``."""
+    body = json.dumps(
+        {
+            "update_id": n,
+            "message": {
+                "message_id": f"add-{n}",
+                "chat": {"id": f"c{n}"},
+                "from": {"id": f"u{n}", "name": "Client"},
+                "date": int(time.time()),
+                "text": "hello",
+            },
+        }
+    ).encode()
+    headers = {"Content-Type": "application/json", SIGNATURE_HEADER: signature_of(body, WEBHOOK_SECRET)}
+    return post_bytes(HOST, port, f"/hooks/fake/{instance}", body, headers)
+
+
+async def add_to_first_message(base_url: str, work: Path, logs: Path, adds: int) -> dict[str, Any]:
+    """Seconds from a source's add in one process to the first message to it accepted by another."""
+    url = fresh_postgres_schema(base_url)
+    amojo = start_amojo(logs)
+    servers = [
+        connector(f"add-{i}", work / f"add-{i}", logs, store_url=url, amojo_url=f"http://{HOST}:{amojo.port}",
+                  messenger_url="")
+        for i in range(3)
+    ]  # fmt: skip
+    for server in servers:
+        config = work / server.name / "amoconnect.toml"
+        config.write_text(config.read_text() + f'\n[admin]\ntoken = "{ADMIN_TOKEN}"\n')
+        server.start()
+    pools = [RawPool(HOST, s.port, 2) for s in servers]
+    added_s: list[float] = []
+    first_s: list[float] = []
+    tries: list[int] = []
+    try:
+        for k in range(adds):
+            adder, receiver = servers[k % 3], k % 3 + 1
+            instance = f"added{k}"
+            spec = {"name": instance, "plugin": "fake", "settings": {"token": f"9:{k}", "secret": WEBHOOK_SECRET}}
+            body = json.dumps(spec).encode()
+            headers = {"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"}
+            request = post_bytes(HOST, adder.port, "/admin/api/accounts/bench/sources", body, headers)
+            began = time.perf_counter()
+            status, answer = await pools[k % 3].request(request)
+            if status not in (200, 201):
+                raise RuntimeError(f"adding {instance} answered {status}: {answer[:300]!r}")
+            added_s.append(time.perf_counter() - began)
+            pool = pools[receiver % 3]
+            for attempt in range(1, 2001):
+                status, _ = await pool.request(_webhook(servers[receiver % 3].port, instance, k * 10_000 + attempt))
+                if status == 200:
+                    first_s.append(time.perf_counter() - began)
+                    tries.append(attempt)
+                    break
+                await asyncio.sleep(0.005)
+            else:
+                raise RuntimeError(f"{instance} was not accepted by another process within 10 s")
+    finally:
+        for pool in pools:
+            await pool.close()
+        for server in servers:
+            server.stop()
+        amojo.stop()
+    first_s.sort()
+    result = {
+        "processes": 3,
+        "adds": adds,
+        "add_request_ms_median": statistics.median(added_s) * 1000,
+        "add_to_first_accepted_ms": {
+            "median": statistics.median(first_s) * 1000,
+            "max": first_s[-1] * 1000,
+        },
+        "refused_before_first_median": statistics.median(tries) - 1,
+    }
+    first = result["add_to_first_accepted_ms"]
+    print(
+        f"   add → first message accepted by another process: median {fmt(first['median'], 1)} ms, "
+        f"max {fmt(first['max'], 1)} ms (the add request itself {fmt(result['add_request_ms_median'], 1)} ms)",
+        flush=True,
+    )
+    return result
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     info = machine()
     print(f"machine: {machine_line(info)}")
@@ -208,10 +314,17 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     output: dict[str, Any] = {"benchmark": "fleet", "quick": args.quick, "machine": info, "processes": counts}
     with TemporaryPostgres(durable=True) as server, children():
         output["postgresql"] = "throwaway server, fsync=on, synchronous_commit=on"
-        print("\n1. durable ingest on PostgreSQL (amoCRM webhooks, open loop, round robin over the processes)")
-        output["ingest"] = [await ingest(n, server.url, work, logs, args.quick) for n in counts]
-        print(f"\n2. end-to-end relay on PostgreSQL ({RELAY_CONVERSATIONS} conversations → amojo, {args.transport})")
-        output["relay"] = [await relay(n, server.url, work, logs, args.quick, args.transport) for n in counts]
+        if args.only in (None, "ingest"):
+            print("\n1. durable ingest on PostgreSQL (amoCRM webhooks, open loop, round robin over the processes)")
+            output["ingest"] = [await ingest(n, server.url, work, logs, args.quick) for n in counts]
+        if args.only in (None, "relay"):
+            print(
+                f"\n2. end-to-end relay on PostgreSQL ({RELAY_CONVERSATIONS} conversations → amojo, {args.transport})"
+            )
+            output["relay"] = [await relay(n, server.url, work, logs, args.quick, args.transport) for n in counts]
+        if args.only in (None, "add"):
+            print("\n3. a source added in one process of three, its first message accepted by another")
+            output["add"] = await add_to_first_message(server.url, work, logs, args.adds)
     shutil.rmtree(work, ignore_errors=True)
     return output
 
@@ -238,6 +351,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter runs")
     parser.add_argument("--processes", default="1,2,4", help="comma-separated process counts")
     parser.add_argument("--transport", default="aiohttp", choices=["aiohttp", "httpx"])
+    parser.add_argument("--only", choices=["ingest", "relay", "add"], help="run one part")
+    parser.add_argument("--adds", type=int, default=30, help="sources added in part 3")
     add_save_option(parser)
     args = parser.parse_args()
     try:
@@ -246,8 +361,10 @@ def main() -> None:
         output = asyncio.run(run(args))
     else:
         output = uvloop.run(run(args))
-    print("\n" + summary_table(output))
-    path = write_results("fleet-quick" if args.quick else "fleet", output, save=args.save)
+    if "ingest" in output and "relay" in output:
+        print("\n" + summary_table(output))
+    name = "fleet-quick" if args.quick else "fleet"
+    path = write_results(f"fleet-{args.only}" if args.only else name, output, save=args.save)
     print(f"\nwritten to {path}")
 
 

@@ -6,7 +6,12 @@ memory is measured (tracemalloc), and the two lookups an ack makes — the accou
 an amoCRM webhook, the source by instance name for a messenger's — are timed over 200,000 calls
 each (p50, p99 of batches of 1,000). The lookups must not get slower with the number of tenants.
 
-    python bench/bench_registry.py [--accounts 10000] [--save]
+Then the same two stores under a whole ``amoconnect run`` process (``bench/connector.py``, the
+reference messenger ``fake``, every stored source an adapter it builds and starts): the time from
+its start to its first ``/healthz`` answer, its resident memory, and the webhook ack path — signed
+messenger webhooks to one source, 8 in flight, relayed to the benchmark's amojo — p50 / p99.
+
+    python bench/bench_registry.py [--accounts 10000] [--acks 4000] [--save]
 """
 
 from __future__ import annotations
@@ -23,7 +28,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _support import add_save_option, fmt, machine, machine_line, table, write_results
+from _support import (
+    Process,
+    RawPool,
+    add_save_option,
+    children,
+    fmt,
+    machine,
+    machine_line,
+    table,
+    wait_ready,
+    write_results,
+)
+from bench_relay import HOST, closed_lanes, connector, fakechat_plan, start_amojo
 
 from amoconnect.config import parse_config
 from amoconnect.registry import Registry
@@ -40,6 +57,8 @@ def _config(path: Path) -> Any:
 
 
 async def _fill(store: SQLiteStore, accounts: int) -> None:
+    """``accounts`` stored accounts with :data:`SOURCES_PER_ACCOUNT` sources of the messenger ``fake`` each."""
+
     async def put(i: int) -> None:
         name = f"acc{i}"
         await store.put_account(
@@ -48,7 +67,11 @@ async def _fill(store: SQLiteStore, accounts: int) -> None:
         for j in range(SOURCES_PER_ACCOUNT):
             await store.put_source(
                 SourceRecord(
-                    name=f"{name}-s{j}", plugin="telegram", account=name, external_id=f"s{j}", settings={"token": "x"}
+                    name=f"{name}-s{j}",
+                    plugin="fake",
+                    account=name,
+                    external_id=f"s{j}",
+                    settings={"token": f"{i}:{j}", "secret": "s" * 20},
                 )
             )
 
@@ -101,9 +124,67 @@ async def _measure(accounts: int) -> dict[str, Any]:
     }
 
 
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def _process(accounts: int, acks: int, work: Path, logs: Path, amojo_url: str) -> dict[str, Any]:
+    """A whole connector process on a store of ``accounts`` (one of them the file's): start, memory, ack p99."""
+    directory = work / f"tenants-{accounts}"
+    server = connector(f"tenants-{accounts}", directory, logs, amojo_url=amojo_url, messenger_url="")
+    if accounts > 1:
+        async with SQLiteStore(directory / "amoconnect.sqlite3", synchronous="NORMAL") as store:
+            await _fill(store, accounts - 1)
+    began = time.time()
+    server.process = Process(server.args, server.log)
+    ready = wait_ready(f"http://{HOST}:{server.port}/healthz", server.process, timeout=600)
+    start_s = ready - began
+    rss_start = _rss_mib(server.process.pid)
+    pool = RawPool(HOST, server.port, 8)
+    try:
+        warm = fakechat_plan(server.port, 400, 8, f"w{accounts}")
+        await closed_lanes(pool, warm, budget=60)  # type: ignore[arg-type]
+        plan = fakechat_plan(server.port, acks, 8, f"t{accounts}")
+        outcomes = await closed_lanes(pool, plan, budget=120)  # type: ignore[arg-type]
+        rss_after = _rss_mib(server.process.pid)
+    finally:
+        await pool.close()
+        server.stop()
+    latencies = sorted((o.done - o.scheduled) * 1000 for o in outcomes if o.status == 200)
+    return {
+        "accounts": accounts,
+        "sources": 1 + (accounts - 1) * SOURCES_PER_ACCOUNT,
+        "start_s": start_s,
+        "rss_mib_started": rss_start,
+        "rss_mib_after_acks": rss_after,
+        "acks": len(latencies),
+        "refused": len(outcomes) - len(latencies),
+        "ack_ms": {
+            "p50": statistics.median(latencies) if latencies else None,
+            "p99": latencies[int(len(latencies) * 0.99) - 1] if latencies else None,
+        },
+    }
+
+
+async def _processes(accounts: int, acks: int) -> list[dict[str, Any]]:
+    work = Path(tempfile.mkdtemp(prefix="amoconnect-bench-tenants-"))
+    logs = work / "logs"
+    logs.mkdir()
+    amojo = start_amojo(logs)
+    try:
+        return [await _process(n, acks, work, logs, f"http://{HOST}:{amojo.port}") for n in (1, accounts)]
+    finally:
+        amojo.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, default=10_000)
+    parser.add_argument("--acks", type=int, default=4000, help="webhooks timed per process")
     add_save_option(parser)
     args = parser.parse_args()
     info = machine()
@@ -135,7 +216,26 @@ def main() -> None:
             rows,
         )
     )
-    print("written to", write_results("registry", {"machine": info, "runs": runs}, save=args.save))
+    with children():
+        processes = asyncio.run(_processes(args.accounts, args.acks))
+    print(
+        table(
+            ["accounts", "sources", "process start s", "RSS MiB started / after", "acks", "ack ms p50 / p99"],
+            [
+                [
+                    str(p["accounts"]),
+                    str(p["sources"]),
+                    fmt(p["start_s"], 2),
+                    f"{fmt(p['rss_mib_started'], 0)} / {fmt(p['rss_mib_after_acks'], 0)}",
+                    str(p["acks"]),
+                    f"{fmt(p['ack_ms']['p50'], 2)} / {fmt(p['ack_ms']['p99'], 2)}",
+                ]
+                for p in processes
+            ],
+        )
+    )
+    output = {"machine": info, "runs": runs, "processes": processes}
+    print("written to", write_results("registry", output, save=args.save))
 
 
 if __name__ == "__main__":
