@@ -1,9 +1,8 @@
-"""Token refresh in a fleet of real processes: three ``amoconnect run`` processes share one PostgreSQL
-store and all need to refresh one account's tokens at once, against the fake amoCRM's refresh tokens,
-which work once (as amoCRM's do).
+"""Token refresh with real processes: three ``amoconnect run`` processes share one PostgreSQL store and
+all need to refresh one account's tokens at once, against the fake amoCRM's refresh tokens, which
+work once (as amoCRM's do); and one process on SQLite, killed in the same place and started again.
 
-Only PostgreSQL: the refresh lease keeps the fleet to one refresh, and a fleet needs PostgreSQL (on
-SQLite the lease is always the one process's own).
+A fleet needs PostgreSQL: one process owns a SQLite file (its leases are always its own).
 """
 
 from __future__ import annotations
@@ -49,6 +48,7 @@ HOLD = 1.5
 class Fleet:
     amocrm: FakeAmoCRM
     config: Config
+    config_path: Path
     procs: dict[int, Process]
     """Port → the process serving on it."""
 
@@ -77,8 +77,11 @@ class Fleet:
 
 
 @asynccontextmanager
-async def fleet_needing_a_refresh(tmp_path: Path, postgres: str, env: dict[str, str]) -> AsyncIterator[Fleet]:
-    """Three processes started at once on a store whose one installed account's token is due."""
+async def fleet_needing_a_refresh(
+    tmp_path: Path, postgres: str | None, env: dict[str, str], *, processes: int = 3
+) -> AsyncIterator[Fleet]:
+    """``processes`` started at once on a store (PostgreSQL at ``postgres``, else a SQLite file) whose
+    one installed account's token is due."""
     amocrm = FakeAmoCRM(subdomain="shop", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
     async with serve_app(Slow(amocrm.app, HOLD, hold_answer=True)) as amocrm_url:
         data = base_config(
@@ -88,9 +91,9 @@ async def fleet_needing_a_refresh(tmp_path: Path, postgres: str, env: dict[str, 
             log_level="info",
         )
         data["store"] = {
-            "url": fresh_postgres_schema(postgres),
+            "url": fresh_postgres_schema(postgres) if postgres else "",
             "lease": LEASE,
-            "path": str(tmp_path / "unused.sqlite3"),
+            "path": str(tmp_path / "store.sqlite3"),
             "media_dir": str(tmp_path / "media"),
         }
         config_path = tmp_path / "amoconnect.toml"
@@ -119,9 +122,9 @@ async def fleet_needing_a_refresh(tmp_path: Path, postgres: str, env: dict[str, 
 
         try:
             async with anyio.create_task_group() as tg:
-                for _ in range(3):
+                for _ in range(processes):
                     tg.start_soon(start, free_port())
-            yield Fleet(amocrm, config, procs)
+            yield Fleet(amocrm, config, config_path, procs)
         finally:
             with anyio.CancelScope(shield=True):
                 for proc in procs.values():
@@ -181,3 +184,23 @@ async def test_a_refresher_killed_after_amocrm_answered_leaves_the_account_needi
 async def _needing_reauth(fleet: Fleet) -> AccountRecord | None:
     account = await fleet.stored()
     return account if account.state == "needs_reauth" else None
+
+
+@pytest.mark.timeout(90)
+async def test_one_process_on_sqlite_killed_after_amocrm_answered_finds_the_account_lost_when_it_starts_again(
+    tmp_path: Path,
+) -> None:
+    async with fleet_needing_a_refresh(tmp_path, None, {CRASH_AT: "oauth.answer"}, processes=1) as fleet:
+        ((port, proc),) = fleet.procs.items()
+        await eventually(lambda: proc.returncode == -signal.SIGKILL, within=30)
+        assert fleet.amocrm.grants == ["refresh_token"]
+        assert (await fleet.stored()).state == "active"  # the new pair died with the process
+        again = await start_connector(fleet.config_path, port)
+        try:
+            account = await eventually(lambda: _needing_reauth(fleet), within=20)
+            assert "Token has been revoked" in (account.state_reason or "")
+            await anyio.sleep(3 * LEASE)
+            assert fleet.token_requests() == [200, 401], "refused once, not tried again"
+            assert again.returncode is None
+        finally:
+            await stop_connector(again)
