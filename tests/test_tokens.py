@@ -3,19 +3,23 @@ before use, a refused refresh token marking the account for re-authorisation."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from pathlib import Path
 
 import anyio
 import httpx
+import msgspec
 import pytest
-from rig import CHANNEL, base_config, rig
+from rig import CHANNEL, SECRET, base_config, eventually, message, rig
 
+from amoconnect.amojo import wire
 from amoconnect.config import OAuthConfig, parse_config
 from amoconnect.registry import Registry
 from amoconnect.store import build_store
 from amoconnect.store.base import Store
-from amoconnect.store.registry import AccountRecord
+from amoconnect.store.registry import AccountRecord, SourceRecord
 from amoconnect.testing.fake_amocrm import FakeAmoCRM
 from amoconnect.testing.stores import postgres_url
 from amoconnect.tokens import REFRESH_BEFORE, TokenKeeper
@@ -172,3 +176,60 @@ async def test_an_account_needing_re_authorisation_shows_in_healthz_and_metrics(
         text = (await r.client.get("/metrics")).text
         assert 'amoconnect_accounts{state="needs_reauth"} 1.0' in text
         assert 'amoconnect_accounts{state="active"} 1.0' in text
+
+
+def _manager_answer(text: str) -> tuple[bytes, dict[str, str]]:
+    """A signed amoCRM webhook: a manager's answer in the shop's chat with client c1."""
+    hook = wire.MessageHook(
+        account_id=SHOP,
+        time=int(time.time()),
+        message=wire.HookMessage(
+            conversation=wire.Conversation(id="amo-chat-1", client_id="bot2:c1"),
+            source=wire.Source(external_id="bot2"),
+            sender=wire.HookSender(id="manager-1", name="Manager"),
+            receiver=wire.HookReceiver(id="client-1", client_id="bot2:c1", name="Client"),
+            timestamp=int(time.time()),
+            msec_timestamp=int(time.time() * 1000),
+            message=wire.HookMessageBody(id=f"m-{text}", type="text", text=text),
+        ),
+    )
+    body = msgspec.json.encode(hook)
+    signature = hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
+    return body, {"X-Signature": signature, "Content-Type": "application/json"}
+
+
+async def test_tokens_revoked_mid_flow_leave_the_messages_flowing_and_the_account_waiting_for_an_install(
+    tmp_path: Path,
+) -> None:
+    """The account's admin revokes the integration's access in amoCRM while its chats are busy: the
+    refresh is refused once, the account needs re-authorisation with the reason, and its messages
+    keep flowing both ways (they need only the channel)."""
+    amocrm = fake()
+    async with rig(tmp_path) as r, httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+        registry = r.runtime.registry
+        await install(registry, amocrm, ttl=60)
+        r.amojo.connect(SHOP, webhook_url="http://amoconnect/amocrm/:scope_id")
+        scope = f"{CHANNEL}_{SHOP}"
+        bot = {"secret": "bot2-secret"}
+        await registry.put_source(
+            SourceRecord(name="bot2", account="shop", plugin="loopback", external_id="bot2", settings=bot)
+        )
+        assert (await r.inbound(message("c1", "1", "before"), instance="bot2", secret="bot2-secret")).status_code == 200
+        await eventually(lambda: r.amojo.messages_in("bot2:c1", scope_id=scope))
+        amocrm.access_tokens.clear()  # revoked: the pair no longer works
+        amocrm.refresh_tokens.clear()
+        keeper = TokenKeeper(registry, r.runtime.store, OAUTH, http=http)
+        assert await keeper.refresh_due() == []
+        account = registry.account("shop")
+        assert account is not None and account.state == "needs_reauth"
+        assert "Token has been revoked" in (account.state_reason or "")
+        assert (await keeper.refresh_due(), len(amocrm.requests_to("/oauth2/access_token"))) == ([], 1)
+        assert (await r.inbound(message("c1", "2", "after"), instance="bot2", secret="bot2-secret")).status_code == 200
+        await eventually(
+            lambda: [m.content.text for m in r.amojo.messages_in("bot2:c1", scope_id=scope)][-1:] == ["after"]
+        )
+        body, headers = _manager_answer("still here")
+        assert (await r.client.post(f"/amocrm/{scope}", content=body, headers=headers)).status_code == 200
+        (sent,) = await eventually(lambda: r.adapter("bot2").sent)
+        assert sent.text == "still here"
+        assert (await r.client.get("/healthz")).json()["accounts"]["needs_reauth"] == 1
