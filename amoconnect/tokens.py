@@ -29,7 +29,7 @@ import structlog
 from .amocrm import AmoCRMClient, OAuthApp, Tokens
 from .config import OAuthConfig
 from .crashpoints import crash_point
-from .errors import AmoconnectError, AmoCRMError
+from .errors import AmoconnectError, AmoCRMError, StoreError
 from .registry import Registry
 from .signing import same_secret
 from .store.base import Store
@@ -120,12 +120,15 @@ class TokenKeeper:
                 account = self.registry.account(name)
                 if account is None or not self._due(account):
                     return False
-                async with anyio.create_task_group() as renewing:
-                    # Renewed while amoCRM takes its time, so that a slow answer is not refreshed twice;
-                    # a refresher that dies stops renewing, and the others take over once it runs out.
-                    renewing.start_soon(self._renew, lease)
-                    done = await self._refresh(account)
-                    renewing.cancel_scope.cancel()
+                # Shielded: a stop (SIGTERM of a rolling restart) must not fall between amoCRM's answer and
+                # the store write, which would lose the only valid pair; a refresh is bounded by HTTP timeouts.
+                with anyio.CancelScope(shield=True):
+                    async with anyio.create_task_group() as renewing:
+                        # Renewed while amoCRM takes its time, so that a slow answer is not refreshed twice;
+                        # a refresher that dies stops renewing, and the others take over once it runs out.
+                        renewing.start_soon(self._renew, lease)
+                        done = await self._refresh(account)
+                        renewing.cancel_scope.cancel()
                 return done
             finally:
                 with anyio.CancelScope(shield=True):
@@ -134,7 +137,10 @@ class TokenKeeper:
     async def _renew(self, lease: str) -> None:
         while True:
             await anyio.sleep(self.lease / 3)
-            await self.store.hold_lease(lease, self.lease)
+            try:
+                await self.store.hold_lease(lease, self.lease)
+            except StoreError as exc:  # never cut the refresh short: its answer must reach the store
+                log.warning("token refresh lease renewal failed", lease=lease, error=str(exc))
 
     async def _refresh(self, account: AccountRecord) -> bool:
         async def store_first(tokens: Tokens) -> None:

@@ -12,6 +12,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
+from processes import Slow
 from rig import CHANNEL, SECRET, base_config, eventually, message, rig
 
 from amoconnect.amojo import wire
@@ -141,6 +142,30 @@ async def test_a_refresh_that_loses_the_race_uses_the_winner_s_pair(tmp_path: Pa
         account = loser.account("shop")
         assert account is not None and account.state == "active"
         assert account.refresh_token in amocrm.refresh_tokens and account == winner.account("shop")
+    finally:
+        await store.close()
+
+
+async def test_a_stop_while_amocrm_answers_a_refresh_still_stores_the_new_pair(tmp_path: Path) -> None:
+    """A rolling restart's SIGTERM cancels the keeper while amoCRM's answer is on its way: the answer is
+    still read and stored, since amoCRM already rotated and the old refresh token no longer works."""
+    amocrm = fake()
+    held = Slow(amocrm.app, 0.3, hold_answer=True)
+    (store,) = await stores(tmp_path, 1)
+    try:
+        registry = Registry(parse_config(base_config(tmp_path)), store)
+        await registry.load()
+        await install(registry, amocrm, ttl=60)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=held)) as http:
+            keeper = TokenKeeper(registry, store, OAUTH, http=http)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(keeper.run)
+                await eventually(lambda: held.in_flight == 1)  # amoCRM rotated; its answer is held back
+                tg.cancel_scope.cancel()
+        assert amocrm.grants == ["refresh_token"]
+        account = registry.account("shop")
+        assert account is not None and account.refresh_token in amocrm.refresh_tokens
+        assert account.token in amocrm.access_tokens
     finally:
         await store.close()
 
