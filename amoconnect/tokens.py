@@ -122,17 +122,34 @@ class TokenKeeper:
                     return False
                 # Shielded: a stop (SIGTERM of a rolling restart) must not fall between amoCRM's answer and
                 # the store write, which would lose the only valid pair; a refresh is bounded by HTTP timeouts.
+                done = False
                 with anyio.CancelScope(shield=True):
-                    async with anyio.create_task_group() as renewing:
-                        # Renewed while amoCRM takes its time, so that a slow answer is not refreshed twice;
-                        # a refresher that dies stops renewing, and the others take over once it runs out.
-                        renewing.start_soon(self._renew, lease)
-                        done = await self._refresh(account)
-                        renewing.cancel_scope.cancel()
+                    done = await self._refresh_holding(account, lease)
                 return done
             finally:
                 with anyio.CancelScope(shield=True):
                     await self.store.release_lease(lease)
+
+    async def _refresh_holding(self, account: AccountRecord, lease: str) -> bool:
+        """:meth:`_refresh` while renewing ``lease``, so that a slow answer is not refreshed twice (a
+        refresher that dies stops renewing, and the others take over once it runs out); its error as is."""
+        outcome: list[bool] = []
+        failure: list[Exception] = []
+
+        async def refresh() -> None:
+            try:
+                outcome.append(await self._refresh(account))
+            except Exception as exc:  # raised below, outside the task group (which would wrap it)
+                failure.append(exc)
+            finally:
+                tasks.cancel_scope.cancel()
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._renew, lease)
+            tasks.start_soon(refresh)
+        if failure:
+            raise failure[0]
+        return outcome[0]
 
     async def _renew(self, lease: str) -> None:
         while True:

@@ -17,6 +17,7 @@ from rig import CHANNEL, SECRET, base_config, eventually, message, rig
 
 from amoconnect.amojo import wire
 from amoconnect.config import OAuthConfig, parse_config
+from amoconnect.errors import AmoCRMError
 from amoconnect.registry import Registry
 from amoconnect.store import build_store
 from amoconnect.store.base import Store
@@ -166,6 +167,26 @@ async def test_a_stop_while_amocrm_answers_a_refresh_still_stores_the_new_pair(t
         account = registry.account("shop")
         assert account is not None and account.refresh_token in amocrm.refresh_tokens
         assert account.token in amocrm.access_tokens
+    finally:
+        await store.close()
+
+
+async def test_a_refresh_amocrm_fails_is_an_error_of_that_round_and_the_next_one_refreshes(tmp_path: Path) -> None:
+    amocrm = fake()
+    (store,) = await stores(tmp_path, 1)
+    try:
+        registry = Registry(parse_config(base_config(tmp_path)), store)
+        await registry.load()
+        await install(registry, amocrm, ttl=60)
+        old = registry.account("shop")
+        amocrm.fail_next(1, 403, path="/oauth2/access_token")  # as amoCRM answers an IP it banned
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as http:
+            keeper = TokenKeeper(registry, store, OAUTH, http=http)
+            with pytest.raises(AmoCRMError) as info:  # as is: ``run`` logs it and tries again later
+                await keeper.refresh_due()
+            assert info.value.status == 403
+            assert registry.account("shop") == old  # nothing changed, nothing marked
+            assert await keeper.refresh_due() == ["shop"]
     finally:
         await store.close()
 
