@@ -11,7 +11,12 @@ uses at once:
   (:meth:`PostgresStore.abandon`). Only the job's holder may finish, retry or bury it: a
   process that stalled past its lease finds its job taken over, and what it did is dropped
   (the new holder runs the job again), so the conversation's next job cannot start early.
-- ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling.
+- ``LISTEN/NOTIFY`` wakes idle workers of every process when a job is committed; no polling. The
+  NOTIFY follows the commit in a transaction of its own, one at a time however many commits ask:
+  a NOTIFY inside a transaction holds the server's lock on its notification queue through the
+  commit, so every notifying commit would wait for the one before it to reach the disk (ingest
+  at one fsync a webhook, no group commit). A process that dies between the two leaves the
+  others to find the work at their next look (within 5 s).
 - Dedup keys and the id mapping sit under UNIQUE constraints.
 - Rate limits hold for the whole fleet: :meth:`PostgresStore.limiter` keeps their state in a
   table (:mod:`.pglimits`).
@@ -236,9 +241,9 @@ _ENQUEUE = (
     "AS j(kind, key, payload, scope_id, delay) "
     "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
     "SELECT (SELECT count(*) FROM fresh), "
-    f"(SELECT count(*) FROM (SELECT pg_notify('{_CHANNEL}', '') FROM added LIMIT 1) AS n)"
+    "(SELECT count(*) FROM (SELECT 1 FROM added LIMIT 1) AS n)"
 )
-"""The dedup keys are new and the jobs go in (with a NOTIFY), or no job is written (the caller rolls
+"""The dedup keys are new and the jobs go in, or no job is written (the caller rolls
 the new keys back when only some were new)."""
 _TAKE = (
     "WITH c AS ({claimable} FOR UPDATE SKIP LOCKED) "
@@ -255,11 +260,6 @@ Its commit waits for no flush to disk: a claim lost with the server's last momen
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
-_NOTIFY_UNLESS_BUSY = (
-    f"SELECT pg_notify('{_CHANNEL}', '') WHERE NOT EXISTS (SELECT 1 FROM heads WHERE key = %s AND busy)"
-)
-"""Wakes the workers of every process unless a job of the key runs (parameter: key): a finish that took
-its conversation's next job made nothing new claimable."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
@@ -353,6 +353,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._wake = asyncio.Event()
         self._listening = False
         self._tasks: list[asyncio.Task[None]] = []
+        self._notifier: asyncio.Task[None] | None = None
+        self._notify_wanted = False
         self._held: dict[int, str] = {}
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
@@ -395,11 +397,30 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             return list(await cur.fetchall())
 
     async def _write(self, sql: str, params: Sequence[Any] = (), *, notify: bool = False) -> int:
-        async with self._conn("write", transaction=notify) as conn:
+        async with self._conn("write") as conn:
             cur = await conn.execute(sql, params)
-            if notify and cur.rowcount:
-                await conn.execute(f"NOTIFY {_CHANNEL}")
-            return cur.rowcount
+        if notify and cur.rowcount:
+            self._work_committed()
+        return cur.rowcount
+
+    def _work_committed(self) -> None:
+        """Work was committed: wake this process's workers now, every process's with a NOTIFY soon."""
+        self._wake.set()
+        self._notify_wanted = True
+        if self._pool is not None and (self._notifier is None or self._notifier.done()):
+            self._notifier = asyncio.get_running_loop().create_task(self._notify(), name="amoconnect-pg-notify")
+
+    async def _notify(self) -> None:
+        """One NOTIFY for every commit that asked since the last one was sent."""
+        while self._notify_wanted:
+            self._notify_wanted = False
+            try:
+                await self._write(f"NOTIFY {_CHANNEL}")
+            except StoreError as exc:
+                log.warning(
+                    "store notification failed; other processes find the work at their next look", error=str(exc)
+                )
+                return
 
     # -- schema --------------------------------------------------------------------------
     async def schema_version(self) -> int:
@@ -486,6 +507,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         pool, self._pool = self._pool, None
         if pool is None:
             return
+        if self._notifier is not None:
+            self._tasks.append(self._notifier)
+            self._notifier = None
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -558,7 +582,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
-        # Dedup keys, jobs and NOTIFY in one statement, one round trip. With several keys a seen
+        # Dedup keys and jobs in one statement, one round trip. With several keys a seen
         # one must also undo the new ones, so the statement runs in a transaction to roll back.
         try:
             async with self._conn("enqueue", transaction=len(keys) > 1) as conn:
@@ -580,7 +604,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         except _Seen:
             return False
         if jobs:
-            self._wake.set()
+            self._work_committed()
         return True
 
     async def claim(self, limit: int) -> list[Job]:
@@ -612,15 +636,11 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 if key is not None:
                     cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
                     taken = list(await cur.fetchall())
-                # The next job of the conversation (unless this finish took it) or a follow-up may now be
-                # claimed, by any process: tell them (a drain of one conversation wakes nobody).
-                if then or key is None:
-                    await conn.execute(f"NOTIFY {_CHANNEL}")
-                else:
-                    await conn.execute(_NOTIFY_UNLESS_BUSY, (key,))
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
+        # The next job of the conversation (unless this finish took it) or a follow-up may now be
+        # claimed, by any process: tell them (a drain of one conversation wakes nobody).
         self._settled(job_id, wake=bool(then) or not taken)
         if not taken:
             return None
@@ -643,7 +663,6 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             async with self._conn("bury", transaction=True, pipeline=True) as conn:
                 await conn.execute(_BURY, (job_id, self.owner, error))
                 await _insert_jobs(conn, then)
-                await conn.execute(f"NOTIFY {_CHANNEL}")
         except StoreError as exc:
             return self._lost(job_id, "bury", exc)
         self._settled(job_id)
@@ -658,7 +677,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         may look again."""
         self._held.pop(job_id, None)
         if wake:
-            self._wake.set()
+            self._work_committed()
 
     def _lost(self, job_id: int, action: str, error: StoreError | None = None) -> None:
         """A job this process no longer holds: its lease ran out and another process may have taken it over."""
@@ -700,8 +719,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 params,
             )
             cur = await conn.execute(f"DELETE FROM dead {where}", params)
-            await conn.execute(f"NOTIFY {_CHANNEL}")
-        self._wake.set()
+        self._work_committed()
         return cur.rowcount
 
     async def purge(self, ids: Sequence[int] | None = None, *, scope_id: str | None = None) -> int:
