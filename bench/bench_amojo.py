@@ -6,7 +6,9 @@
 2. Throughput: ``AmojoClient.send_message`` (transport ``httpx`` and ``aiohttp``) against amojo
    served by uvicorn in a separate process, at 1, 8 and 64 concurrent senders, each message a
    new msgid; side by side with the synchronous baseline most amojo clients are (a
-   ``requests.Session`` per thread, ``json.dumps`` + signing per request). Two servers: the
+   ``requests.Session`` per thread, ``json.dumps`` + signing per request) and amojowrapper (the
+   other Python amojo client on PyPI; ``pip install amojowrapper``), each with the client's CPU
+   time per request (this process's). Two servers: the
    faithful fake (``FakeAmojo``, which checks everything and keeps every message in memory)
    and a sink (checks the signature, answers the documented body, keeps nothing) that shows
    the clients' own ceiling.
@@ -172,6 +174,8 @@ class Cell:
         self.errors = 0
         self.first_error = ""
         self.elapsed = 0.0
+        self.cpu = 0.0
+        """CPU seconds this process (the client) spent on the cell."""
 
     def summary(self) -> dict[str, Any]:
         done = len(self.latencies)
@@ -182,6 +186,7 @@ class Cell:
             "first_error": self.first_error or None,
             "seconds": round(self.elapsed, 3),
             "rps": round(done / self.elapsed, 1) if self.elapsed else None,
+            "cpu_us_per_request": round(1e6 * self.cpu / done, 1) if done else None,
             "p50_ms": stats["p50_ms"],
             "p99_ms": stats["p99_ms"],
         }
@@ -209,9 +214,9 @@ async def _async_cell(client: AmojoClient, concurrency: int, cell: Cell, tag: st
                 continue
             cell.latencies.append(time.perf_counter() - started)
 
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    cell.elapsed = time.perf_counter() - started
+    cell.elapsed, cell.cpu = time.perf_counter() - started, time.process_time() - cpu
 
 
 async def run_async(kind: str, base_url: str, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
@@ -263,17 +268,63 @@ def run_requests(base_url: str, concurrency: int, duration: float, warmup: float
                     cell.errors += errors
                     cell.first_error = cell.first_error or first
 
-        threads = [threading.Thread(target=worker) for _ in range(concurrency)]
-        started = time.perf_counter()
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=cell.duration + 30)
-        cell.elapsed = time.perf_counter() - started
+        _threads(worker, concurrency, cell)
 
     cell_run(Cell(warmup, 100_000), "warm-requests")
     cell = Cell(duration, 500_000)
     cell_run(cell, f"requests-{concurrency}")
+    return cell.summary()
+
+
+def _threads(worker: Callable[[], None], concurrency: int, cell: Cell) -> None:
+    """Run ``worker`` in ``concurrency`` threads; the cell's wall time and this process's CPU time."""
+    threads = [threading.Thread(target=worker) for _ in range(concurrency)]
+    started, cpu = time.perf_counter(), time.process_time()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=cell.duration + 30)
+    cell.elapsed, cell.cpu = time.perf_counter() - started, time.process_time() - cpu
+
+
+def run_amojowrapper(base_url: str, concurrency: int, duration: float, warmup: float) -> dict[str, Any]:
+    """amojowrapper, the other Python amojo client on PyPI, as its README uses it: a client per thread."""
+    from amojowrapper.client import AmojoClient as WrapperClient
+
+    lock = threading.Lock()
+
+    def cell_run(cell: Cell, tag: str) -> None:
+        counter = itertools.count()
+        deadline = time.perf_counter() + cell.duration
+
+        def worker() -> None:
+            client = WrapperClient(CHANNEL_SECRET, CHANNEL_ID, referer="bench.amocrm.ru", amojo_account_token="")
+            client.amojo_base_url = base_url  # it derives https://amojo.<referer's domain>; the bench's amojo is local
+            latencies: list[float] = []
+            errors = 0
+            first = ""
+            while time.perf_counter() < deadline:
+                if next(counter) >= cell.max_requests:
+                    break
+                data = json.loads(wire.encode(make_event(next(_ids), tag)))
+                started = time.perf_counter()
+                try:
+                    client.custom_request("POST", SEND_PATH, data=data).json()
+                except Exception as exc:
+                    errors += 1
+                    first = first or f"{type(exc).__name__}: {exc}"[:300]
+                    continue
+                latencies.append(time.perf_counter() - started)
+            with lock:
+                cell.latencies.extend(latencies)
+                cell.errors += errors
+                cell.first_error = cell.first_error or first
+
+        _threads(worker, concurrency, cell)
+
+    cell_run(Cell(warmup, 100_000), "warm-amojowrapper")
+    cell = Cell(duration, 500_000)
+    cell_run(cell, f"amojowrapper-{concurrency}")
     return cell.summary()
 
 
@@ -311,7 +362,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="shorter cells (same iterations for the CPU part)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per throughput cell")
     parser.add_argument("--servers", default="fake,sink", help="comma-separated: fake, sink")
-    parser.add_argument("--clients", default="requests,httpx,aiohttp", help="comma-separated: requests, httpx, aiohttp")
+    parser.add_argument(
+        "--clients",
+        default="requests,amojowrapper,httpx,aiohttp",
+        help="comma-separated: requests, amojowrapper, httpx, aiohttp",
+    )
     add_save_option(parser)
     args = parser.parse_args()
     duration = args.duration or (1.5 if args.quick else 4.0)
@@ -336,6 +391,8 @@ def main() -> None:
                 for concurrency in CONCURRENCY:
                     if client == "requests":
                         summary = run_requests(base_url, concurrency, duration, warmup)
+                    elif client == "amojowrapper":
+                        summary = run_amojowrapper(base_url, concurrency, duration, warmup)
                     else:
                         summary = asyncio.run(run_async(client, base_url, concurrency, duration, warmup))
                     entry = {"server": mode, "client": client, "concurrency": concurrency, **summary}
@@ -347,14 +404,19 @@ def main() -> None:
                             fmt(entry["rps"], 0),
                             fmt(entry["p50_ms"], 2),
                             fmt(entry["p99_ms"], 2),
+                            fmt(entry["cpu_us_per_request"], 0),
                             str(entry["errors"]),
                         ]
                     )
-                    print(f"   {client:8} c={concurrency:<3} {fmt(entry['rps'], 0):>7} req/s", flush=True)
+                    print(
+                        f"   {client:12} c={concurrency:<3} {fmt(entry['rps'], 0):>7} req/s, "
+                        f"{fmt(entry['cpu_us_per_request'], 0)} µs of client CPU per request",
+                        flush=True,
+                    )
                     if entry["first_error"]:
                         print(f"   first error: {entry['first_error']}")
             process.stop()
-            print(table(["client", "conc", "req/s", "p50 ms", "p99 ms", "errors"], rows))
+            print(table(["client", "conc", "req/s", "p50 ms", "p99 ms", "client CPU µs/req", "errors"], rows))
 
     output = {
         "benchmark": "amojo",
@@ -367,6 +429,8 @@ def main() -> None:
             "cell_seconds": duration,
             "amojo_client": "AmojoClient defaults (max_in_flight_per_host=32, retries on)",
             "baseline": "requests.Session per thread; json.dumps + sign_request per request",
+            "amojowrapper": "amojowrapper's AmojoClient.custom_request, a client per thread (requests, no session)",
+            "client_cpu": "CPU time of the benchmark process (the client) over the cell, per request",
         },
         "targets": {"build_encode_sign_us": "<= 10", "amojoclient_rps_at_8": ">= 2000", "at_64": "no collapse"},
     }
