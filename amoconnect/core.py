@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import httpx
 import msgspec
 import pluggy
 
@@ -80,6 +81,9 @@ class Core:
     media: MediaStore
     metrics: Metrics
     registry: Registry
+    amocrm_http: httpx.AsyncClient | None = None
+    """The HTTP client toward amoCRM's REST API (tests and the sandbox point it at the fake); None: each
+    account's client makes its own."""
     _rest: dict[str, AmoCRMClient] = field(default_factory=dict)
     rest_refused_until: dict[str, float] = field(default_factory=dict)
     """Account name → monotonic time until which its REST token counts as refused (see :mod:`.contacts`)."""
@@ -95,6 +99,7 @@ class Core:
                 tokens=account.token or None,
                 retry=RetryPolicy(attempts=2, backoff=0.2),
                 limiter=amocrm_limiter(self.store),
+                client=self.amocrm_http,
             )
         return client
 

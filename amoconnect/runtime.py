@@ -394,7 +394,15 @@ class Runtime:
                 )
             )
             core = self.core = Core(
-                self.config, self.store, self.amojo, self.routing, self.pm, self.media, self.metrics, self.registry
+                self.config,
+                self.store,
+                self.amojo,
+                self.routing,
+                self.pm,
+                self.media,
+                self.metrics,
+                self.registry,
+                amocrm_http=self._amocrm_http,
             )
             stack.push_async_callback(core.aclose)
             amocrm = AmocrmHandler(core)

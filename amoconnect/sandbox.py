@@ -5,8 +5,10 @@ SQLite store, and the real runtime between them, and serves a page, ``/console/s
 (:mod:`amoconnect.console.sandbox_page`), showing both sides of the conversation live: a person
 writes as the client and answers as the manager there (its URL is logged, and opened in a
 browser when one can be). With ``rounds``, a scripted client writes that many times instead, a
-manager answers each, and every hop is logged. A plugin takes part by giving its adapter a
-``sandbox_factory`` that builds a :class:`SandboxMessenger`.
+manager answers each, and every hop is logged. A fake amoCRM account (``shop.amocrm.ru``, its
+authorisation page served too) lets the page's visitor install the integration as an account's
+admin would, add a bot to it in the console and write to it, with no credentials. A plugin takes
+part by giving its adapter a ``sandbox_factory`` that builds a :class:`SandboxMessenger`.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from .logging import name_account
 from .plugins import collect_messengers, get_plugin_manager
 from .runtime import Runtime, listen, serve
 from .sandbox_chat import SandboxChat
+from .testing.fake_amocrm import FakeAmoCRM
 from .testing.fake_amojo import FakeAmojo
 from .testing.servers import serve_app
 
@@ -145,7 +148,22 @@ async def _sandbox(
             raise PluginError(f"plugin {plugin!r}: sandbox_factory() does not build a SandboxMessenger")
         amojo = FakeAmojo(channel_id, secret, webhook_client=http, webhook_url=f"{public}/amocrm/:scope_id")
         scope_id = amojo.connect(account_id, title="sandbox").scope_id
-        async with serve_app(amojo.app, host=host) as amojo_url, serve_app(messenger.app, host=host) as api_url:
+        oauth = {"client_id": str(uuid.uuid4()), "client_secret": secrets.token_hex(20)}
+        oauth["redirect_uri"] = f"{public}/oauth/callback"
+        amocrm = FakeAmoCRM(
+            subdomain="shop",
+            integration_name="amoconnect (sandbox)",
+            client_id=oauth["client_id"],
+            client_secret=oauth["client_secret"],
+            redirect_uri=oauth["redirect_uri"],
+        )
+        amocrm.amojo_id = str(uuid.uuid4())  # the account that installs the integration from the page
+        async with (
+            serve_app(amojo.app, host=host) as amojo_url,
+            serve_app(messenger.app, host=host) as api_url,
+            serve_app(amocrm.app, host=host) as amocrm_url,
+            httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as amocrm_http,
+        ):
             config = parse_config(
                 {
                     "channel": {"id": channel_id, "secret": secret, "amojo_url": amojo_url, "bot_id": amojo.bot_id},
@@ -162,15 +180,21 @@ async def _sandbox(
                     "server": {"host": host, "port": port, "public_url": public},
                     "store": {"path": str(workdir / "amoconnect.sqlite3"), "media_dir": str(workdir / "media")},
                     "http": {"media_allow_networks": ["127.0.0.0/8", "::1/128"]},  # the fakes serve on loopback
+                    "oauth": oauth,
+                    "console": {"authorize_url": f"{amocrm_url}/oauth"},
                 },
                 "<sandbox>",
             )
             name_account(scope_id, "sandbox")
             log.info("sandbox: the connector listens", connector=public)
-            log.info("sandbox: the fakes listen", amojo=amojo_url, messenger=api_url)
-            runtime = Runtime(config, plugin=plugin, plugin_manager=pm)
-            chat = SandboxChat(messenger, amojo, scope_id)
-            pm.register(_SandboxPage(sandbox_routes(Pages(runtime.console_codec), chat, plugin)), "amoconnect-sandbox")
+            log.info("sandbox: the fakes listen", amojo=amojo_url, messenger=api_url, amocrm=amocrm_url)
+            # The connector reaches "shop.amocrm.ru" (the account that installs from the page) in the fake.
+            runtime = Runtime(config, plugin=plugin, plugin_manager=pm, amocrm_http=amocrm_http)
+            chat = SandboxChat(messenger, amojo)
+            bot = {"plugin": plugin, **messenger.sandbox_settings(api_url)}
+            pages = Pages(runtime.console_codec, form_origins=(amocrm_url,))
+            routes = sandbox_routes(pages, chat, plugin, bot_settings=bot)
+            pm.register(_SandboxPage(routes), "amoconnect-sandbox")
             page = f"{public}/console/sandbox"
             stop = anyio.Event()
             async with anyio.create_task_group() as tg:

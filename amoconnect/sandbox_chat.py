@@ -44,10 +44,9 @@ class ChatLine:
 class SandboxChat:
     """The conversation of the sandbox's one client (``chat``) between the two fakes."""
 
-    def __init__(self, messenger: Any, amojo: FakeAmojo, scope_id: str, *, chat: str = "client") -> None:
+    def __init__(self, messenger: Any, amojo: FakeAmojo, *, chat: str = "client") -> None:
         self.messenger = messenger
         self.amojo = amojo
-        self.scope_id = scope_id
         self.chat = chat
         self._client_view: list[ChatLine] = []
         self._received = 0
@@ -65,19 +64,24 @@ class SandboxChat:
         """A manager answers ``text`` in amoCRM's chat with the client; amoCRM's id of the message.
 
         :class:`LookupError` while the client has not written (amoCRM has no chat with them yet)."""
-        chat_id = self.amocrm_chat()
-        if chat_id is None:
+        last = self._last_from_client()
+        if last is None:
             raise LookupError("the client has not written yet: amoCRM has no chat with them")
-        emitted = await self.amojo.emit_text(self.scope_id, chat_id, text)
+        emitted = await self.amojo.emit_text(last.scope_id, last.chat_id, text)
         message_id = emitted.message_id or ""
         self._hook_status[message_id] = emitted.status
         return message_id
 
     def amocrm_chat(self) -> str | None:
-        """amoCRM's id of the chat with the client: the chat of the client's latest message there."""
+        """amoCRM's id of the chat with the client: the chat of the client's latest message there
+        (in the account whose source the client last wrote to: the page may install another)."""
+        last = self._last_from_client()
+        return last.chat_id if last is not None else None
+
+    def _last_from_client(self) -> StoredMessage | None:
         for message in reversed(self.amojo.messages):
-            if message.scope_id == self.scope_id and message.from_client:
-                return message.chat_id
+            if message.from_client:
+                return message
         return None
 
     # -- what each side shows --------------------------------------------------------------

@@ -30,7 +30,7 @@ from .operator_jobs import OperatorJobs
 from .operator_pages import OperatorPages
 from .parts import ConsoleParts
 from .source_pages import SourcePages
-from .web import Page, Pages
+from .web import Page, Pages, origin_of
 
 __all__ = ["Console", "console_routes"]
 
@@ -40,7 +40,7 @@ class Console:
 
     def __init__(self, parts: ConsoleParts) -> None:
         self.parts = parts
-        self.pages = Pages(parts.codec)
+        self.pages = Pages(parts.codec, form_origins=origin_of(parts.authorize_url))
         self.sign_in = AmoCRMSignIn(parts, self.pages)
 
     def routes(self) -> list[BaseRoute]:

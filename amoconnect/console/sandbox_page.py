@@ -6,6 +6,8 @@ visitor writes as the client on one side and answers as the manager on the other
 each manager's message go sent → delivered → read as the messenger reports it.
 
 - ``GET /console/sandbox``: the page (it works without script: each form posts and comes back).
+  Its "install" button starts "sign in with amoCRM" (:mod:`.amocrm_sign_in`) toward the fake
+  amoCRM's authorisation page; the page lists the settings of a bot to add to that account.
 - ``GET /console/sandbox/state``: both sides as JSON, polled by ``static/sandbox.js``.
 - ``POST /console/sandbox/client``, ``POST /console/sandbox/manager``: ``text`` (and ``csrf``) as
   the client or as the manager; an ``Accept: application/json`` request gets JSON back, others a
@@ -15,7 +17,7 @@ each manager's message go sent → delivered → read as the messenger reports i
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -49,15 +51,17 @@ class SandboxView(Protocol):
 class SandboxPages:
     """The page's handlers (wrapped by :meth:`Pages.route`: session, language, CSRF)."""
 
-    def __init__(self, view: SandboxView, plugin: str) -> None:
+    def __init__(self, view: SandboxView, plugin: str, bot_settings: Mapping[str, Any]) -> None:
         self.view = view
         self.plugin = plugin
+        self.bot_settings = bot_settings
 
     async def page(self, page: Page) -> Response:
         problem = page.request.query_params.get("problem", "")
         return page.render(
             "sandbox.html",
             plugin=self.plugin,
+            bot_settings=self.bot_settings,
             state=self._state(),
             problem=problem if problem in _PROBLEMS else "",
             limit=MAX_TEXT,
@@ -100,9 +104,12 @@ class SandboxPages:
         }
 
 
-def sandbox_routes(pages: Pages, view: SandboxView, plugin: str) -> list[tuple[str, Any, tuple[str, ...]]]:
-    """The page's routes as ``(path, endpoint, methods)``, for :func:`amoconnect.hookspecs.startup_routes`."""
-    handlers = SandboxPages(view, plugin)
+def sandbox_routes(
+    pages: Pages, view: SandboxView, plugin: str, *, bot_settings: Mapping[str, Any]
+) -> list[tuple[str, Any, tuple[str, ...]]]:
+    """The page's routes as ``(path, endpoint, methods)``, for :func:`amoconnect.hookspecs.startup_routes`;
+    ``bot_settings``: what to fill in to add a bot to an account installed from the page."""
+    handlers = SandboxPages(view, plugin, bot_settings)
     return [
         ("/console/sandbox", pages.route(handlers.page), ("GET",)),
         ("/console/sandbox/state", pages.route(handlers.state), ("GET",)),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import jinja2
@@ -22,12 +22,24 @@ from ..signing import same_secret
 from .i18n import LANGUAGES, Translator, choose
 from .session import Session, SessionCodec
 
-__all__ = ["CSP", "MAX_FORM_BYTES", "Forbidden", "Page", "Pages", "form_of"]
+__all__ = ["AUTHORIZE_ORIGINS", "CSP", "MAX_FORM_BYTES", "Forbidden", "Page", "Pages", "csp", "form_of", "origin_of"]
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
-)
+AUTHORIZE_ORIGINS = ("https://www.amocrm.ru", "https://www.kommo.com")
+"""Where "sign in with amoCRM" sends a form: a form's redirect must be allowed by ``form-action`` too."""
+
+
+def csp(form_origins: Sequence[str] = ()) -> str:
+    """The console's Content-Security-Policy; ``form_origins``: origins beyond amoCRM's that a form's
+    redirect may go to (a configured ``[console] authorize_url``)."""
+    targets = " ".join(dict.fromkeys(("'self'", *AUTHORIZE_ORIGINS, *form_origins)))
+    return (
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        f"form-action {targets}; frame-ancestors 'none'; base-uri 'none'; object-src 'none'"
+    )
+
+
+CSP = csp()
+"""The console's policy with no configured authorisation page."""
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
@@ -91,7 +103,7 @@ class Page:
 
     def answer(self, response: Response) -> Response:
         """``response`` with the security headers and the session's cookie."""
-        response.headers.update(HEADERS)
+        response.headers.update(self.pages.headers)
         self.pages.codec.write(self.request, response, self.session)
         return response
 
@@ -102,8 +114,10 @@ Handler = Callable[[Page], Awaitable[Response]]
 class Pages:
     """The template environment and the wrapping every console route goes through."""
 
-    def __init__(self, codec: SessionCodec) -> None:
+    def __init__(self, codec: SessionCodec, *, form_origins: Sequence[str] = ()) -> None:
         self.codec = codec
+        self.headers = {**HEADERS, "Content-Security-Policy": csp(form_origins)}
+        """The security headers of every page (:data:`HEADERS`, the policy with ``form_origins``)."""
         self.env = jinja2.Environment(
             loader=jinja2.PackageLoader(__package__, "templates"),
             autoescape=True,
@@ -135,6 +149,12 @@ class Pages:
                 return page.render("error.html", 400, message=page.t("error.bad_form"), detail=str(exc))
 
         return endpoint
+
+
+def origin_of(url: str) -> tuple[str, ...]:
+    """The origin of ``url`` (``scheme://host[:port]``) as a one-item tuple; empty for none."""
+    parts = urllib.parse.urlsplit(url)
+    return (f"{parts.scheme}://{parts.netloc}",) if parts.scheme and parts.netloc else ()
 
 
 def _when(moment: float | None) -> str:

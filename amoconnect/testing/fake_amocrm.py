@@ -46,7 +46,7 @@ _OAUTH_PROBLEM = "https://developers.amocrm.ru/v3/errors/OAuthProblemJson"
 
 Handler = Callable[[Request], Awaitable[Response]]
 
-_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; form-action *; base-uri 'none'"
+_PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action *; base-uri 'none'"
 _ALLOW_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Allow access · amoCRM (fake)</title>
 <link rel="icon" href="data:,">

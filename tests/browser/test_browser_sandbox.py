@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -104,3 +105,59 @@ def test_the_page_speaks_russian(sandbox: str, page: Page, shot: Callable[[str],
     page.get_by_role("button", name="Отправить").first.click()
     expect(page.locator("#amocrm-chat .status")).to_have_text("получено")
     shot("russian")
+
+
+def test_install_from_the_page_then_add_a_bot_then_the_first_message(
+    sandbox: str, page: Page, shot: Callable[[str], Any], tmp_path: Path
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(sandbox)
+    shot("the sandbox")
+    names, values = (
+        page.locator("#bot-settings dt").all_inner_texts(),
+        page.locator("#bot-settings dd").all_inner_texts(),
+    )
+    bot = dict(zip(names, values, strict=True))
+    assert set(bot) == {"plugin", "token", "secret", "api_url"}
+    page.locator("#install").click()
+    # the fake amoCRM's authorisation page, on its own origin
+    expect(page.get_by_role("heading", name="Allow access")).to_be_visible()
+    assert "shop.amocrm.ru" in page.content() and not page.url.startswith(sandbox.removesuffix("/console/sandbox"))
+    shot("amoCRM asks the admin")
+    page.get_by_role("button", name="Allow").click()
+    # the connector installed the account and signed its admin in to its page
+    expect(page).to_have_url(sandbox.replace("/console/sandbox", "/console/accounts/shop"))
+    expect(page.locator("main")).to_contain_text("shop.amocrm.ru")
+    shot("the installed account")
+
+    page.locator("#add-source").click()
+    shot("add a source")
+    page.locator("#plugin").select_option(bot["plugin"])
+    page.locator("form.row button[type=submit]").click()  # the page speaks Russian now: an amocrm.ru account
+    shot("the bot's form")
+    page.locator("#name").fill("shop-bot")
+    for name in ("token", "secret", "api_url"):
+        page.locator(f"#f-{name}").fill(bot[name])
+    page.locator("form#add-source button[type=submit]").click()
+    expect(page.locator("main h1")).to_contain_text("shop-bot")
+    shot("the bot added")
+    steps = page.locator("main table tbody tr")
+    expect(steps).to_have_count(4)  # settings, amoCRM's source, the record, the messenger's webhook: each done
+    expect(page.locator("main table .error")).to_have_count(0)
+
+    page.goto(sandbox)
+    page.get_by_placeholder("Write as the client").fill("Hello, shop!")
+    page.get_by_placeholder("Write as the client").press("Enter")
+    line = page.locator("#amocrm-chat li", has_text="Hello, shop!")
+    expect(line.locator(".status")).to_have_text("received")
+    page.get_by_placeholder("Answer as the manager").fill("Welcome to the shop.")
+    page.locator("#manager-send").click()
+    expect(page.locator("#messenger-chat li", has_text="Welcome to the shop.")).to_be_visible()
+    expect(page.locator("#amocrm-chat li", has_text="Welcome to the shop.").locator(".status")).to_have_text("read")
+    shot("the first message of the new account")
+    log = [json.loads(line) for line in (tmp_path / "sandbox.log").read_text().splitlines() if line.startswith("{")]
+    installed = next(e for e in log if e["event"] == "account installed the integration")
+    assert installed["account"] == "shop"
+    inbound = [e for e in log if e["event"] == "relayed to amoCRM" and e.get("kind") == "inbound"]
+    assert inbound and {e["scope_id"] for e in inbound} == {installed["scope_id"]}  # through the new account's bot
