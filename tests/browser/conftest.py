@@ -55,9 +55,13 @@ def chromium_path() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    """One headless Chromium for the whole session."""
+    """One headless Chromium per test module.
+
+    Playwright's sync API keeps its event loop marked as running while it is open, so it must be
+    closed before the suites that run their own loops (anyio) start: not session-scoped.
+    """
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
