@@ -65,21 +65,29 @@ def test_only_an_amocrm_or_kommo_account_host_is_accepted(referer: str, expected
 
 @asynccontextmanager
 async def installing(
-    tmp_path: Path, **overrides: Any
+    tmp_path: Path, *, unreachable: bool = False, **overrides: Any
 ) -> AsyncIterator[tuple[Runtime, FakeAmoCRM, FakeAmojo, httpx.AsyncClient]]:
+    """A runtime with ``[oauth]`` and the fake amoCRM (``unreachable``: every connection to amoCRM fails)."""
     amocrm = FakeAmoCRM(subdomain="shop", client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
     amojo = FakeAmojo(CHANNEL, SECRET)
     oauth = {"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uri": REDIRECT}
     config = parse_config(base_config(tmp_path, oauth=oauth, **overrides))
     async with (
         httpx.AsyncClient(transport=httpx.ASGITransport(app=amojo.app), base_url="http://amojo.test") as amojo_http,
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=amocrm.app)) as amocrm_http,
+        httpx.AsyncClient(transport=_down if unreachable else httpx.ASGITransport(app=amocrm.app)) as amocrm_http,
     ):
         pm = get_plugin_manager(load_entrypoints=False, plugin_dirs=[MESSENGERS])
         runtime = Runtime(config, plugin_manager=pm, amojo_http=amojo_http, amocrm_http=amocrm_http)
         async with runtime:
             amojo.webhook_client = runtime.client
             yield runtime, amocrm, amojo, amocrm_http
+
+
+def _refuse_connections(request: httpx.Request) -> httpx.Response:
+    raise httpx.ConnectError("connection refused", request=request)
+
+
+_down = httpx.MockTransport(_refuse_connections)
 
 
 async def allow(amocrm_http: httpx.AsyncClient, state: str | None = None) -> str:
@@ -156,3 +164,87 @@ async def test_forged_replayed_or_foreign_codes_record_nothing(tmp_path: Path) -
         assert missing.status_code == 400
         assert [a.name for a in runtime.registry.accounts()] == ["main", "shop"]
         assert amocrm.grants == ["authorization_code"]
+
+
+BROWSER = {"Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"}
+
+
+async def deny(amocrm_http: httpx.AsyncClient, state: str | None = None) -> str:
+    """The admin presses "Deny" on amoCRM's page: where the browser is sent."""
+    params = {"client_id": CLIENT_ID, **({"state": state} if state is not None else {})}
+    denied = await amocrm_http.post("https://shop.amocrm.ru/oauth", data={**params, "decision": "deny"})
+    assert denied.status_code == 302
+    return denied.headers["location"].removeprefix("http://amoconnect")
+
+
+async def test_deny_on_amocrms_page_answers_a_page_saying_the_installation_was_cancelled(tmp_path: Path) -> None:
+    async with installing(tmp_path) as (runtime, amocrm, _, amocrm_http):
+        callback = await deny(amocrm_http)
+        assert "error=access_denied" in callback and "code=" not in callback
+        page = await runtime.client.get(callback, headers=BROWSER)
+        # A decision, not a failed request: 200 (a browser shows the page either way, and 4xx would
+        # read as a fault in the access log, the metrics and the browser's console).
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert "<h1>Installation cancelled</h1>" in page.text
+        assert "Settings → Integrations" in page.text and "&#34;Allow&#34;" in page.text
+        assert page.headers["content-security-policy"].startswith("default-src 'self'")
+        russian = await runtime.client.get(callback, headers={**BROWSER, "Accept-Language": "ru-RU,ru;q=0.9"})
+        assert (russian.status_code, "<h1>Установка отменена</h1>" in russian.text) == (200, True)
+        scripted = await runtime.client.get(callback)  # not a browser: JSON
+        assert (scripted.status_code, scripted.json()["error"]) == (200, "access_denied")
+        assert [a.name for a in runtime.registry.accounts()] == ["main"] and amocrm.grants == []
+        # Pressing "Allow" afterwards installs as usual.
+        assert (await runtime.client.get(await allow(amocrm_http), headers=BROWSER)).status_code == 303
+        assert runtime.registry.account("shop") is not None
+
+
+@pytest.mark.parametrize(
+    ("query", "status", "heading"),
+    [
+        ({"error": "server_error", "referer": "shop.kommo.com"}, 400, "amoCRM did not authorise the installation"),
+        ({"referer": "shop.kommo.com"}, 400, "This installation link is incomplete"),
+        (
+            {"code": "CODE", "referer": "shop.kommo.com", "state": "forged"},
+            400,
+            "This sign-in was not started in this browser",
+        ),
+        ({"code": "CODE", "referer": "shop.amocrm.ru.evil.com"}, 400, "This link does not come from an amoCRM account"),
+        ({"code": "made-up", "referer": "shop.kommo.com"}, 400, "amoCRM refused the authorisation"),
+    ],
+)
+async def test_every_other_refused_callback_is_a_readable_page_for_a_browser(
+    tmp_path: Path, query: dict[str, str], status: int, heading: str
+) -> None:
+    async with installing(tmp_path) as (runtime, amocrm, _, _):
+        code = amocrm.issue_code()
+        query = {k: code if v == "CODE" else v for k, v in query.items()}
+        page = await runtime.client.get("/oauth/callback", params=query, headers=BROWSER)
+        assert (page.status_code, page.headers["content-type"]) == (status, "text/html; charset=utf-8")
+        assert f"<h1>{heading}</h1>" in page.text and "Traceback" not in page.text
+        assert 'href="/console/sign-in"' in page.text  # how to try again: "sign in with amoCRM" runs the flow anew
+        assert runtime.registry.account("shop") is None and amocrm.grants == []
+        assert code in amocrm.codes  # never exchanged
+
+
+async def test_a_refusal_page_escapes_what_the_callback_carried_and_speaks_the_accounts_language(
+    tmp_path: Path,
+) -> None:
+    async with installing(tmp_path) as (runtime, _, _, _):
+        markup = "<script>alert(1)</script>"
+        page = await runtime.client.get(
+            "/oauth/callback", params={"error": markup, "referer": "shop.amocrm.ru"}, headers=BROWSER
+        )
+        assert page.status_code == 400 and markup not in page.text and "&lt;script&gt;" in page.text
+        assert "<h1>amoCRM не разрешил установку</h1>" in page.text  # an amocrm.ru account reads Russian
+        host = await runtime.client.get("/oauth/callback", params={"code": "c", "referer": markup}, headers=BROWSER)
+        assert host.status_code == 400 and markup not in host.text
+
+
+async def test_amocrm_unreachable_during_the_install_is_a_page_not_a_server_error(tmp_path: Path) -> None:
+    async with installing(tmp_path, unreachable=True, http={"attempts": 1}) as (runtime, _, _, _):
+        params = {"code": "c", "referer": "shop.kommo.com"}
+        page = await runtime.client.get("/oauth/callback", params=params, headers=BROWSER)
+        assert page.status_code == 502 and "<h1>amoCRM could not be reached</h1>" in page.text
+        scripted = await runtime.client.get("/oauth/callback", params=params)
+        assert (scripted.status_code, scripted.json()["error"]) == (502, "amocrm_unreachable")
+        assert runtime.registry.account("shop") is None

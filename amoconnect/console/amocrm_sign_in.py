@@ -11,7 +11,8 @@ The callback (:mod:`amoconnect.server.oauth`) asks :meth:`AmoCRMSignIn.state_ok`
 this browser started a flow, the ``state`` must come back exactly, once (a forged, missing or replayed
 one is refused); a state-less install started from amoCRM's marketplace (no flow, no ``state``) goes
 through. On success :meth:`AmoCRMSignIn.installed` signs the browser in as that account's admin and sends
-it to the account's page.
+it to the account's page; :meth:`AmoCRMSignIn.refused` shows a browser why a callback installed nothing
+(the admin pressed "Deny", a bad ``state``, a code amoCRM refused...) and how to try again.
 """
 
 from __future__ import annotations
@@ -63,3 +64,8 @@ class AmoCRMSignIn:
         before = self.parts.codec.read(request) or self.parts.codec.fresh()
         page = Page(self.pages, request, self.parts.codec.signed_in("account", account.name, before))
         return page.redirect(f"/console/accounts/{urllib.parse.quote(account.name)}")
+
+    def refused(self, request: Request, kind: str, status: int, detail: str, domain: str) -> Response:
+        """The page of a callback that installed nothing: why (``kind``), what to do, the technical ``detail``."""
+        page = Page(self.pages, request, self.parts.codec.read(request) or self.parts.codec.fresh(), domain=domain)
+        return page.render("install_refused.html", status, kind=kind, detail=detail, amocrm=self.parts.can_authorize)
