@@ -181,6 +181,13 @@ async def test_the_accounts_are_paginated_and_filtered_by_state(tmp_path: Path) 
         assert ">acct119</a>" in (await client.get("/console/operator/accounts?page=99")).text
         reauth = await client.get("/console/operator/accounts?state=needs_reauth")
         assert "acct010" in reauth.text and "acct011" not in reauth.text
+        assert "(12)" in reauth.text
+        # The pages share one sorted view of the registry: a change is on the next page load.
+        await r.runtime.registry.set_account_state("acct011", "needs_reauth", "refresh token refused")
+        await r.runtime.registry.put_account(AccountRecord(name="acct000a", amojo_id="id-a", scope_id="scope-a"))
+        after = await client.get("/console/operator/accounts?state=needs_reauth")
+        assert "acct011" in after.text and "(13)" in after.text
+        assert ">acct000a</a>" in (await client.get("/console/operator/accounts")).text
 
 
 async def test_names_and_errors_the_pages_show_are_escaped(tmp_path: Path) -> None:

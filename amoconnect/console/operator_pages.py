@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
+from collections.abc import Iterable
 
 import structlog
 from starlette.responses import Response
 
 from ..signing import same_secret
-from ..store.registry import AccountRecord
+from ..store.registry import AccountRecord, SourceRecord
 from .parts import ConsoleParts
 from .samples import chart
 from .web import Forbidden, Page
 
-__all__ = ["PAGE_SIZE", "OperatorPages", "page_of"]
+__all__ = ["PAGE_SIZE", "OperatorPages", "Overview", "page_of"]
 
 log = structlog.get_logger("amoconnect.console")
 
@@ -30,6 +32,28 @@ def page_of(items: list[AccountRecord], number: int, size: int = PAGE_SIZE) -> t
     return items[(number - 1) * size : number * size], pages
 
 
+@dataclasses.dataclass(frozen=True)
+class Overview:
+    """What every page of the overview shares, as of one registry revision (10,000 accounts and 50,000
+    sources take milliseconds to sort and scan: done once per change, not once per request)."""
+
+    revision: int
+    accounts: list[AccountRecord]
+    """Every account, by name."""
+    by_state: dict[str, list[AccountRecord]]
+    failing: list[SourceRecord]
+    """The failing sources, by account and name."""
+
+    @classmethod
+    def of(cls, revision: int, accounts: Iterable[AccountRecord], sources: Iterable[SourceRecord]) -> Overview:
+        ordered = sorted(accounts, key=lambda a: a.name)
+        by_state: dict[str, list[AccountRecord]] = {}
+        for account in ordered:
+            by_state.setdefault(account.state, []).append(account)
+        failing = sorted((s for s in sources if s.state == "failing"), key=lambda s: (s.account, s.name))
+        return cls(revision, ordered, by_state, failing)
+
+
 def _number(text: str) -> int:
     return int(text) if text.isdigit() and len(text) < 9 else 1
 
@@ -39,6 +63,7 @@ class OperatorPages:
 
     def __init__(self, parts: ConsoleParts) -> None:
         self.parts = parts
+        self._cached: Overview | None = None
 
     def _operator(self, page: Page) -> None:
         if page.session.role != "operator":
@@ -71,32 +96,34 @@ class OperatorPages:
         page.session = self.parts.codec.fresh()  # signed out: a visitor again, with a new CSRF token
         return page.redirect("/console/sign-in")
 
+    def _overview(self) -> Overview:
+        """The accounts sorted, counted by state, and the failing sources: computed once per registry revision."""
+        registry = self.parts.tenants.registry
+        if self._cached is None or self._cached.revision != registry.revision:
+            self._cached = Overview.of(registry.revision, registry.accounts(), registry.sources())
+        return self._cached
+
     async def accounts(self, page: Page) -> Response:
         self._operator(page)
         query = page.request.query_params
         state = query.get("state", "")
         registry = self.parts.tenants.registry
-        every = sorted(registry.accounts(), key=lambda a: a.name)
-        counts = dict.fromkeys(STATES, 0)
-        for account in every:
-            counts[account.state] += 1
-        chosen = [a for a in every if a.state == state] if state in STATES else every
+        overview = self._overview()
+        chosen = overview.by_state.get(state, []) if state in STATES else overview.accounts
         shown, pages = page_of(chosen, _number(query.get("page", "1")))
         number = min(max(1, _number(query.get("page", "1"))), pages)
         rows = [(a, len(registry.sources(a.name))) for a in shown]
-        failing = [s for s in registry.sources() if s.state == "failing"]
-        failing.sort(key=lambda s: (s.account, s.name))
         return page.render(
             "operator_accounts.html",
             rows=rows,
-            counts=counts,
+            counts={s: len(overview.by_state.get(s, ())) for s in STATES},
             state=state if state in STATES else "",
             states=STATES,
             number=number,
             pages=pages,
             total=len(chosen),
-            failing=failing[:PAGE_SIZE],
-            failing_count=len(failing),
+            failing=overview.failing[:PAGE_SIZE],
+            failing_count=len(overview.failing),
             now=time.time(),
             chart=chart(self.parts.samples.recent()) if self.parts.samples is not None else None,
         )
