@@ -16,6 +16,10 @@ Fixtures:
 Chromium is ``AMOCONNECT_CHROMIUM``, else ``chromium`` (or ``chromium-browser``) on ``PATH``;
 Playwright's own browser download is never used. Without Playwright or Chromium the tests skip,
 unless ``AMOCONNECT_REQUIRE_BROWSER`` is set (CI sets it): then they fail.
+
+The browser tests run once, in the SQLite pass: under ``--postgres`` (tox runs the suite again on
+PostgreSQL) they are skipped, but for those marked ``store`` (``@pytest.mark.store``: what they
+check depends on the store backend), which run on PostgreSQL too.
 """
 
 from __future__ import annotations
@@ -53,6 +57,19 @@ def chromium_path() -> str | None:
     if configured:
         return configured if os.access(configured, os.X_OK) else None
     return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under ``--postgres``, skip the browser tests not marked ``store``: they ran in the SQLite pass."""
+    if not config.getoption("postgres", False):
+        return
+    once = pytest.mark.skip(reason="browser test: runs in the SQLite pass (mark it `store` to run on PostgreSQL too)")
+    for item in items:
+        if HERE in Path(item.path).resolve().parents and item.get_closest_marker("store") is None:
+            item.add_marker(once)
 
 
 @pytest.fixture(scope="module")

@@ -161,3 +161,29 @@ def test_install_from_the_page_then_add_a_bot_then_the_first_message(
     assert installed["account"] == "shop"
     inbound = [e for e in log if e["event"] == "relayed to amoCRM" and e.get("kind") == "inbound"]
     assert inbound and {e["scope_id"] for e in inbound} == {installed["scope_id"]}  # through the new account's bot
+
+
+def test_deny_on_amocrms_page_says_the_installation_was_cancelled_and_trying_again_installs(
+    sandbox: str, page: Page, shot: Callable[[str], Any]
+) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(sandbox)
+    shot("the sandbox")
+    page.locator("#install").click()
+    expect(page.get_by_role("heading", name="Allow access")).to_be_visible()
+    shot("amoCRM asks the admin")
+    page.get_by_role("button", name="Deny").click()
+    # back on the connector: a page (200, no error in the browser) saying what happened and what to do
+    expect(page.get_by_role("heading", name="Installation cancelled")).to_be_visible()
+    expect(page.locator("main")).to_contain_text("Settings → Integrations")
+    shot("the installation cancelled")
+    page.get_by_role("link", name="Try again: sign in with amoCRM").click()
+    expect(page.get_by_role("button", name="Sign in with amoCRM")).to_be_visible()
+    shot("sign in again")
+    page.get_by_role("button", name="Sign in with amoCRM").click()
+    expect(page.get_by_role("heading", name="Allow access")).to_be_visible()
+    shot("amoCRM asks again")
+    page.get_by_role("button", name="Allow").click()
+    expect(page).to_have_url(sandbox.replace("/console/sandbox", "/console/accounts/shop"))
+    shot("installed after all")
