@@ -39,7 +39,12 @@ async def test_sqlite_files_are_owner_only(tmp_path: Path) -> None:
     path = tmp_path / "data" / "store.sqlite3"
     async with SQLiteStore(path) as store:
         assert await store.enqueue([NewJob("test", "k", b"x", "scope")], dedup=["d"])
-        assert modes(path.parent) == {"store.sqlite3": 0o600, "store.sqlite3-wal": 0o600, "store.sqlite3-shm": 0o600}
+        assert modes(path.parent) == {
+            "store.sqlite3": 0o600,
+            "store.sqlite3-wal": 0o600,
+            "store.sqlite3-shm": 0o600,
+            "store.sqlite3.lock": 0o600,
+        }
     assert mode(tmp_path / "data") == 0o700
 
 

@@ -297,10 +297,14 @@ async def test_a_second_sqlite_writer_s_source_reaches_the_running_connector(tmp
     if postgres_url() is not None:
         pytest.skip("SQLite only: the PostgreSQL fleet has its own test")
     async with rig(tmp_path) as r:
-        async with SQLiteStore(tmp_path / "store.sqlite3") as other:
+        other = SQLiteStore(tmp_path / "store.sqlite3")
+        await other.open(recover=False)  # as a command beside the connector opens it
+        try:
             cli = Registry(r.runtime.config, other)
             await cli.load()
             await cli.put_account(account())
             await cli.put_source(source())
+        finally:
+            await other.close()
         instance = await eventually(lambda: r.runtime.routing.get("bot2"))
         assert instance.adapter.started

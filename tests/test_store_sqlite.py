@@ -249,3 +249,26 @@ async def test_a_claim_that_finds_nothing_commits_nothing_and_claims_commit_with
     assert store._level == "FULL"  # what a caller hears of is on disk again
     (second,) = await store.claim(10)
     assert second.payload == b"x" and second.id != first.id
+
+
+async def test_one_connector_per_file_and_commands_beside_it_leave_its_running_jobs_alone(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite3"
+    async with SQLiteStore(path) as connector:
+        assert await connector.enqueue([NewJob("test", "k", b"x", "scope")])
+        assert len(await connector.claim(1)) == 1
+        beside = SQLiteStore(path)
+        await beside.open(recover=False)  # what `amoconnect jobs list` does
+        try:
+            assert (await beside.counts())["running"] == 1
+        finally:
+            await beside.close()
+        second = SQLiteStore(path)
+        with pytest.raises(StoreError, match=f"in use by another connector \\(pid {os.getpid()}\\)"):
+            await second.open()
+        assert (await connector.counts())["running"] == 1
+    again = SQLiteStore(path)
+    await again.open()  # the first connector is gone: its lock with it, and its running job is queued again
+    try:
+        assert again.recovered == 1
+    finally:
+        await again.close()

@@ -47,7 +47,7 @@ async def migrate_store(config: StoreConfig) -> tuple[str, list[int]]:
 async def opened_store(config: StoreConfig) -> AsyncIterator[Store]:
     """The store ``config`` names, open for the block (for commands that run beside the connector)."""
     store = build_store(config)
-    await store.open()
+    await store.open(recover=False)
     try:
         yield store
     finally:

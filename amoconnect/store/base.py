@@ -114,8 +114,12 @@ class Store(Protocol):
     async def migrate(self) -> list[int]:
         """Bring the schema up to date (``amoconnect migrate``); the versions applied, oldest first."""
 
-    async def open(self) -> None:
-        """Check (PostgreSQL) or create and migrate (SQLite) the schema and recover jobs a crash left running."""
+    async def open(self, *, recover: bool = True) -> None:
+        """Check (PostgreSQL) or create and migrate (SQLite) the schema and recover jobs a crash left running.
+
+        The connector opens its store with ``recover``; commands that run beside it pass False, so that
+        they leave its running jobs alone (SQLite: and do not take the one-connector-per-file lock).
+        """
 
     async def close(self) -> None:
         """Flush and release everything."""

@@ -473,8 +473,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         )
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def open(self) -> None:
-        """Check the schema version, open the pool and start listening for new work."""
+    async def open(self, *, recover: bool = True) -> None:
+        """Check the schema version, open the pool and start listening for new work.
+
+        Jobs are recovered by their expired leases, which is safe beside running connectors: ``recover``
+        changes nothing here.
+        """
         if self._pool is not None:
             return
         version = await self.schema_version()

@@ -20,6 +20,7 @@ the reading connection first) does not reach the writer at all.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -244,6 +245,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._files: tuple[tuple[int, int] | None, ...] = ()
         self._lost: str | None = None
         """Why new work is refused: the files were deleted or replaced under the open connections."""
+        self._owner: int | None = None
+        """The descriptor of the held ``<file>.lock`` while this store is the connector's own."""
         self.commits = 0
         """How many transactions were committed (each one fsync), for benchmarks."""
         self._limiters = LocalLimiters()
@@ -415,9 +418,46 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             raise StoreError(f"SQLite store {self.path}: read failed: {exc}") from exc
 
     # -- lifecycle -----------------------------------------------------------------------
-    async def open(self) -> None:
+    def _own(self) -> None:
+        """Hold ``<file>.lock`` for as long as this connector runs: one connector per SQLite file.
+
+        A second connector would queue again the jobs the first is running (and send them twice), and
+        both would claim from one queue; commands that run beside the connector do not take it.
+        The kernel releases the lock with the process, ``kill -9`` included.
+        """
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        os.fchmod(lock, 0o600)  # whatever the umask
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(lock, 32).decode(errors="replace").strip() or "unknown"
+            os.close(lock)
+            raise StoreError(
+                f"SQLite store {self.path} is in use by another connector (pid {holder}): one connector per "
+                "SQLite file; run several processes on PostgreSQL ([store] url)"
+            ) from None
+        os.ftruncate(lock, 0)
+        os.pwrite(lock, str(os.getpid()).encode(), 0)
+        self._owner = lock
+
+    def _disown(self) -> None:
+        lock, self._owner = self._owner, None
+        if lock is not None:
+            os.close(lock)  # releases the lock
+
+    async def open(self, *, recover: bool = True) -> None:
         if self._writer is not None:
             return
+        if recover:
+            self._own()
+        try:
+            await self._open(recover)
+        except BaseException:
+            self._disown()
+            raise
+
+    async def _open(self, recover: bool) -> None:
         self._loop = asyncio.get_running_loop()
         try:
             conn = await anyio.to_thread.run_sync(self._connect)
@@ -443,6 +483,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 for statement in _statements(script):
                     c.execute(statement)
             c.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            if not recover:  # beside a running connector, whose jobs these are
+                return 0
             # A crash left these mid-flight: run them again (the send may have happened: at-least-once).
             return c.execute("UPDATE queue SET state = 'queued' WHERE state = 'running'").rowcount
 
@@ -463,13 +505,16 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             self._reader = None
         self._closing = True
         self._more.set()
-        await writer  # what was submitted before the close still commits
+        try:
+            await writer  # what was submitted before the close still commits
+        finally:
+            self._disown()
         assert self._committer is not None
         self._committer.shutdown(wait=False)
 
     async def migrate(self) -> list[int]:
         """SQLite migrates itself on open: open and close; nothing is applied here."""
-        await self.open()
+        await self.open(recover=False)
         await self.close()
         return []
 
