@@ -214,10 +214,9 @@ def output_of(tmp_path: Path) -> str:
     return "".join(path.read_text() for path in tmp_path.glob("amoconnect.*.log"))
 
 
-def log_lines(tmp_path: Path, event: str | None = None) -> list[dict[str, Any]]:
-    """The connector's JSON log lines, decoded; only those whose event is ``event`` when given."""
-    decoded = (msgspec.json.decode(line) for line in output_of(tmp_path).splitlines() if line.startswith("{"))
-    return [line for line in decoded if event is None or line.get("event") == event]
+def log_lines(tmp_path: Path) -> list[dict[str, Any]]:
+    """The connector's JSON log lines, decoded."""
+    return [msgspec.json.decode(line) for line in output_of(tmp_path).splitlines() if line.startswith("{")]
 
 
 def rss_mib(pid: int) -> float:
