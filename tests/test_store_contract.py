@@ -9,7 +9,17 @@ import msgspec
 import pytest
 
 from amoconnect.errors import StoreError
-from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob, Store
+from amoconnect.store.base import (
+    PREVIEW_CHARS,
+    Activity,
+    ConversationRecord,
+    MessageRecord,
+    NewJob,
+    RecentConversation,
+    SourceActivity,
+    Store,
+    preview,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -159,6 +169,68 @@ async def test_finish_sets_a_first_reply_window_and_put_conversation_moves_it_ba
     backdated = msgspec.structs.replace(stored, last_client_at=10.0, amocrm_chat_id=None)
     await store.put_conversation(backdated)  # as it is: the test kit closes reply windows so
     assert await store.conversation("scope", "c1") == backdated
+
+
+async def _finished(store: Store, **records: object) -> None:
+    await store.enqueue([job(f"k{time.monotonic_ns()}")])
+    (j,) = await store.claim(1)
+    await store.finish(j.id, **records)  # type: ignore[arg-type]
+
+
+async def test_finish_keeps_each_conversations_newest_message_with_its_delivery_status(store: Store) -> None:
+    conv = ConversationRecord("scope", "c1", "tg", "100", client_id="u1", last_client_at=100.0)
+    said = MessageRecord("scope", "m1", "c1", "in", amocrm_id="amo-1", messenger_id="55")
+    await _finished(
+        store, conversations=[conv], messages=[said], activity=[Activity("scope", "c1", "m1", "in", "hi", 100.0)]
+    )
+    answer = MessageRecord("scope", "amo-2", "c1", "out", amocrm_id="amo-2", messenger_id="56")
+    out = Activity("scope", "c1", "amo-2", "out", "hello there", 130.0)
+    await _finished(store, messages=[answer], activity=[out])
+    # An older message finishing late (a retried inbound job) does not replace the newer one.
+    await _finished(store, activity=[Activity("scope", "c1", "m0", "in", "older", 90.0)])
+    assert await store.recent_conversations("scope") == [
+        RecentConversation("c1", "tg", "100", "amo-2", "out", "hello there", 130.0, 0)
+    ]
+    # Its status moves with its message record; the conversation's own columns are untouched.
+    await _finished(store, messages=[msgspec.structs.replace(answer, status=2)])
+    (recent,) = await store.recent_conversations("scope")
+    assert recent.status == 2
+    assert await store.conversation("scope", "c1") == conv
+    assert await store.source_activity("scope") == [SourceActivity("tg", 100.0, 130.0)]
+
+
+async def test_recent_conversations_are_one_accounts_newest_first_and_bounded(store: Store) -> None:
+    for n in range(5):
+        scope = "mine" if n % 2 == 0 else "theirs"
+        await _finished(
+            store,
+            conversations=[ConversationRecord(scope, f"c{n}", "tg" if scope == "mine" else "vk", str(n))],
+            activity=[Activity(scope, f"c{n}", f"m{n}", "in", f"text {n}", 100.0 + n)],
+        )
+    # A conversation without any message yet is not listed; nor is an activity of an unknown one.
+    await store.put_conversation(ConversationRecord("mine", "quiet", "tg", "quiet"))
+    await _finished(store, activity=[Activity("mine", "nowhere", "m9", "in", "lost", 500.0)])
+    mine = await store.recent_conversations("mine")
+    assert [(r.conversation_id, r.preview, r.status) for r in mine] == [
+        ("c4", "text 4", None),
+        ("c2", "text 2", None),
+        ("c0", "text 0", None),
+    ]
+    assert [r.conversation_id for r in await store.recent_conversations("mine", limit=2)] == ["c4", "c2"]
+    assert [r.conversation_id for r in await store.recent_conversations("theirs")] == ["c3", "c1"]
+    assert await store.recent_conversations("nobody") == []
+    assert await store.source_activity("theirs") == [SourceActivity("vk", None, None)]
+
+
+async def test_a_preview_is_one_line_and_bounded(store: Store) -> None:
+    assert preview("  two\n lines\t here ") == "two lines here"
+    long = preview("x" * 1000)
+    assert len(long) == PREVIEW_CHARS and long.endswith("…")
+    await store.put_conversation(ConversationRecord("scope", "c1", "tg", "100"))
+    # A store keeps no more than the bound, whoever wrote the activity.
+    await _finished(store, activity=[Activity("scope", "c1", "m1", "in", "y" * 1000, 1.0)])
+    (recent,) = await store.recent_conversations("scope")
+    assert recent.preview == "y" * PREVIEW_CHARS
 
 
 async def test_state_and_prune(store: Store) -> None:

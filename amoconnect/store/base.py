@@ -19,12 +19,17 @@ import msgspec
 from ..ratelimit import Limiter
 
 __all__ = [
+    "PREVIEW_CHARS",
+    "Activity",
     "ConversationRecord",
     "DeadLetter",
     "Job",
     "MessageRecord",
     "NewJob",
+    "RecentConversation",
+    "SourceActivity",
     "Store",
+    "preview",
 ]
 
 JobState = Literal["queued", "running"]
@@ -105,6 +110,57 @@ class MessageRecord(msgspec.Struct, frozen=True):
     """0 sent, 1 delivered, 2 read, -1 failed (amojo's ``delivery_status`` values)."""
 
 
+PREVIEW_CHARS = 120
+"""The longest preview of a message text a store keeps (a longer one is cut)."""
+
+
+def preview(text: str) -> str:
+    """``text`` on one line, cut to :data:`PREVIEW_CHARS` characters (``…`` marks a cut)."""
+    line = " ".join(text.split())
+    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+
+
+class Activity(msgspec.Struct, frozen=True):
+    """A conversation's newest message as the console shows it, written by :meth:`Store.finish`.
+
+    The store keeps one per conversation: a later one (by ``at``) replaces it, an earlier one is
+    ignored. No message text is kept beyond this preview."""
+
+    scope_id: str
+    conversation_id: str
+    msgid: str
+    """The message's record (its delivery status is read from there)."""
+    direction: Literal["in", "out"]
+    preview: str
+    """A short text of the message (:func:`preview`); the store cuts it to :data:`PREVIEW_CHARS`."""
+    at: float
+    """Unix time of the message."""
+
+
+class RecentConversation(msgspec.Struct, frozen=True):
+    """A conversation with its newest message (:meth:`Store.recent_conversations`)."""
+
+    conversation_id: str
+    instance: str
+    chat: str
+    msgid: str
+    direction: Literal["in", "out"]
+    preview: str
+    at: float
+    status: int | None
+    """The message's delivery status (:attr:`MessageRecord.status`); None when it has no record."""
+
+
+class SourceActivity(msgspec.Struct, frozen=True):
+    """When a source's last messages went in and out (:meth:`Store.source_activity`)."""
+
+    instance: str
+    last_in: float | None
+    """The client's last message in any of the source's conversations."""
+    last_out: float | None
+    """The last message relayed to the client."""
+
+
 class Store(Protocol):
     """The interface the relay programs against; SQLite is the embedded implementation."""
 
@@ -139,12 +195,15 @@ class Store(Protocol):
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
         take_next: bool = False,
+        activity: Sequence[Activity] = (),
     ) -> Job | None:
         """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups.
 
         A conversation is merged into the stored one, which may be newer than the record the job
         read: ``last_client_at`` never moves back, and a known ``amocrm_chat_id`` or ``client_id``
-        stays when the record has none. Messages replace theirs.
+        stays when the record has none. Messages replace theirs. Each ``activity`` becomes its
+        conversation's newest message (after the records are written; one small update each) unless
+        the conversation has a later one; a conversation the store does not have is left alone.
 
         With ``take_next``, the same transaction also claims the next job of the job's key when it
         is due, and returns it (else None): a conversation's backlog runs without a claim between
@@ -224,6 +283,13 @@ class Store(Protocol):
 
     async def put_message(self, record: MessageRecord) -> None:
         """Insert or replace a message."""
+
+    # -- activity ------------------------------------------------------------------------
+    async def recent_conversations(self, scope_id: str, limit: int = 50) -> list[RecentConversation]:
+        """``scope_id``'s conversations that have an :class:`Activity`, newest first."""
+
+    async def source_activity(self, scope_id: str) -> list[SourceActivity]:
+        """When each source of ``scope_id``'s conversations last took in and sent out a message."""
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:

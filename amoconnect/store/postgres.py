@@ -46,11 +46,21 @@ from psycopg.rows import TupleRow
 from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
-from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+from .base import (
+    Activity,
+    ConversationRecord,
+    DeadLetter,
+    Job,
+    MessageRecord,
+    NewJob,
+    RecentConversation,
+    SourceActivity,
+)
 from .pglimits import PostgresLimiter
 from .pgregistry import PostgresRegistryRows
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, registry_schema
 from .sql import (
+    ACTIVITY_SCHEMA,
     CLAIMABLE,
     HEAD_CLAIMED,
     HEADS_TABLE,
@@ -58,12 +68,17 @@ from .sql import (
     NEXT_DUE,
     NEXT_OF_KEY,
     MappingLookups,
+    activity_params,
+    activity_reads,
+    activity_row,
+    activity_write,
     conversation_params,
     conversation_writes,
     head_added,
     head_claimed,
     head_refreshed,
     message_params,
+    recent_row,
 )
 from .sql import (
     PG_NOW as _NOW,
@@ -223,6 +238,8 @@ MIGRATIONS: tuple[str, ...] = (
     ACCOUNT_IDS.format(id_type="BIGINT"),
     # 8: why an account needs re-authorisation or was disconnected
     ACCOUNT_STATE_REASONS,
+    # 9: a conversation's newest message and when its last one went out (store/sql.py)
+    ACTIVITY_SCHEMA.format(time_type="DOUBLE PRECISION"),
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
@@ -261,6 +278,8 @@ running whose lease runs out, and the next commit that waits writes it down with
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
+_ACTIVITY = activity_write("%s")
+_RECENT, _SOURCE_ACTIVITY = activity_reads("%s")
 _UPSERT_MESSAGE = (
     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
     "ON CONFLICT (scope_id, msgid) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
@@ -628,6 +647,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
         take_next: bool = False,
+        activity: Sequence[Activity] = (),
     ) -> Job | None:
         key = self._held.get(job_id) if take_next else None
         taken: list[tuple[Any, ...]] = []
@@ -636,6 +656,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await conn.execute(self._finish_sql, (job_id, self.owner))
                 await _upsert_conversations(conn, conversations, merge=True)
                 await _upsert_messages(conn, messages)
+                for a in activity:
+                    await conn.execute(_ACTIVITY, activity_params(a))
                 await _insert_jobs(conn, then)
                 if key is not None:
                     cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
@@ -774,6 +796,13 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def put_message(self, record: MessageRecord) -> None:
         async with self._conn("write") as conn:
             await _upsert_messages(conn, [record])
+
+    # -- activity ------------------------------------------------------------------------
+    async def recent_conversations(self, scope_id: str, limit: int = 50) -> list[RecentConversation]:
+        return [recent_row(row) for row in await self._fetchall(_RECENT, (scope_id, limit))]
+
+    async def source_activity(self, scope_id: str) -> list[SourceActivity]:
+        return [activity_row(row) for row in await self._fetchall(_SOURCE_ACTIVITY, (scope_id,))]
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:

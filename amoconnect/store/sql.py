@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from .base import ConversationRecord, MessageRecord
+from .base import PREVIEW_CHARS, Activity, ConversationRecord, MessageRecord, RecentConversation, SourceActivity
 
 __all__ = [
+    "ACTIVITY_SCHEMA",
     "CLAIMABLE",
     "CONVERSATION_COLUMNS",
     "HEADS_TABLE",
@@ -28,6 +29,10 @@ __all__ = [
     "NEXT_OF_KEY",
     "PG_NOW",
     "MappingLookups",
+    "activity_params",
+    "activity_reads",
+    "activity_row",
+    "activity_write",
     "conversation",
     "conversation_params",
     "conversation_writes",
@@ -36,6 +41,7 @@ __all__ = [
     "head_refreshed",
     "message",
     "message_params",
+    "recent_row",
 ]
 
 PG_NOW = "extract(epoch from clock_timestamp())::float8"
@@ -209,3 +215,58 @@ class MappingLookups:
         """A value an adapter stored."""
         row = await self._row("value", "state", ("namespace", "key"), (namespace, key))
         return None if row is None else bytes(row[0])
+
+
+ACTIVITY_SCHEMA = """
+ALTER TABLE conversations ADD COLUMN last_msgid TEXT;
+ALTER TABLE conversations ADD COLUMN last_direction TEXT;
+ALTER TABLE conversations ADD COLUMN last_preview TEXT;
+ALTER TABLE conversations ADD COLUMN last_at {time_type};
+ALTER TABLE conversations ADD COLUMN last_out_at {time_type};
+CREATE INDEX conversations_recent ON conversations (scope_id, last_at);
+"""
+"""A conversation's newest message (:class:`~.base.Activity`) and when its last one went out, on its
+own row: the store keeps one preview per conversation, however many messages cross."""
+
+
+def activity_write(placeholder: str) -> str:
+    """The update that makes an :class:`~.base.Activity` its conversation's newest message unless the
+    conversation has a later one (parameters: :func:`activity_params`)."""
+    p = placeholder
+    return (
+        f"UPDATE conversations SET last_msgid = {p}, last_direction = {p}, last_preview = {p}, last_at = {p}, "
+        f"last_out_at = CASE WHEN CAST({p} AS TEXT) = 'out' THEN {p} ELSE last_out_at END "
+        f"WHERE scope_id = {p} AND conversation_id = {p} AND (last_at IS NULL OR last_at <= {p})"
+    )
+
+
+def activity_params(a: Activity) -> tuple[Any, ...]:
+    """The parameters of :func:`activity_write` for ``a`` (its preview cut to :data:`~.base.PREVIEW_CHARS`)."""
+    text = a.preview[:PREVIEW_CHARS]
+    return (a.msgid, a.direction, text, a.at, a.direction, a.at, a.scope_id, a.conversation_id, a.at)
+
+
+def activity_reads(placeholder: str) -> tuple[str, str]:
+    """The queries of recent conversations (parameters: scope id, limit) and of each source's last
+    messages in and out (parameter: scope id); both read one account's rows only."""
+    p = placeholder
+    recent = (
+        "SELECT c.conversation_id, c.instance, c.chat, c.last_msgid, c.last_direction, c.last_preview, c.last_at, "
+        "m.status FROM conversations c LEFT JOIN messages m ON m.scope_id = c.scope_id AND m.msgid = c.last_msgid "
+        f"WHERE c.scope_id = {p} AND c.last_at IS NOT NULL ORDER BY c.last_at DESC LIMIT {p}"
+    )
+    sources = (
+        "SELECT instance, MAX(last_client_at), MAX(last_out_at) FROM conversations "
+        f"WHERE scope_id = {p} GROUP BY instance ORDER BY instance"
+    )
+    return recent, sources
+
+
+def recent_row(row: tuple[Any, ...]) -> RecentConversation:
+    """A row of :func:`activity_reads`' first query as a record."""
+    return RecentConversation(*row)
+
+
+def activity_row(row: tuple[Any, ...]) -> SourceActivity:
+    """A row of :func:`activity_reads`' second query as a record."""
+    return SourceActivity(*row)

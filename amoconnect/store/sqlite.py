@@ -35,9 +35,19 @@ from ..clock import SteadyClock
 from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import LocalLimiters, RateLimiter
-from .base import ConversationRecord, DeadLetter, Job, MessageRecord, NewJob
+from .base import (
+    Activity,
+    ConversationRecord,
+    DeadLetter,
+    Job,
+    MessageRecord,
+    NewJob,
+    RecentConversation,
+    SourceActivity,
+)
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, SQLiteRegistryRows, registry_schema
 from .sql import (
+    ACTIVITY_SCHEMA,
     CLAIMABLE,
     HEAD_CLAIMED,
     HEADS_TABLE,
@@ -45,12 +55,17 @@ from .sql import (
     NEXT_DUE,
     NEXT_OF_KEY,
     MappingLookups,
+    activity_params,
+    activity_reads,
+    activity_row,
+    activity_write,
     conversation_params,
     conversation_writes,
     head_added,
     head_claimed,
     head_refreshed,
     message_params,
+    recent_row,
 )
 
 __all__ = ["SQLiteStore"]
@@ -149,6 +164,8 @@ MIGRATIONS: tuple[str, ...] = (
     ACCOUNT_IDS.format(id_type="INTEGER"),
     # 6: why an account needs re-authorisation or was disconnected
     ACCOUNT_STATE_REASONS,
+    # 7: a conversation's newest message and when its last one went out (store/sql.py)
+    ACTIVITY_SCHEMA.format(time_type="REAL"),
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
@@ -165,6 +182,8 @@ _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 _NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
 """The job of a key a claim may take now (parameters: key, now)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
+_ACTIVITY = activity_write("?")
+_RECENT, _SOURCE_ACTIVITY = activity_reads("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
 _Op = tuple[Operation, "asyncio.Future[Any]", bool, bool]
@@ -568,11 +587,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         messages: Sequence[MessageRecord] = (),
         then: Sequence[NewJob] = (),
         take_next: bool = False,
+        activity: Sequence[Activity] = (),
     ) -> Job | None:
         def run(conn: sqlite3.Connection) -> Job | None:
             done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
             _upsert_conversations(conn, conversations, merge=True)
             _upsert_messages(conn, messages)
+            for a in activity:
+                conn.execute(_ACTIVITY, activity_params(a))
             now = self._now()
             _insert_jobs(conn, then, now)
             if not (take_next and done):
@@ -695,6 +717,15 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def put_message(self, record: MessageRecord) -> None:
         await self._call(lambda conn: _upsert_messages(conn, [record]))
+
+    # -- activity ------------------------------------------------------------------------
+    async def recent_conversations(self, scope_id: str, limit: int = 50) -> list[RecentConversation]:
+        rows = self._read(lambda conn: conn.execute(_RECENT, (scope_id, limit)).fetchall())
+        return [recent_row(row) for row in rows]
+
+    async def source_activity(self, scope_id: str) -> list[SourceActivity]:
+        rows = self._read(lambda conn: conn.execute(_SOURCE_ACTIVITY, (scope_id,)).fetchall())
+        return [activity_row(row) for row in rows]
 
     # -- leases --------------------------------------------------------------------------
     async def hold_lease(self, name: str, seconds: float) -> bool:
