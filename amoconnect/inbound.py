@@ -44,7 +44,7 @@ from .plugins import alter_inbound_message
 from .relay import Done, GiveUp
 from .routing import Instance
 from .statuses import DELIVERED, FAILED, READ, STATUS_NAMES, is_forward
-from .store.base import ConversationRecord, Job, MessageRecord
+from .store.base import Activity, ConversationRecord, Job, MessageRecord, preview
 from .windows import failure_for
 
 __all__ = ["InboundHandler"]
@@ -64,6 +64,16 @@ def _participant(sender: Person, client_id: str) -> wire.Participant:
         profile=profile,
         profile_link=sender.profile_link,
     )
+
+
+def _preview(event: InboundMessage | InboundComment) -> str:
+    """What the console shows of a client's message: its attachments' kinds, then its text."""
+    parts = [f"[{a.kind}]" for a in event.attachments]
+    if getattr(event, "location", None) is not None:
+        parts.append("[location]")
+    if getattr(event, "contact", None) is not None:
+        parts.append("[contact]")
+    return preview(" ".join([*parts, event.text or ""]))
 
 
 class InboundHandler:
@@ -245,7 +255,10 @@ class InboundHandler:
         updated = msgspec.structs.replace(
             conversation, last_client_at=event.timestamp, ref_pending=False, amocrm_chat_id=chat_id
         )
-        return Done(conversations=[updated], messages=messages)
+        newest = Activity(
+            instance.scope_id, conversation.conversation_id, msgid, "in", _preview(event), event.timestamp
+        )
+        return Done(conversations=[updated], messages=messages, activity=[newest])
 
     async def _quoted(
         self, instance: Instance, conversation: ConversationRecord, reply_to: str | None

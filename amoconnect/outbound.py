@@ -41,7 +41,7 @@ from .plugins import alter_outgoing_message
 from .relay import Done, GiveUp, Retry
 from .routing import Instance
 from .statuses import DELIVERED, FAILED
-from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
+from .store.base import Activity, ConversationRecord, Job, MessageRecord, NewJob, Store, preview
 from .windows import failure_for, window_closed_at, window_closed_text
 
 __all__ = [
@@ -203,6 +203,14 @@ def _render_template_model(template: Template) -> str:
     return text
 
 
+def _activity(scope_id: str, conversation: ConversationRecord, body: wire.HookMessageBody) -> Activity:
+    """A manager's message as its conversation's newest (the console's list), sent or failed now."""
+    kind = "" if body.type == "text" else f"[{body.type}] "
+    return Activity(
+        scope_id, conversation.conversation_id, body.id, "out", preview(kind + (body.text or "")), time.time()
+    )
+
+
 class AmocrmHandler:
     """Runs ``amocrm`` jobs: a manager's message, typing or reaction."""
 
@@ -261,11 +269,26 @@ class AmocrmHandler:
         text: str,
         log: FilteringBoundLogger,
         record: MessageRecord | None = None,
+        *,
+        shown: tuple[ConversationRecord | None, wire.HookMessageBody] | None = None,
     ) -> Done:
+        """Report the message failed; ``shown``: its conversation (if known) and body, so that the console
+        lists it as the conversation's newest message, failed."""
         code, error = failure_for(reason, text)
         log.warning("message failed", error_code=code, error=error)
         messages = [msgspec.structs.replace(record, status=FAILED)] if record is not None else []
-        return Done(messages=messages, then=[status_job(scope_id, StatusJob(amocrm_id, FAILED, code, error))])
+        activity: list[Activity] = []
+        if shown is not None and shown[0] is not None:
+            conversation, body = shown
+            if not messages:
+                messages = [
+                    MessageRecord(
+                        scope_id, amocrm_id, conversation.conversation_id, "out", amocrm_id=amocrm_id, status=FAILED
+                    )
+                ]
+            activity = [_activity(scope_id, conversation, body)]
+        then = [status_job(scope_id, StatusJob(amocrm_id, FAILED, code, error))]
+        return Done(messages=messages, then=then, activity=activity)
 
     async def _message(self, scope_id: str, hook: wire.MessageHook, attempt: int, log: FilteringBoundLogger) -> Done:
         core = self.core
@@ -332,6 +355,7 @@ class AmocrmHandler:
                 "other",
                 f"template {message.template.id} has no value for {', '.join(missing)}",
                 log,
+                shown=(conversation, m.message),
             )
         message = _fit_to_capabilities(message, instance)
         closed_at = window_closed_at(
@@ -352,6 +376,7 @@ class AmocrmHandler:
                     "window_closed",
                     window_closed_text(closed_at, instance.adapter.reply_window),
                     log,
+                    shown=(conversation, m.message),
                 )
         if conversation is not None:
             message = alter_outgoing_message(core.pm, message, instance.conversation(conversation))
@@ -377,7 +402,8 @@ class AmocrmHandler:
         except MessengerError as exc:
             if exc.retryable:
                 raise await messenger_retry(instance, exc, chat) from exc
-            return self._fail(scope_id, m.message.id, exc.reason, exc.description, log)
+            shown = (conversation, m.message)
+            return self._fail(scope_id, m.message.id, exc.reason, exc.description, log, shown=shown)
         return self._sent(scope_id, instance, conversation, m, result, log)
 
     def _sent(
@@ -422,7 +448,8 @@ class AmocrmHandler:
         ]
         then = [status_job(scope_id, StatusJob(amocrm_id, DELIVERED))] if status == DELIVERED else []
         log.info("relayed to messenger", messenger_ids=list(result.message_ids), chat=conversation.chat)
-        return Done(conversations=written, messages=messages, then=then)
+        newest = _activity(scope_id, conversation, m.message)
+        return Done(conversations=written, messages=messages, then=then, activity=[newest])
 
     async def _comment_reply(
         self,

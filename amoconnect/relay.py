@@ -33,7 +33,7 @@ import structlog
 from .crashpoints import crash_point
 from .errors import MessengerError, RemoteError, StoreError
 from .metrics import Metrics
-from .store.base import ConversationRecord, Job, MessageRecord, NewJob, Store
+from .store.base import Activity, ConversationRecord, Job, MessageRecord, NewJob, Store
 
 __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry", "transient"]
 
@@ -54,6 +54,8 @@ class Done:
     conversations: Sequence[ConversationRecord] = ()
     messages: Sequence[MessageRecord] = ()
     then: Sequence[NewJob] = ()
+    activity: Sequence[Activity] = ()
+    """The conversations' newest messages, for the console (:class:`~amoconnect.store.base.Activity`)."""
 
 
 class Retry(Exception):
@@ -233,6 +235,7 @@ class Relay:
                         messages=done.messages,
                         then=done.then,
                         take_next=taking,
+                        activity=done.activity,
                     ),
                     bound,
                 )

@@ -27,7 +27,7 @@ from amoconnect.model import (
     Person,
     Post,
 )
-from amoconnect.store.base import MessageRecord
+from amoconnect.store.base import PREVIEW_CHARS, MessageRecord, RecentConversation
 from amoconnect.testing.stores import counts_are, table_rows
 
 pytestmark = pytest.mark.anyio
@@ -698,3 +698,30 @@ async def test_a_duplicate_whose_history_is_down_for_now_looks_again_with_the_ne
     (stored,) = r.amojo.messages_in("lb:c1")
     assert record is not None and record.amocrm_id == stored.id
     assert [q.status for q in r.amojo.requests if "/history" in q.path] == [503, 503, 200]
+
+
+async def test_each_conversation_keeps_its_newest_message_for_the_console(r: Rig) -> None:
+    await _first_client_message(r, text="need   a\nquote " + "x" * 300)
+    (recent,) = await eventually(lambda: r.runtime.store.recent_conversations(SCOPE))
+    assert (recent.conversation_id, recent.direction, recent.msgid) == ("lb:c1", "in", "lb:c1:1")
+    assert recent.preview.startswith("need a quote xxx") and len(recent.preview) == PREVIEW_CHARS
+    answer = await r.amojo.emit_text(SCOPE, "lb:c1", "here it is")
+    await eventually(lambda: r.adapter().sent)
+
+    async def answered() -> RecentConversation | None:
+        (newest,) = await r.runtime.store.recent_conversations(SCOPE)
+        return newest if newest.direction == "out" else None
+
+    newest = await eventually(answered)
+    assert (newest.msgid, newest.preview, newest.status) == (answer.message_id, "here it is", 0)
+    # A message the messenger refuses is listed as the conversation's newest, failed.
+    r.adapter().failures = [MessengerError("bot was blocked by the user", reason="blocked")]
+    refused = await r.amojo.emit_text(SCOPE, "lb:c1", "still there?")
+
+    async def failed() -> RecentConversation | None:
+        (newest,) = await r.runtime.store.recent_conversations(SCOPE)
+        return newest if newest.msgid == refused.message_id else None
+
+    assert (await eventually(failed)).status == -1
+    (source,) = await r.runtime.store.source_activity(SCOPE)
+    assert source.instance == "lb" and source.last_in is not None and source.last_out is not None
