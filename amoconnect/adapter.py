@@ -21,7 +21,7 @@ import inspect
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 import msgspec
@@ -46,6 +46,7 @@ from .urlguard import UrlGuard
 __all__ = [
     "AdapterContext",
     "FetchedMedia",
+    "Intake",
     "MessengerAdapter",
     "Route",
     "StateStore",
@@ -125,6 +126,14 @@ class StateStore(Protocol):
         ...
 
 
+Intake = Literal["webhook", "polling", "not_registered"]
+"""How the messenger's updates reach an instance, as its adapter reports it (:attr:`AdapterContext.intake`)."""
+
+
+def _unreported(intake: Intake) -> None:
+    return
+
+
 async def _run_here(name: str, work: Callable[[], Awaitable[None]]) -> None:
     """One process, no fleet: run the work here."""
     await work()
@@ -174,6 +183,11 @@ class AdapterContext:
     ``await context.button_data.shorten(value, fits)`` on a button instead of cutting ``value``,
     and relay ``await context.button_data.resolve(data)`` for a press (``None``: the button expired).
     The runtime's keeps the values in its store, for every process; outside a runtime, in memory."""
+    intake: Callable[[Intake], None] = _unreported
+    """``context.intake("webhook")`` once the messenger accepted the webhook, ``"polling"`` when long
+    polling starts, ``"not_registered"`` when the webhook could not be registered (no public URL; the
+    messenger refused or is not reachable yet): the console shows it with the source. No IO; outside
+    a runtime it does nothing."""
     amocrm_limiter: Limiter = field(default_factory=_in_process_amocrm_limit)
     """amoCRM's REST rate limit (7 requests/s per account), the one the core's own calls take: pass it
     as ``limiter`` to an :class:`~amoconnect.amocrm.AmoCRMClient` the adapter makes, so that together

@@ -12,24 +12,46 @@ are not affected.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 
+from .adapter import Intake
 from .errors import AmoconnectError
 from .registry import Changes, Registry
 from .routing import Instance, Routing
 from .store.registry import AccountRecord, SourceRecord
 from .tenants import Step
 
-__all__ = ["Instances"]
+__all__ = ["Instances", "Intakes"]
 
 log = structlog.get_logger("amoconnect.instances")
 
 Build = Callable[[SourceRecord, AccountRecord], Instance]
 Run = Callable[[Instance], Awaitable[None]]
+
+
+class Intakes:
+    """How each source's updates reach this process, as its adapter last reported it, and when."""
+
+    def __init__(self) -> None:
+        self._reported: dict[str, tuple[Intake, float]] = {}
+
+    def reporter(self, name: str) -> Callable[[Intake], None]:
+        """The ``intake`` of a new adapter instance of source ``name`` (what an earlier one reported is forgotten)."""
+        self._reported.pop(name, None)
+
+        def report(intake: Intake) -> None:
+            self._reported[name] = (intake, time.time())
+
+        return report
+
+    def of(self, name: str) -> tuple[Intake, float] | None:
+        """What source ``name``'s adapter reported last, and when; None: nothing yet."""
+        return self._reported.get(name)
 
 
 class Instances:

@@ -28,7 +28,7 @@ import structlog
 import uvicorn
 from starlette.types import ASGIApp
 
-from .adapter import AdapterContext, MessengerAdapter
+from .adapter import AdapterContext, Intake, MessengerAdapter
 from .amocrm import AmoCRMClient
 from .amojo.client import AmojoClient
 from .amojo.wire import HistoryMessage
@@ -40,7 +40,7 @@ from .core import AMOCRM, INBOUND, STATUS, Core, amocrm_limiter
 from .errors import ConfigError, PluginError, RegistryError, StoreError
 from .http import RetryPolicy, new_client
 from .inbound import InboundHandler
-from .instances import Instances
+from .instances import Instances, Intakes
 from .leases import run_exclusive
 from .media import DatabaseMediaStore, MediaRows, MediaStore
 from .metrics import Metrics
@@ -133,6 +133,8 @@ class Runtime:
         self.registry = Registry(config, self.store)
         """Accounts and sources: the file's fixed ones and the store's, followed at run time."""
         self.routing = Routing(())
+        self.intakes = Intakes()
+        """How each running source's updates arrive, as its adapter reported it (the console shows it)."""
         self.amojo: AmojoClient
         self.app: ASGIApp | None = None
         self.console_codec = SessionCodec(
@@ -168,6 +170,10 @@ class Runtime:
         return sum(
             s.value for m in self.metrics.jobs_succeeded.collect() for s in m.samples if s.name.endswith("_total")
         )
+
+    def _intake_of(self, name: str) -> tuple[Intake, float] | None:
+        """What the running adapter of source ``name`` reported of its intake (None: not running here)."""
+        return self.intakes.of(name) if self.routing.get(name) is not None else None
 
     def _console_key(self) -> str:
         if self.config.console.session_key:
@@ -212,6 +218,7 @@ class Runtime:
             url_guard=self.url_guard,
             limiter=self._limiters_of(f"{cls.name}:{source.name}"),
             amocrm_limiter=amocrm_limiter(self.store),
+            intake=self.intakes.reporter(source.name),
             button_data=self._button_data,  # keys are the values' hashes: one space for every instance
         )
         adapter: MessengerAdapter = cls(settings, context)
@@ -369,6 +376,7 @@ class Runtime:
                     client_id=self.config.oauth.client_id if self.config.oauth.client_secret else "",
                     authorize_url=self.config.console.authorize_url,
                     samples=self.queue_samples,
+                    intake=self._intake_of,
                 )
             )
             self.app = build_app(

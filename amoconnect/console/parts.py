@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
+from ..adapter import Intake
 from ..store.base import Store
 from ..tenants import Tenants
 from .samples import Samples
@@ -27,6 +29,9 @@ class ConsoleParts:
     """amoCRM's authorisation page; empty: amoCRM's own for the chosen domain."""
     samples: Samples | None = None
     """The queue over the last hour (the operator's chart); None: no chart."""
+    intake: Callable[[str], tuple[Intake, float] | None] = lambda name: None
+    """How a source's updates reach this process (its webhook registered, long polling), as its
+    running adapter reported it, and when; None: not known here."""
 
     @property
     def can_authorize(self) -> bool:

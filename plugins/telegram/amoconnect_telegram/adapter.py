@@ -283,11 +283,13 @@ class TelegramAdapter(MessengerAdapter):
                 await self.api.call("deleteWebhook", {"drop_pending_updates": False})
             except MessengerError as exc:
                 self.log.warning("could not remove a webhook before polling", error=str(exc))
+            self.context.intake("polling")
             return
         if self.context.public_url is None:
             self.log.warning(
                 "no public URL, so the webhook is not registered: set server.public_url, or mode = 'polling'"
             )
+            self.context.intake("not_registered")
             return
         try:
             await self._set_webhook()
@@ -297,6 +299,7 @@ class TelegramAdapter(MessengerAdapter):
                     f"telegram instance {self.context.instance!r}: setWebhook refused {self.context.public_url}: {exc}"
                 ) from None
             self.log.warning("setWebhook failed; retrying in the background", error=str(exc))
+            self.context.intake("not_registered")
             self._webhook_pending = True
 
     async def _set_webhook(self) -> None:
@@ -310,6 +313,7 @@ class TelegramAdapter(MessengerAdapter):
             },
         )
         self.log.info("webhook registered", url=self.context.public_url)
+        self.context.intake("webhook")
 
     async def unregister(self) -> None:
         """The bot's source is removed: Telegram stops sending its updates here (``deleteWebhook``)."""

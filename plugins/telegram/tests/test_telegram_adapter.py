@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -105,6 +106,31 @@ async def test_setwebhook_retried_in_the_background_when_telegram_is_down(
     assert fake.webhook_url == ""
     async with running(rig.adapter):
         await eventually(lambda: fake.webhook_url == PUBLIC)
+
+
+async def test_startup_reports_how_updates_arrive(make_adapter: MakeAdapter, fake: FakeTelegram) -> None:
+    def reporting(**settings: object) -> tuple[Rig, list[str]]:
+        rig, reported = make_adapter(**settings), []
+        rig.adapter.context = dataclasses.replace(rig.adapter.context, intake=reported.append)
+        return rig, reported
+
+    rig, reported = reporting()
+    await rig.adapter.startup()
+    assert reported == ["webhook"]
+    rig, reported = reporting(mode="polling")
+    await rig.adapter.startup()
+    assert reported == ["polling"]
+    rig, reported = reporting(public_url=None)
+    await rig.adapter.startup()
+    assert reported == ["not_registered"]
+    # Telegram down at start: not registered, until the background retry registers it.
+    fake.fail_next(1, 502, method="setWebhook")
+    rig, reported = reporting()
+    rig.adapter.retry_pause = 0.01  # type: ignore[misc]
+    await rig.adapter.startup()
+    assert reported == ["not_registered"]
+    async with running(rig.adapter):
+        await eventually(lambda: reported == ["not_registered", "webhook"])
 
 
 # -- webhooks in ------------------------------------------------------------------------------------

@@ -398,6 +398,7 @@ class VKAdapter(MessengerAdapter):
             self.log.info("community ready", name=(self.community or {}).get("name"), group_id=self.config.group_id)
         if self.config.mode == "callback" and self.context.public_url is None:
             self.log.warning("no public URL, so VK cannot reach the Callback API: set server.public_url or longpoll")
+            self.context.intake("not_registered")
             return
         if not self.config.configure:
             return
@@ -410,6 +411,7 @@ class VKAdapter(MessengerAdapter):
                     "give it the 'manage' right, or set up the server by hand and configure = false"
                 ) from None
             self.log.warning("VK setup failed; retrying in the background", error=str(exc))
+            self.context.intake("not_registered")
             self._setup_pending = True
 
     async def _configure(self) -> None:
@@ -420,6 +422,7 @@ class VKAdapter(MessengerAdapter):
                 "groups.setLongPollSettings", {"group_id": group, "enabled": 1, "api_version": API_VERSION, **events}
             )
             self.log.info("Bots Long Poll enabled", events=len(events))
+            self.context.intake("polling")
             return
         url = self.context.public_url
         servers = await self.api.call("groups.getCallbackServers", {"group_id": group})
@@ -439,6 +442,7 @@ class VKAdapter(MessengerAdapter):
             code = await self.api.call("groups.getCallbackConfirmationCode", {"group_id": group})
             self._confirmation = str(code["code"])
         self.log.info("Callback API server set up", url=url, server_id=server_id)
+        self.context.intake("webhook")
 
     async def run(self) -> None:
         """Finish a setup that failed at startup; in ``longpoll`` mode, poll."""

@@ -363,6 +363,7 @@ class WhatsAppAdapter(MessengerAdapter):
         url = self.context.public_url
         if url is None:
             self.log.warning("register_webhook is set but server.public_url is not: the webhook is not registered")
+            self.context.intake("not_registered")
             return
         if self.config.register_webhook == "number":
             path = self.config.phone_number_id
@@ -378,10 +379,12 @@ class WhatsAppAdapter(MessengerAdapter):
                 await self.api.request("POST", path, json=body)
             except MessengerError as exc:
                 self.log.warning("registering the webhook failed", url=url, error=str(exc), retry_in_s=pause)
+                self.context.intake("not_registered")
                 await anyio.sleep(pause)
                 pause = min(pause * 2, self.max_retry_pause)
                 continue
             self.log.info("webhook registered", url=url, scope=self.config.register_webhook)
+            self.context.intake("webhook")
             return
 
     async def run(self) -> None:
