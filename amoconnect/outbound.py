@@ -278,8 +278,8 @@ class AmocrmHandler:
         log.warning("message failed", error_code=code, error=error)
         messages = [msgspec.structs.replace(record, status=FAILED)] if record is not None else []
         activity: list[Activity] = []
-        if shown is not None and shown[0] is not None:
-            conversation, body = shown
+        conversation, body = shown if shown is not None else (None, None)
+        if conversation is not None and body is not None:
             if not messages:
                 messages = [
                     MessageRecord(

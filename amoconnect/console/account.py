@@ -1,5 +1,7 @@
-"""An account's pages: its sources with their state and the 50-source limit, and its dead letters
-(jobs that ran out of attempts) with a retry button.
+"""An account's pages: its sources with their state (how the messenger's updates arrive, the last
+messages in and out, the last error) and the 50-source limit, its recent conversations with their
+newest message and its delivery state, and its dead letters (jobs that ran out of attempts) with a
+retry button.
 
 The operator sees every account's; an account's admin only their own: another account's page (and
 everything under it) is refused with 403 before anything is read or changed.
@@ -17,12 +19,14 @@ from ..tenants import MAX_SOURCES, Refused
 from .parts import ConsoleParts
 from .web import Forbidden, Page
 
-__all__ = ["DEAD_SHOWN", "AccountPages"]
+__all__ = ["CONVERSATIONS_SHOWN", "DEAD_SHOWN", "AccountPages"]
 
 log = structlog.get_logger("amoconnect.console")
 
 DEAD_SHOWN = 100
 """Dead letters of an account shown on its page (oldest first)."""
+CONVERSATIONS_SHOWN = 50
+"""Conversations of an account shown on its page (newest message first)."""
 
 
 class AccountPages:
@@ -46,11 +50,19 @@ class AccountPages:
     async def overview(self, page: Page) -> Response:
         account = self.account_of(page)
         sources = sorted(self.parts.tenants.registry.sources(account.name), key=lambda s: s.name)
-        dead = await self.parts.store.dead_letters(DEAD_SHOWN, scope_id=account.scope_id)
+        store = self.parts.store
+        dead = await store.dead_letters(DEAD_SHOWN, scope_id=account.scope_id)
+        activity = {a.instance: a for a in await store.source_activity(account.scope_id)}
+        titles = {s.name: s.title or s.name for s in sources}
         return page.render(
             "account.html",
             account=account,
             sources=sources,
+            activity=activity,
+            intake={s.name: self.parts.intake(s.name) for s in sources},
+            titles=titles,
+            conversations=await store.recent_conversations(account.scope_id, CONVERSATIONS_SHOWN),
+            conversations_shown=CONVERSATIONS_SHOWN,
             limit=MAX_SOURCES,
             plugins=sorted(self.parts.tenants.messengers),
             dead=dead,
