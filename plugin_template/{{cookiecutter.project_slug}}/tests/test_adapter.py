@@ -147,3 +147,21 @@ async def test_a_blocked_client_is_reported_to_the_manager(make_connector: Conne
         emitted = await rig.manager_writes("1001", "Are you there?")
         (status,) = await rig.statuses(emitted.message_id or "")
         assert (status.delivery_status, status.error_code) == (-1, 901)
+
+
+async def test_startup_registers_the_webhook_and_reports_how_updates_arrive(fake: Fake) -> None:
+    reported: list[str] = []
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=fake.app)) as http:
+        for public_url in ("https://connector.test/hooks/{{ c.messenger_slug }}/main", None):
+            context = AdapterContext(
+                instance="main",
+                http=http,
+                log=structlog.get_logger(),
+                state=MemoryState(),
+                submit=_ignore,
+                public_url=public_url,
+                intake=reported.append,
+            )
+            await Adapter(Settings(token=fake.token, secret=SECRET, api_url="http://api.test"), context).startup()
+    assert reported == ["webhook", "not_registered"]
+    assert fake.webhooks.url == "https://connector.test/hooks/{{ c.messenger_slug }}/main"

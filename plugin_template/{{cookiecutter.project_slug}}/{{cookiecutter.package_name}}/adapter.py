@@ -598,9 +598,14 @@ class {{ P }}Adapter(MessengerAdapter):
     # -- lifecycle --------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Register the webhook (``context.public_url``) and its secret with the messenger."""
-        if self.context.public_url:
-            await self._call("webhook/set", {"url": self.context.public_url, "secret": self.config.secret})
+        """Register the webhook (``context.public_url``) and its secret with the messenger; the
+        console shows the outcome beside the source (``context.intake``)."""
+        if not self.context.public_url:
+            self.context.log.warning("no public URL, so the webhook is not registered: set server.public_url")
+            self.context.intake("not_registered")
+            return
+        await self._call("webhook/set", {"url": self.context.public_url, "secret": self.config.secret})
+        self.context.intake("webhook")
 
 
 def _error(method: str, status: int, error: _Error | None) -> MessengerError:
