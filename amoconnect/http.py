@@ -11,6 +11,11 @@ per host so that one slow remote cannot swallow every connection.
 ``Retry-After`` honoured, a fresh request (and so a fresh signature) built for every attempt,
 and a bounded number of attempts after which a typed :class:`~amoconnect.errors.RemoteError`
 is raised.
+
+:class:`DirectSender` is the amojo client's way out: requests of known bytes whose answers are
+short, read whole. On the ``aiohttp`` transport it sends them through the aiohttp session itself
+(same per-host cap, TLS context and URL encoding), without building httpx's request and response
+objects around every call, which cost as much CPU as aiohttp's own work.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import math
 import random
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 import anyio
 import httpx
@@ -31,10 +37,16 @@ import structlog
 
 from .errors import ConfigError, RemoteError
 
+if TYPE_CHECKING:
+    from ._aiohttp import ExactAiohttpTransport
+
 __all__ = [
+    "Answer",
     "DirectClient",
+    "DirectSender",
     "HostLimiter",
     "OnRetry",
+    "Outgoing",
     "RetryPolicy",
     "TransportKind",
     "build_transport",
@@ -96,14 +108,13 @@ def parse_retry_after(value: str | None) -> float | None:
     return max((when - datetime.now(UTC)).total_seconds(), 0.0)
 
 
-class HostLimiter(httpx.AsyncBaseTransport):
-    """Wraps a transport and caps the requests in flight to any one host."""
+class _HostSlots:
+    """A semaphore of ``limit`` slots per host (scheme, host and port)."""
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, max_in_flight_per_host: int) -> None:
-        if max_in_flight_per_host < 1:
-            raise ConfigError(f"max_in_flight_per_host must be at least 1, got {max_in_flight_per_host}")
-        self._inner = inner
-        self._limit = max_in_flight_per_host
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ConfigError(f"max_in_flight_per_host must be at least 1, got {limit}")
+        self._limit = limit
         self._semaphores: dict[tuple[bytes, bytes, int | None], anyio.Semaphore] = {}
 
     def _semaphore(self, url: httpx.URL) -> anyio.Semaphore:
@@ -113,6 +124,14 @@ class HostLimiter(httpx.AsyncBaseTransport):
             # fast_acquire: a free slot is taken without a trip through the event loop; the request yields anyway.
             semaphore = self._semaphores[key] = anyio.Semaphore(self._limit, fast_acquire=True)
         return semaphore
+
+
+class HostLimiter(_HostSlots, httpx.AsyncBaseTransport):
+    """Wraps a transport and caps the requests in flight to any one host."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, max_in_flight_per_host: int) -> None:
+        super().__init__(max_in_flight_per_host)
+        self._inner = inner
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         semaphore = self._semaphore(request.url)
@@ -216,20 +235,22 @@ def build_transport(
     if kind == "httpx":
         inner = _Pools(max_in_flight_per_host)
     elif kind == "aiohttp":
-        try:
-            from ._aiohttp import ExactAiohttpTransport
-        except ImportError as exc:  # pragma: no cover - depends on the installed extras
-            raise ConfigError("transport 'aiohttp' needs the httpx-aiohttp package: pip install httpx-aiohttp") from exc
-        # The in-flight cap bounds connections per host.
-        limits = httpx.Limits(
-            max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host
-        )
-        inner = ExactAiohttpTransport(
-            limits=limits, verify=tls_context(), max_body=WHOLE_BODY_LIMIT if whole_bodies else None
-        )
+        inner = _aiohttp_transport(max_in_flight_per_host, whole_bodies=whole_bodies)
     else:
         raise ConfigError(f"unknown HTTP transport {kind!r}; expected 'httpx' or 'aiohttp'")
     return HostLimiter(inner, max_in_flight_per_host)
+
+
+def _aiohttp_transport(max_in_flight_per_host: int, *, whole_bodies: bool) -> ExactAiohttpTransport:
+    try:
+        from ._aiohttp import ExactAiohttpTransport
+    except ImportError as exc:  # pragma: no cover - depends on the installed extras
+        raise ConfigError("transport 'aiohttp' needs the httpx-aiohttp package: pip install httpx-aiohttp") from exc
+    # The in-flight cap bounds connections per host.
+    limits = httpx.Limits(max_connections=max_in_flight_per_host * 2, max_keepalive_connections=max_in_flight_per_host)
+    return ExactAiohttpTransport(
+        limits=limits, verify=tls_context(), max_body=WHOLE_BODY_LIMIT if whole_bodies else None
+    )
 
 
 def new_client(
@@ -285,7 +306,122 @@ class DirectClient(httpx.AsyncClient):
         return response
 
 
-def error_body(response: httpx.Response) -> Any:
+@dataclass(slots=True)
+class Outgoing:
+    """A request of a :class:`DirectSender`: its bytes are known before it is sent."""
+
+    method: str
+    url: httpx.URL
+    headers: dict[str, str]
+    content: bytes = b""
+
+
+class _Headers(Protocol):
+    def get(self, key: str, /) -> str | None: ...
+
+
+@dataclass(slots=True)
+class Answer:
+    """An answer read whole, by a :class:`DirectSender`."""
+
+    status_code: int
+    headers: _Headers
+    """Case-insensitive: ``headers.get("date")``."""
+    content: bytes
+    request: Outgoing
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", "replace")
+
+    def json(self) -> Any:
+        """The body decoded as JSON (``ValueError`` when it is not)."""
+        try:
+            return msgspec.json.decode(self.content)
+        except msgspec.DecodeError as exc:
+            raise ValueError(str(exc)) from exc
+
+
+class DirectSender:
+    """Sends :class:`Outgoing` requests and reads each answer whole (at most :data:`WHOLE_BODY_LIMIT`).
+
+    With ``client`` (an ``httpx.AsyncClient``, for one injected by tests or transport ``httpx``) a
+    request becomes an ``httpx.Request``; otherwise on transport ``aiohttp`` it goes to the aiohttp
+    session directly, behind the same per-host in-flight cap. Network errors are httpx's either way.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: httpx.AsyncClient | None = None,
+        transport: TransportKind = "httpx",
+        timeout: float = 10.0,
+        max_in_flight_per_host: int = 32,
+    ) -> None:
+        self._owns_client = client is None
+        self._aiohttp: ExactAiohttpTransport | None = None
+        self._client: httpx.AsyncClient | None = client
+        if client is None and transport == "aiohttp":
+            self._slots = _HostSlots(max_in_flight_per_host)
+            self._aiohttp = _aiohttp_transport(max_in_flight_per_host, whole_bodies=True)
+            self._timeout = httpx.Timeout(timeout).as_dict()
+        elif client is None:
+            self._client = new_client(
+                transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host, direct=True
+            )
+
+    async def send(self, request: Outgoing) -> Answer:
+        if self._aiohttp is None:
+            assert self._client is not None
+            response = await self._client.send(
+                httpx.Request(request.method, request.url, content=request.content, headers=request.headers)
+            )
+            return Answer(response.status_code, response.headers, response.content, request)
+        semaphore = self._slots._semaphore(request.url)
+        async with semaphore:
+            status, headers, content = await self._aiohttp.exchange(
+                request.method, str(request.url), request.headers, request.content, self._timeout
+            )
+        return Answer(status, headers, content, request)
+
+    async def aclose(self) -> None:
+        """Close what this sender built (a given client stays open)."""
+        if not self._owns_client:
+            return
+        if self._aiohttp is not None:
+            await self._aiohttp.aclose()
+        elif self._client is not None:
+            await self._client.aclose()
+
+
+class _Answer(Protocol):
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def headers(self) -> _Headers: ...
+    @property
+    def text(self) -> str: ...
+    def json(self) -> Any: ...
+
+
+class _Request(Protocol):
+    @property
+    def method(self) -> str: ...
+    @property
+    def url(self) -> httpx.URL: ...
+
+
+Q = TypeVar("Q", bound=_Request)
+R = TypeVar("R", bound=_Answer)
+_Q_in = TypeVar("_Q_in", bound=_Request, contravariant=True)
+_R_out = TypeVar("_R_out", bound=_Answer, covariant=True)
+
+
+class _Sends(Protocol[_Q_in, _R_out]):
+    async def send(self, request: _Q_in, /) -> _R_out: ...
+
+
+def error_body(response: _Answer) -> Any:
     """An error answer's body: decoded JSON when it is JSON, else the text."""
     try:
         return response.json()
@@ -294,15 +430,18 @@ def error_body(response: httpx.Response) -> Any:
 
 
 async def send_with_retries(
-    client: httpx.AsyncClient,
-    build: Callable[[], httpx.Request],
+    client: _Sends[Q, R],
+    build: Callable[[], Q],
     *,
     policy: RetryPolicy,
     error: type[RemoteError] = RemoteError,
     describe: str = "request",
     on_retry: OnRetry | None = None,
-) -> httpx.Response:
+) -> R:
     """Send the request ``build()`` makes, retrying transport errors, 429 and 5xx.
+
+    ``client`` is an ``httpx.AsyncClient`` (``httpx.Request`` in, ``httpx.Response`` out) or a
+    :class:`DirectSender` (:class:`Outgoing` in, :class:`Answer` out).
 
     ``build`` is called again for every attempt, so each attempt carries fresh headers
     (a fresh ``Date`` and signature for amojo). Any other status is returned to the caller,

@@ -337,22 +337,18 @@ class Runtime:
             http_config = self.config.http
             await self.store.open()
             stack.push_async_callback(self.store.close)
-            amojo_http = self._amojo_http or new_client(
-                transport=http_config.transport,
-                timeout=http_config.timeout,
-                max_in_flight_per_host=http_config.max_in_flight_per_host,
-                direct=True,
-            )
-            if self._amojo_http is None:
-                stack.push_async_callback(amojo_http.aclose)
             self.amojo = AmojoClient(
                 self.config.channel.id,
                 self.config.channel.secret,
                 base_url=self.config.channel.amojo_url,
-                client=amojo_http,
+                client=self._amojo_http,
+                transport=http_config.transport,
+                timeout=http_config.timeout,
+                max_in_flight_per_host=http_config.max_in_flight_per_host,
                 retry=RetryPolicy(attempts=http_config.attempts),
                 on_retry=lambda *_: self.metrics.http_retries.labels("amojo").inc(),
             )
+            stack.push_async_callback(self.amojo.aclose)  # closes only what it built
             messenger_http = self._messenger_http or new_client(
                 transport=http_config.transport,
                 timeout=http_config.timeout,

@@ -64,16 +64,19 @@ def sign_request(
     body: bytes = b"",
     *,
     date: str | datetime | None = None,
+    content_md5: str | None = None,
 ) -> dict[str, str]:
     """The four headers amojo requires: ``Date``, ``Content-Type``, ``Content-MD5``, ``X-Signature``.
 
     ``path`` is the request path without scheme, host or query string; a query string is cut
     off before signing, since amojo signs the bare path. ``body`` is hashed as given, so a
-    bodiless request hashes the empty string.
+    bodiless request hashes the empty string; ``content_md5``, when given, is that hash already
+    (the hex MD5 of ``body``: a request signed again for a retry need not hash its body again).
     """
     path = path.split("?", 1)[0]
     date_text = date if isinstance(date, str) else format_date(date)
-    content_md5 = hashlib.md5(body).hexdigest()
+    if content_md5 is None:
+        content_md5 = hashlib.md5(body).hexdigest()
     return {
         "Date": date_text,
         "Content-Type": CONTENT_TYPE,

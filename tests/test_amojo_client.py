@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import socket
 import time
@@ -776,6 +777,32 @@ def ticking_dates(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return issued
 
 
+async def test_a_call_hashes_its_body_once_for_every_attempt(monkeypatch: pytest.MonkeyPatch) -> None:
+    hashed: list[int] = []
+    md5 = hashlib.md5
+
+    def counting(data: bytes = b"") -> Any:
+        hashed.append(len(data))
+        return md5(data)
+
+    monkeypatch.setattr(hashlib, "md5", counting)
+    sent = httpx.Response(200, json={"new_message": {"msgid": "a-1"}})
+    answers = iter([httpx.Response(503), httpx.Response(503), sent])
+    seen: list[str] = []
+
+    def amojo(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Content-MD5"])
+        return next(answers)
+
+    async with (
+        httpx.AsyncClient(transport=httpx.MockTransport(amojo)) as http,
+        AmojoClient(CHANNEL, SECRET, client=http, retry=FAST) as client,
+    ):
+        await client.send_message(SCOPE, payload("m-1", text="x" * 5000))
+    assert len(hashed) == 1 and hashed[0] > 5000
+    assert len(seen) == 3 and len(set(seen)) == 1
+
+
 async def test_every_retry_is_signed_afresh(fake: FakeAmojo, ticking_dates: list[str]) -> None:
     fake.connect(ACCOUNT)
     recorder = HeaderRecorder(fake.app)
@@ -956,6 +983,76 @@ async def test_every_method_over_a_real_port(fake: FakeAmojo, transport: Any) ->
     assert len(fake.typing) == 1 and [r.request.type for r in fake.reactions] == ["react", "unreact"]
     assert all(r.status != 403 for r in fake.requests)  # every request was signed right on the wire
     assert fake.requests_to("/disconnect")[0].method == "DELETE"
+
+
+class Slow:
+    """A slow ASGI amojo answering 204 that counts requests in flight."""
+
+    def __init__(self) -> None:
+        self.in_flight = self.most = self.served = 0
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        if scope["type"] != "http":
+            return
+        self.in_flight += 1
+        self.most = max(self.most, self.in_flight)
+        try:
+            await anyio.sleep(0.02)
+        finally:
+            self.in_flight -= 1
+        self.served += 1
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@pytest.mark.parametrize("transport", ["httpx", "aiohttp"])
+async def test_requests_in_flight_are_capped_per_host_over_a_real_port(transport: Any) -> None:
+    app = Slow()
+    async with (
+        serve_app(app) as url,
+        AmojoClient(CHANNEL, SECRET, base_url=url, transport=transport, max_in_flight_per_host=3) as amojo,
+        anyio.create_task_group() as tg,
+    ):
+        for n in range(12):
+            tg.start_soon(amojo.typing, SCOPE, f"tg-{n}", "u")
+    assert (app.served, app.most) == (12, 3)
+
+
+async def test_on_aiohttp_the_client_sends_through_the_session_and_closes_it() -> None:
+    """Transport aiohttp without a given client: no httpx client in between, the session ours to close."""
+    async with serve_app(Slow()) as url:
+        amojo = AmojoClient(CHANNEL, SECRET, base_url=url, transport="aiohttp")
+        sender = amojo._client
+        assert sender._client is None and sender._aiohttp is not None
+        await amojo.typing(SCOPE, "tg-100", "u")
+        session = sender._aiohttp.client
+        await amojo.aclose()
+    assert session.closed
+
+
+async def test_on_aiohttp_an_answer_over_the_cap_is_a_network_error_retried(monkeypatch: pytest.MonkeyPatch) -> None:
+    import amoconnect.http
+
+    monkeypatch.setattr(amoconnect.http, "WHOLE_BODY_LIMIT", 1000)
+    calls = 0
+
+    async def chatty(scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+        nonlocal calls
+        if scope["type"] != "http":
+            return
+        calls += 1
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # chunked: no length said
+        for _ in range(3):
+            await send({"type": "http.response.body", "body": b"x" * 600, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+    async with (
+        serve_app(chatty) as url,
+        AmojoClient(CHANNEL, SECRET, base_url=url, transport="aiohttp", retry=FAST) as amojo,
+    ):
+        error = await raises_amojo(amojo.connect(ACCOUNT))
+    assert "over 1000 bytes" in str(error) and error.status is None and error.retryable
+    assert calls == FAST.attempts
 
 
 @pytest.mark.parametrize("transport", ["httpx", "aiohttp"])

@@ -132,6 +132,15 @@ def test_sign_request_defaults_to_a_current_date() -> None:
     assert headers["X-Signature"] == recomputed
 
 
+def test_a_given_content_md5_is_signed_as_given() -> None:
+    """A retry signs again with the hash of the first attempt: the body is not hashed again."""
+    given = sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY, date=SPEC_DATE, content_md5=TYPING_MD5)
+    assert given == sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY, date=SPEC_DATE)
+    assert given["X-Signature"] == TYPING_SIG
+    other = sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY, date=SPEC_DATE, content_md5="0" * 32)
+    assert other["Content-MD5"] == "0" * 32 and other["X-Signature"] != TYPING_SIG
+
+
 def test_date_is_signed_as_text() -> None:
     """The GMT spelling of the same instant signs differently: send the Date exactly as signed."""
     gmt = sign_request(SECRET, "POST", TYPING_PATH, TYPING_BODY, date="Mon, 02 Mar 2026 09:30:00 GMT")

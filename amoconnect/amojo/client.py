@@ -2,7 +2,8 @@
 
 Every request is serialised once, signed over those bytes and sent as those bytes; every
 retry builds the request again with a fresh ``Date`` and signature (amojo accepts one for
-15 minutes). Retries, backoff and the per-host in-flight cap come from :mod:`amoconnect.http`.
+15 minutes); the body is hashed once for all of them. Retries, backoff, the per-host in-flight
+cap and the way out (:class:`~amoconnect.http.DirectSender`) come from :mod:`amoconnect.http`.
 
 amojo answers 403 to a ``Date`` more than 15 minutes off its clock. When a 403's own ``Date``
 shows that our clock is off amojo's (a wall-clock step here), the client signs with amojo's time
@@ -17,6 +18,7 @@ amoCRM's id of it from the chat's history.
 from __future__ import annotations
 
 import functools
+import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -30,7 +32,7 @@ import structlog
 
 from ..crashpoints import crash_point
 from ..errors import AmojoError
-from ..http import OnRetry, RetryPolicy, TransportKind, error_body, new_client, send_with_retries
+from ..http import Answer, DirectSender, OnRetry, Outgoing, RetryPolicy, TransportKind, error_body, send_with_retries
 from ..signing import sign_request
 from . import wire
 
@@ -52,10 +54,10 @@ CLOCK_TOLERANCE = 60.0
 """Seconds our signing ``Date`` may differ from amojo's clock before a 403 is taken for our clock being off."""
 
 
-def _date_of(values: list[str]) -> float | None:
-    """Unix seconds of an HTTP ``Date`` header's last value; None if absent or not a date."""
+def _date_of(value: str | None) -> float | None:
+    """Unix seconds of an HTTP ``Date`` header; None if absent or not a date."""
     try:
-        return parsedate_to_datetime(values[0]).timestamp() if values else None
+        return parsedate_to_datetime(value).timestamp() if value else None
     except (TypeError, ValueError, IndexError):
         return None
 
@@ -134,9 +136,8 @@ class AmojoClient:
         self.base_url = base_url.rstrip("/")
         self._prefix = len(httpx.URL(self.base_url).raw_path.rstrip(b"/"))
         """Bytes of a path the base URL itself has (a proxy's prefix), which amojo never sees or signs."""
-        self._owns_client = client is None
-        self._client = client or new_client(
-            transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host, direct=True
+        self._client = DirectSender(
+            client=client, transport=transport, timeout=timeout, max_in_flight_per_host=max_in_flight_per_host
         )
         self.retry = retry or RetryPolicy()
         self._on_retry = on_retry
@@ -149,8 +150,7 @@ class AmojoClient:
 
     async def aclose(self) -> None:
         """Close the HTTP client if this object created it."""
-        if self._owns_client:
-            await self._client.aclose()
+        await self._client.aclose()
 
     async def __aenter__(self) -> AmojoClient:
         return self
@@ -167,18 +167,20 @@ class AmojoClient:
         *,
         params: dict[str, int] | None = None,
         describe: str,
-    ) -> httpx.Response:
+    ) -> Answer:
         content = b"" if body is None else wire.encode(body)
         query = "" if params is None else "?" + urlencode(params)
         url = _url(self.base_url + path + query)
         # The signature covers the path exactly as it goes on the wire: httpx's encoding of it,
         # which both transports send unchanged (see amoconnect._aiohttp).
         signed_path = url.raw_path.partition(b"?")[0][self._prefix :].decode("ascii")
+        content_md5 = hashlib.md5(content).hexdigest()
 
-        def build() -> httpx.Request:
-            # A bare Request: the client's merging of base URL, cookies and defaults adds nothing here.
-            headers = sign_request(self._secret, method, signed_path, content, date=self._date())
-            return httpx.Request(method, url, content=content, headers=headers)
+        def build() -> Outgoing:
+            headers = sign_request(
+                self._secret, method, signed_path, content, date=self._date(), content_md5=content_md5
+            )
+            return Outgoing(method, url, headers, content)
 
         response = await send_with_retries(
             self._client, build, policy=self.retry, error=AmojoError, describe=describe, on_retry=self._on_retry
@@ -199,15 +201,15 @@ class AmojoClient:
     def _now(self) -> float:
         return time.time() if self._clock is None else self._clock()
 
-    def _learn_skew(self, refused: httpx.Response) -> bool:
+    def _learn_skew(self, refused: Answer) -> bool:
         """Whether a 403 came because our clock is off amojo's by more than :data:`CLOCK_TOLERANCE`
         seconds (its ``Date`` against the one we signed); if so, sign with amojo's time from now on.
 
         amojo takes a signature for 15 minutes after its ``Date``: a step of our wall clock must
         cost one more request, not a dead letter per message.
         """
-        theirs = _date_of(refused.headers.get_list("date")[-1:])
-        ours = _date_of(refused.request.headers.get_list("date")[-1:])
+        theirs = _date_of(refused.headers.get("date"))
+        ours = _date_of(refused.request.headers["Date"])
         if theirs is None or ours is None or abs(theirs - ours) <= CLOCK_TOLERANCE:
             return False
         self._skew = theirs - self._now()
@@ -218,13 +220,13 @@ class AmojoClient:
         return True
 
     @staticmethod
-    def _error(response: httpx.Response, describe: str) -> AmojoError:
+    def _error(response: Answer, describe: str) -> AmojoError:
         body = error_body(response)
         status = response.status_code
         advice = _ADVICE.get(status, "") if status != 404 or is_unknown_scope(status, body) else ""
         return AmojoError(f"amojo {describe} answered HTTP {status}: {body!r}{advice}", status=status, body=body)
 
-    def _decode(self, response: httpx.Response, type_: type[T], describe: str) -> T:
+    def _decode(self, response: Answer, type_: type[T], describe: str) -> T:
         try:
             return wire.decode(response.content, type_)
         except msgspec.DecodeError as exc:
