@@ -7,6 +7,8 @@ import time
 import anyio
 import msgspec
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from amoconnect.errors import StoreError
 from amoconnect.store.base import (
@@ -231,6 +233,17 @@ async def test_a_preview_is_one_line_and_bounded(store: Store) -> None:
     await _finished(store, activity=[Activity("scope", "c1", "m1", "in", "y" * 1000, 1.0)])
     (recent,) = await store.recent_conversations("scope")
     assert recent.preview == "y" * PREVIEW_CHARS
+
+
+def _whole_text_preview(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+
+
+@given(st.text(alphabet=st.sampled_from("ab \n\t\u00a0я"), max_size=600), st.integers(0, 400))
+def test_a_preview_reads_only_the_beginning_of_a_long_text_and_says_the_same(text: str, blanks: int) -> None:
+    for candidate in (text, " " * blanks + text, text + "z" * 300):
+        assert preview(candidate) == _whole_text_preview(candidate)
 
 
 async def test_state_and_prune(store: Store) -> None:

@@ -115,8 +115,15 @@ PREVIEW_CHARS = 120
 
 
 def preview(text: str) -> str:
-    """``text`` on one line, cut to :data:`PREVIEW_CHARS` characters (``…`` marks a cut)."""
-    line = " ".join(text.split())
+    """``text`` on one line, cut to :data:`PREVIEW_CHARS` characters (``…`` marks a cut).
+
+    Only the text's beginning is read when it gives a preview that long: a message of 100 KB is
+    not split into words to keep 120 characters of it.
+    """
+    head = text[: 2 * PREVIEW_CHARS]
+    line = " ".join(head.split())  # the line of the whole text begins with this one
+    if len(line) <= PREVIEW_CHARS and len(head) < len(text):
+        line = " ".join(text.split())  # mostly blanks so far: the whole text it is
     return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
 
 
