@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import anyio
@@ -511,3 +512,64 @@ async def test_exclusive_work_runs_in_one_process_and_moves_when_it_dies(url: st
         await until(["a"])
         fleet.cancel_scope.cancel()
     assert running == []
+
+
+async def test_enqueues_into_the_same_conversations_in_opposite_orders_do_not_deadlock(url: str) -> None:
+    """Two processes each write jobs for conversations a..h in one call, one in the opposite order
+    of the other: each statement locks the conversations' head rows as it goes, so unless the rows
+    are always taken in one order the server aborts one of them as a deadlock."""
+    keys = [f"k{i}" for i in range(8)]
+    rounds = 300
+    async with opened(url) as one, opened(url) as other:
+
+        async def write(store: PostgresStore, order: list[str]) -> None:
+            for i in range(rounds):
+                assert await store.enqueue([job(key, b"%d" % i) for key in order])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(write, one, keys)
+            tg.start_soon(write, other, keys[::-1])
+        assert table_rows_at(url, "SELECT count(DISTINCT key), count(*) FROM queue") == [(8, 8 * 2 * rounds)]
+
+
+async def test_finishes_writing_follow_ups_into_each_other_s_conversations_do_not_deadlock(url: str) -> None:
+    """Each process finishes a job of its conversation with a follow-up for the other's (a status for
+    a chat, a reply), at the same moment: PostgreSQL aborts one of two such transactions as a
+    deadlock, and the aborted one, having written nothing, must be run again rather than lost."""
+    async with opened(url) as one, opened(url) as other:
+        for i in range(150):
+            a, b = f"a{i}", f"b{i}"
+            await one.enqueue([job(a)])
+            (held_a,) = await one.claim(10)
+            await other.enqueue([job(b)])
+            (held_b,) = await other.claim(10)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(one.finish, held_a.id, then=[job(b, b"from a")]))
+                tg.start_soon(partial(other.finish, held_b.id, then=[job(a, b"from b")]))
+            assert sorted(table_rows_at(url, "SELECT key, payload FROM queue")) == [(a, b"from b"), (b, b"from a")]
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("DELETE FROM queue")
+
+
+async def test_a_finish_aborted_as_a_deadlock_runs_again(url: str) -> None:
+    """Another transaction adds the first job of conversation ``a`` (its head row is new, so nothing
+    can lock it ahead) and then one of ``b``, while a finish of ``b`` writes a follow-up into ``a``:
+    the two wait on each other, the server aborts the finish, which ran first, and the finish runs again."""
+    async with opened(url) as store:
+        await store.enqueue([job("b", b"held")])
+        (held,) = await store.claim(10)
+        with psycopg.connect(url) as other:  # a transaction, left open
+            insert = (
+                "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES ('t', %s, %s, 's', 0, 0)"
+            )
+            other.execute(insert, ("a", b"other's a"))
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(partial(store.finish, held.id, then=[job("a", b"follow-up")]))
+                await anyio.sleep(0.3)  # the finish waits for the other's new head row of a
+                await anyio.to_thread.run_sync(other.execute, insert, ("b", b"other's b"))
+                other.commit()
+        assert sorted(table_rows_at(url, "SELECT key, payload FROM queue")) == [
+            ("a", b"follow-up"),
+            ("a", b"other's a"),
+            ("b", b"other's b"),
+        ]

@@ -34,8 +34,8 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
@@ -307,8 +307,46 @@ _MIGRATE_LOCK = 0x616D6F63
 Conn = psycopg.AsyncConnection[TupleRow]
 
 
+_DEADLOCK_ATTEMPTS = 4
+_T = TypeVar("_T")
+
+
+async def _again_after_deadlock(action: str, write: Callable[[], Awaitable[_T]]) -> _T:
+    """Runs a write transaction again when PostgreSQL aborted it as a deadlock, up to
+    ``_DEADLOCK_ATTEMPTS`` times in all. Two transactions that write jobs into the same
+    conversations in opposite orders (a finish's follow-up into B while another's goes into A) wait
+    on each other's head rows; the server aborts one, which wrote nothing, so running it again is safe."""
+    for attempt in range(1, _DEADLOCK_ATTEMPTS + 1):
+        try:
+            return await write()
+        except StoreError as exc:
+            if attempt == _DEADLOCK_ATTEMPTS or not isinstance(exc.__cause__, psycopg.errors.DeadlockDetected):
+                raise
+            log.info("deadlock: the transaction runs again", action=action, attempt=attempt)
+            await anyio.sleep(secrets.randbelow(10 * attempt) / 1000)
+    raise AssertionError("unreachable")
+
+
+_LOCK_HEADS = "SELECT 1 FROM heads WHERE key = ANY (%s) ORDER BY key FOR UPDATE"
+"""Locks the existing head rows of a transaction's conversations in one order, before its writes lock
+them one by one (a finish's own conversation first, then its follow-ups')."""
+
+
+async def _lock_heads(conn: Conn, key: str | None, then: Sequence[NewJob]) -> None:
+    keys = {job.key for job in then} | ({key} if key is not None else set())
+    if len(keys) > 1:
+        await conn.execute(_LOCK_HEADS, (sorted(keys),))
+
+
+def _by_key(jobs: Sequence[NewJob]) -> list[NewJob]:
+    """Jobs in the order of their conversations' keys (each one's own jobs in order): transactions
+    that write into several conversations take their head rows in one order and never deadlock
+    with each other."""
+    return sorted(jobs, key=lambda job: job.key)
+
+
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
-    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in jobs]
+    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in _by_key(jobs)]
     async with conn.cursor() as cur:
         if len(rows) == 1:
             await cur.execute(_INSERT_JOB, rows[0])
@@ -605,25 +643,30 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
+        ordered = _by_key(jobs)
+
         # Dedup keys and jobs in one statement, one round trip. With several keys a seen
         # one must also undo the new ones, so the statement runs in a transaction to roll back.
-        try:
+        async def write() -> None:
             async with self._conn("enqueue", transaction=len(keys) > 1) as conn:
                 cur = await conn.execute(
                     _ENQUEUE,
                     (
                         keys,
-                        [j.kind for j in jobs],
-                        [j.key for j in jobs],
-                        [j.payload for j in jobs],
-                        [j.scope_id for j in jobs],
-                        [float(j.delay) for j in jobs],
+                        [j.kind for j in ordered],
+                        [j.key for j in ordered],
+                        [j.payload for j in ordered],
+                        [j.scope_id for j in ordered],
+                        [float(j.delay) for j in ordered],
                         len(keys),
                     ),
                 )
                 row = await cur.fetchone()
                 if row is None or row[0] != len(keys):
                     raise _Seen
+
+        try:
+            await _again_after_deadlock("enqueue", write)
         except _Seen:
             return False
         if jobs:
@@ -650,18 +693,23 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         activity: Sequence[Activity] = (),
     ) -> Job | None:
         key = self._held.get(job_id) if take_next else None
-        taken: list[tuple[Any, ...]] = []
-        try:
+
+        async def write() -> list[tuple[Any, ...]]:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
+                await _lock_heads(conn, self._held.get(job_id), then)
                 await conn.execute(self._finish_sql, (job_id, self.owner))
                 await _upsert_conversations(conn, conversations, merge=True)
                 await _upsert_messages(conn, messages)
                 for a in activity:
                     await conn.execute(_ACTIVITY, activity_params(a))
                 await _insert_jobs(conn, then)
-                if key is not None:
-                    cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
-                    taken = list(await cur.fetchall())
+                if key is None:
+                    return []
+                cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
+                return list(await cur.fetchall())
+
+        try:
+            taken = await _again_after_deadlock("finish", write)
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
@@ -685,10 +733,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._settled(job_id)
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
-        try:
+        async def write() -> None:
             async with self._conn("bury", transaction=True, pipeline=True) as conn:
+                await _lock_heads(conn, self._held.get(job_id), then)
                 await conn.execute(_BURY, (job_id, self.owner, error))
                 await _insert_jobs(conn, then)
+
+        try:
+            await _again_after_deadlock("bury", write)
         except StoreError as exc:
             return self._lost(job_id, "bury", exc)
         self._settled(job_id)
