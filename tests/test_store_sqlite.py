@@ -16,7 +16,7 @@ import pytest
 from amoconnect.errors import StoreError
 from amoconnect.store.base import NewJob
 from amoconnect.store.sql import NEXT_DUE
-from amoconnect.store.sqlite import _CLAIM, _SCHEMA, SCHEMA_VERSION, SQLiteStore
+from amoconnect.store.sqlite import _CLAIM, _SCHEMA, SCHEMA_VERSION, SQLiteStore, _Committer
 
 pytestmark = pytest.mark.anyio
 
@@ -54,6 +54,46 @@ async def test_a_finished_large_job_s_freed_pages_are_not_written_again_as_zeros
     await store.finish(claimed.id)
     frames = ((await wal.stat()).st_size - before) // (4096 + 24)
     assert 0 < frames < 10
+
+
+async def test_the_store_s_thread_runs_calls_in_order_and_hands_back_outcomes() -> None:
+    import asyncio
+    import threading
+
+    committer = _Committer()
+    ran: list[tuple[int, str]] = []
+    gate = threading.Event()
+
+    def call(n: int) -> int:
+        if n == 0:
+            gate.wait(5)  # the calls after it queue behind it
+        ran.append((n, threading.current_thread().name))
+        return n * 10
+
+    def fail() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        first = asyncio.ensure_future(committer.run(lambda: call(0)))
+        abandoned = asyncio.ensure_future(committer.run(lambda: call(1)))
+        await asyncio.sleep(0)
+        abandoned.cancel()  # its waiter is gone; the call still runs, the thread goes on
+        gate.set()
+        assert await first == 0
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+            await committer.run(fail)
+        assert await committer.run(lambda: call(2)) == 20
+        # An Executor too, for run_in_executor.
+        assert await asyncio.get_running_loop().run_in_executor(committer, call, 3) == 30
+    finally:
+        committer.shutdown(wait=True)
+    assert ran == [
+        (0, "amoconnect-sqlite"),
+        (1, "amoconnect-sqlite"),
+        (2, "amoconnect-sqlite"),
+        (3, "amoconnect-sqlite"),
+    ]
+    assert not committer._thread.is_alive()
 
 
 async def test_closed_store_refuses(tmp_path: Path) -> None:
