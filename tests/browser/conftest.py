@@ -2,11 +2,11 @@
 
 Fixtures:
 
-- ``page``: a fresh page (its own browser context) in the session's one Chromium. Whatever goes
+- ``page``: a fresh page (its own browser context) in the module's one Chromium. Whatever goes
   wrong in it fails the test at teardown: a console error, an uncaught exception, a request that
-  failed, a response of 400 or more (``page_problems.allow(404, "/path")`` for one the test
-  expects). Every page that loaded must have been photographed by ``shot`` (the teardown takes
-  the last one itself).
+  failed (but a script's ``fetch`` that leaving the page cancelled), a response of 400 or more
+  (``page_problems.allow(404, "/path")`` for one the test expects). Every page that loaded must
+  have been photographed by ``shot`` (the teardown takes the last one itself).
 - ``shot``: ``shot("name")`` saves a screenshot of ``page`` into the test's screenshot folder,
   ``build/screenshots/<test>/NN-name.png`` (``AMOCONNECT_SCREENSHOTS`` names another root).
 - ``serve``: ``serve(app)`` runs an ASGI app on a free loopback port for the test, in the session's
@@ -38,7 +38,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 from amoconnect.testing.servers import serve_app
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, ConsoleMessage, Page, Request, Response
+    from playwright.sync_api import Browser, ConsoleMessage, Frame, Page, Request, Response
 
 ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = Path(os.environ.get("AMOCONNECT_SCREENSHOTS") or ROOT / "build" / "screenshots")
@@ -120,6 +120,11 @@ class PageProblems:
         self.loaded: list[str] = []
         """The URL of every page that loaded, in order."""
         self._allowed: list[tuple[int, re.Pattern[str]]] = []
+        self._leaving = 0
+        """Navigation requests of the main frame so far (each may replace the page)."""
+        self._shown = 0
+        """``_leaving`` when the page now shown committed."""
+        self._issued_by: dict[Request, int] = {}
 
     def allow(self, status: int, url: str) -> None:
         """Expect a response with ``status`` from a URL containing ``url`` (a regular expression)."""
@@ -145,8 +150,26 @@ class PageProblems:
     def on_page_error(self, error: Exception) -> None:
         self.found.append(f"uncaught exception: {error}")
 
+    def on_navigated(self, frame: Frame) -> None:
+        if frame.parent_frame is None:
+            self._shown = self._leaving
+
+    def on_request(self, request: Request) -> None:
+        if request.is_navigation_request() and request.frame.parent_frame is None:
+            self._leaving += 1
+        elif request.resource_type in ("fetch", "xhr"):
+            self._issued_by[request] = self._shown
+
     def on_request_failed(self, request: Request) -> None:
+        # A script's request that the page's leaving cancelled (a navigation began after the page
+        # that sent it was shown) is no problem; one cancelled while the page stayed is.
+        issued_by = self._issued_by.pop(request, None)
+        if request.failure == "net::ERR_ABORTED" and issued_by is not None and self._leaving > issued_by:
+            return
         self.found.append(f"request failed: {request.method} {request.url}: {request.failure}")
+
+    def on_finished(self, request: Request) -> None:
+        self._issued_by.pop(request, None)
 
     def on_response(self, response: Response) -> None:
         if response.status >= 400 and not self._expected(response.status, response.url):
@@ -193,7 +216,10 @@ def page(browser: Browser, page_problems: PageProblems, request: pytest.FixtureR
     opened.set_default_timeout(10_000)
     opened.on("console", page_problems.on_console)
     opened.on("pageerror", page_problems.on_page_error)
+    opened.on("request", page_problems.on_request)
     opened.on("requestfailed", page_problems.on_request_failed)
+    opened.on("requestfinished", page_problems.on_finished)
+    opened.on("framenavigated", page_problems.on_navigated)
     opened.on("response", page_problems.on_response)
     opened.on("load", page_problems.on_load)
     shots = Shots(opened, _test_folder(request.node))

@@ -26,6 +26,18 @@ BAD = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Bad</
 <script>document.title = "inline ran"</script></body></html>"""
 
 
+POLLING = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Polling</title>
+<link rel="icon" href="/favicon.ico"><script src="/poll.js" defer></script></head>
+<body><h1>Polling</h1></body></html>"""
+
+POLL_JS = """fetch("/hang").catch(() => {});
+if (location.search === "?give-up") {
+  const stop = new AbortController();
+  fetch("/hang", { signal: stop.signal }).catch(() => { document.title = "gave up"; });
+  stop.abort();
+}"""
+
+
 def _app() -> Starlette:
     async def good(request: Request) -> Response:
         return HTMLResponse(GOOD, headers={"Content-Security-Policy": CSP})
@@ -43,6 +55,18 @@ def _app() -> Starlette:
     async def icon(request: Request) -> Response:
         return Response(b"", media_type="image/x-icon")
 
+    async def polling(request: Request) -> Response:
+        return HTMLResponse(POLLING, headers={"Content-Security-Policy": CSP + "; connect-src 'self'"})
+
+    async def poll(request: Request) -> Response:
+        return Response(POLL_JS, media_type="text/javascript")
+
+    async def hang(request: Request) -> Response:
+        """Answers only once the browser has gone: the request stays in flight while the page is there."""
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        return Response(status_code=204)
+
     async def missing(request: Request) -> Response:
         return Response("no such picture", status_code=404)
 
@@ -54,6 +78,9 @@ def _app() -> Starlette:
             Route("/broken.js", broken),
             Route("/favicon.ico", icon),
             Route("/missing.png", missing),
+            Route("/polling", polling),
+            Route("/poll.js", poll),
+            Route("/hang", hang),
         ]
     )
 
@@ -108,3 +135,23 @@ def test_a_page_left_without_a_screenshot_is_named(
     assert page_problems.report(shot) == [f"page loaded but never photographed (call shot()): {site}/"]
     assert shots.name == "01-second-page-only.png"
     page_problems.loaded.clear()  # seen: this test expects it
+
+
+def test_a_fetch_cancelled_by_leaving_the_page_is_no_problem_but_one_a_script_gives_up_on_is(
+    page: Page, site: str, shot: Callable[[str], Any], page_problems: Any
+) -> None:
+    with page.expect_request(site + "/hang"):
+        page.goto(site + "/polling")
+    shot("polling")
+    page.goto(site + "/")  # the poll still in flight: leaving the page cancels it
+    page.get_by_text("script ran").wait_for()
+    shot("left")
+    assert page_problems.report(shot) == []
+
+    page.goto(site + "/polling?give-up")
+    page.wait_for_function("document.title === 'gave up'")
+    shot("gave up")
+    page.goto(site + "/")  # the other poll, cancelled by leaving
+    shot("left again")
+    assert page_problems.report(shot) == [f"request failed: GET {site}/hang: net::ERR_ABORTED"]
+    page_problems.found.clear()  # seen: this test expects the one it gave up on
