@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import socket
@@ -214,6 +215,20 @@ def catalog(lang: str) -> dict[str, str]:
     return dict(json.loads(text))
 
 
+DOCS_IMAGES = Path(__file__).resolve().parents[2] / "docs" / "img"
+
+
+def docs_image(page: Page, name: str) -> None:
+    """The page as README shows it (``docs/img/NAME``): what a 1280x800 window shows of it."""
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1280, "height": 800})
+    try:
+        page.screenshot(path=str(DOCS_IMAGES / name))
+    finally:
+        if size is not None:
+            page.set_viewport_size(size)
+
+
 WHEN = r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}"
 """A moment as the console shows it."""
 
@@ -270,7 +285,7 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
         expect(page.locator("#f-api_url")).to_have_value("https://api.telegram.org")  # the default, filled in
         shot("the telegram bot's form")
         page.locator("#name").fill("shop-bot")
-        page.locator("#title").fill("Shop <bot>")
+        page.locator("#title").fill("Shop & Co")
         page.locator("#f-token").fill(bot["token"])
         page.locator("#f-api_url").fill(bot["api_url"])
         page.get_by_role("button", name=ru["source.add"]).click()
@@ -285,7 +300,7 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     page.goto(account_page)
     source = page.locator("main table").first.locator("tbody tr", has_text="shop-bot")
     cells = source.locator("td")
-    expect(cells.nth(0)).to_contain_text("Shop <bot>")  # the title, as text
+    expect(cells.nth(0)).to_contain_text("Shop & Co")  # the title, as text
     expect(cells.nth(2)).to_have_text(ru["state.active"])
     expect(cells.nth(3)).to_have_text(ru["intake.webhook"])  # the bot's webhook registered with Telegram
     expect(cells.nth(4)).to_have_text("—")  # no message in or out yet
@@ -295,35 +310,35 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
 
     # A client writes to the bot in Telegram; a manager answers in amoCRM.
     page.goto(sandbox)
-    page.get_by_placeholder("Write as the client").fill("Здравствуйте! Доставляете <b>в воскресенье</b>?")
+    page.get_by_placeholder("Write as the client").fill("Hello! Do you deliver <b>on Sundays</b>?")
     page.get_by_placeholder("Write as the client").press("Enter")
     amocrm = page.locator("#amocrm-chat li")
     expect(amocrm.first.locator(".status")).to_have_text(en["sandbox.status.received"])
     shot("the client's message in amoCRM")
     page.goto(account_page)
     conversation = page.locator("#conversation-list tr.conversation")
-    reloaded_until(page, "#conversation-list", "Доставляете")
+    reloaded_until(page, "#conversation-list", "Do you deliver")
     expect(conversation).to_have_count(1)
     expect(conversation.locator(".last")).to_have_text(
-        f"{ru['conversations.in']} Здравствуйте! Доставляете <b>в воскресенье</b>?"
+        f"{ru['conversations.in']} Hello! Do you deliver <b>on Sundays</b>?"
     )
     expect(conversation.locator(".delivery")).to_have_text(ru["delivery.in"])
-    expect(conversation.locator("td").first).to_have_text("Shop <bot>")
+    expect(conversation.locator("td").first).to_have_text("Shop & Co")
     expect(cells.nth(4)).to_have_text(re.compile(WHEN))
     expect(cells.nth(5)).to_have_text("—")
     shot("the client's message on the account's page")
 
     page.goto(sandbox)
-    page.get_by_placeholder("Answer as the manager").fill("Да, каждый день до 21:00.")
+    page.get_by_placeholder("Answer as the manager").fill("Yes, every day until 9 pm.")
     page.locator("#manager-send").click()
-    expect(page.locator("#messenger-chat li", has_text="Да, каждый день до 21:00.")).to_be_visible()
+    expect(page.locator("#messenger-chat li", has_text="Yes, every day until 9 pm.")).to_be_visible()
     expect(amocrm.nth(1).locator(".status")).to_have_text(
         en["sandbox.status.delivered"]
     )  # Telegram's send counts as delivered
     shot("the manager's answer delivered")
     page.goto(account_page)
-    reloaded_until(page, "#conversation-list", "каждый день")
-    expect(conversation.locator(".last")).to_have_text(f"{ru['conversations.out']} Да, каждый день до 21:00.")
+    reloaded_until(page, "#conversation-list", "every day")
+    expect(conversation.locator(".last")).to_have_text(f"{ru['conversations.out']} Yes, every day until 9 pm.")
     expect(conversation.locator(".delivery")).to_have_text(ru["delivery.delivered"])
     expect(cells.nth(4)).to_have_text(re.compile(WHEN))
     expect(cells.nth(5)).to_have_text(re.compile(WHEN))
@@ -337,13 +352,13 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     expect(page.locator("#f-token")).to_have_value("")  # the stored token is never sent back
     shot("the bot's page")
     page.get_by_role("button", name=ru["source.remove"]).click()
-    expect(page.locator("main h1")).to_have_text(ru["source.remove_confirm"].format(name="Shop <bot>"))
+    expect(page.locator("main h1")).to_have_text(ru["source.remove_confirm"].format(name="Shop & Co"))
     shot("remove the bot?")
     page.get_by_role("button", name=ru["source.remove"]).click()
     expect(page.locator("main h1")).to_have_text(ru["outcome.removed"].format(name="shop-bot"))
     shot("the bot removed")
     page.goto(sandbox)
-    page.get_by_placeholder("Answer as the manager").fill("Курьер приедет в 10:00.")
+    page.get_by_placeholder("Answer as the manager").fill("The courier comes at 10 am.")
     page.locator("#manager-send").click()
     expect(amocrm.nth(2).locator(".status")).to_have_text(en["sandbox.status.failed"])
     shot("the answer not delivered")
@@ -359,15 +374,25 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     add_the_bot()
     page.goto(account_page)
     expect(cells.nth(3)).to_have_text(ru["intake.webhook"])
-    dead.get_by_role("button", name=ru["dead.retry"]).click()
-    expect(page.get_by_role("status")).to_have_text(ru["dead.retried"].format(id=letter))
-    expect(dead).to_have_text([ru["dead.none"]])  # gone from the dead letters
+    # The switch on the page: English from now on, the account's domain notwithstanding.
+    page.get_by_role("button", name=en["lang.en"]).click()
+    expect(page).to_have_url(account_page)
+    expect(page.get_by_role("heading", name=en["sources.title"])).to_be_visible()
+    expect(cells.nth(3)).to_have_text(en["intake.webhook"])
+    expect(conversation.locator(".delivery")).to_have_text(en["delivery.delivered"])
+    expect(dead.locator("td").nth(1)).to_have_text(en["kind.amocrm"])
+    shot("the account's page in English")
+    if os.environ.get("AMOCONNECT_DOCS_IMAGES"):
+        docs_image(page, "console.png")
+    dead.get_by_role("button", name=en["dead.retry"]).click()
+    expect(page.get_by_role("status")).to_have_text(en["dead.retried"].format(id=letter))
+    expect(dead).to_have_text([en["dead.none"]])  # gone from the dead letters
     shot("the dead letter retried")
     page.goto(sandbox)
-    expect(page.locator("#messenger-chat li", has_text="Курьер приедет в 10:00.")).to_be_visible()
+    expect(page.locator("#messenger-chat li", has_text="The courier comes at 10 am.")).to_be_visible()
     expect(amocrm.nth(2).locator(".status")).to_have_text(en["sandbox.status.delivered"])
     shot("the retried answer delivered")
     page.goto(account_page)
-    reloaded_until(page, "#conversation-list", "Курьер")
-    expect(conversation.locator(".delivery")).to_have_text(ru["delivery.delivered"])
+    reloaded_until(page, "#conversation-list", "The courier")
+    expect(conversation.locator(".delivery")).to_have_text(en["delivery.delivered"])
     shot("the account's page at the end")
