@@ -172,6 +172,12 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typesh
         super().emit(record)
 
 
+def _shared(printer: structlog.PrintLogger) -> Callable[..., structlog.PrintLogger]:
+    """A logger factory that hands every bound logger the same printer: a job's ``bind`` made a new
+    one each time (its file's lock looked up again), about a fifth of a log line's CPU."""
+    return lambda *args: printer
+
+
 def configure(
     *,
     level: str = "info",
@@ -204,7 +210,7 @@ def configure(
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_shared(structlog.PrintLogger(file=sys.stderr)),
         cache_logger_on_first_use=False,
     )
     handler = _StderrHandler()

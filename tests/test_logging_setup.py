@@ -110,3 +110,16 @@ def test_json_lines_scrub_secrets_wherever_they_are_and_keep_types(capsys: pytes
     assert in_bytes["body"] == "b'token=[redacted]'"
     assert nested["answer"] == {"errors": [{"detail": "[redacted] refused"}]}
     assert nested["error"] == "ValueError: [redacted]"
+
+
+def test_bound_loggers_share_one_printer_and_write_where_configured(capsys: pytest.CaptureFixture[str]) -> None:
+    """A job binds a logger from the module's proxy: each bind no longer makes a printer of its own."""
+    configure(level="info", json=True)
+    log = structlog.get_logger("amoconnect.relay")
+    first, second = log.bind(job=1), log.bind(job=2)
+    assert first._logger is second._logger
+    first.info("one")
+    second.info("two")
+    assert [json.loads(line)["job"] for line in capsys.readouterr().err.splitlines()] == [1, 2]
+    configure(level="info", json=True)  # configured again: a printer of the new set-up
+    assert log.bind(job=3)._logger is not first._logger
