@@ -27,6 +27,7 @@ __all__ = [
     "INBOUND",
     "STATUS",
     "Core",
+    "GivenUp",
     "InboundJob",
     "StatusJob",
     "amocrm_limiter",
@@ -55,6 +56,17 @@ class InboundJob(msgspec.Struct, frozen=True):
     event: InboundEvent
 
 
+class GivenUp(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A manager's message the relay gave up on, as the console lists it: amoCRM's ids of its
+    conversation and a preview of its text."""
+
+    conversation: str
+    """amoCRM's id of the chat."""
+    client_id: str | None = None
+    """Our conversation id, as amoCRM's webhook named it (absent on write-first)."""
+    preview: str = ""
+
+
 class StatusJob(msgspec.Struct, frozen=True, omit_defaults=True):
     """A ``delivery_status`` call to make: amoCRM's message id and what to say."""
 
@@ -62,6 +74,9 @@ class StatusJob(msgspec.Struct, frozen=True, omit_defaults=True):
     delivery_status: int
     error_code: int | None = None
     error: str | None = None
+    given_up: GivenUp | None = None
+    """Set when the message became a dead letter: once reported, it is recorded failed and shown as
+    its conversation's newest message (the console's list)."""
 
 
 def status_job(scope_id: str, status: StatusJob) -> NewJob:

@@ -20,7 +20,7 @@ from . import ids
 from .amojo import wire
 from .amojo.hooks import foreign_account
 from .capabilities import Capability
-from .core import Core, StatusJob, status_job
+from .core import Core, GivenUp, StatusJob, status_job
 from .errors import AmojoError, MessengerError, RateLimited, WebhookError
 from .model import (
     Attachment,
@@ -203,12 +203,26 @@ def _render_template_model(template: Template) -> str:
     return text
 
 
+def _preview(body: wire.HookMessageBody) -> str:
+    kind = "" if body.type == "text" else f"[{body.type}] "
+    return preview(kind + (body.text or ""))
+
+
 def _activity(scope_id: str, conversation: ConversationRecord, body: wire.HookMessageBody) -> Activity:
     """A manager's message as its conversation's newest (the console's list), sent or failed now."""
-    kind = "" if body.type == "text" else f"[{body.type}] "
-    return Activity(
-        scope_id, conversation.conversation_id, body.id, "out", preview(kind + (body.text or "")), time.time()
-    )
+    return Activity(scope_id, conversation.conversation_id, body.id, "out", _preview(body), time.time())
+
+
+async def _conversation_of(
+    store: Store, scope_id: str, amocrm_chat: str, client_id: str | None
+) -> ConversationRecord | None:
+    """The conversation amoCRM's webhook names: by our id (``client_id``), else by amoCRM's chat id."""
+    record = None
+    if client_id:
+        record = await store.conversation(scope_id, client_id)
+    if record is None:
+        record = await store.conversation_by_amocrm(scope_id, amocrm_chat)
+    return record
 
 
 class AmocrmHandler:
@@ -226,10 +240,10 @@ class AmocrmHandler:
         account = self.core.registry.account_by_scope(job.scope_id)
         if not isinstance(hook, wire.MessageHook) or account is None or account.amojo_id != hook.account_id:
             return ()
-        status = StatusJob(
-            hook.amocrm_message_id, FAILED, 903, f"amoconnect could not deliver the message: {error}"[:1000]
-        )
-        return [status_job(job.scope_id, status)]
+        m = hook.message
+        given_up = GivenUp(m.conversation.id, m.conversation.client_id, _preview(m.message))
+        error = f"amoconnect could not deliver the message: {error}"[:1000]
+        return [status_job(job.scope_id, StatusJob(hook.amocrm_message_id, FAILED, 903, error, given_up))]
 
     async def __call__(self, job: Job, log: FilteringBoundLogger) -> Done:
         # A webhook the server kept without understanding it is decoded again here: after an
@@ -253,13 +267,7 @@ class AmocrmHandler:
         return await self._reaction(job.scope_id, hook.reaction, job.attempts, log)
 
     async def _conversation(self, scope_id: str, conversation: wire.Conversation) -> ConversationRecord | None:
-        store = self.core.store
-        record = None
-        if conversation.client_id:
-            record = await store.conversation(scope_id, conversation.client_id)
-        if record is None:
-            record = await store.conversation_by_amocrm(scope_id, conversation.id)
-        return record
+        return await _conversation_of(self.core.store, scope_id, conversation.id, conversation.client_id)
 
     def _fail(
         self,
@@ -562,4 +570,19 @@ class StatusHandler:
         except AmojoError as exc:
             raise amojo_failure(exc) from exc
         log.info("status reported to amoCRM", amocrm_id=status.amocrm_id, delivery_status=code)
-        return Done()
+        if status.given_up is None:
+            return Done()
+        return await self._given_up(job.scope_id, status.amocrm_id, status.given_up)
+
+    async def _given_up(self, scope_id: str, amocrm_id: str, given_up: GivenUp) -> Done:
+        """A dead letter's message recorded failed, as its conversation's newest (the console's list)."""
+        store = self.core.store
+        conversation = await _conversation_of(store, scope_id, given_up.conversation, given_up.client_id)
+        if conversation is None:  # a chat the connector never knew: nothing to list it under
+            return Done()
+        record = await store.message_by_amocrm(scope_id, amocrm_id)
+        if record is None:
+            record = MessageRecord(scope_id, amocrm_id, conversation.conversation_id, "out", amocrm_id=amocrm_id)
+        failed = msgspec.structs.replace(record, status=FAILED)
+        newest = Activity(scope_id, conversation.conversation_id, failed.msgid, "out", given_up.preview, time.time())
+        return Done(messages=[failed], activity=[newest])

@@ -96,3 +96,34 @@ async def test_markup_in_a_client_s_message_and_chat_is_shown_escaped(tmp_path: 
 
 def _minute(moment: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.gmtime(moment))
+
+
+async def test_a_manager_s_message_given_up_on_is_listed_failed_until_its_retry_sends_it(tmp_path: Path) -> None:
+    async with console_rig(tmp_path) as r, browser(r) as client:
+        await r.inbound(message("c1", "1", "Is it in stock?"))
+        await _newest(r)
+        sent = await r.amojo.emit_text(SCOPE, "lb:c1", "Yes, two left")
+        await _newest(r, sent.message_id, "out")
+        # The messenger times out on every attempt (3 in the rig): the answer becomes a dead letter.
+        r.adapter().failures = [MessengerError("Gateway Timeout", retryable=True) for _ in range(3)]
+        lost = await r.amojo.emit_text(SCOPE, "lb:c1", "Shall I <b>reserve</b> one?")
+        failed = await _newest(r, lost.message_id, "out")
+        assert failed.status == -1 and failed.preview == "Shall I <b>reserve</b> one?"
+        (dead,) = await r.runtime.store.dead_letters()
+        assert r.amojo.message(lost.message_id).statuses[-1].delivery_status == -1  # amoCRM shows it failed too
+        await sign_in_account(r, client, "main")
+        page = await client.get("/console/accounts/main")
+        shown = '<span class="preview">Shall I &lt;b&gt;reserve&lt;/b&gt; one?'
+        assert f'<span class="direction direction-out">менеджер:</span> {shown}' in page.text
+        assert '<span class="delivery delivery-failed">' in page.text  # not the answer before it, delivered
+        assert "Yes, two left" not in page.text
+        retried = await client.post(f"/console/accounts/main/dead/{dead.id}/retry", data={"csrf": csrf_of(page)})
+        assert retried.status_code == 303
+        await eventually(lambda: any(m.text == "Shall I <b>reserve</b> one?" for m in r.adapter().sent))
+
+        async def sent_now() -> bool:
+            return (await _newest(r, lost.message_id, "out")).status != -1
+
+        await eventually(sent_now)
+        after = await client.get("/console/accounts/main")
+        assert "delivery-failed" not in after.text and "reserve" in after.text
