@@ -85,7 +85,15 @@ async def _fleet(r: Rig) -> None:
     assert hook.status_code == 200, hook.text
     await eventually(lambda: any(m.text == "Hello again" for m in r.amojo.messages))
     await eventually(lambda: _idle(r))
+    # the relay counts a job finished just after the store has it finished
+    await eventually(lambda: _succeeded(r, "inbound") >= 1)
     await runtime.queue_samples.take()  # a minute's sample now, rather than in a minute
+
+
+def _succeeded(r: Rig, kind: str) -> float:
+    """Jobs of ``kind`` this process finished (its metric, which the chart samples)."""
+    found = r.runtime.metrics.registry.get_sample_value("amoconnect_jobs_succeeded_total", {"kind": kind})
+    return found or 0.0
 
 
 async def _idle(r: Rig) -> bool:

@@ -363,11 +363,14 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     expect(amocrm.nth(2).locator(".status")).to_have_text(en["sandbox.status.failed"])
     shot("the answer not delivered")
     page.goto(account_page)
-    reloaded_until(page, "main table >> nth=-1", "shop-bot")
+    reloaded_until(page, "#conversation-list", "The courier")  # written once the dead letter is reported
     expect(dead).to_have_count(1)
     expect(dead.locator("td").nth(1)).to_have_text(ru["kind.amocrm"])
     expect(dead.locator(".error")).to_have_text("instance 'shop-bot' of the conversation is no longer configured")
     letter = dead.locator("td").first.inner_text()
+    # ... and the conversation's newest message is that answer, not delivered
+    expect(conversation.locator(".last")).to_have_text(f"{ru['conversations.out']} The courier comes at 10 am.")
+    expect(conversation.locator(".delivery")).to_have_text(ru["delivery.failed"])
     shot("the dead letter")
 
     # The bot is back: the admin retries the dead letter, and the answer reaches the client.
@@ -379,7 +382,7 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     expect(page).to_have_url(account_page)
     expect(page.get_by_role("heading", name=en["sources.title"])).to_be_visible()
     expect(cells.nth(3)).to_have_text(en["intake.webhook"])
-    expect(conversation.locator(".delivery")).to_have_text(en["delivery.delivered"])
+    expect(conversation.locator(".delivery")).to_have_text(en["delivery.failed"])
     expect(dead.locator("td").nth(1)).to_have_text(en["kind.amocrm"])
     shot("the account's page in English")
     if os.environ.get("AMOCONNECT_DOCS_IMAGES"):
@@ -393,6 +396,7 @@ def test_an_admin_installs_adds_a_telegram_bot_follows_its_conversation_and_retr
     expect(amocrm.nth(2).locator(".status")).to_have_text(en["sandbox.status.delivered"])
     shot("the retried answer delivered")
     page.goto(account_page)
-    reloaded_until(page, "#conversation-list", "The courier")
+    reloaded_until(page, "#conversation-list", en["delivery.delivered"])  # the retried answer, sent
+    expect(conversation.locator(".last")).to_have_text(f"{en['conversations.out']} The courier comes at 10 am.")
     expect(conversation.locator(".delivery")).to_have_text(en["delivery.delivered"])
     shot("the account's page at the end")
