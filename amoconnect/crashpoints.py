@@ -12,6 +12,9 @@ is all production pays. The points:
 - ``amojo.answer``: amojo answered a request, the connector has not read the answer yet;
 - ``relay.running``: a job is claimed and running (its conversation's lease is held);
 - ``relay.done``: a job's work is done (amojo or the messenger answered), ``finish`` not yet committed;
+- ``relay.ahead``: likewise, for a job of a repeatable kind (:attr:`~amoconnect.relay.Handler.repeatable`)
+  started while the finishes of the jobs before it in its conversation may not be committed or on
+  disk yet (:meth:`~amoconnect.store.base.Store.finish_soon`);
 - ``oauth.answer``: amoCRM answered a token refresh with a new pair, the pair is not stored yet.
 """
 
@@ -24,7 +27,7 @@ import threading
 __all__ = ["ENV", "POINTS", "crash_point", "parse"]
 
 ENV = "AMOCONNECT_CRASH_AT"
-POINTS = frozenset({"store.enqueue", "amojo.answer", "relay.running", "relay.done", "oauth.answer"})
+POINTS = frozenset({"store.enqueue", "amojo.answer", "relay.running", "relay.done", "relay.ahead", "oauth.answer"})
 
 
 def parse(spec: str) -> dict[str, int]:

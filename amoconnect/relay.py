@@ -15,13 +15,26 @@ the earliest retry is. A finish that took its conversation's next job wakes nobo
 of one conversation costs no claims. A finished job's slot takes its conversation's next job in the finish's
 own transaction while another slot is free, so a backlog of one conversation runs at the pace of
 its jobs, not of claims.
+
+A kind whose jobs may run twice without harm (:attr:`Handler.repeatable`: amojo refuses a msgid
+it has) runs a conversation's backlog as a pipeline: the slot takes the next jobs of the
+conversation ahead (:meth:`Store.take_ahead`), and once a job's work is done hands its finish to
+the store without waiting (:meth:`Store.finish_soon`) and starts the next job at once; the
+finishes commit in the background, several in a transaction, and reach the disk with a flush every
+``_FLUSH_EVERY``. Order holds: a job starts only after the one before it returned, and a job that
+fails gives the jobs taken behind it back to the queue, after the finishes before it committed,
+so nothing overtakes its retry. A crash runs the jobs whose finish was not committed (or, after a
+power cut, not on disk) again, in order; amojo refuses each as a duplicate and the handler finds
+amoCRM's id of it. Jobs of other kinds, and a finish with follow-ups, wait for a durable commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import random
 import time
 import traceback
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -93,6 +106,45 @@ class Handler:
     """Follow-up jobs to enqueue when a job of this kind becomes a dead letter."""
     max_attempts: int | None = None
     """Overrides the relay's ``max_attempts`` for this kind."""
+    repeatable: bool = False
+    """A job of this kind may run again after it succeeded without harm (amojo refuses a msgid it
+    has; the rest of its effects are idempotent): a conversation's jobs of this kind run as a
+    pipeline, each starting before the finish of the one before it is committed (see above)."""
+
+
+_AHEAD = 32
+"""How many jobs of a repeatable kind a slot takes ahead of the one it runs (:meth:`Store.take_ahead`)."""
+_UNCOMMITTED = 32
+"""A slot waits for its oldest finish handed to the store (:meth:`Store.finish_soon`) past this many."""
+_FLUSH_EVERY = 64
+_UNFLUSHED = 256
+"""A slot flushes (:meth:`Store.flush`) every this many finishes that did not wait for the disk, and
+waits for that flush past ``_UNFLUSHED``: what a power cut may make run again."""
+
+
+@dataclass
+class _Accepted:
+    """A finish handed to the store, its commit not seen yet."""
+
+    job: Job
+    done: Done
+    committed: asyncio.Future[None]
+    bound: structlog.typing.FilteringBoundLogger
+
+
+@dataclass
+class _Run:
+    """A slot's run through one conversation's jobs."""
+
+    held: deque[Job] = field(default_factory=deque)
+    """Jobs taken ahead (:meth:`Store.take_ahead`), not started yet."""
+    committing: deque[_Accepted] = field(default_factory=deque)
+    unflushed: int = 0
+    """Finishes committed that may not be on disk yet."""
+    flushing: anyio.Event | None = None
+    """Set when the flush under way ends."""
+    last: Job | None = None
+    """The latest job whose finish is counted in ``unflushed``."""
 
 
 @dataclass
@@ -185,68 +237,186 @@ class Relay:
 
     async def _work(self, job: Job) -> None:
         """Run ``job`` and then, in the same slot, each next job of its conversation that its finish
-        took (a conversation's backlog runs without a claim between its jobs)."""
+        took or that the slot took ahead (a conversation's backlog runs without a claim between its jobs)."""
+        run = _Run()
         current: Job | None = job
         try:
-            while current is not None:
-                current = await self._run_one(current)
-                if current is not None:
-                    self._running.add(current.id)
+            async with anyio.create_task_group() as flushes:
+                while current is not None:
+                    current = await self._run_one(current, run, flushes)
+                    if current is not None:
+                        self._running.add(current.id)
+                if run.unflushed and run.flushing is None and run.last is not None:
+                    self._start_flush(run, run.last, flushes)
         finally:
             self._slot_free.set()
 
-    async def _run_one(self, job: Job) -> Job | None:
-        """Run one job and record its outcome; the next job of its conversation if its finish took one."""
+    async def _run_one(self, job: Job, run: _Run, flushes: anyio.abc.TaskGroup) -> Job | None:
+        """Run one job and record its outcome (or accept it: :meth:`Store.finish_soon`); the next job of
+        its conversation to run in this slot, if any."""
         bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
         handler = self.handlers.get(job.kind)
         try:
             crash_point("relay.running", job.kind)
             if handler is None:
+                await self._catch_up(run, flushes)
                 await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
+                await self._give_back(run)
                 return None
             try:
                 done = await handler.run(job, bound)
-            except GiveUp as exc:
-                await self._bury(job, handler, str(exc), bound)
-            except Retry as exc:
-                await self._retry(job, handler, str(exc), exc.delay, bound)
             except Exception as exc:
-                if transient(exc):
-                    await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
-                else:
-                    bound.exception("job failed on an unexpected error; not retried")
-                    trace = "".join(traceback.format_exception(exc)).rstrip()
-                    await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
-            else:
-                crash_point("relay.done", job.kind)
-                # The finish takes the conversation's next job too while the relay dispatches and a
-                # slot is free for other work (all slots busy: the slot goes back to the claims,
-                # which serve every conversation's head in turn).
-                taking = (
-                    self._dispatching is not None
-                    and not self._dispatching.cancel_called
-                    and len(self._running) < self.concurrency
-                )
-                following = await self._settle(
-                    job,
-                    lambda: self.store.finish(
-                        job.id,
-                        conversations=done.conversations,
-                        messages=done.messages,
-                        then=done.then,
-                        take_next=taking,
-                        activity=done.activity,
-                    ),
-                    bound,
-                )
-                self.metrics.jobs_succeeded.labels(job.kind).inc()
-                self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
-                for follow in done.then:
-                    self.metrics.jobs_queued.labels(follow.kind).inc()
-                return following
+                await self._catch_up(run, flushes)
+                await self._failed(job, handler, exc, bound)
+                await self._give_back(run)
+                return None
+            crash_point("relay.done", job.kind)
+            if run.committing or run.unflushed:
+                # This job ran while an earlier finish of its conversation may not be committed or on disk.
+                crash_point("relay.ahead", job.kind)
+            # The conversation's next job runs in this slot while the relay dispatches and a slot is free
+            # for other work (all slots busy: the slot goes back to the claims, which serve every
+            # conversation's head in turn).
+            taking = (
+                self._dispatching is not None
+                and not self._dispatching.cancel_called
+                and len(self._running) < self.concurrency
+            )
+            soon = handler.repeatable and taking and not done.then
+            if soon and not run.held:
+                run.held.extend(await self._take_ahead(job))
+            if soon and run.held:
+                await self._accept(job, done, run, flushes, bound)
+                self._succeeded(job, done)
+                return run.held.popleft()
+            await self._catch_up(run, flushes)
+            if not taking:
+                await self._give_back(run)
+            following = await self._settle(
+                job,
+                lambda: self.store.finish(
+                    job.id,
+                    conversations=done.conversations,
+                    messages=done.messages,
+                    then=done.then,
+                    take_next=taking and not run.held,
+                    activity=done.activity,
+                    durable=not soon,
+                ),
+                bound,
+            )
+            self._succeeded(job, done)
+            if soon:
+                self._unflushed(run, job, flushes)
+            return run.held.popleft() if run.held else following
         finally:
             self._running.discard(job.id)
-        return None
+
+    async def _failed(
+        self, job: Job, handler: Handler, exc: Exception, bound: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        """Record a job's failure: retried or buried."""
+        if isinstance(exc, GiveUp):
+            await self._bury(job, handler, str(exc), bound)
+        elif isinstance(exc, Retry):
+            await self._retry(job, handler, str(exc), exc.delay, bound)
+        elif transient(exc):
+            await self._retry(job, handler, f"{type(exc).__name__}: {exc}", None, bound)
+        else:
+            bound.exception("job failed on an unexpected error; not retried", exc_info=exc)
+            trace = "".join(traceback.format_exception(exc)).rstrip()
+            await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
+
+    def _succeeded(self, job: Job, done: Done) -> None:
+        self.metrics.jobs_succeeded.labels(job.kind).inc()
+        self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
+        for follow in done.then:
+            self.metrics.jobs_queued.labels(follow.kind).inc()
+
+    async def _take_ahead(self, job: Job) -> list[Job]:
+        """The jobs that follow ``job`` in its conversation, taken to run next in this slot (none when the
+        store cannot say now: the conversation then goes on through finishes and claims)."""
+        try:
+            return await self.store.take_ahead(job, _AHEAD)
+        except StoreError as exc:
+            log.warning("store unavailable; the conversation's next jobs are not taken ahead", error=str(exc))
+            return []
+
+    async def _accept(
+        self,
+        job: Job,
+        done: Done,
+        run: _Run,
+        flushes: anyio.abc.TaskGroup,
+        bound: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        """Hand ``job``'s finish to the store without waiting for its commit; wait for the oldest finishes
+        of the run while too many are not committed, or not on disk."""
+        committed = self.store.finish_soon(
+            job.id, conversations=done.conversations, messages=done.messages, activity=done.activity
+        )
+        run.committing.append(_Accepted(job, done, committed, bound))
+        while run.committing and (run.committing[0].committed.done() or len(run.committing) > _UNCOMMITTED):
+            await self._committed(run.committing.popleft(), run, flushes)
+        if run.unflushed >= _UNFLUSHED and run.flushing is not None:
+            await run.flushing.wait()
+
+    async def _catch_up(self, run: _Run, flushes: anyio.abc.TaskGroup) -> None:
+        """Wait until every finish the run handed to the store is committed (the next write of the
+        conversation follows them)."""
+        while run.committing:
+            await self._committed(run.committing.popleft(), run, flushes)
+
+    async def _committed(self, accepted: _Accepted, run: _Run, flushes: anyio.abc.TaskGroup) -> None:
+        """Wait for an accepted finish's commit; one that failed is recorded again, waiting for it."""
+        job, done = accepted.job, accepted.done
+        try:
+            await accepted.committed
+        except StoreError as exc:
+            accepted.bound.warning("store unavailable; recording the job's outcome again", error=str(exc))
+            await self._settle(
+                job,
+                lambda: self.store.finish(
+                    job.id, conversations=done.conversations, messages=done.messages, activity=done.activity
+                ),
+                accepted.bound,
+            )
+            return
+        self._unflushed(run, job, flushes)
+
+    def _unflushed(self, run: _Run, job: Job, flushes: anyio.abc.TaskGroup) -> None:
+        """One more finish of the run is committed and maybe not on disk: flush every ``_FLUSH_EVERY``."""
+        run.unflushed += 1
+        run.last = job
+        if run.unflushed >= _FLUSH_EVERY and run.flushing is None:
+            self._start_flush(run, job, flushes)
+
+    def _start_flush(self, run: _Run, job: Job, flushes: anyio.abc.TaskGroup) -> None:
+        run.flushing = anyio.Event()
+        flushes.start_soon(self._flush, run, job, run.unflushed)
+
+    async def _flush(self, run: _Run, job: Job, count: int) -> None:
+        """Put the run's finishes on disk (:meth:`Store.flush`)."""
+        try:
+            await self._settle(job, self.store.flush, log.bind(job=job.id, kind=job.kind, key=job.key))
+        finally:
+            run.unflushed -= count
+            flushing, run.flushing = run.flushing, None
+            if flushing is not None:
+                flushing.set()
+
+    async def _give_back(self, run: _Run) -> None:
+        """Return the jobs the run took ahead and did not start to the queue."""
+        held = [j.id for j in run.held]
+        run.held.clear()
+        if not held:
+            return
+        try:
+            await self.store.release(held)
+        except StoreError as exc:
+            log.warning("store unavailable; jobs taken ahead are queued again later", error=str(exc), jobs=held)
+            for job_id in held:
+                self.store.abandon(job_id)
 
     async def _retry(
         self, job: Job, handler: Handler, error: str, delay: float | None, bound: structlog.typing.FilteringBoundLogger

@@ -415,7 +415,7 @@ class Runtime:
                 self.store,
                 {
                     AMOCRM: Handler(amocrm, on_dead=amocrm.on_dead),
-                    INBOUND: Handler(InboundHandler(core)),
+                    INBOUND: Handler(InboundHandler(core), repeatable=True),
                     STATUS: Handler(StatusHandler(core)),
                 },
                 metrics=self.metrics,

@@ -222,3 +222,49 @@ async def test_after_a_kill_9_every_duplicate_gets_amocrm_s_id_back(tmp_path: Pa
     assert not [q for q in fake.requests if q.status == 403], "every signature matched what was sent"
     recorded = dict(table_rows(store, "messages WHERE direction = 'in'", "msgid, amocrm_id"))
     assert recorded == {m.msgid: m.id for m in fake.messages}, "amoCRM's id of every message is recorded"
+
+
+async def test_kill_9_while_a_finish_is_not_yet_on_disk_sends_the_chat_once_in_order(tmp_path: Path) -> None:
+    """One chat's backlog drains with finishes that do not wait for the disk (inbound jobs are
+    repeatable); the process dies at ``relay.ahead``: amojo answered a job started while the
+    previous finish may not have been on disk. Restarted, the chat's messages reach amoCRM once
+    each, in order, every one with amoCRM's id recorded (a repeated send is refused as a duplicate
+    and its id found in the history)."""
+    from messengers.loopback import SIGNATURE_HEADER, sign
+
+    from amoconnect.crashpoints import ENV as CRASH_AT
+    from amoconnect.testing.stores import table_rows
+
+    total = 60
+    fake = FakeAmojo(CHANNEL, SECRET)
+    fake.connect(ACCOUNT)
+    amojo = HeldAfter(fake.app, 0)  # holds every send until the backlog is queued
+    port = free_port()
+    async with serve_app(amojo) as amojo_url:
+        data = base_config(tmp_path, channel={"amojo_url": amojo_url}, relay={"backoff": 0.05})
+        config = tmp_path / "amoconnect.toml"
+        config.write_text(tomli_w.dumps(data))
+        url = f"http://127.0.0.1:{port}/hooks/loopback/lb"
+        events = [message("chat", str(i), f"m{i}") for i in range(total)]
+        async with connector(config, port, {CRASH_AT: "relay.ahead.inbound:20"}) as proc:
+            async with httpx.AsyncClient(timeout=5) as client:
+                for event in events:
+                    body = msgspec.json.encode([event])
+                    response = await client.post(url, content=body, headers={SIGNATURE_HEADER: sign(body)})
+                    assert response.status_code == 200
+            amojo.release()
+            with anyio.fail_after(20):
+                await proc.wait()
+            assert proc.returncode == -signal.SIGKILL, "the crash point was reached"
+        assert 20 < len(fake.messages) < total, "the kill lands while the backlog drains"
+        store = SimpleNamespace(url=data["store"].get("url"), path=data["store"]["path"])
+        async with connector(config, port):
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if len(fake.messages) >= total and table_rows(store, "queue")[0][0] == 0:
+                    break
+                await anyio.sleep(0.05)
+    assert [m.text for m in fake.messages] == [e.text for e in events], "each message once, in order"
+    assert [q for q in fake.requests if q.status == 400], "the job amojo answered before the kill was sent again"
+    recorded = dict(table_rows(store, "messages WHERE direction = 'in'", "msgid, amocrm_id"))
+    assert recorded == {m.msgid: m.id for m in fake.messages}, "amoCRM's id of every message is recorded"

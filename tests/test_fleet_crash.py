@@ -52,7 +52,13 @@ POINTS = (
     "relay.running.amocrm:50",  # a manager message claimed, its conversation's lease held
     "relay.done.amocrm:60",  # the messenger answered a send, the job not finished
     "relay.done.inbound:60",  # amojo answered a send, the job not finished
+    "relay.ahead.inbound:20",  # likewise, while the finishes of the jobs before it may not be committed
 )
+ONE_PROCESS_ONLY = ("relay.ahead.inbound:20",)
+"""Points only the one-process run reaches: a job starts ahead of earlier finishes only in a conversation
+that has several jobs queued, and each bot delivers its chats' updates one at a time, so only a process
+that was down a while finds such backlogs (in a fleet the others serve them meanwhile). test_crash.py
+kills at ``relay.ahead`` behind a held backlog on each store."""
 
 
 class Balancer(httpx.AsyncBaseTransport):
@@ -320,10 +326,10 @@ async def crash_run(
                     with anyio.CancelScope(shield=True):
                         await fleet.stop()
                 tg.cancel_scope.cancel()
-    check(traffic)
+    check(traffic, {point for plan in plans for point in plan})
 
 
-def check(traffic: Traffic) -> None:
+def check(traffic: Traffic, points: set[str]) -> None:
     to_amojo, to_chat = traffic.delivered()
     kills = traffic.fleet.kills
     duplicates = sum(len(texts) - len(set(texts)) for texts in to_chat.values())
@@ -350,12 +356,13 @@ def check(traffic: Traffic) -> None:
         assert inbound == sorted(inbound), f"order of conversation c{c} toward amoCRM"
         outbound = [int(t.split(":")[1]) for t in to_chat[c]]
         assert outbound == sorted(outbound), f"order of conversation c{c} toward the client"
-    assert {k.how for k in kills} >= {*POINTS, "kill -9"}, "every crash point fired"
+    assert {k.how for k in kills} >= {*points, "kill -9"}, "every crash point fired"
 
 
 def spread(slots: int) -> list[list[str]]:
     """The crash points dealt to ``slots`` processes in turn."""
-    return [list(POINTS[slot::slots]) for slot in range(slots)]
+    points = POINTS if slots == 1 else tuple(p for p in POINTS if p not in ONE_PROCESS_ONLY)
+    return [list(points[slot::slots]) for slot in range(slots)]
 
 
 @pytest.mark.timeout(240)

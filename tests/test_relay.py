@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from amoconnect import relay as relay_module
 from amoconnect.clock import SteadyClock
 from amoconnect.errors import AmojoError, MessengerError, StoreError
 from amoconnect.relay import Done, Handler, Relay, Retry, transient
-from amoconnect.store.base import Job, NewJob, Store
+from amoconnect.store.base import Job, MessageRecord, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
 from amoconnect.testing.stores import counts_are
 
@@ -371,3 +372,100 @@ async def test_a_finish_takes_the_next_job_only_while_a_slot_is_free_for_other_w
         await eventually(lambda: counts_are(store, queued=0, running=0))
         tg.cancel_scope.cancel()
     assert len(claimed) == claims
+
+
+async def test_a_repeatable_kind_sends_the_next_job_before_the_previous_finish_commits(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A repeatable job's finish is handed to the store without waiting (:meth:`Store.finish_soon`):
+    the conversation's next job, taken ahead, runs at once and reads what the previous one wrote;
+    a finish with follow-ups, and every job of a kind that is not repeatable, wait for their commit."""
+    events: list[tuple[str, bytes]] = []
+    finish_soon = store.finish_soon
+    payload_of: dict[int, bytes] = {}
+
+    def recording(job_id: int, **records: object) -> object:
+        events.append(("accepted", payload_of[job_id]))
+        committed = finish_soon(job_id, **records)  # type: ignore[arg-type]
+        committed.add_done_callback(lambda _: events.append(("committed", payload_of[job_id])))
+        return committed
+
+    monkeypatch.setattr(store, "finish_soon", recording)
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        payload_of[job.id] = job.payload
+        events.append(("run", job.payload))
+        if job.kind == "repeatable" and job.payload != b"1":
+            previous = await store.message("scope", f"m{int(job.payload) - 1}")
+            assert previous is not None, "the previous job's record is seen before its commit"
+        record = MessageRecord("scope", f"m{job.payload.decode()}", "conv", "in", amocrm_id=f"amo-{job.payload}")
+        follow = [NewJob("plain", "p", b"follow-up")] if job.payload == b"3" else []
+        return Done(messages=[record], then=follow)
+
+    await store.enqueue([NewJob("repeatable", "k", str(i).encode()) for i in range(1, 7)])
+    handlers = {"repeatable": Handler(run, repeatable=True), "plain": Handler(run)}
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, handlers).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    runs = [payload for kind, payload in events if kind == "run"]
+    assert [r for r in runs if r != b"follow-up"] == [b"1", b"2", b"3", b"4", b"5", b"6"] and b"follow-up" in runs
+    # Job 2 ran before job 1's finish was committed, job 5 before job 4's.
+    assert events.index(("run", b"2")) < events.index(("committed", b"1"))
+    assert events.index(("run", b"5")) < events.index(("committed", b"4"))
+    accepted = [payload for kind, payload in events if kind == "accepted"]
+    # Job 3 enqueued a follow-up: its finish waited for its commit, after 1 and 2's; job 6 was the
+    # last one taken: it finished like any job, with its conversation's next (none) taken in the finish.
+    assert accepted == [b"1", b"2", b"4", b"5"]
+    assert events.index(("committed", b"2")) < events.index(("run", b"4"))
+    assert await store.message("scope", "m6") is not None
+
+
+async def test_a_failed_job_stops_the_jobs_taken_ahead_of_it_until_it_is_retried(store: Store) -> None:
+    """Job 2 fails its first attempt (amojo answered 5xx or 429, or timed out): the jobs taken ahead
+    behind it are given back and wait, without an attempt counted, until job 2 passes."""
+    ran: list[tuple[bytes, int]] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append((job.payload, job.attempts))
+        if job.payload == b"2" and job.attempts == 1:
+            raise Retry("amojo answered 503", delay=0.05)
+        return Done()
+
+    await store.enqueue([NewJob("repeatable", "k", str(i).encode()) for i in range(1, 6)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert ran == [(b"1", 1), (b"2", 1), (b"2", 2), (b"3", 1), (b"4", 1), (b"5", 1)]
+
+
+async def test_a_finish_accepted_and_not_committed_is_recorded_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store could not commit a finish it accepted (the database went away): the relay records it
+    again, waiting for the store, and the conversation goes on in order, each job run once."""
+    finish_soon = store.finish_soon
+    failed: list[int] = []
+
+    def failing(job_id: int, **records: object) -> object:
+        if failed:
+            return finish_soon(job_id, **records)  # type: ignore[arg-type]
+        failed.append(job_id)  # the first one never reaches the database
+        lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        lost.set_exception(StoreError("PostgreSQL store: finish failed: connection lost"))
+        return lost
+
+    monkeypatch.setattr(store, "finish_soon", failing)
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        return Done()
+
+    await store.enqueue([NewJob("repeatable", "k", str(i).encode()) for i in range(1, 5)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert failed and ran == [b"1", b"2", b"3", b"4"]

@@ -344,3 +344,74 @@ async def test_a_finish_takes_its_follow_up_or_an_earlier_requeued_dead_letter(s
     assert follow is not None and follow.payload == b"follow-up"
     assert await store.finish(follow.id, take_next=True) is None
     assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
+
+
+async def test_a_finish_that_does_not_wait_for_the_disk_is_seen_at_once_and_flushed(store: Store) -> None:
+    from amoconnect.testing.stores import run_sql, table_rows
+
+    await store.flush()  # nothing committed without waiting for the disk: nothing to do
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3")])
+    (one,) = await store.claim(10)
+    record = ConversationRecord("scope", "conv-a", "inst", "chat-a", client_id="client-a", last_client_at=5.0)
+    sent = MessageRecord("scope", "m1", "conv-a", "in", amocrm_id="amo-1", messenger_id="1")
+    two = await store.finish(one.id, conversations=[record], messages=[sent], take_next=True, durable=False)
+    assert two is not None and two.payload == b"2"
+    # Committed: every reader sees it before it is on disk, another connection too.
+    assert await store.conversation("scope", "conv-a") == record
+    assert await store.message_by_messenger("scope", "conv-a", "1") == sent
+    assert sorted(table_rows(store, "queue", "id, state")) == [(two.id, "running"), (two.id + 1, "queued")]
+    if hasattr(store, "url"):  # PostgreSQL: the flush waits for the WAL to be on disk up to here at least
+        (written,) = run_sql(store, "SELECT pg_current_wal_insert_lsn()")[0]
+        await store.flush()
+        (flushed,) = run_sql(store, f"SELECT pg_current_wal_flush_lsn() >= '{written}'::pg_lsn")[0]
+        assert flushed
+    else:
+        await store.flush()
+    await store.flush()  # again: nothing new to flush
+    # A finish with follow-ups is durable whatever it asks: its follow-up is claimable at once.
+    three = await store.finish(two.id, then=[job("b", b"follow-up")], take_next=True, durable=False)
+    assert three is not None and three.payload == b"3"
+    assert [j.payload for j in await store.claim(10)] == [b"follow-up"]
+    assert await store.finish(three.id, take_next=True, durable=False) is None
+    await store.flush()
+    assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}
+
+
+async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_commit(store: Store) -> None:
+    from amoconnect.testing.stores import table_rows
+
+    await store.enqueue([job("a", b"1"), job("a", b"2")])
+    (one,) = await store.claim(10)
+    (two,) = await store.take_ahead(one, 10)
+    stored = ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-chat", "client-a", last_client_at=9.0)
+    await store.put_conversation(stored)
+    first = MessageRecord("scope", "m0", "conv-a", "in", amocrm_id="amo-0", messenger_id="0")
+    await store.put_message(first)
+    # The job's record knows no amoCRM chat id (merged: the stored one stays) and a later reply window.
+    record = ConversationRecord("scope", "conv-a", "inst", "chat-a", client_id="client-a", last_client_at=12.0)
+    sent = MessageRecord("scope", "m1", "conv-a", "in", amocrm_id="amo-1", messenger_id="1")
+    read = msgspec.structs.replace(first, status=2)
+    committed = store.finish_soon(one.id, conversations=[record], messages=[sent, read])
+    assert table_rows(store, "messages WHERE msgid = 'm1'") == [(0,)]  # not committed yet
+    merged = msgspec.structs.replace(stored, last_client_at=12.0)
+    assert await store.conversation("scope", "conv-a") == merged
+    assert await store.conversation_by_chat("inst", "chat-a") == merged
+    assert await store.conversation_by_amocrm("scope", "amo-chat") == merged
+    assert await store.message("scope", "m1") == sent
+    assert await store.message_by_amocrm("scope", "amo-1") == sent
+    assert await store.message_by_messenger("scope", "conv-a", "1") == sent
+    assert await store.message("scope", "m0") == read  # replaced
+    # Another conversation takes the chat over: the first one's row goes.
+    other = ConversationRecord("scope", "conv-b", "inst", "chat-a", client_id="client-b", last_client_at=13.0)
+    taken_over = store.finish_soon(two.id, conversations=[other])
+    assert await store.conversation("scope", "conv-a") is None
+    assert await store.conversation_by_chat("inst", "chat-a") == other
+    assert await store.conversation_by_amocrm("scope", "amo-chat") is None
+    await committed
+    await taken_over
+    assert [r[0] for r in table_rows(store, "messages WHERE msgid = 'm1'", "amocrm_id")] == ["amo-1"]
+    assert await store.conversation("scope", "conv-a") is None
+    assert await store.conversation_by_chat("inst", "chat-a") == other
+    assert await store.message("scope", "m0") == read
+    assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
+    await store.flush()

@@ -35,13 +35,13 @@ def payloads(jobs: list[Job]) -> list[bytes]:
 
 
 @contextlib.asynccontextmanager
-async def restarted(store: Store, *, crash: bool) -> AsyncIterator[Store]:
-    """The store's process stops (cleanly, or dies holding its jobs) and another opens the same database."""
+async def restarted(store: Store, *, crash: bool, held: int = 1) -> AsyncIterator[Store]:
+    """The store's process stops (cleanly, or dies holding its ``held`` jobs) and another opens the same database."""
     if isinstance(store, SQLiteStore):
         # Closing leaves claimed rows running on disk, exactly as a kill -9 does: the next open queues them.
         await store.close()
         async with SQLiteStore(store.path) as again:
-            assert again.recovered == 1  # opening queued the claimed job again
+            assert again.recovered == held  # opening queued the claimed jobs again
             yield again
         return
     from amoconnect.store.postgres import PostgresStore
@@ -54,7 +54,7 @@ async def restarted(store: Store, *, crash: bool) -> AsyncIterator[Store]:
     await store.close()  # cleanly: hands back what it holds (after a crash it holds nothing any more)
     async with PostgresStore(store.url, lease=3.0) as again:
         if crash:
-            assert again.recovered == 1  # opening took back the jobs whose leases ran out
+            assert again.recovered == held  # opening took back the jobs whose leases ran out
         yield again
 
 
@@ -145,4 +145,84 @@ async def test_a_claim_given_back_by_a_restart_is_its_conversations_head_again(
         assert await again.claim(10) == []
         nxt = await again.finish(first.id, take_next=True)
         assert nxt is not None and nxt.payload == b"2"
+        assert_heads_match_queue(sql)
+
+
+def ahead_job(key: str, payload: bytes, *, kind: str = "test", delay: float = 0.0) -> NewJob:
+    return NewJob(kind=kind, key=key, payload=payload, scope_id="scope", delay=delay)
+
+
+async def test_jobs_taken_ahead_keep_their_conversation_busy_until_finished_in_order(store: Store, sql: Sql) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3"), job("a", b"4"), job("b", b"5")])
+    await store.enqueue([ahead_job("a", b"other kind", kind="other"), job("a", b"6")])
+    one, five = await store.claim(10)
+    ahead = await store.take_ahead(one, 2)
+    assert [(j.payload, j.attempts) for j in ahead] == [(b"2", 1), (b"3", 1)]
+    assert_heads_match_queue(sql)
+    assert await store.claim(10) == [] and await store.next_due_in() is None  # "a" runs
+    # Up to the first job of another kind: it runs after them, alone.
+    (four,) = await store.take_ahead(ahead[-1], 10)
+    assert four.payload == b"4"
+    await store.finish_soon(one.id)
+    assert_heads_match_queue(sql)
+    assert await store.claim(10) == []  # its next jobs are held: the conversation stays busy
+    for held in [*ahead, four]:
+        await store.finish_soon(held.id)
+    assert_heads_match_queue(sql)
+    (other,) = await store.claim(10)
+    assert other.payload == b"other kind"
+    assert await store.take_ahead(other, 10) == []  # "6" is of another kind than "other kind"
+    await store.finish(five.id)
+    assert_heads_match_queue(sql)
+
+
+async def test_jobs_taken_ahead_and_given_back_wait_for_a_retried_job(store: Store, sql: Sql) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3")])
+    (one,) = await store.claim(10)
+    two, three = await store.take_ahead(one, 10)
+    await store.finish_soon(one.id)
+    await store.retry(two.id, delay=LATER, error="later")  # "2" failed: "3" must not overtake it
+    assert await store.claim(10) == []  # "3" is still held
+    await store.release([three.id])
+    assert_heads_match_queue(sql)
+    assert await store.claim(10) == []  # given back, behind "2", which is not due
+    with sql_session(store) as run:
+        run("UPDATE queue SET next_run = 0 WHERE state = 'queued'")
+    assert_heads_match_queue(sql)
+    (again,) = await store.claim(10)
+    assert (again.payload, again.attempts) == (b"2", 2)
+    (taken,) = await store.take_ahead(again, 10)
+    assert (taken.payload, taken.attempts) == (b"3", 1)  # the attempt given back was not counted
+    assert_heads_match_queue(sql)
+
+
+async def test_nothing_is_taken_ahead_of_an_earlier_requeued_dead_letter_or_a_job_not_due(
+    store: Store, sql: Sql
+) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3", delay=LATER)])
+    (one,) = await store.claim(10)
+    await store.bury(one.id, error="dead")
+    (two,) = await store.claim(10)
+    assert await store.requeue([one.id]) == 1  # back before "2", which runs
+    assert await store.take_ahead(two, 10) == []  # "1" runs next, as a finish would take it
+    assert await store.finish(two.id, take_next=True) is not None
+    assert_heads_match_queue(sql)
+    await store.enqueue([job("b", b"4"), job("b", b"5", delay=LATER), job("b", b"6")])
+    four = next(j for j in await store.claim(10) if j.key == "b")
+    assert await store.take_ahead(four, 10) == []  # "5" is not due: it and what follows wait
+    assert_heads_match_queue(sql)
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["stopped", "killed"])
+async def test_jobs_taken_ahead_of_a_restart_run_again_in_order(store: Store, sql: Sql, crash: bool) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3"), job("a", b"4")])
+    (one,) = await store.claim(10)
+    two, _, _ = await store.take_ahead(one, 10)
+    await store.finish_soon(one.id)
+    await store.finish_soon(two.id)  # committed; "3" and "4" were taken and never finished
+    async with restarted(store, crash=crash, held=2) as again:
+        assert_heads_match_queue(sql)
+        (first,) = await again.claim(10)
+        assert first.payload == b"3"
+        assert payloads(await again.take_ahead(first, 10)) == [b"4"]
         assert_heads_match_queue(sql)

@@ -11,6 +11,7 @@ is durable when it returns.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Literal, Protocol
 
@@ -203,6 +204,7 @@ class Store(Protocol):
         then: Sequence[NewJob] = (),
         take_next: bool = False,
         activity: Sequence[Activity] = (),
+        durable: bool = True,
     ) -> Job | None:
         """Mark a job done, in the same transaction upserting mapping records and enqueueing follow-ups.
 
@@ -216,7 +218,48 @@ class Store(Protocol):
         is due, and returns it (else None): a conversation's backlog runs without a claim between
         its jobs. A finish that took the next job and enqueued nothing made nothing new claimable:
         it wakes no :meth:`wait_for_work`, in this process or another.
+
+        With ``durable=False`` and no ``then``, it returns once the finish is committed and seen by
+        every later read and write, without waiting for it to reach the disk (:meth:`flush` waits):
+        a power cut may then undo it, and the job runs again. Only a job that may run twice
+        without harm (its effects idempotent) is finished so. A finish with follow-ups is always
+        durable: no follow-up may run before the finish that enqueued it is on disk.
         """
+
+    def finish_soon(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        activity: Sequence[Activity] = (),
+    ) -> asyncio.Future[None]:
+        """Accept a job's finish without waiting for it: the job may run again without harm (its effects
+        idempotent), and its conversation's next job is already held (:meth:`take_ahead`) and starts now.
+
+        Returns at once. From then on this process's lookups see ``conversations`` (merged as
+        :meth:`finish` merges them) and ``messages`` (``activity`` is written as :meth:`finish`
+        writes it, seen once committed). The finishes accepted commit in the order
+        accepted, several in one transaction, before any later write of this process that follows
+        them on the same engine's writer (SQLite) or that awaited them (PostgreSQL), without waiting
+        for the disk (:meth:`flush`); the result resolves once committed, with ``StoreError`` if not
+        (the job stays running: :meth:`abandon` it, or finish it again). A crash before the commit
+        leaves the job to run again: a conversation's unfinished jobs run again in order.
+        """
+
+    async def take_ahead(self, job: Job, limit: int) -> list[Job]:
+        """Also take (mark running) up to ``limit`` jobs that follow ``job`` (running, held by this process)
+        directly in its key's order: due, of its kind, up to the first that is not; none when a queued job
+        of the key comes before ``job``. They are this process's, like claimed ones, until finished,
+        retried, buried or given back (:meth:`release`)."""
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        """Give jobs taken and not run back to the queue as they were (their attempt not counted)."""
+
+    async def flush(self) -> None:
+        """Return once every write committed before the call is on disk (a :meth:`finish` with
+        ``durable=False`` among them); at once when there is none. Later writes are durable only
+        after earlier ones: a durable write makes every earlier one durable too."""
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         """Put a job back to run again after ``delay`` seconds."""

@@ -35,6 +35,7 @@ import os
 import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -61,6 +62,7 @@ from .pgregistry import PostgresRegistryRows
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, registry_schema
 from .sql import (
     ACTIVITY_SCHEMA,
+    AHEAD_OF_KEY,
     CLAIMABLE,
     HEAD_CLAIMED,
     HEADS_TABLE,
@@ -83,6 +85,7 @@ from .sql import (
 from .sql import (
     PG_NOW as _NOW,
 )
+from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -277,6 +280,14 @@ Its commit waits for no flush to disk: a claim lost with the server's last momen
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
+_AHEAD = (
+    f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
+    f"WHERE id IN ({AHEAD_OF_KEY.format(kind='%s', now=_NOW, key='%s', id='%s', limit='%s')}) AND state = 'queued' "
+    "AND EXISTS (SELECT 1 FROM queue WHERE id = %s AND owner = %s) "
+    "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
+)
+"""Takes the jobs the holder of a job may take ahead (parameters: owner, lease, kind, key, id, limit, key, id,
+id, owner): none once its lease ran out and another process took the job over."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _ACTIVITY = activity_write("%s")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("%s")
@@ -301,6 +312,12 @@ _BURY = (
     "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
     f"error = EXCLUDED.error) {_UNLESS_HELD}"
 )
+_UNSYNCED = "SELECT set_config('synchronous_commit', 'off', true)"
+"""In a transaction: its commit returns before the WAL is flushed to disk (visible to all at once)."""
+_SYNCED_WRITE = (
+    "INSERT INTO state VALUES ('amoconnect', 'flush', '') ON CONFLICT (namespace, key) DO UPDATE SET value = ''"
+)
+"""A write whose synchronous commit waits for the WAL's flush (a transaction that wrote nothing would not)."""
 # Serialises `migrate` runs of several processes (an arbitrary, fixed advisory lock key).
 _MIGRATE_LOCK = 0x616D6F63
 
@@ -415,6 +432,13 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._held: dict[int, str] = {}
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
+        self._unsynced = 0
+        self._synced = 0
+        """Commits made without waiting for the WAL's flush, and how many of them :meth:`flush` saw flushed."""
+        self.unwritten = Unwritten()
+        self._soon: list[_Soon] = []
+        self._finisher: asyncio.Task[None] | None = None
+        self._soon_timer: asyncio.TimerHandle | None = None
 
     # -- connections ---------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> StoreError:
@@ -565,9 +589,15 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             await listening.wait()
 
     async def close(self) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
+        if self._pool is None:
             return
+        if self._soon:
+            self._start_finisher()
+        if self._finisher is not None:
+            with contextlib.suppress(Exception):
+                await self._finisher  # what was accepted commits before the pool closes
+            self._finisher = None
+        pool, self._pool = self._pool, None
         if self._notifier is not None:
             self._tasks.append(self._notifier)
             self._notifier = None
@@ -691,11 +721,15 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         then: Sequence[NewJob] = (),
         take_next: bool = False,
         activity: Sequence[Activity] = (),
+        durable: bool = True,
     ) -> Job | None:
         key = self._held.get(job_id) if take_next else None
+        ahead = not (durable or then)
 
         async def write() -> list[tuple[Any, ...]]:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
+                if ahead:  # committed without waiting for the WAL's flush: see flush()
+                    await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, self._held.get(job_id), then)
                 await conn.execute(self._finish_sql, (job_id, self.owner))
                 await _upsert_conversations(conn, conversations, merge=True)
@@ -713,6 +747,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
+        if ahead:
+            self._unsynced += 1
         # The next job of the conversation (unless this finish took it) or a follow-up may now be
         # claimed, by any process: tell them (a drain of one conversation wakes nobody).
         self._settled(job_id, wake=bool(then) or not taken)
@@ -721,6 +757,120 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         job = Job(*taken[0])
         self._held[job.id] = job.key
         return job
+
+    def finish_soon(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        activity: Sequence[Activity] = (),
+    ) -> asyncio.Future[None]:
+        if self._pool is None:
+            raise StoreError(f"PostgreSQL store {self.where} is not open")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        key = self._held.get(job_id)
+        self._soon.append(_Soon(job_id, key, tuple(conversations), tuple(messages), tuple(activity), future))
+        held = self.unwritten.add(conversations, messages)
+        future.add_done_callback(lambda _: self.unwritten.drop(held))
+        # Grouped: a transaction once SOON_GROUP are waiting or SOON_LINGER seconds after the first.
+        if len(self._soon) >= SOON_GROUP:
+            self._start_finisher()
+        elif self._soon_timer is None:
+            self._soon_timer = asyncio.get_running_loop().call_later(SOON_LINGER, self._start_finisher)
+        return future
+
+    def _start_finisher(self) -> None:
+        if self._soon_timer is not None:
+            self._soon_timer.cancel()
+            self._soon_timer = None
+        if self._finisher is None or self._finisher.done():
+            self._finisher = asyncio.get_running_loop().create_task(self._finish_batches(), name="amoconnect-pg-finish")
+
+    async def _finish_batches(self) -> None:
+        """Commit the finishes :meth:`finish_soon` accepted, all those waiting in one transaction that
+        does not wait for the WAL's flush; a batch that fails is done again one finish at a time."""
+        while self._soon:
+            batch, self._soon = self._soon, []
+            try:
+                await self._finish_batch(batch)
+            except StoreError as exc:
+                if len(batch) == 1:
+                    self._lost_soon(batch[0], exc)
+                    continue
+                for one in batch:
+                    try:
+                        await self._finish_batch([one])
+                    except StoreError as error:
+                        self._lost_soon(one, error)
+            except BaseException as exc:  # cancelled with the store's close: the jobs are handed back
+                for one in batch + self._soon:
+                    if not one.future.done():
+                        one.future.set_exception(StoreError(f"PostgreSQL store {self.where} closed: {exc!r}"))
+                raise
+
+    async def _finish_batch(self, batch: list[_Soon]) -> None:
+        async def write() -> None:
+            async with self._conn("finish", transaction=True, pipeline=True) as conn:
+                await conn.execute(_UNSYNCED)
+                keys = sorted({one.key for one in batch if one.key is not None})
+                if len(keys) > 1:  # in one order, like every transaction that writes into several
+                    await conn.execute(_LOCK_HEADS, (keys,))
+                for one in batch:
+                    await conn.execute(self._finish_sql, (one.job_id, self.owner))
+                    await _upsert_conversations(conn, one.conversations, merge=True)
+                    await _upsert_messages(conn, one.messages)
+                    for a in one.activity:
+                        await conn.execute(_ACTIVITY, activity_params(a))
+
+        await _again_after_deadlock("finish", write)
+        self._unsynced += 1
+        for one in batch:
+            self._settled(one.job_id, wake=False)  # the holder finishes the conversation's run with a write that wakes
+            if not one.future.done():
+                one.future.set_result(None)
+
+    def _lost_soon(self, one: _Soon, error: StoreError) -> None:
+        """A finish of the batch failed: a job no longer held is dropped (:meth:`_lost`), any other error
+        is its caller's."""
+        if one.future.done():
+            return
+        try:
+            self._lost(one.job_id, "finish", error)
+        except StoreError:
+            one.future.set_exception(error)
+        else:
+            one.future.set_result(None)
+
+    async def take_ahead(self, job: Job, limit: int) -> list[Job]:
+        async with self._conn("take ahead") as conn:
+            params = (self.owner, self._lease, job.kind, job.key, job.id, limit, job.key, job.id, job.id, self.owner)
+            cur = await conn.execute(_AHEAD, params)
+            rows = await cur.fetchall()
+        jobs = sorted((Job(*row) for row in rows), key=lambda j: j.id)
+        self._held.update((j.id, j.key) for j in jobs)
+        return jobs
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        if not job_ids:
+            return
+        await self._write(
+            "UPDATE queue SET state = 'queued', owner = NULL, attempts = attempts - 1 "
+            "WHERE id = ANY(%s) AND owner = %s AND state = 'running'",
+            (list(job_ids), self.owner),
+            notify=True,
+        )
+        for job_id in job_ids:
+            self._held.pop(job_id, None)
+
+    async def flush(self) -> None:
+        """A synchronous commit of one small write: it waits for the WAL's flush up to its own
+        record, so every commit before it is on disk too (one WAL for the whole server)."""
+        target = self._unsynced
+        if self._synced >= target:
+            return
+        await self._write(_SYNCED_WRITE)
+        self._synced = max(self._synced, target)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         if not await self._write(
@@ -902,6 +1052,18 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def prune_limits(self) -> int:
         """Forget the limiter keys whose bucket is full again (such a row says nothing); returns how many."""
         return await self._write(f"DELETE FROM rate_limits WHERE tat < {_NOW}")
+
+
+@dataclass
+class _Soon:
+    """A finish :meth:`PostgresStore.finish_soon` accepted and has not committed yet."""
+
+    job_id: int
+    key: str | None
+    conversations: tuple[ConversationRecord, ...]
+    messages: tuple[MessageRecord, ...]
+    activity: tuple[Activity, ...]
+    future: asyncio.Future[None]
 
 
 class _Seen(Exception):

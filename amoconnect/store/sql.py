@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 import msgspec
 
 from .base import PREVIEW_CHARS, Activity, ConversationRecord, MessageRecord, RecentConversation, SourceActivity
+from .unwritten import Unwritten
 
 __all__ = [
     "ACTIVITY_SCHEMA",
+    "AHEAD_OF_KEY",
     "CLAIMABLE",
     "CONVERSATION_COLUMNS",
     "HEADS_TABLE",
@@ -66,6 +68,16 @@ CLAIMABLE = "SELECT id FROM heads WHERE NOT busy AND next_run <= {now} ORDER BY 
 NEXT_OF_KEY = "SELECT id FROM heads WHERE key = {key} AND NOT busy AND next_run <= {now}"
 """The id of the job of ``key`` a claim may take now, if any."""
 NEXT_DUE = "SELECT MIN(next_run) FROM heads WHERE NOT busy"
+AHEAD_OF_KEY = (
+    "WITH next AS (SELECT id, state = 'queued' AND kind = {kind} AND next_run <= {now} AS ok FROM queue "
+    "WHERE key = {key} AND id > {id} ORDER BY id LIMIT {limit}) "
+    "SELECT id FROM next WHERE ok AND NOT EXISTS (SELECT 1 FROM next b WHERE NOT b.ok AND b.id < next.id) "
+    "AND NOT EXISTS (SELECT 1 FROM queue WHERE key = {key} AND id < {id} AND state = 'queued')"
+)
+"""The ids of the jobs of ``key`` a holder of its job ``id`` may take ahead: of the ``limit`` jobs after
+it, those before the first that is running, of another kind or not due, unless a queued job of the key
+comes before ``id`` (a re-queued dead letter: it runs first). Parameters in order: kind, now, key, id,
+limit, key, id."""
 """When the earliest job a claim may take is due (NULL: none)."""
 
 
@@ -169,9 +181,12 @@ def message(row: tuple[Any, ...] | None) -> MessageRecord | None:
 
 class MappingLookups:
     """The mapping's and the adapters' state lookups, for a store that runs a one-row query with
-    ``_one(sql, params)`` in its engine's ``placeholder`` style."""
+    ``_one(sql, params)`` in its engine's ``placeholder`` style. The records the store accepted and
+    has not committed yet (``unwritten``: :meth:`~amoconnect.store.base.Store.finish_soon`) are
+    applied to what the database answers."""
 
     placeholder: ClassVar[str]
+    unwritten: Unwritten
 
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
         raise NotImplementedError
@@ -180,36 +195,69 @@ class MappingLookups:
         conditions = " AND ".join(f"{column} = {self.placeholder}" for column in where)
         return await self._one(f"SELECT {columns} FROM {table} WHERE {conditions} LIMIT 1", params)
 
-    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
-        """A conversation by our id."""
+    async def _stored_conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
         where = ("scope_id", "conversation_id")
         return conversation(await self._row(CONVERSATION_COLUMNS, "conversations", where, (scope_id, conversation_id)))
 
+    async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
+        """A conversation by our id."""
+        stored = await self._stored_conversation(scope_id, conversation_id)
+        if not self.unwritten:
+            return stored
+        return self.unwritten.conversation(stored, scope_id=scope_id, conversation_id=conversation_id)
+
+    async def _conversation_where(
+        self, stored: ConversationRecord | None, match: tuple[str, str], by: str
+    ) -> ConversationRecord | None:
+        """``stored`` (found by ``by``: ``"chat"`` or ``"amocrm"``) with the records not committed yet applied."""
+        if not self.unwritten:
+            return stored
+        ids = self.unwritten.conversation_ids(match, by)
+        if stored is not None:
+            ids.insert(0, (stored.scope_id, stored.conversation_id))
+        for scope_id, conversation_id in dict.fromkeys(ids):
+            base = stored
+            if base is None or (scope_id, conversation_id) != (base.scope_id, base.conversation_id):
+                base = await self._stored_conversation(scope_id, conversation_id)
+            found = self.unwritten.conversation(base, scope_id=scope_id, conversation_id=conversation_id)
+            if (
+                found is not None
+                and ((found.instance, found.chat) if by == "chat" else (found.scope_id, found.amocrm_chat_id)) == match
+            ):
+                return found
+        return None
+
     async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
         """A conversation by the messenger's chat id."""
-        return conversation(
+        stored = conversation(
             await self._row(CONVERSATION_COLUMNS, "conversations", ("instance", "chat"), (instance, chat))
         )
+        return await self._conversation_where(stored, (instance, chat), "chat")
 
     async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
         """A conversation by amoCRM's chat id."""
         where = ("scope_id", "amocrm_chat_id")
-        return conversation(await self._row(CONVERSATION_COLUMNS, "conversations", where, (scope_id, amocrm_chat_id)))
+        stored = conversation(await self._row(CONVERSATION_COLUMNS, "conversations", where, (scope_id, amocrm_chat_id)))
+        return await self._conversation_where(stored, (scope_id, amocrm_chat_id), "amocrm")
+
+    async def _message(self, where: tuple[str, ...], params: tuple[str, ...], by: str) -> MessageRecord | None:
+        stored = message(await self._row(MESSAGE_COLUMNS, "messages", where, params))
+        return self.unwritten.message(stored, params, by) if self.unwritten else stored
 
     async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
         """A message by our msgid."""
-        return message(await self._row(MESSAGE_COLUMNS, "messages", ("scope_id", "msgid"), (scope_id, msgid)))
+        return await self._message(("scope_id", "msgid"), (scope_id, msgid), "msgid")
 
     async def message_by_amocrm(self, scope_id: str, amocrm_id: str) -> MessageRecord | None:
         """A message by amoCRM's message id."""
-        return message(await self._row(MESSAGE_COLUMNS, "messages", ("scope_id", "amocrm_id"), (scope_id, amocrm_id)))
+        return await self._message(("scope_id", "amocrm_id"), (scope_id, amocrm_id), "amocrm")
 
     async def message_by_messenger(
         self, scope_id: str, conversation_id: str, messenger_id: str
     ) -> MessageRecord | None:
         """A message by the messenger's message id within one conversation."""
         where = ("scope_id", "conversation_id", "messenger_id")
-        return message(await self._row(MESSAGE_COLUMNS, "messages", where, (scope_id, conversation_id, messenger_id)))
+        return await self._message(where, (scope_id, conversation_id, messenger_id), "messenger")
 
     async def get_state(self, namespace: str, key: str) -> bytes | None:
         """A value an adapter stored."""

@@ -14,7 +14,9 @@ savepoint around each operation, so that only the failing one fails.
 A batch of claims alone commits without an fsync (``synchronous=NORMAL`` for it): a claim lost
 to a power cut only marks jobs running that opening the store queues again anyway, and the next
 synced commit writes it down with everything before it. A claim that finds nothing due (asked of
-the reading connection first) does not reach the writer at all.
+the reading connection first) does not reach the writer at all. So does a batch of finishes with
+``durable=False``: their callers hear back at the commit, and :meth:`SQLiteStore.flush` makes a
+synced commit (one small write) only when such a commit is not yet on disk.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from .base import (
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, SQLiteRegistryRows, registry_schema
 from .sql import (
     ACTIVITY_SCHEMA,
+    AHEAD_OF_KEY,
     CLAIMABLE,
     HEAD_CLAIMED,
     HEADS_TABLE,
@@ -71,6 +74,7 @@ from .sql import (
     message_params,
     recent_row,
 )
+from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten
 
 __all__ = ["SQLiteStore"]
 
@@ -175,6 +179,11 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = _SCHEMA_VERSION + len(MIGRATIONS)
 
+_CHECKPOINT_PAGES = 1000
+"""SQLite's default ``wal_autocheckpoint``."""
+_CHECKPOINT_FLUSHES = 100
+"""A checkpoint every this many flushes (:meth:`SQLiteStore.flush`): about as often as SQLite's own,
+for a finish writes about ten pages."""
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
 
@@ -185,6 +194,8 @@ _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 """Whether a claim would find a job (parameter: now)."""
 _NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
 """The job of a key a claim may take now (parameters: key, now)."""
+_AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?', now='?', limit='?')}) ORDER BY id"
+"""The jobs :meth:`SQLiteStore.take_ahead` takes (parameters: :data:`AHEAD_OF_KEY`'s)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
 _ACTIVITY = activity_write("?")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("?")
@@ -255,8 +266,13 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._now = clock or SteadyClock()
         self._level = self._synchronous
         """The writer connection's ``synchronous`` now (claims commit with ``NORMAL``)."""
+        self._checkpoints = True
+        """Whether the writer connection's commits checkpoint the WAL now (not those on the loop)."""
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
+        self._soon: list[_Op] = []
+        """Finishes accepted (:meth:`finish_soon`) and not handed to the writer yet."""
+        self._soon_timer: asyncio.TimerHandle | None = None
         self._more = asyncio.Event()
         self._closing = False
         self._writer: asyncio.Task[None] | None = None
@@ -271,8 +287,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._owner: int | None = None
         """The descriptor of the held ``<file>.lock`` while this store is the connector's own."""
         self.commits = 0
-        """How many transactions were committed (each one fsync), for benchmarks."""
+        """How many transactions were committed, for benchmarks."""
+        self._unsynced = 0
+        self._synced = 0
+        self._flushes = 0
+        self._checkpointer: sqlite3.Connection | None = None
+        """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._limiters = LocalLimiters()
+        self.unwritten = Unwritten()
 
     # -- the writer ----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -299,13 +321,20 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     continue
                 batch = self._pending[: self._batch_limit]
                 del self._pending[: self._batch_limit]
+                quick = [op for op in batch if not op[3]]
+                if quick and len(quick) < len(batch):
+                    # Operations that need no fsync commit first, on their own: they need not wait for it.
+                    self._deliver(*await self._execute(conn, quick))
+                    batch = [op for op in batch if op[3]]
                 self._deliver(*await self._execute(conn, batch))
         finally:
             conn.close()
 
     async def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+        durable = any(op[3] for op in batch)
+        unsynced = self._unsynced
         try:
-            self._sync(conn, durable=any(durable for *_, durable in batch))
+            self._sync(conn, durable=durable)
             await self._begin(conn)
             try:
                 outcomes, wake = self._transaction(conn, batch, isolate=False)
@@ -313,14 +342,21 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 # An operation failed: redo the batch with a savepoint around each, so it fails alone.
                 await self._begin(conn)
                 outcomes, wake = self._transaction(conn, batch, isolate=True)
-            if self._lost is None and self._files_changed():
+            if durable and self._lost is None and self._files_changed():
                 # Redo the batch: the operations that take new work now fail alone.
                 conn.execute("ROLLBACK")
                 await self._begin(conn)
                 outcomes, wake = self._transaction(conn, batch, isolate=True)
-            await self._off_loop(self._commit, conn)
+            if durable:
+                await self._off_loop(self._commit, conn)
+            else:
+                self._commit(conn)  # no fsync, no checkpoint (_sync): a few writes, quicker than a thread's turn
         except sqlite3.Error as exc:
             return self._all_failed(conn, batch, exc), False
+        if self._level != self._synchronous:
+            self._unsynced += 1
+        else:
+            self._synced = max(self._synced, unsynced)  # a synced commit puts every earlier one on disk too
         return outcomes, wake
 
     def _file_ids(self) -> tuple[tuple[int, int] | None, ...]:
@@ -360,11 +396,15 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             raise StoreError(self._lost)
 
     def _sync(self, conn: sqlite3.Connection, *, durable: bool) -> None:
-        """Commit the next transaction with the store's ``synchronous``, or without an fsync."""
+        """Commit the next transaction with the store's ``synchronous``, or without an fsync and
+        without a WAL checkpoint (that one commits on the loop; the next synced commit checkpoints)."""
         level = self._synchronous if durable else "NORMAL"
         if level != self._level:
             conn.execute(f"PRAGMA synchronous={level}")
             self._level = level
+        if durable != self._checkpoints:
+            conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES if durable else 0}")
+            self._checkpoints = durable
 
     async def _off_loop(self, fn: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection) -> None:
         assert self._loop is not None
@@ -428,12 +468,29 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     async def _call(
         self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False, durable: bool = True
     ) -> T:
+        return await self._submit(operation, wakes=wakes, durable=durable)
+
+    def _submit(
+        self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False, durable: bool = True
+    ) -> asyncio.Future[T]:
+        """Hand ``operation`` to the writer; the future resolves after its batch's commit."""
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
+        self._hand_over_soon()  # the finishes accepted before this operation commit before it
         future: asyncio.Future[T] = self._loop.create_future()
         self._pending.append((operation, future, wakes, durable))
         self._more.set()
-        return await future
+        return future
+
+    def _hand_over_soon(self) -> None:
+        """Give the writer the finishes accepted so far."""
+        if self._soon_timer is not None:
+            self._soon_timer.cancel()
+            self._soon_timer = None
+        if self._soon:
+            self._pending.extend(self._soon)
+            self._soon = []
+            self._more.set()
 
     def _read(self, query: Callable[[sqlite3.Connection], T]) -> T:
         if self._reader is None:
@@ -529,6 +586,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        self._hand_over_soon()
         self._closing = True
         self._more.set()
         try:
@@ -536,6 +594,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         finally:
             self._disown()
         assert self._committer is not None
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await asyncio.get_running_loop().run_in_executor(self._committer, checkpointer.close)
         self._committer.shutdown(wait=False)
 
     async def migrate(self) -> list[int]:
@@ -595,6 +656,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         then: Sequence[NewJob] = (),
         take_next: bool = False,
         activity: Sequence[Activity] = (),
+        durable: bool = True,
     ) -> Job | None:
         def run(conn: sqlite3.Connection) -> Job | None:
             done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
@@ -609,10 +671,88 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             taken = _take(conn, conn.execute(_NEXT_OF_KEY, (done[0], now)).fetchall())
             return taken[0] if taken else None
 
-        taken = await self._call(run, wakes=bool(then))
+        taken = await self._call(run, wakes=bool(then), durable=durable or bool(then))
         if taken is None:
             self._wake.set()  # the conversation's next job, if any, is the claims' now
         return taken  # its follow-up taken: nothing new to claim, the workers need not look
+
+    def finish_soon(
+        self,
+        job_id: int,
+        *,
+        conversations: Sequence[ConversationRecord] = (),
+        messages: Sequence[MessageRecord] = (),
+        activity: Sequence[Activity] = (),
+    ) -> asyncio.Future[None]:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+            _upsert_conversations(conn, conversations, merge=True)
+            _upsert_messages(conn, messages)
+            for a in activity:
+                conn.execute(_ACTIVITY, activity_params(a))
+
+        if self._writer is None or self._loop is None:
+            raise StoreError(f"SQLite store {self.path} is not open")
+        future: asyncio.Future[None] = self._loop.create_future()
+        # Grouped: the writer gets them once SOON_GROUP are waiting, SOON_LINGER seconds after the first,
+        # or with the next other operation, whichever comes first.
+        self._soon.append((run, future, False, False))
+        if len(self._soon) >= SOON_GROUP:
+            self._hand_over_soon()
+        elif self._soon_timer is None:
+            self._soon_timer = self._loop.call_later(SOON_LINGER, self._hand_over_soon)
+        held = self.unwritten.add(conversations, messages)
+        future.add_done_callback(lambda _: self.unwritten.drop(held))
+        return future
+
+    async def take_ahead(self, job: Job, limit: int) -> list[Job]:
+        def run(conn: sqlite3.Connection) -> list[Job]:
+            params = (job.kind, self._now(), job.key, job.id, limit, job.key, job.id)
+            return _take(conn, conn.execute(_AHEAD, params).fetchall())
+
+        return await self._call(run, durable=False)
+
+    async def release(self, job_ids: Sequence[int]) -> None:
+        def run(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                "UPDATE queue SET state = 'queued', attempts = attempts - 1 WHERE id = ? AND state = 'running'",
+                [(i,) for i in job_ids],
+            )
+
+        if job_ids:
+            await self._call(run, wakes=True)
+
+    async def flush(self) -> None:
+        """An fsync of the WAL on the store's thread (after the synced commits before it). A commit
+        without an fsync writes no checkpoint (:meth:`_sync`), so what it wrote is in the WAL, or in
+        the database file if a checkpoint since copied it (and synced that file). Every
+        ``_CHECKPOINT_FLUSHES`` flushes also checkpoint, on that thread: a drain of finishes without
+        an fsync makes no synced commit that would."""
+        target = self._unsynced
+        if self._synced >= target:
+            return
+        wal = f"{self.path}-wal"
+
+        def sync() -> None:
+            fd = os.open(wal, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            self._flushes += 1
+            if self._flushes % _CHECKPOINT_FLUSHES == 0:
+                if self._checkpointer is None:
+                    self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                # PASSIVE: copies what no reader needs, waiting for nobody; sqlite3.Error is a StoreError below.
+                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+
+        try:
+            assert self._loop is not None
+            assert self._committer is not None
+            await self._loop.run_in_executor(self._committer, sync)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"SQLite store {self.path}: flush failed: {exc}") from exc
+        self._synced = max(self._synced, target)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
