@@ -391,7 +391,8 @@ async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_c
     record = ConversationRecord("scope", "conv-a", "inst", "chat-a", client_id="client-a", last_client_at=12.0)
     sent = MessageRecord("scope", "m1", "conv-a", "in", amocrm_id="amo-1", messenger_id="1")
     read = msgspec.structs.replace(first, status=2)
-    committed = store.finish_soon(one.id, conversations=[record], messages=[sent, read])
+    newest = Activity("scope", "conv-a", "m1", "in", "hello", 12.0)
+    committed = store.finish_soon(one.id, conversations=[record], messages=[sent, read], activity=[newest])
     assert table_rows(store, "messages WHERE msgid = 'm1'") == [(0,)]  # not committed yet
     merged = msgspec.structs.replace(stored, last_client_at=12.0)
     assert await store.conversation("scope", "conv-a") == merged
@@ -403,7 +404,8 @@ async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_c
     assert await store.message("scope", "m0") == read  # replaced
     # Another conversation takes the chat over: the first one's row goes.
     other = ConversationRecord("scope", "conv-b", "inst", "chat-a", client_id="client-b", last_client_at=13.0)
-    taken_over = store.finish_soon(two.id, conversations=[other])
+    joined = Activity("scope", "conv-b", "m2", "in", "taken over", 13.0)
+    taken_over = store.finish_soon(two.id, conversations=[other], activity=[joined])
     assert await store.conversation("scope", "conv-a") is None
     assert await store.conversation_by_chat("inst", "chat-a") == other
     assert await store.conversation_by_amocrm("scope", "amo-chat") is None
@@ -413,5 +415,8 @@ async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_c
     assert await store.conversation("scope", "conv-a") is None
     assert await store.conversation_by_chat("inst", "chat-a") == other
     assert await store.message("scope", "m0") == read
+    assert await store.recent_conversations("scope") == [
+        RecentConversation("conv-b", "inst", "chat-a", "m2", "in", "taken over", 13.0, None)
+    ]
     assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
     await store.flush()
