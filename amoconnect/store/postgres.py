@@ -287,7 +287,7 @@ _AHEAD = (
     "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
 )
 """Takes the jobs the holder of a job may take ahead (parameters: owner, lease, kind, key, id, limit, key, id,
-id, owner): none once its lease ran out and another process took the job over."""
+key, id, owner): none once its lease ran out and another process took the job over."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _ACTIVITY = activity_write("%s")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("%s")
@@ -844,7 +844,19 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
     async def take_ahead(self, job: Job, limit: int) -> list[Job]:
         async with self._conn("take ahead") as conn:
-            params = (self.owner, self._lease, job.kind, job.key, job.id, limit, job.key, job.id, job.id, self.owner)
+            params = (
+                self.owner,
+                self._lease,
+                job.kind,
+                job.key,
+                job.id,
+                limit,
+                job.key,
+                job.id,
+                job.key,
+                job.id,
+                self.owner,
+            )
             cur = await conn.execute(_AHEAD, params)
             rows = await cur.fetchall()
         jobs = sorted((Job(*row) for row in rows), key=lambda j: j.id)

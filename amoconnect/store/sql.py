@@ -72,12 +72,14 @@ AHEAD_OF_KEY = (
     "WITH next AS (SELECT id, state = 'queued' AND kind = {kind} AND next_run <= {now} AS ok FROM queue "
     "WHERE key = {key} AND id > {id} ORDER BY id LIMIT {limit}) "
     "SELECT id FROM next WHERE ok AND NOT EXISTS (SELECT 1 FROM next b WHERE NOT b.ok AND b.id < next.id) "
-    "AND NOT EXISTS (SELECT 1 FROM queue WHERE key = {key} AND id < {id} AND state = 'queued')"
+    "AND NOT EXISTS (SELECT 1 FROM queue WHERE key = {key} AND id < {id} AND state = 'queued' "
+    "AND id >= (SELECT id FROM heads WHERE key = {key}))"
 )
 """The ids of the jobs of ``key`` a holder of its job ``id`` may take ahead: of the ``limit`` jobs after
 it, those before the first that is running, of another kind or not due, unless a queued job of the key
-comes before ``id`` (a re-queued dead letter: it runs first). Parameters in order: kind, now, key, id,
-limit, key, id."""
+comes before ``id`` (a re-queued dead letter: it runs first; looked for from the key's head on, past
+the index entries of the jobs finished before it). Parameters in order: kind, now, key, id, limit, key,
+id, key."""
 """When the earliest job a claim may take is due (NULL: none)."""
 
 

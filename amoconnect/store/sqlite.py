@@ -707,7 +707,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def take_ahead(self, job: Job, limit: int) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
-            params = (job.kind, self._now(), job.key, job.id, limit, job.key, job.id)
+            params = (job.kind, self._now(), job.key, job.id, limit, job.key, job.id, job.key)
             return _take(conn, conn.execute(_AHEAD, params).fetchall())
 
         return await self._call(run, durable=False)
