@@ -12,7 +12,8 @@
    on a store holding a backlog of one conversation's client messages (ingested through its
    webhook while amojo did not answer) and relays them to the fake amojo. The drain rate is
    compared with that conversation's limit: the same fake amojo answering ``send_message``
-   calls made one after the other (a conversation's messages go one at a time, in order).
+   calls made one after the other (a conversation's messages go one at a time, in order); the
+   connector's CPU time (user + system) per drained message is read from ``/proc`` meanwhile.
 3. Acks while it drains: an open loop of 500 webhooks/s from 1,000 other conversations for 10 s
    while the backlog drains; ack latency from each request's scheduled time.
 
@@ -355,10 +356,13 @@ async def bench_drain(
         arrivals = Arrivals(amojo, tag)
         server.start()
         await asyncio.sleep(2.0)  # started and draining
+        assert server.process is not None
+        cpu_before, count_before = server.process.cpu_seconds(), arrivals.poll()
         alone = await arrivals.rate_over(10.0)
+        cpu_ms = (server.process.cpu_seconds() - cpu_before) * 1000 / max(arrivals.poll() - count_before, 1)
         print(
-            f"   drains {alone:,.0f} msg/s alone; the chat's limit (sequential send_message) {limit:,.0f} msg/s: "
-            f"{alone / limit:.0%}",
+            f"   drains {alone:,.0f} msg/s alone ({cpu_ms:.2f} ms of the connector's CPU a message); the chat's "
+            f"limit (sequential send_message) {limit:,.0f} msg/s: {alone / limit:.0%}",
             flush=True,
         )
         before, started = arrivals.poll(), time.perf_counter()
@@ -379,6 +383,7 @@ async def bench_drain(
         "sequential_limit_msg_per_s": round(limit, 1),
         "drain_alone_msg_per_s": round(alone, 1),
         "drain_share_of_limit": round(alone / limit, 3),
+        "drain_cpu_ms_per_message": round(cpu_ms, 3),
         "acks_no_backlog": acks_idle,
         "acks_while_draining": acks,
         "drain_during_acks_msg_per_s": round(during, 1),
