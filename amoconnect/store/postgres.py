@@ -438,7 +438,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self.unwritten = Unwritten()
         self._soon: list[_Soon] = []
         self._finisher: asyncio.Task[None] | None = None
-        self._soon_timer: asyncio.TimerHandle | None = None
+        self._soon_full = asyncio.Event()
 
     # -- connections ---------------------------------------------------------------------
     def _error(self, action: str, exc: Exception) -> StoreError:
@@ -591,8 +591,6 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def close(self) -> None:
         if self._pool is None:
             return
-        if self._soon:
-            self._start_finisher()
         if self._finisher is not None:
             with contextlib.suppress(Exception):
                 await self._finisher  # what was accepted commits before the pool closes
@@ -773,24 +771,21 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._soon.append(_Soon(job_id, key, tuple(conversations), tuple(messages), tuple(activity), future))
         held = self.unwritten.add(conversations, messages)
         future.add_done_callback(lambda _: self.unwritten.drop(held))
-        # Grouped: a transaction once SOON_GROUP are waiting or SOON_LINGER seconds after the first.
-        if len(self._soon) >= SOON_GROUP:
-            self._start_finisher()
-        elif self._soon_timer is None:
-            self._soon_timer = asyncio.get_running_loop().call_later(SOON_LINGER, self._start_finisher)
-        return future
-
-    def _start_finisher(self) -> None:
-        if self._soon_timer is not None:
-            self._soon_timer.cancel()
-            self._soon_timer = None
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.get_running_loop().create_task(self._finish_batches(), name="amoconnect-pg-finish")
+        elif len(self._soon) >= SOON_GROUP:
+            self._soon_full.set()
+        return future
 
     async def _finish_batches(self) -> None:
         """Commit the finishes :meth:`finish_soon` accepted, all those waiting in one transaction that
         does not wait for the WAL's flush; a batch that fails is done again one finish at a time."""
         while self._soon:
+            if len(self._soon) < SOON_GROUP and self._pool is not None:
+                # Grouped: a transaction once SOON_GROUP are waiting or SOON_LINGER seconds after the first.
+                with anyio.move_on_after(SOON_LINGER):
+                    await self._soon_full.wait()
+            self._soon_full = asyncio.Event()
             batch, self._soon = self._soon, []
             try:
                 await self._finish_batch(batch)
