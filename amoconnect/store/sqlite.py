@@ -747,9 +747,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
         try:
-            assert self._loop is not None
             assert self._committer is not None
-            await self._loop.run_in_executor(self._committer, sync)
+            await self._committer.run(sync)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite store {self.path}: flush failed: {exc}") from exc
         self._synced = max(self._synced, target)
