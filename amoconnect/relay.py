@@ -17,15 +17,16 @@ own transaction while another slot is free, so a backlog of one conversation run
 its jobs, not of claims.
 
 A kind whose jobs may run twice without harm (:attr:`Handler.repeatable`: amojo refuses a msgid
-it has) runs a conversation's backlog as a pipeline: the slot takes the next jobs of the
-conversation ahead (:meth:`Store.take_ahead`), and once a job's work is done hands its finish to
-the store without waiting (:meth:`Store.finish_soon`) and starts the next job at once; the
-finishes commit in the background, several in a transaction, and reach the disk with a flush every
-``_FLUSH_EVERY``. Order holds: a job starts only after the one before it returned, and a job that
-fails gives the jobs taken behind it back to the queue, after the finishes before it committed,
-so nothing overtakes its retry. A crash runs the jobs whose finish was not committed (or, after a
-power cut, not on disk) again, in order; amojo refuses each as a duplicate and the handler finds
-amoCRM's id of it. Jobs of other kinds, and a finish with follow-ups, wait for a durable commit.
+it has) runs a conversation's backlog as a pipeline: once a finish took the conversation's next
+job (there is a backlog), the slot takes the jobs after it ahead (:meth:`Store.take_ahead`), and
+once a job's work is done hands its finish to the store without waiting
+(:meth:`Store.finish_soon`) and starts the next job at once; the finishes commit in the
+background, several in a transaction, and reach the disk with a flush every ``_FLUSH_EVERY``.
+Order holds: a job starts only after the one before it returned, and a job that fails gives the
+jobs taken behind it back to the queue, after the finishes before it committed, so nothing
+overtakes its retry. A crash runs the jobs whose finish was not committed (or, after a power cut,
+not on disk) again, in order; amojo refuses each as a duplicate and the handler finds amoCRM's id
+of it. Jobs of other kinds, and a finish with follow-ups, wait for a durable commit.
 """
 
 from __future__ import annotations
@@ -145,6 +146,9 @@ class _Run:
     """Set when the flush under way ends."""
     last: Job | None = None
     """The latest job whose finish is counted in ``unflushed``."""
+    behind: bool = False
+    """The conversation has jobs queued behind the one running: a finish took the next one, or jobs are
+    held. Only then does the run take jobs ahead; a lone message costs no look for more."""
 
 
 @dataclass
@@ -283,7 +287,7 @@ class Relay:
                 and len(self._running) < self.concurrency
             )
             soon = handler.repeatable and taking and not done.then
-            if soon and not run.held:
+            if soon and not run.held and run.behind:
                 run.held.extend(await self._take_ahead(job))
             if soon and run.held:
                 await self._accept(job, done, run, flushes, bound)
@@ -308,6 +312,7 @@ class Relay:
             self._succeeded(job, done)
             if soon:
                 self._unflushed(run, job, flushes)
+            run.behind = following is not None or bool(run.held)  # a backlog: what follows is taken ahead
             return run.held.popleft() if run.held else following
         finally:
             self._running.discard(job.id)

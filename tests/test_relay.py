@@ -377,9 +377,10 @@ async def test_a_finish_takes_the_next_job_only_while_a_slot_is_free_for_other_w
 async def test_a_repeatable_kind_sends_the_next_job_before_the_previous_finish_commits(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A repeatable job's finish is handed to the store without waiting (:meth:`Store.finish_soon`):
-    the conversation's next job, taken ahead, runs at once and reads what the previous one wrote;
-    a finish with follow-ups, and every job of a kind that is not repeatable, wait for their commit."""
+    """Once a finish took the conversation's next job (a backlog), a repeatable job's finish is handed
+    to the store without waiting (:meth:`Store.finish_soon`): the next job, taken ahead, runs at once
+    and reads what the previous one wrote; a finish with follow-ups, the last job taken, and every job
+    of a kind that is not repeatable wait for their commit."""
     events: list[tuple[str, bytes]] = []
     finish_soon = store.finish_soon
     payload_of: dict[int, bytes] = {}
@@ -410,13 +411,14 @@ async def test_a_repeatable_kind_sends_the_next_job_before_the_previous_finish_c
         tg.cancel_scope.cancel()
     runs = [payload for kind, payload in events if kind == "run"]
     assert [r for r in runs if r != b"follow-up"] == [b"1", b"2", b"3", b"4", b"5", b"6"] and b"follow-up" in runs
-    # Job 2 ran before job 1's finish was committed, job 5 before job 4's.
-    assert events.index(("run", b"2")) < events.index(("committed", b"1"))
+    # Job 1's finish took job 2 (one look for a backlog); job 3 ran before job 2's finish was
+    # committed, job 5 before job 4's.
+    assert events.index(("run", b"3")) < events.index(("committed", b"2"))
     assert events.index(("run", b"5")) < events.index(("committed", b"4"))
     accepted = [payload for kind, payload in events if kind == "accepted"]
-    # Job 3 enqueued a follow-up: its finish waited for its commit, after 1 and 2's; job 6 was the
-    # last one taken: it finished like any job, with its conversation's next (none) taken in the finish.
-    assert accepted == [b"1", b"2", b"4", b"5"]
+    # Job 3 enqueued a follow-up: its finish waited for its commit, after 2's; job 6 was the last one
+    # taken: it finished like any job, with its conversation's next (none) taken in the finish.
+    assert accepted == [b"2", b"4", b"5"]
     assert events.index(("committed", b"2")) < events.index(("run", b"4"))
     assert await store.message("scope", "m6") is not None
 
@@ -469,3 +471,31 @@ async def test_a_finish_accepted_and_not_committed_is_recorded_again(
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
     assert failed and ran == [b"1", b"2", b"3", b"4"]
+
+
+async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahead(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Taking ahead costs a write: a conversation with one job (everyday traffic) does without it,
+    and a backlog starts it once a finish took the conversation's next job."""
+    take_ahead = store.take_ahead
+    looked: list[bytes] = []
+
+    async def counting(job: Job, limit: int) -> list[Job]:
+        looked.append(job.payload)
+        return await take_ahead(job, limit)
+
+    monkeypatch.setattr(store, "take_ahead", counting)
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        return Done()
+
+    await store.enqueue([NewJob("repeatable", f"k{i}", b"alone") for i in range(3)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        assert looked == []
+        await store.enqueue([NewJob("repeatable", "backlog", str(i).encode()) for i in range(1, 5)])
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert looked[:1] == [b"2"]  # job 1's finish took job 2; job 2 took 3 and 4 ahead
