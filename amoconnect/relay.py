@@ -296,6 +296,9 @@ class Relay:
             await self._catch_up(run, flushes)
             if not taking:
                 await self._give_back(run)
+            # In a backlog the finish that takes the next job need not wait for the disk either; a lone
+            # job's finish is durable, its fsync shared with the other commits of the moment.
+            lazy = soon and run.behind
             following = await self._settle(
                 job,
                 lambda: self.store.finish(
@@ -305,12 +308,12 @@ class Relay:
                     then=done.then,
                     take_next=taking and not run.held,
                     activity=done.activity,
-                    durable=not soon,
+                    durable=not lazy,
                 ),
                 bound,
             )
             self._succeeded(job, done)
-            if soon:
+            if lazy:
                 self._unflushed(run, job, flushes)
             run.behind = following is not None or bool(run.held)  # a backlog: what follows is taken ahead
             return run.held.popleft() if run.held else following

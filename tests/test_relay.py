@@ -477,9 +477,17 @@ async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahe
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Taking ahead costs a write: a conversation with one job (everyday traffic) does without it,
-    and a backlog starts it once a finish took the conversation's next job."""
-    take_ahead = store.take_ahead
+    and its finish is durable (no flush of its own follows); a backlog starts taking ahead once a
+    finish took the conversation's next job."""
+    take_ahead, finish = store.take_ahead, store.finish
     looked: list[bytes] = []
+    durable: list[object] = []
+
+    async def recording(job_id: int, **records: object) -> Job | None:
+        durable.append(records.get("durable", True))
+        return await finish(job_id, **records)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(store, "finish", recording)
 
     async def counting(job: Job, limit: int) -> list[Job]:
         looked.append(job.payload)
@@ -494,7 +502,7 @@ async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahe
     async with anyio.create_task_group() as tg:
         await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
-        assert looked == []
+        assert looked == [] and durable == [True, True, True]
         await store.enqueue([NewJob("repeatable", "backlog", str(i).encode()) for i in range(1, 5)])
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
