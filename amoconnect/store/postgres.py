@@ -346,7 +346,9 @@ async def _again_after_deadlock(action: str, write: Callable[[], Awaitable[_T]])
 
 _LOCK_HEADS = "SELECT 1 FROM heads WHERE key = ANY (%s) ORDER BY key FOR UPDATE"
 """Locks the existing head rows of a transaction's conversations in one order, before its writes lock
-them one by one (a finish's own conversation first, then its follow-ups')."""
+them one by one (a finish's own conversation first, then its follow-ups'): two such transactions
+never deadlock over them. A head row made meanwhile can still close a cycle: the server aborts one
+transaction, which runs again (:func:`_again_after_deadlock`)."""
 
 
 async def _lock_heads(conn: Conn, key: str | None, then: Sequence[NewJob]) -> None:
@@ -355,15 +357,8 @@ async def _lock_heads(conn: Conn, key: str | None, then: Sequence[NewJob]) -> No
         await conn.execute(_LOCK_HEADS, (sorted(keys),))
 
 
-def _by_key(jobs: Sequence[NewJob]) -> list[NewJob]:
-    """Jobs in the order of their conversations' keys (each one's own jobs in order): transactions
-    that write into several conversations take their head rows in one order and never deadlock
-    with each other."""
-    return sorted(jobs, key=lambda job: job.key)
-
-
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
-    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in _by_key(jobs)]
+    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in jobs]
     async with conn.cursor() as cur:
         if len(rows) == 1:
             await cur.execute(_INSERT_JOB, rows[0])
@@ -671,21 +666,24 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
-        ordered = _by_key(jobs)
+        conversations = sorted({j.key for j in jobs})
 
         # Dedup keys and jobs in one statement, one round trip. With several keys a seen
         # one must also undo the new ones, so the statement runs in a transaction to roll back.
+        # Jobs of several conversations first lock the existing head rows in key order.
         async def write() -> None:
-            async with self._conn("enqueue", transaction=len(keys) > 1) as conn:
+            async with self._conn("enqueue", transaction=len(keys) > 1 or len(conversations) > 1) as conn:
+                if len(conversations) > 1:
+                    await conn.execute(_LOCK_HEADS, (conversations,))
                 cur = await conn.execute(
                     _ENQUEUE,
                     (
                         keys,
-                        [j.kind for j in ordered],
-                        [j.key for j in ordered],
-                        [j.payload for j in ordered],
-                        [j.scope_id for j in ordered],
-                        [float(j.delay) for j in ordered],
+                        [j.kind for j in jobs],
+                        [j.key for j in jobs],
+                        [j.payload for j in jobs],
+                        [j.scope_id for j in jobs],
+                        [float(j.delay) for j in jobs],
                         len(keys),
                     ),
                 )
