@@ -138,7 +138,7 @@ async def test_the_fifty_first_source_is_refused_with_the_limit_shown(tmp_path: 
             )
         await sign_in_account(r, client, "other")
         page = await client.get("/console/accounts/other")
-        assert "50 of 50" in page.text and "/sources/new" not in page.text
+        assert "50 of the 50 sources" in page.text and "/sources/new" not in page.text
         form = await client.get("/console/accounts/other/sources/new?plugin=loopback")
         assert "the most amoCRM allows" in form.text
         refused = await client.post(
