@@ -147,6 +147,14 @@ class Fleet:
             died = Kill(how, self._sending(proc.pid))
             self.kills.append(died)
 
+    def describe(self) -> str:
+        """What a stall looks like from outside: the queue and its heads by state, the kills, each log's end."""
+        queue = table_rows(self.store, "queue GROUP BY state, kind", "state, kind, COUNT(*), MIN(id), MAX(attempts)")
+        heads = table_rows(self.store, "heads GROUP BY busy", "busy, COUNT(*), MIN(next_run)")
+        logs = sorted(self.config.parent.glob("slot*.log"), key=lambda path: path.stat().st_mtime)[-2:]
+        tails = "".join(f"--- {path.name}\n{path.read_text(errors='replace')[-3000:]}\n" for path in logs)
+        return f"queue {queue}\nheads {heads}\nkills {[(k.how, round(k.down, 1)) for k in self.kills]}\n{tails}"
+
     def _sending(self, pid: int) -> int:
         # PostgreSQL keeps a dead process's jobs running under its name until the lease runs out.
         mine = f" AND owner LIKE '%:{pid}:%'" if self.store.url else ""
@@ -278,7 +286,9 @@ class Traffic:
         try:
             await eventually(lambda: not self.unsettled(), within=60, interval=0.1)
         except AssertionError:
-            raise AssertionError(f"not delivered after the traffic stopped: {self.unsettled()}") from None
+            raise AssertionError(
+                f"not delivered after the traffic stopped: {self.unsettled()}\n{self.fleet.describe()}"
+            ) from None
 
     async def first_words(self, c: int) -> None:
         while not await self.client_writes(c, 0):
