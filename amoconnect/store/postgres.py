@@ -34,7 +34,7 @@ import math
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -351,10 +351,11 @@ never deadlock over them. A head row made meanwhile can still close a cycle: the
 transaction, which runs again (:func:`_again_after_deadlock`)."""
 
 
-async def _lock_heads(conn: Conn, key: str | None, then: Sequence[NewJob]) -> None:
-    keys = {job.key for job in then} | ({key} if key is not None else set())
-    if len(keys) > 1:
-        await conn.execute(_LOCK_HEADS, (sorted(keys),))
+async def _lock_heads(conn: Conn, keys: Iterable[str | None]) -> None:
+    """Lock the head rows of ``keys`` (``None``s left out) in key order, when there are several."""
+    ordered = sorted({key for key in keys if key is not None})
+    if len(ordered) > 1:
+        await conn.execute(_LOCK_HEADS, (ordered,))
 
 
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
@@ -666,15 +667,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
-        conversations = sorted({j.key for j in jobs})
+        several = len({j.key for j in jobs}) > 1
 
         # Dedup keys and jobs in one statement, one round trip. With several keys a seen
         # one must also undo the new ones, so the statement runs in a transaction to roll back.
         # Jobs of several conversations first lock the existing head rows in key order.
         async def write() -> None:
-            async with self._conn("enqueue", transaction=len(keys) > 1 or len(conversations) > 1) as conn:
-                if len(conversations) > 1:
-                    await conn.execute(_LOCK_HEADS, (conversations,))
+            async with self._conn("enqueue", transaction=len(keys) > 1 or several) as conn:
+                await _lock_heads(conn, (j.key for j in jobs))
                 cur = await conn.execute(
                     _ENQUEUE,
                     (
@@ -719,14 +719,15 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         activity: Sequence[Activity] = (),
         durable: bool = True,
     ) -> Job | None:
-        key = self._held.get(job_id) if take_next else None
+        held = self._held.get(job_id)
+        key = held if take_next else None
         ahead = not (durable or then)
 
         async def write() -> list[tuple[Any, ...]]:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 if ahead:  # committed without waiting for the WAL's flush: see flush()
                     await conn.execute(_UNSYNCED)
-                await _lock_heads(conn, self._held.get(job_id), then)
+                await _lock_heads(conn, [held, *(j.key for j in then)])
                 await conn.execute(self._finish_sql, (job_id, self.owner))
                 await _upsert_conversations(conn, conversations, merge=True)
                 await _upsert_messages(conn, messages)
@@ -806,9 +807,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         async def write() -> None:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 await conn.execute(_UNSYNCED)
-                keys = sorted({one.key for one in batch if one.key is not None})
-                if len(keys) > 1:  # in one order, like every transaction that writes into several
-                    await conn.execute(_LOCK_HEADS, (keys,))
+                await _lock_heads(conn, (one.key for one in batch))
                 for one in batch:
                     await conn.execute(self._finish_sql, (one.job_id, self.owner))
                     await _upsert_conversations(conn, one.conversations, merge=True)
@@ -890,7 +889,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         async def write() -> None:
             async with self._conn("bury", transaction=True, pipeline=True) as conn:
-                await _lock_heads(conn, self._held.get(job_id), then)
+                await _lock_heads(conn, [self._held.get(job_id), *(j.key for j in then)])
                 await conn.execute(_BURY, (job_id, self.owner, error))
                 await _insert_jobs(conn, then)
 
