@@ -728,11 +728,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 if ahead:  # committed without waiting for the WAL's flush: see flush()
                     await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, [held, *(j.key for j in then)])
-                await conn.execute(self._finish_sql, (job_id, self.owner))
-                await _upsert_conversations(conn, conversations, merge=True)
-                await _upsert_messages(conn, messages)
-                for a in activity:
-                    await conn.execute(_ACTIVITY, activity_params(a))
+                await self._finished(conn, job_id, conversations, messages, activity)
                 await _insert_jobs(conn, then)
                 if key is None:
                     return []
@@ -754,6 +750,21 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         job = Job(*taken[0])
         self._held[job.id] = job.key
         return job
+
+    async def _finished(
+        self,
+        conn: Conn,
+        job_id: int,
+        conversations: Sequence[ConversationRecord],
+        messages: Sequence[MessageRecord],
+        activity: Sequence[Activity],
+    ) -> None:
+        """A finish's writes, in the caller's transaction: the job out of the queue (while held), its records in."""
+        await conn.execute(self._finish_sql, (job_id, self.owner))
+        await _upsert_conversations(conn, conversations, merge=True)
+        await _upsert_messages(conn, messages)
+        for a in activity:
+            await conn.execute(_ACTIVITY, activity_params(a))
 
     def finish_soon(
         self,
@@ -809,11 +820,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, (one.key for one in batch))
                 for one in batch:
-                    await conn.execute(self._finish_sql, (one.job_id, self.owner))
-                    await _upsert_conversations(conn, one.conversations, merge=True)
-                    await _upsert_messages(conn, one.messages)
-                    for a in one.activity:
-                        await conn.execute(_ACTIVITY, activity_params(a))
+                    await self._finished(conn, one.job_id, one.conversations, one.messages, one.activity)
 
         await _again_after_deadlock("finish", write)
         self._unsynced += 1

@@ -222,6 +222,22 @@ def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
     return [Job(*r) for r in rows]
 
 
+def _finished(
+    conn: sqlite3.Connection,
+    job_id: int,
+    conversations: Sequence[ConversationRecord],
+    messages: Sequence[MessageRecord],
+    activity: Sequence[Activity],
+) -> str | None:
+    """A finish's writes: the job out of the queue, its records in; the job's key (``None``: it was gone)."""
+    done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
+    _upsert_conversations(conn, conversations, merge=True)
+    _upsert_messages(conn, messages)
+    for a in activity:
+        conn.execute(_ACTIVITY, activity_params(a))
+    return str(done[0]) if done else None
+
+
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
     upsert = _MERGE_CONVERSATION if merge else _REPLACE_CONVERSATION
     for record in records:
@@ -659,16 +675,12 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         durable: bool = True,
     ) -> Job | None:
         def run(conn: sqlite3.Connection) -> Job | None:
-            done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
-            _upsert_conversations(conn, conversations, merge=True)
-            _upsert_messages(conn, messages)
-            for a in activity:
-                conn.execute(_ACTIVITY, activity_params(a))
+            key = _finished(conn, job_id, conversations, messages, activity)
             now = self._now()
             _insert_jobs(conn, then, now)
-            if not (take_next and done):
+            if not (take_next and key is not None):
                 return None
-            taken = _take(conn, conn.execute(_NEXT_OF_KEY, (done[0], now)).fetchall())
+            taken = _take(conn, conn.execute(_NEXT_OF_KEY, (key, now)).fetchall())
             return taken[0] if taken else None
 
         taken = await self._call(run, wakes=bool(then), durable=durable or bool(then))
@@ -685,11 +697,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         activity: Sequence[Activity] = (),
     ) -> asyncio.Future[None]:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
-            _upsert_conversations(conn, conversations, merge=True)
-            _upsert_messages(conn, messages)
-            for a in activity:
-                conn.execute(_ACTIVITY, activity_params(a))
+            _finished(conn, job_id, conversations, messages, activity)
 
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
