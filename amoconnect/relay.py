@@ -27,6 +27,10 @@ jobs taken behind it back to the queue, after the finishes before it committed, 
 overtakes its retry. A crash runs the jobs whose finish was not committed (or, after a power cut,
 not on disk) again, in order; amojo refuses each as a duplicate and the handler finds amoCRM's id
 of it. Jobs of other kinds, and a finish with follow-ups, wait for a durable commit.
+
+Webhooks go first (:mod:`~amoconnect.precedence`): a backlog's next step (a conversation's next job
+in a slot, or the next claim after one that took all it asked for) waits while webhooks are being
+received, at most ``_DEFER_AT_MOST`` each time, so acks stay quick while a queue drains.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import structlog
 from .crashpoints import crash_point
 from .errors import MessengerError, RemoteError, StoreError
 from .metrics import Metrics
+from .precedence import Arrivals
 from .store.base import Activity, ConversationRecord, Job, MessageRecord, NewJob, Store
 
 __all__ = ["Done", "GiveUp", "Handler", "Relay", "Retry", "transient"]
@@ -117,6 +122,8 @@ _AHEAD = 32
 """How many jobs of a repeatable kind a slot takes ahead of the one it runs (:meth:`Store.take_ahead`)."""
 _UNCOMMITTED = 32
 """A slot waits for its oldest finish handed to the store (:meth:`Store.finish_soon`) past this many."""
+_DEFER_AT_MOST = 0.005
+"""How long a backlog's next job waits for the webhooks being received (:mod:`~amoconnect.precedence`)."""
 _FLUSH_EVERY = 64
 _UNFLUSHED = 256
 """A slot flushes (:meth:`Store.flush`) every this many finishes that did not wait for the disk, and
@@ -163,6 +170,8 @@ class Relay:
     backoff: float = 1.0
     max_backoff: float = 600.0
     shutdown_timeout: float = 10.0
+    arrivals: Arrivals | None = None
+    """The webhooks being received: a backlog's next job waits for them (:mod:`~amoconnect.precedence`)."""
     _running: set[int] = field(default_factory=set, init=False)
     _slot_free: anyio.Event = field(default_factory=anyio.Event, init=False)
     _dispatching: anyio.CancelScope | None = field(default=None, init=False)
@@ -221,9 +230,15 @@ class Relay:
                 self._running.add(job.id)
                 jobs.start_soon(self._work, job)
         if len(claimed) == free:
+            await self._defer()  # a backlog: more is due at once
             return 0.0
         due = await self.store.next_due_in()
         return _IDLE_WAIT if due is None else min(due, _IDLE_WAIT)
+
+    async def _defer(self) -> None:
+        """Let the webhooks being received go first: a backlog's next step waits for their acks, briefly."""
+        if self.arrivals is not None:
+            await self.arrivals.settled(_DEFER_AT_MOST)
 
     async def _drain(self) -> None:
         if not self._running:
@@ -250,6 +265,7 @@ class Relay:
                     current = await self._run_one(current, run, flushes)
                     if current is not None:
                         self._running.add(current.id)
+                        await self._defer()
                 if run.unflushed and run.flushing is None and run.last is not None:
                     self._start_flush(run, run.last, flushes)
         finally:

@@ -47,6 +47,7 @@ from .metrics import Metrics
 from .model import HistoryEntry, InboundEvent
 from .outbound import AmocrmHandler, StatusHandler
 from .plugins import collect_messengers, get_plugin_manager
+from .precedence import Arrivals
 from .ratelimit import Limiter, LimiterFactory
 from .registry import Registry
 from .relay import Handler, Relay
@@ -122,6 +123,8 @@ class Runtime:
                 f"no messenger plugin named {plugin!r} is installed; installed: {sorted(self.messengers) or 'none'}"
             )
         self.metrics = Metrics()
+        self.arrivals = Arrivals()
+        """The webhooks being received: the relay lets them go first."""
         self.store: Store = store or build_store(config.store)
         self._amojo_http = amojo_http
         self._messenger_http = messenger_http
@@ -395,6 +398,7 @@ class Runtime:
                         ),
                         *console,
                     ],
+                    self.arrivals,
                 )
             )
             core = self.core = Core(
@@ -424,6 +428,7 @@ class Runtime:
                 backoff=relay_config.backoff,
                 max_backoff=relay_config.max_backoff,
                 shutdown_timeout=relay_config.shutdown_timeout,
+                arrivals=self.arrivals,
             )
             await instances.start()
             stack.push_async_callback(instances.shutdown)

@@ -230,3 +230,23 @@ async def test_other_methods_and_paths_under_amocrm_are_refused(r: Rig) -> None:
     assert (await r.client.post(f"/amocrm/{SCOPE}/extra", content=b"{}")).status_code == 404
     assert (await r.client.post("/amocrm/", content=b"{}")).status_code == 404
     assert stored(r) == (0, 0)
+
+
+async def test_a_webhook_is_counted_as_arriving_until_it_is_answered(r: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The relay lets webhooks go first (amoconnect/precedence.py): both webhook routes count each
+    request from its first byte to its answer, refused ones included."""
+    store = r.runtime.store
+    enqueue = store.enqueue
+    seen: list[int] = []
+
+    async def counting(*args: Any, **kwargs: Any) -> bool:
+        seen.append(r.runtime.arrivals.count)
+        return await enqueue(*args, **kwargs)
+
+    monkeypatch.setattr(store, "enqueue", counting)
+    body = hook_body()
+    assert (await post_hook(r, body, signature=sig(body))).status_code == 200
+    assert (await r.inbound(message("c9", "m1"))).status_code == 200
+    assert seen == [1, 1]
+    assert (await post_hook(r, body, signature="0" * 40)).status_code == 401
+    assert r.runtime.arrivals.count == 0

@@ -15,6 +15,7 @@ from rig import eventually
 from amoconnect import relay as relay_module
 from amoconnect.clock import SteadyClock
 from amoconnect.errors import AmojoError, MessengerError, StoreError
+from amoconnect.precedence import Arrivals
 from amoconnect.relay import Done, Handler, Relay, Retry, transient
 from amoconnect.store.base import Job, MessageRecord, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
@@ -507,3 +508,83 @@ async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahe
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
     assert looked[:1] == [b"2"]  # job 1's finish took job 2; job 2 took 3 and 4 ahead
+
+
+async def test_a_backlog_s_next_job_waits_for_the_webhooks_being_received(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks go first: while a webhook is being received, neither a conversation's next job nor the
+    next claim of a backlog of many conversations starts; once it is answered they go on. A lone
+    job (no backlog) starts at once."""
+    monkeypatch.setattr(relay_module, "_DEFER_AT_MOST", 60.0)
+    arrivals = Arrivals()
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        return Done()
+
+    relay = Relay(store, {"test": Handler(run), "repeatable": Handler(run, repeatable=True)}, arrivals=arrivals)
+    async with anyio.create_task_group() as tg:
+        await tg.start(relay.run)
+        with arrivals.arriving():
+            await store.enqueue([NewJob("test", "lone", b"lone")])
+            await eventually(lambda: ran == [b"lone"])
+            await store.enqueue(
+                [NewJob(kind, kind, b"%s %d" % (kind.encode(), i)) for kind in ("test", "repeatable") for i in range(3)]
+            )
+            await eventually(lambda: len(ran) == 3)
+            await anyio.sleep(0.2)
+            assert sorted(ran[1:]) == [b"repeatable 0", b"test 0"]  # each conversation's first, no more
+        await eventually(lambda: len(ran) == 7)
+        tg.cancel_scope.cancel()
+    assert [p for p in ran if p.startswith(b"test")] == [b"test 0", b"test 1", b"test 2"]
+
+
+async def test_a_full_claim_waits_for_the_webhooks_being_received(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A claim that took as many jobs as it asked for (a backlog of many conversations) lets the
+    webhooks being received go first before it claims again."""
+    monkeypatch.setattr(relay_module, "_DEFER_AT_MOST", 60.0)
+    arrivals = Arrivals()
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        return Done()
+
+    await store.enqueue([NewJob("test", f"k{i}", b"%d" % i) for i in range(6)])
+    relay = Relay(store, {"test": Handler(run)}, arrivals=arrivals, concurrency=2)
+    async with anyio.create_task_group() as tg:
+        with arrivals.arriving():
+            await tg.start(relay.run)
+            await eventually(lambda: len(ran) == 2)
+            await anyio.sleep(0.2)
+            assert len(ran) == 2
+        await eventually(lambda: len(ran) == 6)
+        tg.cancel_scope.cancel()
+
+
+async def test_arrivals_settle_when_the_last_webhook_is_answered_or_after_the_bound() -> None:
+    arrivals = Arrivals()
+    with anyio.fail_after(5):
+        await arrivals.settled(60.0)  # none arriving: at once
+    settled = anyio.Event()
+
+    async def wait() -> None:
+        await arrivals.settled(60.0)
+        settled.set()
+
+    async with anyio.create_task_group() as tg:
+        with arrivals.arriving():
+            with arrivals.arriving():
+                tg.start_soon(wait)
+                await anyio.sleep(0.05)
+            await anyio.sleep(0.05)
+            assert not settled.is_set() and arrivals.count == 1
+        with anyio.fail_after(5):
+            await settled.wait()
+    with arrivals.arriving():
+        with anyio.fail_after(5):
+            await arrivals.settled(0.01)  # bounded: a steady stream of webhooks slows a backlog, never stops it

@@ -48,6 +48,7 @@ from ..ids import job_key
 from ..media import MediaStore
 from ..metrics import Metrics
 from ..model import InboundEvent
+from ..precedence import Arrivals
 from ..registry import Registry
 from ..routing import Instance, Routing
 from ..signing import verify_signature
@@ -186,6 +187,8 @@ class AppParts:
     """The installed messengers: the only names that become metric labels."""
     routes: Sequence[BaseRoute] = ()
     """More of the core's routes (the admin API, the integration's hooks)."""
+    arrivals: Arrivals = dataclasses.field(default_factory=Arrivals)
+    """Counts the webhooks being received, for the relay to let them go first."""
 
 
 async def enqueue_inbound(
@@ -408,7 +411,7 @@ def build_app(parts: AppParts) -> ASGIApp:
         app.router.routes.append(Route(path, endpoint, methods=list(methods)))
 
     parts.pm.hook.startup_routes(add_route=add_route)
-    return _FastPaths(app, amocrm_webhook, ingest_messenger)
+    return _FastPaths(app, amocrm_webhook, ingest_messenger, parts.arrivals)
 
 
 class _Probe:
@@ -472,8 +475,10 @@ class _FastPaths:
         app: Starlette,
         amocrm: Callable[[Scope, Receive, str], Awaitable[WebhookResponse | None]],
         messenger: Callable[[Scope, Receive, str, str, str], Awaitable[WebhookResponse | None]],
+        arrivals: Arrivals,
     ) -> None:
         self.app, self._amocrm, self._messenger = app, amocrm, messenger
+        self.arrivals = arrivals
         self.router = app.router
         """The app's router, where ``startup_routes`` adds routes."""
 
@@ -486,16 +491,19 @@ class _FastPaths:
                     if scope["method"] != "POST":
                         only_post = {"error": "bad_method", "detail": "only POST"}
                         await _respond(send, _json_answer(405, only_post, allow="POST"))
-                    elif (answer := await self._amocrm(scope, receive, scope_id)) is not None:
-                        await _respond(send, answer)
+                    else:
+                        with self.arrivals.arriving():
+                            if (answer := await self._amocrm(scope, receive, scope_id)) is not None:
+                                await _respond(send, answer)
                     return
             elif path.startswith("/hooks/"):
                 messenger, _, rest = path[len("/hooks/") :].partition("/")
                 name, _, hook_path = rest.partition("/")
                 if messenger and name:
-                    answer = await self._messenger(scope, receive, messenger, name, hook_path)
-                    if answer is not None:
-                        await _respond(send, answer)
+                    with self.arrivals.arriving():
+                        answer = await self._messenger(scope, receive, messenger, name, hook_path)
+                        if answer is not None:
+                            await _respond(send, answer)
                     return
         await self.app(scope, receive, send)
 
