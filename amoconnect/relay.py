@@ -176,6 +176,10 @@ class Relay:
     _slot_free: anyio.Event = field(default_factory=anyio.Event, init=False)
     _dispatching: anyio.CancelScope | None = field(default=None, init=False)
     _stopped: anyio.Event = field(default_factory=anyio.Event, init=False)
+    _jobs: anyio.abc.TaskGroup | None = field(default=None, init=False)
+    """Where jobs run while the relay takes new ones (None once it stops taking)."""
+    _offered: int = field(default=0, init=False)
+    """Slots reserved for jobs the store is handing over (:meth:`offer`)."""
 
     def backoff_delay(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: exponential with jitter, capped."""
@@ -188,14 +192,41 @@ class Relay:
         self._stopped = anyio.Event()
         try:
             async with anyio.create_task_group() as jobs:
+                self._jobs = jobs
+                self.store.hand_off_to(self)
                 with anyio.CancelScope() as self._dispatching:
                     task_status.started()
                     await self._dispatch(jobs)
+                self._taking_no_more()
                 await self._drain()
                 jobs.cancel_scope.cancel()
         finally:
+            self._taking_no_more()
             self._dispatching = None
             self._stopped.set()
+
+    def _taking_no_more(self) -> None:
+        self._jobs = None
+        self.store.hand_off_to(None)
+
+    def offer(self) -> bool:
+        """A slot for a job the store hands over at its enqueue (:meth:`Store.hand_off_to`), while one is
+        free: the job runs without a claim."""
+        if self._jobs is None or len(self._running) + self._offered >= self.concurrency:
+            return False
+        self._offered += 1
+        return True
+
+    def handed(self, job: Job | None) -> None:
+        """Run the job handed over in its reserved slot (``None``: the slot is free again)."""
+        self._offered -= 1
+        if job is None:
+            return
+        if self._jobs is None:  # stopped meanwhile: the store queues it again
+            self.store.abandon(job.id)
+            return
+        self._running.add(job.id)
+        self._jobs.start_soon(self._work, job)
 
     async def stop(self) -> None:
         """Drain: claim no more jobs, give those in flight ``shutdown_timeout`` seconds to finish and
@@ -219,7 +250,7 @@ class Relay:
 
     async def _start_due(self, jobs: anyio.abc.TaskGroup) -> float:
         """Start what is due in the free slots; how long to wait for more work (0: look again now)."""
-        free = self.concurrency - len(self._running)
+        free = self.concurrency - len(self._running) - self._offered
         if free <= 0:
             self._slot_free = anyio.Event()
             await self._slot_free.wait()

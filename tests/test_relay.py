@@ -588,3 +588,96 @@ async def test_arrivals_settle_when_the_last_webhook_is_answered_or_after_the_bo
     with arrivals.arriving():
         with anyio.fail_after(5):
             await arrivals.settled(0.01)  # bounded: a steady stream of webhooks slows a backlog, never stops it
+
+
+async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(tmp_path: Path) -> None:
+    """SQLite hands a job that is claimable at its enqueue straight to the relay in the enqueue's
+    transaction (marked running, its attempt counted): no claim, no wake. A job of a busy
+    conversation, or one behind jobs due before it, is left to the claims, in their order."""
+    ran: list[tuple[bytes, int]] = []
+    claims: list[int] = []
+    release = anyio.Event()
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append((job.payload, job.attempts))
+        if job.payload == b"slow":
+            await release.wait()
+        return Done()
+
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store, anyio.create_task_group() as tg:
+        claim = store.claim
+
+        async def counted(limit: int) -> list[Job]:
+            jobs = await claim(limit)
+            claims.extend(job.id for job in jobs)
+            return jobs
+
+        store.claim = counted  # type: ignore[method-assign]
+        await tg.start(Relay(store, {"test": Handler(run)}).run)
+        await store.enqueue([NewJob("test", "a", b"slow")])
+        await eventually(lambda: len(ran) == 1)
+        assert claims == [] and ran == [(b"slow", 1)]
+        assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}
+        await store.enqueue([NewJob("test", "a", b"behind slow")])  # its conversation is busy
+        await store.enqueue([NewJob("test", "b", b"other")])
+        await eventually(lambda: len(ran) == 2)
+        assert ran[1] == (b"other", 1) and claims == []
+        release.set()
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0))
+        assert [payload for payload, _ in ran] == [b"slow", b"other", b"behind slow"]
+        tg.cancel_scope.cancel()
+
+
+async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(tmp_path: Path) -> None:
+    """No slot free, or another conversation's job due first: the new job is the claims'."""
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    offers: list[bool] = []
+    handed: list[Job | None] = []
+
+    class Taker:
+        room = 0
+
+        def offer(self) -> bool:
+            offers.append(self.room > 0)
+            self.room -= 1
+            return offers[-1]
+
+        def handed(self, job: Job | None) -> None:
+            handed.append(job)
+
+    taker = Taker()
+    async with store:
+        store.hand_off_to(taker)
+        await store.enqueue([NewJob("test", "a", b"no slot")])
+        taker.room = 5
+        await store.enqueue([NewJob("test", "b", b"behind a")])
+        assert offers == [False] and handed == []  # "behind a" was never offered: "no slot" is due first
+        assert [job.payload for job in await store.claim(10)] == [b"no slot", b"behind a"]
+        await store.enqueue([NewJob("test", "c", b"handed")])
+        assert [job.payload if job else None for job in handed] == [b"handed"]
+        assert await store.counts() == {"queued": 0, "running": 3, "dead": 0}
+        store.hand_off_to(None)
+        await store.enqueue([NewJob("test", "d", b"claimed")])
+        assert len(handed) == 1 and [job.payload for job in await store.claim(10)] == [b"claimed"]
+
+
+async def test_a_hand_off_whose_transaction_fails_gives_its_slot_back(tmp_path: Path) -> None:
+    """The enqueue fails after its job was offered (here: the file was replaced, so new work is
+    refused): the taker hears that the reservation is released, and nothing runs."""
+    store = SQLiteStore(tmp_path / "store.sqlite3")
+    handed: list[Job | None] = []
+
+    class Taker:
+        def offer(self) -> bool:
+            return True
+
+        def handed(self, job: Job | None) -> None:
+            handed.append(job)
+
+    async with store:
+        store.hand_off_to(Taker())
+        (tmp_path / "store.sqlite3").rename(tmp_path / "moved.sqlite3")
+        (tmp_path / "store.sqlite3").write_bytes(b"")
+        with pytest.raises(StoreError, match="deleted or replaced"):
+            await store.enqueue([NewJob("test", "a", b"refused")])
+        assert handed == [None]

@@ -30,6 +30,7 @@ __all__ = [
     "RecentConversation",
     "SourceActivity",
     "Store",
+    "Taker",
     "preview",
 ]
 
@@ -169,6 +170,18 @@ class SourceActivity(msgspec.Struct, frozen=True):
     """The last message relayed to the client."""
 
 
+class Taker(Protocol):
+    """Who runs the jobs a store hands over at their enqueue (:meth:`Store.hand_off_to`): the relay."""
+
+    def offer(self) -> bool:
+        """Whether a job enqueued now may be handed over; True reserves a slot for it. Called inside
+        the enqueue's transaction, so it must not block."""
+
+    def handed(self, job: Job | None) -> None:
+        """After the commit: the job to run in the reserved slot (marked running, its attempt counted);
+        ``None`` when the reservation is given back (the transaction did not commit)."""
+
+
 class Store(Protocol):
     """The interface the relay programs against; SQLite is the embedded implementation."""
 
@@ -281,6 +294,15 @@ class Store(Protocol):
 
     async def wait_for_work(self, max_wait: float) -> None:
         """Return when new work was committed, or after ``max_wait`` seconds."""
+
+    def hand_off_to(self, taker: Taker | None) -> None:
+        """Hand a job that becomes claimable at its enqueue straight to ``taker`` (None: stop).
+
+        The enqueue's own transaction marks it running when ``taker`` offers a slot and no other job is
+        due before it, so the relay runs it without a claim (a commit less per message at everyday
+        rates) and the enqueue wakes no worker. A store may do without: PostgreSQL, where another
+        process may claim, always leaves new jobs to the claims.
+        """
 
     async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
         """Dead letters (of one account's ``scope_id`` when given), oldest first."""

@@ -56,6 +56,7 @@ from .base import (
     NewJob,
     RecentConversation,
     SourceActivity,
+    Taker,
 )
 from .pglimits import PostgresLimiter
 from .pgregistry import PostgresRegistryRows
@@ -939,6 +940,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         with anyio.move_on_after(max_wait if self._listening else min(max_wait, 1.0)):
             await self._wake.wait()
         self._wake.clear()
+
+    def hand_off_to(self, taker: Taker | None) -> None:
+        """Nothing is handed over: a new job is the claims', in whichever process claims first."""
 
     async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
         where, params = _id_filter(None, scope_id)

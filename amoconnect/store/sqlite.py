@@ -17,6 +17,10 @@ synced commit writes it down with everything before it. A claim that finds nothi
 the reading connection first) does not reach the writer at all. So does a batch of finishes with
 ``durable=False``: their callers hear back at the commit, and :meth:`SQLiteStore.flush` makes a
 synced commit (one small write) only when such a commit is not yet on disk.
+
+Most jobs need no claim at all: an enqueue of one job that a claim would take first, while the
+relay has a slot free (:meth:`SQLiteStore.hand_off_to`), marks it running in its own transaction
+and hands it to the relay after the commit (after the acks), without waking the workers.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from .base import (
     NewJob,
     RecentConversation,
     SourceActivity,
+    Taker,
 )
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, SQLiteRegistryRows, registry_schema
 from .sql import (
@@ -191,7 +196,8 @@ _TAKEN = "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, las
 _CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
-"""Whether a claim would find a job (parameter: now)."""
+"""Whether a claim would find a job, and the first it would take (parameter: now)."""
+_TAKE_ONE = _TAKEN + "WHERE id = ?"
 _NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
 """The job of a key a claim may take now (parameters: key, now)."""
 _AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?', now='?', limit='?')}) ORDER BY id"
@@ -207,11 +213,11 @@ must be on disk when its caller hears back (an fsync'd commit)."""
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
+_INSERT_JOB = "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)"
+
+
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
-    conn.executemany(
-        "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(j.kind, j.key, j.payload, j.scope_id, now + j.delay, now) for j in jobs],
-    )
+    conn.executemany(_INSERT_JOB, [(j.kind, j.key, j.payload, j.scope_id, now + j.delay, now) for j in jobs])
 
 
 def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
@@ -311,6 +317,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._limiters = LocalLimiters()
         self.unwritten = Unwritten()
+        self._taker: Taker | None = None
+        self._handing: list[tuple[Taker, Job]] = []
+        """Jobs the transaction under way hands over (:meth:`hand_off_to`) once it commits."""
 
     # -- the writer ----------------------------------------------------------------------
     def _connect(self) -> sqlite3.Connection:
@@ -356,11 +365,13 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 outcomes, wake = self._transaction(conn, batch, isolate=False)
             except _OperationFailed:
                 # An operation failed: redo the batch with a savepoint around each, so it fails alone.
+                self._hand_over(committed=False)
                 await self._begin(conn)
                 outcomes, wake = self._transaction(conn, batch, isolate=True)
             if durable and self._lost is None and self._files_changed():
                 # Redo the batch: the operations that take new work now fail alone.
                 conn.execute("ROLLBACK")
+                self._hand_over(committed=False)
                 await self._begin(conn)
                 outcomes, wake = self._transaction(conn, batch, isolate=True)
             if durable:
@@ -368,7 +379,11 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             else:
                 self._commit(conn)  # no fsync, no checkpoint (_sync): a few writes, quicker than a thread's turn
         except sqlite3.Error as exc:
+            self._hand_over(committed=False)
             return self._all_failed(conn, batch, exc), False
+        except BaseException:
+            self._hand_over(committed=False)  # closing: the jobs marked running queue again at the next open
+            raise
         if self._level != self._synchronous:
             self._unsynced += 1
         else:
@@ -440,14 +455,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         conn.execute("COMMIT")
         self.commits += 1
 
-    @staticmethod
-    def _transaction(conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool) -> tuple[list[_Outcome], bool]:
+    def _transaction(self, conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool) -> tuple[list[_Outcome], bool]:
         """Run the batch in the open transaction (the fast path has no savepoints)."""
         outcomes: list[_Outcome] = []
         wake = False
         for operation, future, wakes, _ in batch:
             if isolate:
                 conn.execute("SAVEPOINT op")
+            handing = len(self._handing)
             try:
                 result = operation(conn)
             except Exception as exc:
@@ -456,12 +471,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     raise _OperationFailed from exc
                 conn.execute("ROLLBACK TO op")
                 conn.execute("RELEASE op")
+                self._hand_over(committed=False, since=handing)
                 outcomes.append((future, None, exc))
                 continue
             if isolate:
                 conn.execute("RELEASE op")
             outcomes.append((future, result, None))
-            wake = wake or wakes
+            # An enqueue whose job was handed off made nothing claimable: no worker need look.
+            wake = wake or (wakes and len(self._handing) == handing)
         return outcomes, wake
 
     def _all_failed(self, conn: sqlite3.Connection, batch: list[_Op], exc: sqlite3.Error) -> list[_Outcome]:
@@ -478,6 +495,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 future.set_exception(error)
             else:
                 future.set_result(result)
+        self._hand_over(committed=True)  # after the acks: the jobs that were handed off start
         if wake:
             self._wake.set()
 
@@ -640,11 +658,37 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 if conn.execute(seen_sql, keys).fetchone() is not None:
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
-            _insert_jobs(conn, jobs, now)
+            if len(jobs) == 1 and self._taker is not None and jobs[0].delay <= 0:
+                job = jobs[0]
+                row = (job.kind, job.key, job.payload, job.scope_id, now, now)
+                self._hand_off(conn, conn.execute(_INSERT_JOB, row).lastrowid, now)
+            else:
+                _insert_jobs(conn, jobs, now)
             crash_point("store.enqueue")
             return True
 
         return await self._call(run, wakes=True)
+
+    def hand_off_to(self, taker: Taker | None) -> None:
+        self._taker = taker
+
+    def _hand_off(self, conn: sqlite3.Connection, job_id: int | None, now: float) -> None:
+        """Mark the job just enqueued running for the taker if it is the first a claim would take now
+        (its conversation has no other job, and no other conversation's job is due before it)."""
+        assert self._taker is not None
+        taker = self._taker
+        first = conn.execute(_ANY_DUE, (now,)).fetchone()
+        if first is None or first[0] != job_id or not taker.offer():
+            return
+        self._handing += [(taker, job) for job in _take(conn, conn.execute(_TAKE_ONE, (job_id,)).fetchall())]
+
+    def _hand_over(self, *, committed: bool, since: int = 0) -> None:
+        """The jobs handed off since index ``since`` of the transaction's list: to their taker once
+        committed, otherwise their reserved slots back."""
+        handing = self._handing[since:]
+        del self._handing[since:]
+        for taker, job in handing:
+            taker.handed(job if committed else None)
 
     async def claim(self, limit: int) -> list[Job]:
         if not self._abandoned and self._read(lambda conn: conn.execute(_ANY_DUE, (self._now(),)).fetchone()) is None:
