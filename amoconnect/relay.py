@@ -18,7 +18,8 @@ its jobs, not of claims.
 
 A kind whose jobs may run twice without harm (:attr:`Handler.repeatable`: amojo refuses a msgid
 it has) runs a conversation's backlog as a pipeline: once a finish took the conversation's next
-job (there is a backlog), the slot takes the jobs after it ahead (:meth:`Store.take_ahead`), and
+job (there is a backlog) while a slot is free for other work, the slot takes the jobs after it
+ahead (:meth:`Store.take_ahead`; they run in the slot even if every other slot fills meanwhile), and
 once a job's work is done hands its finish to the store without waiting
 (:meth:`Store.finish_soon`) and starts the next job at once; the finishes commit in the
 background, several in a transaction, and reach the disk with a flush every ``_FLUSH_EVERY``.
@@ -327,25 +328,23 @@ class Relay:
                 crash_point("relay.ahead", job.kind)
             # The conversation's next job runs in this slot while the relay dispatches and a slot is free
             # for other work (all slots busy: the slot goes back to the claims, which serve every
-            # conversation's head in turn).
-            taking = (
-                self._dispatching is not None
-                and not self._dispatching.cancel_called
-                and len(self._running) < self.concurrency
-            )
-            soon = handler.repeatable and taking and not done.then
-            if soon and not run.held and run.behind:
+            # conversation's head in turn). Jobs already taken ahead run on (at most _AHEAD): giving them
+            # back would cost a write each way for nothing.
+            dispatching = self._dispatching is not None and not self._dispatching.cancel_called
+            taking = dispatching and len(self._running) < self.concurrency
+            soon = handler.repeatable and dispatching and not done.then
+            if soon and taking and not run.held and run.behind:
                 run.held.extend(await self._take_ahead(job))
             if soon and run.held:
                 await self._accept(job, done, run, flushes, bound)
                 self._succeeded(job, done)
                 return run.held.popleft()
             await self._catch_up(run, flushes)
-            if not taking:
+            if not dispatching:
                 await self._give_back(run)
             # In a backlog the finish that takes the next job need not wait for the disk either; a lone
             # job's finish is durable, its fsync shared with the other commits of the moment.
-            lazy = soon and run.behind
+            lazy = soon and taking and run.behind
             following = await self._settle(
                 job,
                 lambda: self.store.finish(

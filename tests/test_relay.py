@@ -681,3 +681,42 @@ async def test_a_hand_off_whose_transaction_fails_gives_its_slot_back(tmp_path: 
         with pytest.raises(StoreError, match="deleted or replaced"):
             await store.enqueue([NewJob("test", "a", b"refused")])
         assert handed == [None]
+
+
+async def test_jobs_taken_ahead_run_on_when_every_slot_is_busy(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Once a conversation's jobs are taken ahead they run in their slot even when other work fills
+    every other slot meanwhile: giving them back would cost a write each way for nothing."""
+    released: list[int] = []
+    release = store.release
+
+    async def recording(job_ids: list[int]) -> None:
+        released.extend(job_ids)
+        await release(job_ids)
+
+    monkeypatch.setattr(store, "release", recording)
+    ran: list[bytes] = []
+    c_running, done_waiting = anyio.Event(), anyio.Event()
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        if job.payload == b"a 3":
+            await c_running.wait()
+        elif job.payload == b"c":
+            c_running.set()
+            await done_waiting.wait()
+        elif job.payload == b"b":
+            await done_waiting.wait()
+        return Done()
+
+    await store.enqueue([NewJob("repeatable", "a", b"a %d" % i) for i in range(10)] + [NewJob("slow", "b", b"b")])
+    relay = Relay(store, {"repeatable": Handler(run, repeatable=True), "slow": Handler(run)}, concurrency=3)
+    async with anyio.create_task_group() as tg:
+        await tg.start(relay.run)
+        await eventually(lambda: b"a 3" in ran)
+        await store.enqueue([NewJob("slow", "c", b"c")])  # the third slot: every slot is busy from now on
+        await eventually(lambda: b"a 9" in ran)
+        assert [p for p in ran if p.startswith(b"a")] == [b"a %d" % i for i in range(10)]
+        assert released == []
+        done_waiting.set()
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
