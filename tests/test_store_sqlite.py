@@ -324,3 +324,21 @@ async def test_one_connector_per_file_and_commands_beside_it_leave_its_running_j
         assert again.recovered == 1
     finally:
         await again.close()
+
+
+async def test_an_enqueue_commits_ahead_of_the_writes_queued_before_it(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook's ack waits for its enqueue's commit: it does not wait behind the finishes a draining
+    backlog handed to the store before it (they depend on no enqueue), which commit next."""
+    monkeypatch.setattr("amoconnect.store.sqlite.SOON_LINGER", 60.0)
+    await store.enqueue([job("backlog"), job("backlog")])
+    first = await store.claim(1)
+    assert first
+    [second] = await store.take_ahead(first[0], 5)
+    finishing = store.finish_soon(first[0].id)
+    assert await store.enqueue([job("webhook")])
+    assert not finishing.done()  # still waiting for its group
+    await store.finish(second.id)  # the next write of another kind hands the accepted finishes over first
+    assert finishing.done() and finishing.exception() is None
+    assert await store.counts() == {"queued": 1, "running": 0, "dead": 0}

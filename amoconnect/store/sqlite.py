@@ -18,6 +18,9 @@ the reading connection first) does not reach the writer at all. So does a batch 
 ``durable=False``: their callers hear back at the commit, and :meth:`SQLiteStore.flush` makes a
 synced commit (one small write) only when such a commit is not yet on disk.
 
+Enqueues commit ahead of the other writes waiting (a webhook's ack waits for its commit, not for
+the finishes of a draining backlog), never twice in a row ahead of them.
+
 Most jobs need no claim at all: an enqueue of one job that a claim would take first, while the
 relay has a slot free (:meth:`SQLiteStore.hand_off_to`), marks it running in its own transaction
 and hands it to the relay after the commit (after the acks), without waking the workers.
@@ -292,6 +295,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Whether the writer connection's commits checkpoint the WAL now (not those on the loop)."""
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
+        self._first: list[_Op] = []
+        """Enqueues, committed ahead of the writes in ``_pending`` (:meth:`_submit`)."""
         self._soon: list[_Op] = []
         """Finishes accepted (:meth:`finish_soon`) and not handed to the writer yet."""
         self._soon_timer: asyncio.TimerHandle | None = None
@@ -339,13 +344,21 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     async def _write(self, conn: sqlite3.Connection) -> None:
         """Until closed: take the waiting operations, run them in one transaction, commit once."""
         try:
-            while self._pending or not self._closing:
-                if not self._pending:
+            while self._pending or self._first or not self._closing:
+                if not self._pending and not self._first:
                     self._more.clear()
                     await self._more.wait()
                     continue
+                first = self._first[: self._batch_limit]
+                del self._first[: self._batch_limit]
                 batch = self._pending[: self._batch_limit]
                 del self._pending[: self._batch_limit]
+                if first:
+                    # Enqueues commit ahead of the writes queued before them (a webhook's ack waits for its
+                    # commit), but never more than once in a row ahead of them.
+                    self._deliver(*await self._execute(conn, first))
+                    if not batch:
+                        continue
                 quick = [op for op in batch if not op[3]]
                 if quick and len(quick) < len(batch):
                     # Operations that need no fsync commit first, on their own: they need not wait for it.
@@ -500,19 +513,33 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             self._wake.set()
 
     async def _call(
-        self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False, durable: bool = True
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        wakes: bool = False,
+        durable: bool = True,
+        first: bool = False,
     ) -> T:
-        return await self._submit(operation, wakes=wakes, durable=durable)
+        return await self._submit(operation, wakes=wakes, durable=durable, first=first)
 
     def _submit(
-        self, operation: Callable[[sqlite3.Connection], T], *, wakes: bool = False, durable: bool = True
+        self,
+        operation: Callable[[sqlite3.Connection], T],
+        *,
+        wakes: bool = False,
+        durable: bool = True,
+        first: bool = False,
     ) -> asyncio.Future[T]:
-        """Hand ``operation`` to the writer; the future resolves after its batch's commit."""
+        """Hand ``operation`` to the writer; the future resolves after its batch's commit. An operation
+        ``first`` (an enqueue: it depends on no write before it) commits ahead of those queued before it."""
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
-        self._hand_over_soon()  # the finishes accepted before this operation commit before it
         future: asyncio.Future[T] = self._loop.create_future()
-        self._pending.append((operation, future, wakes, durable))
+        if first:
+            self._first.append((operation, future, wakes, durable))
+        else:
+            self._hand_over_soon()  # the finishes accepted before this operation commit before it
+            self._pending.append((operation, future, wakes, durable))
         self._more.set()
         return future
 
@@ -667,7 +694,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             crash_point("store.enqueue")
             return True
 
-        return await self._call(run, wakes=True)
+        return await self._call(run, wakes=True, first=True)
 
     def hand_off_to(self, taker: Taker | None) -> None:
         self._taker = taker
