@@ -300,8 +300,7 @@ class Store(Protocol):
 
         The enqueue's own transaction marks it running when ``taker`` offers a slot and no other job is
         due before it, so the relay runs it without a claim (a commit less per message at everyday
-        rates) and the enqueue wakes no worker. A store may do without: PostgreSQL, where another
-        process may claim, always leaves new jobs to the claims.
+        rates) and the enqueue wakes no worker (PostgreSQL: notifies no other process either).
         """
 
     async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:

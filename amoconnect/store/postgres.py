@@ -280,6 +280,15 @@ _CLAIM = _TAKE.format(
 Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
+_HAS_HEAD = "SELECT EXISTS (SELECT 1 FROM heads WHERE key = %s)"
+"""Whether a key has jobs left."""
+_HAND_OFF = _TAKE.format(
+    claimable=NEXT_OF_KEY.format(key="%s", now=_NOW)
+    + " AND NOT EXISTS (SELECT 1 FROM heads e WHERE NOT e.busy AND (e.next_run, e.id) < (heads.next_run, heads.id))",
+    more="",
+)
+"""Takes the next job of a key (parameters: key, owner, lease) if no other conversation's job is due
+before it: in an enqueue's transaction, the job just enqueued when a claim would take it first."""
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
 _AHEAD = (
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
@@ -427,6 +436,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._notifier: asyncio.Task[None] | None = None
         self._notify_wanted = False
         self._held: dict[int, str] = {}
+        self._taker: Taker | None = None
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
         self._unsynced = 0
@@ -669,12 +679,17 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         crash_point("store.enqueue")  # an ingest commits as its statement runs: its last moment unwritten
         keys = list(dict.fromkeys(dedup))
         several = len({j.key for j in jobs}) > 1
+        taker = self._taker if len(jobs) == 1 and jobs[0].delay <= 0 else None
+        handing = taker is not None and taker.offer()
+        taken: list[Job] = []
 
         # Dedup keys and jobs in one statement, one round trip. With several keys a seen
         # one must also undo the new ones, so the statement runs in a transaction to roll back.
-        # Jobs of several conversations first lock the existing head rows in key order.
+        # Jobs of several conversations first lock the existing head rows in key order. A job
+        # handed off is taken in the same transaction, pipelined: still one round trip.
         async def write() -> None:
-            async with self._conn("enqueue", transaction=len(keys) > 1 or several) as conn:
+            taken.clear()
+            async with self._conn("enqueue", transaction=len(keys) > 1 or several, pipeline=handing) as conn:
                 await _lock_heads(conn, (j.key for j in jobs))
                 cur = await conn.execute(
                     _ENQUEUE,
@@ -688,17 +703,30 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                         len(keys),
                     ),
                 )
+                hand = await conn.execute(_HAND_OFF, (jobs[0].key, self.owner, self._lease)) if handing else None
                 row = await cur.fetchone()
                 if row is None or row[0] != len(keys):
                     raise _Seen
+                if hand is not None:
+                    taken.extend(Job(*r) for r in await hand.fetchall())
 
         try:
             await _again_after_deadlock("enqueue", write)
-        except _Seen:
-            return False
-        if jobs:
+        except BaseException as exc:
+            if taker is not None and handing:
+                taker.handed(None)
+            if isinstance(exc, _Seen):
+                return False
+            raise
+        if taker is not None and handing:
+            self._held.update((job.id, job.key) for job in taken)
+            taker.handed(taken[0] if taken else None)
+        if jobs and not taken:
             self._work_committed()
         return True
+
+    def hand_off_to(self, taker: Taker | None) -> None:
+        self._taker = taker
 
     async def claim(self, limit: int) -> list[Job]:
         async with self._conn("claim") as conn:
@@ -724,28 +752,31 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         key = held if take_next else None
         ahead = not (durable or then)
 
-        async def write() -> list[tuple[Any, ...]]:
+        async def write() -> tuple[list[tuple[Any, ...]], bool]:
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 if ahead:  # committed without waiting for the WAL's flush: see flush()
                     await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, [held, *(j.key for j in then)])
                 await self._finished(conn, job_id, conversations, messages, activity)
                 await _insert_jobs(conn, then)
-                if key is None:
-                    return []
-                cur = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease))
-                return list(await cur.fetchall())
+                if held is None:
+                    return [], True
+                took = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease)) if key is not None else None
+                left = await conn.execute(_HAS_HEAD, (held,))
+                taken = list(await took.fetchall()) if took is not None else []
+                more = await left.fetchone()
+                return taken, bool(more and more[0])
 
         try:
-            taken = await _again_after_deadlock("finish", write)
+            taken, more = await _again_after_deadlock("finish", write)
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
         if ahead:
             self._unsynced += 1
-        # The next job of the conversation (unless this finish took it) or a follow-up may now be
-        # claimed, by any process: tell them (a drain of one conversation wakes nobody).
-        self._settled(job_id, wake=bool(then) or not taken)
+        # The next job of the conversation (unless this finish took it, or none is left) or a follow-up
+        # may now be claimed, by any process: tell them (a drain of one conversation wakes nobody).
+        self._settled(job_id, wake=bool(then) or (not taken and more))
         if not taken:
             return None
         job = Job(*taken[0])
@@ -940,9 +971,6 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         with anyio.move_on_after(max_wait if self._listening else min(max_wait, 1.0)):
             await self._wake.wait()
         self._wake.clear()
-
-    def hand_off_to(self, taker: Taker | None) -> None:
-        """Nothing is handed over: a new job is the claims', in whichever process claims first."""
 
     async def dead_letters(self, limit: int = 100, *, scope_id: str | None = None) -> list[DeadLetter]:
         where, params = _id_filter(None, scope_id)

@@ -201,6 +201,8 @@ _CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER B
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 """Whether a claim would find a job, and the first it would take (parameter: now)."""
 _TAKE_ONE = _TAKEN + "WHERE id = ?"
+_HAS_HEAD = "SELECT 1 FROM heads WHERE key = ?"
+"""Whether a key has jobs left."""
 _NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
 """The job of a key a claim may take now (parameters: key, now)."""
 _AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?', now='?', limit='?')}) ORDER BY id"
@@ -745,19 +747,21 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         activity: Sequence[Activity] = (),
         durable: bool = True,
     ) -> Job | None:
-        def run(conn: sqlite3.Connection) -> Job | None:
+        def run(conn: sqlite3.Connection) -> tuple[Job | None, bool]:
             key = _finished(conn, job_id, conversations, messages, activity)
             now = self._now()
             _insert_jobs(conn, then, now)
-            if not (take_next and key is not None):
-                return None
-            taken = _take(conn, conn.execute(_NEXT_OF_KEY, (key, now)).fetchall())
-            return taken[0] if taken else None
+            if key is None:
+                return None, True
+            if take_next and (taken := _take(conn, conn.execute(_NEXT_OF_KEY, (key, now)).fetchall())):
+                return taken[0], False
+            return None, conn.execute(_HAS_HEAD, (key,)).fetchone() is not None
 
-        taken = await self._call(run, wakes=bool(then), durable=durable or bool(then))
-        if taken is None:
-            self._wake.set()  # the conversation's next job, if any, is the claims' now
-        return taken  # its follow-up taken: nothing new to claim, the workers need not look
+        taken, more = await self._call(run, wakes=bool(then), durable=durable or bool(then))
+        if more:
+            self._wake.set()  # the conversation's next job is the claims' now
+        # Its next job taken, or none left: nothing new to claim, the workers need not look.
+        return taken
 
     def finish_soon(
         self,
