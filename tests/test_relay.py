@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
@@ -281,12 +282,9 @@ def test_a_steady_clock_keeps_time_through_wall_clock_steps() -> None:
     assert clock() == 1_000_003.0
 
 
-async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_its_jobs(store: Store) -> None:
-    """Each finish takes the conversation's next job in its own transaction: claims stay few
-    however long the backlog, and stopping ends the chain after the job in flight."""
-    ran: list[bytes] = []
+def counting_claims(store: Store) -> list[int]:
+    """The ids of the jobs the claims of ``store`` take from now on."""
     claimed: list[int] = []
-    release = anyio.Event()
     claim = store.claim
 
     async def counted(limit: int) -> list[Job]:
@@ -295,6 +293,15 @@ async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_it
         return jobs
 
     store.claim = counted  # type: ignore[method-assign]
+    return claimed
+
+
+async def test_a_conversation_s_backlog_runs_in_order_without_a_claim_between_its_jobs(store: Store) -> None:
+    """Each finish takes the conversation's next job in its own transaction: claims stay few
+    however long the backlog, and stopping ends the chain after the job in flight."""
+    ran: list[bytes] = []
+    claimed = counting_claims(store)
+    release = anyio.Event()
 
     async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
         ran.append(job.payload)
@@ -513,20 +520,27 @@ async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahe
     assert looked[:1] == [b"2"]  # job 1's finish took job 2; job 2 took 3 and 4 ahead
 
 
-async def test_a_backlog_s_next_job_waits_for_the_webhooks_being_received(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Acks go first: while a webhook is being received, neither a conversation's next job nor the
-    next claim of a backlog of many conversations starts; once it is answered they go on. A lone
-    job (no backlog) starts at once."""
+def deferring(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Arrivals, list[bytes], Callable[[Job, structlog.typing.FilteringBoundLogger], Awaitable[Done]]]:
+    """Webhooks being received hold a backlog for as long as they last; a handler that records what ran."""
     monkeypatch.setattr(relay_module, "_DEFER_AT_MOST", 60.0)
-    arrivals = Arrivals()
     ran: list[bytes] = []
 
     async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
         ran.append(job.payload)
         return Done()
 
+    return Arrivals(), ran, run
+
+
+async def test_a_backlog_s_next_job_waits_for_the_webhooks_being_received(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks go first: while a webhook is being received, neither a conversation's next job nor the
+    next claim of a backlog of many conversations starts; once it is answered they go on. A lone
+    job (no backlog) starts at once."""
+    arrivals, ran, run = deferring(monkeypatch)
     relay = Relay(store, {"test": Handler(run), "repeatable": Handler(run, repeatable=True)}, arrivals=arrivals)
     async with anyio.create_task_group() as tg:
         await tg.start(relay.run)
@@ -549,14 +563,7 @@ async def test_a_full_claim_waits_for_the_webhooks_being_received(
 ) -> None:
     """A claim that took as many jobs as it asked for (a backlog of many conversations) lets the
     webhooks being received go first before it claims again."""
-    monkeypatch.setattr(relay_module, "_DEFER_AT_MOST", 60.0)
-    arrivals = Arrivals()
-    ran: list[bytes] = []
-
-    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
-        ran.append(job.payload)
-        return Done()
-
+    arrivals, ran, run = deferring(monkeypatch)
     await store.enqueue([NewJob("test", f"k{i}", b"%d" % i) for i in range(6)])
     relay = Relay(store, {"test": Handler(run)}, arrivals=arrivals, concurrency=2)
     async with anyio.create_task_group() as tg:
@@ -598,7 +605,7 @@ async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(store: S
     transaction (marked running, its attempt counted): no claim, no wake. A job of a busy
     conversation, or one behind jobs due before it, is left to the claims, in their order."""
     ran: list[tuple[bytes, int]] = []
-    claims: list[int] = []
+    claims = counting_claims(store)
     release = anyio.Event()
 
     async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
@@ -608,14 +615,6 @@ async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(store: S
         return Done()
 
     async with anyio.create_task_group() as tg:
-        claim = store.claim
-
-        async def counted(limit: int) -> list[Job]:
-            jobs = await claim(limit)
-            claims.extend(job.id for job in jobs)
-            return jobs
-
-        store.claim = counted  # type: ignore[method-assign]
         await tg.start(Relay(store, {"test": Handler(run)}).run)
         await store.enqueue([NewJob("test", "a", b"slow")])
         await eventually(lambda: len(ran) == 1)
