@@ -778,7 +778,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             raise StoreError(f"SQLite store {self.path} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
         # Grouped: the writer gets them once SOON_GROUP are waiting, SOON_LINGER seconds after the first,
-        # or with the next other operation, whichever comes first.
+        # or with the next other operation but an enqueue, whichever comes first.
         self._soon.append((run, future, False, False))
         if len(self._soon) >= SOON_GROUP:
             self._hand_over_soon()

@@ -23,7 +23,8 @@ SOON_GROUP = 16
 SOON_LINGER = 0.005
 """Finishes accepted without waiting (:meth:`~amoconnect.store.base.Store.finish_soon`) commit
 together: up to ``SOON_GROUP`` of them, or what arrived ``SOON_LINGER`` seconds after the first
-(a conversation's pipeline hands one over per amojo round trip), or (SQLite) with the next other write."""
+(a conversation's pipeline hands one over per amojo round trip), or (SQLite) with the next other
+write but an enqueue."""
 
 
 def merged(stored: ConversationRecord, record: ConversationRecord) -> ConversationRecord:
