@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -746,3 +747,28 @@ async def test_a_finish_wakes_the_workers_only_when_it_leaves_a_job_to_claim(sto
     assert await store.finish(a2.id) is None
     await anyio.sleep(0.2)
     assert not wake.is_set()
+
+
+async def test_a_hand_off_that_fails_to_mark_its_job_running_gives_its_slot_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    offers: list[bool] = []
+    handed: list[Job | None] = []
+
+    class Taker:
+        def offer(self) -> bool:
+            offers.append(True)
+            return True
+
+        def handed(self, job: Job | None) -> None:
+            handed.append(job)
+
+    def failing(conn: object, rows: object) -> list[Job]:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        store.hand_off_to(Taker())
+        monkeypatch.setattr("amoconnect.store.sqlite._take", failing)
+        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+            await store.enqueue([NewJob("test", "a", b"x")])
+        assert offers and handed == [None] * len(offers)  # the batch ran again, its operations apart

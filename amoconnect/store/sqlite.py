@@ -709,7 +709,12 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         first = conn.execute(_ANY_DUE, (now,)).fetchone()
         if first is None or first[0] != job_id or not taker.offer():
             return
-        self._handing += [(taker, job) for job in _take(conn, conn.execute(_TAKE_ONE, (job_id,)).fetchall())]
+        try:
+            taken = _take(conn, conn.execute(_TAKE_ONE, (job_id,)).fetchall())
+        except BaseException:
+            taker.handed(None)
+            raise
+        self._handing += [(taker, job) for job in taken]
 
     def _hand_over(self, *, committed: bool, since: int = 0) -> None:
         """The jobs handed off since index ``since`` of the transaction's list: to their taker once
