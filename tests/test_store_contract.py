@@ -420,3 +420,150 @@ async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_c
     ]
     assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
     await store.flush()
+
+
+async def test_a_chat_whose_backlog_runs_ahead_is_looked_up_without_a_read_per_job(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While finishes of a chat wait (its jobs run ahead in this process), a lookup by chat answers from
+    the row last read, with this process's writes since; anything else reads the database as before."""
+    from amoconnect.store import unwritten
+    from amoconnect.testing.stores import run_sql
+
+    reads = 0
+    one_row = store._one  # type: ignore[attr-defined]
+
+    async def counted(*args: object) -> object:
+        nonlocal reads
+        reads += 1
+        return await one_row(*args)
+
+    monkeypatch.setattr(store, "_one", counted)
+    await store.enqueue([job("a", str(n).encode()) for n in range(5)])
+    (first,) = await store.claim(10)
+    ahead = await store.take_ahead(first, 10)
+    stored = ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-1", "client-a", last_client_at=9.0)
+    await store.put_conversation(stored)
+    done = [store.finish_soon(first.id, conversations=[msgspec.structs.replace(stored, last_client_at=10.0)])]
+    assert await store.conversation_by_chat("inst", "chat-a") == msgspec.structs.replace(stored, last_client_at=10.0)
+    assert reads == 1
+    await done[0]  # committed: folded into the row known
+    later = ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-2", last_client_at=11.0)
+    done.append(store.finish_soon(ahead[0].id, conversations=[later]))
+    expected = msgspec.structs.replace(later, client_id="client-a")
+    assert await store.conversation_by_chat("inst", "chat-a") == expected
+    assert await store.conversation_by_chat("inst", "chat-a") == expected
+    assert reads == 1
+    # Another writer (behind this store's back) is seen once the row known is FRESH seconds old.
+    run_sql(store, "UPDATE conversations SET client_id = 'client-b'")
+    monkeypatch.setattr(unwritten, "FRESH", -1.0)
+    assert await store.conversation_by_chat("inst", "chat-a") == msgspec.structs.replace(later, client_id="client-b")
+    assert reads == 2
+    monkeypatch.undo()
+    monkeypatch.setattr(store, "_one", counted)
+    # This process writing the conversation otherwise than by finish_soon: read again.
+    await store.put_conversation(msgspec.structs.replace(stored, amocrm_chat_id="amo-3"))
+    done.append(store.finish_soon(ahead[1].id, conversations=[later]))
+    assert (await store.conversation_by_chat("inst", "chat-a")) == msgspec.structs.replace(later, client_id="client-a")
+    assert reads == 3
+    # A chat taken over by another conversation: read again, the taken one gone.
+    other = ConversationRecord("scope", "conv-b", "inst", "chat-a", "amo-4", "client-c", last_client_at=12.0)
+    done.append(store.finish_soon(ahead[2].id, conversations=[other]))
+    await done[-1]
+    done.append(store.finish_soon(ahead[3].id, conversations=[other]))
+    assert await store.conversation_by_chat("inst", "chat-a") == other
+    assert await store.conversation("scope", "conv-a") is None
+    await done[-1]
+    # No finish of the chat waits: every lookup reads, and sees what another writer did at once.
+    reads = 0
+    run_sql(store, "UPDATE conversations SET amocrm_chat_id = 'amo-5'")
+    assert await store.conversation_by_chat("inst", "chat-a") == msgspec.structs.replace(other, amocrm_chat_id="amo-5")
+    assert await store.conversation_by_chat("inst", "chat-a") is not None
+    assert reads == 2
+    assert await store.counts() == {"queued": 0, "running": 0, "dead": 0}
+
+
+def _finishes(
+    scope: str, instance: str
+) -> list[list[tuple[list[ConversationRecord], list[MessageRecord], list[Activity]]]]:
+    """Groups of finishes' records; in the second a chat is taken over, in the third a conversation's
+    newest message comes before its first record."""
+
+    def conv(name: str, chat: str, **fields: object) -> ConversationRecord:
+        return ConversationRecord(scope, f"{scope}-{name}", instance, chat, **fields)  # type: ignore[arg-type]
+
+    def msg(name: str, conversation: str, **fields: object) -> MessageRecord:
+        return MessageRecord(scope, name, f"{scope}-{conversation}", "in", **fields)  # type: ignore[arg-type]
+
+    def act(conversation: str, name: str, direction: str, at: float) -> Activity:
+        return Activity(scope, f"{scope}-{conversation}", name, direction, f"{name} {direction}", at)  # type: ignore[arg-type]
+
+    first = [
+        ([conv("a", "chat-a", client_id="ca", last_client_at=5.0)], [msg("m1", "a")], [act("a", "m1", "out", 5.0)]),
+        (
+            [conv("a", "chat-a", amocrm_chat_id="x", last_client_at=3.0)],
+            [msg("m1", "a", status=1), msg("m2", "a", amocrm_id="x2")],
+            [act("a", "m2", "out", 7.0)],
+        ),
+        (
+            [conv("b", "chat-b", amocrm_chat_id="y", last_client_at=4.0)],
+            [],
+            [act("a", "m3", "in", 6.0), act("b", "m4", "in", 4.0)],
+        ),
+        ([conv("a", "chat-a", ref_pending=True)], [msg("m2", "a", status=2)], [act("a", "m5", "in", 7.5)]),
+        ([], [], [act("a", "m6", "in", 7.5), act("b", "m9", "in", 3.0)]),
+    ]
+    second = [
+        ([conv("b", "chat-b", last_client_at=9.0)], [], []),
+        ([conv("c", "chat-b", client_id="cc")], [], [act("c", "m7", "out", 9.0)]),
+        ([conv("b", "chat-b", last_client_at=10.0)], [msg("m1", "b")], [act("b", "m8", "in", 10.0)]),
+    ]
+    third = [([], [], [act("d", "m10", "in", 1.0)]), ([conv("d", "chat-d")], [], [])]
+    return [first, second, third]
+
+
+async def test_finishes_committed_together_leave_what_they_leave_one_after_the_other(store: Store) -> None:
+    """Finishes accepted without waiting commit in groups (PostgreSQL: a statement per kind of record
+    where the order cannot tell): the mapping and each conversation's newest message end as when the
+    same finishes are made one at a time."""
+
+    async def state(scope: str, instance: str) -> list[object]:
+        names = ["a", "b", "c", "d"]
+        return [
+            *[
+                msgspec.structs.replace(c, scope_id="", conversation_id=c.conversation_id[-1], instance="")
+                if c
+                else None
+                for c in [await store.conversation(scope, f"{scope}-{n}") for n in names]
+            ],
+            *[
+                msgspec.structs.replace(m, scope_id="", conversation_id=m.conversation_id[-1]) if m else None
+                for m in [await store.message(scope, f"m{n}") for n in (1, 2)]
+            ],
+            [
+                (r.conversation_id[-1], r.msgid, r.direction, r.preview, r.at, r.status)
+                for r in await store.recent_conversations(scope)
+            ],
+            [(a.last_in, a.last_out) for a in await store.source_activity(scope)],
+        ]
+
+    grouped, in_turn = _finishes("s1", "i1"), _finishes("s2", "i2")
+    for scope, instance in (("s1", "i1"), ("s2", "i2")):
+        # Newest messages already stored: an earlier one given now changes nothing.
+        await store.put_conversation(ConversationRecord(scope, f"{scope}-a", instance, "chat-a"))
+        await store.enqueue([job(f"{scope}-setup")])
+        (setup,) = await store.claim(10)
+        await store.finish(setup.id, activity=[Activity(scope, f"{scope}-a", "m0", "in", "m0", 6.5)])
+    for step, (ours, theirs) in enumerate(zip(grouped, in_turn, strict=True)):
+        await store.enqueue([job(f"{scope}-{step}-{i}") for scope in ("s1", "s2") for i in range(len(ours))])
+        jobs = {j.key: j for j in await store.claim(100)}
+        accepted = [
+            store.finish_soon(jobs[f"s1-{step}-{i}"].id, conversations=c, messages=m, activity=a)
+            for i, (c, m, a) in enumerate(ours)
+        ]
+        for i, (c, m, a) in enumerate(theirs):
+            await store.finish(jobs[f"s2-{step}-{i}"].id, conversations=c, messages=m, activity=a)
+        for future in accepted:
+            await future
+        assert await state("s1", "i1") == await state("s2", "i2")
+    assert (await state("s1", "i1"))[4:] != [None, None, [], []]

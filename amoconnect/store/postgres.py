@@ -36,7 +36,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import anyio
 import psycopg
@@ -48,6 +48,7 @@ from ..crashpoints import crash_point
 from ..errors import StoreError
 from ..ratelimit import Limiter, Rate
 from .base import (
+    PREVIEW_CHARS,
     Activity,
     ConversationRecord,
     DeadLetter,
@@ -86,7 +87,7 @@ from .sql import (
 from .sql import (
     PG_NOW as _NOW,
 )
-from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten
+from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten, merged
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -301,12 +302,29 @@ key, id, owner): none once its lease ran out and another process took the job ov
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("%s")
 _ACTIVITY = activity_write("%s")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("%s")
-_UPSERT_MESSAGE = (
-    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) "
+_MESSAGE_REPLACED = (
     "ON CONFLICT (scope_id, msgid) DO UPDATE SET conversation_id = EXCLUDED.conversation_id, "
     "direction = EXCLUDED.direction, amocrm_id = EXCLUDED.amocrm_id, messenger_id = EXCLUDED.messenger_id, "
     "status = EXCLUDED.status"
 )
+_UPSERT_MESSAGE = f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s) {_MESSAGE_REPLACED}"
+_UPSERT_MESSAGES = (
+    f"INSERT INTO messages ({MESSAGE_COLUMNS}) SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], "
+    f"%s::text[], %s::text[], %s::int[]) {_MESSAGE_REPLACED}"
+)
+"""Several messages in one statement (one row per msgid: a statement cannot upsert a row twice)."""
+_ACTIVITIES = (
+    "UPDATE conversations AS c SET last_msgid = v.msgid, last_direction = v.direction, last_preview = v.preview, "
+    "last_at = v.at, last_out_at = CASE WHEN v.out_at IS NOT NULL AND (c.last_at IS NULL OR c.last_at <= v.out_at) "
+    "THEN v.out_at ELSE c.last_out_at END "
+    "FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[], %s::float8[], %s::float8[]) "
+    "AS v(scope_id, conversation_id, msgid, direction, preview, at, out_at) "
+    "WHERE c.scope_id = v.scope_id AND c.conversation_id = v.conversation_id "
+    "AND (c.last_at IS NULL OR c.last_at <= v.at)"
+)
+"""Several conversations' newest messages in one statement: per conversation the activity that a
+sequence of :data:`_ACTIVITY` updates would leave, and when the last of them that goes out would have
+set ``last_out_at`` (:func:`_grouped`)."""
 # finish and bury take the job out of the queue only while this process holds it (its lease did
 # not run out and pass it to another process). They are pipelined, so nothing can be read back
 # before the commit: when the job is not held, the statement fails on purpose (a cast of
@@ -317,6 +335,12 @@ _DONE = (
     "RETURNING id, kind, key, payload, scope_id, attempts, created_at)"
 )
 _UNLESS_HELD = f"SELECT ('{_NOT_HELD}: ' || n)::int FROM (SELECT count(*) AS n FROM done) AS held WHERE n = 0"
+_ALL_DONE = (
+    "done AS (DELETE FROM queue WHERE id = ANY (%s) AND owner = %s "
+    "RETURNING id, kind, key, payload, scope_id, attempts, created_at)"
+)
+_UNLESS_ALL_HELD = f"SELECT ('{_NOT_HELD}: ' || n)::int FROM (SELECT count(*) AS n FROM done) AS held WHERE n < %s"
+"""Finishes take their jobs out of the queue together, and fail together unless this process holds every one."""
 _BURY = (
     f"WITH {_DONE}, buried AS (INSERT INTO dead SELECT *, {_NOW}, %s FROM done "
     "ON CONFLICT (id) DO UPDATE SET attempts = EXCLUDED.attempts, failed_at = EXCLUDED.failed_at, "
@@ -427,7 +451,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             if finished_retention > 0
             else ""
         )
-        self._finish_sql = f"WITH {_DONE}{kept} {_UNLESS_HELD}"
+        self._finish_sql = f"WITH {_ALL_DONE}{kept} {_UNLESS_ALL_HELD}"
         self._pool_size = max(2, pool_size)
         self._pool: psycopg_pool.AsyncConnectionPool[Conn] | None = None
         self._wake = asyncio.Event()
@@ -613,6 +637,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await task
         self._tasks = []
         self._held.clear()
+        self.unwritten.forget()
         # Jobs still held were left by a drain that timed out (or abandoned): hand them back at once.
         with contextlib.suppress(psycopg.Error):
             async with pool.connection() as conn:
@@ -757,7 +782,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 if ahead:  # committed without waiting for the WAL's flush: see flush()
                     await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, [held, *(j.key for j in then)])
-                await self._finished(conn, job_id, conversations, messages, activity)
+                await self._finished(conn, [_Finish(job_id, conversations, messages, activity)])
                 await _insert_jobs(conn, then)
                 if held is None:
                     return [], True
@@ -772,6 +797,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
+        finally:
+            if conversations:
+                self.unwritten.forget(conversations)
         if ahead:
             self._unsynced += 1
         # The next job of the conversation (unless this finish took it, or none is left) or a follow-up
@@ -783,20 +811,35 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._held[job.id] = job.key
         return job
 
-    async def _finished(
-        self,
-        conn: Conn,
-        job_id: int,
-        conversations: Sequence[ConversationRecord],
-        messages: Sequence[MessageRecord],
-        activity: Sequence[Activity],
-    ) -> None:
-        """A finish's writes, in the caller's transaction: the job out of the queue (while held), its records in."""
-        await conn.execute(self._finish_sql, (job_id, self.owner))
+    async def _finished(self, conn: Conn, finishes: Sequence[_Finish]) -> None:
+        """Finishes' writes, in the caller's transaction: their jobs out of the queue (while held), their
+        records in, as if written one finish after the other (:func:`_grouped`)."""
+        ids = [f.job_id for f in finishes]
+        await conn.execute(self._finish_sql, (ids, self.owner, len(set(ids))))
+        grouped = _grouped(finishes)
+        if grouped is None:  # written in turn
+            for f in finishes:
+                await _upsert_conversations(conn, f.conversations, merge=True)
+                await _upsert_messages(conn, f.messages)
+                for a in f.activity:
+                    await conn.execute(_ACTIVITY, activity_params(a))
+            return
+        conversations, messages, activity = grouped
         await _upsert_conversations(conn, conversations, merge=True)
-        await _upsert_messages(conn, messages)
-        for a in activity:
-            await conn.execute(_ACTIVITY, activity_params(a))
+        if len(messages) > 1:
+            await conn.execute(
+                _UPSERT_MESSAGES, [list(column) for column in zip(*map(message_params, messages), strict=True)]
+            )
+        else:
+            await _upsert_messages(conn, messages)
+        if sum(len(f.activity) for f in finishes) == 1:
+            await conn.execute(_ACTIVITY, activity_params(activity[0][0]))
+        elif activity:
+            rows = [
+                (a.scope_id, a.conversation_id, a.msgid, a.direction, a.preview[:PREVIEW_CHARS], a.at, out_at)
+                for a, out_at in activity
+            ]
+            await conn.execute(_ACTIVITIES, [list(column) for column in zip(*rows, strict=True)])
 
     def finish_soon(
         self,
@@ -810,9 +853,10 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             raise StoreError(f"PostgreSQL store {self.where} is not open")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         key = self._held.get(job_id)
-        self._soon.append(_Soon(job_id, key, tuple(conversations), tuple(messages), tuple(activity), future))
         held = self.unwritten.add(conversations, messages)
-        future.add_done_callback(lambda _: self.unwritten.drop(held))
+        future.add_done_callback(lambda _: self.unwritten.drop(held))  # unless committed (then nothing)
+        writes = _Finish(job_id, tuple(conversations), tuple(messages), tuple(activity))
+        self._soon.append(_Soon(writes, key, future, held))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.get_running_loop().create_task(self._finish_batches(), name="amoconnect-pg-finish")
         elif len(self._soon) >= SOON_GROUP:
@@ -851,13 +895,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             async with self._conn("finish", transaction=True, pipeline=True) as conn:
                 await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, (one.key for one in batch))
-                for one in batch:
-                    await self._finished(conn, one.job_id, one.conversations, one.messages, one.activity)
+                await self._finished(conn, [one.writes for one in batch])
 
         await _again_after_deadlock("finish", write)
         self._unsynced += 1
         for one in batch:
-            self._settled(one.job_id, wake=False)  # the holder finishes the conversation's run with a write that wakes
+            # The holder finishes the conversation's run with a write that wakes.
+            self._settled(one.writes.job_id, wake=False)
+            self.unwritten.committed(one.held)
             if not one.future.done():
                 one.future.set_result(None)
 
@@ -867,7 +912,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         if one.future.done():
             return
         try:
-            self._lost(one.job_id, "finish", error)
+            self._lost(one.writes.job_id, "finish", error)
         except StoreError:
             one.future.set_exception(error)
         else:
@@ -955,6 +1000,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         if error is not None and _NOT_HELD not in str(error):
             raise error
         self._held.pop(job_id, None)
+        self.unwritten.forget()  # another process runs the job's conversation now
         log.warning(
             "job taken over by another process after this one's lease ran out; its outcome here is dropped",
             job=job_id,
@@ -1035,8 +1081,11 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
     # -- mapping -------------------------------------------------------------------------
     async def put_conversation(self, record: ConversationRecord) -> None:
-        async with self._conn("write", transaction=True) as conn:
-            await _upsert_conversations(conn, [record], merge=False)
+        try:
+            async with self._conn("write", transaction=True) as conn:
+                await _upsert_conversations(conn, [record], merge=False)
+        finally:
+            self.unwritten.forget([record])
 
     async def put_message(self, record: MessageRecord) -> None:
         async with self._conn("write") as conn:
@@ -1097,16 +1146,63 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         return await self._write(f"DELETE FROM rate_limits WHERE tat < {_NOW}")
 
 
+class _Finish(NamedTuple):
+    """What a finish writes."""
+
+    job_id: int
+    conversations: Sequence[ConversationRecord]
+    messages: Sequence[MessageRecord]
+    activity: Sequence[Activity]
+
+
 @dataclass
 class _Soon:
     """A finish :meth:`PostgresStore.finish_soon` accepted and has not committed yet."""
 
-    job_id: int
+    writes: _Finish
     key: str | None
-    conversations: tuple[ConversationRecord, ...]
-    messages: tuple[MessageRecord, ...]
-    activity: tuple[Activity, ...]
     future: asyncio.Future[None]
+    held: object
+    """Its records' token in :attr:`PostgresStore.unwritten`."""
+
+
+_Grouped = tuple[list[ConversationRecord], list[MessageRecord], list[tuple[Activity, float | None]]]
+
+
+def _grouped(finishes: Sequence[_Finish]) -> _Grouped | None:
+    """The records of ``finishes`` as fewer writes that leave what writing them one finish after the other
+    would: one record per conversation (folded as a finish merges it), the last record of each message,
+    per conversation the newest message a run of its activities would leave, with when the last of
+    them to go out would have set ``last_out_at`` (:data:`_ACTIVITIES`). None where the order could
+    tell: a chat given to two conversations, a conversation given two chats, or a newest message given
+    before its conversation's first record (then they are written in turn)."""
+    chats: dict[tuple[str, str], tuple[str, str]] = {}
+    rows: dict[tuple[str, str], ConversationRecord] = {}
+    first: dict[tuple[str, str], int] = {}
+    for i, f in enumerate(finishes):
+        for r in f.conversations:
+            key, chat = (r.scope_id, r.conversation_id), (r.instance, r.chat)
+            if chats.setdefault(chat, key) != key:
+                return None
+            row = rows.get(key)
+            if row is not None and (row.instance, row.chat) != chat:
+                return None
+            rows[key] = r if row is None else merged(row, r)
+            first.setdefault(key, i)
+    messages = {(m.scope_id, m.msgid): m for f in finishes for m in f.messages}
+    newest: dict[tuple[str, str], Activity] = {}
+    out: dict[tuple[str, str], float] = {}
+    for i, f in enumerate(finishes):
+        for a in f.activity:
+            key = (a.scope_id, a.conversation_id)
+            if first.get(key, i) > i:
+                return None
+            best = newest.get(key)
+            if best is None or a.at >= best.at:  # it would be written (given the stored row allows the best)
+                newest[key] = a
+                if a.direction == "out":
+                    out[key] = a.at
+    return list(rows.values()), list(messages.values()), [(a, out.get(key)) for key, a in newest.items()]
 
 
 class _Seen(Exception):

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import msgspec
 
 from .base import PREVIEW_CHARS, Activity, ConversationRecord, MessageRecord, RecentConversation, SourceActivity
-from .unwritten import Unwritten
+from .unwritten import Read, Unwritten
 
 __all__ = [
     "ACTIVITY_SCHEMA",
@@ -185,7 +185,8 @@ class MappingLookups:
     """The mapping's and the adapters' state lookups, for a store that runs a one-row query with
     ``_one(sql, params)`` in its engine's ``placeholder`` style. The records the store accepted and
     has not committed yet (``unwritten``: :meth:`~amoconnect.store.base.Store.finish_soon`) are
-    applied to what the database answers."""
+    applied to what the database answers; a lookup by chat in a pipelined backlog may be answered
+    from the chat's known row without a read (:mod:`.unwritten`)."""
 
     placeholder: ClassVar[str]
     unwritten: Unwritten
@@ -203,25 +204,31 @@ class MappingLookups:
 
     async def conversation(self, scope_id: str, conversation_id: str) -> ConversationRecord | None:
         """A conversation by our id."""
-        stored = await self._stored_conversation(scope_id, conversation_id)
-        if not self.unwritten:
-            return stored
-        return self.unwritten.conversation(stored, scope_id=scope_id, conversation_id=conversation_id)
+        with self.unwritten.reading() as read:
+            stored = await self._stored_conversation(scope_id, conversation_id)
+            if not (self.unwritten or read.since):
+                return stored
+            return self.unwritten.conversation(
+                stored, scope_id=scope_id, conversation_id=conversation_id, since=read.since
+            )
 
     async def _conversation_where(
-        self, stored: ConversationRecord | None, match: tuple[str, str], by: str
+        self, stored: ConversationRecord | None, match: tuple[str, str], by: str, read: Read
     ) -> ConversationRecord | None:
-        """``stored`` (found by ``by``: ``"chat"`` or ``"amocrm"``) with the records not committed yet applied."""
-        if not self.unwritten:
+        """``stored`` (found by ``by``: ``"chat"`` or ``"amocrm"``) with the records not committed yet
+        (and those committed during ``read``) applied."""
+        if not (self.unwritten or read.since):
             return stored
-        ids = self.unwritten.conversation_ids(match, by)
+        ids = self.unwritten.conversation_ids(match, by, read.since)
         if stored is not None:
             ids.insert(0, (stored.scope_id, stored.conversation_id))
         for scope_id, conversation_id in dict.fromkeys(ids):
             base = stored
             if base is None or (scope_id, conversation_id) != (base.scope_id, base.conversation_id):
                 base = await self._stored_conversation(scope_id, conversation_id)
-            found = self.unwritten.conversation(base, scope_id=scope_id, conversation_id=conversation_id)
+            found = self.unwritten.conversation(
+                base, scope_id=scope_id, conversation_id=conversation_id, since=read.since
+            )
             if (
                 found is not None
                 and ((found.instance, found.chat) if by == "chat" else (found.scope_id, found.amocrm_chat_id)) == match
@@ -231,20 +238,28 @@ class MappingLookups:
 
     async def conversation_by_chat(self, instance: str, chat: str) -> ConversationRecord | None:
         """A conversation by the messenger's chat id."""
-        stored = conversation(
-            await self._row(CONVERSATION_COLUMNS, "conversations", ("instance", "chat"), (instance, chat))
-        )
-        return await self._conversation_where(stored, (instance, chat), "chat")
+        match = (instance, chat)
+        with self.unwritten.reading() as read:
+            stored = self.unwritten.known(match)
+            if stored is None:
+                where = ("instance", "chat")
+                stored = conversation(await self._row(CONVERSATION_COLUMNS, "conversations", where, match))
+                self.unwritten.keep(match, read, stored)
+            return await self._conversation_where(stored, match, "chat", read)
 
     async def conversation_by_amocrm(self, scope_id: str, amocrm_chat_id: str) -> ConversationRecord | None:
         """A conversation by amoCRM's chat id."""
         where = ("scope_id", "amocrm_chat_id")
-        stored = conversation(await self._row(CONVERSATION_COLUMNS, "conversations", where, (scope_id, amocrm_chat_id)))
-        return await self._conversation_where(stored, (scope_id, amocrm_chat_id), "amocrm")
+        with self.unwritten.reading() as read:
+            stored = conversation(
+                await self._row(CONVERSATION_COLUMNS, "conversations", where, (scope_id, amocrm_chat_id))
+            )
+            return await self._conversation_where(stored, (scope_id, amocrm_chat_id), "amocrm", read)
 
     async def _message(self, where: tuple[str, ...], params: tuple[str, ...], by: str) -> MessageRecord | None:
-        stored = message(await self._row(MESSAGE_COLUMNS, "messages", where, params))
-        return self.unwritten.message(stored, params, by) if self.unwritten else stored
+        with self.unwritten.reading() as read:
+            stored = message(await self._row(MESSAGE_COLUMNS, "messages", where, params))
+            return self.unwritten.message(stored, params, by, read.since) if self.unwritten or read.since else stored
 
     async def message(self, scope_id: str, msgid: str) -> MessageRecord | None:
         """A message by our msgid."""

@@ -762,7 +762,11 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 return taken[0], False
             return None, conn.execute(_HAS_HEAD, (key,)).fetchone() is not None
 
-        taken, more = await self._call(run, wakes=bool(then), durable=durable or bool(then))
+        try:
+            taken, more = await self._call(run, wakes=bool(then), durable=durable or bool(then))
+        finally:
+            if conversations:
+                self.unwritten.forget(conversations)
         if more:
             self._wake.set()  # the conversation's next job is the claims' now
         # Its next job taken, or none left: nothing new to claim, the workers need not look.
@@ -790,8 +794,15 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         elif self._soon_timer is None:
             self._soon_timer = self._loop.call_later(SOON_LINGER, self._hand_over_soon)
         held = self.unwritten.add(conversations, messages)
-        future.add_done_callback(lambda _: self.unwritten.drop(held))
+        future.add_done_callback(lambda f: self._soon_settled(f, held))
         return future
+
+    def _soon_settled(self, future: asyncio.Future[None], held: object) -> None:
+        """A finish accepted without waiting committed (its records are stored) or failed."""
+        if not future.cancelled() and future.exception() is None:
+            self.unwritten.committed(held)
+        else:
+            self.unwritten.drop(held)
 
     async def take_ahead(self, job: Job, limit: int) -> list[Job]:
         def run(conn: sqlite3.Connection) -> list[Job]:
@@ -947,7 +958,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         return self._read(run)
 
     async def put_conversation(self, record: ConversationRecord) -> None:
-        await self._call(lambda conn: _upsert_conversations(conn, [record], merge=False))
+        try:
+            await self._call(lambda conn: _upsert_conversations(conn, [record], merge=False))
+        finally:
+            self.unwritten.forget([record])
 
     async def put_message(self, record: MessageRecord) -> None:
         await self._call(lambda conn: _upsert_messages(conn, [record]))

@@ -1,23 +1,42 @@
-"""Mapping records a store has accepted but not committed yet, seen by its own lookups meanwhile.
+"""Mapping records a store has accepted but not committed yet, seen by its own lookups meanwhile;
+and, while a conversation's backlog runs as a pipeline, its row without a read per message.
 
 :meth:`~amoconnect.store.base.Store.finish_soon` returns before its transaction commits, and the
 relay then runs the conversation's next job at once: that job must read what the previous one
 wrote (its conversation's amoCRM chat id and reply window, the message a client's edit or quote
 refers to). Until the commit, the records wait here, in the order they were given, and every
 lookup of the mapping applies them to what it read from the database the way the database will
-(a conversation merged, a message replaced, a chat taken over). Only this process sees them.
+(a conversation merged, a message replaced, a chat taken over). Only this process sees them. A
+read that was under way while some of them committed applies those too: its answer may predate
+their commit (applying a record the row already has changes nothing).
+
+**Known rows.** In such a pipeline every job looks its conversation up by chat. While records of
+the chat wait here (this process holds the chat's jobs and runs them ahead), the row the database
+last answered for the chat, with this process's own commits since folded in, stands for the
+database's for up to ``FRESH`` seconds after that read: the lookup reads nothing. The rule that
+makes it safe: jobs of one chat run only in the process holding them, and every write of this
+process goes through this store, which folds it in (:meth:`Unwritten.committed`) or forgets the
+row (:meth:`Unwritten.forget`: a finish that waited, ``put_conversation``, a finish whose outcome
+is unknown, a job another process took over). What remains are other writers of the row: an
+outbound job of the same conversation (another key, perhaps another process) recording amoCRM's
+chat id, the CLI linking a chat, another conversation taking the chat over. What they wrote in the
+last ``FRESH`` seconds may be missed, as a lookup that raced them would miss it; a job's records
+are merged, not put (a known chat id stays unless the job has one, and amojo's answer to each
+message carries it), and the row is read again at the latest ``FRESH`` seconds later.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import msgspec
 
 from .base import ConversationRecord, MessageRecord
 
-__all__ = ["SOON_GROUP", "SOON_LINGER", "Unwritten", "merged"]
+__all__ = ["FRESH", "SOON_GROUP", "SOON_LINGER", "Read", "Unwritten", "merged"]
 
 SOON_GROUP = 16
 SOON_LINGER = 0.005
@@ -25,6 +44,8 @@ SOON_LINGER = 0.005
 together: up to ``SOON_GROUP`` of them, or what arrived ``SOON_LINGER`` seconds after the first
 (a conversation's pipeline hands one over per amojo round trip), or (SQLite) with the next other
 write but an enqueue."""
+FRESH = 1.0
+"""Seconds a known row (see above) stands for the database's after the read it came from."""
 
 
 def merged(stored: ConversationRecord, record: ConversationRecord) -> ConversationRecord:
@@ -47,63 +68,184 @@ class _Batch:
 
 
 @dataclass
+class Read:
+    """A lookup's read under way: the batches committed meanwhile (:meth:`Unwritten.reading`)."""
+
+    epoch: int
+    started: float
+    since: list[_Batch] = field(default_factory=list)
+
+
+@dataclass
+class _Known:
+    record: ConversationRecord
+    read_at: float
+    """When the read it came from started (``time.monotonic``)."""
+
+
+@dataclass
 class Unwritten:
-    """The records of the writes accepted and not committed yet, oldest first."""
+    """The records of the writes accepted and not committed yet, oldest first, and the known rows."""
 
     _batches: list[_Batch] = field(default_factory=list)
+    _reads: list[Read] = field(default_factory=list)
+    _known: dict[tuple[str, str], _Known] = field(default_factory=dict)
+    _epoch: int = 0
+    """Counts :meth:`forget`: a read that started before one is not kept as a known row."""
 
     def __bool__(self) -> bool:
         return bool(self._batches)
 
     def add(self, conversations: Sequence[ConversationRecord], messages: Sequence[MessageRecord]) -> object:
-        """Hold these records until :meth:`drop` is called with the returned token (committed or failed)."""
+        """Hold these records until :meth:`committed` or :meth:`drop` is called with the returned token."""
         batch = _Batch(tuple(conversations), tuple(messages))
         if batch.conversations or batch.messages:
             self._batches.append(batch)
         return batch
 
+    def committed(self, token: object) -> None:
+        """The records of ``token`` are in the database: the reads under way apply them, the known rows
+        take them in."""
+        if not self._take(token):
+            return
+        assert isinstance(token, _Batch)
+        for read in self._reads:
+            read.since.append(token)
+        for record in token.conversations:
+            self._fold(record)
+
     def drop(self, token: object) -> None:
+        """The records of ``token`` were not committed, or whether they were is unknown (a known row of
+        their chats may lack them: forgotten). Nothing once :meth:`committed`."""
+        if self._take(token):
+            assert isinstance(token, _Batch)
+            if token.conversations:
+                self.forget(token.conversations)
+
+    def _take(self, token: object) -> bool:
         for i, batch in enumerate(self._batches):
             if batch is token:
                 del self._batches[i]
-                return
+                return True
+        return False
 
-    def _conversations(self) -> list[ConversationRecord]:
-        return [c for batch in self._batches for c in batch.conversations]
+    # -- known rows ----------------------------------------------------------------------
+    def forget(self, records: Iterable[ConversationRecord] | None = None) -> None:
+        """This process wrote these conversations otherwise (all: None, or another process may have taken
+        a job over): the known rows of their chats and ids are read again."""
+        self._epoch += 1
+        if records is None:
+            self._known.clear()
+            return
+        for record in records:
+            for chat, known in list(self._known.items()):
+                if chat == (record.instance, record.chat) or _same(known.record, record):
+                    del self._known[chat]
 
-    def _messages(self) -> list[MessageRecord]:
-        return [m for batch in self._batches for m in batch.messages]
+    def known(self, chat: tuple[str, str]) -> ConversationRecord | None:
+        """The conversation of ``chat`` (instance, chat) as stored, without a read: while records of the chat
+        wait here, up to :data:`FRESH` seconds after the read. None when it must be read."""
+        found = self._known.get(chat)
+        if found is None:
+            return None
+        if time.monotonic() - found.read_at > FRESH or not self._waiting(chat):
+            del self._known[chat]
+            return None
+        return found.record
+
+    def keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord | None) -> None:
+        """Keep the row a read by ``chat`` found, with the batches committed meanwhile folded in, as the
+        chat's known row: while records of the chat wait here, and unless something was forgotten since
+        the read began."""
+        if row is None or read.epoch != self._epoch or not self._waiting(chat):
+            return
+        for batch in read.since:
+            for record in batch.conversations:
+                folded = _folded(chat, row, record)
+                if folded is None:
+                    return
+                row = folded
+        self._known[chat] = _Known(row, read.started)
+
+    def _waiting(self, chat: tuple[str, str]) -> bool:
+        return any((c.instance, c.chat) == chat for c in self._conversations())
+
+    def _fold(self, record: ConversationRecord) -> None:
+        """A committed record into the known rows."""
+        for chat, known in list(self._known.items()):
+            folded = _folded(chat, known.record, record)
+            if folded is None:
+                del self._known[chat]
+            else:
+                known.record = folded
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Read]:
+        """Around a lookup's read: what commits meanwhile is in :attr:`Read.since`."""
+        read = Read(self._epoch, time.monotonic())
+        self._reads.append(read)
+        try:
+            yield read
+        finally:
+            self._reads.remove(read)
+
+    # -- the overlay ---------------------------------------------------------------------
+    def _conversations(self, since: Sequence[_Batch] = ()) -> list[ConversationRecord]:
+        return [c for batch in (*since, *self._batches) for c in batch.conversations]
+
+    def _messages(self, since: Sequence[_Batch] = ()) -> list[MessageRecord]:
+        return [m for batch in (*since, *self._batches) for m in batch.messages]
 
     def conversation(
-        self, stored: ConversationRecord | None, *, scope_id: str, conversation_id: str
+        self,
+        stored: ConversationRecord | None,
+        *,
+        scope_id: str,
+        conversation_id: str,
+        since: Sequence[_Batch] = (),
     ) -> ConversationRecord | None:
-        """The conversation of our id as it will be once the held records are committed."""
+        """The conversation of our id as it will be once the held records (and ``since``'s) are committed."""
         found = stored
-        for record in self._conversations():
+        for record in self._conversations(since):
             if (record.scope_id, record.conversation_id) == (scope_id, conversation_id):
                 found = record if found is None else merged(found, record)
             elif found is not None and (record.instance, record.chat) == (found.instance, found.chat):
                 found = None  # another conversation took the chat over: this one's row is deleted
         return found
 
-    def conversation_ids(self, match: tuple[str, str], by: str) -> list[tuple[str, str]]:
+    def conversation_ids(self, match: tuple[str, str], by: str, since: Sequence[_Batch] = ()) -> list[tuple[str, str]]:
         """Scope and our id of the held conversations whose ``by`` pair (``"chat"``: instance and chat;
         ``"amocrm"``: scope and amoCRM's chat id) is ``match``."""
-        found = [(c.scope_id, c.conversation_id) for c in self._conversations() if _pair(c, by) == match]
+        found = [(c.scope_id, c.conversation_id) for c in self._conversations(since) if _pair(c, by) == match]
         return list(dict.fromkeys(found))
 
-    def message(self, stored: MessageRecord | None, match: tuple[str, ...], by: str) -> MessageRecord | None:
+    def message(
+        self, stored: MessageRecord | None, match: tuple[str, ...], by: str, since: Sequence[_Batch] = ()
+    ) -> MessageRecord | None:
         """The message whose ``by`` fields (``"msgid"``: scope and msgid; ``"amocrm"``: scope and amoCRM's id;
         ``"messenger"``: scope, conversation and messenger id) are ``match``, once the held records are
         committed (a message record replaces the stored one of its msgid)."""
-        for record in reversed(self._messages()):
+        held = self._messages(since)
+        for record in reversed(held):
             if _fields(record, by) == match:
                 return record
-        if stored is not None and any(
-            (m.scope_id, m.msgid) == (stored.scope_id, stored.msgid) for m in self._messages()
-        ):
+        if stored is not None and any((m.scope_id, m.msgid) == (stored.scope_id, stored.msgid) for m in held):
             return None  # replaced by a record that no longer matches
         return stored
+
+
+def _folded(chat: tuple[str, str], row: ConversationRecord, record: ConversationRecord) -> ConversationRecord | None:
+    """The known row of ``chat`` once ``record`` is committed: merged into it when it is the row's own
+    (same conversation, same chat); None when the record may have changed it otherwise (a chat taken
+    over or moved: read it again)."""
+    same_chat, same_row = (record.instance, record.chat) == chat, _same(row, record)
+    if same_chat and same_row:
+        return merged(row, record)
+    return None if same_chat or same_row else row
+
+
+def _same(a: ConversationRecord, b: ConversationRecord) -> bool:
+    return (a.scope_id, a.conversation_id) == (b.scope_id, b.conversation_id)
 
 
 def _pair(record: ConversationRecord, by: str) -> tuple[str | None, ...]:

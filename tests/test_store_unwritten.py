@@ -1,0 +1,61 @@
+"""What a store's lookups apply to the database's answer: records not committed yet, those committed
+while the read was under way, and a pipelined chat's known row (``amoconnect/store/unwritten.py``)."""
+
+from __future__ import annotations
+
+from amoconnect.store.base import ConversationRecord, MessageRecord
+from amoconnect.store.unwritten import Unwritten
+
+CHAT = ("inst", "chat-a")
+ROW = ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-1", "client-a", last_client_at=9.0)
+
+
+def later(at: float, **changes: object) -> ConversationRecord:
+    fields = {"amocrm_chat_id": None, "client_id": None, "last_client_at": at, **changes}
+    return ConversationRecord("scope", "conv-a", "inst", "chat-a", **fields)  # type: ignore[arg-type]
+
+
+def test_records_committed_while_a_read_was_under_way_are_applied_to_its_answer() -> None:
+    unwritten = Unwritten()
+    sent = MessageRecord("scope", "m1", "conv-a", "in", amocrm_id="amo-m1")
+    token = unwritten.add([later(10.0)], [sent])
+    with unwritten.reading() as read:
+        unwritten.committed(token)  # the answer may predate the commit: it no longer waits here
+        assert not unwritten
+        found = unwritten.conversation(ROW, scope_id="scope", conversation_id="conv-a", since=read.since)
+        assert found == ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-1", "client-a", 10.0)
+        assert unwritten.message(None, ("scope", "m1"), "msgid", read.since) == sent
+    with unwritten.reading() as read:
+        assert read.since == []  # a read that began after the commit finds it in the database
+
+
+def test_a_known_row_takes_in_commits_and_is_forgotten_when_it_may_differ() -> None:
+    unwritten = Unwritten()
+    assert unwritten.known(CHAT) is None
+    with unwritten.reading() as read:
+        unwritten.keep(CHAT, read, ROW)
+    assert unwritten.known(CHAT) is None  # nothing of the chat waits: not a pipeline, not kept
+    first = unwritten.add([later(10.0)], [])
+    with unwritten.reading() as read:
+        unwritten.committed(first)
+        second = unwritten.add([later(11.0, amocrm_chat_id="amo-2")], [])
+        unwritten.keep(CHAT, read, ROW)  # read before ``first`` committed: it is folded in
+    assert unwritten.known(CHAT) == ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-1", "client-a", 10.0)
+    third = unwritten.add([later(12.0)], [])
+    unwritten.committed(second)
+    assert unwritten.known(CHAT) == ConversationRecord("scope", "conv-a", "inst", "chat-a", "amo-2", "client-a", 11.0)
+    unwritten.drop(third)  # its outcome unknown: the row may hold it or not
+    fourth = unwritten.add([later(13.0)], [])
+    assert unwritten.known(CHAT) is None
+    with unwritten.reading() as read:
+        unwritten.keep(CHAT, read, ROW)
+    taken = unwritten.add([ConversationRecord("scope", "conv-b", "inst", "chat-a", "amo-3")], [])
+    unwritten.committed(fourth)
+    assert unwritten.known(CHAT) is not None
+    unwritten.committed(taken)  # another conversation took the chat over
+    assert unwritten.known(CHAT) is None
+    with unwritten.reading() as read:
+        unwritten.add([later(14.0)], [])
+        unwritten.forget()  # while the read was under way: what it found is not kept
+        unwritten.keep(CHAT, read, ROW)
+    assert unwritten.known(CHAT) is None
