@@ -601,12 +601,11 @@ async def test_arrivals_settle_when_the_last_webhook_is_answered_or_after_the_bo
             await arrivals.settled(0.01)  # bounded: a steady stream of webhooks slows a backlog, never stops it
 
 
-async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(store: Store) -> None:
-    """The store hands a job that is claimable at its enqueue straight to the relay in the enqueue's
+async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(tmp_path: Path) -> None:
+    """SQLite hands a job that is claimable at its enqueue straight to the relay in the enqueue's
     transaction (marked running, its attempt counted): no claim, no wake. A job of a busy
     conversation, or one behind jobs due before it, is left to the claims, in their order."""
     ran: list[tuple[bytes, int]] = []
-    claims = counting_claims(store)
     release = anyio.Event()
 
     async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
@@ -615,7 +614,8 @@ async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(store: S
             await release.wait()
         return Done()
 
-    async with anyio.create_task_group() as tg:
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store, anyio.create_task_group() as tg:
+        claims = counting_claims(store)
         await tg.start(Relay(store, {"test": Handler(run)}).run)
         await store.enqueue([NewJob("test", "a", b"slow")])
         await eventually(lambda: len(ran) == 1)
@@ -631,9 +631,9 @@ async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(store: S
         tg.cancel_scope.cancel()
 
 
-async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(store: Store) -> None:
+async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(tmp_path: Path) -> None:
     """No slot free, or another conversation's job due first: the new job is the claims'. An enqueue
-    that adds nothing (a duplicate) gives its slot back."""
+    that adds nothing (a duplicate) asks for no slot."""
     offers: list[bool] = []
     handed: list[Job | None] = []
 
@@ -649,23 +649,21 @@ async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(st
             handed.append(job)
 
     taker = Taker()
-    store.hand_off_to(taker)
-    await store.enqueue([NewJob("test", "a", b"no slot")])
-    taker.room = 5
-    await store.enqueue([NewJob("test", "b", b"behind a")])
-    assert handed == [None] or handed == []  # SQLite asks only when the job is first; PostgreSQL asks first
-    handed.clear()
-    assert [job.payload for job in await store.claim(10)] == [b"no slot", b"behind a"]
-    await store.enqueue([NewJob("test", "c", b"handed")], dedup=["c"])
-    assert [job.payload if job else None for job in handed] == [b"handed"]
-    assert [job.attempts if job else None for job in handed] == [1]
-    assert await store.counts() == {"queued": 0, "running": 3, "dead": 0}
-    assert not await store.enqueue([NewJob("test", "c", b"duplicate")], dedup=["c"])
-    assert handed[1:] in ([], [None])
-    store.hand_off_to(None)
-    await store.enqueue([NewJob("test", "d", b"claimed")])
-    assert len([job for job in handed if job]) == 1 and [job.payload for job in await store.claim(10)] == [b"claimed"]
-    assert offers[0] is False
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        store.hand_off_to(taker)
+        await store.enqueue([NewJob("test", "a", b"no slot")])
+        taker.room = 5
+        await store.enqueue([NewJob("test", "b", b"behind a")])
+        assert offers == [False] and handed == []  # "behind a" was never offered: "no slot" is due first
+        assert [job.payload for job in await store.claim(10)] == [b"no slot", b"behind a"]
+        await store.enqueue([NewJob("test", "c", b"handed")], dedup=["c"])
+        assert [(job.payload, job.attempts) for job in handed if job] == [(b"handed", 1)]
+        assert await store.counts() == {"queued": 0, "running": 3, "dead": 0}
+        assert not await store.enqueue([NewJob("test", "c", b"duplicate")], dedup=["c"])
+        store.hand_off_to(None)
+        await store.enqueue([NewJob("test", "d", b"claimed")])
+        assert len(handed) == 1 and len(offers) == 2
+        assert [job.payload for job in await store.claim(10)] == [b"claimed"]
 
 
 async def test_a_hand_off_whose_transaction_fails_gives_its_slot_back(tmp_path: Path) -> None:
