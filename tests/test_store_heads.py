@@ -226,3 +226,18 @@ async def test_jobs_taken_ahead_of_a_restart_run_again_in_order(store: Store, sq
         assert first.payload == b"3"
         assert payloads(await again.take_ahead(first, 10)) == [b"4"]
         assert_heads_match_queue(sql)
+
+
+async def test_finishes_of_several_conversations_committed_together_move_each_head(store: Store, sql: Sql) -> None:
+    await store.enqueue([job("a", b"1"), job("a", b"2"), job("a", b"3"), job("a", b"4")])
+    await store.enqueue([job("b", b"5"), job("b", b"6"), job("b", b"7"), job("c", b"8")])
+    one, five, eight = await store.claim(10)
+    ahead_a, ahead_b = await store.take_ahead(one, 2), await store.take_ahead(five, 1)
+    # Accepted one after the other without waiting: they commit together (one statement deletes them all).
+    accepted = [store.finish_soon(j.id) for j in (one, *ahead_a, five, *ahead_b, eight)]
+    for future in accepted:
+        await future
+    assert_heads_match_queue(sql)
+    assert sorted(payloads(await store.claim(10))) == [b"4", b"7"]  # "c" has none left
+    assert "c" not in head_records(sql)
+    assert_heads_match_queue(sql)

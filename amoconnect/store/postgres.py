@@ -245,6 +245,23 @@ MIGRATIONS: tuple[str, ...] = (
     ACCOUNT_STATE_REASONS,
     # 9: a conversation's newest message and when its last one went out (store/sql.py)
     ACTIVITY_SCHEMA.format(time_type="DOUBLE PRECISION"),
+    # 10: a statement that deletes jobs makes each of their conversations' head records again once,
+    # after its last row, in key order (a group of finishes deleted 16 jobs of a conversation and made
+    # its head record 16 times over: measured 0.24 -> 0.07 ms of the server's CPU a finish)
+    """
+    CREATE FUNCTION queue_heads_removed() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE
+        removed_key TEXT;
+    BEGIN
+        FOR removed_key IN SELECT DISTINCT key FROM removed ORDER BY key LOOP
+            PERFORM queue_head_refresh(removed_key);
+        END LOOP;
+        RETURN NULL;
+    END $$;
+    DROP TRIGGER queue_removed ON queue;
+    CREATE TRIGGER queue_removed AFTER DELETE ON queue REFERENCING OLD TABLE AS removed
+        FOR EACH STATEMENT EXECUTE FUNCTION queue_heads_removed();
+    """,
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
