@@ -3,6 +3,8 @@ while the read was under way, and a pipelined chat's known row (``amoconnect/sto
 
 from __future__ import annotations
 
+import pytest
+
 from amoconnect.store.base import ConversationRecord, MessageRecord
 from amoconnect.store.unwritten import Unwritten
 
@@ -59,3 +61,18 @@ def test_a_known_row_takes_in_commits_and_is_forgotten_when_it_may_differ() -> N
         unwritten.forget()  # while the read was under way: what it found is not kept
         unwritten.keep(CHAT, read, ROW)
     assert unwritten.known(CHAT) is None
+
+
+def test_known_rows_of_chats_no_longer_looked_up_go_once_they_are_old(monkeypatch: pytest.MonkeyPatch) -> None:
+    from amoconnect.store import unwritten as module
+
+    unwritten = Unwritten()
+    unwritten.add([later(10.0)], [])
+    with unwritten.reading() as read:
+        unwritten.keep(CHAT, read, ROW)
+    other = ConversationRecord("scope", "conv-b", "inst", "chat-b")
+    unwritten.add([other], [])
+    monkeypatch.setattr(module, "FRESH", -1.0)
+    with unwritten.reading() as read:
+        unwritten.keep(("inst", "chat-b"), read, other)
+    assert list(unwritten._known) == [("inst", "chat-b")]

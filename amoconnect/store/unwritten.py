@@ -159,6 +159,9 @@ class Unwritten:
         the read began."""
         if row is None or read.epoch != self._epoch or not self._waiting(chat):
             return
+        stale = time.monotonic() - FRESH
+        for key in [key for key, known in self._known.items() if known.read_at < stale]:
+            del self._known[key]  # chats whose pipelines ended: no lookup of theirs came to drop them
         for batch in read.since:
             for record in batch.conversations:
                 folded = _folded(chat, row, record)
