@@ -221,8 +221,13 @@ _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _INSERT_JOB = "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def _job_row(job: NewJob, now: float) -> tuple[Any, ...]:
+    """:data:`_INSERT_JOB`'s parameters for ``job``, enqueued at ``now``."""
+    return (job.kind, job.key, job.payload, job.scope_id, now + job.delay, now)
+
+
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
-    conn.executemany(_INSERT_JOB, [(j.kind, j.key, j.payload, j.scope_id, now + j.delay, now) for j in jobs])
+    conn.executemany(_INSERT_JOB, [_job_row(j, now) for j in jobs])
 
 
 def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
@@ -688,9 +693,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
             if len(jobs) == 1 and self._taker is not None and jobs[0].delay <= 0:
-                job = jobs[0]
-                row = (job.kind, job.key, job.payload, job.scope_id, now, now)
-                self._hand_off(conn, conn.execute(_INSERT_JOB, row).lastrowid, now)
+                self._hand_off(self._taker, conn, conn.execute(_INSERT_JOB, _job_row(jobs[0], now)).lastrowid, now)
             else:
                 _insert_jobs(conn, jobs, now)
             crash_point("store.enqueue")
@@ -701,11 +704,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     def hand_off_to(self, taker: Taker | None) -> None:
         self._taker = taker
 
-    def _hand_off(self, conn: sqlite3.Connection, job_id: int | None, now: float) -> None:
-        """Mark the job just enqueued running for the taker if it is the first a claim would take now
+    def _hand_off(self, taker: Taker, conn: sqlite3.Connection, job_id: int | None, now: float) -> None:
+        """Mark the job just enqueued running for ``taker`` if it is the first a claim would take now
         (its conversation has no other job, and no other conversation's job is due before it)."""
-        assert self._taker is not None
-        taker = self._taker
         first = conn.execute(_ANY_DUE, (now,)).fetchone()
         if first is None or first[0] != job_id or not taker.offer():
             return
