@@ -19,11 +19,27 @@ from rig import ACCOUNT, CHANNEL, SCOPE, SECRET, base_config, message
 
 from amoconnect.testing.fake_amojo import FakeAmojo
 from amoconnect.testing.servers import serve_app
+from amoconnect.testing.stores import table_rows
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 N_CONVERSATIONS = 20
 N_MESSAGES = 300
+
+
+async def restart_until_drained(
+    config: Path, port: int, data: dict[str, Any], fake: FakeAmojo, total: int
+) -> SimpleNamespace:
+    """Start the connector again and wait (30 s at most) until amoCRM has ``total`` messages and the
+    queue is empty; the store, for :func:`table_rows`."""
+    store = SimpleNamespace(url=data["store"].get("url"), path=data["store"]["path"])
+    async with connector(config, port):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if len(fake.messages) >= total and table_rows(store, "queue")[0][0] == 0:
+                break
+            await anyio.sleep(0.05)
+    return store
 
 
 async def test_kill_9_mid_flow_loses_nothing_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -171,8 +187,6 @@ async def test_after_a_kill_9_every_duplicate_gets_amocrm_s_id_back(tmp_path: Pa
     recovers amoCRM's id of every one. Chat names need quoting in every path."""
     from messengers.loopback import SIGNATURE_HEADER, sign
 
-    from amoconnect.testing.stores import table_rows
-
     chats = [f"c{i} :/%ü?#" for i in range(10)]
     total = 120
     fake = FakeAmojo(CHANNEL, SECRET)
@@ -201,13 +215,7 @@ async def test_after_a_kill_9_every_duplicate_gets_amocrm_s_id_back(tmp_path: Pa
             assert slow.in_flight, "the kill should land while sends are in flight"
             os.kill(proc.pid, signal.SIGKILL)
             await proc.wait()
-        store = SimpleNamespace(url=data["store"].get("url"), path=data["store"]["path"])
-        async with connector(config, port):
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if len(fake.messages) >= total and table_rows(store, "queue")[0][0] == 0:
-                    break
-                await anyio.sleep(0.05)
+        store = await restart_until_drained(config, port, data, fake, total)
     msgids = [m.msgid for m in fake.messages]
     assert len(msgids) == total == len(set(msgids)), "each message reaches amoCRM exactly once"
     for chat in chats:
@@ -233,7 +241,6 @@ async def test_kill_9_while_a_finish_is_not_yet_on_disk_sends_the_chat_once_in_o
     from messengers.loopback import SIGNATURE_HEADER, sign
 
     from amoconnect.crashpoints import ENV as CRASH_AT
-    from amoconnect.testing.stores import table_rows
 
     total = 60
     fake = FakeAmojo(CHANNEL, SECRET)
@@ -257,13 +264,7 @@ async def test_kill_9_while_a_finish_is_not_yet_on_disk_sends_the_chat_once_in_o
                 await proc.wait()
             assert proc.returncode == -signal.SIGKILL, "the crash point was reached"
         assert 20 < len(fake.messages) < total, "the kill lands while the backlog drains"
-        store = SimpleNamespace(url=data["store"].get("url"), path=data["store"]["path"])
-        async with connector(config, port):
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                if len(fake.messages) >= total and table_rows(store, "queue")[0][0] == 0:
-                    break
-                await anyio.sleep(0.05)
+        store = await restart_until_drained(config, port, data, fake, total)
     assert [m.text for m in fake.messages] == [e.text for e in events], "each message once, in order"
     assert [q for q in fake.requests if q.status == 400], "the job amojo answered before the kill was sent again"
     recorded = dict(table_rows(store, "messages WHERE direction = 'in'", "msgid, amocrm_id"))
