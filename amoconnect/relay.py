@@ -19,7 +19,8 @@ its jobs, not of claims.
 A kind whose jobs may run twice without harm (:attr:`Handler.repeatable`: amojo refuses a msgid
 it has) runs a conversation's backlog as a pipeline: once a finish took the conversation's next
 job (there is a backlog) while a slot is free for other work, the slot takes the jobs after it
-ahead (:meth:`Store.take_ahead`; they run in the slot even if every other slot fills meanwhile), and
+ahead (:meth:`Store.take_ahead`; they run in the slot even if every other slot fills meanwhile, and
+the next ones are taken while the last few run), and
 once a job's work is done hands its finish to the store without waiting
 (:meth:`Store.finish_soon`) and starts the next job at once; the finishes commit in the
 background, several in a transaction, and reach the disk with a flush every ``_FLUSH_EVERY``.
@@ -121,6 +122,8 @@ class Handler:
 
 _AHEAD = 32
 """How many jobs of a repeatable kind a slot takes ahead of the one it runs (:meth:`Store.take_ahead`)."""
+_TAKE_AGAIN = 8
+"""Once this few jobs taken ahead are left, the slot takes the next ones while its jobs run."""
 _UNCOMMITTED = 32
 """A slot waits for its oldest finish handed to the store (:meth:`Store.finish_soon`) past this many."""
 _DEFER_AT_MOST = 0.005
@@ -157,6 +160,11 @@ class _Run:
     behind: bool = False
     """The conversation has jobs queued behind the one running: a finish took the next one, or jobs are
     held. Only then does the run take jobs ahead; a lone message costs no look for more."""
+    taking: anyio.Event | None = None
+    """Set when the take ahead under way, started while a job ran, has added its jobs to ``held``."""
+    more: bool = True
+    """No take ahead since the latest finish that took the conversation's next job came back short: the
+    conversation may have more to take (after one that did, the finish of the last job held looks)."""
 
 
 @dataclass
@@ -322,6 +330,8 @@ class Relay:
                 await self._failed(job, handler, exc, bound)
                 await self._give_back(run)
                 return None
+            if not run.held:
+                await self._taken(run)  # what follows may be on its way
             crash_point("relay.done", job.kind)
             if run.committing or run.unflushed:
                 # This job ran while an earlier finish of its conversation may not be committed or on disk.
@@ -333,12 +343,17 @@ class Relay:
             dispatching = self._dispatching is not None and not self._dispatching.cancel_called
             taking = dispatching and len(self._running) < self.concurrency
             soon = handler.repeatable and dispatching and not done.then
-            if soon and taking and not run.held and run.behind:
-                run.held.extend(await self._take_ahead(job))
+            if soon and taking and not run.held and run.behind and run.more:
+                await self._take_ahead(run, job)
             if soon and run.held:
                 await self._accept(job, done, run, flushes, bound)
                 self._succeeded(job, done)
-                return run.held.popleft()
+                upcoming = run.held.popleft()
+                if taking and run.more and run.taking is None and len(run.held) < _TAKE_AGAIN:
+                    # Take the next ones while the jobs held run: the pipeline never waits for a take.
+                    run.taking = anyio.Event()
+                    flushes.start_soon(self._take_soon, run, run.held[-1] if run.held else upcoming)
+                return upcoming
             await self._catch_up(run, flushes)
             if not dispatching:
                 await self._give_back(run)
@@ -362,6 +377,8 @@ class Relay:
             if lazy:
                 self._unflushed(run, job, flushes)
             run.behind = following is not None or bool(run.held)  # a backlog: what follows is taken ahead
+            if following is not None:
+                run.more = True  # the conversation goes on past what was taken ahead
             return run.held.popleft() if run.held else following
         finally:
             self._running.discard(job.id)
@@ -387,14 +404,31 @@ class Relay:
         for follow in done.then:
             self.metrics.jobs_queued.labels(follow.kind).inc()
 
-    async def _take_ahead(self, job: Job) -> list[Job]:
-        """The jobs that follow ``job`` in its conversation, taken to run next in this slot (none when the
-        store cannot say now: the conversation then goes on through finishes and claims)."""
+    async def _take_ahead(self, run: _Run, job: Job) -> None:
+        """Hold the jobs that follow ``job`` in its conversation, taken to run next in this slot (none when
+        the store cannot say now: the conversation then goes on through finishes and claims)."""
         try:
-            return await self.store.take_ahead(job, _AHEAD)
+            taken = await self.store.take_ahead(job, _AHEAD)
         except StoreError as exc:
             log.warning("store unavailable; the conversation's next jobs are not taken ahead", error=str(exc))
-            return []
+            taken = []
+        run.held.extend(taken)
+        run.more = len(taken) == _AHEAD
+
+    async def _take_soon(self, run: _Run, job: Job) -> None:
+        """:meth:`_take_ahead` while the run goes on; ``run.taking`` is set once it is done."""
+        try:
+            await self._take_ahead(run, job)
+        finally:
+            taking, run.taking = run.taking, None
+            if taking is not None:
+                taking.set()
+
+    @staticmethod
+    async def _taken(run: _Run) -> None:
+        """Wait for the take ahead under way, if any: ``held`` is then complete."""
+        if run.taking is not None:
+            await run.taking.wait()
 
     async def _accept(
         self,
@@ -461,6 +495,7 @@ class Relay:
 
     async def _give_back(self, run: _Run) -> None:
         """Return the jobs the run took ahead and did not start to the queue."""
+        await self._taken(run)
         held = [j.id for j in run.held]
         run.held.clear()
         if not held:

@@ -454,6 +454,84 @@ async def test_a_failed_job_stops_the_jobs_taken_ahead_of_it_until_it_is_retried
     assert ran == [(b"1", 1), (b"2", 1), (b"2", 2), (b"3", 1), (b"4", 1), (b"5", 1)]
 
 
+def taking_ahead(
+    store: Store, monkeypatch: pytest.MonkeyPatch, *, pause: float = 0.0
+) -> tuple[list[tuple[bytes, bytes | None]], dict[str, bytes | None]]:
+    """Four jobs taken ahead at a time, the next ones once two are left; each take recorded with the job
+    running at its start (``in_flight["job"]``, which the test's handler sets), answered ``pause`` seconds
+    after the store took the jobs."""
+    monkeypatch.setattr(relay_module, "_AHEAD", 4)
+    monkeypatch.setattr(relay_module, "_TAKE_AGAIN", 2)
+    take_ahead = store.take_ahead
+    takes: list[tuple[bytes, bytes | None]] = []
+    in_flight: dict[str, bytes | None] = {"job": None}
+
+    async def recording(job: Job, limit: int) -> list[Job]:
+        takes.append((job.payload, in_flight["job"]))
+        taken = await take_ahead(job, limit)
+        await anyio.sleep(pause)  # the jobs are the relay's, their answer on its way
+        return taken
+
+    monkeypatch.setattr(store, "take_ahead", recording)
+    return takes, in_flight
+
+
+async def test_a_backlog_takes_its_next_jobs_while_the_jobs_taken_before_run(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A draining backlog never waits for a take ahead: once few jobs taken ahead are left, the next ones
+    are taken while those run (the send to amojo is in flight), after the last one taken."""
+    takes, in_flight = taking_ahead(store, monkeypatch)
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        in_flight["job"] = job.payload
+        ran.append(job.payload)
+        await anyio.sleep(0.005)  # amojo answers
+        in_flight["job"] = None
+        return Done()
+
+    await store.enqueue([NewJob("repeatable", "k", b"%d" % i) for i in range(1, 21)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert ran == [b"%d" % i for i in range(1, 21)]
+    # Job 1's finish took job 2; job 2 took 3–6 with nothing in flight; from then on each take starts
+    # after the last job taken, while a job taken before it runs.
+    assert takes[0] == (b"2", None)
+    assert [after for after, _ in takes[1:]] == [b"6", b"10", b"14", b"18"]
+    assert all(running is not None for _, running in takes[1:])
+
+
+async def test_a_job_that_fails_while_the_next_jobs_are_being_taken_gives_them_back(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The take under way when a job fails ends first; everything it took goes back to the queue with
+    the jobs held, so none is stranded running and the failed job's retry runs before them."""
+    takes, in_flight = taking_ahead(store, monkeypatch, pause=0.05)
+    ran: list[tuple[bytes, int]] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append((job.payload, job.attempts))
+        in_flight["job"] = job.payload
+        try:
+            await anyio.sleep(0.005)  # amojo answers
+            if job.payload == b"5" and job.attempts == 1:
+                raise Retry("amojo answered 503", delay=0.1)  # while 7–10 are being taken
+            return Done()
+        finally:
+            in_flight["job"] = None
+
+    await store.enqueue([NewJob("repeatable", "k", b"%d" % i) for i in range(1, 13)])
+    async with anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
+        tg.cancel_scope.cancel()
+    assert (b"6", b"5") in takes
+    assert ran == [(b"%d" % i, 1) for i in range(1, 6)] + [(b"5", 2)] + [(b"%d" % i, 1) for i in range(6, 13)]
+
+
 async def test_a_finish_accepted_and_not_committed_is_recorded_again(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
