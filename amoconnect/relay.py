@@ -49,6 +49,7 @@ from typing import TypeVar
 import anyio
 import httpx
 import structlog
+from prometheus_client import Counter, Histogram
 
 from .crashpoints import crash_point
 from .errors import MessengerError, RemoteError, StoreError
@@ -189,6 +190,10 @@ class Relay:
     """Where jobs run while the relay takes new ones (None once it stops taking)."""
     _offered: int = field(default=0, init=False)
     """Slots reserved for jobs the store is handing over (:meth:`offer`)."""
+    _log: structlog.typing.FilteringBoundLogger = field(default=log, init=False)
+    """``log`` as configured when :meth:`run` started: each job's logger binds its fields to it."""
+    _finished: dict[str, tuple[Counter, Histogram]] = field(default_factory=dict, init=False)
+    """The succeeded count and relay latency of each kind."""
 
     def backoff_delay(self, attempts: int) -> float:
         """Delay before attempt ``attempts + 1``: exponential with jitter, capped."""
@@ -199,6 +204,7 @@ class Relay:
         """Work the queue until :meth:`stop` drains it, or until cancelled (in-flight jobs then stop
         at once, left to the store: they run again)."""
         self._stopped = anyio.Event()
+        self._log = log.bind()
         try:
             async with anyio.create_task_group() as jobs:
                 self._jobs = jobs
@@ -314,7 +320,7 @@ class Relay:
     async def _run_one(self, job: Job, run: _Run, flushes: anyio.abc.TaskGroup) -> Job | None:
         """Run one job and record its outcome (or accept it: :meth:`Store.finish_soon`); the next job of
         its conversation to run in this slot, if any."""
-        bound = log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
+        bound = self._log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
         handler = self.handlers.get(job.kind)
         try:
             crash_point("relay.running", job.kind)
@@ -399,8 +405,15 @@ class Relay:
             await self._bury(job, handler, f"unexpected error, not retried: {trace}", bound)
 
     def _succeeded(self, job: Job, done: Done) -> None:
-        self.metrics.jobs_succeeded.labels(job.kind).inc()
-        self.metrics.relay_latency.labels(job.kind).observe(max(time.time() - job.created_at, 0.0))
+        finished = self._finished.get(job.kind)
+        if finished is None:
+            finished = self._finished[job.kind] = (
+                self.metrics.jobs_succeeded.labels(job.kind),
+                self.metrics.relay_latency.labels(job.kind),
+            )
+        succeeded, latency = finished
+        succeeded.inc()
+        latency.observe(max(time.time() - job.created_at, 0.0))
         for follow in done.then:
             self.metrics.jobs_queued.labels(follow.kind).inc()
 
