@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -342,3 +343,38 @@ async def test_an_enqueue_commits_ahead_of_the_writes_queued_before_it(
     await store.finish(second.id)  # the next write of another kind hands the accepted finishes over first
     assert finishing.done() and finishing.exception() is None
     assert await store.counts() == {"queued": 1, "running": 0, "dead": 0}
+
+
+async def test_a_backlog_s_finishes_and_takes_ahead_commit_on_the_store_s_thread(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes that need no fsync and touch the connection alone run and commit off the event loop, so
+    acks and the next send go on meanwhile; a finish among them that fails fails alone, there too."""
+    import threading
+
+    import amoconnect.store.sqlite as sqlite_module
+
+    finished = sqlite_module._finished
+    threads: dict[int, str] = {}
+
+    def recording(conn: sqlite3.Connection, job_id: int, *args: object) -> str | None:
+        threads[job_id] = threading.current_thread().name
+        if job_id == broken:
+            raise sqlite3.IntegrityError("constraint failed")
+        return finished(conn, job_id, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlite_module, "_finished", recording)
+    await store.enqueue([job("backlog") for _ in range(4)])
+    [first] = await store.claim(1)
+    ahead = await store.take_ahead(first, 3)
+    assert [j.id for j in ahead] == [first.id + 1, first.id + 2, first.id + 3]
+    broken = ahead[1].id
+    soon = [store.finish_soon(j.id) for j in (first, *ahead)]
+    await asyncio.wait(soon)
+    assert [f.exception() is None for f in soon] == [True, True, False, True]
+    assert set(threads.values()) == {"amoconnect-sqlite"}
+    assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}  # the broken finish's job
+    await store.enqueue([job("other")])
+    [other] = await store.claim(1)
+    await store.finish(other.id)  # durable: run on the loop, its fsync on the store's thread
+    assert threads[other.id] == threading.current_thread().name != "amoconnect-sqlite"

@@ -212,9 +212,10 @@ _ACTIVITY = activity_write("?")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
-_Op = tuple[Operation, "asyncio.Future[Any]", bool, bool]
-"""An operation, the future its caller awaits, whether its commit wakes the workers and whether it
-must be on disk when its caller hears back (an fsync'd commit)."""
+_Op = tuple[Operation, "asyncio.Future[Any]", bool, bool, bool]
+"""An operation, the future its caller awaits, whether its commit wakes the workers, whether it
+must be on disk when its caller hears back (an fsync'd commit) and whether it touches the connection
+alone (no state of the store's: it may run on the store's thread)."""
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
@@ -380,24 +381,29 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         unsynced = self._unsynced
         try:
             self._sync(conn, durable=durable)
-            await self._begin(conn)
-            try:
-                outcomes, wake = self._transaction(conn, batch, isolate=False)
-            except _OperationFailed:
-                # An operation failed: redo the batch with a savepoint around each, so it fails alone.
-                self._hand_over(committed=False)
-                await self._begin(conn)
-                outcomes, wake = self._transaction(conn, batch, isolate=True)
-            if durable and self._lost is None and self._files_changed():
-                # Redo the batch: the operations that take new work now fail alone.
-                conn.execute("ROLLBACK")
-                self._hand_over(committed=False)
-                await self._begin(conn)
-                outcomes, wake = self._transaction(conn, batch, isolate=True)
-            if durable:
-                await self._off_loop(self._commit, conn)
+            if not durable and all(op[4] for op in batch):
+                # Writes of the connection alone, not synced (a backlog's finishes, its takes ahead): run and
+                # committed on the store's thread, while the loop goes on (acks, the next send).
+                outcomes, wake = await self._off_loop(functools.partial(self._quietly, batch=batch), conn)
             else:
-                self._commit(conn)  # no fsync, no checkpoint (_sync): a few writes, quicker than a thread's turn
+                await self._begin(conn)
+                try:
+                    outcomes, wake = self._transaction(conn, batch, isolate=False)
+                except _OperationFailed:
+                    # An operation failed: redo the batch with a savepoint around each, so it fails alone.
+                    self._hand_over(committed=False)
+                    await self._begin(conn)
+                    outcomes, wake = self._transaction(conn, batch, isolate=True)
+                if durable and self._lost is None and self._files_changed():
+                    # Redo the batch: the operations that take new work now fail alone.
+                    conn.execute("ROLLBACK")
+                    self._hand_over(committed=False)
+                    await self._begin(conn)
+                    outcomes, wake = self._transaction(conn, batch, isolate=True)
+                if durable:
+                    await self._off_loop(self._commit, conn)
+                else:
+                    self._commit(conn)  # no fsync, no checkpoint (_sync): a few writes, quicker than a thread's turn
         except sqlite3.Error as exc:
             self._hand_over(committed=False)
             return self._all_failed(conn, batch, exc), False
@@ -457,10 +463,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES if durable else 0}")
             self._checkpoints = durable
 
-    async def _off_loop(self, fn: Callable[[sqlite3.Connection], None], conn: sqlite3.Connection) -> None:
+    async def _off_loop(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
         assert self._loop is not None
         assert self._committer is not None
-        await self._committer.run(functools.partial(fn, conn))
+        return await self._committer.run(functools.partial(fn, conn))
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``; if another process holds the write lock, wait for it off the loop."""
@@ -471,6 +477,18 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 raise
             await self._off_loop(_begin_waiting, conn)
 
+    def _quietly(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
+        """:meth:`_execute` on the store's thread, for a batch that needs no fsync and whose operations
+        touch the connection alone (so no job is handed off: :meth:`_hand_over` has nothing to do)."""
+        _begin_blocking(conn)
+        try:
+            done = self._transaction(conn, batch, isolate=False)
+        except _OperationFailed:
+            _begin_blocking(conn)
+            done = self._transaction(conn, batch, isolate=True)
+        self._commit(conn)
+        return done
+
     def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
         self.commits += 1
@@ -479,7 +497,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Run the batch in the open transaction (the fast path has no savepoints)."""
         outcomes: list[_Outcome] = []
         wake = False
-        for operation, future, wakes, _ in batch:
+        for operation, future, wakes, *_ in batch:
             if isolate:
                 conn.execute("SAVEPOINT op")
             handing = len(self._handing)
@@ -526,8 +544,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         wakes: bool = False,
         durable: bool = True,
         first: bool = False,
+        alone: bool = False,
     ) -> T:
-        return await self._submit(operation, wakes=wakes, durable=durable, first=first)
+        return await self._submit(operation, wakes=wakes, durable=durable, first=first, alone=alone)
 
     def _submit(
         self,
@@ -536,17 +555,19 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         wakes: bool = False,
         durable: bool = True,
         first: bool = False,
+        alone: bool = False,
     ) -> asyncio.Future[T]:
         """Hand ``operation`` to the writer; the future resolves after its batch's commit. An operation
-        ``first`` (an enqueue: it depends on no write before it) commits ahead of those queued before it."""
+        ``first`` (an enqueue: it depends on no write before it) commits ahead of those queued before it;
+        one that touches the connection ``alone`` may run on the store's thread (:meth:`_execute`)."""
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         future: asyncio.Future[T] = self._loop.create_future()
         if first:
-            self._first.append((operation, future, wakes, durable))
+            self._first.append((operation, future, wakes, durable, False))
         else:
             self._hand_over_soon()  # the finishes accepted before this operation commit before it
-            self._pending.append((operation, future, wakes, durable))
+            self._pending.append((operation, future, wakes, durable, alone))
         self._more.set()
         return future
 
@@ -789,7 +810,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         future: asyncio.Future[None] = self._loop.create_future()
         # Grouped: the writer gets them once SOON_GROUP are waiting, SOON_LINGER seconds after the first,
         # or with the next other operation but an enqueue, whichever comes first.
-        self._soon.append((run, future, False, False))
+        self._soon.append((run, future, False, False, True))
         if len(self._soon) >= SOON_GROUP:
             self._hand_over_soon()
         elif self._soon_timer is None:
@@ -810,7 +831,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             params = (job.kind, self._now(), job.key, job.id, limit, job.key, job.id, job.key)
             return _take(conn, conn.execute(_AHEAD, params).fetchall())
 
-        return await self._call(run, durable=False)
+        return await self._call(run, durable=False, alone=True)
 
     async def release(self, job_ids: Sequence[int]) -> None:
         def run(conn: sqlite3.Connection) -> None:
@@ -1082,6 +1103,16 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _begin_blocking(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on the store's thread, waiting for another process's lock if need be."""
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+            raise
+        _begin_waiting(conn)
 
 
 def _begin_waiting(conn: sqlite3.Connection) -> None:
