@@ -208,6 +208,28 @@ async def test_a_write_waits_for_another_process_lock_without_blocking_the_loop(
     assert (await store.counts())["queued"] == 1
 
 
+async def test_a_write_on_the_store_s_thread_waits_for_another_process_lock(store: SQLiteStore) -> None:
+    """A take ahead (a write of the connection alone, run on the store's thread) waits there for the lock."""
+    await store.enqueue([job("a"), job("a")])
+    [first] = await store.claim(1)
+    other = sqlite3.connect(store.path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+
+    async def release() -> None:
+        await anyio.sleep(0.3)
+        other.execute("COMMIT")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(release)
+        started = time.monotonic()
+        ahead = await store.take_ahead(first, 5)
+        waited = time.monotonic() - started
+    other.close()
+    assert waited >= 0.25
+    assert [j.id for j in ahead] == [first.id + 1]
+    assert await store.counts() == {"queued": 0, "running": 2, "dead": 0}
+
+
 async def test_a_version_1_file_gains_the_button_data_table_on_open(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     with sqlite3.connect(path) as conn:  # what version 1 created, in short

@@ -470,11 +470,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def _begin(self, conn: sqlite3.Connection) -> None:
         """``BEGIN IMMEDIATE``; if another process holds the write lock, wait for it off the loop."""
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.OperationalError as exc:
-            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
-                raise
+        if not _begun(conn):
             await self._off_loop(_begin_waiting, conn)
 
     def _quietly(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
@@ -1105,13 +1101,20 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
 
 
-def _begin_blocking(conn: sqlite3.Connection) -> None:
-    """``BEGIN IMMEDIATE`` on the store's thread, waiting for another process's lock if need be."""
+def _begun(conn: sqlite3.Connection) -> bool:
+    """``BEGIN IMMEDIATE`` at once; False (nothing begun) while another process holds the write lock."""
     try:
         conn.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
             raise
+        return False
+    return True
+
+
+def _begin_blocking(conn: sqlite3.Connection) -> None:
+    """``BEGIN IMMEDIATE`` on the store's thread, waiting for another process's lock if need be."""
+    if not _begun(conn):
         _begin_waiting(conn)
 
 
