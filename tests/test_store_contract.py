@@ -126,6 +126,33 @@ async def test_a_requeued_dead_letter_waits_while_a_later_job_of_its_conversatio
     assert again.payload == b"old"
 
 
+async def test_a_long_payload_comes_back_whole_whichever_way_its_job_goes(store: Store) -> None:
+    """A payload longer than a page (SQLite keeps it beside its row) through claims, takes ahead,
+    hand-backs, retries, follow-ups, burials and requeues, next to short ones."""
+    long_a, long_b, long_c, long_d = (bytes([i]) * 100_000 + b"end" for i in range(4))
+    await store.enqueue([job("a", long_a), job("a", b"short"), job("a", long_c), job("b", long_b)])
+    first, other = await store.claim(10)
+    assert (first.payload, other.payload) == (long_a, long_b)
+    ahead = await store.take_ahead(first, 5)
+    assert [j.payload for j in ahead] == [b"short", long_c]
+    await store.release([j.id for j in ahead])
+    await store.retry(other.id, delay=0, error="later")
+    taken = await store.finish(first.id, then=[job("a", long_d)], take_next=True)
+    assert taken is not None and taken.payload == b"short"
+    (again,) = await store.claim(10)
+    assert again.payload == long_b and again.last_error == "later"
+    await store.bury(again.id, error="gone")
+    await store.finish(taken.id)
+    (third,) = await store.claim(10)
+    assert third.payload == long_c
+    await store.bury(third.id, error="gone")
+    assert [d.payload for d in await store.dead_letters()] == [long_c, long_b]
+    assert await store.requeue() == 2
+    assert sorted(j.payload for j in await store.claim(10)) == sorted([long_b, long_c])
+    assert await store.claim(10) == []  # "a"'s follow-up waits behind its requeued job
+    assert await store.counts() == {"queued": 1, "running": 2, "dead": 0}
+
+
 async def test_finish_writes_mapping_and_follow_ups_atomically(store: Store) -> None:
     await store.enqueue([job("a")])
     (j,) = await store.claim(1)

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -55,6 +56,37 @@ async def test_a_finished_large_job_s_freed_pages_are_not_written_again_as_zeros
     await store.finish(claimed.id)
     frames = ((await wal.stat()).st_size - before) // (4096 + 24)
     assert 0 < frames < 10
+
+
+async def test_a_large_job_s_claim_hand_back_and_retry_write_a_few_pages_not_its_payload(store: SQLiteStore) -> None:
+    """A claim changes the row's ``state`` from 'queued' to 'running', a byte longer: SQLite then writes
+    the whole row again, a long payload's overflow pages with it, unless the payload is kept apart."""
+    await store.enqueue([job("k", os.urandom(400_000)), job("k", os.urandom(400_000))])
+    wal = anyio.Path(f"{store.path}-wal")
+
+    async def frames_of(write: Any) -> int:
+        before = (await wal.stat()).st_size
+        result = await write
+        assert (await wal.stat()).st_size - before < 10 * (4096 + 24), write
+        return result
+
+    (claimed,) = await frames_of(store.claim(1))
+    ahead = await frames_of(store.take_ahead(claimed, 1))
+    await frames_of(store.release([j.id for j in ahead]))
+    await frames_of(store.retry(claimed.id, delay=0, error="again"))
+    (again,) = await frames_of(store.claim(1))
+    assert again.id == claimed.id and again.payload == claimed.payload
+
+
+async def test_an_account_s_queued_jobs_are_buried_with_their_long_payloads(store: SQLiteStore) -> None:
+    long = os.urandom(50_000)
+    await store.enqueue([job("k", long), job("k", b"short")])
+    assert await store.bury_jobs_of("scope", "account removed") == 2
+    assert [(d.payload, d.error) for d in await store.dead_letters()] == [
+        (long, "account removed"),
+        (b"short", "account removed"),
+    ]
+    assert store._read(lambda conn: conn.execute("SELECT count(*) FROM payloads").fetchone()) == (0,)
 
 
 async def test_the_store_s_thread_runs_calls_in_order_and_hands_back_outcomes() -> None:

@@ -353,17 +353,6 @@ class SQLiteRegistryRows:
     async def put_source(self, record: SourceRecord) -> int:
         return await self._call(lambda conn: _sqlite_write(conn, "put_source", source_params, record))
 
-    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
-        def run(conn: sqlite3.Connection) -> int:
-            conn.execute(
-                "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
-                "FROM queue WHERE scope_id = ? AND state = 'queued'",
-                (time.time(), error, scope_id),
-            )
-            return int(conn.execute("DELETE FROM queue WHERE scope_id = ? AND state = 'queued'", (scope_id,)).rowcount)
-
-        return await self._call(run)
-
     async def watch_registry(self, changed: Callable[[], None]) -> None:
         await anyio.sleep_forever()
 

@@ -182,6 +182,12 @@ MIGRATIONS: tuple[str, ...] = (
     ACCOUNT_STATE_REASONS,
     # 7: a conversation's newest message and when its last one went out (store/sql.py)
     ACTIVITY_SCHEMA.format(time_type="REAL"),
+    # 8: long payloads beside their rows (_SPILL_ABOVE)
+    """
+    CREATE TABLE payloads (id INTEGER PRIMARY KEY, payload BLOB NOT NULL);
+    CREATE TRIGGER queue_payload_removed AFTER DELETE ON queue WHEN OLD.payload = x''
+    BEGIN DELETE FROM payloads WHERE id = OLD.id; END;
+    """,
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
@@ -195,7 +201,16 @@ for a finish writes about ten pages."""
 BUSY_TIMEOUT_MS = 5000
 """How long a write waits for another process's write lock (e.g. a CLI command's) before it fails."""
 
-_TAKEN = "SELECT id, kind, key, payload, scope_id, attempts + 1, created_at, last_error FROM queue "
+_SPILL_ABOVE = 3_500
+"""A job's payload longer than this is kept in ``payloads`` and its row's is empty, so that the row
+stays within its page: SQLite rewrites a whole row when one of its columns changes size (a claim's
+``state``), and a payload past the page is a chain of overflow pages written again with it."""
+_PAYLOAD = (
+    "CASE WHEN queue.payload = x'' THEN coalesce((SELECT p.payload FROM payloads p WHERE p.id = queue.id), x'') "
+    "ELSE queue.payload END"
+)
+"""A job's payload, kept in its row or beside it (in ``SELECT ... FROM queue``)."""
+_TAKEN = f"SELECT id, kind, key, {_PAYLOAD}, scope_id, attempts + 1, created_at, last_error FROM queue "
 _CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER BY next_run, id"
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
@@ -223,12 +238,37 @@ _INSERT_JOB = "INSERT INTO queue (kind, key, payload, scope_id, next_run, create
 
 
 def _job_row(job: NewJob, now: float) -> tuple[Any, ...]:
-    """:data:`_INSERT_JOB`'s parameters for ``job``, enqueued at ``now``."""
+    """:data:`_INSERT_JOB`'s parameters for ``job`` (of a payload up to :data:`_SPILL_ABOVE`), enqueued at ``now``."""
     return (job.kind, job.key, job.payload, job.scope_id, now + job.delay, now)
 
 
+def _insert_job(conn: sqlite3.Connection, job: NewJob, now: float) -> int:
+    """Insert ``job``, its payload beside its row if long; its id."""
+    if len(job.payload) <= _SPILL_ABOVE:
+        job_id = conn.execute(_INSERT_JOB, _job_row(job, now)).lastrowid
+    else:
+        job_id = conn.execute(_INSERT_JOB, (job.kind, job.key, b"", job.scope_id, now + job.delay, now)).lastrowid
+        conn.execute("INSERT INTO payloads VALUES (?, ?)", (job_id, job.payload))
+    assert job_id is not None
+    return job_id
+
+
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
-    conn.executemany(_INSERT_JOB, [_job_row(j, now) for j in jobs])
+    if all(len(j.payload) <= _SPILL_ABOVE for j in jobs):
+        conn.executemany(_INSERT_JOB, [_job_row(j, now) for j in jobs])
+    else:  # in order: ids are the queue's order
+        for job in jobs:
+            _insert_job(conn, job, now)
+
+
+def _bury(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, error: str, now: float) -> int:
+    """Move the jobs of ``queue`` matching ``where`` to ``dead``; how many."""
+    conn.execute(
+        f"INSERT OR REPLACE INTO dead SELECT id, kind, key, {_PAYLOAD}, scope_id, attempts, created_at, ?, ? "
+        f"FROM queue WHERE {where}",
+        (now, error, *params),
+    )
+    return int(conn.execute(f"DELETE FROM queue WHERE {where}", params).rowcount)
 
 
 def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
@@ -710,7 +750,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
             if len(jobs) == 1 and self._taker is not None and jobs[0].delay <= 0:
-                self._hand_off(self._taker, conn, conn.execute(_INSERT_JOB, _job_row(jobs[0], now)).lastrowid, now)
+                self._hand_off(self._taker, conn, _insert_job(conn, jobs[0], now), now)
             else:
                 _insert_jobs(conn, jobs, now)
             crash_point("store.enqueue")
@@ -721,7 +761,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     def hand_off_to(self, taker: Taker | None) -> None:
         self._taker = taker
 
-    def _hand_off(self, taker: Taker, conn: sqlite3.Connection, job_id: int | None, now: float) -> None:
+    def _hand_off(self, taker: Taker, conn: sqlite3.Connection, job_id: int, now: float) -> None:
         """Mark the job just enqueued running for ``taker`` if it is the first a claim would take now
         (its conversation has no other job, and no other conversation's job is due before it)."""
         first = conn.execute(_ANY_DUE, (now,)).fetchone()
@@ -881,15 +921,16 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            conn.execute(
-                "INSERT OR REPLACE INTO dead SELECT id, kind, key, payload, scope_id, attempts, created_at, ?, ? "
-                "FROM queue WHERE id = ?",
-                (self._now(), error, job_id),
-            )
-            conn.execute("DELETE FROM queue WHERE id = ?", (job_id,))
+            _bury(conn, "id = ?", (job_id,), error=error, now=self._now())
             _insert_jobs(conn, then, self._now())
 
         await self._call(run, wakes=True)
+
+    async def bury_jobs_of(self, scope_id: str, error: str) -> int:
+        def run(conn: sqlite3.Connection) -> int:
+            return _bury(conn, "scope_id = ? AND state = 'queued'", (scope_id,), error=error, now=self._now())
+
+        return await self._call(run)
 
     def abandon(self, job_id: int) -> None:
         """Queue the job again with the next claim (one that commits: the store serves again)."""
@@ -927,8 +968,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             now = self._now()
             conn.execute(
                 "INSERT INTO queue (id, kind, key, payload, scope_id, attempts, next_run, created_at, last_error) "
-                f"SELECT id, kind, key, payload, scope_id, 0, ?, created_at, error FROM dead {where}",
+                f"SELECT id, kind, key, CASE WHEN length(payload) > {_SPILL_ABOVE} THEN x'' ELSE payload END, "
+                f"scope_id, 0, ?, created_at, error FROM dead {where}",
                 (now, *params),
+            )
+            conn.execute(
+                f"INSERT INTO payloads SELECT id, payload FROM dead {where} "
+                f"{'AND' if where else 'WHERE'} length(payload) > {_SPILL_ABOVE}",
+                params,
             )
             return conn.execute(f"DELETE FROM dead {where}", params).rowcount
 
