@@ -15,8 +15,12 @@ saturation (closed loop, each conversation sending its next message once the pre
 acknowledged), all with a short text (~80 bytes, a 1 KB webhook); then saturation with a
 100 KB text next to a 1 KB one.
 
-    python bench/bench_cpu.py                    # both stores, every cell   (~5 min)
-    python bench/bench_cpu.py --quick            # shorter cells             (~3 min)
+The systems run side by side for the whole benchmark. Every cell runs ``--rounds`` times, the
+systems one after the other within a cell, so that each meets the same spells of a shared
+machine; a cell's figure is the median of its rounds (every round is kept in the JSON).
+
+    python bench/bench_cpu.py                    # both stores, every cell, 3 rounds   (~10 min)
+    python bench/bench_cpu.py --quick            # shorter cells, 1 round              (~2 min)
     python bench/bench_cpu.py --stores sqlite    # amoconnect on one store only
 
 Results are printed and written to bench/out/cpu.json (or cpu-quick.json); ``--save`` writes
@@ -27,7 +31,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -135,53 +142,104 @@ def _load() -> float:
         return float(f.read().split()[0])
 
 
-async def measure(name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool) -> dict[str, Any]:
-    amojo = start_amojo(logs)
-    server = make(amojo)
+CELLS = ("100/s", "400/s", "saturation", "saturation 1 KB", "saturation 100 KB")
+
+
+class System:
+    """One system under test, running beside the others for the whole benchmark: its own amojo, its
+    server, a warmed-up connection pool; :meth:`cell` runs one cell of it."""
+
+    def __init__(self, name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool) -> None:
+        self.name, self.make, self.logs, self.quick = name, make, logs, quick
+        self.results: dict[str, list[dict[str, Any]]] = {cell: [] for cell in CELLS}
+
+    async def start(self) -> None:
+        self.amojo = start_amojo(self.logs)
+        self.server = self.make(self.amojo)
+        self.server.start()
+        self.pool = RawPool(HOST, self.server.port, 64)
+        self.cells = Cells(self.server, self.amojo, self.pool, f"{self.name[:3]}{int(time.time()) % 100000}-")
+        await self.cells.run("warm-up", 400, self._saturate)
+
+    async def stop(self) -> None:
+        await self.pool.close()
+        self.server.stop()
+        self.amojo.stop()
+
+    def _saturate(self, items: list[Planned]) -> Any:
+        return closed_lanes(self.pool, items, budget=90)
+
+    def _at(self, rate: float) -> Callable[[list[Planned]], Any]:
+        async def send(items: list[Planned]) -> Any:
+            outcomes, _ = await open_loop(
+                self.pool,
+                [p.request for p in items],
+                rate,
+                budget=len(items) / rate + 2,
+                conversations=[p.conv for p in items],
+            )
+            return outcomes
+
+        return send
+
+    async def cell(self, name: str) -> dict[str, Any]:
+        seconds = 5 if self.quick else 10
+        big = 500 if self.quick else 1000
+        if name == "100/s":
+            result = await self.cells.run(name, 100 * seconds, self._at(100))
+        elif name == "400/s":
+            result = await self.cells.run(name, 400 * seconds, self._at(400))
+        elif name == "saturation":
+            result = await self.cells.run(name, 2000 if self.quick else 6000, self._saturate)
+        else:
+            text_bytes = 1000 if name == "saturation 1 KB" else 100_000
+            result = await self.cells.run(name, big, self._saturate, text_bytes=text_bytes)
+        self.results[name].append(result)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """Per cell: the median of its rounds' CPU a message (and of their msg/s), every round kept."""
+        cells = {}
+        for name, rounds in self.results.items():
+            cpu = [r["cpu_ms_per_message"] for r in rounds if r["cpu_ms_per_message"] is not None]
+            rates = [r["messages_per_s"] for r in rounds if r["messages_per_s"] is not None]
+            cells[name] = {
+                "cell": name,
+                "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
+                "messages_per_s": round(statistics.median(rates), 1) if rates else None,
+                "lost_after_ack": sum(r["lost_after_ack"] for r in rounds),
+                "duplicates": sum(r["duplicates"] for r in rounds),
+                "rounds": rounds,
+            }
+        return {"system": self.name, "cells": cells}
+
+
+async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]]:
+    """Every cell ``rounds`` times, the systems one after the other within each cell, so that each
+    system meets the same spells of the shared machine; the medians per system and cell."""
+    for system in systems:
+        await system.start()
     try:
-        server.start()
-        pool = RawPool(HOST, server.port, 64)
-        cells = Cells(server, amojo, pool, f"{name[:3]}{int(time.time()) % 100000}-")
-        await cells.run("warm-up", 400, lambda items: closed_lanes(pool, items, budget=30))
-
-        def at(rate: float) -> Callable[[list[Planned]], Any]:
-            async def send(items: list[Planned]) -> Any:
-                outcomes, _ = await open_loop(
-                    pool,
-                    [p.request for p in items],
-                    rate,
-                    budget=len(items) / rate + 2,
-                    conversations=[p.conv for p in items],
-                )
-                return outcomes
-
-            return send
-
-        def saturate(items: list[Planned]) -> Any:
-            return closed_lanes(pool, items, budget=90)
-
-        seconds = 5 if quick else 10
-        saturated = 2000 if quick else 6000
-        big = 500 if quick else 1000
-        results = [
-            await cells.run("100/s", 100 * seconds, at(100)),
-            await cells.run("400/s", 400 * seconds, at(400)),
-            await cells.run("saturation", saturated, saturate),
-            await cells.run("saturation 1 KB", big, saturate, text_bytes=1000),
-            await cells.run("saturation 100 KB", big, saturate, text_bytes=100_000),
-        ]
-        await pool.close()
+        for round_ in range(1, rounds + 1):
+            for cell in CELLS:
+                line = []
+                for system in systems:
+                    result = await system.cell(cell)
+                    line.append(f"{system.name} {fmt(result['cpu_ms_per_message'], 3)}")
+                print(f"   round {round_}, {cell:17} CPU ms/msg: " + ", ".join(line), flush=True)
     finally:
-        server.stop()
-        amojo.stop()
-    by_cell = {r["cell"]: r for r in results}
-    print(
-        f"   {name:24} CPU ms/msg: "
-        + ", ".join(f"{c} {fmt(r['cpu_ms_per_message'], 3)}" for c, r in by_cell.items())
-        + f"; lost {sum(r['lost_after_ack'] for r in results)}, dup {sum(r['duplicates'] for r in results)}",
-        flush=True,
-    )
-    return {"system": name, "cells": by_cell}
+        for system in systems:
+            await system.stop()
+    summaries = [system.summary() for system in systems]
+    for summary_ in summaries:
+        cells = summary_["cells"].values()
+        print(
+            f"   {summary_['system']:24} median CPU ms/msg: "
+            + ", ".join(f"{c['cell']} {fmt(c['cpu_ms_per_message'], 3)}" for c in cells)
+            + f"; lost {sum(c['lost_after_ack'] for c in cells)}, dup {sum(c['duplicates'] for c in cells)}",
+            flush=True,
+        )
+    return summaries
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -191,41 +249,43 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     logs = work / "logs"
     logs.mkdir()
     stores = args.stores.split(",")
+    rounds = args.rounds or (1 if args.quick else 3)
     output: dict[str, Any] = {
         "benchmark": "cpu",
         "quick": args.quick,
+        "rounds": rounds,
         "machine": info,
         "log_level": args.log_level,
         "command": " ".join(["python", "bench/bench_cpu.py", *sys.argv[1:]]),
     }
-    systems: list[dict[str, Any]] = []
     settings: dict[str, Any] = {"messenger_url": "", "transport": args.transport, "log_level": args.log_level}
-    with children():
-        print("CPU per relayed message (relay process only)")
+    with children(), contextlib.ExitStack() as stack:
+        systems: list[System] = []
         if "sqlite" in stores:
 
             def on_sqlite(amojo: Amojo) -> Server:
                 url = f"http://{HOST}:{amojo.port}"
                 return connector("amoconnect-sqlite", work / "sqlite", logs, amojo_url=url, **settings)
 
-            systems.append(await measure("amoconnect (SQLite)", on_sqlite, logs, args.quick))
+            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick))
         if "postgres" in stores:
             from amoconnect.testing.pgserver import TemporaryPostgres
             from amoconnect.testing.stores import fresh_postgres_schema
 
-            with TemporaryPostgres(durable=True) as pg:
+            pg = stack.enter_context(TemporaryPostgres(durable=True))
 
-                def on_postgres(amojo: Amojo) -> Server:
-                    url = f"http://{HOST}:{amojo.port}"
-                    store_url = fresh_postgres_schema(pg.url)
-                    return connector(
-                        "amoconnect-postgres", work / "pg", logs, amojo_url=url, store_url=store_url, **settings
-                    )
+            def on_postgres(amojo: Amojo) -> Server:
+                url = f"http://{HOST}:{amojo.port}"
+                store_url = fresh_postgres_schema(pg.url)
+                return connector(
+                    "amoconnect-postgres", work / "pg", logs, amojo_url=url, store_url=store_url, **settings
+                )
 
-                systems.append(await measure("amoconnect (PostgreSQL)", on_postgres, logs, args.quick))
+            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick))
         for name, kind in (("aiohttp inline", "aiohttp"), ("naive sync (Flask)", "naive")):
-            systems.append(await measure(name, lambda amojo, kind=kind: baseline(kind, amojo, logs), logs, args.quick))
-    output["systems"] = systems
+            systems.append(System(name, functools.partial(baseline, kind, logs=logs), logs, args.quick))
+        print(f"CPU per relayed message (relay process only), {rounds} round(s), medians")
+        output["systems"] = await measure(systems, rounds)
     shutil.rmtree(work, ignore_errors=True)
     return output
 
@@ -260,7 +320,8 @@ def summary(systems: Sequence[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="CPU per relayed message against the inline baselines")
-    parser.add_argument("--quick", action="store_true", help="shorter cells")
+    parser.add_argument("--quick", action="store_true", help="shorter cells, one round")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds of every cell (default: 3, --quick 1)")
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--log-level", default="info", help="the connector's log level (default: info, its default)")
     parser.add_argument("--transport", default="aiohttp", help="the connector's HTTP transport")
