@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from amoconnect.errors import StoreError
@@ -87,6 +88,40 @@ async def test_an_account_s_queued_jobs_are_buried_with_their_long_payloads(stor
         (b"short", "account removed"),
     ]
     assert store._read(lambda conn: conn.execute("SELECT count(*) FROM payloads").fetchone()) == (0,)
+
+
+async def test_the_queue_s_counts_are_read_off_the_loop(store: SQLiteStore) -> None:
+    """``/healthz`` and the metrics count the queue: a scan of every job (56 ms with a million), which
+    must not hold the loop that acknowledges webhooks meanwhile."""
+    db = sqlite3.connect(store.path)  # beside the store, as a command would
+    try:
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) "
+            "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
+            "SELECT 'test', 'k' || (i % 10), x'00', 'scope', 0, 0 FROM n"
+        )
+        db.commit()
+    finally:
+        db.close()
+    gaps: list[float] = []
+    counted = anyio.Event()
+
+    async def tick() -> None:
+        last = time.perf_counter()
+        while not counted.is_set():
+            await anyio.lowlevel.checkpoint()
+            now = time.perf_counter()
+            gaps.append(now - last)
+            last = now
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(tick)
+        started = time.perf_counter()
+        counts = await store.counts()
+        took = time.perf_counter() - started
+        counted.set()
+    assert counts == {"queued": 300_000, "running": 0, "dead": 0}
+    assert max(gaps) < took / 2, (max(gaps), took)
 
 
 async def test_the_store_s_thread_runs_calls_in_order_and_hands_back_outcomes() -> None:
