@@ -124,6 +124,38 @@ async def test_the_queue_s_counts_are_read_off_the_loop(store: SQLiteStore) -> N
     assert max(gaps) < took / 2, (max(gaps), took)
 
 
+async def test_a_prune_of_many_keys_lets_enqueues_commit_between_its_transactions(store: SQLiteStore) -> None:
+    """An hour of dedup keys at 100 webhooks/s is 360,000 rows: deleted in one statement, they held the
+    writer (and the loop) for a third of a second; an ack's enqueue now waits for one chunk at most."""
+    db = sqlite3.connect(store.path)  # beside the store, as a command would
+    try:
+        db.execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 30000) "
+            "INSERT INTO dedup SELECT 'old:' || i, 1.0 FROM n"
+        )
+        db.execute("INSERT INTO button_data VALUES ('gone', 'x', 1.0), ('kept', 'y', 1e12)")
+        db.commit()
+    finally:
+        db.close()
+    assert await store.enqueue([job("k")], dedup=["fresh"])
+    order: list[str] = []
+
+    async def prune() -> None:
+        pruned = await store.prune(dedup_older_than=3600)
+        order.append("prune")
+        assert pruned == {"dedup keys": 30_000, "button data": 1}
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(prune)
+        await anyio.sleep(0.001)
+        assert await store.enqueue([job("k")], dedup=["during"])
+        order.append("enqueue")
+    assert order == ["enqueue", "prune"]
+    assert not await store.enqueue([job("k")], dedup=["fresh"])  # young keys stay
+    assert await store.enqueue([job("k")], dedup=["old:1"])
+    assert await store.button_data("kept") == "y"
+
+
 async def test_the_store_s_thread_runs_calls_in_order_and_hands_back_outcomes() -> None:
     import asyncio
     import threading
