@@ -262,6 +262,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER queue_removed AFTER DELETE ON queue REFERENCING OLD TABLE AS removed
         FOR EACH STATEMENT EXECUTE FUNCTION queue_heads_removed();
     """,
+    # 11: an account's dead letters found without reading every other account's
+    "CREATE INDEX dead_scope ON dead (scope_id, id);",
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 

@@ -188,6 +188,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TRIGGER queue_payload_removed AFTER DELETE ON queue WHEN OLD.payload = x''
     BEGIN DELETE FROM payloads WHERE id = OLD.id; END;
     """,
+    # 9: an account's dead letters found without reading every other account's
+    "CREATE INDEX dead_scope ON dead (scope_id, id);",
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
