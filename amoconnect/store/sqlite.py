@@ -241,24 +241,27 @@ _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 _INSERT_JOB = "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
+def _spilled(job: NewJob) -> bool:
+    """Whether ``job``'s payload is kept beside its row (:data:`_SPILL_ABOVE`)."""
+    return len(job.payload) > _SPILL_ABOVE
+
+
 def _job_row(job: NewJob, now: float) -> tuple[Any, ...]:
-    """:data:`_INSERT_JOB`'s parameters for ``job`` (of a payload up to :data:`_SPILL_ABOVE`), enqueued at ``now``."""
-    return (job.kind, job.key, job.payload, job.scope_id, now + job.delay, now)
+    """:data:`_INSERT_JOB`'s parameters for ``job``, enqueued at ``now`` (a payload kept beside it: empty)."""
+    return (job.kind, job.key, b"" if _spilled(job) else job.payload, job.scope_id, now + job.delay, now)
 
 
 def _insert_job(conn: sqlite3.Connection, job: NewJob, now: float) -> int:
     """Insert ``job``, its payload beside its row if long; its id."""
-    if len(job.payload) <= _SPILL_ABOVE:
-        job_id = conn.execute(_INSERT_JOB, _job_row(job, now)).lastrowid
-    else:
-        job_id = conn.execute(_INSERT_JOB, (job.kind, job.key, b"", job.scope_id, now + job.delay, now)).lastrowid
-        conn.execute("INSERT INTO payloads VALUES (?, ?)", (job_id, job.payload))
+    job_id = conn.execute(_INSERT_JOB, _job_row(job, now)).lastrowid
     assert job_id is not None
+    if _spilled(job):
+        conn.execute("INSERT INTO payloads VALUES (?, ?)", (job_id, job.payload))
     return job_id
 
 
 def _insert_jobs(conn: sqlite3.Connection, jobs: Sequence[NewJob], now: float) -> None:
-    if all(len(j.payload) <= _SPILL_ABOVE for j in jobs):
+    if not any(_spilled(j) for j in jobs):
         conn.executemany(_INSERT_JOB, [_job_row(j, now) for j in jobs])
     else:  # in order: ids are the queue's order
         for job in jobs:
@@ -950,8 +953,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         def run(conn: sqlite3.Connection) -> None:
-            _bury(conn, "id = ?", (job_id,), error=error, now=self._now())
-            _insert_jobs(conn, then, self._now())
+            now = self._now()
+            _bury(conn, "id = ?", (job_id,), error=error, now=now)
+            _insert_jobs(conn, then, now)
 
         await self._call(run, wakes=True)
 
@@ -1038,30 +1042,24 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         webhooks/s are 360,000: deleted at once, they held the writer, and the loop, for a third of a
         second), unsynced: a prune undone by a power cut runs again."""
         now = self._now()
-        pruned = {}
-        for what, sql, cutoff in (
-            (
-                "dedup keys",
-                "DELETE FROM dedup WHERE key IN (SELECT key FROM dedup WHERE seen_at < ? LIMIT ?)",
-                now - dedup_older_than,
-            ),
-            (
-                "button data",
-                "DELETE FROM button_data WHERE key IN (SELECT key FROM button_data WHERE expires_at < ? LIMIT ?)",
-                now,
-            ),
-        ):
+        return {
+            "dedup keys": await self._delete_aged("dedup", "seen_at", now - dedup_older_than),
+            "button data": await self._delete_aged("button_data", "expires_at", now),
+        }
 
-            def run(conn: sqlite3.Connection, sql: str = sql, cutoff: float = cutoff) -> int:
-                return int(conn.execute(sql, (cutoff, _PRUNE_CHUNK)).rowcount)
+    async def _delete_aged(self, table: str, column: str, cutoff: float) -> int:
+        """Delete the rows of ``table`` (keyed by ``key``) whose ``column`` is before ``cutoff``, in chunks."""
+        sql = f"DELETE FROM {table} WHERE key IN (SELECT key FROM {table} WHERE {column} < ? LIMIT ?)"
 
-            pruned[what] = 0
-            while True:
-                deleted = await self._call(run, durable=False, alone=True)
-                pruned[what] += deleted
-                if deleted < _PRUNE_CHUNK:
-                    break
-        return pruned
+        def run(conn: sqlite3.Connection) -> int:
+            return int(conn.execute(sql, (cutoff, _PRUNE_CHUNK)).rowcount)
+
+        total = 0
+        while True:
+            deleted = await self._call(run, durable=False, alone=True)
+            total += deleted
+            if deleted < _PRUNE_CHUNK:
+                return total
 
     # -- mapping -------------------------------------------------------------------------
     async def _one(self, sql: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
