@@ -566,18 +566,25 @@ async def test_a_finish_accepted_and_not_committed_is_recorded_again(
 async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahead(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Taking ahead costs a write: a conversation with one job (everyday traffic) does without it,
-    and its finish is durable (no flush of its own follows); a backlog starts taking ahead once a
-    finish took the conversation's next job."""
-    take_ahead, finish = store.take_ahead, store.finish
+    """Taking ahead costs a write: a conversation with one job (everyday traffic) does without it.
+    Its finish does not wait for the disk: the flush that ends its run waits a moment for another
+    write's durable commit to put it there (an fsync a message instead of two). A backlog starts
+    taking ahead once a finish took the conversation's next job."""
+    take_ahead, finish, flush = store.take_ahead, store.finish, store.flush
     looked: list[bytes] = []
     durable: list[object] = []
+    lingers: list[float] = []
 
     async def recording(job_id: int, **records: object) -> Job | None:
         durable.append(records.get("durable", True))
         return await finish(job_id, **records)  # type: ignore[arg-type]
 
+    async def flushing(*, linger: float = 0.0) -> None:
+        lingers.append(linger)
+        await flush(linger=linger)
+
     monkeypatch.setattr(store, "finish", recording)
+    monkeypatch.setattr(store, "flush", flushing)
 
     async def counting(job: Job, limit: int) -> list[Job]:
         looked.append(job.payload)
@@ -592,7 +599,8 @@ async def test_a_lone_message_of_a_repeatable_kind_looks_for_no_jobs_to_take_ahe
     async with anyio.create_task_group() as tg:
         await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
-        assert looked == [] and durable == [True, True, True]
+        await eventually(lambda: len(lingers) == 3)
+        assert looked == [] and durable == [False, False, False] and lingers == [relay_module._FLUSH_LINGER] * 3
         await store.enqueue([NewJob("repeatable", "backlog", str(i).encode()) for i in range(1, 5)])
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0), within=10)
         tg.cancel_scope.cancel()
@@ -706,6 +714,28 @@ async def test_a_job_enqueued_while_a_slot_is_free_runs_without_a_claim(tmp_path
         release.set()
         await eventually(lambda: counts_are(store, queued=0, running=0, dead=0))
         assert [payload for payload, _ in ran] == [b"slow", b"other", b"behind slow"]
+        tg.cancel_scope.cancel()
+
+
+async def test_lone_messages_arriving_steadily_cost_one_fsync_each(tmp_path: Path) -> None:
+    """Everyday traffic: lone messages of many conversations, one every few milliseconds. Each one's
+    enqueue is fsync'd (its webhook's ack waits for it); its finish is not, and the flush that ends its
+    run is spared by the next enqueue's fsync: the store's own flushes are only the last one's."""
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        return Done()
+
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store, anyio.create_task_group() as tg:
+        await tg.start(Relay(store, {"repeatable": Handler(run, repeatable=True)}).run)
+        for i in range(40):
+            await store.enqueue([NewJob("repeatable", f"conversation-{i}", str(i).encode())])
+            await anyio.sleep(0.004)
+        await eventually(lambda: counts_are(store, queued=0, running=0, dead=0))
+        await anyio.sleep(relay_module._FLUSH_LINGER * 3)  # the last run's flush lingers, then syncs itself
+        assert len(ran) == 40
+        assert store._flushes <= 3  # 40 without the linger
         tg.cancel_scope.cancel()
 
 

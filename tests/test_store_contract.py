@@ -404,6 +404,45 @@ async def test_a_finish_that_does_not_wait_for_the_disk_is_seen_at_once_and_flus
     assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}
 
 
+async def test_a_lingering_flush_is_spared_by_an_enqueue_s_durable_commit(store: Store) -> None:
+    """``flush(linger=...)`` waits for a durable write made meanwhile (a webhook's enqueue) to put the
+    finishes before it on disk, and writes to the disk itself only when none comes in time."""
+    from amoconnect.testing.stores import run_sql
+
+    def wal_flushed_past(written: str) -> bool:
+        return bool(run_sql(store, f"SELECT pg_current_wal_flush_lsn() >= '{written}'::pg_lsn")[0][0])
+
+    await store.enqueue([job("a", b"1"), job("b", b"2")])
+    one, two = await store.claim(10)
+    assert await store.finish(one.id, durable=False) is None
+    written = run_sql(store, "SELECT pg_current_wal_insert_lsn()")[0][0] if hasattr(store, "url") else ""
+    synced_before = getattr(store, "_flushes", 0)
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: store.flush(linger=30.0))
+        await anyio.sleep(0.05)
+        assert await store.enqueue([job("c", b"3")])  # durable: its commit carries the finish to the disk
+    assert time.monotonic() - started < 10  # released by the enqueue, not by its 30 seconds
+    if hasattr(store, "url"):
+        assert wal_flushed_past(written)
+    else:
+        assert store._flushes == synced_before  # type: ignore[attr-defined]  # no fsync of its own
+
+    # No durable write comes: it waits its linger out, then writes to the disk itself.
+    assert await store.finish(two.id, durable=False) is None
+    written = run_sql(store, "SELECT pg_current_wal_insert_lsn()")[0][0] if hasattr(store, "url") else ""
+    started = time.monotonic()
+    await store.flush(linger=0.2)
+    assert time.monotonic() - started >= 0.2
+    if hasattr(store, "url"):
+        assert wal_flushed_past(written)
+    else:
+        assert store._flushes == synced_before + 1  # type: ignore[attr-defined]
+    started = time.monotonic()
+    await store.flush(linger=30.0)  # nothing left to put on disk: at once
+    assert time.monotonic() - started < 1
+
+
 async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_commit(store: Store) -> None:
     from amoconnect.testing.stores import table_rows
 

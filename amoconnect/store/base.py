@@ -269,10 +269,12 @@ class Store(Protocol):
     async def release(self, job_ids: Sequence[int]) -> None:
         """Give jobs taken and not run back to the queue as they were (their attempt not counted)."""
 
-    async def flush(self) -> None:
+    async def flush(self, *, linger: float = 0.0) -> None:
         """Return once every write committed before the call is on disk (a :meth:`finish` with
         ``durable=False`` among them); at once when there is none. Later writes are durable only
-        after earlier ones: a durable write makes every earlier one durable too."""
+        after earlier ones: a durable write makes every earlier one durable too. With ``linger``, it
+        first waits up to that many seconds for a durable write of another caller (an enqueue) to do
+        so, and writes to the disk itself only if none did."""
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         """Put a job back to run again after ``delay`` seconds."""

@@ -59,6 +59,7 @@ from .base import (
     SourceActivity,
     Taker,
 )
+from .ondisk import OnDisk
 from .pglimits import PostgresLimiter
 from .pgregistry import PostgresRegistryRows
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, registry_schema
@@ -474,9 +475,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._held: dict[int, str] = {}
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
-        self._unsynced = 0
-        self._synced = 0
-        """Commits made without waiting for the WAL's flush, and how many of them :meth:`flush` saw flushed."""
+        self._disk = OnDisk()
+        """Commits made without waiting for the WAL's flush, and how many of them are known to be flushed
+        (by :meth:`flush`, or by an enqueue: one WAL for the whole server, flushed in order)."""
         self.unwritten = Unwritten()
         self._soon: list[_Soon] = []
         self._finisher: asyncio.Task[None] | None = None
@@ -738,10 +739,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 if row is None or row[0] != len(keys):
                     raise _Seen
 
+        unsynced = self._disk.unsynced
         try:
             await _again_after_deadlock("enqueue", write)
         except _Seen:
             return False
+        self._disk.covered(unsynced)  # a synchronous commit: the WAL is flushed up to it
         if jobs:
             self._work_committed()
         return True
@@ -798,7 +801,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             if conversations:
                 self.unwritten.forget(conversations)
         if ahead:
-            self._unsynced += 1
+            self._disk.lazy_commit()
         # The next job of the conversation (unless this finish took it, or none is left) or a follow-up
         # may now be claimed, by any process: tell them (a drain of one conversation wakes nobody).
         self._settled(job_id, wake=bool(then) or (not taken and more))
@@ -895,7 +898,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 await self._finished(conn, [one.writes for one in batch])
 
         await _again_after_deadlock("finish", write)
-        self._unsynced += 1
+        self._disk.lazy_commit()
         for one in batch:
             # The holder finishes the conversation's run with a write that wakes.
             self._settled(one.writes.job_id, wake=False)
@@ -948,14 +951,15 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         for job_id in job_ids:
             self._held.pop(job_id, None)
 
-    async def flush(self) -> None:
-        """A synchronous commit of one small write: it waits for the WAL's flush up to its own
-        record, so every commit before it is on disk too (one WAL for the whole server)."""
-        target = self._unsynced
-        if self._synced >= target:
+    async def flush(self, *, linger: float = 0.0) -> None:
+        """A synchronous commit of one small write, unless an enqueue committed within ``linger`` seconds
+        did it: it waits for the WAL's flush up to its own record, so every commit before it is on disk
+        too (one WAL for the whole server)."""
+        target = self._disk.unsynced
+        if await self._disk.covered_within(target, linger):
             return
         await self._write(_SYNCED_WRITE)
-        self._synced = max(self._synced, target)
+        self._disk.covered(target)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         if not await self._write(

@@ -59,6 +59,7 @@ from .base import (
     SourceActivity,
     Taker,
 )
+from .ondisk import OnDisk
 from .registry import ACCOUNT_IDS, ACCOUNT_STATE_REASONS, SQLiteRegistryRows, registry_schema
 from .sql import (
     ACTIVITY_SCHEMA,
@@ -373,11 +374,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """The descriptor of the held ``<file>.lock`` while this store is the connector's own."""
         self.commits = 0
         """How many transactions were committed, for benchmarks."""
-        self._unsynced = 0
-        self._synced = 0
+        self._disk = OnDisk()
+        """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._flushes = 0
         self._checkpointer: sqlite3.Connection | None = None
-        """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._limiters = LocalLimiters()
         self.unwritten = Unwritten()
         self._taker: Taker | None = None
@@ -428,7 +428,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def _execute(self, conn: sqlite3.Connection, batch: list[_Op]) -> tuple[list[_Outcome], bool]:
         durable = any(op[3] for op in batch)
-        unsynced = self._unsynced
+        unsynced = self._disk.unsynced
         try:
             self._sync(conn, durable=durable)
             if not durable and all(op[4] for op in batch):
@@ -461,9 +461,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             self._hand_over(committed=False)  # closing: the jobs marked running queue again at the next open
             raise
         if self._level != self._synchronous:
-            self._unsynced += 1
+            self._disk.lazy_commit()
         else:
-            self._synced = max(self._synced, unsynced)  # a synced commit puts every earlier one on disk too
+            self._disk.covered(unsynced)  # a synced commit puts every earlier one on disk too
         return outcomes, wake
 
     def _file_ids(self) -> tuple[tuple[int, int] | None, ...]:
@@ -911,14 +911,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         if job_ids:
             await self._call(run, wakes=True)
 
-    async def flush(self) -> None:
-        """An fsync of the WAL on the store's thread (after the synced commits before it). A commit
-        without an fsync writes no checkpoint (:meth:`_sync`), so what it wrote is in the WAL, or in
-        the database file if a checkpoint since copied it (and synced that file). Every
-        ``_CHECKPOINT_FLUSHES`` flushes also checkpoint, on that thread: a drain of finishes without
-        an fsync makes no synced commit that would."""
-        target = self._unsynced
-        if self._synced >= target:
+    async def flush(self, *, linger: float = 0.0) -> None:
+        """An fsync of the WAL on the store's thread (after the synced commits before it), unless a synced
+        commit (an enqueue's) made within ``linger`` seconds did it. A commit without an fsync writes no
+        checkpoint (:meth:`_sync`), so what it wrote is in the WAL, or in the database file if a
+        checkpoint since copied it (and synced that file). Every ``_CHECKPOINT_FLUSHES`` flushes also
+        checkpoint, on that thread: a drain of finishes without an fsync makes no synced commit that would."""
+        target = self._disk.unsynced
+        if await self._disk.covered_within(target, linger):
             return
         wal = f"{self.path}-wal"
 
@@ -940,7 +940,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             await self._committer.run(sync)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"SQLite store {self.path}: flush failed: {exc}") from exc
-        self._synced = max(self._synced, target)
+        self._disk.covered(target)
 
     async def retry(self, job_id: int, *, delay: float, error: str) -> None:
         def run(conn: sqlite3.Connection) -> None:
