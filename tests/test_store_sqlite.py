@@ -14,11 +14,12 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 
 from amoconnect.errors import StoreError
-from amoconnect.store.base import NewJob
-from amoconnect.store.sql import NEXT_DUE
+from amoconnect.store.base import MessageRecord, NewJob
+from amoconnect.store.sql import NEXT_DUE, Finish
 from amoconnect.store.sqlite import _CLAIM, _SCHEMA, SCHEMA_VERSION, SQLiteStore, _Committer
 
 pytestmark = pytest.mark.anyio
@@ -493,26 +494,32 @@ async def test_a_backlog_s_finishes_and_takes_ahead_commit_on_the_store_s_thread
 
     import amoconnect.store.sqlite as sqlite_module
 
-    finished = sqlite_module._finished
+    together, finished = sqlite_module._write_together, sqlite_module._finished
     threads: dict[int, str] = {}
 
-    def recording(conn: sqlite3.Connection, job_id: int, *args: object) -> str | None:
-        threads[job_id] = threading.current_thread().name
-        if job_id == broken:
-            raise sqlite3.IntegrityError("constraint failed")
-        return finished(conn, job_id, *args)  # type: ignore[arg-type]
+    def recording_together(conn: sqlite3.Connection, finishes: list[Finish]) -> None:
+        threads.update((f.job_id, threading.current_thread().name) for f in finishes)
+        together(conn, finishes)
 
+    def recording(conn: sqlite3.Connection, finish: Finish) -> str | None:
+        threads[finish.job_id] = threading.current_thread().name
+        return finished(conn, finish)
+
+    monkeypatch.setattr(sqlite_module, "_write_together", recording_together)
     monkeypatch.setattr(sqlite_module, "_finished", recording)
     await store.enqueue([job("backlog") for _ in range(4)])
     [first] = await store.claim(1)
     ahead = await store.take_ahead(first, 3)
     assert [j.id for j in ahead] == [first.id + 1, first.id + 2, first.id + 3]
-    broken = ahead[1].id
-    soon = [store.finish_soon(j.id) for j in (first, *ahead)]
+    sent = [MessageRecord("scope", f"m{j.id}", "backlog", "in", amocrm_id=f"a{j.id}") for j in (first, *ahead)]
+    sent[2] = msgspec.structs.replace(sent[2], direction="sideways")  # refused by the table's CHECK
+    soon = [store.finish_soon(j.id, messages=[m]) for j, m in zip((first, *ahead), sent, strict=True)]
     await asyncio.wait(soon)
     assert [f.exception() is None for f in soon] == [True, True, False, True]
+    assert isinstance(soon[2].exception(), sqlite3.IntegrityError)
     assert set(threads.values()) == {"amoconnect-sqlite"}
     assert await store.counts() == {"queued": 0, "running": 1, "dead": 0}  # the broken finish's job
+    assert [await store.message("scope", m.msgid) for m in sent] == [sent[0], sent[1], None, sent[3]]
     await store.enqueue([job("other")])
     [other] = await store.claim(1)
     await store.finish(other.id)  # durable: run on the loop, its fsync on the store's thread

@@ -36,7 +36,7 @@ import secrets
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import psycopg
@@ -72,6 +72,7 @@ from .sql import (
     MESSAGE_COLUMNS,
     NEXT_DUE,
     NEXT_OF_KEY,
+    Finish,
     MappingLookups,
     activity_params,
     activity_reads,
@@ -79,6 +80,7 @@ from .sql import (
     activity_write,
     conversation_params,
     conversation_writes,
+    grouped,
     head_added,
     head_claimed,
     head_refreshed,
@@ -88,7 +90,7 @@ from .sql import (
 from .sql import (
     PG_NOW as _NOW,
 )
-from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten, merged
+from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -337,7 +339,7 @@ _ACTIVITIES = (
 )
 """Several conversations' newest messages in one statement: per conversation the activity that a
 sequence of :data:`_ACTIVITY` updates would leave, and when the last of them that goes out would have
-set ``last_out_at`` (:func:`_grouped`)."""
+set ``last_out_at`` (:func:`~.sql.grouped`)."""
 # finish and bury take the job out of the queue only while this process holds it (its lease did
 # not run out and pass it to another process). They are pipelined, so nothing can be read back
 # before the commit: when the job is not held, the statement fails on purpose (a cast of
@@ -782,7 +784,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 if ahead:  # committed without waiting for the WAL's flush: see flush()
                     await conn.execute(_UNSYNCED)
                 await _lock_heads(conn, [held, *(j.key for j in then)])
-                await self._finished(conn, [_Finish(job_id, conversations, messages, activity)])
+                await self._finished(conn, [Finish(job_id, conversations, messages, activity)])
                 await _insert_jobs(conn, then)
                 if held is None:
                     return [], True
@@ -811,20 +813,20 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._held[job.id] = job.key
         return job
 
-    async def _finished(self, conn: Conn, finishes: Sequence[_Finish]) -> None:
+    async def _finished(self, conn: Conn, finishes: Sequence[Finish]) -> None:
         """Finishes' writes, in the caller's transaction: their jobs out of the queue (while held), their
-        records in, as if written one finish after the other (:func:`_grouped`)."""
+        records in, as if written one finish after the other (:func:`~.sql.grouped`)."""
         ids = [f.job_id for f in finishes]
         await conn.execute(self._finish_sql, (ids, self.owner, len(set(ids))))
-        grouped = _grouped(finishes)
-        if grouped is None:  # written in turn
+        together = grouped(finishes)
+        if together is None:  # written in turn
             for f in finishes:
                 await _upsert_conversations(conn, f.conversations, merge=True)
                 await _upsert_messages(conn, f.messages)
                 for a in f.activity:
                     await conn.execute(_ACTIVITY, activity_params(a))
             return
-        conversations, messages, activity = grouped
+        conversations, messages, activity = together
         await _upsert_conversations(conn, conversations, merge=True)
         if len(messages) > 1:
             await conn.execute(
@@ -855,7 +857,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         key = self._held.get(job_id)
         held = self.unwritten.add(conversations, messages)
         future.add_done_callback(lambda _: self.unwritten.drop(held))  # unless committed (then nothing)
-        writes = _Finish(job_id, tuple(conversations), tuple(messages), tuple(activity))
+        writes = Finish(job_id, tuple(conversations), tuple(messages), tuple(activity))
         self._soon.append(_Soon(writes, key, future, held))
         if self._finisher is None or self._finisher.done():
             self._finisher = asyncio.get_running_loop().create_task(self._finish_batches(), name="amoconnect-pg-finish")
@@ -1147,63 +1149,15 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         return await self._write(f"DELETE FROM rate_limits WHERE tat < {_NOW}")
 
 
-class _Finish(NamedTuple):
-    """What a finish writes."""
-
-    job_id: int
-    conversations: Sequence[ConversationRecord]
-    messages: Sequence[MessageRecord]
-    activity: Sequence[Activity]
-
-
 @dataclass
 class _Soon:
     """A finish :meth:`PostgresStore.finish_soon` accepted and has not committed yet."""
 
-    writes: _Finish
+    writes: Finish
     key: str | None
     future: asyncio.Future[None]
     held: object
     """Its records' token in :attr:`PostgresStore.unwritten`."""
-
-
-_Grouped = tuple[list[ConversationRecord], list[MessageRecord], list[tuple[Activity, float | None]]]
-
-
-def _grouped(finishes: Sequence[_Finish]) -> _Grouped | None:
-    """The records of ``finishes`` as fewer writes that leave what writing them one finish after the other
-    would: one record per conversation (folded as a finish merges it), the last record of each message,
-    per conversation the newest message a run of its activities would leave, with when the last of
-    them to go out would have set ``last_out_at`` (:data:`_ACTIVITIES`). None where the order could
-    tell: a chat given to two conversations, a conversation given two chats, or a newest message given
-    before its conversation's first record (then they are written in turn)."""
-    chats: dict[tuple[str, str], tuple[str, str]] = {}
-    rows: dict[tuple[str, str], ConversationRecord] = {}
-    first: dict[tuple[str, str], int] = {}
-    for i, f in enumerate(finishes):
-        for r in f.conversations:
-            key, chat = (r.scope_id, r.conversation_id), (r.instance, r.chat)
-            if chats.setdefault(chat, key) != key:
-                return None
-            row = rows.get(key)
-            if row is not None and (row.instance, row.chat) != chat:
-                return None
-            rows[key] = r if row is None else merged(row, r)
-            first.setdefault(key, i)
-    messages = {(m.scope_id, m.msgid): m for f in finishes for m in f.messages}
-    newest: dict[tuple[str, str], Activity] = {}
-    out: dict[tuple[str, str], float] = {}
-    for i, f in enumerate(finishes):
-        for a in f.activity:
-            key = (a.scope_id, a.conversation_id)
-            if first.get(key, i) > i:
-                return None
-            best = newest.get(key)
-            if best is None or a.at >= best.at:  # it would be written (given the stored row allows the best)
-                newest[key] = a
-                if a.direction == "out":
-                    out[key] = a.at
-    return list(rows.values()), list(messages.values()), [(a, out.get(key)) for key, a in newest.items()]
 
 
 class _Seen(Exception):

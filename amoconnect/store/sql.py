@@ -12,12 +12,13 @@ its cost depends on the number of jobs it takes, not on the number queued.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar, NamedTuple
 
 import msgspec
 
 from .base import PREVIEW_CHARS, Activity, ConversationRecord, MessageRecord, RecentConversation, SourceActivity
-from .unwritten import Read, Unwritten
+from .unwritten import Read, Unwritten, merged
 
 __all__ = [
     "ACTIVITY_SCHEMA",
@@ -30,6 +31,8 @@ __all__ = [
     "NEXT_DUE",
     "NEXT_OF_KEY",
     "PG_NOW",
+    "Finish",
+    "Grouped",
     "MappingLookups",
     "activity_params",
     "activity_reads",
@@ -38,6 +41,9 @@ __all__ = [
     "conversation",
     "conversation_params",
     "conversation_writes",
+    "grouped",
+    "grouped_activity_params",
+    "grouped_activity_write",
     "head_added",
     "head_claimed",
     "head_refreshed",
@@ -309,6 +315,72 @@ def activity_params(a: Activity) -> tuple[Any, ...]:
     """The parameters of :func:`activity_write` for ``a`` (its preview cut to :data:`~.base.PREVIEW_CHARS`)."""
     text = a.preview[:PREVIEW_CHARS]
     return (a.msgid, a.direction, text, a.at, a.direction, a.at, a.scope_id, a.conversation_id, a.at)
+
+
+class Finish(NamedTuple):
+    """What a finish writes."""
+
+    job_id: int
+    conversations: Sequence[ConversationRecord]
+    messages: Sequence[MessageRecord]
+    activity: Sequence[Activity]
+
+
+Grouped = tuple[list[ConversationRecord], list[MessageRecord], list[tuple[Activity, float | None]]]
+
+
+def grouped(finishes: Sequence[Finish]) -> Grouped | None:
+    """The records of ``finishes`` as fewer writes that leave what writing them one finish after the other
+    would: one record per conversation (folded as a finish merges it), the last record of each message,
+    per conversation the newest message a run of its activities would leave, with when the last of
+    them to go out would have set ``last_out_at`` (:func:`grouped_activity_write`). None where the order could
+    tell: a chat given to two conversations, a conversation given two chats, or a newest message given
+    before its conversation's first record (then they are written in turn)."""
+    chats: dict[tuple[str, str], tuple[str, str]] = {}
+    rows: dict[tuple[str, str], ConversationRecord] = {}
+    first: dict[tuple[str, str], int] = {}
+    for i, f in enumerate(finishes):
+        for r in f.conversations:
+            key, chat = (r.scope_id, r.conversation_id), (r.instance, r.chat)
+            if chats.setdefault(chat, key) != key:
+                return None
+            row = rows.get(key)
+            if row is not None and (row.instance, row.chat) != chat:
+                return None
+            rows[key] = r if row is None else merged(row, r)
+            first.setdefault(key, i)
+    messages = {(m.scope_id, m.msgid): m for f in finishes for m in f.messages}
+    newest: dict[tuple[str, str], Activity] = {}
+    out: dict[tuple[str, str], float] = {}
+    for i, f in enumerate(finishes):
+        for a in f.activity:
+            key = (a.scope_id, a.conversation_id)
+            if first.get(key, i) > i:
+                return None
+            best = newest.get(key)
+            if best is None or a.at >= best.at:  # it would be written (given the stored row allows the best)
+                newest[key] = a
+                if a.direction == "out":
+                    out[key] = a.at
+    return list(rows.values()), list(messages.values()), [(a, out.get(key)) for key, a in newest.items()]
+
+
+def grouped_activity_write(placeholder: str) -> str:
+    """One conversation's newest message of :func:`grouped`'s activity, unless the conversation has a later
+    one, and ``last_out_at`` as the run's last message out would have set it (parameters:
+    :func:`grouped_activity_params`)."""
+    p = placeholder
+    return (
+        f"UPDATE conversations SET last_msgid = {p}, last_direction = {p}, last_preview = {p}, last_at = {p}, "
+        f"last_out_at = CASE WHEN {p} IS NOT NULL AND (last_at IS NULL OR last_at <= {p}) THEN {p} "
+        f"ELSE last_out_at END WHERE scope_id = {p} AND conversation_id = {p} AND (last_at IS NULL OR last_at <= {p})"
+    )
+
+
+def grouped_activity_params(a: Activity, out_at: float | None) -> tuple[Any, ...]:
+    """The parameters of :func:`grouped_activity_write` for ``a`` and its run's ``out_at``."""
+    text = a.preview[:PREVIEW_CHARS]
+    return (a.msgid, a.direction, text, a.at, out_at, out_at, out_at, a.scope_id, a.conversation_id, a.at)
 
 
 def activity_reads(placeholder: str) -> tuple[str, str]:

@@ -70,6 +70,7 @@ from .sql import (
     MESSAGE_COLUMNS,
     NEXT_DUE,
     NEXT_OF_KEY,
+    Finish,
     MappingLookups,
     activity_params,
     activity_reads,
@@ -77,6 +78,9 @@ from .sql import (
     activity_write,
     conversation_params,
     conversation_writes,
+    grouped,
+    grouped_activity_params,
+    grouped_activity_write,
     head_added,
     head_claimed,
     head_refreshed,
@@ -229,6 +233,7 @@ _AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?',
 """The jobs :meth:`SQLiteStore.take_ahead` takes (parameters: :data:`AHEAD_OF_KEY`'s)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
 _ACTIVITY = activity_write("?")
+_GROUPED_ACTIVITY = grouped_activity_write("?")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("?")
 
 Operation = Callable[[sqlite3.Connection], Any]
@@ -287,20 +292,81 @@ def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
     return [Job(*r) for r in rows]
 
 
-def _finished(
-    conn: sqlite3.Connection,
-    job_id: int,
-    conversations: Sequence[ConversationRecord],
-    messages: Sequence[MessageRecord],
-    activity: Sequence[Activity],
-) -> str | None:
+def _finished(conn: sqlite3.Connection, finish: Finish) -> str | None:
     """A finish's writes: the job out of the queue, its records in; the job's key (``None``: it was gone)."""
-    done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (job_id,)).fetchone()
+    done = conn.execute("DELETE FROM queue WHERE id = ? RETURNING key", (finish.job_id,)).fetchone()
+    _records(conn, finish)
+    return str(done[0]) if done else None
+
+
+def _records(conn: sqlite3.Connection, finish: Finish) -> None:
+    _upsert_conversations(conn, finish.conversations, merge=True)
+    _upsert_messages(conn, finish.messages)
+    for a in finish.activity:
+        conn.execute(_ACTIVITY, activity_params(a))
+
+
+class _FinishedTogether:
+    """Finishes accepted without waiting (:meth:`SQLiteStore.finish_soon`), written as one operation in a few
+    statements: their jobs out of the queue, their records in as if written one finish after the other
+    (:func:`~.sql.grouped`; a drain's sixteen finishes were eighty statements, each a turn of the GIL
+    between the store's thread and the loop). Its result: the error of each (None: written). If writing
+    them together fails, the writer runs its batch again, each operation in a savepoint
+    (:meth:`SQLiteStore._transaction`), and this one then writes each finish alone: one that fails
+    fails alone."""
+
+    def __init__(self, finishes: Sequence[Finish]) -> None:
+        self.finishes = finishes
+        self.failed = False
+
+    def __call__(self, conn: sqlite3.Connection) -> list[Exception | None]:
+        if self.failed:
+            return [_finished_alone(conn, finish) for finish in self.finishes]
+        try:
+            _write_together(conn, self.finishes)
+        except sqlite3.Error:
+            self.failed = True
+            raise
+        return [None] * len(self.finishes)
+
+
+def _finished_alone(conn: sqlite3.Connection, finish: Finish) -> Exception | None:
+    conn.execute("SAVEPOINT alone")
+    try:
+        _finished(conn, finish)
+    except sqlite3.Error as exc:
+        conn.execute("ROLLBACK TO alone")
+        conn.execute("RELEASE alone")
+        return exc
+    conn.execute("RELEASE alone")
+    return None
+
+
+def _write_together(conn: sqlite3.Connection, finishes: Sequence[Finish]) -> None:
+    ids = [f.job_id for f in finishes]
+    conn.execute(f"DELETE FROM queue WHERE id IN ({', '.join('?' * len(ids))})", ids)
+    together = grouped(finishes)
+    if together is None:  # written in turn
+        for finish in finishes:
+            _records(conn, finish)
+        return
+    conversations, messages, activity = together
     _upsert_conversations(conn, conversations, merge=True)
     _upsert_messages(conn, messages)
-    for a in activity:
-        conn.execute(_ACTIVITY, activity_params(a))
-    return str(done[0]) if done else None
+    conn.executemany(_GROUPED_ACTIVITY, [grouped_activity_params(a, out_at) for a, out_at in activity])
+
+
+def _fan_out(futures: Sequence[asyncio.Future[None]], together: asyncio.Future[list[Exception | None]]) -> None:
+    """The outcome of finishes written together (:class:`_FinishedTogether`), to each one's future."""
+    failed = together.exception()
+    errors = [failed] * len(futures) if failed is not None else together.result()
+    for future, error in zip(futures, errors, strict=True):
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(None)
 
 
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
@@ -353,7 +419,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._pending: list[_Op] = []
         self._first: list[_Op] = []
         """Enqueues, committed ahead of the writes in ``_pending`` (:meth:`_submit`)."""
-        self._soon: list[_Op] = []
+        self._soon: list[tuple[Finish, asyncio.Future[None]]] = []
         """Finishes accepted (:meth:`finish_soon`) and not handed to the writer yet."""
         self._soon_timer: asyncio.TimerHandle | None = None
         self._more = asyncio.Event()
@@ -618,13 +684,16 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         return future
 
     def _hand_over_soon(self) -> None:
-        """Give the writer the finishes accepted so far."""
+        """Give the writer the finishes accepted so far, as one operation."""
         if self._soon_timer is not None:
             self._soon_timer.cancel()
             self._soon_timer = None
-        if self._soon:
-            self._pending.extend(self._soon)
-            self._soon = []
+        if self._soon and self._loop is not None:
+            soon, self._soon = self._soon, []
+            together: asyncio.Future[list[Exception | None]] = self._loop.create_future()
+            together.add_done_callback(functools.partial(_fan_out, [future for _, future in soon]))
+            write = _FinishedTogether([finish for finish, _ in soon])
+            self._pending.append((write, together, False, False, True))
             self._more.set()
 
     def _read_only(self) -> sqlite3.Connection:
@@ -843,7 +912,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         durable: bool = True,
     ) -> Job | None:
         def run(conn: sqlite3.Connection) -> tuple[Job | None, bool]:
-            key = _finished(conn, job_id, conversations, messages, activity)
+            key = _finished(conn, Finish(job_id, conversations, messages, activity))
             now = self._now()
             _insert_jobs(conn, then, now)
             if key is None:
@@ -870,15 +939,12 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         messages: Sequence[MessageRecord] = (),
         activity: Sequence[Activity] = (),
     ) -> asyncio.Future[None]:
-        def run(conn: sqlite3.Connection) -> None:
-            _finished(conn, job_id, conversations, messages, activity)
-
         if self._writer is None or self._loop is None:
             raise StoreError(f"SQLite store {self.path} is not open")
         future: asyncio.Future[None] = self._loop.create_future()
         # Grouped: the writer gets them once SOON_GROUP are waiting, SOON_LINGER seconds after the first,
         # or with the next other operation but an enqueue, whichever comes first.
-        self._soon.append((run, future, False, False, True))
+        self._soon.append((Finish(job_id, tuple(conversations), tuple(messages), tuple(activity)), future))
         if len(self._soon) >= SOON_GROUP:
             self._hand_over_soon()
         elif self._soon_timer is None:
