@@ -21,7 +21,7 @@ from amoconnect.precedence import Arrivals
 from amoconnect.relay import Done, Handler, Relay, Retry, transient
 from amoconnect.store.base import Job, MessageRecord, NewJob, Store
 from amoconnect.store.sqlite import SQLiteStore
-from amoconnect.testing.stores import counts_are
+from amoconnect.testing.stores import counts_are, table_rows
 
 pytestmark = pytest.mark.anyio
 
@@ -767,10 +767,18 @@ async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(tm
         await store.enqueue([NewJob("test", "c", b"handed")], dedup=["c"])
         assert [(job.payload, job.attempts) for job in handed if job] == [(b"handed", 1)]
         assert await store.counts() == {"queued": 0, "running": 3, "dead": 0}
+        # Built from the enqueued job, not read back: what the row holds, as a claim would read it.
+        columns = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
+        assert handed[-1] == Job(*table_rows(store, "queue WHERE key = 'c'", columns)[0])
         assert not await store.enqueue([NewJob("test", "c", b"duplicate")], dedup=["c"])
+        await store.enqueue([NewJob("test", "long", b"x" * 10_000)])  # its payload kept beside its row
+        assert handed[-1] is not None and handed[-1].payload == b"x" * 10_000
+        await store.release([handed[-1].id])
+        (claimed,) = await store.claim(10)
+        assert claimed == handed[-1]
         store.hand_off_to(None)
         await store.enqueue([NewJob("test", "d", b"claimed")])
-        assert len(handed) == 1 and len(offers) == 2
+        assert len(handed) == 2 and len(offers) == 3
         assert [job.payload for job in await store.claim(10)] == [b"claimed"]
 
 
@@ -869,12 +877,9 @@ async def test_a_hand_off_that_fails_to_mark_its_job_running_gives_its_slot_back
         def handed(self, job: Job | None) -> None:
             handed.append(job)
 
-    def failing(conn: object, rows: object) -> list[Job]:
-        raise sqlite3.OperationalError("disk I/O error")
-
     async with SQLiteStore(tmp_path / "store.sqlite3") as store:
         store.hand_off_to(Taker())
-        monkeypatch.setattr("amoconnect.store.sqlite._take", failing)
-        with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        monkeypatch.setattr("amoconnect.store.sqlite._RUNNING", "UPDATE no_such_table SET state = ? ")
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
             await store.enqueue([NewJob("test", "a", b"x")])
         assert offers and handed == [None] * len(offers)  # the batch ran again, its operations apart

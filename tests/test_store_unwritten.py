@@ -76,3 +76,31 @@ def test_known_rows_of_chats_no_longer_looked_up_go_once_they_are_old(monkeypatc
     with unwritten.reading() as read:
         unwritten.keep(("inst", "chat-b"), read, other)
     assert list(unwritten._known) == [("inst", "chat-b")]
+
+
+def test_the_held_records_a_lookup_applies_follow_every_add_commit_and_drop() -> None:
+    """Lookups read the held records many times between two changes of them (kept flattened): each add,
+    commit and drop is seen by the next lookup, and a chat counts as waiting only while records of it
+    are held (counted per chat, forgotten once none is)."""
+    unwritten = Unwritten()
+    first = unwritten.add([later(10.0)], [])
+    found = unwritten.conversation(ROW, scope_id="scope", conversation_id="conv-a")
+    assert found is not None and found.last_client_at == 10.0
+    sent = MessageRecord("scope", "m1", "conv-a", "in", amocrm_id="amo-m1")
+    second = unwritten.add([later(11.0)], [sent])
+    found = unwritten.conversation(ROW, scope_id="scope", conversation_id="conv-a")
+    assert found is not None and found.last_client_at == 11.0
+    assert unwritten.message(None, ("scope", "m1"), "msgid") == sent
+    with unwritten.reading() as read:
+        unwritten.keep(CHAT, read, ROW)
+    assert unwritten.known(CHAT) == ROW
+    unwritten.committed(first)
+    assert unwritten.known(CHAT) is not None  # the second one's record of the chat still waits
+    unwritten.drop(second)
+    assert unwritten.known(CHAT) is None
+    assert unwritten.conversation(ROW, scope_id="scope", conversation_id="conv-a") == ROW
+    assert unwritten.message(None, ("scope", "m1"), "msgid") is None
+    tokens = [unwritten.add([ConversationRecord("scope", f"c{i}", "inst", f"chat-{i}")], []) for i in range(100)]
+    for token in tokens:
+        unwritten.committed(token)
+    assert not unwritten and not unwritten._chats

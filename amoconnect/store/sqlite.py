@@ -224,7 +224,6 @@ _CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER B
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 """Whether a claim would find a job, and the first it would take (parameter: now)."""
-_TAKE_ONE = _TAKEN + "WHERE id = ?"
 _HAS_HEAD = "SELECT 1 FROM heads WHERE key = ?"
 """Whether a key has jobs left."""
 _NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
@@ -284,11 +283,12 @@ def _bury(conn: sqlite3.Connection, where: str, params: tuple[Any, ...], *, erro
     return int(conn.execute(f"DELETE FROM queue WHERE {where}", params).rowcount)
 
 
+_RUNNING = "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?"
+
+
 def _take(conn: sqlite3.Connection, rows: list[Any]) -> list[Job]:
     """Mark the jobs of ``rows`` (of :data:`_CLAIM`'s columns) running."""
-    conn.executemany(
-        "UPDATE queue SET state = 'running', attempts = attempts + 1 WHERE id = ?", [(r[0],) for r in rows]
-    )
+    conn.executemany(_RUNNING, [(r[0],) for r in rows])
     return [Job(*r) for r in rows]
 
 
@@ -409,6 +409,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             raise StoreError(f"synchronous must be FULL, NORMAL or EXTRA, got {synchronous!r}")
         self.path = Path(path)
         self.where = str(self.path)
+        self._watched = (self.where, f"{self.where}-wal")
+        """The files :meth:`_files_changed` checks (a path of each, made once: it runs at every synced commit)."""
         self._synchronous = synchronous.upper()
         self._now = clock or SteadyClock()
         self._level = self._synchronous
@@ -535,7 +537,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     def _file_ids(self) -> tuple[tuple[int, int] | None, ...]:
         """``(st_dev, st_ino)`` of the database file and of its WAL (None: missing)."""
         ids: list[tuple[int, int] | None] = []
-        for path in (self.path, Path(f"{self.path}-wal")):
+        for path in self._watched:
             try:
                 status = os.stat(path)
             except OSError:
@@ -851,7 +853,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
             if len(jobs) == 1 and self._taker is not None and jobs[0].delay <= 0:
-                self._hand_off(self._taker, conn, _insert_job(conn, jobs[0], now), now)
+                self._hand_off(self._taker, conn, jobs[0], _insert_job(conn, jobs[0], now), now)
             else:
                 _insert_jobs(conn, jobs, now)
             crash_point("store.enqueue")
@@ -862,18 +864,18 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     def hand_off_to(self, taker: Taker | None) -> None:
         self._taker = taker
 
-    def _hand_off(self, taker: Taker, conn: sqlite3.Connection, job_id: int, now: float) -> None:
-        """Mark the job just enqueued running for ``taker`` if it is the first a claim would take now
-        (its conversation has no other job, and no other conversation's job is due before it)."""
+    def _hand_off(self, taker: Taker, conn: sqlite3.Connection, job: NewJob, job_id: int, now: float) -> None:
+        """Mark ``job``, just enqueued as ``job_id``, running for ``taker`` if it is the first a claim would
+        take now (its conversation has no other job, and no other conversation's job is due before it)."""
         first = conn.execute(_ANY_DUE, (now,)).fetchone()
         if first is None or first[0] != job_id or not taker.offer():
             return
         try:
-            taken = _take(conn, conn.execute(_TAKE_ONE, (job_id,)).fetchall())
+            conn.execute(_RUNNING, (job_id,))
         except BaseException:
             taker.handed(None)
             raise
-        self._handing += [(taker, job) for job in taken]
+        self._handing.append((taker, Job(job_id, job.kind, job.key, job.payload, job.scope_id, 1, now)))
 
     def _hand_over(self, *, committed: bool, since: int = 0) -> None:
         """The jobs handed off since index ``since`` of the transaction's list: to their taker once

@@ -27,6 +27,7 @@ message carries it), and the row is read again at the latest ``FRESH`` seconds l
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -92,6 +93,10 @@ class Unwritten:
     _known: dict[tuple[str, str], _Known] = field(default_factory=dict)
     _epoch: int = 0
     """Counts :meth:`forget`: a read that started before one is not kept as a known row."""
+    _chats: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
+    """The chats (instance, chat) of the held conversation records, with how many records each."""
+    _flat: tuple[list[ConversationRecord], list[MessageRecord]] | None = None
+    """The held records, oldest first, while no batch was added or taken since (every lookup reads them)."""
 
     def __bool__(self) -> bool:
         return bool(self._batches)
@@ -101,6 +106,8 @@ class Unwritten:
         batch = _Batch(tuple(conversations), tuple(messages))
         if batch.conversations or batch.messages:
             self._batches.append(batch)
+            self._chats.update((c.instance, c.chat) for c in batch.conversations)
+            self._flat = None
         return batch
 
     def committed(self, token: object) -> None:
@@ -126,6 +133,12 @@ class Unwritten:
         for i, batch in enumerate(self._batches):
             if batch is token:
                 del self._batches[i]
+                for c in batch.conversations:
+                    chat = (c.instance, c.chat)
+                    self._chats[chat] -= 1
+                    if not self._chats[chat]:
+                        del self._chats[chat]
+                self._flat = None
                 return True
         return False
 
@@ -171,7 +184,7 @@ class Unwritten:
         self._known[chat] = _Known(row, read.started)
 
     def _waiting(self, chat: tuple[str, str]) -> bool:
-        return any((c.instance, c.chat) == chat for c in self._conversations())
+        return self._chats[chat] > 0
 
     def _fold(self, record: ConversationRecord) -> None:
         """A committed record into the known rows."""
@@ -193,11 +206,21 @@ class Unwritten:
             self._reads.remove(read)
 
     # -- the overlay ---------------------------------------------------------------------
+    def _held(self) -> tuple[list[ConversationRecord], list[MessageRecord]]:
+        if self._flat is None:
+            self._flat = (
+                [c for batch in self._batches for c in batch.conversations],
+                [m for batch in self._batches for m in batch.messages],
+            )
+        return self._flat
+
     def _conversations(self, since: Sequence[_Batch] = ()) -> list[ConversationRecord]:
-        return [c for batch in (*since, *self._batches) for c in batch.conversations]
+        held = self._held()[0]
+        return [c for batch in since for c in batch.conversations] + held if since else held
 
     def _messages(self, since: Sequence[_Batch] = ()) -> list[MessageRecord]:
-        return [m for batch in (*since, *self._batches) for m in batch.messages]
+        held = self._held()[1]
+        return [m for batch in since for m in batch.messages] + held if since else held
 
     def conversation(
         self,
