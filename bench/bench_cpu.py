@@ -22,6 +22,8 @@ machine; a cell's figure is the median of its rounds (every round is kept in the
     python bench/bench_cpu.py                    # both stores, every cell, 3 rounds   (~10 min)
     python bench/bench_cpu.py --quick            # shorter cells, 1 round              (~2 min)
     python bench/bench_cpu.py --stores sqlite    # amoconnect on one store only
+    python bench/bench_cpu.py --quick --rounds 4 --stores sqlite --compare ../before
+                                                 # and the code of another checkout beside it (A/B)
 
 Results are printed and written to bench/out/cpu.json (or cpu-quick.json); ``--save`` writes
 them to bench/results/ instead, over the committed figures.
@@ -268,6 +270,16 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return connector("amoconnect-sqlite", work / "sqlite", logs, amojo_url=url, **settings)
 
             systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick))
+        if args.compare:
+            tree = args.compare  # made absolute by main()
+
+            def on_other(amojo: Amojo) -> Server:
+                url = f"http://{HOST}:{amojo.port}"
+                server = connector("amoconnect-compared", work / "compared", logs, amojo_url=url, **settings)
+                server.args = ["env", f"PYTHONPATH={tree}", *server.args]  # its amoconnect package first
+                return server
+
+            systems.append(System(f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}", on_other, logs, args.quick))
         if "postgres" in stores:
             from amoconnect.testing.pgserver import TemporaryPostgres
             from amoconnect.testing.stores import fresh_postgres_schema
@@ -325,8 +337,12 @@ def main() -> None:
     parser.add_argument("--stores", default="sqlite,postgres", help="comma-separated: sqlite, postgres")
     parser.add_argument("--log-level", default="info", help="the connector's log level (default: info, its default)")
     parser.add_argument("--transport", default="aiohttp", help="the connector's HTTP transport")
+    parser.add_argument(
+        "--compare", default="", help="a checkout of other code: its connector on SQLite runs beside the others (A/B)"
+    )
     add_save_option(parser)
     args = parser.parse_args()
+    args.compare = str(Path(args.compare).resolve()) if args.compare else ""
     try:
         import uvloop
     except ImportError:
