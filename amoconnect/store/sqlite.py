@@ -361,12 +361,7 @@ def _fan_out(futures: Sequence[asyncio.Future[None]], together: asyncio.Future[l
     failed = together.exception()
     errors = [failed] * len(futures) if failed is not None else together.result()
     for future, error in zip(futures, errors, strict=True):
-        if future.done():
-            continue
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(None)
+        _settle(future, None, error)
 
 
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
@@ -641,12 +636,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     def _deliver(self, outcomes: list[_Outcome], wake: bool) -> None:
         for future, result, error in outcomes:
-            if future.cancelled():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+            _settle(future, result, error)
         self._hand_over(committed=True)  # after the acks: the jobs that were handed off start
         if wake:
             self._wake.set()
