@@ -40,6 +40,7 @@ received, at most ``_DEFER_AT_MOST`` each time, so acks stay quick while a queue
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import random
 import time
@@ -139,7 +140,8 @@ waits for that flush past ``_UNFLUSHED``: what a power cut may make run again.""
 _FLUSH_LINGER = 0.02
 """The flush that ends a run first waits this long for a durable commit of another write (a webhook's
 enqueue) to put the run's finishes on disk: at everyday rates one comes within milliseconds, and a
-message then costs one fsync instead of two."""
+message then costs one fsync instead of two. Its slot is the claims' meanwhile; a stop waits for it
+and flushes at once (no webhook comes any more)."""
 
 
 @dataclass
@@ -197,6 +199,8 @@ class Relay:
     """Where jobs run while the relay takes new ones (None once it stops taking)."""
     _offered: int = field(default=0, init=False)
     """Slots reserved for jobs the store is handing over (:meth:`offer`)."""
+    _flushing: int = field(default=0, init=False)
+    """Runs whose jobs are done, putting their finishes on disk (a stop waits for them too)."""
     _log: structlog.typing.FilteringBoundLogger = field(default=log, init=False)
     """``log`` as configured when :meth:`run` started: each job's logger binds its fields to it."""
     _finished: dict[str, tuple[Counter, Histogram]] = field(default_factory=dict, init=False)
@@ -294,13 +298,17 @@ class Relay:
             await self.arrivals.settled(_DEFER_AT_MOST)
 
     async def _drain(self) -> None:
-        if not self._running:
+        if not self._running and not self._flushing:
             return
         in_flight = len(self._running)
         log.info("draining", in_flight=in_flight, timeout_s=self.shutdown_timeout)
         with anyio.move_on_after(self.shutdown_timeout):
-            while self._running:
+            while self._running or self._flushing:
                 self._slot_free = anyio.Event()
+                if not self._running:
+                    # Only runs' last flushes are left, lingering for another write's fsync: no more come.
+                    with contextlib.suppress(StoreError):
+                        await self.store.flush()
                 await self._slot_free.wait()
         if self._running:
             log.warning("left queued at shutdown", jobs=sorted(self._running))
@@ -320,7 +328,14 @@ class Relay:
                         self._running.add(current.id)
                         await self._defer()
             if run.unflushed and run.last is not None:  # after the flushes under way: what they did not cover
-                await self._flush(run, run.last, run.unflushed, _FLUSH_LINGER)
+                # The slot is the claims' again meanwhile (its jobs left _running): the flush may linger.
+                self._flushing += 1
+                self._slot_free.set()
+                try:
+                    linger = _FLUSH_LINGER if self._jobs is not None else 0.0  # none while stopping
+                    await self._flush(run, run.last, run.unflushed, linger)
+                finally:
+                    self._flushing -= 1
         finally:
             self._slot_free.set()
 

@@ -739,6 +739,32 @@ async def test_lone_messages_arriving_steadily_cost_one_fsync_each(tmp_path: Pat
         tg.cancel_scope.cancel()
 
 
+async def test_a_stop_puts_the_finishes_a_flush_lingers_for_on_disk_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The flush that ends a lone job's run waits for another write's fsync; a stop waits for it (what
+    was finished is on disk once the relay has stopped) without waiting out its linger: no webhook
+    comes any more, so the stop flushes at once."""
+    monkeypatch.setattr(relay_module, "_FLUSH_LINGER", 30.0)
+    ran: list[bytes] = []
+
+    async def run(job: Job, log: structlog.typing.FilteringBoundLogger) -> Done:
+        ran.append(job.payload)
+        return Done()
+
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store, anyio.create_task_group() as tg:
+        relay = Relay(store, {"repeatable": Handler(run, repeatable=True)})
+        await tg.start(relay.run)
+        await store.enqueue([NewJob("repeatable", "a", b"lone")])
+        await eventually(lambda: ran == [b"lone"] and relay._flushing == 1)
+        assert store._disk.synced < store._disk.unsynced  # its finish committed, not on disk yet
+        started = time.monotonic()
+        await relay.stop()
+        assert time.monotonic() - started < 5
+        assert store._disk.synced == store._disk.unsynced
+        tg.cancel_scope.cancel()
+
+
 async def test_a_handed_off_job_waits_its_turn_behind_due_jobs_and_free_slots(tmp_path: Path) -> None:
     """No slot free, or another conversation's job due first: the new job is the claims'. An enqueue
     that adds nothing (a duplicate) asks for no slot."""
