@@ -412,8 +412,8 @@ async def test_a_lingering_flush_is_spared_by_an_enqueue_s_durable_commit(store:
     def wal_flushed_past(written: str) -> bool:
         return bool(run_sql(store, f"SELECT pg_current_wal_flush_lsn() >= '{written}'::pg_lsn")[0][0])
 
-    await store.enqueue([job("a", b"1"), job("b", b"2")])
-    one, two = await store.claim(10)
+    await store.enqueue([job("a", b"1"), job("b", b"2"), job("d", b"4"), job("e", b"5")])
+    one, two, four, five = await store.claim(10)
     assert await store.finish(one.id, durable=False) is None
     written = run_sql(store, "SELECT pg_current_wal_insert_lsn()")[0][0] if hasattr(store, "url") else ""
     synced_before = getattr(store, "_flushes", 0)
@@ -441,6 +441,15 @@ async def test_a_lingering_flush_is_spared_by_an_enqueue_s_durable_commit(store:
     started = time.monotonic()
     await store.flush(linger=30.0)  # nothing left to put on disk: at once
     assert time.monotonic() - started < 1
+
+    # A durable finish (an outbound job's) spares it too.
+    assert await store.finish(four.id, durable=False) is None
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: store.flush(linger=30.0))
+        await anyio.sleep(0.05)
+        await store.finish(five.id)
+    assert time.monotonic() - started < 10
 
 
 async def test_a_finish_accepted_without_waiting_is_seen_by_lookups_before_its_commit(store: Store) -> None:

@@ -479,7 +479,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self.recovered = 0
         self._disk = OnDisk()
         """Commits made without waiting for the WAL's flush, and how many of them are known to be flushed
-        (by :meth:`flush`, or by an enqueue: one WAL for the whole server, flushed in order)."""
+        (by :meth:`flush`, an enqueue or a durable finish: one WAL for the whole server, flushed in order)."""
         self.unwritten = Unwritten()
         self._soon: list[_Soon] = []
         self._finisher: asyncio.Task[None] | None = None
@@ -794,6 +794,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 more = await left.fetchone()
                 return taken, bool(more and more[0])
 
+        unsynced = self._disk.unsynced
         try:
             taken, more = await _again_after_deadlock("finish", write)
         except StoreError as exc:
@@ -804,6 +805,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                 self.unwritten.forget(conversations)
         if ahead:
             self._disk.lazy_commit()
+        else:
+            self._disk.covered(unsynced)  # a synchronous commit: the WAL is flushed up to it
         # The next job of the conversation (unless this finish took it, or none is left) or a follow-up
         # may now be claimed, by any process: tell them (a drain of one conversation wakes nobody).
         self._settled(job_id, wake=bool(then) or (not taken and more))
@@ -954,9 +957,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             self._held.pop(job_id, None)
 
     async def flush(self, *, linger: float = 0.0) -> None:
-        """A synchronous commit of one small write, unless an enqueue committed within ``linger`` seconds
-        did it: it waits for the WAL's flush up to its own record, so every commit before it is on disk
-        too (one WAL for the whole server)."""
+        """A synchronous commit of one small write, unless an enqueue or a durable finish committed within
+        ``linger`` seconds did it: it waits for the WAL's flush up to its own record, so every commit
+        before it is on disk too (one WAL for the whole server)."""
         target = self._disk.unsynced
         if await self._disk.covered_within(target, linger):
             return
