@@ -524,3 +524,44 @@ async def test_a_backlog_s_finishes_and_takes_ahead_commit_on_the_store_s_thread
     [other] = await store.claim(1)
     await store.finish(other.id)  # durable: run on the loop, its fsync on the store's thread
     assert threads[other.id] == threading.current_thread().name != "amoconnect-sqlite"
+
+
+async def test_a_durable_commit_is_followed_by_an_fsync_of_the_wal_and_the_connection_never_switches(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``synchronous=FULL``: the writer commits under ``NORMAL`` and a durable commit then fsyncs the WAL,
+    on the store's thread, before its callers hear back; a claim (no fsync) changes no pragma. A failed
+    fsync fails the write. ``EXTRA`` keeps SQLite's own syncing, switching per batch."""
+    import threading
+
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(threading.current_thread().name)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    async with SQLiteStore(tmp_path / "store.sqlite3") as store:
+        writer_level = await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
+        synced.clear()
+        await store.enqueue([job("a")])
+        assert synced == ["amoconnect-sqlite"]  # the enqueue's commit, on the store's thread
+        (claimed,) = await store.claim(10)
+        assert synced == ["amoconnect-sqlite"]  # a claim: none
+        await store.finish(claimed.id)
+        assert len(synced) == 2
+        assert writer_level == await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 1
+
+        def failing(fd: int) -> None:
+            raise OSError(5, "Input/output error")
+
+        monkeypatch.setattr(os, "fsync", failing)
+        with pytest.raises(StoreError, match="fsync of the WAL failed"):
+            await store.enqueue([job("b")])
+    monkeypatch.setattr(os, "fsync", fsync)
+    async with SQLiteStore(tmp_path / "extra.sqlite3", synchronous="EXTRA") as store:
+        synced.clear()
+        await store.enqueue([job("a")])
+        assert synced == []  # SQLite syncs within its COMMIT
+        assert await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 3

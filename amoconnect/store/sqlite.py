@@ -409,7 +409,12 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._synchronous = synchronous.upper()
         self._now = clock or SteadyClock()
         self._level = self._synchronous
-        """The writer connection's ``synchronous`` now (claims commit with ``NORMAL``)."""
+        """The ``synchronous`` the writer's transaction under way commits with (claims: ``NORMAL``)."""
+        self._fsyncs = self._synchronous == "FULL"
+        """Whether a durable commit is ``COMMIT`` under ``synchronous=NORMAL`` followed by an fsync of the
+        WAL (:meth:`_commit_synced`), which is what ``FULL`` does in WAL mode: the connection then never
+        switches its ``synchronous`` between a durable batch and one that is not (two pragmas a message
+        at everyday rates, with an enqueue durable and its finish not). ``EXTRA`` keeps SQLite's own."""
         self._checkpoints = True
         """Whether the writer connection's commits checkpoint the WAL now (not those on the loop)."""
         self._batch_limit = batch_limit
@@ -454,7 +459,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={self._synchronous}")
+        conn.execute(f"PRAGMA synchronous={'NORMAL' if self._fsyncs else self._synchronous}")
         conn.execute("PRAGMA busy_timeout=0")  # the loop never waits for a lock: see _begin
         conn.execute("PRAGMA foreign_keys=ON")
         # Deleted content is zeroed where that costs no extra write (some builds, Debian's, zero every
@@ -514,7 +519,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     await self._begin(conn)
                     outcomes, wake = self._transaction(conn, batch, isolate=True)
                 if durable:
-                    await self._off_loop(self._commit, conn)
+                    await self._off_loop(self._commit_synced, conn)
                 else:
                     self._commit(conn)  # no fsync, no checkpoint (_sync): a few writes, quicker than a thread's turn
         except sqlite3.Error as exc:
@@ -569,9 +574,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Commit the next transaction with the store's ``synchronous``, or without an fsync and
         without a WAL checkpoint (that one commits on the loop; the next synced commit checkpoints)."""
         level = self._synchronous if durable else "NORMAL"
-        if level != self._level:
+        if level != self._level and not self._fsyncs:
             conn.execute(f"PRAGMA synchronous={level}")
-            self._level = level
+        self._level = level
         if durable != self._checkpoints:
             conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES if durable else 0}")
             self._checkpoints = durable
@@ -601,6 +606,28 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     def _commit(self, conn: sqlite3.Connection) -> None:
         conn.execute("COMMIT")
         self.commits += 1
+
+    def _commit_synced(self, conn: sqlite3.Connection) -> None:
+        """A durable commit, on the store's thread: with :attr:`_fsyncs`, the commit's frames are in the WAL
+        when ``COMMIT`` returns, and the WAL's fsync puts them (and every commit before) on disk."""
+        self._commit(conn)
+        if self._fsyncs:
+            try:
+                self._sync_wal()
+            except OSError as exc:  # committed, maybe not on disk: the callers hear of a failed write
+                raise sqlite3.OperationalError(f"fsync of the WAL failed: {exc}") from exc
+
+    def _sync_wal(self) -> None:
+        """An fsync of the WAL, opened by its path (the file the commits were written to: a replaced one
+        is caught by :meth:`_files_changed`). No WAL: nothing was written since a checkpoint removed it."""
+        try:
+            fd = os.open(self._watched[1], os.O_RDONLY)
+        except FileNotFoundError:
+            return
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
     def _transaction(self, conn: sqlite3.Connection, batch: list[_Op], *, isolate: bool) -> tuple[list[_Outcome], bool]:
         """Run the batch in the open transaction (the fast path has no savepoints)."""
@@ -978,14 +1005,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         target = self._disk.unsynced
         if await self._disk.covered_within(target, linger):
             return
-        wal = f"{self.path}-wal"
 
         def sync() -> None:
-            fd = os.open(wal, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._sync_wal()
             self._flushes += 1
             if self._flushes % _CHECKPOINT_FLUSHES == 0:
                 if self._checkpointer is None:
