@@ -614,16 +614,17 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         if self._fsyncs:
             try:
                 self._sync_wal()
+            except FileNotFoundError:
+                # The files were deleted under the store (:meth:`_files_changed` refuses new work from now
+                # on): SQLite writes to the unlinked WAL it holds, which no fsync would make survive.
+                pass
             except OSError as exc:  # committed, maybe not on disk: the callers hear of a failed write
                 raise sqlite3.OperationalError(f"fsync of the WAL failed: {exc}") from exc
 
     def _sync_wal(self) -> None:
         """An fsync of the WAL, opened by its path (the file the commits were written to: a replaced one
-        is caught by :meth:`_files_changed`). No WAL: nothing was written since a checkpoint removed it."""
-        try:
-            fd = os.open(self._watched[1], os.O_RDONLY)
-        except FileNotFoundError:
-            return
+        is caught by :meth:`_files_changed`)."""
+        fd = os.open(self._watched[1], os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
