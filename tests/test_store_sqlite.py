@@ -565,3 +565,61 @@ async def test_a_durable_commit_is_followed_by_an_fsync_of_the_wal_and_the_conne
         await store.enqueue([job("a")])
         assert synced == []  # SQLite syncs within its COMMIT
         assert await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 3
+
+
+def _wal_size(path: Path) -> int:
+    return Path(f"{path}-wal").stat().st_size
+
+
+def _rows_in_the_database_file(path: Path) -> int:
+    """The queue's rows the database file itself holds: what checkpoints copied there from the WAL."""
+    with contextlib.closing(sqlite3.connect(f"file:{path}?immutable=1", uri=True)) as conn:
+        try:
+            return int(conn.execute("SELECT count(*) FROM queue").fetchone()[0])
+        except sqlite3.OperationalError:  # not even the schema yet
+            return 0
+
+
+async def test_the_wal_is_checkpointed_between_two_batches_never_by_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The writer's commits never checkpoint (some of them run on the loop, and an ack would wait for one
+    made in its commit); once ``_CHECKPOINT_FRAMES`` frames wait in the WAL, a checkpoint copies them on
+    the store's thread between two batches, and the WAL is then written again from its start: it stays
+    small under a steady stream of commits. A checkpoint that fails is logged and tried again."""
+    import threading
+
+    import structlog
+
+    import amoconnect.store.sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_FRAMES", 10**9)
+    path = tmp_path / "never.sqlite3"
+    async with SQLiteStore(path, synchronous="NORMAL") as store:
+        for i in range(300):
+            await store.enqueue([job(f"k{i}")])
+        assert _wal_size(path) > 1000 * 4096  # past SQLite's own wal_autocheckpoint
+        assert _rows_in_the_database_file(path) == 0
+
+    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_FRAMES", 200)
+    real = sqlite_store._checkpoint_passive
+    threads: list[str] = []
+
+    def checkpoint(conn: sqlite3.Connection) -> None:
+        threads.append(threading.current_thread().name)
+        if len(threads) == 1:
+            raise sqlite3.OperationalError("disk I/O error")
+        real(conn)
+
+    monkeypatch.setattr(sqlite_store, "_checkpoint_passive", checkpoint)
+    path = tmp_path / "checkpointed.sqlite3"
+    async with SQLiteStore(path, synchronous="NORMAL") as store:
+        with structlog.testing.capture_logs() as logs:
+            for i in range(1000):
+                await store.enqueue([job(f"k{i}")])
+        assert [line["event"] for line in logs] == ["WAL checkpoint failed"]
+        assert len(threads) > 5 and set(threads) == {"amoconnect-sqlite"}
+        assert 0 < _rows_in_the_database_file(path) < 1000  # by the checkpoints, not by a commit since the last
+        assert _wal_size(path) < 400 * 4096  # written again from its start after each
+        assert len(await store.claim(2000)) == 1000
+    assert _rows_in_the_database_file(path) == 1000  # the last close copies the rest

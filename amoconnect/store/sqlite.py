@@ -4,8 +4,9 @@ Every write is a small function. The writer (a task on the event loop) takes all
 operations waiting at that moment, runs them in one transaction and commits once, so many
 webhooks share one fsync while ``synchronous=FULL`` keeps each of them on disk before its
 caller hears back; callers await a future the writer resolves after the commit. The
-statements take microseconds and run on the loop itself; only ``COMMIT`` (the fsync, and WAL
-checkpoints) runs on the store's thread. A thread running the statements would hand the GIL
+statements take microseconds and run on the loop itself; only ``COMMIT`` (and its fsync) runs on
+the store's thread, and so do WAL checkpoints, between two batches (:meth:`SQLiteStore._checkpoint`).
+A thread running the statements would hand the GIL
 back and forth with the loop for every statement, and each hand-over waits for the loop's
 switch interval: measured, that made a batch of a dozen operations take 7 ms instead of 2.
 If an operation fails, the transaction is rolled back and the batch runs again with a
@@ -36,6 +37,7 @@ import functools
 import os
 import queue
 import sqlite3
+import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -200,11 +202,14 @@ MIGRATIONS: tuple[str, ...] = (
 
 SCHEMA_VERSION = _SCHEMA_VERSION + len(MIGRATIONS)
 
-_CHECKPOINT_PAGES = 1000
-"""SQLite's default ``wal_autocheckpoint``."""
-_CHECKPOINT_FLUSHES = 100
-"""A checkpoint every this many flushes (:meth:`SQLiteStore.flush`): about as often as SQLite's own,
-for a finish writes about ten pages."""
+_CHECKPOINT_FRAMES = 1000
+"""A checkpoint once the WAL holds this many frames not yet copied to the database file: SQLite's own
+``wal_autocheckpoint`` (off on the writer's connection: :meth:`SQLiteStore._checkpoint`)."""
+_SHM_MX_FRAME = 16
+_SHM_BACKFILLED = 96
+"""Offsets in the WAL-index (``<file>-shm``, native byte order) of ``mxFrame``, the WAL's last committed
+frame, and of ``nBackfill``, the frames a checkpoint has copied: https://www.sqlite.org/walformat.html,
+a layout every SQLite since 3.7.0 shares with the others on a file."""
 _PRUNE_CHUNK = 2_000
 """Rows a prune deletes a transaction: a few milliseconds of the writer, enqueues commit between them."""
 BUSY_TIMEOUT_MS = 5000
@@ -415,8 +420,6 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         WAL (:meth:`_commit_synced`), which is what ``FULL`` does in WAL mode: the connection then never
         switches its ``synchronous`` between a durable batch and one that is not (two pragmas a message
         at everyday rates, with an enqueue durable and its finish not). ``EXTRA`` keeps SQLite's own."""
-        self._checkpoints = True
-        """Whether the writer connection's commits checkpoint the WAL now (not those on the loop)."""
         self._batch_limit = batch_limit
         self._pending: list[_Op] = []
         self._first: list[_Op] = []
@@ -445,7 +448,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._disk = OnDisk()
         """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._flushes = 0
-        self._checkpointer: sqlite3.Connection | None = None
+        self._shm: int | None = None
+        """A descriptor of the WAL-index, read for how many frames await a checkpoint."""
         self._limiters = LocalLimiters()
         self.unwritten = Unwritten()
         self._taker: Taker | None = None
@@ -461,6 +465,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={'NORMAL' if self._fsyncs else self._synchronous}")
         conn.execute("PRAGMA busy_timeout=0")  # the loop never waits for a lock: see _begin
+        conn.execute("PRAGMA wal_autocheckpoint=0")  # a commit (some run on the loop) never checkpoints
         conn.execute("PRAGMA foreign_keys=ON")
         # Deleted content is zeroed where that costs no extra write (some builds, Debian's, zero every
         # freed page): a large job's overflow pages freed at its finish are not written once more as zeros.
@@ -471,6 +476,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Until closed: take the waiting operations, run them in one transaction, commit once."""
         try:
             while self._pending or self._first or not self._closing:
+                await self._checkpoint(conn)  # between two batches: at everyday rates, while none waits
                 if not self._pending and not self._first:
                     self._more.clear()
                     await self._more.wait()
@@ -534,6 +540,31 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             self._disk.covered(unsynced)  # a synced commit puts every earlier one on disk too
         return outcomes, wake
 
+    def _frames_to_checkpoint(self) -> int:
+        """How many frames of the WAL a checkpoint would copy to the database file (0: cannot tell)."""
+        if self._shm is None:
+            return 0
+        try:
+            header = os.pread(self._shm, _SHM_BACKFILLED + 4, 0)
+        except OSError:
+            return 0
+        if len(header) < _SHM_BACKFILLED + 4:
+            return 0
+        last = int.from_bytes(header[_SHM_MX_FRAME : _SHM_MX_FRAME + 4], sys.byteorder)
+        return last - int.from_bytes(header[_SHM_BACKFILLED:], sys.byteorder)
+
+    async def _checkpoint(self, conn: sqlite3.Connection) -> None:
+        """Between two batches, once ``_CHECKPOINT_FRAMES`` frames wait: a PASSIVE checkpoint (it waits for
+        no reader) on the store's thread. Made while no transaction of the writer is open, it copies the
+        whole WAL, which the next transaction then writes again from its start: the WAL stays small (a
+        checkpoint made beside a busy writer never catches up with it, and the WAL grows for good)."""
+        if self._frames_to_checkpoint() < _CHECKPOINT_FRAMES:
+            return
+        try:
+            await self._off_loop(_checkpoint_passive, conn)
+        except sqlite3.Error as exc:  # the frames stay in the WAL: tried again after the next batch
+            log.warning("WAL checkpoint failed", path=str(self.path), error=str(exc))
+
     def _file_ids(self) -> tuple[tuple[int, int] | None, ...]:
         """``(st_dev, st_ino)`` of the database file and of its WAL (None: missing)."""
         ids: list[tuple[int, int] | None] = []
@@ -571,15 +602,11 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             raise StoreError(self._lost)
 
     def _sync(self, conn: sqlite3.Connection, *, durable: bool) -> None:
-        """Commit the next transaction with the store's ``synchronous``, or without an fsync and
-        without a WAL checkpoint (that one commits on the loop; the next synced commit checkpoints)."""
+        """Commit the next transaction with the store's ``synchronous``, or without an fsync."""
         level = self._synchronous if durable else "NORMAL"
         if level != self._level and not self._fsyncs:
             conn.execute(f"PRAGMA synchronous={level}")
         self._level = level
-        if durable != self._checkpoints:
-            conn.execute(f"PRAGMA wal_autocheckpoint={_CHECKPOINT_PAGES if durable else 0}")
-            self._checkpoints = durable
 
     async def _off_loop(self, fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
         assert self._loop is not None
@@ -815,6 +842,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
         self.recovered = await self._call(migrate, wakes=True)
         self._files, self._lost = self._file_ids(), None  # the WAL exists from the first write on
+        with contextlib.suppress(OSError):  # none: no checkpoint but SQLite's at the last close
+            self._shm = os.open(f"{self.where}-shm", os.O_RDONLY)
         # Reads run at once on the caller's thread on a second connection: WAL lets them see every
         # committed write without waiting behind the writer's batch (an indexed lookup takes microseconds).
         # Reads that scan run on a worker thread, on a third (_scan).
@@ -835,10 +864,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         finally:
             self._disown()
         assert self._committer is not None
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await asyncio.get_running_loop().run_in_executor(self._committer, checkpointer.close)
         self._committer.shutdown(wait=False)
+        shm, self._shm = self._shm, None
+        if shm is not None:
+            os.close(shm)
         with anyio.CancelScope(shield=True):
             async with self._scanning:  # a scan under way finishes first (a few ms)
                 scanner, self._scanner = self._scanner, None
@@ -999,10 +1028,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def flush(self, *, linger: float = 0.0) -> None:
         """An fsync of the WAL on the store's thread (after the synced commits before it), unless a synced
-        commit (an enqueue's) made within ``linger`` seconds did it. A commit without an fsync writes no
-        checkpoint (:meth:`_sync`), so what it wrote is in the WAL, or in the database file if a
-        checkpoint since copied it (and synced that file). Every ``_CHECKPOINT_FLUSHES`` flushes also
-        checkpoint, on that thread: a drain of finishes without an fsync makes no synced commit that would."""
+        commit (an enqueue's) made within ``linger`` seconds did it. What a commit wrote is in the WAL,
+        or in the database file once a checkpoint copied it (a checkpoint syncs the WAL first)."""
         target = self._disk.unsynced
         if await self._disk.covered_within(target, linger):
             return
@@ -1010,16 +1037,11 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         def sync() -> None:
             self._sync_wal()
             self._flushes += 1
-            if self._flushes % _CHECKPOINT_FLUSHES == 0:
-                if self._checkpointer is None:
-                    self._checkpointer = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                # PASSIVE: copies what no reader needs, waiting for nobody; sqlite3.Error is a StoreError below.
-                self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
         try:
             assert self._committer is not None
             await self._committer.run(sync)
-        except (OSError, sqlite3.Error) as exc:
+        except OSError as exc:
             raise StoreError(f"SQLite store {self.path}: flush failed: {exc}") from exc
         self._disk.covered(target)
 
@@ -1265,6 +1287,10 @@ class _Committer(concurrent.futures.Executor):
         self._calls.put(None)
         if wait:
             self._thread.join()
+
+
+def _checkpoint_passive(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
