@@ -842,7 +842,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
         self.recovered = await self._call(migrate, wakes=True)
         self._files, self._lost = self._file_ids(), None  # the WAL exists from the first write on
-        with contextlib.suppress(OSError):  # none: no checkpoint but SQLite's at the last close
+        with contextlib.suppress(OSError):  # always there in WAL mode unless locking_mode=EXCLUSIVE (not used)
             self._shm = os.open(f"{self.where}-shm", os.O_RDONLY)
         # Reads run at once on the caller's thread on a second connection: WAL lets them see every
         # committed write without waiting behind the writer's batch (an indexed lookup takes microseconds).
