@@ -66,6 +66,8 @@ from bench_relay import (
     Amojo,
     connector,
     fakechat_plan,
+    filesystem,
+    fsync_probe,
     open_loop,
     start_amojo,
 )
@@ -442,6 +444,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="amoconnect-bench-backlog-"))
     logs = work / "logs"
     logs.mkdir()
+    # A durable ack waits for an fsync: its latency here is the floor of the acks' (SQLite's, at least).
+    info["store_filesystem"], info["fsync_4k"] = filesystem(work), fsync_probe(work)
+    print(f"store on {info['store_filesystem']}; fsync of 4 KiB: {info['fsync_4k']}", flush=True)
     server = None
     try:
         with children():

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -259,6 +260,54 @@ async def test_a_commit_in_one_process_wakes_another(url: str) -> None:
             started = time.monotonic()
             await a.enqueue([job("k")])
         assert woke and woke[0] - started < 1.0
+
+
+async def test_a_process_s_own_notifications_wake_nobody_in_it_again(url: str) -> None:
+    """A commit of new work wakes the process's own workers at once and NOTIFYs the others with the
+    process's ``owner`` as payload; heard back, that wakes nobody (it would cost a claim and a look for
+    the next due job each time); another process's, or one without a payload (older versions), does."""
+    async with opened(url) as store:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
+            await listener.execute("LISTEN amoconnect_jobs")
+            await store.enqueue([job("k")])
+            with anyio.fail_after(5):
+                note = await anext(aiter(listener.notifies()))
+            assert note.payload == store.owner
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as other:
+            for payload, wakes in [(store.owner, False), ("host:1:another", True), ("", True)]:
+                await store.wait_for_work(0.3)  # the enqueue's wake, or the one before
+                await other.execute("SELECT pg_notify('amoconnect_jobs', %s)", (payload,))
+                started = time.monotonic()
+                await store.wait_for_work(1.0)
+                assert (time.monotonic() - started < 0.9) is wakes, payload
+
+
+async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_round_trip(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay asks :meth:`next_due_in` after every claim that came back short: the claim looked in the
+    same round trip. A commit of this process since, or a second ask, looks again."""
+    async with opened(url) as store:
+        looks: list[str] = []
+        real = store._one
+
+        async def one(sql: str, params: Any = ()) -> Any:
+            looks.append(sql)
+            return await real(sql, params)
+
+        monkeypatch.setattr(store, "_one", one)
+        await store.enqueue([NewJob(kind="test", key="later", payload=b"x", scope_id="scope", delay=30)])
+        assert await store.claim(10) == []
+        due = await store.next_due_in()
+        assert due is not None and 28 < due <= 30 and looks == []
+        assert 28 < (await store.next_due_in() or 0) <= 30 and len(looks) == 1  # asked again: it looks
+        await store.claim(10)
+        await store.enqueue([NewJob(kind="test", key="sooner", payload=b"x", scope_id="scope", delay=5)])
+        assert 3 < (await store.next_due_in() or 0) <= 5 and len(looks) == 2  # committed since the claim
+        await store.enqueue([job("now")])
+        (claimed,) = await store.claim(10)
+        assert claimed.key == "now"
+        assert 3 < (await store.next_due_in() or 0) <= 5 and len(looks) == 2
 
 
 async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(url: str) -> None:

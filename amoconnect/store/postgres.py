@@ -16,7 +16,9 @@ uses at once:
   a NOTIFY inside a transaction holds the server's lock on its notification queue through the
   commit, so every notifying commit would wait for the one before it to reach the disk (ingest
   at one fsync a webhook, no group commit). A process that dies between the two leaves the
-  others to find the work at their next look (within 5 s).
+  others to find the work at their next look (within 5 s). Its payload is the sending process's
+  :attr:`PostgresStore.owner`: that process's own commits woke its workers already, and its
+  listener lets its own notifications go by (each would cost a claim and a look for nothing).
 - Dedup keys and the id mapping sit under UNIQUE constraints.
 - Rate limits hold for the whole fleet: :meth:`PostgresStore.limiter` keeps their state in a
   table (:mod:`.pglimits`).
@@ -34,6 +36,7 @@ import math
 import os
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -97,6 +100,7 @@ __all__ = ["MIGRATIONS", "PostgresStore"]
 log = structlog.get_logger("amoconnect.store")
 
 _CHANNEL = "amoconnect_jobs"
+"""Where a commit of new work is announced; the payload is the announcing process's ``owner``."""
 
 
 MIGRATIONS: tuple[str, ...] = (
@@ -304,6 +308,8 @@ Its commit waits for no flush to disk: a claim lost with the server's last momen
 running whose lease runs out, and the next commit that waits writes it down with everything before it."""
 _NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
+_DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
+"""Seconds until the next job is due (negative: due already; NULL: none queued)."""
 _HAS_HEAD = "SELECT EXISTS (SELECT 1 FROM heads WHERE key = %s)"
 """Whether a key has jobs left."""
 _AHEAD = (
@@ -474,6 +480,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._tasks: list[asyncio.Task[None]] = []
         self._notifier: asyncio.Task[None] | None = None
         self._notify_wanted = False
+        self._due: tuple[float | None, float] | None = None
+        """What a short claim found about the next due job: :meth:`next_due_in` then asks no more (until
+        a commit of this process, or the next claim)."""
         self._held: dict[int, str] = {}
         """The jobs this process claimed and has not settled or abandoned: the heartbeat extends their leases."""
         self.recovered = 0
@@ -532,6 +541,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     def _work_committed(self) -> None:
         """Work was committed: wake this process's workers now, every process's with a NOTIFY soon."""
         self._wake.set()
+        self._due = None
         self._notify_wanted = True
         if self._pool is not None and (self._notifier is None or self._notifier.done()):
             self._notifier = asyncio.get_running_loop().create_task(self._notify(), name="amoconnect-pg-notify")
@@ -541,7 +551,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         while self._notify_wanted:
             self._notify_wanted = False
             try:
-                await self._write(f"NOTIFY {_CHANNEL}")
+                await self._write("SELECT pg_notify(%s, %s)", (_CHANNEL, self.owner))
             except StoreError as exc:
                 log.warning(
                     "store notification failed; other processes find the work at their next look", error=str(exc)
@@ -679,8 +689,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                     listening.set()
                     delay = 0.5
                     self._wake.set()  # work may have been committed while we were not listening
-                    async for _ in conn.notifies():
-                        self._wake.set()
+                    async for note in conn.notifies():
+                        if note.payload != self.owner:  # its own commits woke this process's workers
+                            self._wake.set()
             except psycopg.Error as exc:
                 log.warning("store listener disconnected; reconnecting", store=self.where, error=str(exc))
             finally:
@@ -756,9 +767,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         transaction, pipelined, cost more above a few hundred messages a second than the claims it saved)."""
 
     async def claim(self, limit: int) -> list[Job]:
-        async with self._conn("claim") as conn:
+        """Also looks, in the same round trip, for when the next job will be due: a claim that comes back
+        short is followed by :meth:`next_due_in` (a round trip of its own cost as much as the claim's)."""
+        async with self._conn("claim", pipeline=True) as conn:
             cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
+            due = await conn.execute(_DUE_IN)
             rows = await cur.fetchall()
+            after = await due.fetchone()
+        self._due = (None if after is None or after[0] is None else float(after[0]), time.monotonic())
         jobs = [Job(*row) for row in rows]
         jobs.sort(key=lambda job: job.id)
         self._held.update((job.id, job.key) for job in jobs)
@@ -1015,7 +1031,11 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         )
 
     async def next_due_in(self) -> float | None:
-        row = await self._one(f"SELECT ({NEXT_DUE}) - {_NOW}")
+        looked, self._due = self._due, None
+        if looked is not None:
+            due, at = looked
+            return None if due is None else max(due - (time.monotonic() - at), 0.0)
+        row = await self._one(_DUE_IN)
         return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
     async def wait_for_work(self, max_wait: float) -> None:
