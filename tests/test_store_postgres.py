@@ -3,6 +3,7 @@ leases, LISTEN/NOTIFY, kept finished jobs and media every node serves."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -308,6 +309,29 @@ async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_roun
         (claimed,) = await store.claim(10)
         assert claimed.key == "now"
         assert 3 < (await store.next_due_in() or 0) <= 5 and len(looks) == 2
+
+
+async def test_a_pipelined_transaction_that_fails_writes_nothing_and_hands_its_connection_back_idle(
+    url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A finish's, a claim's and a burial's statements go in one pipeline between ``BEGIN`` and ``COMMIT``;
+    when one fails, what the others wrote is rolled back before the connection returns to the pool
+    (quietly), and the next operations on the pool's connections run as ever."""
+    caplog.set_level(logging.WARNING, logger="psycopg")
+    async with opened(url, pool_size=2) as store:
+
+        async def write_then(failing: str) -> None:
+            async with store._conn("pipelined", pipeline=True) as conn:
+                await conn.execute("INSERT INTO dedup (key, seen_at) VALUES ('written', 0)")
+                await (await conn.execute(failing)).fetchall()
+
+        for failing in ("SELECT 1 / 0", "SELECT * FROM no_such_table"):
+            with pytest.raises(StoreError, match="pipelined failed"):
+                await write_then(failing)
+        assert not [r for r in caplog.records if r.name.startswith("psycopg") and r.levelno >= logging.WARNING]
+        assert table_rows_at(url, "SELECT key FROM dedup") == []
+        assert await store.enqueue([job("k")], dedup=["written"])
+        assert [j.key for j in await store.claim(10)] == ["k"]
 
 
 async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(url: str) -> None:

@@ -413,6 +413,19 @@ async def _lock_heads(conn: Conn, keys: Iterable[str | None]) -> None:
         await conn.execute(_LOCK_HEADS, (ordered,))
 
 
+@contextlib.asynccontextmanager
+async def _pipelined(conn: Conn) -> AsyncIterator[None]:
+    """A transaction in pipeline mode, ``BEGIN`` and ``COMMIT`` sent as statements: psycopg's
+    ``transaction()`` in a pipeline waits for the server's answers at its start and at its end, which
+    cost a finish's round trip twice over (measured: 0.4 ms of CPU more, the most of a finish's).
+    A statement that fails aborts the transaction, which the pool's connection rolls back on its way
+    out (psycopg's connection context, as for any error)."""
+    async with conn.pipeline():
+        await conn.execute("BEGIN")
+        yield
+        await conn.execute("COMMIT")
+
+
 async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
     rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in jobs]
     async with conn.cursor() as cur:
@@ -501,7 +514,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     @contextlib.asynccontextmanager
     async def _conn(self, action: str, *, transaction: bool = False, pipeline: bool = False) -> AsyncIterator[Conn]:
         """A pooled connection for one operation; with ``transaction`` its statements commit together,
-        with ``pipeline`` they are sent without waiting for each answer (for writes that read nothing back)."""
+        with ``pipeline`` (a transaction too) they are sent without waiting for each answer, the answers
+        read once they are needed."""
         if self._pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open")
         try:
@@ -510,7 +524,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             with anyio.CancelScope(shield=True):
                 async with self._pool.connection(timeout=10) as conn:
                     if pipeline:
-                        async with conn.pipeline(), conn.transaction():
+                        async with _pipelined(conn):
                             yield conn
                     elif transaction:
                         async with conn.transaction():
