@@ -476,7 +476,6 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Until closed: take the waiting operations, run them in one transaction, commit once."""
         try:
             while self._pending or self._first or not self._closing:
-                await self._checkpoint(conn)  # between two batches: at everyday rates, while none waits
                 if not self._pending and not self._first:
                     self._more.clear()
                     await self._more.wait()
@@ -489,14 +488,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                     # Enqueues commit ahead of the writes queued before them (a webhook's ack waits for its
                     # commit), but never more than once in a row ahead of them.
                     self._deliver(*await self._execute(conn, first))
-                    if not batch:
-                        continue
-                quick = [op for op in batch if not op[3]]
-                if quick and len(quick) < len(batch):
-                    # Operations that need no fsync commit first, on their own: they need not wait for it.
-                    self._deliver(*await self._execute(conn, quick))
-                    batch = [op for op in batch if op[3]]
-                self._deliver(*await self._execute(conn, batch))
+                if batch:
+                    quick = [op for op in batch if not op[3]]
+                    if quick and len(quick) < len(batch):
+                        # Operations that need no fsync commit first, on their own: they need not wait for it.
+                        self._deliver(*await self._execute(conn, quick))
+                        batch = [op for op in batch if op[3]]
+                    self._deliver(*await self._execute(conn, batch))
+                await self._checkpoint(conn)  # between two batches: at everyday rates, while none waits
         finally:
             conn.close()
 
