@@ -31,7 +31,7 @@ def main() -> None:
 
     async def go() -> None:
         runtime = Runtime(config, plugin="fake", plugin_manager=pm)
-        await serve(runtime, host=config.server.host, port=config.server.port)
+        await serve(runtime, host=config.server.host, port=config.server.port, dedicated=True)
 
     anyio.run(go, backend_options=loop_options())
 

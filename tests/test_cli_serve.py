@@ -1,17 +1,27 @@
-"""``amoconnect run`` as a user starts it: a real process, a real port."""
+"""``amoconnect run`` as a user starts it: a real process, a real port; and what it asks of :func:`serve`."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import re
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import anyio
+import pytest
 import tomli_w
-from rig import base_config
+from click.testing import CliRunner
+from processes import free_port, listening
+from rig import base_config, eventually
+
+from amoconnect.cli import main
+from amoconnect.config import parse_config
+from amoconnect.runtime import Runtime, serve
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -76,3 +86,40 @@ def test_the_sandbox_on_a_busy_port_says_so_in_one_line(tmp_path: Path) -> None:
         f"Error: cannot listen on 127.0.0.1:{port}: the port is in use by another program; "
         "choose another with --port or [server] port\n"
     )
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("dedicated", [True, False])
+async def test_a_dedicated_server_settles_its_heap_once_its_runtime_has_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dedicated: bool
+) -> None:
+    runtime = Runtime(parse_config({**base_config(tmp_path), "sources": []}))
+    frozen: list[bool] = []
+    thresholds: list[tuple[int, ...]] = []
+    monkeypatch.setattr(gc, "freeze", lambda: frozen.append(runtime.app is not None))
+    monkeypatch.setattr(gc, "set_threshold", lambda *threshold: thresholds.append(threshold))
+    port, stop = free_port(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=port, stop=stop, dedicated=dedicated))
+        await eventually(lambda: listening(f"http://127.0.0.1:{port}"), within=10)
+        stop.set()
+    if dedicated:
+        assert frozen == [True]  # what the runtime built is frozen with the rest
+        ((young, *older),) = thresholds
+        assert young == 10_000 and older == list(gc.get_threshold()[1:])
+    else:  # a process that hosts a server (tests, an embedding application) keeps its own settings
+        assert frozen == [] and thresholds == []
+
+
+def test_run_serves_as_a_dedicated_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    served: list[dict[str, Any]] = []
+
+    async def serve(runtime: Runtime, **options: Any) -> None:
+        served.append(options)
+
+    monkeypatch.setattr("amoconnect.runtime.serve", serve)
+    config = tmp_path / "amoconnect.toml"
+    config.write_text(tomli_w.dumps({**base_config(tmp_path), "sources": []}))
+    result = CliRunner().invoke(main, ["run", "--config", str(config), "--port", "8123"])
+    assert result.exit_code == 0, result.output
+    assert served == [{"host": "127.0.0.1", "port": 8123, "dedicated": True}]

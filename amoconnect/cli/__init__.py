@@ -139,7 +139,12 @@ def run(
 
     async def go() -> None:
         runtime = Runtime(config, plugin=plugin, plugin_dirs=plugin_dirs, extra_modules=plugin_modules)
-        await serve(runtime, host=host or config.server.host, port=config.server.port if port is None else port)
+        await serve(
+            runtime,
+            host=host or config.server.host,
+            port=config.server.port if port is None else port,
+            dedicated=True,
+        )
 
     run_async(go, backend_options=loop_options())
 
