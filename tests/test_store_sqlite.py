@@ -60,6 +60,25 @@ async def test_a_finished_large_job_s_freed_pages_are_not_written_again_as_zeros
     assert 0 < frames < 10
 
 
+def _reads() -> int:
+    """Read system calls of this process so far (the store's thread is one of its threads)."""
+    counts = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(counts["syscr"])
+
+
+@pytest.mark.skipif(not Path("/proc/self/io").exists(), reason="counts reads in /proc/self/io (Linux)")
+async def test_a_burst_of_long_jobs_stays_in_the_writer_s_cache_from_enqueue_to_finish(store: SQLiteStore) -> None:
+    """64 webhooks of 100 KB in flight are 1,600 pages of payloads: claimed and finished, they are not
+    read back from the file (a finish reads a payload's overflow pages to free them)."""
+    await store.enqueue([job(f"k{i}", os.urandom(100_000)) for i in range(64)])
+    claimed = await store.claim(64)
+    assert len(claimed) == 64
+    before = _reads()
+    for each in claimed:
+        await store.finish(each.id)
+    assert _reads() - before < 64 * 3
+
+
 async def test_a_large_job_s_claim_hand_back_and_retry_write_a_few_pages_not_its_payload(store: SQLiteStore) -> None:
     """A claim changes the row's ``state`` from 'queued' to 'running', a byte longer: SQLite then writes
     the whole row again, a long payload's overflow pages with it, unless the payload is kept apart."""

