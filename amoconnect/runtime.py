@@ -64,7 +64,7 @@ from .tenants import CommandLineMessengers, Tenants
 from .tokens import TokenKeeper
 from .urlguard import Resolver, UrlGuard, parse_networks, system_resolver
 
-__all__ = ["Runtime", "listen", "loop_options", "serve"]
+__all__ = ["Runtime", "listen", "loop_options", "serve", "settle_heap"]
 
 log = structlog.get_logger("amoconnect.runtime")
 

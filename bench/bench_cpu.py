@@ -276,7 +276,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             def on_other(amojo: Amojo) -> Server:
                 url = f"http://{HOST}:{amojo.port}"
                 server = connector("amoconnect-compared", work / "compared", logs, amojo_url=url, **settings)
-                server.args = ["env", f"PYTHONPATH={tree}", *server.args]  # its amoconnect package first
+                # Its amoconnect package first, and its own bench/connector.py (what it passes to serve()).
+                python, _, *options = server.args
+                script = str(Path(tree) / "bench" / "connector.py")
+                server.args = ["env", f"PYTHONPATH={tree}", python, script, *options]
                 return server
 
             systems.append(System(f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}", on_other, logs, args.quick))

@@ -213,7 +213,7 @@ a layout every SQLite since 3.7.0 shares with the others on a file."""
 _WRITER_CACHE_KIB = 16_384
 """The writer connection's page cache (SQLite's default: 2,000 KiB). A burst of long messages in flight,
 64 webhooks of 100 KB at a time, is 1,600 pages of payloads: in SQLite's default cache they were read
-back from the file between the enqueue, the claim and the finish, 96 reads a message; in this one 47."""
+back from the file between the enqueue, the claim and the finish, 97 reads a message; in this one 47."""
 _PRUNE_CHUNK = 2_000
 """Rows a prune deletes a transaction: a few milliseconds of the writer, enqueues commit between them."""
 BUSY_TIMEOUT_MS = 5000
