@@ -21,7 +21,7 @@ from rig import base_config, eventually
 
 from amoconnect.cli import main
 from amoconnect.config import parse_config
-from amoconnect.runtime import Runtime, serve
+from amoconnect.runtime import SWITCH_INTERVAL, Runtime, serve
 
 UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
@@ -102,6 +102,7 @@ async def test_a_dedicated_server_settles_its_heap_once_its_runtime_has_started(
     async with anyio.create_task_group() as tg:
         tg.start_soon(lambda: serve(runtime, host="127.0.0.1", port=port, stop=stop, dedicated=dedicated))
         await eventually(lambda: listening(f"http://127.0.0.1:{port}"), within=10)
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL) == 0.0001  # the loop takes the GIL soon
         stop.set()
     if dedicated:
         assert frozen == [True]  # what the runtime built is frozen with the rest
