@@ -539,7 +539,10 @@ def settle_heap() -> None:
     """Tune the cyclic garbage collector of a process that serves from now on: what is alive now
     (modules, plugins, the runtime) is frozen out of every later collection, and the youngest
     generation is collected after :data:`_YOUNG_COLLECTION_AT` allocations, not CPython's 700.
-    Process-wide: for a process whose job is to serve (``amoconnect run``), not one that hosts it."""
+    A frozen object dropped later is freed as usual unless it is part of a reference cycle (an adapter
+    instance of the start stopped when its source changes may be): that stays, once, bounded by the
+    start's heap. Process-wide: for a process whose job is to serve (``amoconnect run``), not one
+    that hosts it."""
     gc.collect()
     gc.freeze()
     _, middle, oldest = gc.get_threshold()
