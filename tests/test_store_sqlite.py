@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,9 @@ import anyio
 import anyio.lowlevel
 import msgspec
 import pytest
+import structlog
 
+import amoconnect.store.sqlite as sqlite_module
 from amoconnect.errors import StoreError
 from amoconnect.store.base import MessageRecord, NewJob
 from amoconnect.store.sql import NEXT_DUE, Finish
@@ -195,9 +198,6 @@ async def test_an_account_s_dead_letters_are_found_without_reading_the_others(st
 
 
 async def test_the_store_s_thread_runs_calls_in_order_and_hands_back_outcomes() -> None:
-    import asyncio
-    import threading
-
     committer = _Committer()
     ran: list[tuple[int, str]] = []
     gate = threading.Event()
@@ -509,10 +509,6 @@ async def test_a_backlog_s_finishes_and_takes_ahead_commit_on_the_store_s_thread
 ) -> None:
     """Writes that need no fsync and touch the connection alone run and commit off the event loop, so
     acks and the next send go on meanwhile; a finish among them that fails fails alone, there too."""
-    import threading
-
-    import amoconnect.store.sqlite as sqlite_module
-
     together, finished = sqlite_module._write_together, sqlite_module._finished
     threads: dict[int, str] = {}
 
@@ -551,8 +547,6 @@ async def test_a_durable_commit_is_followed_by_an_fsync_of_the_wal_and_the_conne
     """``synchronous=FULL``: the writer commits under ``NORMAL`` and a durable commit then fsyncs the WAL,
     on the store's thread, before its callers hear back; a claim (no fsync) changes no pragma. A failed
     fsync fails the write. ``EXTRA`` keeps SQLite's own syncing, switching per batch."""
-    import threading
-
     synced: list[str] = []
     real_fsync = os.fsync
 
@@ -602,13 +596,7 @@ async def test_the_wal_is_checkpointed_between_two_batches_never_by_a_commit(
     made in its commit); once ``_CHECKPOINT_FRAMES`` frames wait in the WAL, a checkpoint copies them on
     the store's thread between two batches, and the WAL is then written again from its start: it stays
     small under a steady stream of commits. A checkpoint that fails is logged and tried again."""
-    import threading
-
-    import structlog
-
-    import amoconnect.store.sqlite as sqlite_store
-
-    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_FRAMES", 10**9)
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_FRAMES", 10**9)
     path = tmp_path / "never.sqlite3"
     async with SQLiteStore(path, synchronous="NORMAL") as store:
         for i in range(300):
@@ -616,8 +604,8 @@ async def test_the_wal_is_checkpointed_between_two_batches_never_by_a_commit(
         assert (await anyio.Path(f"{path}-wal").stat()).st_size > 1000 * 4096  # past SQLite's own wal_autocheckpoint
         assert _rows_in_the_database_file(path) == 0
 
-    monkeypatch.setattr(sqlite_store, "_CHECKPOINT_FRAMES", 200)
-    real = sqlite_store._checkpoint_passive
+    monkeypatch.setattr(sqlite_module, "_CHECKPOINT_FRAMES", 200)
+    real = sqlite_module._checkpoint_passive
     threads: list[str] = []
 
     def checkpoint(conn: sqlite3.Connection) -> None:
@@ -626,7 +614,7 @@ async def test_the_wal_is_checkpointed_between_two_batches_never_by_a_commit(
             raise sqlite3.OperationalError("disk I/O error")
         real(conn)
 
-    monkeypatch.setattr(sqlite_store, "_checkpoint_passive", checkpoint)
+    monkeypatch.setattr(sqlite_module, "_checkpoint_passive", checkpoint)
     path = tmp_path / "checkpointed.sqlite3"
     async with SQLiteStore(path, synchronous="NORMAL") as store:
         with structlog.testing.capture_logs() as logs:
