@@ -452,6 +452,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._disk = OnDisk()
         """Commits made without an fsync, and how many of them are known to be on disk (:meth:`flush`)."""
         self._flushes = 0
+        """Flushes that wrote to the disk themselves (none lingered into another commit's fsync)."""
         self._shm: int | None = None
         """A descriptor of the WAL-index, read for how many frames await a checkpoint."""
         self._limiters = LocalLimiters()
