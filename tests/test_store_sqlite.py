@@ -5,6 +5,7 @@ import contextlib
 import os
 import signal
 import sqlite3
+import struct
 import subprocess
 import sys
 import textwrap
@@ -61,6 +62,49 @@ async def test_a_finished_large_job_s_freed_pages_are_not_written_again_as_zeros
     await store.finish(claimed.id)
     frames = ((await wal.stat()).st_size - before) // (4096 + 24)
     assert 0 < frames < 10
+
+
+def _has_dbstat() -> bool:
+    with contextlib.closing(sqlite3.connect(":memory:")) as db:
+        try:
+            db.execute("SELECT 1 FROM dbstat").fetchall()
+        except sqlite3.OperationalError:
+            return False
+    return True
+
+
+def _btrees_written(path: Path, since: int) -> list[str]:
+    """The tables and indexes whose pages the WAL's frames after byte ``since`` hold (each frame: a
+    24-byte header whose first four bytes are the page's number, then the page)."""
+    data = Path(f"{path}-wal").read_bytes()
+    (page_size,) = struct.unpack(">I", data[8:12])
+    pages = {struct.unpack(">I", data[at : at + 4])[0] for at in range(since, len(data), 24 + page_size)}
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        names = dict(db.execute("SELECT pageno, name FROM dbstat"))
+    return sorted({names[page] for page in pages})
+
+
+@pytest.mark.skipif(not _has_dbstat(), reason="maps pages to tables with SQLite's dbstat table")
+async def test_a_job_writes_each_table_and_index_it_needs_and_no_other(store: SQLiteStore) -> None:
+    """Every b-tree a job touches is a page written at its enqueue, its claim and its finish: the
+    claims read ``heads`` (keyed by the job's key, no second index of it) and the counts ``queue_key``,
+    so the queue has no index by state and due time to keep."""
+    wal = anyio.Path(f"{store.path}-wal")
+    written = []
+    for step in ("enqueue", "claim", "finish"):
+        since = (await wal.stat()).st_size
+        if step == "enqueue":
+            await store.enqueue([job("k")])
+        elif step == "claim":
+            (claimed,) = await store.claim(1)
+        else:
+            await store.finish(claimed.id)
+        written.append(_btrees_written(store.path, since))
+    assert written == [
+        ["heads", "heads_due", "queue", "queue_key", "sqlite_sequence"],
+        ["heads", "heads_due", "queue", "queue_running"],
+        ["heads", "queue", "queue_key", "queue_running"],
+    ]
 
 
 def _reads() -> int:
@@ -444,6 +488,9 @@ async def test_a_version_1_file_gets_head_records_for_the_jobs_it_holds(tmp_path
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert db.execute("SELECT key, busy FROM heads ORDER BY key").fetchall() == [("a", 1), ("b", 0)]
+        schema = dict(db.execute("SELECT name, sql FROM sqlite_master WHERE tbl_name IN ('queue', 'heads')"))
+    assert schema["heads"].endswith("WITHOUT ROWID") and "queue_due" not in schema  # version 10
+    assert {"queue_added", "queue_claimed", "queue_changed", "queue_removed", "heads_due"} <= set(schema)
 
 
 async def test_a_claim_that_finds_nothing_commits_nothing_and_claims_commit_without_an_fsync(

@@ -111,7 +111,6 @@ CREATE TABLE IF NOT EXISTS queue (
     created_at REAL NOT NULL,
     last_error TEXT
 );
-CREATE INDEX IF NOT EXISTS queue_due ON queue (state, next_run, id);
 CREATE INDEX IF NOT EXISTS queue_key ON queue (key, id);
 CREATE TABLE IF NOT EXISTS dead (
     id INTEGER PRIMARY KEY,
@@ -174,6 +173,26 @@ CREATE TRIGGER queue_removed AFTER DELETE ON queue BEGIN {old}; END;
     new="; ".join(head_refreshed("NEW.key")),
 )
 
+_HEADS_KEYED = (
+    """
+    DROP INDEX IF EXISTS queue_due;
+    DROP TRIGGER queue_added;
+    DROP TRIGGER queue_claimed;
+    DROP TRIGGER queue_changed;
+    DROP TRIGGER queue_removed;
+    CREATE TABLE heads_keyed (key TEXT PRIMARY KEY, id INTEGER NOT NULL, next_run REAL NOT NULL, busy BOOLEAN NOT NULL)
+        WITHOUT ROWID;
+    INSERT INTO heads_keyed SELECT key, id, next_run, busy FROM heads;
+    DROP TABLE heads;
+    ALTER TABLE heads_keyed RENAME TO heads;
+    CREATE INDEX heads_due ON heads (next_run, id) WHERE NOT busy;
+    """
+    + _HEAD_TRIGGERS
+)
+"""Schema 10: the head records in one b-tree, keyed by the job key (a table with a rowid kept a second
+one, its key's index, written with it), and ``queue_due`` gone (claims look in ``heads``; the counts
+read ``queue_key`` and ``queue_running``): each job wrote both twice, at its enqueue and its finish."""
+
 _SCHEMA_VERSION = 2
 """Versions up to ``_SCHEMA``'s only added tables (``CREATE ... IF NOT EXISTS``), so running it brings
 any older file there: 2 added ``button_data``."""
@@ -197,6 +216,8 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 9: an account's dead letters found without reading every other account's
     "CREATE INDEX dead_scope ON dead (scope_id, id);",
+    # 10: fewer pages written a job (_HEADS_KEYED)
+    _HEADS_KEYED,
 )
 """What each version after ``_SCHEMA``'s changed: version N is ``MIGRATIONS[N - 3]``. Never edit a released one."""
 
@@ -1131,8 +1152,9 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
 
     async def counts(self) -> dict[str, int]:
         def run(conn: sqlite3.Connection) -> dict[str, int]:
-            counts = {"queued": 0, "running": 0}
-            counts.update(conn.execute("SELECT state, COUNT(*) FROM queue GROUP BY state").fetchall())
+            (jobs,) = conn.execute("SELECT COUNT(*) FROM queue").fetchone()
+            (running,) = conn.execute("SELECT COUNT(*) FROM queue WHERE state = 'running'").fetchone()
+            counts = {"queued": jobs - running, "running": running}
             counts["dead"] = conn.execute("SELECT COUNT(*) FROM dead").fetchone()[0]
             return counts
 
