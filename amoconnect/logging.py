@@ -172,9 +172,11 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]  # typesh
         super().emit(record)
 
 
-def _shared(printer: structlog.PrintLogger) -> Callable[..., structlog.PrintLogger]:
+def _shared(printer: structlog.WriteLogger) -> Callable[..., structlog.WriteLogger]:
     """A logger factory that hands every bound logger the same printer: a job's ``bind`` made a new
-    one each time (its file's lock looked up again), about a fifth of a log line's CPU."""
+    one each time (its file's lock looked up again), about a fifth of a log line's CPU. A line is one
+    write of the file (``print`` writes its end apart: two system calls a line when stderr is
+    unbuffered, as with ``PYTHONUNBUFFERED`` in most container images)."""
     return lambda *args: printer
 
 
@@ -210,7 +212,7 @@ def configure(
     structlog.configure(
         processors=[structlog.contextvars.merge_contextvars, *shared, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=_shared(structlog.PrintLogger(file=sys.stderr)),
+        logger_factory=_shared(structlog.WriteLogger(file=sys.stderr)),
         cache_logger_on_first_use=False,
     )
     handler = _StderrHandler()

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import re
+import sys
+from typing import Any
 
 import pytest
 import structlog
@@ -123,3 +126,26 @@ def test_bound_loggers_share_one_printer_and_write_where_configured(capsys: pyte
     assert [json.loads(line)["job"] for line in capsys.readouterr().err.splitlines()] == [1, 2]
     configure(level="info", json=True)  # configured again: a printer of the new set-up
     assert log.bind(job=3)._logger is not first._logger
+
+
+def test_a_line_is_one_write_of_an_unbuffered_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``PYTHONUNBUFFERED`` (most container images) stderr hands every write to the system:
+    ``print`` wrote a line and its end apart, two system calls a line."""
+
+    class Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.writes.append(bytes(data))
+            return len(data)
+
+    raw = Raw()
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8", write_through=True))  # type: ignore[arg-type]
+    configure(level="info", json=True)
+    structlog.get_logger("amoconnect.relay").info("relayed", job=1)
+    (line,) = raw.writes
+    assert line.endswith(b"\n") and json.loads(line)["job"] == 1
