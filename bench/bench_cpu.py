@@ -24,6 +24,7 @@ machine; a cell's figure is the median of its rounds (every round is kept in the
     python bench/bench_cpu.py --stores sqlite    # amoconnect on one store only
     python bench/bench_cpu.py --quick --rounds 4 --stores sqlite --compare ../before
                                                  # and the code of another checkout beside it (A/B)
+    python bench/bench_cpu.py --cells 5/s,100/s  # only these cells (5 msg/s is run only when asked)
 
 Results are printed and written to bench/out/cpu.json (or cpu-quick.json); ``--save`` writes
 them to bench/results/ instead, over the committed figures.
@@ -145,15 +146,19 @@ def _load() -> float:
 
 
 CELLS = ("100/s", "400/s", "saturation", "saturation 1 KB", "saturation 100 KB")
+RATES = ("5/s", "100/s", "400/s")
+"""The open-loop cells ``--cells`` may name; 5 msg/s (a small account's traffic) is not run by default."""
 
 
 class System:
     """One system under test, running beside the others for the whole benchmark: its own amojo, its
     server, a warmed-up connection pool; :meth:`cell` runs one cell of it."""
 
-    def __init__(self, name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool) -> None:
+    def __init__(
+        self, name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool, cells: Sequence[str] = CELLS
+    ) -> None:
         self.name, self.make, self.logs, self.quick = name, make, logs, quick
-        self.results: dict[str, list[dict[str, Any]]] = {cell: [] for cell in CELLS}
+        self.results: dict[str, list[dict[str, Any]]] = {cell: [] for cell in cells}
 
     async def start(self) -> None:
         self.amojo = start_amojo(self.logs)
@@ -187,10 +192,9 @@ class System:
     async def cell(self, name: str) -> dict[str, Any]:
         seconds = 5 if self.quick else 10
         big = 500 if self.quick else 1000
-        if name == "100/s":
-            result = await self.cells.run(name, 100 * seconds, self._at(100))
-        elif name == "400/s":
-            result = await self.cells.run(name, 400 * seconds, self._at(400))
+        if name in RATES:
+            rate = int(name.removesuffix("/s"))
+            result = await self.cells.run(name, max(rate * seconds, 100), self._at(rate))
         elif name == "saturation":
             result = await self.cells.run(name, 2000 if self.quick else 6000, self._saturate)
         else:
@@ -223,7 +227,7 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
         await system.start()
     try:
         for round_ in range(1, rounds + 1):
-            for cell in CELLS:
+            for cell in systems[0].results:
                 line = []
                 for system in systems:
                     result = await system.cell(cell)
@@ -269,7 +273,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 url = f"http://{HOST}:{amojo.port}"
                 return connector("amoconnect-sqlite", work / "sqlite", logs, amojo_url=url, **settings)
 
-            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick))
+            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick, args.cells))
         if args.compare:
             tree = args.compare  # made absolute by main()
 
@@ -282,7 +286,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 server.args = ["env", f"PYTHONPATH={tree}", python, script, *options]
                 return server
 
-            systems.append(System(f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}", on_other, logs, args.quick))
+            name = f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}"
+            systems.append(System(name, on_other, logs, args.quick, args.cells))
         if "postgres" in stores:
             from amoconnect.testing.pgserver import TemporaryPostgres
             from amoconnect.testing.stores import fresh_postgres_schema
@@ -296,9 +301,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "amoconnect-postgres", work / "pg", logs, amojo_url=url, store_url=store_url, **settings
                 )
 
-            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick))
+            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick, args.cells))
         for name, kind in (("aiohttp inline", "aiohttp"), ("naive sync (Flask)", "naive")):
-            systems.append(System(name, functools.partial(baseline, kind, logs=logs), logs, args.quick))
+            systems.append(System(name, functools.partial(baseline, kind, logs=logs), logs, args.quick, args.cells))
         print(f"CPU per relayed message (relay process only), {rounds} round(s), medians")
         output["systems"] = await measure(systems, rounds)
     shutil.rmtree(work, ignore_errors=True)
@@ -308,7 +313,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def summary(systems: Sequence[dict[str, Any]]) -> str:
     inline = next(s for s in systems if s["system"] == "aiohttp inline")["cells"]
     naive = next(s for s in systems if s["system"].startswith("naive"))["cells"]
-    cells = ["100/s", "400/s", "saturation"]
+    names = list(inline)
+    cells = [c for c in names if c in (*RATES, "saturation")]
+    sizes = "saturation 1 KB" in names and "saturation 100 KB" in names
     rows = []
     for system in systems:
         row = [system["system"]]
@@ -317,19 +324,15 @@ def summary(systems: Sequence[dict[str, Any]]) -> str:
             ratio_inline = mine / inline[cell]["cpu_ms_per_message"] if mine else None
             ratio_naive = mine / naive[cell]["cpu_ms_per_message"] if mine else None
             row.append(f"{fmt(mine, 3)} ({fmt(ratio_inline, 2)}× / {fmt(ratio_naive, 2)}×)")
-        small = system["cells"]["saturation 1 KB"]["cpu_ms_per_message"]
-        large = system["cells"]["saturation 100 KB"]["cpu_ms_per_message"]
-        row.append(f"{fmt(large, 3)} / {fmt(small, 3)} = {fmt(large / small if small else None, 2)}×")
-        row.append(" / ".join(fmt(system["cells"][c]["messages_per_s"], 0) for c in ("100/s", "400/s", "saturation")))
+        if sizes:
+            small = system["cells"]["saturation 1 KB"]["cpu_ms_per_message"]
+            large = system["cells"]["saturation 100 KB"]["cpu_ms_per_message"]
+            row.append(f"{fmt(large, 3)} / {fmt(small, 3)} = {fmt(large / small if small else None, 2)}×")
+        row.append(" / ".join(fmt(system["cells"][c]["messages_per_s"], 0) for c in cells))
         rows.append(row)
-    headers = [
-        "system",
-        "100/s ms (÷inline / ÷naive)",
-        "400/s",
-        "saturation",
-        "100 KB / 1 KB",
-        "msg/s 100/400/sat",
-    ]
+    headers = ["system", *(f"{c} ms (÷inline / ÷naive)" for c in cells)]
+    headers += ["100 KB / 1 KB"] if sizes else []
+    headers.append("msg/s " + " / ".join(cells))
     return table(headers, rows)
 
 
@@ -343,9 +346,18 @@ def main() -> None:
     parser.add_argument(
         "--compare", default="", help="a checkout of other code: its connector on SQLite runs beside the others (A/B)"
     )
+    parser.add_argument(
+        "--cells",
+        default=",".join(CELLS),
+        help=f"comma-separated cells to run (default: all of {', '.join(CELLS)}; also {RATES[0]})",
+    )
     add_save_option(parser)
     args = parser.parse_args()
     args.compare = str(Path(args.compare).resolve()) if args.compare else ""
+    args.cells = [cell.strip() for cell in args.cells.split(",")]
+    unknown = sorted(set(args.cells) - {*CELLS, *RATES})
+    if unknown:
+        parser.error(f"unknown cell(s) {', '.join(unknown)}: choose from {', '.join(dict.fromkeys((*RATES, *CELLS)))}")
     try:
         import uvloop
     except ImportError:
@@ -354,7 +366,10 @@ def main() -> None:
         output = uvloop.run(run(args))
     print()
     print(summary(output["systems"]))
-    path = write_results("cpu-quick" if args.quick else "cpu", output, save=args.save)
+    name = "cpu-quick" if args.quick else "cpu"
+    if args.cells != list(CELLS):
+        name += "-cells"  # some cells only: not over the full run's figures
+    path = write_results(name, output, save=args.save)
     print(f"\nwritten to {path}")
 
 
