@@ -143,8 +143,10 @@ def run_naive(args: argparse.Namespace) -> None:
 
 def run_aiohttp(args: argparse.Namespace) -> None:
     import aiohttp
+    from _calls import install as count_calls
     from aiohttp import web
 
+    count_calls()  # bench_cpu.py --calls: the event loop is this process's main thread
     relay = Relay(args)
     sessions: list[aiohttp.ClientSession] = []
 

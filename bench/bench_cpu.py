@@ -25,9 +25,12 @@ machine; a cell's figure is the median of its rounds (every round is kept in the
     python bench/bench_cpu.py --quick --rounds 4 --stores sqlite --compare ../before
                                                  # and the code of another checkout beside it (A/B)
     python bench/bench_cpu.py --cells 5/s,100/s  # only these cells (5 msg/s is run only when asked)
+    python bench/bench_cpu.py --quick --calls --stores sqlite --cells 100/s,saturation
+                                                 # Python calls per message instead of CPU (_calls.py)
 
-Results are printed and written to bench/out/cpu.json (or cpu-quick.json); ``--save`` writes
-them to bench/results/ instead, over the committed figures.
+Results are printed and written to bench/out/cpu.json (or cpu-quick.json; ``-cells`` and ``-calls``
+are added for a run of some cells or of counts); ``--save`` writes them to bench/results/ instead,
+over the committed figures.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import argparse
 import asyncio
 import contextlib
 import functools
+import os
 import shutil
 import statistics
 import sys
@@ -46,6 +50,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import _calls
 from _support import RawPool, add_save_option, children, fmt, machine, machine_line, post_bytes, table, write_results
 from bench_relay import (
     HOST,
@@ -104,10 +109,12 @@ def plan(port: int, n: int, tag: str, *, text_bytes: int = 0) -> list[Planned]:
 class Cells:
     """The cells of one system: each sends its plan, waits until amojo has every message, reads the CPU."""
 
-    def __init__(self, server: Server, amojo: Amojo, pool: RawPool, tag: str) -> None:
+    def __init__(self, server: Server, amojo: Amojo, pool: RawPool, tag: str, calls: str | None = None) -> None:
         self.server, self.amojo, self.pool, self.tag = server, amojo, pool, tag
         self.base = 0
         self.count = 0
+        self.calls = calls
+        """Count the server's Python calls (:mod:`_calls`; the file template) instead of timing it."""
 
     def cpu(self) -> float:
         assert self.server.process is not None
@@ -119,6 +126,10 @@ class Cells:
         self.count += 1
         items = plan(self.server.port, n, f"{self.tag}{self.count}", text_bytes=text_bytes)
         load = _load()
+        assert self.server.process is not None
+        count = _calls.Count(self.server.process.pid, self.calls) if self.calls else None
+        if count is not None:
+            count.start()
         before = self.cpu()
         started = time.time()
         outcomes = await send(items)
@@ -129,15 +140,18 @@ class Cells:
         arrival = check.pop("_arrival")
         last = max(arrival.values()) if arrival else time.time()
         delivered = check["delivered"]
-        return {
+        result = {
             "cell": name,
             "messages": n,
             "webhook_bytes": len(items[0].request),
-            "cpu_ms_per_message": round(1000 * spent / delivered, 3) if delivered else None,
+            "cpu_ms_per_message": round(1000 * spent / delivered, 3) if delivered and count is None else None,
             "messages_per_s": round(delivered / (last - started), 1) if last > started else None,
             "load_at_start": load,
             **check,
         }
+        if count is not None:
+            result["calls"] = await count.stop(delivered)
+        return result
 
 
 def _load() -> float:
@@ -155,9 +169,15 @@ class System:
     server, a warmed-up connection pool; :meth:`cell` runs one cell of it."""
 
     def __init__(
-        self, name: str, make: Callable[[Amojo], Server], logs: Path, quick: bool, cells: Sequence[str] = CELLS
+        self,
+        name: str,
+        make: Callable[[Amojo], Server],
+        logs: Path,
+        quick: bool,
+        cells: Sequence[str] = CELLS,
+        calls: str | None = None,
     ) -> None:
-        self.name, self.make, self.logs, self.quick = name, make, logs, quick
+        self.name, self.make, self.logs, self.quick, self.calls = name, make, logs, quick, calls
         self.results: dict[str, list[dict[str, Any]]] = {cell: [] for cell in cells}
 
     async def start(self) -> None:
@@ -167,6 +187,7 @@ class System:
         self.pool = RawPool(HOST, self.server.port, 64)
         self.cells = Cells(self.server, self.amojo, self.pool, f"{self.name[:3]}{int(time.time()) % 100000}-")
         await self.cells.run("warm-up", 400, self._saturate)
+        self.cells.calls = self.calls  # counted from the first cell on
 
     async def stop(self) -> None:
         await self.pool.close()
@@ -209,9 +230,11 @@ class System:
         for name, rounds in self.results.items():
             cpu = [r["cpu_ms_per_message"] for r in rounds if r["cpu_ms_per_message"] is not None]
             rates = [r["messages_per_s"] for r in rounds if r["messages_per_s"] is not None]
+            counted = sorted((r["calls"] for r in rounds if r.get("calls")), key=lambda c: c["calls_per_message"])
             cells[name] = {
                 "cell": name,
                 "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
+                "calls": counted[len(counted) // 2] if counted else None,
                 "messages_per_s": round(statistics.median(rates), 1) if rates else None,
                 "lost_after_ack": sum(r["lost_after_ack"] for r in rounds),
                 "duplicates": sum(r["duplicates"] for r in rounds),
@@ -231,14 +254,20 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
                 line = []
                 for system in systems:
                     result = await system.cell(cell)
-                    line.append(f"{system.name} {fmt(result['cpu_ms_per_message'], 3)}")
-                print(f"   round {round_}, {cell:17} CPU ms/msg: " + ", ".join(line), flush=True)
+                    if system.calls:
+                        line.append(f"{system.name} {fmt((result.get('calls') or {}).get('calls_per_message'), 0)}")
+                    else:
+                        line.append(f"{system.name} {fmt(result['cpu_ms_per_message'], 3)}")
+                what = "Python calls/msg" if systems[0].calls else "CPU ms/msg"
+                print(f"   round {round_}, {cell:17} {what}: " + ", ".join(line), flush=True)
     finally:
         for system in systems:
             await system.stop()
     summaries = [system.summary() for system in systems]
     for summary_ in summaries:
         cells = summary_["cells"].values()
+        if systems[0].calls:
+            continue
         print(
             f"   {summary_['system']:24} median CPU ms/msg: "
             + ", ".join(f"{c['cell']} {fmt(c['cpu_ms_per_message'], 3)}" for c in cells)
@@ -263,7 +292,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": info,
         "log_level": args.log_level,
         "command": " ".join(["python", "bench/bench_cpu.py", *sys.argv[1:]]),
+        "counts_calls": args.calls,
     }
+    calls = str(work / "calls-{pid}.prof") if args.calls else None
+    if calls:
+        os.environ[_calls.ENV] = calls  # the servers started from now on count their calls
     settings: dict[str, Any] = {"messenger_url": "", "transport": args.transport, "log_level": args.log_level}
     with children(), contextlib.ExitStack() as stack:
         systems: list[System] = []
@@ -273,7 +306,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 url = f"http://{HOST}:{amojo.port}"
                 return connector("amoconnect-sqlite", work / "sqlite", logs, amojo_url=url, **settings)
 
-            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick, args.cells))
+            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick, args.cells, calls))
         if args.compare:
             tree = args.compare  # made absolute by main()
 
@@ -287,7 +320,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 return server
 
             name = f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}"
-            systems.append(System(name, on_other, logs, args.quick, args.cells))
+            systems.append(System(name, on_other, logs, args.quick, args.cells, calls))
         if "postgres" in stores:
             from amoconnect.testing.pgserver import TemporaryPostgres
             from amoconnect.testing.stores import fresh_postgres_schema
@@ -301,10 +334,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     "amoconnect-postgres", work / "pg", logs, amojo_url=url, store_url=store_url, **settings
                 )
 
-            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick, args.cells))
+            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick, args.cells, calls))
         for name, kind in (("aiohttp inline", "aiohttp"), ("naive sync (Flask)", "naive")):
-            systems.append(System(name, functools.partial(baseline, kind, logs=logs), logs, args.quick, args.cells))
-        print(f"CPU per relayed message (relay process only), {rounds} round(s), medians")
+            make = functools.partial(baseline, kind, logs=logs)
+            systems.append(System(name, make, logs, args.quick, args.cells, calls))
+        if calls:
+            print(f"Python calls per relayed message on the event loop's thread, {rounds} round(s), medians")
+        else:
+            print(f"CPU per relayed message (relay process only), {rounds} round(s), medians")
         output["systems"] = await measure(systems, rounds)
     shutil.rmtree(work, ignore_errors=True)
     return output
@@ -336,6 +373,31 @@ def summary(systems: Sequence[dict[str, Any]]) -> str:
     return table(headers, rows)
 
 
+def calls_summary(systems: Sequence[dict[str, Any]]) -> str:
+    """Python calls per message in each cell (and the ratio to the inline relay's), SQLite statements
+    on the loop, and the packages the calls of the first cell were made in."""
+    inline = next(s for s in systems if s["system"] == "aiohttp inline")["cells"]
+    cells = list(inline)
+    rows, packages = [], []
+    for system in systems:
+        counted = {cell: system["cells"][cell]["calls"] for cell in cells}
+        if not any(counted.values()):
+            continue  # a server that does not count (the Flask relay's threads, another checkout's)
+        row = [system["system"]]
+        for cell in cells:
+            mine, theirs = counted[cell], inline[cell]["calls"]
+            ratio = mine["calls_per_message"] / theirs["calls_per_message"] if mine and theirs else None
+            row.append(f"{fmt(mine and mine['calls_per_message'], 0)} ({fmt(ratio, 2)}×)")
+        first = counted[cells[0]]
+        row.append(fmt(first and first["sqlite_statements_per_message"], 1))
+        rows.append(row)
+        if first:
+            top = ", ".join(f"{package} {calls:g}" for package, calls in first["by_package"].items() if calls >= 1)
+            packages.append(f"{system['system']}, {cells[0]}: {top}")
+    headers = ["system", *(f"{c} calls (÷inline)" for c in cells), f"SQLite statements, {cells[0]}"]
+    return table(headers, rows) + "\n\nby package (calls per message):\n" + "\n".join(packages)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="CPU per relayed message against the inline baselines")
     parser.add_argument("--quick", action="store_true", help="shorter cells, one round")
@@ -351,6 +413,11 @@ def main() -> None:
         default=",".join(CELLS),
         help=f"comma-separated cells to run (default: all of {', '.join(CELLS)}; also {RATES[0]})",
     )
+    parser.add_argument(
+        "--calls",
+        action="store_true",
+        help="count the Python calls per message on each server's event loop instead of timing it (_calls.py)",
+    )
     add_save_option(parser)
     args = parser.parse_args()
     args.compare = str(Path(args.compare).resolve()) if args.compare else ""
@@ -365,10 +432,12 @@ def main() -> None:
     else:
         output = uvloop.run(run(args))
     print()
-    print(summary(output["systems"]))
+    print(calls_summary(output["systems"]) if args.calls else summary(output["systems"]))
     name = "cpu-quick" if args.quick else "cpu"
     if args.cells != list(CELLS):
         name += "-cells"  # some cells only: not over the full run's figures
+    if args.calls:
+        name += "-calls"
     path = write_results(name, output, save=args.save)
     print(f"\nwritten to {path}")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 import anyio
+from _calls import install as count_calls
 
 from amoconnect.config import load_config
 from amoconnect.logging import configure
@@ -25,6 +26,7 @@ def main() -> None:
     parser.add_argument("--config", required=True)
     parser.add_argument("--log-level", default=None)
     args = parser.parse_args()
+    count_calls()  # bench_cpu.py --calls
     config = load_config(args.config)
     configure(level=args.log_level or config.log_level, secrets=config.secrets())
     pm = get_plugin_manager(load_entrypoints=False, extra_modules=["amoconnect.testing.fake_messenger"])

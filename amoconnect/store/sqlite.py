@@ -71,7 +71,6 @@ from .sql import (
     HEADS_TABLE,
     MESSAGE_COLUMNS,
     NEXT_DUE,
-    NEXT_OF_KEY,
     Finish,
     MappingLookups,
     activity_params,
@@ -254,10 +253,9 @@ _CLAIM = _TAKEN + f"WHERE id IN ({CLAIMABLE.format(now='?', limit='?')}) ORDER B
 """The jobs a claim takes (parameters: now, limit): index lookups in ``heads``, however long the queue."""
 _ANY_DUE = CLAIMABLE.format(now="?", limit="1")
 """Whether a claim would find a job, and the first it would take (parameter: now)."""
-_HAS_HEAD = "SELECT 1 FROM heads WHERE key = ?"
-"""Whether a key has jobs left."""
-_NEXT_OF_KEY = _TAKEN + f"WHERE id = ({NEXT_OF_KEY.format(key='?', now='?')})"
-"""The job of a key a claim may take now (parameters: key, now)."""
+_HEAD_OF_KEY = "SELECT id, busy, next_run FROM heads WHERE key = ?"
+"""A key's head, if it has jobs left."""
+_TAKE_ID = _TAKEN + "WHERE id = ?"
 _AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?', now='?', limit='?')}) ORDER BY id"
 """The jobs :meth:`SQLiteStore.take_ahead` takes (parameters: :data:`AHEAD_OF_KEY`'s)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
@@ -992,9 +990,14 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             _insert_jobs(conn, then, now)
             if key is None:
                 return None, True
-            if take_next and (taken := _take(conn, conn.execute(_NEXT_OF_KEY, (key, now)).fetchall())):
+            head = conn.execute(_HEAD_OF_KEY, (key,)).fetchone()
+            if head is None:
+                return None, False
+            head_id, busy, next_run = head
+            if take_next and not busy and next_run <= now:  # what a claim of the key would take now
+                taken = _take(conn, conn.execute(_TAKE_ID, (head_id,)).fetchall())
                 return taken[0], False
-            return None, conn.execute(_HAS_HEAD, (key,)).fetchone() is not None
+            return None, True
 
         try:
             taken, more = await self._call(run, wakes=bool(then), durable=durable or bool(then))
