@@ -575,12 +575,14 @@ class Relay:
         PostgreSQL once its lease runs out).
         """
         pause = _STORE_RETRY / 4
-        deadline = anyio.current_time() + _SETTLE_FOR
+        deadline: float | None = None  # from the first failure: a write that succeeds reads no clock
         while True:
             try:
                 return await write()
             except StoreError as exc:
-                if anyio.current_time() + pause > deadline:
+                now = anyio.current_time()
+                deadline = now + _SETTLE_FOR if deadline is None else deadline
+                if now + pause > deadline:
                     bound.error("store unavailable; the job's outcome is not recorded", error=str(exc))
                     self.store.abandon(job.id)
                     return None

@@ -271,6 +271,8 @@ alone (no state of the store's: it may run on the store's thread)."""
 _Outcome = tuple["asyncio.Future[Any]", Any, BaseException | None]
 
 
+_MARK_SEEN = "INSERT INTO dedup VALUES (?, ?) ON CONFLICT (key) DO NOTHING"
+"""A webhook's dedup key, unless it is there already (then no row changes)."""
 _INSERT_JOB = "INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) VALUES (?, ?, ?, ?, ?, ?)"
 
 
@@ -919,7 +921,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         def run(conn: sqlite3.Connection) -> bool:
             self._refuse_if_lost()
             now = self._now()
-            if keys:
+            if len(keys) == 1:  # seen before, or marked seen now: one look in the b-tree
+                if conn.execute(_MARK_SEEN, (keys[0], now)).rowcount == 0:
+                    return False
+            elif keys:
                 if conn.execute(seen_sql, keys).fetchone() is not None:
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
