@@ -54,7 +54,7 @@ def signature_for(secret: str, method: str, content_md5: str, content_type: str,
     if "?" in path:
         raise ValueError(f"the signed path must not carry a query string: {path!r}")
     message = "\n".join((method.upper(), content_md5, content_type, date, path))
-    return hmac.new(secret.encode("ascii"), message.encode("utf-8"), hashlib.sha1).hexdigest()
+    return hmac.digest(secret.encode("ascii"), message.encode("utf-8"), "sha1").hex()  # OpenSSL's one-shot HMAC
 
 
 def sign_request(
@@ -99,9 +99,9 @@ def verify_signature(secret: str, body: bytes, signature: str | None) -> bool:
     except ValueError:
         return False
     key = secret.encode("ascii")
-    whole = hmac.compare_digest(hmac.new(key, body, hashlib.sha1).digest(), given)
+    whole = hmac.compare_digest(hmac.digest(key, body, "sha1"), given)
     trimmed = body[:-1] if body.endswith(b"\n") else body
-    less_newline = hmac.compare_digest(hmac.new(key, trimmed, hashlib.sha1).digest(), given)
+    less_newline = hmac.compare_digest(hmac.digest(key, trimmed, "sha1"), given)
     return whole | less_newline
 
 

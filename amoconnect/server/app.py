@@ -244,6 +244,8 @@ def build_app(parts: AppParts) -> ASGIApp:
     messengers = parts.messengers
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
     duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
+    # Each installed messenger's webhooks stored and their ack latency: labelled once, not per webhook.
+    accepted = {name: (metrics.webhooks_received.labels(name), metrics.ack_latency.labels(name)) for name in messengers}
 
     async def ingest_amocrm(scope_id: str, body: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
         """Verify, decode and store one amoCRM webhook; the status and JSON body to answer."""
@@ -362,8 +364,12 @@ def build_app(parts: AppParts) -> ASGIApp:
             await enqueue_inbound(parts.store, metrics, instance, events)
         except StoreError as exc:
             return _json_answer(*overload(messenger, exc))
-        metrics.webhooks_received.labels(messenger).inc()
-        metrics.ack_latency.labels(messenger).observe(time.perf_counter() - started)
+        counted, latency = accepted.get(messenger) or (
+            metrics.webhooks_received.labels(messenger),
+            metrics.ack_latency.labels(messenger),
+        )
+        counted.inc()
+        latency.observe(time.perf_counter() - started)
         return adapter.webhook_ack
 
     async def media(request: Request) -> Response:
