@@ -176,6 +176,9 @@ class _Run:
     more: bool = True
     """No take ahead since the latest finish that took the conversation's next job came back short: the
     conversation may have more to take (after one that did, the finish of the last job held looks)."""
+    background: anyio.abc.TaskGroup | None = None
+    """Where the run's flushes and takes ahead go on while its jobs run: open once the run is past its
+    first job (a lone job starts nothing in the background, and costs no task group)."""
 
 
 @dataclass
@@ -320,14 +323,15 @@ class Relay:
         """Run ``job`` and then, in the same slot, each next job of its conversation that its finish
         took or that the slot took ahead (a conversation's backlog runs without a claim between its jobs)."""
         run = _Run()
-        current: Job | None = job
         try:
-            async with anyio.create_task_group() as flushes:
-                while current is not None:
-                    current = await self._run_one(current, run, flushes)
-                    if current is not None:
+            current = await self._run_one(job, run)
+            if current is not None:
+                async with anyio.create_task_group() as run.background:
+                    while current is not None:
                         self._running.add(current.id)
                         await self._defer()
+                        current = await self._run_one(current, run)
+                run.background = None
             if run.unflushed and run.last is not None:  # after the flushes under way: what they did not cover
                 # The slot is the claims' again meanwhile (its jobs left _running): the flush may linger.
                 self._flushing += 1
@@ -340,7 +344,7 @@ class Relay:
         finally:
             self._slot_free.set()
 
-    async def _run_one(self, job: Job, run: _Run, flushes: anyio.abc.TaskGroup) -> Job | None:
+    async def _run_one(self, job: Job, run: _Run) -> Job | None:
         """Run one job and record its outcome (or accept it: :meth:`Store.finish_soon`); the next job of
         its conversation to run in this slot, if any."""
         bound = self._log.bind(job=job.id, kind=job.kind, scope_id=job.scope_id, key=job.key, attempt=job.attempts)
@@ -348,14 +352,14 @@ class Relay:
         try:
             crash_point("relay.running", job.kind)
             if handler is None:
-                await self._catch_up(run, flushes)
+                await self._catch_up(run)
                 await self._bury(job, None, f"no handler for job kind {job.kind!r}", bound)
                 await self._give_back(run)
                 return None
             try:
                 done = await handler.run(job, bound)
             except Exception as exc:
-                await self._catch_up(run, flushes)
+                await self._catch_up(run)
                 await self._failed(job, handler, exc, bound)
                 await self._give_back(run)
                 return None
@@ -375,15 +379,15 @@ class Relay:
             if soon and taking and not run.held and run.behind and run.more:
                 await self._take_ahead(run, job)
             if soon and run.held:
-                await self._accept(job, done, run, flushes, bound)
+                await self._accept(job, done, run, bound)
                 self._succeeded(job, done)
                 upcoming = run.held.popleft()
                 if taking and run.more and run.taking is None and len(run.held) < _TAKE_AGAIN:
                     # Take the next ones while the jobs held run: the pipeline never waits for a take.
                     run.taking = anyio.Event()
-                    flushes.start_soon(self._take_soon, run, run.held[-1] if run.held else upcoming)
+                    self._background(run).start_soon(self._take_soon, run, run.held[-1] if run.held else upcoming)
                 return upcoming
-            await self._catch_up(run, flushes)
+            await self._catch_up(run)
             if not dispatching:
                 await self._give_back(run)
             # The finish need not wait for the disk either (the job may run again): the run's flushes put it
@@ -404,7 +408,7 @@ class Relay:
             )
             self._succeeded(job, done)
             if lazy:
-                self._unflushed(run, job, flushes)
+                self._unflushed(run, job)
             run.behind = following is not None or bool(run.held)  # a backlog: what follows is taken ahead
             if following is not None:
                 run.more = True  # the conversation goes on past what was taken ahead
@@ -471,7 +475,6 @@ class Relay:
         job: Job,
         done: Done,
         run: _Run,
-        flushes: anyio.abc.TaskGroup,
         bound: structlog.typing.FilteringBoundLogger,
     ) -> None:
         """Hand ``job``'s finish to the store without waiting for its commit; wait for the oldest finishes
@@ -481,17 +484,17 @@ class Relay:
         )
         run.committing.append(_Accepted(job, done, committed, bound))
         while run.committing and (run.committing[0].committed.done() or len(run.committing) > _UNCOMMITTED):
-            await self._committed(run.committing.popleft(), run, flushes)
+            await self._committed(run.committing.popleft(), run)
         if run.unflushed >= _UNFLUSHED and run.flushing is not None:
             await run.flushing.wait()
 
-    async def _catch_up(self, run: _Run, flushes: anyio.abc.TaskGroup) -> None:
+    async def _catch_up(self, run: _Run) -> None:
         """Wait until every finish the run handed to the store is committed (the next write of the
         conversation follows them)."""
         while run.committing:
-            await self._committed(run.committing.popleft(), run, flushes)
+            await self._committed(run.committing.popleft(), run)
 
-    async def _committed(self, accepted: _Accepted, run: _Run, flushes: anyio.abc.TaskGroup) -> None:
+    async def _committed(self, accepted: _Accepted, run: _Run) -> None:
         """Wait for an accepted finish's commit; one that failed is recorded again, waiting for it."""
         job, done = accepted.job, accepted.done
         try:
@@ -506,18 +509,25 @@ class Relay:
                 accepted.bound,
             )
             return
-        self._unflushed(run, job, flushes)
+        self._unflushed(run, job)
 
-    def _unflushed(self, run: _Run, job: Job, flushes: anyio.abc.TaskGroup) -> None:
+    def _unflushed(self, run: _Run, job: Job) -> None:
         """One more finish of the run is committed and maybe not on disk: flush every ``_FLUSH_EVERY``."""
         run.unflushed += 1
         run.last = job
         if run.unflushed >= _FLUSH_EVERY and run.flushing is None:
-            self._start_flush(run, job, flushes)
+            self._start_flush(run, job)
 
-    def _start_flush(self, run: _Run, job: Job, flushes: anyio.abc.TaskGroup) -> None:
+    def _start_flush(self, run: _Run, job: Job) -> None:
         run.flushing = anyio.Event()
-        flushes.start_soon(self._flush, run, job, run.unflushed)
+        self._background(run).start_soon(self._flush, run, job, run.unflushed)
+
+    @staticmethod
+    def _background(run: _Run) -> anyio.abc.TaskGroup:
+        """The run's task group (:attr:`_Run.background`): only a job after the run's first one starts work
+        in the background (a take ahead needs a backlog, a flush :data:`_FLUSH_EVERY` finishes)."""
+        assert run.background is not None, "background work before the run's task group opened"
+        return run.background
 
     async def _flush(self, run: _Run, job: Job, count: int, linger: float = 0.0) -> None:
         """Put the run's finishes on disk (:meth:`Store.flush`)."""
