@@ -283,6 +283,33 @@ async def test_a_process_s_own_notifications_wake_nobody_in_it_again(url: str) -
                 assert (time.monotonic() - started < 0.9) is wakes, payload
 
 
+async def test_an_enqueue_notifies_in_its_own_statement_and_a_duplicate_not_at_all(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The NOTIFY of new jobs rides in the enqueue's statement (delivered at its commit): no statement or
+    pool checkout of its own a webhook. A webhook seen before writes no job and notifies nobody."""
+    async with opened(url) as store:
+        writes: list[str] = []
+        real = store._write
+
+        async def write(sql: str, params: Any = (), **options: Any) -> int:
+            writes.append(sql)
+            return await real(sql, params, **options)
+
+        monkeypatch.setattr(store, "_write", write)
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as listener:
+            await listener.execute("LISTEN amoconnect_jobs")
+            assert await store.enqueue([job("k")], dedup=["hook-1"])
+            assert not await store.enqueue([job("k")], dedup=["hook-1"])  # seen: no job, no notification
+            assert await store.enqueue([job("a"), job("b")], dedup=["hook-2", "hook-3"])  # in a transaction
+            notes: list[str] = []
+            with anyio.move_on_after(1.0):
+                async for note in listener.notifies():
+                    notes.append(note.payload)
+        assert notes == [store.owner, store.owner]
+        assert writes == []
+
+
 async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_round_trip(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

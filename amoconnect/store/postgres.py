@@ -289,10 +289,12 @@ _ENQUEUE = (
     "AS j(kind, key, payload, scope_id, delay) "
     "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
     "SELECT (SELECT count(*) FROM fresh), "
-    "(SELECT count(*) FROM (SELECT 1 FROM added LIMIT 1) AS n)"
+    "(SELECT count(*) FROM (SELECT 1 FROM added LIMIT 1) AS n), "
+    "(SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM added)) IS NULL"
 )
 """The dedup keys are new and the jobs go in, or no job is written (the caller rolls
-the new keys back when only some were new)."""
+the new keys back when only some were new); jobs written NOTIFY the other processes at the commit
+(parameters after the jobs': the count of keys, the channel, the payload), with no round trip of its own."""
 _TAKE = (
     "WITH c AS ({claimable} FOR UPDATE SKIP LOCKED) "
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
@@ -552,10 +554,13 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             self._work_committed()
         return cur.rowcount
 
-    def _work_committed(self) -> None:
-        """Work was committed: wake this process's workers now, every process's with a NOTIFY soon."""
+    def _work_committed(self, *, notified: bool = False) -> None:
+        """Work was committed: wake this process's workers now, every process's with a NOTIFY soon (unless the
+        commit ``notified`` them itself)."""
         self._wake.set()
         self._due = None
+        if notified:
+            return
         self._notify_wanted = True
         if self._pool is not None and (self._notifier is None or self._notifier.done()):
             self._notifier = asyncio.get_running_loop().create_task(self._notify(), name="amoconnect-pg-notify")
@@ -760,6 +765,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                         [j.scope_id for j in jobs],
                         [float(j.delay) for j in jobs],
                         len(keys),
+                        _CHANNEL,
+                        self.owner,
                     ),
                 )
                 row = await cur.fetchone()
@@ -773,7 +780,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             return False
         self._disk.covered(unsynced)  # a synchronous commit: the WAL is flushed up to it
         if jobs:
-            self._work_committed()
+            self._work_committed(notified=True)
         return True
 
     def hand_off_to(self, taker: Taker | None) -> None:
