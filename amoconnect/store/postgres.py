@@ -295,6 +295,19 @@ _ENQUEUE = (
 """The dedup keys are new and the jobs go in, or no job is written (the caller rolls
 the new keys back when only some were new); jobs written NOTIFY the other processes at the commit
 (parameters after the jobs': the count of keys, the channel, the payload), with no round trip of its own."""
+_ENQUEUE_ONE = (
+    "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
+    f"SELECT k, {_NOW} FROM (SELECT %s::text AS k) AS d WHERE k IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1), "
+    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
+    f"SELECT %s::text, %s::text, %s::bytea, %s::text, {_NOW} + %s::float8, {_NOW} "
+    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
+    "SELECT (SELECT count(*) FROM fresh), "
+    "(SELECT count(*) FROM added), "
+    "(SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM added)) IS NULL"
+)
+""":data:`_ENQUEUE` for one job and at most one dedup key (an everyday webhook), in scalar parameters:
+the dedup key or None, the job's kind, key, payload, scope and delay, the count of keys, the channel and
+the payload to notify. psycopg dumps six one-item arrays in Python (measured: 140 more calls an execute)."""
 _TAKE = (
     "WITH c AS ({claimable} FOR UPDATE SKIP LOCKED) "
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
@@ -754,21 +767,28 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         # Jobs of several conversations first lock the existing head rows in key order.
         async def write() -> None:
             async with self._conn("enqueue", transaction=len(keys) > 1 or several) as conn:
-                await _lock_heads(conn, (j.key for j in jobs))
-                cur = await conn.execute(
-                    _ENQUEUE,
-                    (
-                        keys,
-                        [j.kind for j in jobs],
-                        [j.key for j in jobs],
-                        [j.payload for j in jobs],
-                        [j.scope_id for j in jobs],
-                        [float(j.delay) for j in jobs],
-                        len(keys),
-                        _CHANNEL,
-                        self.owner,
-                    ),
-                )
+                if len(jobs) == 1 and len(keys) <= 1:
+                    (one,) = jobs
+                    scalars = (one.kind, one.key, one.payload, one.scope_id, float(one.delay))
+                    cur = await conn.execute(
+                        _ENQUEUE_ONE, (keys[0] if keys else None, *scalars, len(keys), _CHANNEL, self.owner)
+                    )
+                else:
+                    await _lock_heads(conn, (j.key for j in jobs))
+                    cur = await conn.execute(
+                        _ENQUEUE,
+                        (
+                            keys,
+                            [j.kind for j in jobs],
+                            [j.key for j in jobs],
+                            [j.payload for j in jobs],
+                            [j.scope_id for j in jobs],
+                            [float(j.delay) for j in jobs],
+                            len(keys),
+                            _CHANNEL,
+                            self.owner,
+                        ),
+                    )
                 row = await cur.fetchone()
                 if row is None or row[0] != len(keys):
                     raise _Seen
