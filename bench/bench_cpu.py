@@ -246,6 +246,7 @@ class System:
 async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]]:
     """Every cell ``rounds`` times, the systems one after the other within each cell, so that each
     system meets the same spells of the shared machine; the medians per system and cell."""
+    counting = systems[0].calls is not None  # every system counts calls, or none does
     for system in systems:
         await system.start()
     try:
@@ -254,11 +255,11 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
                 line = []
                 for system in systems:
                     result = await system.cell(cell)
-                    if system.calls:
+                    if counting:
                         line.append(f"{system.name} {fmt((result.get('calls') or {}).get('calls_per_message'), 0)}")
                     else:
                         line.append(f"{system.name} {fmt(result['cpu_ms_per_message'], 3)}")
-                what = "Python calls/msg" if systems[0].calls else "CPU ms/msg"
+                what = "Python calls/msg" if counting else "CPU ms/msg"
                 print(f"   round {round_}, {cell:17} {what}: " + ", ".join(line), flush=True)
     finally:
         for system in systems:
@@ -266,8 +267,8 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
     summaries = [system.summary() for system in systems]
     for summary_ in summaries:
         cells = summary_["cells"].values()
-        if systems[0].calls:
-            continue
+        if counting:
+            continue  # calls_summary() tells them
         print(
             f"   {summary_['system']:24} median CPU ms/msg: "
             + ", ".join(f"{c['cell']} {fmt(c['cpu_ms_per_message'], 3)}" for c in cells)

@@ -244,8 +244,12 @@ def build_app(parts: AppParts) -> ASGIApp:
     messengers = parts.messengers
     received, queued = metrics.webhooks_received.labels("amocrm"), metrics.jobs_queued.labels(AMOCRM)
     duplicate, ack_latency = metrics.webhooks_duplicate.labels("amocrm"), metrics.ack_latency.labels("amocrm")
-    # Each installed messenger's webhooks stored and their ack latency: labelled once, not per webhook.
-    accepted = {name: (metrics.webhooks_received.labels(name), metrics.ack_latency.labels(name)) for name in messengers}
+
+    def counters(messenger: str) -> tuple[Any, Any]:
+        """A messenger's count of webhooks stored and their ack latency."""
+        return metrics.webhooks_received.labels(messenger), metrics.ack_latency.labels(messenger)
+
+    accepted = {name: counters(name) for name in messengers}  # labelled once, not per webhook
 
     async def ingest_amocrm(scope_id: str, body: bytes, signature: str | None) -> tuple[int, dict[str, Any]]:
         """Verify, decode and store one amoCRM webhook; the status and JSON body to answer."""
@@ -364,10 +368,7 @@ def build_app(parts: AppParts) -> ASGIApp:
             await enqueue_inbound(parts.store, metrics, instance, events)
         except StoreError as exc:
             return _json_answer(*overload(messenger, exc))
-        counted, latency = accepted.get(messenger) or (
-            metrics.webhooks_received.labels(messenger),
-            metrics.ack_latency.labels(messenger),
-        )
+        counted, latency = accepted.get(messenger) or counters(messenger)
         counted.inc()
         latency.observe(time.perf_counter() - started)
         return adapter.webhook_ack

@@ -280,6 +280,13 @@ _INSERT_JOB = (
     f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
     f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
 )
+_ENQUEUED = (
+    "SELECT (SELECT count(*) FROM fresh), "
+    "(SELECT count(*) FROM (SELECT 1 FROM added LIMIT 1) AS n), "
+    "(SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM added)) IS NULL"
+)
+"""What an enqueue answers (the new dedup keys; whether jobs went in), and its NOTIFY of the other processes
+when jobs did, delivered at its commit with no round trip of its own (parameters: the channel, the payload)."""
 _ENQUEUE = (
     "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
     f"SELECT k, {_NOW} FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING RETURNING 1), "
@@ -287,23 +294,17 @@ _ENQUEUE = (
     f"SELECT kind, key, payload, scope_id, {_NOW} + delay, {_NOW} "
     "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[]) "
     "AS j(kind, key, payload, scope_id, delay) "
-    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
-    "SELECT (SELECT count(*) FROM fresh), "
-    "(SELECT count(*) FROM (SELECT 1 FROM added LIMIT 1) AS n), "
-    "(SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM added)) IS NULL"
+    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) " + _ENQUEUED
 )
 """The dedup keys are new and the jobs go in, or no job is written (the caller rolls
-the new keys back when only some were new); jobs written NOTIFY the other processes at the commit
-(parameters after the jobs': the count of keys, the channel, the payload), with no round trip of its own."""
+the new keys back when only some were new); then :data:`_ENQUEUED` (parameters after the jobs': the
+count of keys, the channel, the payload)."""
 _ENQUEUE_ONE = (
     "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
     f"SELECT k, {_NOW} FROM (SELECT %s::text AS k) AS d WHERE k IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1), "
     "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
     f"SELECT %s::text, %s::text, %s::bytea, %s::text, {_NOW} + %s::float8, {_NOW} "
-    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) "
-    "SELECT (SELECT count(*) FROM fresh), "
-    "(SELECT count(*) FROM added), "
-    "(SELECT pg_notify(%s, %s) WHERE EXISTS (SELECT 1 FROM added)) IS NULL"
+    "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) " + _ENQUEUED
 )
 """:data:`_ENQUEUE` for one job and at most one dedup key (an everyday webhook), in scalar parameters:
 the dedup key or None, the job's kind, key, payload, scope and delay, the count of keys, the channel and

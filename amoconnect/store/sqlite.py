@@ -916,7 +916,6 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
     # -- queue ---------------------------------------------------------------------------
     async def enqueue(self, jobs: Sequence[NewJob], *, dedup: Sequence[str] = ()) -> bool:
         keys = tuple(dict.fromkeys(dedup))
-        seen_sql = f"SELECT 1 FROM dedup WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1"
 
         def run(conn: sqlite3.Connection) -> bool:
             self._refuse_if_lost()
@@ -925,6 +924,7 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 if conn.execute(_MARK_SEEN, (keys[0], now)).rowcount == 0:
                     return False
             elif keys:
+                seen_sql = f"SELECT 1 FROM dedup WHERE key IN ({', '.join('?' * len(keys))}) LIMIT 1"
                 if conn.execute(seen_sql, keys).fetchone() is not None:
                     return False
                 conn.executemany("INSERT INTO dedup VALUES (?, ?)", [(key, now) for key in keys])
