@@ -15,12 +15,17 @@ import asyncio
 import cProfile
 import os
 import pstats
+import shutil
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
 ENV = "AMOCONNECT_BENCH_CALLS"
 """The file a server writes its count to; ``{pid}`` in it is replaced by the server's pid."""
+KEEP = "AMOCONNECT_BENCH_CALLS_KEEP"
+"""A directory where each count's profile is also kept (``<pid>-<time>.prof``), to read with ``pstats``:
+which functions make the calls, and who calls them."""
 START, STOP = signal.SIGUSR2, signal.SIGUSR1
 
 
@@ -66,6 +71,9 @@ class Count:
         else:
             return None
         stats = pstats.Stats(str(self.path))
+        keep = os.environ.get(KEEP)
+        if keep:
+            shutil.copy(self.path, Path(keep) / f"{self.pid}-{time.time():.0f}.prof")
         self.path.unlink()
         return per_message(stats, messages)
 

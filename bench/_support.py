@@ -177,6 +177,25 @@ class Process:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def threads(self) -> dict[str, float]:
+        """CPU seconds and context switches (voluntary: it waited; involuntary: it was preempted) of the
+        main thread and of the others together, from ``/proc``: ``main_cpu_s``, ``others_voluntary`` ..."""
+        tick = os.sysconf("SC_CLK_TCK")
+        figures = {f"{who}_{what}": 0.0 for who in ("main", "others") for what in ("cpu_s", "voluntary", "involuntary")}
+        for task in Path(f"/proc/{self.popen.pid}/task").iterdir():
+            try:
+                fields = (task / "stat").read_text("ascii").rsplit(")", 1)[1].split()
+                status = (task / "status").read_text("ascii")
+            except OSError:
+                continue  # a thread that ended meanwhile
+            who = "main" if task.name == str(self.popen.pid) else "others"
+            figures[f"{who}_cpu_s"] += (int(fields[11]) + int(fields[12])) / tick
+            for line in status.splitlines():
+                name, _, value = line.partition(":")
+                if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+                    figures[f"{who}_{'voluntary' if name.startswith('vol') else 'involuntary'}"] += int(value)
+        return figures
+
     def kill9(self) -> None:
         """``kill -9``: no chance to flush or answer anything."""
         if self.popen.poll() is None:

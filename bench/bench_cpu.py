@@ -131,10 +131,12 @@ class Cells:
         if count is not None:
             count.start()
         before = self.cpu()
+        threads_before = self.server.process.threads()
         started = time.time()
         outcomes = await send(items)
         records = await wait_records(self.amojo, self.base, {p.msgid for p in items}, budget=120)
         spent = self.cpu() - before
+        threads = {k: v - threads_before[k] for k, v in self.server.process.threads().items()}
         self.base += len(records)
         check = check_delivery(items, outcomes, records)
         arrival = check.pop("_arrival")
@@ -147,6 +149,12 @@ class Cells:
             "cpu_ms_per_message": round(1000 * spent / delivered, 3) if delivered and count is None else None,
             "messages_per_s": round(delivered / (last - started), 1) if last > started else None,
             "load_at_start": load,
+            "by_thread_per_message": {
+                key.replace("cpu_s", "cpu_ms"): round((1000 if key.endswith("cpu_s") else 1) * value / delivered, 3)
+                for key, value in threads.items()
+            }
+            if delivered
+            else None,
             **check,
         }
         if count is not None:
@@ -236,11 +244,18 @@ class System:
                 "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
                 "calls": counted[len(counted) // 2] if counted else None,
                 "messages_per_s": round(statistics.median(rates), 1) if rates else None,
+                "by_thread_per_message": _medians([r["by_thread_per_message"] for r in rounds]),
                 "lost_after_ack": sum(r["lost_after_ack"] for r in rounds),
                 "duplicates": sum(r["duplicates"] for r in rounds),
                 "rounds": rounds,
             }
         return {"system": self.name, "cells": cells}
+
+
+def _medians(figures: Sequence[dict[str, float] | None]) -> dict[str, float] | None:
+    """Each figure's median over the rounds that have them."""
+    present = [f for f in figures if f]
+    return {key: round(statistics.median(f[key] for f in present), 3) for key in present[0]} if present else None
 
 
 async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]]:
@@ -374,6 +389,28 @@ def summary(systems: Sequence[dict[str, Any]]) -> str:
     return table(headers, rows)
 
 
+def threads_summary(systems: Sequence[dict[str, Any]]) -> str:
+    """Where a message's CPU goes in each cell: the event loop's thread and the others (the SQLite
+    store's commits and fsyncs), and how often each waited (voluntary switches) or was preempted."""
+    rows = []
+    for system in systems:
+        for cell, figures in system["cells"].items():
+            f = figures.get("by_thread_per_message")
+            if f and f["others_cpu_ms"] + f["main_cpu_ms"] > 0:
+                rows.append(
+                    [
+                        system["system"],
+                        cell,
+                        fmt(f["main_cpu_ms"], 3),
+                        fmt(f["others_cpu_ms"], 3),
+                        f"{fmt(f['main_voluntary'], 1)} / {fmt(f['main_involuntary'], 1)}",
+                        f"{fmt(f['others_voluntary'], 1)} / {fmt(f['others_involuntary'], 1)}",
+                    ]
+                )
+    headers = ["system", "cell", "loop's thread ms", "other threads ms", "loop waits / preempted", "others"]
+    return "per message, by thread (the Flask relay's threads end before they are read):\n" + table(headers, rows)
+
+
 def calls_summary(systems: Sequence[dict[str, Any]]) -> str:
     """Python calls per message in each cell (and the ratio to the inline relay's), SQLite statements
     on the loop, and the packages the calls of the first cell were made in."""
@@ -434,6 +471,8 @@ def main() -> None:
         output = uvloop.run(run(args))
     print()
     print(calls_summary(output["systems"]) if args.calls else summary(output["systems"]))
+    if not args.calls:
+        print("\n" + threads_summary(output["systems"]))
     name = "cpu-quick" if args.quick else "cpu"
     if args.cells != list(CELLS):
         name += "-cells"  # some cells only: not over the full run's figures

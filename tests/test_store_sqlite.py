@@ -592,25 +592,37 @@ async def test_a_durable_commit_is_followed_by_an_fsync_of_the_wal_and_the_conne
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``synchronous=FULL``: the writer commits under ``NORMAL`` and a durable commit then fsyncs the WAL,
-    on the store's thread, before its callers hear back; a claim (no fsync) changes no pragma. A failed
-    fsync fails the write. ``EXTRA`` keeps SQLite's own syncing, switching per batch."""
+    on the store's thread, before its callers hear back, through the descriptor of the WAL opened with
+    the store (not opened again at each commit); a claim (no fsync) changes no pragma. A failed fsync
+    fails the write. ``EXTRA`` keeps SQLite's own syncing, switching per batch."""
     synced: list[str] = []
-    real_fsync = os.fsync
+    synced_files: set[int] = set()
+    opened: list[str] = []
+    real_fsync, real_open = os.fsync, os.open
 
     def fsync(fd: int) -> None:
         synced.append(threading.current_thread().name)
+        synced_files.add(os.fstat(fd).st_ino)
         real_fsync(fd)
 
+    def open_(path: str, flags: int, *args: Any, **kwargs: Any) -> int:
+        opened.append(str(path))
+        return real_open(path, flags, *args, **kwargs)
+
     monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "open", open_)
     async with SQLiteStore(tmp_path / "store.sqlite3") as store:
         writer_level = await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0])
         synced.clear()
+        opened.clear()
         await store.enqueue([job("a")])
         assert synced == ["amoconnect-sqlite"]  # the enqueue's commit, on the store's thread
         (claimed,) = await store.claim(10)
         assert synced == ["amoconnect-sqlite"]  # a claim: none
         await store.finish(claimed.id)
         assert len(synced) == 2
+        assert synced_files == {os.stat(tmp_path / "store.sqlite3-wal").st_ino}
+        assert opened == []
         assert writer_level == await store._call(lambda conn: conn.execute("PRAGMA synchronous").fetchone()[0]) == 1
 
         def failing(fd: int) -> None:

@@ -476,6 +476,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         """Flushes that wrote to the disk themselves (none lingered into another commit's fsync)."""
         self._shm: int | None = None
         """A descriptor of the WAL-index, read for how many frames await a checkpoint."""
+        self._wal: int | None = None
+        """A descriptor of the WAL, for its fsyncs (:meth:`_sync_wal`)."""
         self._limiters = LocalLimiters()
         self.unwritten = Unwritten()
         self._taker: Taker | None = None
@@ -675,8 +677,13 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
                 raise sqlite3.OperationalError(f"fsync of the WAL failed: {exc}") from exc
 
     def _sync_wal(self) -> None:
-        """An fsync of the WAL, opened by its path (the file the commits were written to: a replaced one
-        is caught by :meth:`_files_changed`)."""
+        """An fsync of the WAL, through the descriptor opened with the store: the file the commits are
+        written to, until the connection closes (a file replaced at its path is caught by
+        :meth:`_files_changed`). Opening it at each fsync cost two system calls and two more turns of
+        the GIL, each a wait behind the loop, a durable commit."""
+        if self._wal is not None:
+            os.fsync(self._wal)
+            return
         fd = os.open(self._watched[1], os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -870,6 +877,8 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
         self._files, self._lost = self._file_ids(), None  # the WAL exists from the first write on
         with contextlib.suppress(OSError):  # always there in WAL mode unless locking_mode=EXCLUSIVE (not used)
             self._shm = os.open(f"{self.where}-shm", os.O_RDONLY)
+        with contextlib.suppress(OSError):  # there from the first write on; else opened at each fsync
+            self._wal = os.open(self._watched[1], os.O_RDONLY)
         # Reads run at once on the caller's thread on a second connection: WAL lets them see every
         # committed write without waiting behind the writer's batch (an indexed lookup takes microseconds).
         # Reads that scan run on a worker thread, on a third (_scan).
@@ -891,9 +900,10 @@ class SQLiteStore(SQLiteRegistryRows, MappingLookups):
             self._disown()
         assert self._committer is not None
         self._committer.shutdown(wait=False)
-        shm, self._shm = self._shm, None
-        if shm is not None:
-            os.close(shm)
+        for fd in (self._shm, self._wal):
+            if fd is not None:
+                os.close(fd)
+        self._shm = self._wal = None
         with anyio.CancelScope(shield=True):
             async with self._scanning:  # a scan under way finishes first (a few ms)
                 scanner, self._scanner = self._scanner, None
