@@ -341,11 +341,21 @@ async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_roun
 async def test_a_pipelined_transaction_that_fails_writes_nothing_and_hands_its_connection_back_idle(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A finish's, a claim's and a burial's statements go in one pipeline between ``BEGIN`` and ``COMMIT``;
-    when one fails, what the others wrote is rolled back before the connection returns to the pool
-    (quietly), and the next operations on the pool's connections run as ever."""
+    """A finish's, a claim's and a burial's statements go in one pipeline, one transaction up to its
+    ``Sync`` (no ``BEGIN`` or ``COMMIT`` sent): a setting made local by one statement holds for the next
+    (a claim's commit without waiting for the WAL's flush) and ends with it; when one fails, what the
+    others wrote is rolled back before the connection returns to the pool (quietly), and the next
+    operations on the pool's connections run as ever."""
     caplog.set_level(logging.WARNING, logger="psycopg")
     async with opened(url, pool_size=2) as store:
+        async with store._conn("pipelined", pipeline=True) as conn:
+            first = await conn.execute("SELECT txid_current(), set_config('synchronous_commit', 'off', true)")
+            then = await conn.execute("SELECT txid_current(), current_setting('synchronous_commit')")
+            (one, _), (same, setting) = await first.fetchone() or (), await then.fetchone() or ()
+        assert one == same and setting == "off"
+        async with store._conn("after", pipeline=True) as conn:
+            (after,) = await (await conn.execute("SELECT current_setting('synchronous_commit')")).fetchone() or ()
+        assert after == "on"
 
         async def write_then(failing: str) -> None:
             async with store._conn("pipelined", pipeline=True) as conn:
