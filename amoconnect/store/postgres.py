@@ -309,30 +309,40 @@ _ENQUEUE_ONE = (
 """:data:`_ENQUEUE` for one job and at most one dedup key (an everyday webhook), in scalar parameters:
 the dedup key or None, the job's kind, key, payload, scope and delay, the count of keys, the channel and
 the payload to notify. psycopg dumps six one-item arrays in Python (measured: 140 more calls an execute)."""
-_TAKE = (
-    "WITH c AS ({claimable} FOR UPDATE SKIP LOCKED) "
+_TAKEN = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
+"""The columns of a :class:`~.base.Job`, as a take returns them."""
+_RUN = (
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-    "WHERE id = ANY (ARRAY (SELECT id FROM c)){more} "
-    "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
+    "WHERE id = ANY (ARRAY (SELECT id FROM c))"
 )
-_CLAIM = _TAKE.format(
-    claimable=CLAIMABLE.format(now=_NOW, limit="%s"), more=" AND set_config('synchronous_commit', 'off', true) = 'off'"
+"""Marks the jobs whose ids ``c`` holds running (parameters: owner, lease)."""
+_NEXT_OF_KEY = (
+    f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED) {_RUN} RETURNING {_TAKEN}"
+)
+"""Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
+_DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
+"""Seconds until the next job is due (negative: due already; NULL: none queued)."""
+_CLAIM = (
+    f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED), "
+    f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' RETURNING {_TAKEN}) "
+    f"SELECT {_TAKEN}, NULL FROM t UNION ALL SELECT {', '.join(['NULL'] * len(_TAKEN.split(', ')))}, "
+    f"({NEXT_DUE} AND id <> ALL (ARRAY (SELECT id FROM c))) - {_NOW}"
 )
 """Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
 ``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs).
 Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
-running whose lease runs out, and the next commit that waits writes it down with everything before it."""
-_NEXT_OF_KEY = _TAKE.format(claimable=NEXT_OF_KEY.format(key="%s", now=_NOW), more="")
-"""Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
-_DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
-"""Seconds until the next job is due (negative: due already; NULL: none queued)."""
+running whose lease runs out, and the next commit that waits writes it down with everything before it.
+
+The same statement answers :data:`_DUE_IN` for the heads it did not take (left out by id: it sees them
+as they were before it) in a last row, NULL in the job's columns: one execute, not a pipeline of two
+(measured: 784 -> ~400 Python calls a claim)."""
 _HAS_HEAD = "SELECT EXISTS (SELECT 1 FROM heads WHERE key = %s)"
 """Whether a key has jobs left."""
 _AHEAD = (
     f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
     f"WHERE id IN ({AHEAD_OF_KEY.format(kind='%s', now=_NOW, key='%s', id='%s', limit='%s')}) AND state = 'queued' "
     "AND EXISTS (SELECT 1 FROM queue WHERE id = %s AND owner = %s) "
-    "RETURNING id, kind, key, payload, scope_id, attempts, created_at, last_error"
+    f"RETURNING {_TAKEN}"
 )
 """Takes the jobs the holder of a job may take ahead (parameters: owner, lease, kind, key, id, limit, key, id,
 key, id, owner): none once its lease ran out and another process took the job over."""
@@ -810,13 +820,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def claim(self, limit: int) -> list[Job]:
         """Also looks, in the same round trip, for when the next job will be due: a claim that comes back
         short is followed by :meth:`next_due_in` (a round trip of its own cost as much as the claim's)."""
-        async with self._conn("claim", pipeline=True) as conn:
+        async with self._conn("claim") as conn:
             cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
-            due = await conn.execute(_DUE_IN)
             rows = await cur.fetchall()
-            after = await due.fetchone()
-        self._due = (None if after is None or after[0] is None else float(after[0]), time.monotonic())
-        jobs = [Job(*row) for row in rows]
+        due = next((row[-1] for row in rows if row[0] is None), None)
+        self._due = (None if due is None else float(due), time.monotonic())
+        jobs = [Job(*row[:-1]) for row in rows if row[0] is not None]
         jobs.sort(key=lambda job: job.id)
         self._held.update((job.id, job.key) for job in jobs)
         return jobs
