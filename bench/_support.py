@@ -147,6 +147,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU time of a process, of its children that ended (and were waited for) and of those alive: a
+    server that forks a process a connection (PostgreSQL), from ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text("ascii").rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        if stat.parent.name == str(pid):
+            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+        elif fields[1] == str(pid):
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
 class Process:
     """A child process this benchmark started; it is ended by its own pid, never by name."""
 

@@ -3,11 +3,13 @@
 Each system relays signed fakechat webhooks (client messages from 200 conversations) to amojo
 (``FakeAmojo`` in its own process); what is counted is the CPU time (user + system, every
 thread, from ``/proc``) of the relay's own process from the first webhook of a cell until amojo
-has received the cell's last message, divided by the messages delivered. The systems:
+has received the cell's last message, divided by the messages delivered; and how it splits between
+the event loop's thread and the others, with the context switches of each. The systems:
 
 - ``amoconnect``: the connector (``bench/connector.py``) on SQLite (``synchronous=FULL``) and on
-  PostgreSQL (a throwaway durable server; its own CPU is not counted), transport ``aiohttp``,
-  at the default log level ``info`` (``--log-level`` to change it);
+  PostgreSQL (a throwaway durable server; its own CPU, every backend's, is shown beside the
+  connector's as ``+ server``, not in it), transport ``aiohttp``, at the default log level
+  ``info`` (``--log-level`` to change it);
 - ``aiohttp inline`` and ``naive sync`` (Flask + requests): ``bench/baselines.py``.
 
 Cells: open loop at 100 msg/s and 400 msg/s (one message in flight per conversation), and
@@ -23,7 +25,8 @@ machine; a cell's figure is the median of its rounds (every round is kept in the
     python bench/bench_cpu.py --quick            # shorter cells, 1 round              (~2 min)
     python bench/bench_cpu.py --stores sqlite    # amoconnect on one store only
     python bench/bench_cpu.py --quick --rounds 4 --stores sqlite --compare ../before
-                                                 # and the code of another checkout beside it (A/B)
+                                                 # and the code of another checkout beside it (A/B),
+                                                 # on each store named
     python bench/bench_cpu.py --cells 5/s,100/s  # only these cells (5 msg/s is run only when asked)
     python bench/bench_cpu.py --quick --calls --stores sqlite --cells 100/s,saturation
                                                  # Python calls per message instead of CPU (_calls.py)
@@ -46,12 +49,23 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import _calls
-from _support import RawPool, add_save_option, children, fmt, machine, machine_line, post_bytes, table, write_results
+from _support import (
+    RawPool,
+    add_save_option,
+    children,
+    fmt,
+    machine,
+    machine_line,
+    post_bytes,
+    table,
+    tree_cpu_seconds,
+    write_results,
+)
 from bench_relay import (
     HOST,
     INSTANCE,
@@ -72,6 +86,8 @@ from bench_relay import (
 )
 
 from amoconnect.testing.fakechat_api import SIGNATURE_HEADER, signature_of
+from amoconnect.testing.pgserver import TemporaryPostgres
+from amoconnect.testing.stores import fresh_postgres_schema
 
 SHORT_TEXT = "добрый день, когда будет доставка? " * 2
 """About 130 bytes of UTF-8: with the update around it, a webhook of under 1 KB."""
@@ -115,6 +131,12 @@ class Cells:
         self.count = 0
         self.calls = calls
         """Count the server's Python calls (:mod:`_calls`; the file template) instead of timing it."""
+        self.database: Callable[[], int | None] | None = None
+        """The process id of the database server, whose CPU a message is read too (None: no server)."""
+
+    def database_cpu(self) -> float | None:
+        pid = self.database() if self.database is not None else None
+        return tree_cpu_seconds(pid) if pid is not None else None
 
     def cpu(self) -> float:
         assert self.server.process is not None
@@ -131,11 +153,14 @@ class Cells:
         if count is not None:
             count.start()
         before = self.cpu()
+        database_before = self.database_cpu()
         threads_before = self.server.process.threads()
         started = time.time()
         outcomes = await send(items)
         records = await wait_records(self.amojo, self.base, {p.msgid for p in items}, budget=120)
         spent = self.cpu() - before
+        database_after = self.database_cpu()
+        database = None if database_after is None or database_before is None else database_after - database_before
         threads = {k: v - threads_before[k] for k, v in self.server.process.threads().items()}
         self.base += len(records)
         check = check_delivery(items, outcomes, records)
@@ -148,6 +173,9 @@ class Cells:
             "webhook_bytes": len(items[0].request),
             "cpu_ms_per_message": round(1000 * spent / delivered, 3) if delivered and count is None else None,
             "messages_per_s": round(delivered / (last - started), 1) if last > started else None,
+            "database_cpu_ms_per_message": round(1000 * database / delivered, 3)
+            if database is not None and delivered and count is None
+            else None,
             "load_at_start": load,
             "by_thread_per_message": {
                 key.replace("cpu_s", "cpu_ms"): round((1000 if key.endswith("cpu_s") else 1) * value / delivered, 3)
@@ -184,8 +212,11 @@ class System:
         quick: bool,
         cells: Sequence[str] = CELLS,
         calls: str | None = None,
+        database: Callable[[], int | None] | None = None,
     ) -> None:
         self.name, self.make, self.logs, self.quick, self.calls = name, make, logs, quick, calls
+        self.database = database
+        """The process id of the database server the system uses, whose CPU a message is read too."""
         self.results: dict[str, list[dict[str, Any]]] = {cell: [] for cell in cells}
 
     async def start(self) -> None:
@@ -194,6 +225,7 @@ class System:
         self.server.start()
         self.pool = RawPool(HOST, self.server.port, 64)
         self.cells = Cells(self.server, self.amojo, self.pool, f"{self.name[:3]}{int(time.time()) % 100000}-")
+        self.cells.database = self.database
         await self.cells.run("warm-up", 400, self._saturate)
         self.cells.calls = self.calls  # counted from the first cell on
 
@@ -245,11 +277,17 @@ class System:
                 "calls": counted[len(counted) // 2] if counted else None,
                 "messages_per_s": round(statistics.median(rates), 1) if rates else None,
                 "by_thread_per_message": _medians([r["by_thread_per_message"] for r in rounds]),
+                "database_cpu_ms_per_message": _median(r.get("database_cpu_ms_per_message") for r in rounds),
                 "lost_after_ack": sum(r["lost_after_ack"] for r in rounds),
                 "duplicates": sum(r["duplicates"] for r in rounds),
                 "rounds": rounds,
             }
         return {"system": self.name, "cells": cells}
+
+
+def _median(figures: Iterable[float | None]) -> float | None:
+    present = [f for f in figures if f is not None]
+    return round(statistics.median(present), 3) if present else None
 
 
 def _medians(figures: Sequence[dict[str, float] | None]) -> dict[str, float] | None:
@@ -293,6 +331,20 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
     return summaries
 
 
+def _connector(
+    work: Path, logs: Path, settings: dict[str, Any], store: str, pg: Any, tree: str, amojo: Amojo
+) -> Server:
+    """amoconnect on ``store`` (``pg``: the PostgreSQL server, a fresh schema of it), relaying to
+    ``amojo``; with ``tree``, the code of that checkout (its package and its bench/connector.py)."""
+    options: dict[str, Any] = {"store_url": fresh_postgres_schema(pg.url)} if pg is not None else {}
+    name = f"amoconnect-{store}" + ("-compared" if tree else "")
+    server = connector(name, work / name, logs, amojo_url=f"http://{HOST}:{amojo.port}", **options, **settings)
+    if tree:
+        python, _, *rest = server.args
+        server.args = ["env", f"PYTHONPATH={tree}", python, str(Path(tree) / "bench" / "connector.py"), *rest]
+    return server
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     info = machine()
     print(f"machine: {machine_line(info)}")
@@ -316,41 +368,14 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     settings: dict[str, Any] = {"messenger_url": "", "transport": args.transport, "log_level": args.log_level}
     with children(), contextlib.ExitStack() as stack:
         systems: list[System] = []
-        if "sqlite" in stores:
-
-            def on_sqlite(amojo: Amojo) -> Server:
-                url = f"http://{HOST}:{amojo.port}"
-                return connector("amoconnect-sqlite", work / "sqlite", logs, amojo_url=url, **settings)
-
-            systems.append(System("amoconnect (SQLite)", on_sqlite, logs, args.quick, args.cells, calls))
-        if args.compare:
-            tree = args.compare  # made absolute by main()
-
-            def on_other(amojo: Amojo) -> Server:
-                url = f"http://{HOST}:{amojo.port}"
-                server = connector("amoconnect-compared", work / "compared", logs, amojo_url=url, **settings)
-                # Its amoconnect package first, and its own bench/connector.py (what it passes to serve()).
-                python, _, *options = server.args
-                script = str(Path(tree) / "bench" / "connector.py")
-                server.args = ["env", f"PYTHONPATH={tree}", python, script, *options]
-                return server
-
-            name = f"amoconnect (SQLite) at {tree.rsplit('/', 1)[-1]}"
-            systems.append(System(name, on_other, logs, args.quick, args.cells, calls))
-        if "postgres" in stores:
-            from amoconnect.testing.pgserver import TemporaryPostgres
-            from amoconnect.testing.stores import fresh_postgres_schema
-
-            pg = stack.enter_context(TemporaryPostgres(durable=True))
-
-            def on_postgres(amojo: Amojo) -> Server:
-                url = f"http://{HOST}:{amojo.port}"
-                store_url = fresh_postgres_schema(pg.url)
-                return connector(
-                    "amoconnect-postgres", work / "pg", logs, amojo_url=url, store_url=store_url, **settings
-                )
-
-            systems.append(System("amoconnect (PostgreSQL)", on_postgres, logs, args.quick, args.cells, calls))
+        for store in stores:
+            label = {"sqlite": "SQLite", "postgres": "PostgreSQL"}[store]
+            for tree in ("", *([args.compare] if args.compare else [])):  # made absolute by main()
+                pg = stack.enter_context(TemporaryPostgres(durable=True)) if store == "postgres" else None
+                name = f"amoconnect ({label})" + (f" at {tree.rsplit('/', 1)[-1]}" if tree else "")
+                make = functools.partial(_connector, work, logs, settings, store, pg, tree)
+                database = (lambda pg=pg: pg.pid) if pg is not None else None
+                systems.append(System(name, make, logs, args.quick, args.cells, calls, database))
         for name, kind in (("aiohttp inline", "aiohttp"), ("naive sync (Flask)", "naive")):
             make = functools.partial(baseline, kind, logs=logs)
             systems.append(System(name, make, logs, args.quick, args.cells, calls))
@@ -376,7 +401,9 @@ def summary(systems: Sequence[dict[str, Any]]) -> str:
             mine = system["cells"][cell]["cpu_ms_per_message"]
             ratio_inline = mine / inline[cell]["cpu_ms_per_message"] if mine else None
             ratio_naive = mine / naive[cell]["cpu_ms_per_message"] if mine else None
-            row.append(f"{fmt(mine, 3)} ({fmt(ratio_inline, 2)}× / {fmt(ratio_naive, 2)}×)")
+            database = system["cells"][cell].get("database_cpu_ms_per_message")
+            also = f" + server {fmt(database, 3)}" if database is not None else ""
+            row.append(f"{fmt(mine, 3)} ({fmt(ratio_inline, 2)}× / {fmt(ratio_naive, 2)}×){also}")
         if sizes:
             small = system["cells"]["saturation 1 KB"]["cpu_ms_per_message"]
             large = system["cells"]["saturation 100 KB"]["cpu_ms_per_message"]
@@ -444,7 +471,9 @@ def main() -> None:
     parser.add_argument("--log-level", default="info", help="the connector's log level (default: info, its default)")
     parser.add_argument("--transport", default="aiohttp", help="the connector's HTTP transport")
     parser.add_argument(
-        "--compare", default="", help="a checkout of other code: its connector on SQLite runs beside the others (A/B)"
+        "--compare",
+        default="",
+        help="a checkout of other code: its connector runs beside the others, on each of --stores (A/B)",
     )
     parser.add_argument(
         "--cells",

@@ -25,7 +25,7 @@ from amoconnect.errors import StoreError
 from amoconnect.media import DatabaseMediaStore
 from amoconnect.store import build_store
 from amoconnect.store.base import MessageRecord, NewJob
-from amoconnect.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore
+from amoconnect.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, _Script
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
 
 pytestmark = pytest.mark.anyio
@@ -338,35 +338,43 @@ async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_roun
         assert 3 < (await store.next_due_in() or 0) <= 5 and len(looks) == 2
 
 
-async def test_a_pipelined_transaction_that_fails_writes_nothing_and_hands_its_connection_back_idle(
+async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and_hands_its_connection_back_idle(
     url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A finish's, a claim's and a burial's statements go in one pipeline, one transaction up to its
-    ``Sync`` (no ``BEGIN`` or ``COMMIT`` sent): a setting made local by one statement holds for the next
-    (a claim's commit without waiting for the WAL's flush) and ends with it; when one fails, what the
-    others wrote is rolled back before the connection returns to the pool (quietly), and the next
-    operations on the pool's connections run as ever."""
+    """A finish's, a burial's and a mapping write's statements go in one script (one simple query,
+    bound on the client), which the server runs as one transaction: a setting made local by one
+    statement holds for the next (a finish's commit without waiting for the WAL's flush) and ends
+    with it, and each statement's rows come back in order; when one fails, what the others wrote is
+    rolled back before the connection returns to the pool (quietly), and the next operations on the
+    pool's connections run as ever. Quotes, backslashes, ``%`` and bytes travel intact."""
     caplog.set_level(logging.WARNING, logger="psycopg")
     async with opened(url, pool_size=2) as store:
-        async with store._conn("pipelined", pipeline=True) as conn:
-            first = await conn.execute("SELECT txid_current(), set_config('synchronous_commit', 'off', true)")
-            then = await conn.execute("SELECT txid_current(), current_setting('synchronous_commit')")
-            (one, _), (same, setting) = await first.fetchone() or (), await then.fetchone() or ()
-        assert one == same and setting == "off"
-        async with store._conn("after", pipeline=True) as conn:
-            (after,) = await (await conn.execute("SELECT current_setting('synchronous_commit')")).fetchone() or ()
-        assert after == "on"
+        script = _Script()
+        script.add("SELECT txid_current(), set_config('synchronous_commit', 'off', true)")
+        script.add("INSERT INTO dedup (key, seen_at) VALUES (%s, 0)", ('it\'s 100% \\ "in"',))
+        script.add("SELECT txid_current(), current_setting('synchronous_commit'), %s::bytea", (b"\x00'\\",))
+        script.add("SELECT 1 WHERE false")
+        async with store._conn("script") as conn:
+            (((one, _),), none, ((same, setting, raw),), empty) = await script.run(conn)
+        assert one == same and setting == "off" and none == empty == [] and bytes(raw) == b"\x00'\\"
+        assert table_rows_at(url, "SELECT key FROM dedup") == [('it\'s 100% \\ "in"',)]
+        after = _Script()
+        after.add("SELECT current_setting('synchronous_commit')")
+        async with store._conn("after") as conn:
+            assert await after.run(conn) == [[("on",)]]
 
         async def write_then(failing: str) -> None:
-            async with store._conn("pipelined", pipeline=True) as conn:
-                await conn.execute("INSERT INTO dedup (key, seen_at) VALUES ('written', 0)")
-                await (await conn.execute(failing)).fetchall()
+            script = _Script()
+            script.add("INSERT INTO dedup (key, seen_at) VALUES ('written', 0)")
+            script.add(failing)
+            async with store._conn("script") as conn:
+                await script.run(conn)
 
         for failing in ("SELECT 1 / 0", "SELECT * FROM no_such_table"):
-            with pytest.raises(StoreError, match="pipelined failed"):
+            with pytest.raises(StoreError, match="script failed"):
                 await write_then(failing)
         assert not [r for r in caplog.records if r.name.startswith("psycopg") and r.levelno >= logging.WARNING]
-        assert table_rows_at(url, "SELECT key FROM dedup") == []
+        assert table_rows_at(url, "SELECT key FROM dedup WHERE key = 'written'") == []
         assert await store.enqueue([job("k")], dedup=["written"])
         assert [j.key for j in await store.claim(10)] == ["k"]
 

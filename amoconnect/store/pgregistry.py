@@ -39,9 +39,7 @@ class PostgresRegistryRows:
         url: str
         where: str
 
-        def _conn(
-            self, action: str, *, transaction: bool = False, pipeline: bool = False
-        ) -> contextlib.AbstractAsyncContextManager[Conn]: ...
+        def _conn(self, action: str, *, transaction: bool = False) -> contextlib.AbstractAsyncContextManager[Conn]: ...
 
     async def registry_changes(self, since: int) -> RegistryChanges:
         # REPEATABLE READ: the revision and the rows up to it from one snapshot.

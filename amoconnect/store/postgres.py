@@ -316,9 +316,7 @@ _RUN = (
     "WHERE id = ANY (ARRAY (SELECT id FROM c))"
 )
 """Marks the jobs whose ids ``c`` holds running (parameters: owner, lease)."""
-_NEXT_OF_KEY = (
-    f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED) {_RUN} RETURNING {_TAKEN}"
-)
+_NEXT_OF_KEY = f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED) {_RUN} RETURNING {_TAKEN}"
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
 _DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
 """Seconds until the next job is due (negative: due already; NULL: none queued)."""
@@ -373,8 +371,8 @@ _ACTIVITIES = (
 sequence of :data:`_ACTIVITY` updates would leave, and when the last of them that goes out would have
 set ``last_out_at`` (:func:`~.sql.grouped`)."""
 # finish and bury take the job out of the queue only while this process holds it (its lease did
-# not run out and pass it to another process). They are pipelined, so nothing can be read back
-# before the commit: when the job is not held, the statement fails on purpose (a cast of
+# not run out and pass it to another process). They run in one script (_Script), so nothing can be
+# read back before the commit: when the job is not held, the statement fails on purpose (a cast of
 # _NOT_HELD to an integer) and the transaction with the job's writes and follow-ups rolls back.
 _NOT_HELD = "amoconnect: the job is no longer held by this process"
 _DONE = (
@@ -432,45 +430,64 @@ never deadlock over them. A head row made meanwhile can still close a cycle: the
 transaction, which runs again (:func:`_again_after_deadlock`)."""
 
 
-async def _lock_heads(conn: Conn, keys: Iterable[str | None]) -> None:
-    """Lock the head rows of ``keys`` (``None``s left out) in key order, when there are several."""
+class _Script:
+    """Statements sent as one simple query, their parameters bound by psycopg on the client
+    (``ClientCursor``). The server runs such a query as one transaction (the pool's connections are in
+    autocommit): a statement that fails rolls back those before it and skips those after it, and
+    ``set_config(..., true)`` lasts until its end. One execute and one round trip, where a pipeline
+    costs psycopg ~75 Python calls a statement and ~250 more for the pipeline itself (measured: seven
+    statements, 908 calls in a pipeline, 280 in a script; the server then parses each, +0.05 ms).
+    Statements are written for parameters (``%s``; a literal ``%`` is ``%%``) even without any."""
+
+    def __init__(self) -> None:
+        self._statements: list[str] = []
+        self._params: list[Any] = []
+
+    def add(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Add a statement; its place among the results of :meth:`run`."""
+        self._statements.append(sql)
+        self._params.extend(params)
+        return len(self._statements) - 1
+
+    async def run(self, conn: Conn) -> list[list[tuple[Any, ...]]]:
+        """Run the statements; the rows each returned (none for one that returns no rows)."""
+        async with psycopg.AsyncClientCursor(conn) as cur:
+            await cur.execute("; ".join(self._statements), self._params)
+            results: list[list[tuple[Any, ...]]] = []
+            while True:
+                results.append(await cur.fetchall() if cur.description is not None else [])
+                if not cur.nextset():
+                    return results
+
+
+def _heads_to_lock(keys: Iterable[str | None]) -> list[str]:
+    """The keys whose head rows :data:`_LOCK_HEADS` locks, in key order (``None``s left out): none
+    unless there are several."""
     ordered = sorted({key for key in keys if key is not None})
-    if len(ordered) > 1:
-        await conn.execute(_LOCK_HEADS, (ordered,))
+    return ordered if len(ordered) > 1 else []
 
 
-@contextlib.asynccontextmanager
-async def _pipelined(conn: Conn) -> AsyncIterator[None]:
-    """A transaction in pipeline mode: the pool's connections are in autocommit, and the server runs
-    what a pipeline sends before its one ``Sync`` (sent at its end) as one transaction, committed at
-    the ``Sync``. No ``BEGIN`` and ``COMMIT`` statements: each cost psycopg ~75 Python calls, and
-    psycopg's ``transaction()`` in a pipeline waits for the server's answers at its start and at its
-    end, a round trip more. A statement that fails makes the server skip the rest and roll the
-    transaction back at the ``Sync``; ``set_config(..., true)`` lasts until then."""
-    async with conn.pipeline():
-        yield
+def _lock_heads(script: _Script, keys: Iterable[str | None]) -> None:
+    if ordered := _heads_to_lock(keys):
+        script.add(_LOCK_HEADS, (ordered,))
 
 
-async def _insert_jobs(conn: Conn, jobs: Sequence[NewJob]) -> None:
-    rows = [(j.kind, j.key, j.payload, j.scope_id, j.delay) for j in jobs]
-    async with conn.cursor() as cur:
-        if len(rows) == 1:
-            await cur.execute(_INSERT_JOB, rows[0])
-        elif rows:
-            await cur.executemany(_INSERT_JOB, rows)
+def _insert_jobs(script: _Script, jobs: Sequence[NewJob]) -> None:
+    for j in jobs:
+        script.add(_INSERT_JOB, (j.kind, j.key, j.payload, j.scope_id, j.delay))
 
 
-async def _upsert_conversations(conn: Conn, records: Sequence[ConversationRecord], *, merge: bool) -> None:
+def _upsert_conversations(script: _Script, records: Sequence[ConversationRecord], *, merge: bool) -> None:
     upsert = _MERGE_CONVERSATION if merge else _REPLACE_CONVERSATION
     for record in records:
         take_over, row = conversation_params(record)
-        await conn.execute(_TAKE_OVER_CHAT, take_over)
-        await conn.execute(upsert, row)
+        script.add(_TAKE_OVER_CHAT, take_over)
+        script.add(upsert, row)
 
 
-async def _upsert_messages(conn: Conn, records: Sequence[MessageRecord]) -> None:
+def _upsert_messages(script: _Script, records: Sequence[MessageRecord]) -> None:
     for r in records:
-        await conn.execute(_UPSERT_MESSAGE, message_params(r))
+        script.add(_UPSERT_MESSAGE, message_params(r))
 
 
 def _redacted(url: str) -> str:
@@ -537,10 +554,9 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         return StoreError(f"PostgreSQL store {self.where}: {action} failed: {exc}")
 
     @contextlib.asynccontextmanager
-    async def _conn(self, action: str, *, transaction: bool = False, pipeline: bool = False) -> AsyncIterator[Conn]:
-        """A pooled connection for one operation; with ``transaction`` its statements commit together,
-        with ``pipeline`` (a transaction too) they are sent without waiting for each answer, the answers
-        read once they are needed."""
+    async def _conn(self, action: str, *, transaction: bool = False) -> AsyncIterator[Conn]:
+        """A pooled connection for one operation; with ``transaction`` its statements commit together
+        (a :class:`_Script`'s do without)."""
         if self._pool is None:
             raise StoreError(f"PostgreSQL store {self.where} is not open")
         try:
@@ -548,10 +564,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             # connection (psycopg closes it) and leaves the caller unsure whether it committed.
             with anyio.CancelScope(shield=True):
                 async with self._pool.connection(timeout=10) as conn:
-                    if pipeline:
-                        async with _pipelined(conn):
-                            yield conn
-                    elif transaction:
+                    if transaction:
                         async with conn.transaction():
                             yield conn
                     else:
@@ -784,7 +797,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                         _ENQUEUE_ONE, (keys[0] if keys else None, *scalars, len(keys), _CHANNEL, self.owner)
                     )
                 else:
-                    await _lock_heads(conn, (j.key for j in jobs))
+                    if ordered := _heads_to_lock(j.key for j in jobs):
+                        await conn.execute(_LOCK_HEADS, (ordered,))
                     cur = await conn.execute(
                         _ENQUEUE,
                         (
@@ -846,19 +860,19 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         ahead = not (durable or then)
 
         async def write() -> tuple[list[tuple[Any, ...]], bool]:
-            async with self._conn("finish", transaction=True, pipeline=True) as conn:
-                if ahead:  # committed without waiting for the WAL's flush: see flush()
-                    await conn.execute(_UNSYNCED)
-                await _lock_heads(conn, [held, *(j.key for j in then)])
-                await self._finished(conn, [Finish(job_id, conversations, messages, activity)])
-                await _insert_jobs(conn, then)
-                if held is None:
-                    return [], True
-                took = await conn.execute(_NEXT_OF_KEY, (key, self.owner, self._lease)) if key is not None else None
-                left = await conn.execute(_HAS_HEAD, (held,))
-                taken = list(await took.fetchall()) if took is not None else []
-                more = await left.fetchone()
-                return taken, bool(more and more[0])
+            script = _Script()
+            if ahead:  # committed without waiting for the WAL's flush: see flush()
+                script.add(_UNSYNCED)
+            _lock_heads(script, [held, *(j.key for j in then)])
+            self._finished(script, [Finish(job_id, conversations, messages, activity)])
+            _insert_jobs(script, then)
+            took = script.add(_NEXT_OF_KEY, (key, self.owner, self._lease)) if key is not None else None
+            left = script.add(_HAS_HEAD, (held,)) if held is not None else None
+            async with self._conn("finish") as conn:
+                results = await script.run(conn)
+            if left is None:
+                return [], True
+            return (results[took] if took is not None else []), bool(results[left][0][0])
 
         unsynced = self._disk.unsynced
         try:
@@ -882,35 +896,33 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._held[job.id] = job.key
         return job
 
-    async def _finished(self, conn: Conn, finishes: Sequence[Finish]) -> None:
-        """Finishes' writes, in the caller's transaction: their jobs out of the queue (while held), their
-        records in, as if written one finish after the other (:func:`~.sql.grouped`)."""
+    def _finished(self, script: _Script, finishes: Sequence[Finish]) -> None:
+        """Finishes' writes, added to ``script``: their jobs out of the queue (while held), their records
+        in, as if written one finish after the other (:func:`~.sql.grouped`)."""
         ids = [f.job_id for f in finishes]
-        await conn.execute(self._finish_sql, (ids, self.owner, len(set(ids))))
+        script.add(self._finish_sql, (ids, self.owner, len(set(ids))))
         together = grouped(finishes)
         if together is None:  # written in turn
             for f in finishes:
-                await _upsert_conversations(conn, f.conversations, merge=True)
-                await _upsert_messages(conn, f.messages)
+                _upsert_conversations(script, f.conversations, merge=True)
+                _upsert_messages(script, f.messages)
                 for a in f.activity:
-                    await conn.execute(_ACTIVITY, activity_params(a))
+                    script.add(_ACTIVITY, activity_params(a))
             return
         conversations, messages, activity = together
-        await _upsert_conversations(conn, conversations, merge=True)
+        _upsert_conversations(script, conversations, merge=True)
         if len(messages) > 1:
-            await conn.execute(
-                _UPSERT_MESSAGES, [list(column) for column in zip(*map(message_params, messages), strict=True)]
-            )
+            script.add(_UPSERT_MESSAGES, [list(column) for column in zip(*map(message_params, messages), strict=True)])
         else:
-            await _upsert_messages(conn, messages)
+            _upsert_messages(script, messages)
         if sum(len(f.activity) for f in finishes) == 1:
-            await conn.execute(_ACTIVITY, activity_params(activity[0][0]))
+            script.add(_ACTIVITY, activity_params(activity[0][0]))
         elif activity:
             rows = [
                 (a.scope_id, a.conversation_id, a.msgid, a.direction, a.preview[:PREVIEW_CHARS], a.at, out_at)
                 for a, out_at in activity
             ]
-            await conn.execute(_ACTIVITIES, [list(column) for column in zip(*rows, strict=True)])
+            script.add(_ACTIVITIES, [list(column) for column in zip(*rows, strict=True)])
 
     def finish_soon(
         self,
@@ -963,10 +975,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
     async def _finish_batch(self, batch: list[_Soon]) -> None:
         async def write() -> None:
-            async with self._conn("finish", transaction=True, pipeline=True) as conn:
-                await conn.execute(_UNSYNCED)
-                await _lock_heads(conn, (one.key for one in batch))
-                await self._finished(conn, [one.writes for one in batch])
+            script = _Script()
+            script.add(_UNSYNCED)
+            _lock_heads(script, (one.key for one in batch))
+            self._finished(script, [one.writes for one in batch])
+            async with self._conn("finish") as conn:
+                await script.run(conn)
 
         await _again_after_deadlock("finish", write)
         self._disk.lazy_commit()
@@ -1044,10 +1058,12 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
     async def bury(self, job_id: int, *, error: str, then: Sequence[NewJob] = ()) -> None:
         async def write() -> None:
-            async with self._conn("bury", transaction=True, pipeline=True) as conn:
-                await _lock_heads(conn, [self._held.get(job_id), *(j.key for j in then)])
-                await conn.execute(_BURY, (job_id, self.owner, error))
-                await _insert_jobs(conn, then)
+            script = _Script()
+            _lock_heads(script, [self._held.get(job_id), *(j.key for j in then)])
+            script.add(_BURY, (job_id, self.owner, error))
+            _insert_jobs(script, then)
+            async with self._conn("bury") as conn:
+                await script.run(conn)
 
         try:
             await _again_after_deadlock("bury", write)
@@ -1158,14 +1174,18 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     # -- mapping -------------------------------------------------------------------------
     async def put_conversation(self, record: ConversationRecord) -> None:
         try:
-            async with self._conn("write", transaction=True) as conn:
-                await _upsert_conversations(conn, [record], merge=False)
+            script = _Script()
+            _upsert_conversations(script, [record], merge=False)
+            async with self._conn("write") as conn:
+                await script.run(conn)
         finally:
             self.unwritten.forget([record])
 
     async def put_message(self, record: MessageRecord) -> None:
+        script = _Script()
+        _upsert_messages(script, [record])
         async with self._conn("write") as conn:
-            await _upsert_messages(conn, [record])
+            await script.run(conn)
 
     # -- activity ------------------------------------------------------------------------
     async def recent_conversations(self, scope_id: str, limit: int = 50) -> list[RecentConversation]:

@@ -106,6 +106,16 @@ class TemporaryPostgres:
         shutil.rmtree(self._dir, ignore_errors=True)
         self._dir = None
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id (its postmaster's), while it runs."""
+        if self._dir is None:
+            return None
+        try:
+            return int((self._dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
     def __enter__(self) -> TemporaryPostgres:
         self.start()
         return self
