@@ -24,8 +24,17 @@ from amoconnect.config import parse_config
 from amoconnect.errors import StoreError
 from amoconnect.media import DatabaseMediaStore
 from amoconnect.store import build_store
-from amoconnect.store.base import MessageRecord, NewJob
-from amoconnect.store.postgres import MIGRATIONS, SCHEMA_VERSION, PostgresStore, _Script
+from amoconnect.store.base import Activity, ConversationRecord, MessageRecord, NewJob
+from amoconnect.store.postgres import (
+    _ACTIVITY,
+    _HAS_HEAD,
+    _MERGE_CONVERSATION,
+    _TAKE_OVER_CHAT,
+    _UPSERT_MESSAGE,
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    PostgresStore,
+)
 from amoconnect.testing.stores import fresh_postgres_schema, table_rows
 
 pytestmark = pytest.mark.anyio
@@ -349,7 +358,7 @@ async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and
     pool's connections run as ever. Quotes, backslashes, ``%`` and bytes travel intact."""
     caplog.set_level(logging.WARNING, logger="psycopg")
     async with opened(url, pool_size=2) as store:
-        script = _Script()
+        script = store._script()
         script.add("SELECT txid_current(), set_config('synchronous_commit', 'off', true)")
         script.add("INSERT INTO dedup (key, seen_at) VALUES (%s, 0)", ('it\'s 100% \\ "in"',))
         script.add("SELECT txid_current(), current_setting('synchronous_commit'), %s::bytea", (b"\x00'\\",))
@@ -358,13 +367,13 @@ async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and
             (((one, _),), none, ((same, setting, raw),), empty) = await script.run(conn)
         assert one == same and setting == "off" and none == empty == [] and bytes(raw) == b"\x00'\\"
         assert table_rows_at(url, "SELECT key FROM dedup") == [('it\'s 100% \\ "in"',)]
-        after = _Script()
+        after = store._script()
         after.add("SELECT current_setting('synchronous_commit')")
         async with store._conn("after") as conn:
             assert await after.run(conn) == [[("on",)]]
 
         async def write_then(failing: str) -> None:
-            script = _Script()
+            script = store._script()
             script.add("INSERT INTO dedup (key, seen_at) VALUES ('written', 0)")
             script.add(failing)
             async with store._conn("script") as conn:
@@ -377,6 +386,31 @@ async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and
         assert table_rows_at(url, "SELECT key FROM dedup WHERE key = 'written'") == []
         assert await store.enqueue([job("k")], dedup=["written"])
         assert [j.key for j in await store.claim(10)] == ["k"]
+
+
+async def test_the_statements_of_a_finish_run_prepared_on_every_pooled_connection(url: str) -> None:
+    """A script sends the store's own statements as ``EXECUTE`` of what each pooled connection prepared
+    when the pool opened it: the server plans them once a connection, not at every finish."""
+    async with opened(url, pool_size=2) as store:
+        conversation = ConversationRecord("s", "c1", "main", "chat", "amo", "client", 1.0)
+        for n in range(3):
+            await store.enqueue([job("k")])
+            (claimed,) = await store.claim(10)
+            message = MessageRecord("s", f"m{n}", "c1", "in", f"a{n}")
+            activity = Activity("s", "c1", f"m{n}", "in", "hello", time.time())
+            await store.finish(claimed.id, conversations=[conversation], messages=[message], activity=[activity])
+        async with store._conn("look") as conn:
+            cur = await conn.execute(
+                "SELECT name, generic_plans + custom_plans FROM pg_prepared_statements WHERE name LIKE 'amoconnect%%'"
+            )
+            runs = dict(await cur.fetchall())
+        assert set(runs) == set(store._prepared.values())
+        finish_statements = (store._finish_sql, _TAKE_OVER_CHAT, _MERGE_CONVERSATION, _UPSERT_MESSAGE, _ACTIVITY)
+        assert all(runs[store._prepared[sql]] > 0 for sql in finish_statements), runs
+        script = store._script()
+        script.add(_HAS_HEAD, ("k",))
+        script.add("SELECT 1")
+        assert script._statements == [f"EXECUTE {store._prepared[_HAS_HEAD]}(%s)", "SELECT 1"]
 
 
 async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(url: str) -> None:
