@@ -334,7 +334,7 @@ running whose lease runs out, and the next commit that waits writes it down with
 
 The same statement answers :data:`_DUE_IN` for the heads it did not take (left out by id: it sees them
 as they were before it) in a last row, NULL in the job's columns: one execute, not a pipeline of two
-(measured: 784 -> ~400 Python calls a claim)."""
+(measured: 784 -> 454 Python calls a claim)."""
 _HAS_HEAD = "SELECT EXISTS (SELECT 1 FROM heads WHERE key = %s)"
 """Whether a key has jobs left."""
 _AHEAD = (
