@@ -411,6 +411,17 @@ async def test_the_statements_of_a_finish_run_prepared_on_every_pooled_connectio
         script.add(_HAS_HEAD, ("k",))
         script.add("SELECT 1")
         assert script._statements == [f"EXECUTE {store._prepared[_HAS_HEAD]}(%s)", "SELECT 1"]
+        # psycopg sends DEALLOCATE ALL after a rollback once it prepared statements of its own: a
+        # connection that lost them prepares them again, and the finish runs.
+        for _ in range(3):  # each of the pool's connections, in turn
+            async with store._conn("forget") as conn:
+                await conn.execute("DEALLOCATE ALL")
+        for n in range(3):
+            await store.enqueue([job("k")])
+            (claimed,) = await store.claim(10)
+            message = MessageRecord("s", f"again{n}", "c1", "in", f"b{n}")
+            await store.finish(claimed.id, conversations=[conversation], messages=[message])
+        assert table_rows_at(url, "SELECT count(*) FROM messages WHERE msgid LIKE 'again%%'") == [(3,)]
 
 
 async def test_a_dead_process_s_conversation_is_taken_over_when_its_lease_ends(url: str) -> None:

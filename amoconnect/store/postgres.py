@@ -460,6 +460,15 @@ class _Script:
 
     async def run(self, conn: Conn) -> list[list[tuple[Any, ...]]]:
         """Run the statements; the rows each returned (none for one that returns no rows)."""
+        try:
+            return await self._run(conn)
+        except psycopg.errors.InvalidSqlStatementName:
+            # The connection lost what it prepared: psycopg sends DEALLOCATE ALL after a rollback once
+            # it prepared statements of its own. The script was rolled back whole: prepare, run again.
+            await _prepare(conn, self._prepared)
+            return await self._run(conn)
+
+    async def _run(self, conn: Conn) -> list[list[tuple[Any, ...]]]:
         async with psycopg.AsyncClientCursor(conn) as cur:
             await cur.execute("; ".join(self._statements), self._params)
             results: list[list[tuple[Any, ...]]] = []
@@ -476,9 +485,13 @@ def _numbered(sql: str) -> str:
 
 
 async def _prepare(conn: Conn, prepared: Mapping[str, str]) -> None:
-    """Prepare the statements scripts run (their text: their name) on a new pooled connection."""
+    """Prepare the statements scripts run (their text: their name) on a pooled connection, those it has
+    not prepared yet: on a new one (the pool's ``configure``), and again on one that lost them."""
+    cur = await conn.execute("SELECT name FROM pg_prepared_statements")
+    have = {row[0] for row in await cur.fetchall()}
     for sql, name in prepared.items():
-        await conn.execute(f"PREPARE {name} AS {_numbered(sql)}".encode())
+        if name not in have:
+            await conn.execute(f"PREPARE {name} AS {_numbered(sql)}".encode())
 
 
 def _heads_to_lock(keys: Iterable[str | None]) -> list[str]:
