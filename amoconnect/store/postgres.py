@@ -312,10 +312,9 @@ the dedup key or None, the job's kind, key, payload, scope and delay, the count 
 the payload to notify. psycopg dumps six one-item arrays in Python (measured: 140 more calls an execute)."""
 _TAKEN = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
 """The columns of a :class:`~.base.Job`, as a take returns them."""
-_RUN = (
-    f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-    "WHERE id = ANY (ARRAY (SELECT id FROM c))"
-)
+_RUNNING = f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
+"""Marks jobs running, held by a process under a lease (parameters: owner, lease), ``WHERE`` to follow."""
+_RUN = f"{_RUNNING}WHERE id = ANY (ARRAY (SELECT id FROM c))"
 """Marks the jobs whose ids ``c`` holds running (parameters: owner, lease)."""
 _NEXT_OF_KEY = f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED) {_RUN} RETURNING {_TAKEN}"
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
@@ -338,8 +337,8 @@ as they were before it) in a last row, NULL in the job's columns: one execute, n
 _HAS_HEAD = "SELECT EXISTS (SELECT 1 FROM heads WHERE key = %s)"
 """Whether a key has jobs left."""
 _AHEAD = (
-    f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
-    f"WHERE id IN ({AHEAD_OF_KEY.format(kind='%s', now=_NOW, key='%s', id='%s', limit='%s')}) AND state = 'queued' "
+    f"{_RUNNING}WHERE id IN ({AHEAD_OF_KEY.format(kind='%s', now=_NOW, key='%s', id='%s', limit='%s')}) "
+    "AND state = 'queued' "
     "AND EXISTS (SELECT 1 FROM queue WHERE id = %s AND owner = %s) "
     f"RETURNING {_TAKEN}"
 )
@@ -931,8 +930,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             _insert_jobs(script, then)
             took = script.add(_NEXT_OF_KEY, (key, self.owner, self._lease)) if key is not None else None
             left = script.add(_HAS_HEAD, (held,)) if held is not None else None
-            async with self._conn("finish") as conn:
-                results = await script.run(conn)
+            results = await self._run_script("finish", script)
             if left is None:
                 return [], True
             return (results[took] if took is not None else []), bool(results[left][0][0])
@@ -961,6 +959,11 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
     def _script(self) -> _Script:
         return _Script(self._prepared)
+
+    async def _run_script(self, action: str, script: _Script) -> list[list[tuple[Any, ...]]]:
+        """Run ``script`` (:meth:`_Script.run`) on a pooled connection; its rows, statement by statement."""
+        async with self._conn(action) as conn:
+            return await script.run(conn)
 
     def _finished(self, script: _Script, finishes: Sequence[Finish]) -> None:
         """Finishes' writes, added to ``script``: their jobs out of the queue (while held), their records
@@ -1045,8 +1048,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             script.add(_UNSYNCED)
             _lock_heads(script, (one.key for one in batch))
             self._finished(script, [one.writes for one in batch])
-            async with self._conn("finish") as conn:
-                await script.run(conn)
+            await self._run_script("finish", script)
 
         await _again_after_deadlock("finish", write)
         self._disk.lazy_commit()
@@ -1128,8 +1130,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             _lock_heads(script, [self._held.get(job_id), *(j.key for j in then)])
             script.add(_BURY, (job_id, self.owner, error))
             _insert_jobs(script, then)
-            async with self._conn("bury") as conn:
-                await script.run(conn)
+            await self._run_script("bury", script)
 
         try:
             await _again_after_deadlock("bury", write)
@@ -1242,16 +1243,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         try:
             script = self._script()
             _upsert_conversations(script, [record], merge=False)
-            async with self._conn("write") as conn:
-                await script.run(conn)
+            await self._run_script("write", script)
         finally:
             self.unwritten.forget([record])
 
     async def put_message(self, record: MessageRecord) -> None:
         script = self._script()
         _upsert_messages(script, [record])
-        async with self._conn("write") as conn:
-            await script.run(conn)
+        await self._run_script("write", script)
 
     # -- activity ------------------------------------------------------------------------
     async def recent_conversations(self, scope_id: str, limit: int = 50) -> list[RecentConversation]:
