@@ -147,21 +147,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _stat(path: Path) -> list[str]:
+    """The fields of a ``/proc/<pid>/stat`` (or a thread's) after the command name: ``[1]`` is the
+    parent's pid, ``[11]`` and ``[12]`` the user and system CPU in clock ticks, ``[13]`` and ``[14]``
+    those of the children waited for."""
+    return path.read_text("ascii").rsplit(")", 1)[1].split()
+
+
+def _cpu(fields: list[str]) -> int:
+    """User + system CPU of :func:`_stat`'s fields, in clock ticks."""
+    return int(fields[11]) + int(fields[12])
+
+
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process, of its children that ended (and were waited for) and of those alive: a
     server that forks a process a connection (PostgreSQL), from ``/proc``."""
-    tick = os.sysconf("SC_CLK_TCK")
     total = 0
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text("ascii").rsplit(")", 1)[1].split()
+            fields = _stat(stat)
         except OSError:
             continue  # ended meanwhile
         if stat.parent.name == str(pid):
-            total += sum(int(f) for f in fields[11:15])  # utime, stime, cutime, cstime
+            total += _cpu(fields) + int(fields[13]) + int(fields[14])
         elif fields[1] == str(pid):
-            total += int(fields[11]) + int(fields[12])
-    return total / tick
+            total += _cpu(fields)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Process:
@@ -190,9 +201,7 @@ class Process:
 
     def cpu_seconds(self) -> float:
         """CPU time (user + system, every thread) the process has used so far, from ``/proc``."""
-        with open(f"/proc/{self.popen.pid}/stat", encoding="ascii") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return _cpu(_stat(Path(f"/proc/{self.popen.pid}/stat"))) / os.sysconf("SC_CLK_TCK")
 
     def threads(self) -> dict[str, float]:
         """CPU seconds and context switches (voluntary: it waited; involuntary: it was preempted) of the
@@ -201,12 +210,12 @@ class Process:
         figures = {f"{who}_{what}": 0.0 for who in ("main", "others") for what in ("cpu_s", "voluntary", "involuntary")}
         for task in Path(f"/proc/{self.popen.pid}/task").iterdir():
             try:
-                fields = (task / "stat").read_text("ascii").rsplit(")", 1)[1].split()
+                fields = _stat(task / "stat")
                 status = (task / "status").read_text("ascii")
             except OSError:
                 continue  # a thread that ended meanwhile
             who = "main" if task.name == str(self.popen.pid) else "others"
-            figures[f"{who}_cpu_s"] += (int(fields[11]) + int(fields[12])) / tick
+            figures[f"{who}_cpu_s"] += _cpu(fields) / tick
             for line in status.splitlines():
                 name, _, value = line.partition(":")
                 if name in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):

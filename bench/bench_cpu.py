@@ -125,13 +125,21 @@ def plan(port: int, n: int, tag: str, *, text_bytes: int = 0) -> list[Planned]:
 class Cells:
     """The cells of one system: each sends its plan, waits until amojo has every message, reads the CPU."""
 
-    def __init__(self, server: Server, amojo: Amojo, pool: RawPool, tag: str, calls: str | None = None) -> None:
+    def __init__(
+        self,
+        server: Server,
+        amojo: Amojo,
+        pool: RawPool,
+        tag: str,
+        calls: str | None = None,
+        database: Callable[[], int | None] | None = None,
+    ) -> None:
         self.server, self.amojo, self.pool, self.tag = server, amojo, pool, tag
         self.base = 0
         self.count = 0
         self.calls = calls
         """Count the server's Python calls (:mod:`_calls`; the file template) instead of timing it."""
-        self.database: Callable[[], int | None] | None = None
+        self.database = database
         """The process id of the database server, whose CPU a message is read too (None: no server)."""
 
     def database_cpu(self) -> float | None:
@@ -224,8 +232,8 @@ class System:
         self.server = self.make(self.amojo)
         self.server.start()
         self.pool = RawPool(HOST, self.server.port, 64)
-        self.cells = Cells(self.server, self.amojo, self.pool, f"{self.name[:3]}{int(time.time()) % 100000}-")
-        self.cells.database = self.database
+        tag = f"{self.name[:3]}{int(time.time()) % 100000}-"
+        self.cells = Cells(self.server, self.amojo, self.pool, tag, database=self.database)
         await self.cells.run("warm-up", 400, self._saturate)
         self.cells.calls = self.calls  # counted from the first cell on
 
@@ -268,14 +276,12 @@ class System:
         """Per cell: the median of its rounds' CPU a message (and of their msg/s), every round kept."""
         cells = {}
         for name, rounds in self.results.items():
-            cpu = [r["cpu_ms_per_message"] for r in rounds if r["cpu_ms_per_message"] is not None]
-            rates = [r["messages_per_s"] for r in rounds if r["messages_per_s"] is not None]
             counted = sorted((r["calls"] for r in rounds if r.get("calls")), key=lambda c: c["calls_per_message"])
             cells[name] = {
                 "cell": name,
-                "cpu_ms_per_message": round(statistics.median(cpu), 3) if cpu else None,
+                "cpu_ms_per_message": _median(r["cpu_ms_per_message"] for r in rounds),
                 "calls": counted[len(counted) // 2] if counted else None,
-                "messages_per_s": round(statistics.median(rates), 1) if rates else None,
+                "messages_per_s": _median((r["messages_per_s"] for r in rounds), digits=1),
                 "by_thread_per_message": _medians([r["by_thread_per_message"] for r in rounds]),
                 "database_cpu_ms_per_message": _median(r.get("database_cpu_ms_per_message") for r in rounds),
                 "lost_after_ack": sum(r["lost_after_ack"] for r in rounds),
@@ -285,9 +291,10 @@ class System:
         return {"system": self.name, "cells": cells}
 
 
-def _median(figures: Iterable[float | None]) -> float | None:
+def _median(figures: Iterable[float | None], digits: int = 3) -> float | None:
+    """The median of the figures the rounds have (None: none has one)."""
     present = [f for f in figures if f is not None]
-    return round(statistics.median(present), 3) if present else None
+    return round(statistics.median(present), digits) if present else None
 
 
 def _medians(figures: Sequence[dict[str, float] | None]) -> dict[str, float] | None:
