@@ -22,7 +22,7 @@ import structlog
 
 import amoconnect.store.sqlite as sqlite_module
 from amoconnect.errors import StoreError
-from amoconnect.store.base import MessageRecord, NewJob
+from amoconnect.store.base import ConversationRecord, MessageRecord, NewJob
 from amoconnect.store.sql import NEXT_DUE, Finish
 from amoconnect.store.sqlite import _CLAIM, _SCHEMA, SCHEMA_VERSION, SQLiteStore, _Committer
 
@@ -105,6 +105,43 @@ async def test_a_job_writes_each_table_and_index_it_needs_and_no_other(store: SQ
         ["heads", "heads_due", "queue", "queue_running"],
         ["heads", "queue", "queue_key", "queue_running"],
     ]
+
+
+@pytest.mark.skipif(not _has_dbstat(), reason="maps pages to tables with SQLite's dbstat table")
+async def test_a_known_chat_s_message_merges_its_conversation_without_writing_the_chat_and_amocrm_indexes(
+    store: SQLiteStore,
+) -> None:
+    """The everyday finish merges a record whose chat and amoCRM chat id are the stored ones: the row
+    changes in place. A record that brings an amoCRM chat id, or takes a chat over, writes the indexes."""
+    known = ConversationRecord("scope", "c1", "tg", "100", amocrm_chat_id="amo-1", client_id="u1", last_client_at=1.0)
+    await store.put_conversation(known)
+    wal = anyio.Path(f"{store.path}-wal")
+
+    async def finish_with(record: ConversationRecord) -> list[str]:
+        await store.enqueue([job("k")])
+        (claimed,) = await store.claim(1)
+        since = (await wal.stat()).st_size
+        await store.finish(claimed.id, conversations=[record])
+        return [name for name in _btrees_written(store.path, since) if name.startswith("conversations")]
+
+    # What a message's finish knows: no amoCRM chat id (merged: the stored one stays), a later window.
+    assert await finish_with(ConversationRecord("scope", "c1", "tg", "100", client_id="u1", last_client_at=5.0)) == [
+        "conversations"
+    ]
+    assert await store.conversation_by_chat("tg", "100") == msgspec.structs.replace(known, last_client_at=5.0)
+    assert await finish_with(msgspec.structs.replace(known, amocrm_chat_id="amo-2")) == [
+        "conversations",
+        "conversations_amocrm",
+        "conversations_chat",
+    ]
+    assert await store.conversation_by_amocrm("scope", "amo-2") == msgspec.structs.replace(
+        known, amocrm_chat_id="amo-2", last_client_at=5.0
+    )
+    # Another conversation takes the chat over: the old row goes, the new one holds the chat.
+    other = ConversationRecord("scope", "c2", "tg", "100", client_id="u2")
+    assert "conversations_chat" in await finish_with(other)
+    assert await store.conversation_by_chat("tg", "100") == other
+    assert await store.conversation("scope", "c1") is None
 
 
 def _reads() -> int:

@@ -39,6 +39,7 @@ __all__ = [
     "activity_row",
     "activity_write",
     "conversation",
+    "conversation_merged_in_place",
     "conversation_params",
     "conversation_writes",
     "grouped",
@@ -160,6 +161,34 @@ def conversation_writes(placeholder: str) -> tuple[str, str, str]:
     replace = insert + ", ".join(f"{c} = {value}" for c, value in replaced.items())
     merge = insert + ", ".join(f"{c} = {value}" for c, value in (replaced | _MERGED).items())
     return take_over, replace, merge
+
+
+def conversation_merged_in_place() -> str:
+    """SQLite's update that merges a record into its stored row in place when that leaves the row's
+    indexed columns as they are (its parameters: :func:`conversation_params`' row, as ``?1``..``?8``);
+    it changes no row when they would change or there is no row: then take over and merge.
+
+    :func:`conversation_writes`' merge sets every column, and SQLite rewrites an index entry whenever
+    the ``SET`` names one of its columns, changed or not: a conversation's chat and amoCRM index
+    pages, written again at every message. This update names only the columns no index holds.
+    PostgreSQL needs none of it: an update that changes no indexed value leaves its indexes alone."""
+    columns = CONVERSATION_COLUMNS.split(", ")
+    number = {c: f"?{i}" for i, c in enumerate(columns, start=1)}
+
+    def bound(sql: str) -> str:
+        for column in columns:
+            sql = sql.replace(f"EXCLUDED.{column}", number[column]).replace(f"conversations.{column}", column)
+        return sql
+
+    kept = ("scope_id", "conversation_id", "instance", "chat")
+    assigned = {c: _MERGED.get(c, f"EXCLUDED.{c}") for c in columns if c not in (*kept, "amocrm_chat_id")}
+    return (
+        "UPDATE conversations SET "
+        + ", ".join(f"{c} = {bound(value)}" for c, value in assigned.items())
+        + " WHERE "
+        + " AND ".join(f"{c} = {number[c]}" for c in kept)
+        + f" AND amocrm_chat_id IS {bound(_MERGED['amocrm_chat_id'])}"
+    )
 
 
 def conversation_params(r: ConversationRecord) -> tuple[tuple[Any, ...], tuple[Any, ...]]:

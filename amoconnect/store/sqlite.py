@@ -77,6 +77,7 @@ from .sql import (
     activity_reads,
     activity_row,
     activity_write,
+    conversation_merged_in_place,
     conversation_params,
     conversation_writes,
     grouped,
@@ -259,6 +260,7 @@ _TAKE_ID = _TAKEN + "WHERE id = ?"
 _AHEAD = _TAKEN + f"WHERE id IN ({AHEAD_OF_KEY.format(key='?', id='?', kind='?', now='?', limit='?')}) ORDER BY id"
 """The jobs :meth:`SQLiteStore.take_ahead` takes (parameters: :data:`AHEAD_OF_KEY`'s)."""
 _TAKE_OVER_CHAT, _REPLACE_CONVERSATION, _MERGE_CONVERSATION = conversation_writes("?")
+_MERGE_IN_PLACE = conversation_merged_in_place()
 _ACTIVITY = activity_write("?")
 _GROUPED_ACTIVITY = grouped_activity_write("?")
 _RECENT, _SOURCE_ACTIVITY = activity_reads("?")
@@ -395,9 +397,14 @@ def _fan_out(futures: Sequence[asyncio.Future[None]], together: asyncio.Future[l
 
 
 def _upsert_conversations(conn: sqlite3.Connection, records: Sequence[ConversationRecord], *, merge: bool) -> None:
+    """Write ``records``: each replaces its row, or (``merge``) merges into it, in place when it can
+    (:func:`~.sql.conversation_merged_in_place`: a known chat's message, one statement instead of two
+    and two index pages fewer)."""
     upsert = _MERGE_CONVERSATION if merge else _REPLACE_CONVERSATION
     for record in records:
         take_over, row = conversation_params(record)
+        if merge and conn.execute(_MERGE_IN_PLACE, row).rowcount:
+            continue
         conn.execute(_TAKE_OVER_CHAT, take_over)
         conn.execute(upsert, row)
 
