@@ -679,9 +679,9 @@ async def test_a_durable_commit_is_followed_by_an_fsync_of_the_wal_and_the_conne
 async def test_a_durable_commit_runs_on_the_loop_s_thread_while_commits_are_quick_and_seldom(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Quick durable commits run on the event loop's thread (no hand-off to the store's thread and
-    back), but the loop spends at most a tenth of its time in them, and once commits are slow (a slow
-    disk) they run on the store's thread, where they hold no ack and no send."""
+    """Quick durable commits at everyday rates run on the event loop's thread (no hand-off to the
+    store's thread and back). Commits close together (a busy relay), and commits once they are slow
+    (a slow disk), run on the store's thread, where they hold no ack and no send."""
     here = threading.current_thread().name
     delay = 0.0
     synced: list[str] = []
@@ -699,7 +699,7 @@ async def test_a_durable_commit_runs_on_the_loop_s_thread_while_commits_are_quic
         delay = 0.003
         synced.clear()
         await store.enqueue([job("b1")])
-        await store.enqueue([job("b2")])  # within nine times the first one's time after it
+        await store.enqueue([job("b2")])  # right after the last one
         assert synced == [here, "amoconnect-sqlite"]
         await asyncio.sleep(0.05)
         await store.enqueue([job("b3")])
