@@ -53,11 +53,10 @@ from typing import TypeVar
 import anyio
 import httpx
 import structlog
-from prometheus_client import Counter, Histogram
 
 from .crashpoints import crash_point
 from .errors import MessengerError, RemoteError, StoreError
-from .metrics import Metrics
+from .metrics import Metrics, Observed, Value
 from .precedence import Arrivals
 from .store.base import Activity, ConversationRecord, Job, MessageRecord, NewJob, Store
 
@@ -207,7 +206,7 @@ class Relay:
     """Runs whose jobs are done, putting their finishes on disk (a stop waits for them too)."""
     _log: structlog.typing.FilteringBoundLogger = field(default=log, init=False)
     """``log`` as configured when :meth:`run` started: each job's logger binds its fields to it."""
-    _finished: dict[str, tuple[Counter, Histogram]] = field(default_factory=dict, init=False)
+    _finished: dict[str, tuple[Value, Observed]] = field(default_factory=dict, init=False)
     """The succeeded count and relay latency of each kind."""
 
     def backoff_delay(self, attempts: int) -> float:

@@ -171,9 +171,7 @@ class Runtime:
         return hashlib.sha256(b"amoconnect-media-key\0" + self.config.channel.secret.encode()).hexdigest()
 
     def _finished_jobs(self) -> float:
-        return sum(
-            s.value for m in self.metrics.jobs_succeeded.collect() for s in m.samples if s.name.endswith("_total")
-        )
+        return self.metrics.jobs_succeeded.total()
 
     def _intake_of(self, name: str) -> tuple[Intake, float] | None:
         """What the running adapter of source ``name`` reported of its intake (None: not running here)."""

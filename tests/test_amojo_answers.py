@@ -35,7 +35,7 @@ async def r(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def _retried(r: Rig, kind: str = "inbound") -> float:
-    value: float = r.runtime.metrics.jobs_retried.labels(kind)._value.get()
+    value: float = r.runtime.metrics.jobs_retried.labels(kind).value
     return value
 
 

@@ -127,7 +127,7 @@ async def test_messenger_failure_is_retried_then_succeeds(r: Rig) -> None:
     await r.amojo.emit_text(SCOPE, "lb:c1", "eventually")
     await eventually(lambda: adapter.sent)
     assert adapter.sent[0].text == "eventually"
-    assert r.runtime.metrics.jobs_retried.labels("amocrm")._value.get() == 2
+    assert r.runtime.metrics.jobs_retried.labels("amocrm").value == 2
 
 
 async def test_retries_run_out_then_dead_letter_then_requeue(r: Rig) -> None:
@@ -169,8 +169,8 @@ async def test_the_job_retry_honours_retry_after_when_the_call_attempts_ran_out(
     await r.inbound(message("c1", "1", "later"))
     await eventually(lambda: r.amojo.messages_in("lb:c1"), within=5)
     assert time.monotonic() - started >= 0.8, "the job waited the 429's Retry-After, not its own short backoff"
-    assert r.runtime.metrics.http_retries.labels("amojo")._value.get() == 1
-    assert r.runtime.metrics.jobs_retried.labels("inbound")._value.get() == 1
+    assert r.runtime.metrics.http_retries.labels("amojo").value == 1
+    assert r.runtime.metrics.jobs_retried.labels("inbound").value == 1
 
 
 async def test_amojo_refusal_goes_to_dead_letters(r: Rig) -> None:
@@ -185,8 +185,8 @@ async def test_a_forbidden_scope_is_a_dead_letter_at_once_saying_what_to_do(r: R
     await r.inbound(message("c1", "1"))
     letters = await eventually(lambda: _dead(r))
     assert "HTTP 403" in letters and "amoconnect connect" in letters and "amoconnect jobs retry" in letters
-    assert r.runtime.metrics.jobs_retried.labels("inbound")._value.get() == 0
-    assert r.runtime.metrics.http_retries.labels("amojo")._value.get() == 0
+    assert r.runtime.metrics.jobs_retried.labels("inbound").value == 0
+    assert r.runtime.metrics.http_retries.labels("amojo").value == 0
 
 
 def _dead(r: Rig) -> str:
