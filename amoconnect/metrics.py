@@ -80,10 +80,14 @@ class Family(Generic[S]):
         return series
 
 
-class _Counter(Family[Value]):
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
+class _Values(Family[Value]):
+    """A counter's or a gauge's series."""
+
+    def __init__(self, name: str, documentation: str, *labelnames: str) -> None:
         super().__init__(name, documentation, labelnames, Value)
 
+
+class _Counter(_Values):
     def total(self) -> float:
         """The sum over every set of label values."""
         return sum(series.value for series in self.series.values())
@@ -95,10 +99,7 @@ class _Counter(Family[Value]):
         return family
 
 
-class _Gauge(Family[Value]):
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...]) -> None:
-        super().__init__(name, documentation, labelnames, Value)
-
+class _Gauge(_Values):
     def family(self) -> Metric:
         family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
         for values, series in self.series.items():
@@ -107,7 +108,9 @@ class _Gauge(Family[Value]):
 
 
 class _Histogram(Family[Observed]):
-    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+    def __init__(
+        self, name: str, documentation: str, *labelnames: str, buckets: tuple[float, ...] = _LATENCY_BUCKETS
+    ) -> None:
         bounds = (*buckets, float("inf"))
         super().__init__(name, documentation, labelnames, lambda: Observed(bounds))
         self._les = [floatToGoString(bound) for bound in bounds]  # type: ignore[no-untyped-call]  # untyped upstream
@@ -122,6 +125,9 @@ class _Histogram(Family[Observed]):
             family.add_metric(values, buckets, series.sum)
             family.add_sample(f"{self.name}_created", dict(zip(self.labelnames, values, strict=True)), series.created)
         return family
+
+
+M = TypeVar("M", "_Counter", "_Gauge", "_Histogram")
 
 
 class _Collector:
@@ -142,54 +148,51 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self._collector = _Collector()
         self.registry.register(self._collector)
-        self.webhooks_received = self._counter("amoconnect_webhooks_received", "Webhooks accepted and stored", "source")
-        self.webhooks_refused = self._counter(
-            "amoconnect_webhooks_refused", "Webhooks refused, by reason", "source", "reason"
+        add = self._add
+        self.webhooks_received = add(_Counter("amoconnect_webhooks_received", "Webhooks accepted and stored", "source"))
+        self.webhooks_refused = add(
+            _Counter("amoconnect_webhooks_refused", "Webhooks refused, by reason", "source", "reason")
         )
-        self.webhooks_duplicate = self._counter(
-            "amoconnect_webhooks_duplicate", "Webhooks already seen (acknowledged, not stored again)", "source"
+        self.webhooks_duplicate = add(
+            _Counter(
+                "amoconnect_webhooks_duplicate", "Webhooks already seen (acknowledged, not stored again)", "source"
+            )
         )
-        self.connections_refused = self._counter(
-            "amoconnect_connections_refused",
-            "HTTP connections refused or closed by a guard (max_connections, evicted, header_timeout, ...)",
-            "reason",
+        self.connections_refused = add(
+            _Counter(
+                "amoconnect_connections_refused",
+                "HTTP connections refused or closed by a guard (max_connections, evicted, header_timeout, ...)",
+                "reason",
+            )
         )
-        self.connections_open = self._gauge("amoconnect_connections_open", "HTTP connections open").labels()
-        self.body_memory = self._gauge(
-            "amoconnect_body_memory_bytes", "Bytes of webhook bodies being read or handled"
+        self.connections_open = add(_Gauge("amoconnect_connections_open", "HTTP connections open")).labels()
+        self.body_memory = add(
+            _Gauge("amoconnect_body_memory_bytes", "Bytes of webhook bodies being read or handled")
         ).labels()
-        self.jobs_queued = self._counter("amoconnect_jobs_queued", "Jobs enqueued", "kind")
-        self.jobs_succeeded = self._counter("amoconnect_jobs_succeeded", "Jobs finished", "kind")
-        self.jobs_retried = self._counter("amoconnect_jobs_retried", "Job attempts that will be retried", "kind")
-        self.http_retries = self._counter(
-            "amoconnect_http_retries",
-            "HTTP calls repeated within one job attempt (no answer, 429 or 5xx), by service",
-            "service",
+        self.jobs_queued = add(_Counter("amoconnect_jobs_queued", "Jobs enqueued", "kind"))
+        self.jobs_succeeded = add(_Counter("amoconnect_jobs_succeeded", "Jobs finished", "kind"))
+        self.jobs_retried = add(_Counter("amoconnect_jobs_retried", "Job attempts that will be retried", "kind"))
+        self.http_retries = add(
+            _Counter(
+                "amoconnect_http_retries",
+                "HTTP calls repeated within one job attempt (no answer, 429 or 5xx), by service",
+                "service",
+            )
         )
-        self.jobs_dead = self._counter("amoconnect_jobs_dead", "Jobs moved to the dead letters", "kind")
-        self.queue_depth = self._gauge("amoconnect_queue_depth", "Jobs in the store, by state", "state")
-        self.accounts = self._gauge(
-            "amoconnect_accounts", "Accounts by state (active, needs_reauth, disconnected)", "state"
+        self.jobs_dead = add(_Counter("amoconnect_jobs_dead", "Jobs moved to the dead letters", "kind"))
+        self.queue_depth = add(_Gauge("amoconnect_queue_depth", "Jobs in the store, by state", "state"))
+        self.accounts = add(
+            _Gauge("amoconnect_accounts", "Accounts by state (active, needs_reauth, disconnected)", "state")
         )
-        self.ack_latency = self._histogram(
-            "amoconnect_ack_seconds", "Webhook receipt to durable acknowledgement", "source"
+        self.ack_latency = add(
+            _Histogram("amoconnect_ack_seconds", "Webhook receipt to durable acknowledgement", "source")
         )
-        self.relay_latency = self._histogram(
-            "amoconnect_relay_seconds", "Webhook receipt to delivery on the other side", "kind"
+        self.relay_latency = add(
+            _Histogram("amoconnect_relay_seconds", "Webhook receipt to delivery on the other side", "kind")
         )
 
-    def _counter(self, name: str, documentation: str, *labelnames: str) -> _Counter:
-        metric = _Counter(name, documentation, labelnames)
-        self._collector.metrics.append(metric)
-        return metric
-
-    def _gauge(self, name: str, documentation: str, *labelnames: str) -> _Gauge:
-        metric = _Gauge(name, documentation, labelnames)
-        self._collector.metrics.append(metric)
-        return metric
-
-    def _histogram(self, name: str, documentation: str, *labelnames: str) -> _Histogram:
-        metric = _Histogram(name, documentation, labelnames, _LATENCY_BUCKETS)
+    def _add(self, metric: M) -> M:
+        """``metric``, rendered at each scrape from now on."""
         self._collector.metrics.append(metric)
         return metric
 
