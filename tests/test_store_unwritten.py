@@ -3,8 +3,15 @@ while the read was under way, and a pipelined chat's known row (``amoconnect/sto
 
 from __future__ import annotations
 
+import random
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import msgspec
 import pytest
 
+from amoconnect.store import unwritten as unwritten_module
 from amoconnect.store.base import ConversationRecord, MessageRecord
 from amoconnect.store.unwritten import Unwritten
 
@@ -103,4 +110,79 @@ def test_the_held_records_a_lookup_applies_follow_every_add_commit_and_drop() ->
     tokens = [unwritten.add([ConversationRecord("scope", f"c{i}", "inst", f"chat-{i}")], []) for i in range(100)]
     for token in tokens:
         unwritten.committed(token)
-    assert not unwritten and not unwritten._chats
+    assert not unwritten and not unwritten._held_by
+
+
+class _Scanning(Unwritten):
+    """What :class:`Unwritten` indexes, found by scanning every held record and known row at each call."""
+
+    def conversation_ids(self, match: tuple[str, str], by: str, since: Sequence[Any] = ()) -> list[tuple[str, str]]:
+        found = (c for c in self._conversations(since) if unwritten_module._pair(c, by) == match)
+        return list(dict.fromkeys((c.scope_id, c.conversation_id) for c in found))
+
+    def _touched(self, record: ConversationRecord) -> list[tuple[str, str]]:
+        chat = (record.instance, record.chat)
+        same = unwritten_module._same
+        return [known for known, row in self._known.items() if known == chat or same(row.record, record)]
+
+    def _waiting(self, chat: tuple[str, str]) -> bool:
+        return any((c.instance, c.chat) == chat for c in self._held()[0])
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_indexes_answer_as_a_scan_of_every_record_would(seed: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Random adds, commits, drops, forgets and reads with known rows kept, over a few chats that
+    conversations take over from one another: every lookup answers as the scans would."""
+    rng = random.Random(seed)
+    clock = [0.0]
+    monkeypatch.setattr(unwritten_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    chats = [("inst", f"chat-{n}") for n in range(3)]
+    ids = [("scope", f"conv-{n}") for n in range(3)]
+
+    def record() -> ConversationRecord:
+        scope, conversation = rng.choice(ids)
+        amocrm = rng.choice([None, "amo-1", "amo-2"])
+        return ConversationRecord(scope, conversation, *rng.choice(chats), amocrm, last_client_at=clock[0])
+
+    stores = (Unwritten(), _Scanning())
+    tokens: list[tuple[object, object]] = []
+
+    def step() -> None:
+        clock[0] += rng.choice([0.0, 0.01, 0.3])
+        action = rng.random()
+        if action < 0.4 or not tokens:
+            records = [record() for _ in range(rng.randint(0, 2))]
+            tokens.append((stores[0].add(records, []), stores[1].add(records, [])))
+        elif action < 0.7:
+            pair = tokens.pop(rng.randrange(len(tokens)))
+            for store, token in zip(stores, pair, strict=True):
+                store.committed(token)
+        elif action < 0.85:
+            pair = tokens.pop(rng.randrange(len(tokens)))
+            for store, token in zip(stores, pair, strict=True):
+                store.drop(token)
+        else:
+            forgotten = None if rng.random() < 0.2 else [record()]
+            for store in stores:
+                store.forget(forgotten)
+
+    for _ in range(60):
+        chat = rng.choice(chats)
+        found = record()
+        with stores[0].reading() as first, stores[1].reading() as second:
+            for _ in range(rng.randint(0, 3)):
+                step()
+            row = msgspec.structs.replace(found, instance=chat[0], chat=chat[1])
+            stores[0].keep(chat, first, row)
+            stores[1].keep(chat, second, row)
+        step()
+        for chat in chats:
+            assert stores[0].known(chat) == stores[1].known(chat)
+            assert set(stores[0].conversation_ids(chat, "chat")) == set(stores[1].conversation_ids(chat, "chat"))
+        for amocrm in ("amo-1", "amo-2"):
+            match = ("scope", amocrm)
+            assert set(stores[0].conversation_ids(match, "amocrm")) == set(stores[1].conversation_ids(match, "amocrm"))
+        for scope, conversation in ids:
+            assert stores[0].conversation(None, scope_id=scope, conversation_id=conversation) == stores[1].conversation(
+                None, scope_id=scope, conversation_id=conversation
+            )

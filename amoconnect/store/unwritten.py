@@ -27,7 +27,6 @@ message carries it), and the row is read again at the latest ``FRESH`` seconds l
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -84,17 +83,32 @@ class _Known:
     """When the read it came from started (``time.monotonic``)."""
 
 
+_Pair = tuple[str, str | None]
+"""A pair a lookup matches conversations by: instance and chat, or scope and amoCRM's chat id."""
+_Id = tuple[str, str]
+"""A conversation's scope and our id."""
+
+
 @dataclass
 class Unwritten:
-    """The records of the writes accepted and not committed yet, oldest first, and the known rows."""
+    """The records of the writes accepted and not committed yet, oldest first, and the known rows.
+
+    Both are indexed, so that a lookup costs the same however many finishes wait (a busy PostgreSQL
+    store holds dozens): the held conversations by the pairs lookups match them by, the known rows by
+    their conversation."""
 
     _batches: list[_Batch] = field(default_factory=list)
     _reads: list[Read] = field(default_factory=list)
     _known: dict[tuple[str, str], _Known] = field(default_factory=dict)
+    _known_chats: dict[_Id, set[tuple[str, str]]] = field(default_factory=dict)
+    """The chats whose known rows are a conversation's (one, unless another writer moved it meanwhile)."""
+    _pruned_at: float = 0.0
+    """When :meth:`keep` last dropped the known rows past :data:`FRESH`."""
     _epoch: int = 0
     """Counts :meth:`forget`: a read that started before one is not kept as a known row."""
-    _chats: collections.Counter[tuple[str, str]] = field(default_factory=collections.Counter)
-    """The chats (instance, chat) of the held conversation records, with how many records each."""
+    _held_by: dict[tuple[str, _Pair], dict[_Id, int]] = field(default_factory=dict)
+    """The held conversation records by ``("chat", (instance, chat))`` and ``("amocrm", (scope, amoCRM's
+    chat id))``: their conversations, with how many records each, in the order they came."""
     _flat: tuple[list[ConversationRecord], list[MessageRecord]] | None = None
     """The held records, oldest first, while no batch was added or taken since (every lookup reads them)."""
 
@@ -106,9 +120,24 @@ class Unwritten:
         batch = _Batch(tuple(conversations), tuple(messages))
         if batch.conversations or batch.messages:
             self._batches.append(batch)
-            self._chats.update((c.instance, c.chat) for c in batch.conversations)
+            self._count(batch, 1)
             self._flat = None
         return batch
+
+    def _count(self, batch: _Batch, step: int) -> None:
+        """Count ``batch``'s conversation records in :attr:`_held_by` (``step``: 1) or out of it (-1)."""
+        for record in batch.conversations:
+            conversation = (record.scope_id, record.conversation_id)
+            for by in _BY:
+                key = (by, _pair(record, by))
+                counts = self._held_by.setdefault(key, {})
+                left = counts.get(conversation, 0) + step
+                if left:
+                    counts[conversation] = left
+                else:
+                    del counts[conversation]
+                    if not counts:
+                        del self._held_by[key]
 
     def committed(self, token: object) -> None:
         """The records of ``token`` are in the database: the reads under way apply them, the known rows
@@ -133,11 +162,7 @@ class Unwritten:
         for i, batch in enumerate(self._batches):
             if batch is token:
                 del self._batches[i]
-                for c in batch.conversations:
-                    chat = (c.instance, c.chat)
-                    self._chats[chat] -= 1
-                    if not self._chats[chat]:
-                        del self._chats[chat]
+                self._count(batch, -1)
                 self._flat = None
                 return True
         return False
@@ -149,11 +174,11 @@ class Unwritten:
         self._epoch += 1
         if records is None:
             self._known.clear()
+            self._known_chats.clear()
             return
         for record in records:
-            for chat, known in list(self._known.items()):
-                if chat == (record.instance, record.chat) or _same(known.record, record):
-                    del self._known[chat]
+            for chat in self._touched(record):
+                self._unknow(chat)
 
     def known(self, chat: tuple[str, str]) -> ConversationRecord | None:
         """The conversation of ``chat`` (instance, chat) as stored, without a read: while records of the chat
@@ -162,7 +187,7 @@ class Unwritten:
         if found is None:
             return None
         if time.monotonic() - found.read_at > FRESH or not self._waiting(chat):
-            del self._known[chat]
+            self._unknow(chat)
             return None
         return found.record
 
@@ -172,26 +197,49 @@ class Unwritten:
         the read began."""
         if row is None or read.epoch != self._epoch or not self._waiting(chat):
             return
-        stale = time.monotonic() - FRESH
-        for key in [key for key, known in self._known.items() if known.read_at < stale]:
-            del self._known[key]  # chats whose pipelines ended: no lookup of theirs came to drop them
+        now = time.monotonic()
+        if now - self._pruned_at > FRESH / 2:  # chats whose pipelines ended: no lookup of theirs came to drop them
+            self._pruned_at = now
+            for key in [key for key, known in self._known.items() if known.read_at < now - FRESH]:
+                self._unknow(key)
         for batch in read.since:
             for record in batch.conversations:
                 folded = _folded(chat, row, record)
                 if folded is None:
                     return
                 row = folded
+        self._unknow(chat)
         self._known[chat] = _Known(row, read.started)
+        self._known_chats.setdefault((row.scope_id, row.conversation_id), set()).add(chat)
+
+    def _unknow(self, chat: tuple[str, str]) -> None:
+        known = self._known.pop(chat, None)
+        if known is None:
+            return
+        conversation = (known.record.scope_id, known.record.conversation_id)
+        chats = self._known_chats[conversation]
+        chats.discard(chat)
+        if not chats:
+            del self._known_chats[conversation]
+
+    def _touched(self, record: ConversationRecord) -> list[tuple[str, str]]:
+        """The chats whose known rows ``record`` may change: its chat's, and its conversation's."""
+        chat = (record.instance, record.chat)
+        others = self._known_chats.get((record.scope_id, record.conversation_id))
+        return [chat, *(c for c in others if c != chat)] if others else [chat]
 
     def _waiting(self, chat: tuple[str, str]) -> bool:
-        return self._chats[chat] > 0
+        return ("chat", chat) in self._held_by
 
     def _fold(self, record: ConversationRecord) -> None:
         """A committed record into the known rows."""
-        for chat, known in list(self._known.items()):
+        for chat in self._touched(record):
+            known = self._known.get(chat)
+            if known is None:
+                continue
             folded = _folded(chat, known.record, record)
             if folded is None:
-                del self._known[chat]
+                self._unknow(chat)
             else:
                 known.record = folded
 
@@ -242,7 +290,9 @@ class Unwritten:
     def conversation_ids(self, match: tuple[str, str], by: str, since: Sequence[_Batch] = ()) -> list[tuple[str, str]]:
         """Scope and our id of the held conversations whose ``by`` pair (``"chat"``: instance and chat;
         ``"amocrm"``: scope and amoCRM's chat id) is ``match``."""
-        found = [(c.scope_id, c.conversation_id) for c in self._conversations(since) if _pair(c, by) == match]
+        committed = (c for batch in since for c in batch.conversations)
+        found = [(c.scope_id, c.conversation_id) for c in committed if _pair(c, by) == match]
+        found.extend(self._held_by.get((by, match), ()))
         return list(dict.fromkeys(found))
 
     def message(
@@ -274,7 +324,10 @@ def _same(a: ConversationRecord, b: ConversationRecord) -> bool:
     return (a.scope_id, a.conversation_id) == (b.scope_id, b.conversation_id)
 
 
-def _pair(record: ConversationRecord, by: str) -> tuple[str | None, ...]:
+_BY = ("chat", "amocrm")
+
+
+def _pair(record: ConversationRecord, by: str) -> _Pair:
     """The pair of ``record`` a lookup ``by`` chat or by amoCRM's chat id matches."""
     return (record.instance, record.chat) if by == "chat" else (record.scope_id, record.amocrm_chat_id)
 
