@@ -70,6 +70,27 @@ def test_a_known_row_takes_in_commits_and_is_forgotten_when_it_may_differ() -> N
     assert unwritten.known(CHAT) is None
 
 
+def test_a_read_keeps_its_row_unless_its_own_chat_or_conversation_was_forgotten_meanwhile() -> None:
+    """A busy store forgets the rows of the conversations it finished a moment ago, many times during any
+    read: only what a forget could have changed of the read's row keeps it from being known."""
+    unwritten = Unwritten()
+    unwritten.add([later(10.0)], [])
+    other = ConversationRecord("scope", "conv-b", "inst", "chat-b")
+    with unwritten.reading() as read:
+        unwritten.forget([other])
+        unwritten.keep(CHAT, read, ROW)
+    assert unwritten.known(CHAT) == ROW
+    for forgotten in (
+        ConversationRecord("scope", "conv-b", "inst", "chat-a"),  # another conversation took the chat over
+        ConversationRecord("scope", "conv-a", "inst", "chat-c"),  # the conversation moved to another chat
+    ):
+        unwritten.forget()
+        with unwritten.reading() as read:
+            unwritten.forget([forgotten])
+            unwritten.keep(CHAT, read, ROW)
+        assert unwritten.known(CHAT) is None, forgotten
+
+
 def test_known_rows_of_chats_no_longer_looked_up_go_once_they_are_old(monkeypatch: pytest.MonkeyPatch) -> None:
     from amoconnect.store import unwritten as module
 

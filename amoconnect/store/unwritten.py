@@ -69,11 +69,13 @@ class _Batch:
 
 @dataclass
 class Read:
-    """A lookup's read under way: the batches committed meanwhile (:meth:`Unwritten.reading`)."""
+    """A lookup's read under way: the batches committed meanwhile, and the conversations this process wrote
+    otherwise meanwhile (:meth:`Unwritten.reading`, :meth:`Unwritten.forget`)."""
 
     epoch: int
     started: float
     since: list[_Batch] = field(default_factory=list)
+    forgotten: list[ConversationRecord] = field(default_factory=list)
 
 
 @dataclass
@@ -105,7 +107,7 @@ class Unwritten:
     _pruned_at: float = 0.0
     """When :meth:`keep` last dropped the known rows past :data:`FRESH`."""
     _epoch: int = 0
-    """Counts :meth:`forget`: a read that started before one is not kept as a known row."""
+    """Counts :meth:`forget` of all: a read that started before one is not kept as a known row."""
     _held_by: dict[tuple[str, _Pair], dict[_Id, int]] = field(default_factory=dict)
     """The held conversation records by ``("chat", (instance, chat))`` and ``("amocrm", (scope, amoCRM's
     chat id))``: their conversations, with how many records each, in the order they came."""
@@ -170,12 +172,16 @@ class Unwritten:
     # -- known rows ----------------------------------------------------------------------
     def forget(self, records: Iterable[ConversationRecord] | None = None) -> None:
         """This process wrote these conversations otherwise (all: None, or another process may have taken
-        a job over): the known rows of their chats and ids are read again."""
-        self._epoch += 1
+        a job over): the known rows of their chats and ids are read again, and a read under way keeps none
+        of them (of all: none at all)."""
         if records is None:
+            self._epoch += 1
             self._known.clear()
             self._known_chats.clear()
             return
+        records = list(records)
+        for read in self._reads:
+            read.forgotten.extend(records)
         for record in records:
             for chat in self._touched(record):
                 self._unknow(chat)
@@ -193,9 +199,11 @@ class Unwritten:
 
     def keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord | None) -> None:
         """Keep the row a read by ``chat`` found, with the batches committed meanwhile folded in, as the
-        chat's known row: while records of the chat wait here, and unless something was forgotten since
-        the read began."""
+        chat's known row: while records of the chat wait here, and unless the chat or the row's conversation
+        was forgotten since the read began (a finish of other conversations meanwhile leaves it be)."""
         if row is None or read.epoch != self._epoch or not self._waiting(chat):
+            return
+        if any((r.instance, r.chat) == chat or _same(r, row) for r in read.forgotten):
             return
         now = time.monotonic()
         if now - self._pruned_at > FRESH / 2:  # chats whose pipelines ended: no lookup of theirs came to drop them
