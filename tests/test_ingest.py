@@ -250,3 +250,21 @@ async def test_a_webhook_is_counted_as_arriving_until_it_is_answered(r: Rig, mon
     assert seen == [1, 1]
     assert (await post_hook(r, body, signature="0" * 40)).status_code == 401
     assert r.runtime.arrivals.count == 0
+
+
+async def test_an_inbound_job_names_its_chat_for_the_store_to_bring_its_conversation(
+    r: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler of an inbound job looks its conversation up by the messenger chat: the job says which
+    (:attr:`NewJob.chat`), so that a store may read it with the job (PostgreSQL's claims do)."""
+    jobs: list[Any] = []
+    real = r.runtime.store.enqueue
+
+    async def enqueue(new: Any, **options: Any) -> bool:
+        jobs.extend(new)
+        return await real(new, **options)
+
+    monkeypatch.setattr(r.runtime.store, "enqueue", enqueue)
+    assert (await r.inbound(message("c1", "1"))).status_code == 200
+    (job,) = jobs
+    assert (job.kind, job.chat) == ("inbound", ("lb", "c1"))

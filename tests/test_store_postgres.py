@@ -13,6 +13,7 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import psycopg
 import pytest
 import tomli_w
@@ -345,6 +346,49 @@ async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_roun
         (claimed,) = await store.claim(10)
         assert claimed.key == "now"
         assert 3 < (await store.next_due_in() or 0) <= 5 and len(looks) == 2
+
+
+async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_without_a_read(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job enqueued with its chat (an inbound message, whichever way it was enqueued) is claimed with
+    its conversation: the handler's lookup by the chat reads nothing. The row answers that one lookup; a
+    write of this process to the conversation meanwhile, or a job without a chat, reads the database."""
+    record = ConversationRecord("scope", "conv-1", "inst", "chat-1", "amo-1", "client-1", 5.0)
+    async with opened(url) as store:
+        await store.put_conversation(record)
+        reads: list[str] = []
+        real = store._one
+
+        async def one(sql: str, params: Any = ()) -> Any:
+            reads.append(sql)
+            return await real(sql, params)
+
+        monkeypatch.setattr(store, "_one", one)
+        chat = ("inst", "chat-1")
+        inbound = NewJob("inbound", "inst|chat-1", b"x", "scope", chat=chat)
+        await store.enqueue([inbound])
+        (claimed,) = await store.claim(10)
+        assert await store.conversation_by_chat(*chat) == record and reads == []
+        assert await store.conversation_by_chat(*chat) == record and len(reads) == 1  # one lookup only
+        await store.finish(claimed.id)
+
+        # Several jobs in one enqueue (their chats in arrays), a follow-up of a finish (a script's insert).
+        await store.enqueue([inbound, NewJob("inbound", "inst|chat-2", b"x", "scope", chat=("inst", "chat-2"))])
+        first, second = await store.claim(10)
+        assert await store.conversation_by_chat(*chat) == record and len(reads) == 1
+        assert await store.conversation_by_chat("inst", "chat-2") is None and len(reads) == 2  # none to bring
+        await store.finish(second.id)
+        await store.finish(first.id, then=[inbound])
+        (follow_up,) = await store.claim(10)
+        moved = msgspec.structs.replace(record, amocrm_chat_id="amo-2")
+        await store.put_conversation(moved)  # written since the claim: the row it brought is not used
+        assert await store.conversation_by_chat(*chat) == moved and len(reads) == 3
+        await store.finish(follow_up.id)
+
+        await store.enqueue([job("inst|chat-1")])  # no chat given: nothing brought
+        await store.claim(10)
+        assert await store.conversation_by_chat(*chat) == moved and len(reads) == 4
 
 
 async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and_hands_its_connection_back_idle(

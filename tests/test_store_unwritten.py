@@ -91,6 +91,20 @@ def test_a_read_keeps_its_row_unless_its_own_chat_or_conversation_was_forgotten_
         assert unwritten.known(CHAT) is None, forgotten
 
 
+def test_a_row_read_with_a_claimed_job_answers_one_lookup_of_its_chat() -> None:
+    """No record of the chat need wait (a lone job): the row was read as the job was claimed, for that
+    job's lookup; a write of the conversation meanwhile, or a second lookup, reads the database."""
+    unwritten = Unwritten()
+    with unwritten.reading() as read:
+        unwritten.claimed(CHAT, read, ROW)
+    assert unwritten.known(CHAT) == ROW
+    assert unwritten.known(CHAT) is None
+    with unwritten.reading() as read:
+        unwritten.claimed(CHAT, read, ROW)
+    unwritten.forget([ROW])
+    assert unwritten.known(CHAT) is None
+
+
 def test_known_rows_of_chats_no_longer_looked_up_go_once_they_are_old(monkeypatch: pytest.MonkeyPatch) -> None:
     from amoconnect.store import unwritten as module
 
@@ -194,8 +208,9 @@ def test_the_indexes_answer_as_a_scan_of_every_record_would(seed: int, monkeypat
             for _ in range(rng.randint(0, 3)):
                 step()
             row = msgspec.structs.replace(found, instance=chat[0], chat=chat[1])
-            stores[0].keep(chat, first, row)
-            stores[1].keep(chat, second, row)
+            claimed = rng.random() < 0.3  # read with a job of the chat as it was claimed
+            for store, read in zip(stores, (first, second), strict=True):
+                (store.claimed if claimed else store.keep)(chat, read, row)
         step()
         for chat in chats:
             assert stores[0].known(chat) == stores[1].known(chat)

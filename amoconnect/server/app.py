@@ -204,6 +204,7 @@ async def enqueue_inbound(
             job_key(instance.name, event.chat),
             msgspec.json.encode(InboundJob(instance.name, event)),
             instance.scope_id,
+            chat=(instance.name, event.chat),
         )
         if await store.enqueue([job], dedup=[f"{instance.name}:{event.dedup_key}"]):
             new += 1

@@ -50,6 +50,10 @@ class NewJob(msgspec.Struct, frozen=True):
     """The amoCRM connection the job belongs to, for logs, metrics and purges."""
     delay: float = 0.0
     """Seconds from now before the job may run."""
+    chat: tuple[str, str] | None = None
+    """The messenger chat (instance, chat) whose conversation the job's handler looks up
+    (:meth:`Store.conversation_by_chat`): a store may read that conversation with the job when it is
+    claimed and answer the handler's lookup without another read (PostgreSQL does)."""
 
 
 class Job(msgspec.Struct, frozen=True):

@@ -71,6 +71,7 @@ from .sql import (
     ACTIVITY_SCHEMA,
     AHEAD_OF_KEY,
     CLAIMABLE,
+    CONVERSATION_COLUMNS,
     HEAD_CLAIMED,
     HEADS_TABLE,
     MESSAGE_COLUMNS,
@@ -82,6 +83,7 @@ from .sql import (
     activity_reads,
     activity_row,
     activity_write,
+    conversation,
     conversation_params,
     conversation_writes,
     grouped,
@@ -272,14 +274,16 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 11: an account's dead letters found without reading every other account's
     "CREATE INDEX dead_scope ON dead (scope_id, id);",
+    # 12: the chat whose conversation a job's handler looks up, read with the job when it is claimed
+    "ALTER TABLE queue ADD COLUMN chat_instance TEXT, ADD COLUMN chat TEXT;",
 )
 """The schema, one script per version; version N is ``MIGRATIONS[N - 1]``. Never edit a released one."""
 
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _INSERT_JOB = (
-    f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
-    f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW})"
+    f"INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at, chat_instance, chat) "
+    f"VALUES (%s, %s, %s, %s, {_NOW} + %s, {_NOW}, %s, %s)"
 )
 _ENQUEUED = (
     "SELECT (SELECT count(*) FROM fresh), "
@@ -291,10 +295,10 @@ when jobs did, delivered at its commit with no round trip of its own (parameters
 _ENQUEUE = (
     "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
     f"SELECT k, {_NOW} FROM unnest(%s::text[]) AS k ON CONFLICT DO NOTHING RETURNING 1), "
-    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
-    f"SELECT kind, key, payload, scope_id, {_NOW} + delay, {_NOW} "
-    "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[]) "
-    "AS j(kind, key, payload, scope_id, delay) "
+    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at, chat_instance, chat) "
+    f"SELECT kind, key, payload, scope_id, {_NOW} + delay, {_NOW}, chat_instance, chat "
+    "FROM unnest(%s::text[], %s::text[], %s::bytea[], %s::text[], %s::float8[], %s::text[], %s::text[]) "
+    "AS j(kind, key, payload, scope_id, delay, chat_instance, chat) "
     "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) " + _ENQUEUED
 )
 """The dedup keys are new and the jobs go in, or no job is written (the caller rolls
@@ -303,15 +307,16 @@ count of keys, the channel, the payload)."""
 _ENQUEUE_ONE = (
     "WITH fresh AS (INSERT INTO dedup (key, seen_at) "
     f"SELECT k, {_NOW} FROM (SELECT %s::text AS k) AS d WHERE k IS NOT NULL ON CONFLICT DO NOTHING RETURNING 1), "
-    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at) "
-    f"SELECT %s::text, %s::text, %s::bytea, %s::text, {_NOW} + %s::float8, {_NOW} "
+    "added AS (INSERT INTO queue (kind, key, payload, scope_id, next_run, created_at, chat_instance, chat) "
+    f"SELECT %s::text, %s::text, %s::bytea, %s::text, {_NOW} + %s::float8, {_NOW}, %s::text, %s::text "
     "WHERE (SELECT count(*) FROM fresh) = %s RETURNING 1) " + _ENQUEUED
 )
 """:data:`_ENQUEUE` for one job and at most one dedup key (an everyday webhook), in scalar parameters:
-the dedup key or None, the job's kind, key, payload, scope and delay, the count of keys, the channel and
+the dedup key or None, the job's kind, key, payload, scope, delay and chat, the count of keys, the channel and
 the payload to notify. psycopg dumps six one-item arrays in Python (measured: 140 more calls an execute)."""
 _TAKEN = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
 """The columns of a :class:`~.base.Job`, as a take returns them."""
+_JOB_FIELDS = len(_TAKEN.split(", "))
 _RUNNING = f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
 """Marks jobs running, held by a process under a lease (parameters: owner, lease), ``WHERE`` to follow."""
 _RUN = f"{_RUNNING}WHERE id = ANY (ARRAY (SELECT id FROM c))"
@@ -320,14 +325,19 @@ _NEXT_OF_KEY = f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE 
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
 _DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
 """Seconds until the next job is due (negative: due already; NULL: none queued)."""
+_CLAIMED = [f"t.{column}" for column in _TAKEN.split(", ")] + [f"v.{c}" for c in CONVERSATION_COLUMNS.split(", ")]
 _CLAIM = (
     f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED), "
-    f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' RETURNING {_TAKEN}) "
-    f"SELECT {_TAKEN}, NULL FROM t UNION ALL SELECT {', '.join(['NULL'] * len(_TAKEN.split(', ')))}, "
+    f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' "
+    f"RETURNING {_TAKEN}, chat_instance, chat) "
+    f"SELECT {', '.join(_CLAIMED)}, NULL FROM t "
+    "LEFT JOIN conversations AS v ON v.instance = t.chat_instance AND v.chat = t.chat "
+    f"UNION ALL SELECT {', '.join(['NULL'] * len(_CLAIMED))}, "
     f"({NEXT_DUE} AND id <> ALL (ARRAY (SELECT id FROM c))) - {_NOW}"
 )
 """Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
-``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs).
+``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs),
+each with the conversation of its chat (:attr:`~.base.NewJob.chat`), NULLs when there is none.
 Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
 running whose lease runs out, and the next commit that waits writes it down with everything before it.
 
@@ -507,7 +517,7 @@ def _lock_heads(script: _Script, keys: Iterable[str | None]) -> None:
 
 def _insert_jobs(script: _Script, jobs: Sequence[NewJob]) -> None:
     for j in jobs:
-        script.add(_INSERT_JOB, (j.kind, j.key, j.payload, j.scope_id, j.delay))
+        script.add(_INSERT_JOB, (j.kind, j.key, j.payload, j.scope_id, j.delay, *(j.chat or (None, None))))
 
 
 def _upsert_conversations(script: _Script, records: Sequence[ConversationRecord], *, merge: bool) -> None:
@@ -854,7 +864,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             async with self._conn("enqueue", transaction=len(keys) > 1 or several) as conn:
                 if len(jobs) == 1 and len(keys) <= 1:
                     (one,) = jobs
-                    scalars = (one.kind, one.key, one.payload, one.scope_id, float(one.delay))
+                    chat = one.chat or (None, None)
+                    scalars = (one.kind, one.key, one.payload, one.scope_id, float(one.delay), *chat)
                     cur = await conn.execute(
                         _ENQUEUE_ONE, (keys[0] if keys else None, *scalars, len(keys), _CHANNEL, self.owner)
                     )
@@ -870,6 +881,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                             [j.payload for j in jobs],
                             [j.scope_id for j in jobs],
                             [float(j.delay) for j in jobs],
+                            [j.chat[0] if j.chat else None for j in jobs],
+                            [j.chat[1] if j.chat else None for j in jobs],
                             len(keys),
                             _CHANNEL,
                             self.owner,
@@ -896,12 +909,20 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
     async def claim(self, limit: int) -> list[Job]:
         """Also looks, in the same round trip, for when the next job will be due: a claim that comes back
         short is followed by :meth:`next_due_in` (a round trip of its own cost as much as the claim's)."""
-        async with self._conn("claim") as conn:
-            cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
-            rows = await cur.fetchall()
+        with self.unwritten.reading() as read:
+            async with self._conn("claim") as conn:
+                cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
+                rows = await cur.fetchall()
+            jobs = []
+            for row in rows:
+                if row[0] is None:
+                    continue
+                jobs.append(Job(*row[:_JOB_FIELDS]))
+                found = conversation(row[_JOB_FIELDS:-1]) if row[_JOB_FIELDS] is not None else None
+                if found is not None:  # the handler's lookup of it reads nothing (Unwritten.claimed)
+                    self.unwritten.claimed((found.instance, found.chat), read, found)
         due = next((row[-1] for row in rows if row[0] is None), None)
         self._due = (None if due is None else float(due), time.monotonic())
-        jobs = [Job(*row[:-1]) for row in rows if row[0] is not None]
         jobs.sort(key=lambda job: job.id)
         self._held.update((job.id, job.key) for job in jobs)
         return jobs

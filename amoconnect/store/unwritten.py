@@ -23,6 +23,10 @@ chat id, the CLI linking a chat, another conversation taking the chat over. What
 last ``FRESH`` seconds may be missed, as a lookup that raced them would miss it; a job's records
 are merged, not put (a known chat id stays unless the job has one, and amojo's answer to each
 message carries it), and the row is read again at the latest ``FRESH`` seconds later.
+
+**Claimed rows.** A store that reads a job's conversation with the job as it claims it (PostgreSQL,
+:attr:`~amoconnect.store.base.NewJob.chat`) keeps that row for the job's own lookup: one lookup, by
+the same rules (:meth:`Unwritten.claimed`), whether or not records of the chat wait here.
 """
 
 from __future__ import annotations
@@ -83,6 +87,8 @@ class _Known:
     record: ConversationRecord
     read_at: float
     """When the read it came from started (``time.monotonic``)."""
+    claimed: bool = False
+    """Read with a job as it was claimed (:meth:`Unwritten.claimed`): it answers one lookup."""
 
 
 _Pair = tuple[str, str | None]
@@ -192,16 +198,27 @@ class Unwritten:
         found = self._known.get(chat)
         if found is None:
             return None
-        if time.monotonic() - found.read_at > FRESH or not self._waiting(chat):
+        if time.monotonic() - found.read_at > FRESH or not (found.claimed or self._waiting(chat)):
             self._unknow(chat)
             return None
+        if found.claimed:
+            self._unknow(chat)
         return found.record
 
     def keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord | None) -> None:
         """Keep the row a read by ``chat`` found, with the batches committed meanwhile folded in, as the
         chat's known row: while records of the chat wait here, and unless the chat or the row's conversation
         was forgotten since the read began (a finish of other conversations meanwhile leaves it be)."""
-        if row is None or read.epoch != self._epoch or not self._waiting(chat):
+        if row is not None and self._waiting(chat):
+            self._keep(chat, read, row, claimed=False)
+
+    def claimed(self, chat: tuple[str, str], read: Read, row: ConversationRecord) -> None:
+        """Keep the row of ``chat`` a claim read with a job of the chat, for the job's own lookup: it answers
+        one lookup of the chat, within :data:`FRESH` seconds, unless forgotten meanwhile (as a known row)."""
+        self._keep(chat, read, row, claimed=True)
+
+    def _keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord, *, claimed: bool) -> None:
+        if read.epoch != self._epoch:
             return
         if any((r.instance, r.chat) == chat or _same(r, row) for r in read.forgotten):
             return
@@ -217,7 +234,7 @@ class Unwritten:
                     return
                 row = folded
         self._unknow(chat)
-        self._known[chat] = _Known(row, read.started)
+        self._known[chat] = _Known(row, read.started, claimed)
         self._known_chats.setdefault((row.scope_id, row.conversation_id), set()).add(chat)
 
     def _unknow(self, chat: tuple[str, str]) -> None:
