@@ -352,7 +352,8 @@ async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_witho
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A job enqueued with its chat (an inbound message, whichever way it was enqueued) is claimed with
-    its conversation: the handler's lookup by the chat reads nothing. The row answers that one lookup; a
+    its conversation, or taken with it by the finish of the job before: the handler's lookup by the chat
+    reads nothing. The row answers that one lookup; a
     write of this process to the conversation meanwhile, or a job without a chat, reads the database."""
     record = ConversationRecord("scope", "conv-1", "inst", "chat-1", "amo-1", "client-1", 5.0)
     async with opened(url) as store:
@@ -387,8 +388,15 @@ async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_witho
         await store.finish(follow_up.id)
 
         await store.enqueue([job("inst|chat-1")])  # no chat given: nothing brought
-        await store.claim(10)
+        (plain,) = await store.claim(10)
         assert await store.conversation_by_chat(*chat) == moved and len(reads) == 4
+
+        # A finish that takes the conversation's next job brings the conversation as the finish left it.
+        await store.enqueue([inbound])
+        written = msgspec.structs.replace(moved, amocrm_chat_id="amo-3", last_client_at=9.0)
+        following = await store.finish(plain.id, conversations=[written], take_next=True)
+        assert following is not None and following.kind == "inbound"
+        assert await store.conversation_by_chat(*chat) == written and len(reads) == 4
 
 
 async def test_a_script_is_one_transaction_and_one_that_fails_writes_nothing_and_hands_its_connection_back_idle(

@@ -96,7 +96,7 @@ from .sql import (
 from .sql import (
     PG_NOW as _NOW,
 )
-from .unwritten import SOON_GROUP, SOON_LINGER, Unwritten
+from .unwritten import SOON_GROUP, SOON_LINGER, Read, Unwritten
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -317,27 +317,37 @@ the payload to notify. psycopg dumps six one-item arrays in Python (measured: 14
 _TAKEN = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
 """The columns of a :class:`~.base.Job`, as a take returns them."""
 _JOB_FIELDS = len(_TAKEN.split(", "))
+_CONVERSATION_FIELDS = len(CONVERSATION_COLUMNS.split(", "))
 _RUNNING = f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
 """Marks jobs running, held by a process under a lease (parameters: owner, lease), ``WHERE`` to follow."""
 _RUN = f"{_RUNNING}WHERE id = ANY (ARRAY (SELECT id FROM c))"
 """Marks the jobs whose ids ``c`` holds running (parameters: owner, lease)."""
-_NEXT_OF_KEY = f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED) {_RUN} RETURNING {_TAKEN}"
-"""Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction."""
+_CLAIMED = [f"t.{column}" for column in _TAKEN.split(", ")] + [f"v.{c}" for c in CONVERSATION_COLUMNS.split(", ")]
+_WITH_CONVERSATIONS = (
+    f"SELECT {', '.join(_CLAIMED)} FROM t LEFT JOIN conversations AS v "
+    "ON v.instance = t.chat_instance AND v.chat = t.chat"
+)
+"""The jobs taken (``t``, returning :data:`_TAKEN` and the chat), each with the conversation of its chat
+(:attr:`~.base.NewJob.chat`), NULLs when there is none: the handler's lookup of it then reads nothing."""
+_NEXT_OF_KEY = (
+    f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED), "
+    f"t AS ({_RUN} RETURNING {_TAKEN}, chat_instance, chat) {_WITH_CONVERSATIONS}"
+)
+"""Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction: after its writes,
+so the conversation comes as the finish left it."""
 _DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
 """Seconds until the next job is due (negative: due already; NULL: none queued)."""
-_CLAIMED = [f"t.{column}" for column in _TAKEN.split(", ")] + [f"v.{c}" for c in CONVERSATION_COLUMNS.split(", ")]
 _CLAIM = (
     f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED), "
     f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' "
     f"RETURNING {_TAKEN}, chat_instance, chat) "
-    f"SELECT {', '.join(_CLAIMED)}, NULL FROM t "
-    "LEFT JOIN conversations AS v ON v.instance = t.chat_instance AND v.chat = t.chat "
+    f"{_WITH_CONVERSATIONS.replace(' FROM t', ', NULL FROM t', 1)} "
     f"UNION ALL SELECT {', '.join(['NULL'] * len(_CLAIMED))}, "
     f"({NEXT_DUE} AND id <> ALL (ARRAY (SELECT id FROM c))) - {_NOW}"
 )
 """Takes the due heads no other process is taking (parameters: limit, owner, lease): index lookups in
 ``heads``, then the jobs by id (a condition on ``state`` too would draw the planner to scan the queued jobs),
-each with the conversation of its chat (:attr:`~.base.NewJob.chat`), NULLs when there is none.
+with their conversations (:data:`_WITH_CONVERSATIONS`).
 Its commit waits for no flush to disk: a claim lost with the server's last moments only leaves jobs
 running whose lease runs out, and the next commit that waits writes it down with everything before it.
 
@@ -913,14 +923,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             async with self._conn("claim") as conn:
                 cur = await conn.execute(_CLAIM, (limit, self.owner, self._lease))
                 rows = await cur.fetchall()
-            jobs = []
-            for row in rows:
-                if row[0] is None:
-                    continue
-                jobs.append(Job(*row[:_JOB_FIELDS]))
-                found = conversation(row[_JOB_FIELDS:-1]) if row[_JOB_FIELDS] is not None else None
-                if found is not None:  # the handler's lookup of it reads nothing (Unwritten.claimed)
-                    self.unwritten.claimed((found.instance, found.chat), read, found)
+            jobs = [self._taken(row, read) for row in rows if row[0] is not None]
         due = next((row[-1] for row in rows if row[0] is None), None)
         self._due = (None if due is None else float(due), time.monotonic())
         jobs.sort(key=lambda job: job.id)
@@ -958,13 +961,14 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
 
         unsynced = self._disk.unsynced
         try:
-            taken, more = await _again_after_deadlock("finish", write)
+            with self.unwritten.reading() as read:  # what the next job's conversation may lack
+                taken, more = await _again_after_deadlock("finish", write)
         except StoreError as exc:
             self._lost(job_id, "finish", exc)
             return None
         finally:
             if conversations:
-                self.unwritten.forget(conversations)
+                self.unwritten.forget(conversations)  # known rows from before the finish
         if ahead:
             self._disk.lazy_commit()
         else:
@@ -974,9 +978,17 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         self._settled(job_id, wake=bool(then) or (not taken and more))
         if not taken:
             return None
-        job = Job(*taken[0])
+        job = self._taken(taken[0], read)
         self._held[job.id] = job.key
         return job
+
+    def _taken(self, row: tuple[Any, ...], read: Read) -> Job:
+        """A job a claim or a finish took (a row of :data:`_WITH_CONVERSATIONS`); the conversation that came
+        with it answers the job's lookup of it (:meth:`Unwritten.claimed`)."""
+        found = conversation(row[_JOB_FIELDS : _JOB_FIELDS + _CONVERSATION_FIELDS]) if row[_JOB_FIELDS] else None
+        if found is not None:
+            self.unwritten.claimed((found.instance, found.chat), read, found)
+        return Job(*row[:_JOB_FIELDS])
 
     def _script(self) -> _Script:
         return _Script(self._prepared)
