@@ -320,20 +320,26 @@ async def test_an_enqueue_notifies_in_its_own_statement_and_a_duplicate_not_at_a
         assert writes == []
 
 
+def _reads_of(store: PostgresStore, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The statements ``store`` reads one row with from now on (its lookups, its due-time asks)."""
+    reads: list[str] = []
+    real = store._one
+
+    async def one(sql: str, params: Any = ()) -> Any:
+        reads.append(sql)
+        return await real(sql, params)
+
+    monkeypatch.setattr(store, "_one", one)
+    return reads
+
+
 async def test_a_short_claim_tells_when_the_next_job_is_due_without_another_round_trip(
     url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The relay asks :meth:`next_due_in` after every claim that came back short: the claim looked in the
     same round trip. A commit of this process since, or a second ask, looks again."""
     async with opened(url) as store:
-        looks: list[str] = []
-        real = store._one
-
-        async def one(sql: str, params: Any = ()) -> Any:
-            looks.append(sql)
-            return await real(sql, params)
-
-        monkeypatch.setattr(store, "_one", one)
+        looks = _reads_of(store, monkeypatch)
         await store.enqueue([NewJob(kind="test", key="later", payload=b"x", scope_id="scope", delay=30)])
         assert await store.claim(10) == []
         due = await store.next_due_in()
@@ -353,19 +359,12 @@ async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_witho
 ) -> None:
     """A job enqueued with its chat (an inbound message, whichever way it was enqueued) is claimed with
     its conversation, or taken with it by the finish of the job before: the handler's lookup by the chat
-    reads nothing. The row answers that one lookup; a
-    write of this process to the conversation meanwhile, or a job without a chat, reads the database."""
+    reads nothing. The row answers that one lookup; a write of this process to the conversation
+    meanwhile, or a job without a chat, reads the database."""
     record = ConversationRecord("scope", "conv-1", "inst", "chat-1", "amo-1", "client-1", 5.0)
     async with opened(url) as store:
         await store.put_conversation(record)
-        reads: list[str] = []
-        real = store._one
-
-        async def one(sql: str, params: Any = ()) -> Any:
-            reads.append(sql)
-            return await real(sql, params)
-
-        monkeypatch.setattr(store, "_one", one)
+        reads = _reads_of(store, monkeypatch)
         chat = ("inst", "chat-1")
         inbound = NewJob("inbound", "inst|chat-1", b"x", "scope", chat=chat)
         await store.enqueue([inbound])
