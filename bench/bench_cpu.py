@@ -45,6 +45,7 @@ import functools
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -338,12 +339,23 @@ async def measure(systems: Sequence[System], rounds: int) -> list[dict[str, Any]
     return summaries
 
 
+def _fresh_schema(url: str, tree: str) -> str:
+    """A fresh schema on the PostgreSQL server at ``url``, migrated by the code of ``tree`` when given (the
+    other checkout may be at an older schema version, and refuses a newer one)."""
+    if not tree:
+        return fresh_postgres_schema(url)
+    migrate = "import sys; from amoconnect.testing.stores import fresh_postgres_schema as f; print(f(sys.argv[1]))"
+    command = ["env", f"PYTHONPATH={tree}", sys.executable, "-c", migrate, url]
+    done = subprocess.run(command, cwd=tree, check=True, capture_output=True, text=True)  # cwd: first on its path
+    return done.stdout.strip()
+
+
 def _connector(
     work: Path, logs: Path, settings: dict[str, Any], store: str, pg: Any, tree: str, amojo: Amojo
 ) -> Server:
     """amoconnect on ``store`` (``pg``: the PostgreSQL server, a fresh schema of it), relaying to
     ``amojo``; with ``tree``, the code of that checkout (its package and its bench/connector.py)."""
-    options: dict[str, Any] = {"store_url": fresh_postgres_schema(pg.url)} if pg is not None else {}
+    options: dict[str, Any] = {"store_url": _fresh_schema(pg.url, tree)} if pg is not None else {}
     name = f"amoconnect-{store}" + ("-compared" if tree else "")
     server = connector(name, work / name, logs, amojo_url=f"http://{HOST}:{amojo.port}", **options, **settings)
     if tree:
