@@ -359,8 +359,9 @@ async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_witho
 ) -> None:
     """A job enqueued with its chat (an inbound message, whichever way it was enqueued) is claimed with
     its conversation, or taken with it by the finish of the job before: the handler's lookup by the chat
-    reads nothing. The row answers that one lookup; a write of this process to the conversation
-    meanwhile, or a job without a chat, reads the database."""
+    reads nothing. Once used it needs records of the chat waiting, as any known row (none here: the next
+    lookup reads); a write of this process to the conversation meanwhile, or a job without a chat, reads
+    the database."""
     record = ConversationRecord("scope", "conv-1", "inst", "chat-1", "amo-1", "client-1", 5.0)
     async with opened(url) as store:
         await store.put_conversation(record)
@@ -370,7 +371,7 @@ async def test_a_claimed_job_brings_its_chat_s_conversation_for_one_lookup_witho
         await store.enqueue([inbound])
         (claimed,) = await store.claim(10)
         assert await store.conversation_by_chat(*chat) == record and reads == []
-        assert await store.conversation_by_chat(*chat) == record and len(reads) == 1  # one lookup only
+        assert await store.conversation_by_chat(*chat) == record and len(reads) == 1  # nothing of the chat waits
         await store.finish(claimed.id)
 
         # Several jobs in one enqueue (their chats in arrays), a follow-up of a finish (a script's insert).

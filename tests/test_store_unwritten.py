@@ -91,14 +91,20 @@ def test_a_read_keeps_its_row_unless_its_own_chat_or_conversation_was_forgotten_
         assert unwritten.known(CHAT) is None, forgotten
 
 
-def test_a_row_read_with_a_claimed_job_answers_one_lookup_of_its_chat() -> None:
-    """No record of the chat need wait (a lone job): the row was read as the job was claimed, for that
-    job's lookup; a write of the conversation meanwhile, or a second lookup, reads the database."""
+def test_a_row_read_with_a_claimed_job_answers_its_lookup_then_serves_as_a_known_row() -> None:
+    """No record of the chat need wait for the job's own lookup (a lone job): the row was read as the job
+    was claimed. After it, the row stands while records of the chat wait (the run goes on), as a known
+    row; a write of the conversation meanwhile reads the database."""
     unwritten = Unwritten()
     with unwritten.reading() as read:
         unwritten.claimed(CHAT, read, ROW)
     assert unwritten.known(CHAT) == ROW
-    assert unwritten.known(CHAT) is None
+    assert unwritten.known(CHAT) is None  # nothing of the chat waits: read it
+    with unwritten.reading() as read:
+        unwritten.claimed(CHAT, read, ROW)
+    assert unwritten.known(CHAT) == ROW
+    unwritten.add([later(10.0)], [])  # the job's finish, not committed yet: the run goes on
+    assert unwritten.known(CHAT) == ROW
     with unwritten.reading() as read:
         unwritten.claimed(CHAT, read, ROW)
     unwritten.forget([ROW])

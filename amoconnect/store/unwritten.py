@@ -25,8 +25,11 @@ are merged, not put (a known chat id stays unless the job has one, and amojo's a
 message carries it), and the row is read again at the latest ``FRESH`` seconds later.
 
 **Claimed rows.** A store that reads a job's conversation with the job as it claims it (PostgreSQL,
-:attr:`~amoconnect.store.base.NewJob.chat`) keeps that row for the job's own lookup: one lookup, by
-the same rules (:meth:`Unwritten.claimed`), whether or not records of the chat wait here.
+:attr:`~amoconnect.store.base.NewJob.chat`) keeps that row for the job's own lookup, whether or not
+records of the chat wait here, and as a known row after it (:meth:`Unwritten.claimed`). A job of the
+chat that this process takes after another process may have run one comes with a row of its own (a
+claim, or the finish of the job before): only a take ahead does not, and it follows a job this
+process held all along.
 """
 
 from __future__ import annotations
@@ -88,7 +91,8 @@ class _Known:
     read_at: float
     """When the read it came from started (``time.monotonic``)."""
     claimed: bool = False
-    """Read with a job as it was claimed (:meth:`Unwritten.claimed`): it answers one lookup."""
+    """Read with a job as it was claimed (:meth:`Unwritten.claimed`), and no lookup used it yet: it stands
+    even while no record of the chat waits here."""
 
 
 _Pair = tuple[str, str | None]
@@ -201,8 +205,7 @@ class Unwritten:
         if time.monotonic() - found.read_at > FRESH or not (found.claimed or self._waiting(chat)):
             self._unknow(chat)
             return None
-        if found.claimed:
-            self._unknow(chat)
+        found.claimed = False  # a row claimed with a job answers its lookup, then serves as any known row
         return found.record
 
     def keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord | None) -> None:
@@ -214,7 +217,8 @@ class Unwritten:
 
     def claimed(self, chat: tuple[str, str], read: Read, row: ConversationRecord) -> None:
         """Keep the row of ``chat`` a claim read with a job of the chat, for the job's own lookup: it answers
-        one lookup of the chat, within :data:`FRESH` seconds, unless forgotten meanwhile (as a known row)."""
+        the next lookup of the chat within :data:`FRESH` seconds unless forgotten meanwhile, and is a known
+        row from then on (the lookups after it need records of the chat waiting here)."""
         self._keep(chat, read, row, claimed=True)
 
     def _keep(self, chat: tuple[str, str], read: Read, row: ConversationRecord, *, claimed: bool) -> None:
