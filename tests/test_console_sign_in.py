@@ -11,6 +11,7 @@ import pytest
 from console_rig import csrf_of
 from test_install import CLIENT_ID, allow, installing
 
+from amoconnect.console.session import COOKIE
 from amoconnect.runtime import Runtime
 
 pytestmark = pytest.mark.anyio
@@ -63,6 +64,29 @@ async def test_sign_in_with_amocrm_checks_the_state_it_started_with(tmp_path: Pa
         # Another browser's callback with this state (no flow of its own) is refused too.
         async with browser(runtime) as stranger:
             assert (await stranger.get(await allow(amocrm_http, state))).status_code == 400
+
+
+async def test_a_request_begun_before_a_sign_in_does_not_put_the_session_from_before_it_back(tmp_path: Path) -> None:
+    """A page polls while its visitor starts a sign-in (the sandbox's page polls its state every 400 ms):
+    a poll answered after the sign-in began must not set the cookie of the session it brought, or the
+    sign-in's ``state`` is lost and amoCRM's callback refused. A response sets the cookie only when the
+    session changed."""
+    async with (
+        installing(tmp_path, console={"authorize_url": AUTHORIZE}) as (runtime, _, _, amocrm_http),
+        browser(runtime) as client,
+    ):
+        form = await client.get("/console/sign-in")
+        assert COOKIE in form.cookies  # a new visitor's session
+        before = client.cookies[COOKIE]
+        assert "set-cookie" not in (await client.get("/console/sign-in")).headers  # the same session
+        started = await client.post("/console/sign-in/amocrm", data={"csrf": csrf_of(form), "domain": "amocrm.ru"})
+        assert COOKIE in started.cookies  # now with the sign-in's state
+        state = parse_qs(urlsplit(started.headers["location"]).query)["state"][0]
+        async with browser(runtime) as late:
+            stale = await late.get("/console/sign-in", headers={"cookie": f"{COOKIE}={before}"})
+        assert stale.status_code == 200 and "set-cookie" not in stale.headers
+        landed = await client.get(await allow(amocrm_http, state))
+        assert landed.headers["location"] == "/console/accounts/shop"
 
 
 async def test_sign_in_with_amocrm_is_off_without_the_integration(tmp_path: Path) -> None:

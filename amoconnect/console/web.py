@@ -102,9 +102,12 @@ class Page:
         return self.answer(RedirectResponse(to, status_code=303))
 
     def answer(self, response: Response) -> Response:
-        """``response`` with the security headers and the session's cookie."""
+        """``response`` with the security headers, and the session's cookie when the session is not the one
+        the request brought: a request that leaves the session as it was (the sandbox's poll) never
+        sets it, so one that began before a sign-in cannot put back the session from before it."""
         response.headers.update(self.pages.headers)
-        self.pages.codec.write(self.request, response, self.session)
+        if self.pages.codec.read(self.request) != self.session:
+            self.pages.codec.write(self.request, response, self.session)
         return response
 
 
