@@ -318,20 +318,20 @@ _TAKEN = "id, kind, key, payload, scope_id, attempts, created_at, last_error"
 """The columns of a :class:`~.base.Job`, as a take returns them."""
 _JOB_FIELDS = len(_TAKEN.split(", "))
 _CONVERSATION_FIELDS = len(CONVERSATION_COLUMNS.split(", "))
+"""How many of a take's columns (:data:`_CLAIMED`) are the job's, and then its conversation's."""
 _RUNNING = f"UPDATE queue SET state = 'running', attempts = attempts + 1, owner = %s, lease_until = {_NOW} + %s "
 """Marks jobs running, held by a process under a lease (parameters: owner, lease), ``WHERE`` to follow."""
 _RUN = f"{_RUNNING}WHERE id = ANY (ARRAY (SELECT id FROM c))"
 """Marks the jobs whose ids ``c`` holds running (parameters: owner, lease)."""
+_TAKEN_WITH_CHAT = f"RETURNING {_TAKEN}, chat_instance, chat"
+"""What a take returns (``t``), for :data:`_WITH_CONVERSATIONS`: the job's columns and its chat."""
 _CLAIMED = [f"t.{column}" for column in _TAKEN.split(", ")] + [f"v.{c}" for c in CONVERSATION_COLUMNS.split(", ")]
-_WITH_CONVERSATIONS = (
-    f"SELECT {', '.join(_CLAIMED)} FROM t LEFT JOIN conversations AS v "
-    "ON v.instance = t.chat_instance AND v.chat = t.chat"
-)
-"""The jobs taken (``t``, returning :data:`_TAKEN` and the chat), each with the conversation of its chat
-(:attr:`~.base.NewJob.chat`), NULLs when there is none: the handler's lookup of it then reads nothing."""
+_WITH_CONVERSATIONS = "FROM t LEFT JOIN conversations AS v ON v.instance = t.chat_instance AND v.chat = t.chat"
+"""The jobs taken (``t``), each with the conversation of its chat (:attr:`~.base.NewJob.chat`), NULLs when
+there is none, in the columns of :data:`_CLAIMED`: the handler's lookup of it then reads nothing."""
 _NEXT_OF_KEY = (
     f"WITH c AS ({NEXT_OF_KEY.format(key='%s', now=_NOW)} FOR UPDATE SKIP LOCKED), "
-    f"t AS ({_RUN} RETURNING {_TAKEN}, chat_instance, chat) {_WITH_CONVERSATIONS}"
+    f"t AS ({_RUN} {_TAKEN_WITH_CHAT}) SELECT {', '.join(_CLAIMED)} {_WITH_CONVERSATIONS}"
 )
 """Takes the next job of a key (parameters: key, owner, lease), in a finish's transaction: after its writes,
 so the conversation comes as the finish left it."""
@@ -339,9 +339,8 @@ _DUE_IN = f"SELECT ({NEXT_DUE}) - {_NOW}"
 """Seconds until the next job is due (negative: due already; NULL: none queued)."""
 _CLAIM = (
     f"WITH c AS ({CLAIMABLE.format(now=_NOW, limit='%s')} FOR UPDATE SKIP LOCKED), "
-    f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' "
-    f"RETURNING {_TAKEN}, chat_instance, chat) "
-    f"{_WITH_CONVERSATIONS.replace(' FROM t', ', NULL FROM t', 1)} "
+    f"t AS ({_RUN} AND set_config('synchronous_commit', 'off', true) = 'off' {_TAKEN_WITH_CHAT}) "
+    f"SELECT {', '.join(_CLAIMED)}, NULL {_WITH_CONVERSATIONS} "
     f"UNION ALL SELECT {', '.join(['NULL'] * len(_CLAIMED))}, "
     f"({NEXT_DUE} AND id <> ALL (ARRAY (SELECT id FROM c))) - {_NOW}"
 )
@@ -525,9 +524,14 @@ def _lock_heads(script: _Script, keys: Iterable[str | None]) -> None:
         script.add(_LOCK_HEADS, (ordered,))
 
 
+def _chat_of(job: NewJob) -> tuple[str | None, str | None]:
+    """The ``chat_instance`` and ``chat`` columns of ``job`` (NULLs: it names no chat)."""
+    return job.chat or (None, None)
+
+
 def _insert_jobs(script: _Script, jobs: Sequence[NewJob]) -> None:
     for j in jobs:
-        script.add(_INSERT_JOB, (j.kind, j.key, j.payload, j.scope_id, j.delay, *(j.chat or (None, None))))
+        script.add(_INSERT_JOB, (j.kind, j.key, j.payload, j.scope_id, j.delay, *_chat_of(j)))
 
 
 def _upsert_conversations(script: _Script, records: Sequence[ConversationRecord], *, merge: bool) -> None:
@@ -874,8 +878,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
             async with self._conn("enqueue", transaction=len(keys) > 1 or several) as conn:
                 if len(jobs) == 1 and len(keys) <= 1:
                     (one,) = jobs
-                    chat = one.chat or (None, None)
-                    scalars = (one.kind, one.key, one.payload, one.scope_id, float(one.delay), *chat)
+                    scalars = (one.kind, one.key, one.payload, one.scope_id, float(one.delay), *_chat_of(one))
                     cur = await conn.execute(
                         _ENQUEUE_ONE, (keys[0] if keys else None, *scalars, len(keys), _CHANNEL, self.owner)
                     )
@@ -891,8 +894,8 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
                             [j.payload for j in jobs],
                             [j.scope_id for j in jobs],
                             [float(j.delay) for j in jobs],
-                            [j.chat[0] if j.chat else None for j in jobs],
-                            [j.chat[1] if j.chat else None for j in jobs],
+                            [_chat_of(j)[0] for j in jobs],
+                            [_chat_of(j)[1] for j in jobs],
                             len(keys),
                             _CHANNEL,
                             self.owner,
@@ -983,7 +986,7 @@ class PostgresStore(PostgresRegistryRows, MappingLookups):
         return job
 
     def _taken(self, row: tuple[Any, ...], read: Read) -> Job:
-        """A job a claim or a finish took (a row of :data:`_WITH_CONVERSATIONS`); the conversation that came
+        """A job a claim or a finish took (a row of :data:`_CLAIMED`); the conversation that came
         with it answers the job's lookup of it (:meth:`Unwritten.claimed`)."""
         found = conversation(row[_JOB_FIELDS : _JOB_FIELDS + _CONVERSATION_FIELDS]) if row[_JOB_FIELDS] else None
         if found is not None:
